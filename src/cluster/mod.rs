@@ -1,0 +1,567 @@
+//! Cluster state and node selection (SPEC section 4).
+//!
+//! A [`Cluster`] holds its nodes' live state: health (written by the `health` tasks),
+//! admin state (written by the admin API), resolved addresses (written by DNS refresh),
+//! connection counts and the cancellation handle that closes every session through a
+//! node at once. [`Cluster::pick`] answers "which nodes, in which order" from that
+//! in-memory state only; the data path never waits on anything else.
+//!
+//! Cluster and node objects outlive config reloads: a reload updates them in place,
+//! keyed by name, so health, sticky entries and live sessions carry over.
+
+mod balance;
+
+use crate::config::{
+    Balance, ClusterConfig, Mode, NodeAddress, OnNodeDown, StickyKey, StickySessions,
+};
+use crate::metrics::{Metrics, NodeMetrics};
+use crate::mqtt::Connect;
+use crate::sticky::{Lookup, StickyTable};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// Health as seen by checks. Nodes start `Unknown` until their first probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Unknown,
+    Up,
+    Down,
+}
+
+/// Operator-set state (SPEC section 4, admin states). Resets to `Ready` on restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    Ready,
+    Drain,
+    Maint,
+}
+
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ready" => Some(AdminState::Ready),
+            "drain" => Some(AdminState::Drain),
+            "maint" => Some(AdminState::Maint),
+            _ => None,
+        }
+    }
+    pub const ALL: [AdminState; 3] = [AdminState::Ready, AdminState::Drain, AdminState::Maint];
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Up => "up",
+            Health::Down => "down",
+        }
+    }
+}
+
+/// One broker node's live state.
+pub struct Node {
+    pub name: String,
+    pub cluster: String,
+    address: ArcSwap<NodeAddress>,
+    resolved: ArcSwap<Vec<SocketAddr>>,
+    health: AtomicU8,
+    admin: AtomicU8,
+    active: AtomicUsize,
+    sessions: Mutex<CancellationToken>,
+    removed: AtomicBool,
+    pub metrics: NodeMetrics,
+    /// Stops this node's background tasks (health checks) when it is removed.
+    pub tasks: CancellationToken,
+}
+
+impl Node {
+    fn new(cluster: &str, name: &str, address: NodeAddress, metrics: &Metrics) -> Self {
+        let resolved = address.literal().into_iter().collect::<Vec<_>>();
+        Node {
+            name: name.to_string(),
+            cluster: cluster.to_string(),
+            address: ArcSwap::from_pointee(address),
+            resolved: ArcSwap::from_pointee(resolved),
+            health: AtomicU8::new(Health::Unknown as u8),
+            admin: AtomicU8::new(AdminState::Ready as u8),
+            active: AtomicUsize::new(0),
+            sessions: Mutex::new(CancellationToken::new()),
+            removed: AtomicBool::new(false),
+            metrics: metrics.node(cluster, name),
+            tasks: CancellationToken::new(),
+        }
+    }
+
+    pub fn address(&self) -> Arc<NodeAddress> {
+        self.address.load_full()
+    }
+
+    pub fn set_address(&self, a: NodeAddress) {
+        let lit: Vec<SocketAddr> = a.literal().into_iter().collect();
+        if !lit.is_empty() {
+            self.resolved.store(Arc::new(lit));
+        }
+        self.address.store(Arc::new(a));
+    }
+
+    /// Addresses to connect to (the literal, or the last DNS answer).
+    pub fn resolved(&self) -> Arc<Vec<SocketAddr>> {
+        self.resolved.load_full()
+    }
+
+    pub fn set_resolved(&self, addrs: Vec<SocketAddr>) {
+        self.resolved.store(Arc::new(addrs));
+    }
+
+    pub fn health(&self) -> Health {
+        match self.health.load(Ordering::Acquire) {
+            x if x == Health::Up as u8 => Health::Up,
+            x if x == Health::Down as u8 => Health::Down,
+            _ => Health::Unknown,
+        }
+    }
+
+    pub fn admin_state(&self) -> AdminState {
+        match self.admin.load(Ordering::Acquire) {
+            x if x == AdminState::Drain as u8 => AdminState::Drain,
+            x if x == AdminState::Maint as u8 => AdminState::Maint,
+            _ => AdminState::Ready,
+        }
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    /// Usable for a client at all (not down, not removed).
+    fn alive(&self) -> bool {
+        !self.is_removed() && self.health() != Health::Down
+    }
+
+    /// A handle that is cancelled when this node's sessions must close.
+    pub fn session_token(&self) -> CancellationToken {
+        match self.sessions.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Close every session currently relayed through this node.
+    pub fn close_sessions(&self) {
+        let old = {
+            let mut g = match self.sessions.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            std::mem::replace(&mut *g, CancellationToken::new())
+        };
+        old.cancel();
+    }
+
+    /// Count a connection for `least-conn`, `/status` and the active gauge; undone on drop.
+    pub fn connection_guard(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self.clone())
+    }
+}
+
+pub struct ActiveGuard(Arc<Node>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Where to send a client: nodes in order of preference (the first, then retries), and
+/// the sticky key to record once a node has accepted.
+pub struct Pick {
+    pub nodes: Vec<Arc<Node>>,
+    pub sticky: Option<StickyWrite>,
+}
+
+pub struct StickyWrite {
+    pub key: String,
+    /// The node the table already points to (no write needed if the client lands there).
+    pub current: Option<Arc<str>>,
+}
+
+pub struct Cluster {
+    pub name: String,
+    config: ArcSwap<ClusterConfig>,
+    nodes: ArcSwap<Vec<Arc<Node>>>,
+    leader: ArcSwapOption<Node>,
+    leader_lock: Mutex<()>,
+    rr: AtomicUsize,
+    pub sticky: StickyTable,
+    metrics: Arc<Metrics>,
+}
+
+impl Cluster {
+    pub fn new(cfg: &ClusterConfig, metrics: Arc<Metrics>, origin: &str) -> Self {
+        let nodes: Vec<Arc<Node>> = cfg
+            .nodes
+            .iter()
+            .map(|n| Arc::new(Node::new(&cfg.name, &n.name, n.address.clone(), &metrics)))
+            .collect();
+        let c = Cluster {
+            name: cfg.name.clone(),
+            config: ArcSwap::from_pointee(cfg.clone()),
+            nodes: ArcSwap::from_pointee(nodes),
+            leader: ArcSwapOption::empty(),
+            leader_lock: Mutex::new(()),
+            rr: AtomicUsize::new(0),
+            sticky: StickyTable::new(cfg.sticky.capacity, cfg.sticky.expire, origin),
+            metrics,
+        };
+        for n in c.nodes().iter() {
+            c.publish_node_metrics(n);
+        }
+        c.metrics.leader_changes.with_label_values(&[&c.name]);
+        c.metrics
+            .sticky_entries
+            .with_label_values(&[&c.name])
+            .set(0);
+        for r in ["hit", "miss", "stale"] {
+            c.metrics.sticky_lookups.with_label_values(&[&c.name, r]);
+        }
+        c
+    }
+
+    pub fn config(&self) -> Arc<ClusterConfig> {
+        self.config.load_full()
+    }
+
+    pub fn nodes(&self) -> Arc<Vec<Arc<Node>>> {
+        self.nodes.load_full()
+    }
+
+    pub fn node(&self, name: &str) -> Option<Arc<Node>> {
+        self.nodes().iter().find(|n| n.name == name).cloned()
+    }
+
+    pub fn leader(&self) -> Option<Arc<Node>> {
+        self.leader.load_full()
+    }
+
+    /// Apply a new config for this cluster (reload). Returns the nodes that were added
+    /// (their health checks must be started) and removed (their tasks stopped, their
+    /// sessions closed per `on_node_down`).
+    pub fn reconfigure(&self, cfg: &ClusterConfig) -> (Vec<Arc<Node>>, Vec<Arc<Node>>) {
+        let old = self.nodes();
+        let mut next = Vec::with_capacity(cfg.nodes.len());
+        let mut added = Vec::new();
+        for n in &cfg.nodes {
+            match old.iter().find(|o| o.name == n.name) {
+                Some(o) => {
+                    if *o.address() != n.address {
+                        o.set_address(n.address.clone());
+                    }
+                    next.push(o.clone());
+                }
+                None => {
+                    let node = Arc::new(Node::new(
+                        &cfg.name,
+                        &n.name,
+                        n.address.clone(),
+                        &self.metrics,
+                    ));
+                    self.publish_node_metrics(&node);
+                    added.push(node.clone());
+                    next.push(node);
+                }
+            }
+        }
+        let removed: Vec<Arc<Node>> = old
+            .iter()
+            .filter(|o| !cfg.nodes.iter().any(|n| n.name == o.name))
+            .cloned()
+            .collect();
+        self.config.store(Arc::new(cfg.clone()));
+        self.sticky
+            .set_limits(cfg.sticky.capacity, cfg.sticky.expire);
+        self.nodes.store(Arc::new(next));
+        for r in &removed {
+            r.removed.store(true, Ordering::Release);
+            r.tasks.cancel();
+            r.close_sessions();
+            self.forget_node_metrics(r);
+        }
+        self.update_leader();
+        (added, removed)
+    }
+
+    /// Everything of this cluster stops: its nodes' tasks and sessions.
+    pub fn retire(&self) {
+        for n in self.nodes().iter() {
+            n.removed.store(true, Ordering::Release);
+            n.tasks.cancel();
+            n.close_sessions();
+            self.forget_node_metrics(n);
+        }
+    }
+
+    /// A health check decided that `node` is up or down.
+    pub fn set_health(&self, node: &Arc<Node>, h: Health) {
+        let prev = node.health.swap(h as u8, Ordering::AcqRel);
+        if prev == h as u8 {
+            return;
+        }
+        self.metrics
+            .node_up
+            .with_label_values(&[&self.name, &node.name])
+            .set((h == Health::Up) as i64);
+        if h == Health::Down && self.config().on_node_down == OnNodeDown::Disconnect {
+            node.close_sessions();
+        }
+        self.update_leader();
+    }
+
+    pub fn set_admin_state(&self, node: &Arc<Node>, s: AdminState) {
+        let prev = node.admin.swap(s as u8, Ordering::AcqRel);
+        if prev != s as u8 {
+            tracing::info!(cluster = %self.name, node = %node.name, state = s.as_str(), "node admin state changed");
+        }
+        for st in AdminState::ALL {
+            self.metrics
+                .node_admin_state
+                .with_label_values(&[&self.name, &node.name, st.as_str()])
+                .set((st == s) as i64);
+        }
+        if s == AdminState::Maint {
+            node.close_sessions();
+        }
+        self.update_leader();
+    }
+
+    fn publish_node_metrics(&self, n: &Node) {
+        let m = &self.metrics;
+        m.node_up
+            .with_label_values(&[&self.name, &n.name])
+            .set((n.health() == Health::Up) as i64);
+        m.node_leader
+            .with_label_values(&[&self.name, &n.name])
+            .set(0);
+        for st in AdminState::ALL {
+            m.node_admin_state
+                .with_label_values(&[&self.name, &n.name, st.as_str()])
+                .set((st == n.admin_state()) as i64);
+        }
+        for r in ["ok", "fail"] {
+            m.health_checks.with_label_values(&[&self.name, &n.name, r]);
+        }
+    }
+
+    fn forget_node_metrics(&self, n: &Node) {
+        let m = &self.metrics;
+        let _ = m.node_up.remove_label_values(&[&self.name, &n.name]);
+        let _ = m.node_leader.remove_label_values(&[&self.name, &n.name]);
+        for st in AdminState::ALL {
+            let _ = m
+                .node_admin_state
+                .remove_label_values(&[&self.name, &n.name, st.as_str()]);
+        }
+    }
+
+    /// full-sync: keep the current leader while it is up (and not in maintenance);
+    /// otherwise the first up node in config order. Closes the old leader's sessions
+    /// when leadership moves (per `on_node_down`).
+    fn update_leader(&self) {
+        let cfg = self.config();
+        let _g = match self.leader_lock.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let current = self.leader.load_full();
+        if cfg.mode != Mode::FullSync {
+            if current.is_some() {
+                self.leader.store(None);
+            }
+            return;
+        }
+        let eligible = |n: &Node| {
+            !n.is_removed() && n.health() == Health::Up && n.admin_state() != AdminState::Maint
+        };
+        let keep = current.as_ref().filter(|c| eligible(c)).cloned();
+        let next = keep.or_else(|| self.nodes().iter().find(|n| eligible(n)).cloned());
+        let changed = match (&current, &next) {
+            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+            (None, None) => false,
+            _ => true,
+        };
+        if !changed {
+            return;
+        }
+        self.leader.store(next.clone());
+        if let Some(old) = &current {
+            let _ = self
+                .metrics
+                .node_leader
+                .with_label_values(&[&self.name, &old.name])
+                .set(0);
+            if cfg.on_node_down == OnNodeDown::Disconnect {
+                old.close_sessions();
+            }
+        }
+        if let Some(new) = &next {
+            self.metrics
+                .node_leader
+                .with_label_values(&[&self.name, &new.name])
+                .set(1);
+        }
+        self.metrics
+            .leader_changes
+            .with_label_values(&[&self.name])
+            .inc();
+        tracing::info!(
+            cluster = %self.name,
+            from = current.as_ref().map(|n| n.name.as_str()).unwrap_or("-"),
+            to = next.as_ref().map(|n| n.name.as_str()).unwrap_or("-"),
+            "leader changed"
+        );
+    }
+
+    /// Choose nodes for a client (SPEC section 4). The first node is the choice; the
+    /// next `retries` nodes are tried if it refuses or times out.
+    pub fn pick(&self, connect: &Connect<'_>) -> Pick {
+        let cfg = self.config();
+        let nodes = self.nodes();
+        let limit = 1 + cfg.retries as usize;
+        match cfg.mode {
+            Mode::FullSync => {
+                let list = match self.leader() {
+                    Some(l) => vec![l],
+                    // No leader known yet (just started): nodes not yet checked, in order.
+                    None => nodes
+                        .iter()
+                        .filter(|n| {
+                            n.health() == Health::Unknown
+                                && n.admin_state() != AdminState::Maint
+                                && !n.is_removed()
+                        })
+                        .take(limit)
+                        .cloned()
+                        .collect(),
+                };
+                Pick {
+                    nodes: list,
+                    sticky: None,
+                }
+            }
+            Mode::Dynsec => self.pick_dynsec(&cfg, &nodes, connect, limit),
+        }
+    }
+
+    fn pick_dynsec(
+        &self,
+        cfg: &ClusterConfig,
+        nodes: &[Arc<Node>],
+        connect: &Connect<'_>,
+        limit: usize,
+    ) -> Pick {
+        let key = sticky_key(cfg.sticky.key, connect);
+        let mut out: Vec<Arc<Node>> = Vec::with_capacity(limit);
+        let mut current = None;
+        if let Some(k) = key {
+            let result = self.sticky.lookup(k);
+            let label = match &result {
+                Lookup::Hit(_) => "hit",
+                Lookup::Miss => "miss",
+                Lookup::Stale => "stale",
+            };
+            self.metrics
+                .sticky_lookups
+                .with_label_values(&[&self.name, label])
+                .inc();
+            if let Lookup::Hit(node) = result {
+                if let Some(n) = nodes.iter().find(|n| *n.name == *node) {
+                    if n.alive() && n.admin_state() != AdminState::Maint {
+                        out.push(n.clone());
+                    }
+                }
+                current = Some(node);
+            }
+        }
+        let candidates: Vec<&Arc<Node>> = nodes
+            .iter()
+            .filter(|n| {
+                n.alive()
+                    && n.admin_state() == AdminState::Ready
+                    && !out.iter().any(|o| Arc::ptr_eq(o, n))
+            })
+            .collect();
+        let ordered = match cfg.balance {
+            Balance::Hash => balance::rendezvous(key.unwrap_or(connect.client_id), candidates),
+            Balance::LeastConn => balance::least_conn(candidates),
+            Balance::RoundRobin => {
+                balance::round_robin(self.rr.fetch_add(1, Ordering::Relaxed), candidates)
+            }
+        };
+        out.extend(ordered.into_iter().cloned());
+        out.truncate(limit);
+        let record = key.is_some()
+            && match cfg.sticky.sessions {
+                StickySessions::All => true,
+                StickySessions::Persistent => connect.keeps_session(),
+            };
+        Pick {
+            nodes: out,
+            sticky: if record {
+                key.map(|k| StickyWrite {
+                    key: k.to_string(),
+                    current,
+                })
+            } else {
+                None
+            },
+        }
+    }
+
+    /// A client landed on `node`: write the sticky entry if it changed.
+    pub fn landed(&self, sticky: Option<StickyWrite>, node: &Node) {
+        if let Some(w) = sticky {
+            if w.current.as_deref() != Some(node.name.as_str()) {
+                self.sticky.record(&w.key, &node.name);
+                self.metrics
+                    .sticky_entries
+                    .with_label_values(&[&self.name])
+                    .set(self.sticky.len() as i64);
+            }
+        }
+    }
+
+    /// Can this cluster take a client right now? (`/readyz`)
+    pub fn ready(&self) -> bool {
+        match self.config().mode {
+            Mode::FullSync => self.leader().is_some(),
+            Mode::Dynsec => self
+                .nodes()
+                .iter()
+                .any(|n| n.health() == Health::Up && n.admin_state() == AdminState::Ready),
+        }
+    }
+}
+
+/// The sticky key of a client: the client id or the username per config; an empty
+/// client id falls back to the username; with neither there is no stickiness.
+pub fn sticky_key<'a>(key: StickyKey, c: &Connect<'a>) -> Option<&'a str> {
+    let username = c.username.filter(|u| !u.is_empty());
+    match key {
+        StickyKey::ClientId if !c.client_id.is_empty() => Some(c.client_id),
+        StickyKey::ClientId | StickyKey::Username => username,
+    }
+}

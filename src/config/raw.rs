@@ -1,0 +1,311 @@
+//! The TOML file as written: serde structs with `deny_unknown_fields` and the defaults
+//! of SPEC section 2. Values that need checking (durations, addresses, enums) stay
+//! strings here so that validation can name the key that is wrong; `validate.rs` turns
+//! this into the typed [`super::Config`] the rest of the gateway uses.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
+    #[serde(default)]
+    pub clusters: BTreeMap<String, RawCluster>,
+    pub peers: Option<RawPeers>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    #[serde(default = "d_log_level")]
+    pub level: String,
+    #[serde(default = "d_log_format")]
+    pub format: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            level: d_log_level(),
+            format: d_log_format(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    #[serde(default = "d_max_connections")]
+    pub max_connections: i64,
+    #[serde(default = "d_10s")]
+    pub connect_timeout: String,
+    #[serde(default = "d_max_connect_size")]
+    pub max_connect_size: i64,
+    #[serde(default = "d_10s")]
+    pub tls_handshake_timeout: String,
+    #[serde(default)]
+    pub per_ip_connect_rate: i64,
+    #[serde(default = "d_30s")]
+    pub shutdown_grace: String,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: d_max_connections(),
+            connect_timeout: d_10s(),
+            max_connect_size: d_max_connect_size(),
+            tls_handshake_timeout: d_10s(),
+            per_ip_connect_rate: 0,
+            shutdown_grace: d_30s(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    #[serde(default = "d_admin_bind")]
+    pub bind: String,
+    pub token_file: Option<String>,
+    /// Extension: name of an environment variable holding the token.
+    pub token_env: Option<String>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            bind: d_admin_bind(),
+            token_file: None,
+            token_env: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: String,
+    pub bind: String,
+    pub cluster: String,
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
+    pub client_ca: Option<String>,
+    #[serde(default = "d_tls_min")]
+    pub min_version: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    #[serde(default = "d_mode")]
+    pub mode: String,
+    #[serde(default = "d_balance")]
+    pub balance: String,
+    #[serde(default = "d_3s")]
+    pub connect_timeout: String,
+    #[serde(default = "d_retries")]
+    pub retries: i64,
+    #[serde(default = "d_on_node_down")]
+    pub on_node_down: String,
+    #[serde(default = "d_off")]
+    pub send_proxy_protocol: String,
+    #[serde(default = "d_30s")]
+    pub dns_refresh: String,
+    #[serde(default)]
+    pub nodes: Vec<RawNode>,
+    #[serde(default)]
+    pub health: RawHealth,
+    pub sticky: Option<RawSticky>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub name: String,
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    #[serde(default = "d_check")]
+    pub check: String,
+    #[serde(default = "d_2s")]
+    pub interval: String,
+    #[serde(default = "d_250ms")]
+    pub fast_interval: String,
+    #[serde(default = "d_2s")]
+    pub down_interval: String,
+    #[serde(default = "d_1s")]
+    pub timeout: String,
+    #[serde(default = "d_rise")]
+    pub rise: i64,
+    #[serde(default = "d_fall")]
+    pub fall: i64,
+    pub username: Option<String>,
+    pub password_file: Option<String>,
+    /// Extension: name of an environment variable holding the password.
+    pub password_env: Option<String>,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        Self {
+            check: d_check(),
+            interval: d_2s(),
+            fast_interval: d_250ms(),
+            down_interval: d_2s(),
+            timeout: d_1s(),
+            rise: d_rise(),
+            fall: d_fall(),
+            username: None,
+            password_file: None,
+            password_env: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    #[serde(default = "d_sticky_key")]
+    pub key: String,
+    #[serde(default = "d_sessions")]
+    pub sessions: String,
+    #[serde(default = "d_24h")]
+    pub expire: String,
+    #[serde(default = "d_capacity")]
+    pub capacity: i64,
+}
+
+impl Default for RawSticky {
+    fn default() -> Self {
+        Self {
+            key: d_sticky_key(),
+            sessions: d_sessions(),
+            expire: d_24h(),
+            capacity: d_capacity(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPeers {
+    pub name: String,
+    pub bind: String,
+    pub secret_file: Option<String>,
+    /// Extension: name of an environment variable holding the shared secret.
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub peers: Vec<RawPeer>,
+    pub snapshot: Option<String>,
+    pub tls: Option<RawPeerTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPeer {
+    pub name: String,
+    pub address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPeerTls {
+    pub cert: String,
+    pub key: String,
+    pub ca: String,
+}
+
+fn d_log_level() -> String {
+    "info".into()
+}
+fn d_log_format() -> String {
+    "text".into()
+}
+fn d_max_connections() -> i64 {
+    50_000
+}
+fn d_max_connect_size() -> i64 {
+    65_536
+}
+fn d_admin_bind() -> String {
+    "127.0.0.1:9100".into()
+}
+fn d_tls_min() -> String {
+    "1.2".into()
+}
+fn d_mode() -> String {
+    "dynsec".into()
+}
+fn d_balance() -> String {
+    "hash".into()
+}
+fn d_retries() -> i64 {
+    2
+}
+fn d_on_node_down() -> String {
+    "disconnect".into()
+}
+fn d_off() -> String {
+    "off".into()
+}
+fn d_check() -> String {
+    "mqtt".into()
+}
+fn d_rise() -> i64 {
+    2
+}
+fn d_fall() -> i64 {
+    3
+}
+fn d_sticky_key() -> String {
+    "client_id".into()
+}
+fn d_sessions() -> String {
+    "persistent".into()
+}
+fn d_capacity() -> i64 {
+    1_000_000
+}
+fn d_250ms() -> String {
+    "250ms".into()
+}
+fn d_1s() -> String {
+    "1s".into()
+}
+fn d_2s() -> String {
+    "2s".into()
+}
+fn d_3s() -> String {
+    "3s".into()
+}
+fn d_10s() -> String {
+    "10s".into()
+}
+fn d_30s() -> String {
+    "30s".into()
+}
+fn d_24h() -> String {
+    "24h".into()
+}

@@ -1,0 +1,394 @@
+//! One client connection, from accept to close. See `src/LIFECYCLE.md`.
+//!
+//! accept → [PROXY header] → [TLS handshake] → read CONNECT (deadline, size cap)
+//! → pick node(s) → connect upstream (timeout, retries) → forward the original bytes
+//! → relay both ways (CONNACK observed) → close on EOF, error, node/listener
+//! cancellation or shutdown. Every refusal is counted once and logged once at debug.
+
+use crate::cluster::{Cluster, Node};
+use crate::gateway::{ListenerRt, Runtime, Shared};
+use crate::metrics::Reject;
+use crate::mqtt::{self, connack_reply, ConnackInfo, ConnectError, Parse};
+use crate::relay::{self, ConnackObserver, ConnackSink};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout_at;
+use tracing::{field, Instrument};
+
+/// Entry point of a connection task.
+pub async fn handle(
+    shared: Arc<Shared>,
+    rt: Arc<Runtime>,
+    lst: Arc<ListenerRt>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let span = tracing::debug_span!(
+        "conn",
+        client.addr = %peer,
+        listener = %lst.config.name,
+        client_id = field::Empty,
+        node = field::Empty
+    );
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let limits = &rt.config.limits;
+        let mut tcp = tcp;
+        let mut peer = peer;
+        let mut proxied = None;
+        if lst.config.proxy_protocol {
+            match crate::proxy::accept_header(
+                &mut tcp,
+                peer,
+                &lst.config.trusted_proxies,
+                limits.connect_timeout,
+            )
+            .await
+            {
+                Ok(info) => {
+                    if let Some(src) = info.source {
+                        tracing::Span::current().record("client.addr", field::display(src));
+                        peer = src;
+                    }
+                    proxied = Some(info);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "refused: PROXY header");
+                    shared.metrics.reject(&lst.config.name, Reject::Proxy);
+                    return;
+                }
+            }
+        }
+        let ctx = ClientCtx {
+            peer,
+            proxied,
+            tls_info: None,
+        };
+        match lst.tls.as_ref().map(|t| t.load_full()) {
+            None => serve(&shared, &rt, &lst, tcp, ctx).await,
+            Some(acceptor) => {
+                let deadline = Instant::now() + limits.tls_handshake_timeout;
+                match timeout_at(deadline.into(), acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let mut ctx = ctx;
+                        ctx.tls_info =
+                            Some(crate::proxy::TlsInfo::from_server_conn(stream.get_ref().1));
+                        serve(&shared, &rt, &lst, stream, ctx).await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "refused: TLS handshake failed");
+                        tls_failed(&shared, &lst);
+                    }
+                    Err(_) => {
+                        tracing::debug!("refused: TLS handshake timed out");
+                        tls_failed(&shared, &lst);
+                    }
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn tls_failed(shared: &Shared, lst: &ListenerRt) {
+    shared
+        .metrics
+        .tls_handshake_failures
+        .with_label_values(&[&lst.config.name])
+        .inc();
+    shared.metrics.reject(&lst.config.name, Reject::Tls);
+}
+
+/// What the gateway knows about the client beyond its bytes (for PROXY headers out).
+pub struct ClientCtx {
+    pub peer: SocketAddr,
+    pub proxied: Option<crate::proxy::ProxyInfo>,
+    pub tls_info: Option<crate::proxy::TlsInfo>,
+}
+
+enum ReadError {
+    Reject(Reject, String),
+    /// Protocol level not 3/4/5: answered with CONNACK 0x01.
+    Protocol(u8),
+}
+
+/// Read one complete CONNECT (and whatever follows it in the same reads).
+/// Returns the bytes read and the CONNECT's length.
+async fn read_connect<S: AsyncRead + Unpin>(
+    s: &mut S,
+    max: usize,
+    deadline: Instant,
+) -> Result<(Vec<u8>, usize), ReadError> {
+    let mut buf: Vec<u8> = Vec::with_capacity(256);
+    let total = loop {
+        match mqtt::frame_len(&buf, max) {
+            Ok(Parse::Complete(n)) => break n,
+            Ok(Parse::Incomplete) => {}
+            Err(e) => return Err(map_connect_error(e)),
+        }
+        read_more(s, &mut buf, 256, deadline).await?;
+    };
+    while buf.len() < total {
+        let want = total - buf.len();
+        read_more(s, &mut buf, want, deadline).await?;
+    }
+    Ok((buf, total))
+}
+
+async fn read_more<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    want: usize,
+    deadline: Instant,
+) -> Result<(), ReadError> {
+    if buf.capacity() - buf.len() == 0 {
+        buf.reserve_exact(want.max(64));
+    }
+    match timeout_at(deadline.into(), s.read_buf(buf)).await {
+        Err(_) => Err(ReadError::Reject(
+            Reject::Timeout,
+            format!("CONNECT incomplete after {} bytes", buf.len()),
+        )),
+        Ok(Err(e)) => Err(ReadError::Reject(
+            Reject::Closed,
+            format!("read error before a complete CONNECT: {e}"),
+        )),
+        Ok(Ok(0)) => Err(ReadError::Reject(
+            Reject::Closed,
+            format!("client closed after {} bytes of CONNECT", buf.len()),
+        )),
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
+fn map_connect_error(e: ConnectError) -> ReadError {
+    match e {
+        ConnectError::NotConnect => ReadError::Reject(
+            Reject::Invalid,
+            "first bytes are not an MQTT CONNECT".into(),
+        ),
+        ConnectError::Malformed(why) => {
+            ReadError::Reject(Reject::Malformed, format!("malformed CONNECT: {why}"))
+        }
+        ConnectError::UnsupportedProtocol(level) => ReadError::Protocol(level),
+        ConnectError::TooLarge(n) => ReadError::Reject(
+            Reject::TooLarge,
+            format!("CONNECT of {n} bytes is over max_connect_size"),
+        ),
+    }
+}
+
+/// Everything after transport setup, for plain and TLS streams alike.
+async fn serve<S>(shared: &Shared, rt: &Runtime, lst: &ListenerRt, mut client: S, ctx: ClientCtx)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = &rt.config.limits;
+    let lname = lst.config.name.as_str();
+    // Taken before reading so that an over-limit client costs little; refused after
+    // its CONNECT is read, so that the CONNACK can speak its protocol version.
+    let permit = shared.conn_limit.clone().try_acquire_owned().ok();
+    let _rejecting = match permit {
+        Some(_) => None,
+        None => match shared.rejecting.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                tracing::debug!("refused: max_connections reached (closed without reading)");
+                shared.metrics.reject(lname, Reject::Busy);
+                return;
+            }
+        },
+    };
+    let deadline = Instant::now() + limits.connect_timeout;
+    let (buf, len) = match read_connect(&mut client, limits.max_connect_size, deadline).await {
+        Ok(x) => x,
+        Err(ReadError::Reject(reason, why)) => {
+            tracing::debug!(reason = reason.as_str(), "refused: {why}");
+            shared.metrics.reject(lname, reason);
+            return;
+        }
+        Err(ReadError::Protocol(level)) => {
+            tracing::debug!(level, "refused: unsupported protocol level");
+            shared.metrics.reject(lname, Reject::Protocol);
+            refuse(&mut client, false, 0x01).await;
+            return;
+        }
+    };
+    let connect = match mqtt::parse_connect(&buf[..len]) {
+        Ok(c) => c,
+        Err(e) => {
+            let (reason, why, level) = match map_connect_error(e) {
+                ReadError::Reject(r, w) => (r, w, None),
+                ReadError::Protocol(l) => (
+                    Reject::Protocol,
+                    "unsupported protocol level".to_string(),
+                    Some(l),
+                ),
+            };
+            tracing::debug!(reason = reason.as_str(), "refused: {why}");
+            shared.metrics.reject(lname, reason);
+            if level.is_some() {
+                refuse(&mut client, false, 0x01).await;
+            }
+            return;
+        }
+    };
+    let v5 = connect.version.is_v5();
+    tracing::Span::current().record("client_id", connect.client_id);
+    shared
+        .metrics
+        .connect_packets
+        .with_label_values(&[lname, connect.version.as_str()])
+        .inc();
+    if permit.is_none() {
+        tracing::debug!("refused: max_connections reached");
+        shared.metrics.reject(lname, Reject::Busy);
+        refuse(&mut client, v5, if v5 { 0x89 } else { 0x03 }).await;
+        return;
+    }
+    let cluster = &lst.cluster;
+    let pick = cluster.pick(&connect);
+    drop(connect);
+    let cfg = cluster.config();
+    let mut upstream = None;
+    for node in &pick.nodes {
+        match connect_upstream(node, cfg.connect_timeout).await {
+            Ok(s) => {
+                upstream = Some((node.clone(), s));
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(node = %node.name, error = %e, "node refused; trying the next")
+            }
+        }
+    }
+    let Some((node, mut broker)) = upstream else {
+        tracing::debug!(
+            tried = pick.nodes.len(),
+            "refused: no node can take the client"
+        );
+        shared.metrics.reject(lname, Reject::NoNode);
+        refuse(&mut client, v5, if v5 { 0x88 } else { 0x03 }).await;
+        return;
+    };
+    tracing::Span::current().record("node", node.name.as_str());
+    // Subscribe to the node's session handle before forwarding, so that a node marked
+    // down from now on also closes this session.
+    let node_closed = node.session_token();
+    let started = Instant::now();
+    let header = crate::proxy::header_out(cfg.send_proxy_protocol, &ctx, broker.local_addr().ok());
+    let first = if header.is_empty() {
+        broker.write_all(&buf).await
+    } else {
+        let mut b = header;
+        b.extend_from_slice(&buf);
+        broker.write_all(&b).await
+    };
+    node.metrics.to_broker.inc_by(buf.len() as u64);
+    drop(buf);
+    if let Err(e) = first {
+        tracing::debug!(error = %e, "refused: forwarding CONNECT to the node failed");
+        shared.metrics.reject(lname, Reject::NoNode);
+        refuse(&mut client, v5, if v5 { 0x88 } else { 0x03 }).await;
+        return;
+    }
+    cluster.landed(pick.sticky, &node);
+    let labels = [lname, cluster.name.as_str(), node.name.as_str()];
+    shared
+        .metrics
+        .connections_total
+        .with_label_values(&labels)
+        .inc();
+    let active = shared.metrics.connections_active.with_label_values(&labels);
+    active.inc();
+    let _guard = node.connection_guard();
+    let mut observer = ConnackObserver::new(started);
+    let mut sink = Observed {
+        shared,
+        cluster,
+        node: &node,
+    };
+    let result = tokio::select! {
+        r = relay::relay(&mut client, &mut broker, &mut observer, &mut sink, &node.metrics) => r.map(Some),
+        _ = node_closed.cancelled() => Ok(None),
+        _ = lst.closed.cancelled() => Ok(None),
+        _ = shared.hard_stop.cancelled() => Ok(None),
+    };
+    active.dec();
+    match result {
+        Ok(Some(t)) => tracing::debug!(
+            to_broker = t.to_broker,
+            to_client = t.to_client,
+            "connection closed"
+        ),
+        Ok(None) => tracing::debug!(
+            "session closed by the gateway (node down, maintenance, removal or shutdown)"
+        ),
+        Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
+    }
+    drop(permit);
+}
+
+async fn connect_upstream(node: &Node, t: Duration) -> std::io::Result<TcpStream> {
+    match tokio::time::timeout(t, crate::health::connect_node(node)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connect timed out",
+        )),
+    }
+}
+
+/// Send our own CONNACK and close cleanly: half-close, then drain what the client still
+/// sends for a moment so that the close does not turn into a reset that eats the reply.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, v5: bool, code: u8) {
+    let (reply, n) = connack_reply(v5, code);
+    if s.write_all(&reply[..n]).await.is_err() {
+        return;
+    }
+    let _ = s.flush().await;
+    let _ = s.shutdown().await;
+    let mut sink = [0u8; 512];
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let mut drained = 0usize;
+    while drained < 64 * 1024 {
+        match timeout_at(deadline.into(), s.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+}
+
+struct Observed<'a> {
+    shared: &'a Shared,
+    cluster: &'a Cluster,
+    node: &'a Node,
+}
+
+impl ConnackSink for Observed<'_> {
+    fn connack(&mut self, info: Option<ConnackInfo>, latency: Duration) {
+        let code = match info {
+            Some(i) => {
+                self.node
+                    .metrics
+                    .connack_latency
+                    .observe(latency.as_secs_f64());
+                crate::metrics::code_label(i.code)
+            }
+            None => "invalid",
+        };
+        self.shared
+            .metrics
+            .connack
+            .with_label_values(&[&self.cluster.name, &self.node.name, code])
+            .inc();
+    }
+}

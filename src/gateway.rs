@@ -1,0 +1,484 @@
+//! The running gateway: long-lived state ([`Shared`]) beside the current configuration
+//! view ([`Runtime`], swapped atomically on reload), start-up, reload and shutdown.
+//!
+//! Start-up is a reload from nothing: [`Gateway::apply`] parses nothing itself; it takes
+//! a validated [`Config`], prepares everything that can fail (TLS material, new
+//! sockets) before changing anything, then reconciles clusters, nodes and listeners by
+//! name and swaps in the new [`Runtime`]. State that must outlive reloads (node health,
+//! sticky tables, listener sockets and their sessions) is kept and reused.
+
+use crate::cluster::Cluster;
+use crate::config::{self, Config, ConfigErrors, ListenerConfig};
+use crate::listener::{self, RateLimiter};
+use crate::metrics::Metrics;
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use hickory_resolver::TokioAsyncResolver;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How many over-limit clients may be in the middle of being refused at once.
+const MAX_REJECTING: usize = 1024;
+
+/// The configuration view a connection loads once when it starts.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub clusters: HashMap<String, Arc<Cluster>>,
+    pub listeners: HashMap<String, Arc<ListenerRt>>,
+}
+
+/// One listener as the connection path sees it.
+pub struct ListenerRt {
+    pub config: ListenerConfig,
+    pub tls: Option<ArcSwap<TlsAcceptor>>,
+    pub cluster: Arc<Cluster>,
+    /// Cancelled when the listener is removed: its sessions close.
+    pub closed: CancellationToken,
+    pub local_addr: SocketAddr,
+}
+
+/// A bound listener socket and its accept loop.
+struct Slot {
+    bind: SocketAddr,
+    local_addr: SocketAddr,
+    stop_accept: CancellationToken,
+    closed: CancellationToken,
+}
+
+/// State that lives as long as the process, across reloads.
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    runtime: ArcSwap<Runtime>,
+    clusters: Mutex<HashMap<String, Arc<Cluster>>>,
+    slots: Mutex<HashMap<String, Slot>>,
+    /// Serialises reloads.
+    apply_lock: tokio::sync::Mutex<()>,
+    /// Stop accepting (start of graceful shutdown).
+    pub stopping: CancellationToken,
+    /// Close every remaining session (end of the shutdown grace).
+    pub hard_stop: CancellationToken,
+    /// Stops background tasks (health checks, peers, admin).
+    pub background: CancellationToken,
+    /// Connection tasks.
+    pub tracker: TaskTracker,
+    /// Background tasks.
+    pub bg_tracker: TaskTracker,
+    pub conn_limit: Arc<Semaphore>,
+    conn_limit_size: AtomicUsize,
+    pub rejecting: Arc<Semaphore>,
+    pub rate: RateLimiter,
+    pub resolver: Arc<TokioAsyncResolver>,
+    /// This gateway's name (the `[peers] name`, else the host name).
+    pub instance: String,
+    /// Changes the log filter on reload (set by the binary).
+    pub log_level: Mutex<Option<Box<dyn Fn(&str) + Send + Sync>>>,
+}
+
+impl Shared {
+    /// The current configuration view (one atomic load).
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<Arc<Cluster>> {
+        self.runtime().clusters.get(name).cloned()
+    }
+
+    /// The address a listener is bound to (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.runtime().listeners.get(name).map(|l| l.local_addr)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("listener `{listener}`: cannot bind {bind}: {source}")]
+    Bind {
+        listener: String,
+        bind: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("listener `{listener}`: {source}")]
+    Tls {
+        listener: String,
+        source: crate::tls::TlsError,
+    },
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+}
+
+#[derive(Clone)]
+pub struct Gateway {
+    pub shared: Arc<Shared>,
+}
+
+fn instance_name(cfg: &Config) -> String {
+    if let Some(p) = &cfg.peers {
+        return p.name.clone();
+    }
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "mqgate".to_string())
+}
+
+impl Gateway {
+    /// Bind everything and start serving. Errors if a listener cannot bind or its TLS
+    /// material cannot be loaded.
+    pub async fn start(config: Config) -> Result<Gateway, ApplyError> {
+        let metrics = Arc::new(Metrics::new());
+        let empty = Runtime {
+            config: Arc::new(config.clone()),
+            clusters: HashMap::new(),
+            listeners: HashMap::new(),
+        };
+        let shared = Arc::new(Shared {
+            metrics,
+            runtime: ArcSwap::from_pointee(empty),
+            clusters: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
+            apply_lock: tokio::sync::Mutex::new(()),
+            stopping: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            background: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            bg_tracker: TaskTracker::new(),
+            conn_limit: Arc::new(Semaphore::new(config.limits.max_connections)),
+            conn_limit_size: AtomicUsize::new(config.limits.max_connections),
+            rejecting: Arc::new(Semaphore::new(MAX_REJECTING)),
+            rate: RateLimiter::default(),
+            resolver: crate::health::resolver(),
+            instance: instance_name(&config),
+            log_level: Mutex::new(None),
+        });
+        let gw = Gateway { shared };
+        gw.apply(config).await?;
+        gw.spawn_sweeper();
+        Ok(gw)
+    }
+
+    fn spawn_sweeper(&self) {
+        let shared = self.shared.clone();
+        self.shared.bg_tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shared.background.cancelled() => return,
+                }
+                for c in shared.runtime().clusters.values() {
+                    c.sticky.sweep();
+                    shared
+                        .metrics
+                        .sticky_entries
+                        .with_label_values(&[&c.name])
+                        .set(c.sticky.len() as i64);
+                }
+            }
+        });
+    }
+
+    /// Re-read the config file this gateway was started from, and apply it.
+    pub async fn reload(&self) -> Result<(), ApplyError> {
+        let path = self.shared.runtime().config.source.clone();
+        let result = match config::load(&path) {
+            Ok(cfg) => self.apply(cfg).await,
+            Err(e) => Err(ApplyError::Config(e)),
+        };
+        let m = &self.shared.metrics;
+        match &result {
+            Ok(()) => {
+                m.config_reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(file = %path.display(), "configuration reloaded");
+            }
+            Err(e) => {
+                m.config_reloads.with_label_values(&["error"]).inc();
+                tracing::error!(
+                    "configuration reload failed; the running configuration stays: {e}"
+                );
+            }
+        }
+        result
+    }
+
+    /// Apply a validated configuration (start-up and reload).
+    pub async fn apply(&self, cfg: Config) -> Result<(), ApplyError> {
+        let shared = &self.shared;
+        let _serial = shared.apply_lock.lock().await;
+        let old = shared.runtime();
+
+        // 1. Everything that can fail, before anything changes.
+        let mut acceptors: HashMap<String, TlsAcceptor> = HashMap::new();
+        for l in &cfg.listeners {
+            if let Some(t) = &l.tls {
+                let sc = crate::tls::server_config(t).map_err(|source| ApplyError::Tls {
+                    listener: l.name.clone(),
+                    source,
+                })?;
+                acceptors.insert(l.name.clone(), TlsAcceptor::from(sc));
+            }
+        }
+        let mut new_sockets: HashMap<String, std::net::TcpListener> = HashMap::new();
+        {
+            let slots = lock(&shared.slots);
+            for l in &cfg.listeners {
+                let keep = slots
+                    .get(&l.name)
+                    .map(|s| s.bind == l.bind)
+                    .unwrap_or(false);
+                if !keep {
+                    let sock = listener::bind(l.bind).map_err(|source| ApplyError::Bind {
+                        listener: l.name.clone(),
+                        bind: l.bind,
+                        source,
+                    })?;
+                    new_sockets.insert(l.name.clone(), sock);
+                }
+            }
+        }
+
+        // 2. Clusters and nodes, reconciled by name.
+        let mut clusters_now = HashMap::new();
+        {
+            let mut clusters = lock(&shared.clusters);
+            for c in &cfg.clusters {
+                let cluster = match clusters.get(&c.name) {
+                    Some(existing) => {
+                        let (added, _removed) = existing.reconfigure(c);
+                        for n in added {
+                            self.start_checks(existing, n);
+                        }
+                        existing.clone()
+                    }
+                    None => {
+                        let cl =
+                            Arc::new(Cluster::new(c, shared.metrics.clone(), &shared.instance));
+                        for n in cl.nodes().iter() {
+                            self.start_checks(&cl, n.clone());
+                        }
+                        clusters.insert(c.name.clone(), cl.clone());
+                        cl
+                    }
+                };
+                clusters_now.insert(c.name.clone(), cluster);
+            }
+            let gone: Vec<String> = clusters
+                .keys()
+                .filter(|k| !clusters_now.contains_key(*k))
+                .cloned()
+                .collect();
+            for name in gone {
+                if let Some(c) = clusters.remove(&name) {
+                    tracing::info!(cluster = %name, "cluster removed");
+                    c.retire();
+                }
+            }
+        }
+
+        // 3. Listeners: keep sockets whose bind did not change, start new ones.
+        let mut listeners_now = HashMap::new();
+        let mut to_start = Vec::new();
+        {
+            let mut slots = lock(&shared.slots);
+            for l in &cfg.listeners {
+                let Some(cluster) = clusters_now.get(&l.cluster).cloned() else {
+                    continue; // validation guarantees the cluster exists
+                };
+                if let Some(sock) = new_sockets.remove(&l.name) {
+                    let local_addr = sock.local_addr().unwrap_or(l.bind);
+                    let closed = match slots.remove(&l.name) {
+                        Some(old_slot) => {
+                            tracing::info!(listener = %l.name, from = %old_slot.bind, to = %l.bind, "listener re-bound");
+                            old_slot.stop_accept.cancel();
+                            old_slot.closed
+                        }
+                        None => {
+                            tracing::info!(listener = %l.name, bind = %local_addr, tls = l.tls.is_some(), "listening");
+                            CancellationToken::new()
+                        }
+                    };
+                    let stop_accept = CancellationToken::new();
+                    slots.insert(
+                        l.name.clone(),
+                        Slot {
+                            bind: l.bind,
+                            local_addr,
+                            stop_accept: stop_accept.clone(),
+                            closed: closed.clone(),
+                        },
+                    );
+                    to_start.push((l.name.clone(), sock, stop_accept));
+                }
+                let slot = match slots.get(&l.name) {
+                    Some(s) => s,
+                    None => continue,
+                };
+                shared.metrics.init_listener(&l.name);
+                listeners_now.insert(
+                    l.name.clone(),
+                    Arc::new(ListenerRt {
+                        config: l.clone(),
+                        tls: acceptors.remove(&l.name).map(ArcSwap::from_pointee),
+                        cluster,
+                        closed: slot.closed.clone(),
+                        local_addr: slot.local_addr,
+                    }),
+                );
+            }
+            let gone: Vec<String> = slots
+                .keys()
+                .filter(|k| !listeners_now.contains_key(*k))
+                .cloned()
+                .collect();
+            for name in gone {
+                if let Some(s) = slots.remove(&name) {
+                    tracing::info!(listener = %name, "listener removed; closing its sessions");
+                    s.stop_accept.cancel();
+                    s.closed.cancel();
+                }
+            }
+        }
+
+        // 4. Limits and log level.
+        self.resize_conn_limit(cfg.limits.max_connections);
+        if old.config.log.level != cfg.log.level {
+            if let Some(f) = lock(&shared.log_level).as_ref() {
+                f(&cfg.log.level);
+            }
+        }
+
+        // 5. Swap the view, then start accepting on new sockets.
+        shared.runtime.store(Arc::new(Runtime {
+            config: Arc::new(cfg),
+            clusters: clusters_now,
+            listeners: listeners_now,
+        }));
+        shared
+            .metrics
+            .config_last_reload_success
+            .set(crate::sticky::now_ms() as i64 / 1000);
+        for (name, sock, stop) in to_start {
+            let l = tokio::net::TcpListener::from_std(sock).map_err(|source| ApplyError::Bind {
+                listener: name.clone(),
+                bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source,
+            })?;
+            let stop = stop.clone();
+            let combined = shared.stopping.clone();
+            let shared2 = shared.clone();
+            shared.bg_tracker.spawn(async move {
+                let stop2 = stop.clone();
+                tokio::select! {
+                    _ = listener::accept_loop(shared2, name, l, stop2) => {}
+                    _ = combined.cancelled() => { stop.cancel(); }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    fn start_checks(&self, cluster: &Arc<Cluster>, node: Arc<crate::cluster::Node>) {
+        crate::health::spawn(
+            &self.shared.bg_tracker,
+            cluster.clone(),
+            node,
+            self.shared.metrics.clone(),
+            self.shared.resolver.clone(),
+            self.shared.background.clone(),
+        );
+    }
+
+    fn resize_conn_limit(&self, want: usize) {
+        let have = self.shared.conn_limit_size.swap(want, Ordering::AcqRel);
+        if want > have {
+            self.shared.conn_limit.add_permits(want - have);
+        } else if want < have {
+            let sem = self.shared.conn_limit.clone();
+            let n = (have - want) as u32;
+            tokio::spawn(async move {
+                if let Ok(p) = sem.acquire_many(n).await {
+                    p.forget();
+                }
+            });
+        }
+    }
+
+    /// Graceful shutdown (SPEC section 6): stop accepting, let sessions run for up to
+    /// `shutdown_grace`, then close what is left.
+    pub async fn shutdown(&self) {
+        let shared = &self.shared;
+        let grace = shared.runtime().config.limits.shutdown_grace;
+        shared.stopping.cancel();
+        shared.tracker.close();
+        let open = shared.tracker.len();
+        tracing::info!(open_connections = open, grace = ?grace, "shutting down: no new connections");
+        if tokio::time::timeout(grace, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                open_connections = shared.tracker.len(),
+                "shutdown grace over; closing remaining sessions"
+            );
+            shared.hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), shared.tracker.wait()).await;
+        }
+        shared.background.cancel();
+        shared.bg_tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), shared.bg_tracker.wait()).await;
+        tracing::info!("stopped");
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Run a gateway until `shutdown` is cancelled; SIGHUP reloads the config file.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with(config, shutdown, None).await
+}
+
+/// [`run`], with a function that changes the log level on reload.
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    set_log_level: Option<Box<dyn Fn(&str) + Send + Sync>>,
+) -> anyhow::Result<()> {
+    let gw = Gateway::start(config).await.context("starting mqgate")?;
+    *lock(&gw.shared.log_level) = set_log_level;
+    crate::admin::spawn(&gw)
+        .await
+        .context("starting the admin server")?;
+    #[cfg(unix)]
+    {
+        let gw2 = gw.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        let stop = gw.shared.background.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    s = hup.recv() => if s.is_none() { return },
+                    _ = stop.cancelled() => return,
+                }
+                tracing::info!("SIGHUP: reloading configuration");
+                let _ = gw2.reload().await;
+            }
+        });
+    }
+    shutdown.cancelled().await;
+    gw.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! Listeners: bind client-facing sockets and run their accept loops.
+//!
+//! The accept loop does as little as possible: accept, apply the per-IP connection
+//! rate, and spawn one task per connection (`conn::handle`), which does the PROXY
+//! header, TLS handshake and CONNECT read under their own deadlines. Accept errors
+//! such as "too many open files" back off instead of spinning.
+
+use crate::gateway::Shared;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Bind a listening socket with a deep backlog (connect storms) and SO_REUSEADDR /
+/// SO_REUSEPORT, so that a new mqgate process can bind the same port while the old one
+/// drains (zero-downtime restart).
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        let _ = s.set_only_v6(false);
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
+/// Run the accept loop of listener `name` until `stop` is cancelled.
+pub async fn accept_loop(
+    shared: Arc<Shared>,
+    name: String,
+    listener: TcpListener,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.cancelled() => break,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                backoff = Duration::from_millis(5);
+                let rt = shared.runtime();
+                let Some(lst) = rt.listeners.get(&name).cloned() else {
+                    continue;
+                };
+                if !shared
+                    .rate
+                    .allow(peer.ip(), rt.config.limits.per_ip_connect_rate)
+                {
+                    shared.metrics.reject(&name, crate::metrics::Reject::Rate);
+                    tracing::debug!(client.addr = %peer, listener = %name, "refused: over per_ip_connect_rate");
+                    drop(tcp);
+                    continue;
+                }
+                shared
+                    .tracker
+                    .spawn(crate::conn::handle(shared.clone(), rt, lst, tcp, peer));
+            }
+            Err(e) if is_resource_error(&e) => {
+                tracing::warn!(listener = %name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed: out of resources; backing off");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => {
+                tracing::debug!(listener = %name, error = %e, "accept failed");
+            }
+        }
+    }
+    tracing::debug!(listener = %name, "listener stopped accepting");
+}
+
+fn is_resource_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+    )
+}
+
+/// Token bucket per source IP for `per_ip_connect_rate` (connections per second,
+/// bursts up to one second's worth).
+#[derive(Default)]
+pub struct RateLimiter {
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    pub fn allow(&self, ip: IpAddr, rate: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let mut g = match self.buckets.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if g.len() > 100_000 {
+            // Forget sources idle for a second or more: their buckets are full anyway.
+            g.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(1));
+        }
+        let rate = rate as f64;
+        let (tokens, last) = g.entry(ip).or_insert((rate, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_allows_burst_then_refuses() {
+        let r = RateLimiter::default();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let allowed = (0..10).filter(|_| r.allow(ip, 5)).count();
+        assert_eq!(allowed, 5);
+        assert!(
+            r.allow("10.0.0.2".parse().unwrap(), 5),
+            "other sources are unaffected"
+        );
+        assert!(r.allow(ip, 0), "0 = unlimited");
+    }
+}

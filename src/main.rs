@@ -1,0 +1,161 @@
+//! The `mqgate` binary: parse the command line, set up logging, call the library.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "mqgate",
+    version,
+    about = "MQTT-aware layer-4 proxy and load balancer for Mosquitto"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway in the foreground (logs to stderr).
+    Run {
+        #[arg(short, long, default_value = "mqgate.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file and print a summary (exit 1 with every error).
+    Check {
+        #[arg(short, long, default_value = "mqgate.toml")]
+        config: PathBuf,
+    },
+    /// Table of clusters, nodes, states, leader, connections and peers.
+    Status {
+        #[arg(long)]
+        admin: Option<String>,
+    },
+    /// Change a node's admin state.
+    Node {
+        #[arg(value_parser = ["ready", "drain", "maint"])]
+        state: String,
+        cluster: String,
+        node: String,
+        #[arg(long)]
+        admin: Option<String>,
+    },
+    /// Inspect or remove a sticky entry.
+    Sticky {
+        #[arg(value_parser = ["get", "del"])]
+        action: String,
+        cluster: String,
+        key: String,
+        #[arg(long)]
+        admin: Option<String>,
+    },
+    /// Version and build information.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run { config } => run(config),
+        Cmd::Check { config } => match mqgate::config::load(&config) {
+            Ok(cfg) => {
+                print!("{}", mqgate::cli::summary(&cfg));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                eprintln!("{}: {} error(s)", config.display(), e.errors.len());
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Status { admin } => mqgate::cli::client(mqgate::cli::Request::Status, admin),
+        Cmd::Node {
+            state,
+            cluster,
+            node,
+            admin,
+        } => mqgate::cli::client(
+            mqgate::cli::Request::Node {
+                state,
+                cluster,
+                node,
+            },
+            admin,
+        ),
+        Cmd::Sticky {
+            action,
+            cluster,
+            key,
+            admin,
+        } => mqgate::cli::client(
+            mqgate::cli::Request::Sticky {
+                action,
+                cluster,
+                key,
+            },
+            admin,
+        ),
+        Cmd::Version => {
+            println!("{}", mqgate::cli::version());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let cfg = match mqgate::config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let set_level = mqgate::logging::init(&cfg.log.level, cfg.log.format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mqgate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_stop_signal().await;
+            tracing::info!("stop signal received");
+            s.cancel();
+        });
+        mqgate::run_with(cfg, shutdown, Some(set_level)).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("mqgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! Every metric of SPEC section 8, named once, registered in one registry.
+//!
+//! The data path never looks labels up per byte: a connection resolves its per-node
+//! handles ([`NodeMetrics`]) once when it is routed, then increments plain atomics.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub mod names {
+    pub const BUILD_INFO: &str = "mqgate_build_info";
+    pub const CONNECTIONS_ACTIVE: &str = "mqgate_connections_active";
+    pub const CONNECTIONS_TOTAL: &str = "mqgate_connections_total";
+    pub const CONNECTIONS_REJECTED_TOTAL: &str = "mqgate_connections_rejected_total";
+    pub const CONNECT_PACKETS_TOTAL: &str = "mqgate_connect_packets_total";
+    pub const BYTES_TOTAL: &str = "mqgate_bytes_total";
+    pub const CONNACK_TOTAL: &str = "mqgate_connack_total";
+    pub const CONNACK_LATENCY_SECONDS: &str = "mqgate_connack_latency_seconds";
+    pub const NODE_UP: &str = "mqgate_node_up";
+    pub const NODE_ADMIN_STATE: &str = "mqgate_node_admin_state";
+    pub const NODE_LEADER: &str = "mqgate_node_leader";
+    pub const LEADER_CHANGES_TOTAL: &str = "mqgate_leader_changes_total";
+    pub const HEALTH_CHECKS_TOTAL: &str = "mqgate_health_checks_total";
+    pub const HEALTH_CHECK_DURATION_SECONDS: &str = "mqgate_health_check_duration_seconds";
+    pub const STICKY_ENTRIES: &str = "mqgate_sticky_entries";
+    pub const STICKY_LOOKUPS_TOTAL: &str = "mqgate_sticky_lookups_total";
+    pub const PEER_UP: &str = "mqgate_peer_up";
+    pub const PEER_UPDATES_TOTAL: &str = "mqgate_peer_updates_total";
+    pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "mqgate_tls_handshake_failures_total";
+    pub const CONFIG_RELOADS_TOTAL: &str = "mqgate_config_reloads_total";
+    pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
+        "mqgate_config_last_reload_success_timestamp_seconds";
+}
+
+/// Why a client connection was refused (`reason` label of the rejected counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    Invalid,
+    Malformed,
+    Protocol,
+    Timeout,
+    TooLarge,
+    Busy,
+    NoNode,
+    Tls,
+    /// Over `per_ip_connect_rate`.
+    Rate,
+    /// PROXY header missing, malformed, or from an untrusted source.
+    Proxy,
+    /// The client went away (or its socket failed) before a complete CONNECT.
+    Closed,
+}
+
+impl Reject {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::Invalid => "invalid",
+            Reject::Malformed => "malformed",
+            Reject::Protocol => "protocol",
+            Reject::Timeout => "timeout",
+            Reject::TooLarge => "too_large",
+            Reject::Busy => "busy",
+            Reject::NoNode => "no_node",
+            Reject::Tls => "tls",
+            Reject::Rate => "rate",
+            Reject::Proxy => "proxy",
+            Reject::Closed => "closed",
+        }
+    }
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub build_info: IntGaugeVec,
+    pub connections_active: IntGaugeVec,
+    pub connections_total: IntCounterVec,
+    pub connections_rejected: IntCounterVec,
+    pub connect_packets: IntCounterVec,
+    pub bytes: IntCounterVec,
+    pub connack: IntCounterVec,
+    pub connack_latency: HistogramVec,
+    pub node_up: IntGaugeVec,
+    pub node_admin_state: IntGaugeVec,
+    pub node_leader: IntGaugeVec,
+    pub leader_changes: IntCounterVec,
+    pub health_checks: IntCounterVec,
+    pub health_check_duration: HistogramVec,
+    pub sticky_entries: IntGaugeVec,
+    pub sticky_lookups: IntCounterVec,
+    pub peer_up: IntGaugeVec,
+    pub peer_updates: IntCounterVec,
+    pub tls_handshake_failures: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_success: IntGauge,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid metric definition");
+    r.register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        use names::*;
+        let r = Registry::new();
+        let lat = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let m = Metrics {
+            build_info: gauge(
+                &r,
+                BUILD_INFO,
+                "Build information of this mqgate binary.",
+                &["version"],
+            ),
+            connections_active: gauge(
+                &r,
+                CONNECTIONS_ACTIVE,
+                "Client connections currently relayed.",
+                &["listener", "cluster", "node"],
+            ),
+            connections_total: counter(
+                &r,
+                CONNECTIONS_TOTAL,
+                "Client connections relayed to a broker node.",
+                &["listener", "cluster", "node"],
+            ),
+            connections_rejected: counter(
+                &r,
+                CONNECTIONS_REJECTED_TOTAL,
+                "Client connections refused, by reason.",
+                &["listener", "reason"],
+            ),
+            connect_packets: counter(
+                &r,
+                CONNECT_PACKETS_TOTAL,
+                "Well-formed CONNECT packets read, by protocol version.",
+                &["listener", "protocol"],
+            ),
+            bytes: counter(
+                &r,
+                BYTES_TOTAL,
+                "Bytes relayed, by direction.",
+                &["cluster", "direction"],
+            ),
+            connack: counter(
+                &r,
+                CONNACK_TOTAL,
+                "CONNACK packets seen from brokers, by return/reason code.",
+                &["cluster", "node", "code"],
+            ),
+            connack_latency: histogram(
+                &r,
+                CONNACK_LATENCY_SECONDS,
+                "Time from forwarding CONNECT to seeing the broker's CONNACK.",
+                &["cluster", "node"],
+                lat.clone(),
+            ),
+            node_up: gauge(
+                &r,
+                NODE_UP,
+                "1 when the node passes health checks.",
+                &["cluster", "node"],
+            ),
+            node_admin_state: gauge(
+                &r,
+                NODE_ADMIN_STATE,
+                "1 for the node's current admin state.",
+                &["cluster", "node", "state"],
+            ),
+            node_leader: gauge(
+                &r,
+                NODE_LEADER,
+                "1 for the current leader of a full-sync cluster.",
+                &["cluster", "node"],
+            ),
+            leader_changes: counter(
+                &r,
+                LEADER_CHANGES_TOTAL,
+                "Leader changes of a full-sync cluster.",
+                &["cluster"],
+            ),
+            health_checks: counter(
+                &r,
+                HEALTH_CHECKS_TOTAL,
+                "Health check probes, by result.",
+                &["cluster", "node", "result"],
+            ),
+            health_check_duration: histogram(
+                &r,
+                HEALTH_CHECK_DURATION_SECONDS,
+                "Duration of health check probes.",
+                &["cluster", "node"],
+                lat,
+            ),
+            sticky_entries: gauge(
+                &r,
+                STICKY_ENTRIES,
+                "Entries in the sticky table.",
+                &["cluster"],
+            ),
+            sticky_lookups: counter(
+                &r,
+                STICKY_LOOKUPS_TOTAL,
+                "Sticky table lookups, by result.",
+                &["cluster", "result"],
+            ),
+            peer_up: gauge(
+                &r,
+                PEER_UP,
+                "1 while the link to a peer gateway is established.",
+                &["peer"],
+            ),
+            peer_updates: counter(
+                &r,
+                PEER_UPDATES_TOTAL,
+                "Sticky updates exchanged with a peer.",
+                &["peer", "direction"],
+            ),
+            tls_handshake_failures: counter(
+                &r,
+                TLS_HANDSHAKE_FAILURES_TOTAL,
+                "TLS handshakes that failed or timed out.",
+                &["listener"],
+            ),
+            config_reloads: counter(
+                &r,
+                CONFIG_RELOADS_TOTAL,
+                "Configuration reloads, by result.",
+                &["result"],
+            ),
+            config_last_reload_success: {
+                let g = IntGauge::new(
+                    CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
+                    "Unix time of the last successful configuration load.",
+                )
+                .expect("valid metric definition");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            registry: r,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for result in ["ok", "error"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
+        m
+    }
+
+    /// Pre-create the reject counters of a listener so that they show as 0.
+    pub fn init_listener(&self, listener: &str) {
+        for r in [
+            Reject::Invalid,
+            Reject::Malformed,
+            Reject::Protocol,
+            Reject::Timeout,
+            Reject::TooLarge,
+            Reject::Busy,
+            Reject::NoNode,
+            Reject::Tls,
+        ] {
+            self.connections_rejected
+                .with_label_values(&[listener, r.as_str()]);
+        }
+    }
+
+    pub fn reject(&self, listener: &str, reason: Reject) {
+        self.connections_rejected
+            .with_label_values(&[listener, reason.as_str()])
+            .inc();
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let enc = TextEncoder::new();
+        if let Err(e) = enc.encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+
+    /// Handles for one node, resolved once per connection (or once per node).
+    pub fn node(&self, cluster: &str, node: &str) -> NodeMetrics {
+        NodeMetrics {
+            to_broker: self.bytes.with_label_values(&[cluster, "to_broker"]),
+            to_client: self.bytes.with_label_values(&[cluster, "to_client"]),
+            connack_latency: self.connack_latency.with_label_values(&[cluster, node]),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Per-node handles the relay increments without label lookups.
+#[derive(Clone)]
+pub struct NodeMetrics {
+    pub to_broker: IntCounter,
+    pub to_client: IntCounter,
+    pub connack_latency: Histogram,
+}
+
+/// `code` label of a CONNACK return/reason code, without allocating.
+pub fn code_label(code: u8) -> &'static str {
+    CODE_LABELS[code as usize]
+}
+
+#[rustfmt::skip]
+static CODE_LABELS: [&str; 256] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16", "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31", "32", "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46", "47", "48", "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59", "60", "61", "62", "63", "64", "65", "66", "67", "68", "69", "70", "71", "72", "73", "74", "75", "76", "77", "78", "79", "80", "81", "82", "83", "84", "85", "86", "87", "88", "89", "90", "91", "92", "93", "94", "95", "96", "97", "98", "99", "100", "101", "102", "103", "104", "105", "106", "107", "108", "109", "110", "111", "112", "113", "114", "115", "116", "117", "118", "119", "120", "121", "122", "123", "124", "125", "126", "127", "128", "129", "130", "131", "132", "133", "134", "135", "136", "137", "138", "139", "140", "141", "142", "143", "144", "145", "146", "147", "148", "149", "150", "151", "152", "153", "154", "155", "156", "157", "158", "159", "160", "161", "162", "163", "164", "165", "166", "167", "168", "169", "170", "171", "172", "173", "174", "175", "176", "177", "178", "179", "180", "181", "182", "183", "184", "185", "186", "187", "188", "189", "190", "191", "192", "193", "194", "195", "196", "197", "198", "199", "200", "201", "202", "203", "204", "205", "206", "207", "208", "209", "210", "211", "212", "213", "214", "215", "216", "217", "218", "219", "220", "221", "222", "223", "224", "225", "226", "227", "228", "229", "230", "231", "232", "233", "234", "235", "236", "237", "238", "239", "240", "241", "242", "243", "244", "245", "246", "247", "248", "249", "250", "251", "252", "253", "254", "255"];

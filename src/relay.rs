@@ -1,0 +1,213 @@
+//! The relay: after the CONNECT has been forwarded, move bytes both ways until one side
+//! is done, passing half-closes on, and watch the broker's first packet (CONNACK).
+//!
+//! Memory: an idle connection holds no buffer. Each poll reads into a stack buffer
+//! that exists only for the duration of that poll; bytes are written on at once, and
+//! only what the destination cannot take right now is copied to the heap (and freed as
+//! soon as it has been written). Counting uses pre-resolved counter handles: no label
+//! lookups or allocation per chunk.
+
+use crate::metrics::NodeMetrics;
+use crate::mqtt::{observe_connack, ConnackInfo, Parse};
+use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+const CHUNK: usize = 16 * 1024;
+
+/// What the broker's first packet said, reported once.
+pub trait ConnackSink {
+    fn connack(&mut self, info: Option<ConnackInfo>, latency: std::time::Duration);
+}
+
+/// Watches the first bytes from the broker for the CONNACK.
+pub struct ConnackObserver {
+    acc: [u8; 8],
+    len: u8,
+    done: bool,
+    started: Instant,
+}
+
+impl ConnackObserver {
+    pub fn new(started: Instant) -> Self {
+        Self {
+            acc: [0; 8],
+            len: 0,
+            done: false,
+            started,
+        }
+    }
+
+    fn feed<K: ConnackSink>(&mut self, data: &[u8], sink: &mut K) {
+        if self.done {
+            return;
+        }
+        let room = self.acc.len() - self.len as usize;
+        let take = room.min(data.len());
+        self.acc[self.len as usize..self.len as usize + take].copy_from_slice(&data[..take]);
+        self.len += take as u8;
+        match observe_connack(&self.acc[..self.len as usize]) {
+            Ok(Parse::Complete(info)) => {
+                self.done = true;
+                sink.connack(Some(info), self.started.elapsed());
+            }
+            Ok(Parse::Incomplete) if (self.len as usize) < self.acc.len() => {}
+            _ => {
+                self.done = true;
+                sink.connack(None, self.started.elapsed());
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Direction {
+    /// Bytes read but not yet accepted by the destination.
+    pending: Option<Box<[u8]>>,
+    pos: usize,
+    need_flush: bool,
+    eof: bool,
+    done: bool,
+}
+
+/// How a relay ended.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RelayTotals {
+    pub to_broker: u64,
+    pub to_client: u64,
+}
+
+/// Relay until both directions have finished (EOF passed on as a write shutdown) or an
+/// error occurs on either side.
+pub async fn relay<C, B, K>(
+    client: &mut C,
+    broker: &mut B,
+    observer: &mut ConnackObserver,
+    sink: &mut K,
+    metrics: &NodeMetrics,
+) -> io::Result<RelayTotals>
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    K: ConnackSink,
+{
+    let mut up = Direction::default();
+    let mut down = Direction::default();
+    let mut totals = RelayTotals::default();
+    poll_fn(|cx| {
+        if !up.done {
+            match poll_direction(cx, &mut *client, &mut *broker, &mut up, &mut |d| {
+                totals.to_broker += d.len() as u64;
+                metrics.to_broker.inc_by(d.len() as u64);
+            }) {
+                Poll::Ready(Ok(())) => up.done = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if !down.done {
+            match poll_direction(cx, &mut *broker, &mut *client, &mut down, &mut |d| {
+                totals.to_client += d.len() as u64;
+                metrics.to_client.inc_by(d.len() as u64);
+                observer.feed(d, sink);
+            }) {
+                Poll::Ready(Ok(())) => down.done = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if up.done && down.done {
+            Poll::Ready(Ok(totals))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+fn poll_direction<R, W>(
+    cx: &mut Context<'_>,
+    src: &mut R,
+    dst: &mut W,
+    dir: &mut Direction,
+    on_data: &mut dyn FnMut(&[u8]),
+) -> Poll<io::Result<()>>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    loop {
+        if let Some(buf) = dir.pending.as_deref() {
+            while dir.pos < buf.len() {
+                match Pin::new(&mut *dst).poll_write(cx, &buf[dir.pos..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => dir.pos += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            dir.pending = None;
+            dir.pos = 0;
+        }
+        if dir.eof {
+            if dir.need_flush {
+                match Pin::new(&mut *dst).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => dir.need_flush = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            return match Pin::new(&mut *dst).poll_shutdown(cx) {
+                // A peer that already went away is not an error for a half-close.
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::NotConnected => {
+                    Poll::Ready(Ok(()))
+                }
+                other => other,
+            };
+        }
+        let mut stack = [MaybeUninit::<u8>::uninit(); CHUNK];
+        let mut rb = ReadBuf::uninit(&mut stack);
+        match Pin::new(&mut *src).poll_read(cx, &mut rb) {
+            Poll::Pending => {
+                if dir.need_flush {
+                    match Pin::new(&mut *dst).poll_flush(cx) {
+                        Poll::Ready(Ok(())) => dir.need_flush = false,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {}
+                    }
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => {
+                let data = rb.filled();
+                if data.is_empty() {
+                    dir.eof = true;
+                    continue;
+                }
+                on_data(data);
+                let mut off = 0;
+                while off < data.len() {
+                    match Pin::new(&mut *dst).poll_write(cx, &data[off..]) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
+                        }
+                        Poll::Ready(Ok(n)) => off += n,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {
+                            dir.pending = Some(data[off..].into());
+                            dir.pos = 0;
+                            dir.need_flush = true;
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                dir.need_flush = true;
+            }
+        }
+    }
+}

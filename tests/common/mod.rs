@@ -1,0 +1,359 @@
+//! Shared helpers for integration tests: real Mosquitto processes and a real mqgate
+//! binary on free ports, polling instead of sleeping, and a tiny HTTP client for the
+//! admin API. Processes are killed when their handle is dropped.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Ask the OS for a free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Poll `f` every 20 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+/// Async version of [`wait_until`].
+pub async fn wait_until_async<F, Fut>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+pub fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("mqgate-test-").tempdir().expect("tempdir")
+}
+
+/// A Mosquitto broker child process.
+pub struct Mosquitto {
+    pub port: u16,
+    pub dir: PathBuf,
+    conf: PathBuf,
+    child: Option<Child>,
+    pub name: String,
+}
+
+/// Options for [`Mosquitto::start`].
+#[derive(Default, Clone)]
+pub struct MosquittoOpts {
+    /// Extra lines for mosquitto.conf (after the listener line).
+    pub extra: String,
+    /// Anonymous clients allowed (default true unless `extra` sets up auth).
+    pub deny_anonymous: bool,
+}
+
+impl Mosquitto {
+    pub fn start(name: &str, dir: &Path) -> Mosquitto {
+        Self::start_with(name, dir, MosquittoOpts::default())
+    }
+
+    pub fn start_with(name: &str, dir: &Path, opts: MosquittoOpts) -> Mosquitto {
+        let port = free_port();
+        Self::start_on(name, dir, port, opts)
+    }
+
+    pub fn start_on(name: &str, dir: &Path, port: u16, opts: MosquittoOpts) -> Mosquitto {
+        let bdir = dir.join(name);
+        std::fs::create_dir_all(&bdir).expect("broker dir");
+        let conf = bdir.join("mosquitto.conf");
+        let text = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous {}\npersistence false\nmax_queued_messages 10000\n{}\n",
+            !opts.deny_anonymous, opts.extra
+        );
+        std::fs::write(&conf, text).expect("write mosquitto.conf");
+        let mut m = Mosquitto { port, dir: bdir, conf, child: None, name: name.to_string() };
+        m.resume();
+        m
+    }
+
+    /// Start (again) on the same port, e.g. after [`Mosquitto::stop`].
+    pub fn resume(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("mosquitto.log"))
+            .expect("broker log");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start mosquitto (apt-get install mosquitto)");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until(Duration::from_secs(10), &format!("mosquitto {} on port {port}", self.name), || port_open(port));
+    }
+
+    /// Kill the broker (its client listener closes: a full-sync follower looks like this).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let port = self.port;
+        wait_until(Duration::from_secs(10), "broker port closed", || !port_open(port));
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// An mqgate child process.
+pub struct Gate {
+    pub config: PathBuf,
+    pub admin_port: u16,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Gate {
+    /// Write `toml` to `dir/name.toml` and start `mqgate run` on it; waits until the
+    /// admin API answers. The caller's TOML must contain `[admin] bind = "127.0.0.1:{admin_port}"`
+    /// — use [`Gate::admin_section`].
+    pub fn start(dir: &Path, name: &str, toml: &str, admin_port: u16) -> Gate {
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, toml).expect("write config");
+        let log = dir.join(format!("{name}.log"));
+        let mut g = Gate { config, admin_port, log, child: None };
+        g.resume();
+        g
+    }
+
+    pub fn resume(&mut self) {
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("gate log");
+        let child = Command::new(env!("CARGO_BIN_EXE_mqgate"))
+            .arg("run")
+            .arg("-c")
+            .arg(&self.config)
+            .env("RUST_LOG", std::env::var("MQGATE_TEST_LOG").unwrap_or_else(|_| "debug".into()))
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("start mqgate");
+        self.child = Some(child);
+        let port = self.admin_port;
+        let logp = self.log.clone();
+        wait_until(Duration::from_secs(20), "mqgate admin API", || {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("mqgate exited early ({st}); log:\n{}", std::fs::read_to_string(&logp).unwrap_or_default());
+                }
+            }
+            http("GET", port, "/healthz", None, None).map(|(s, _)| s == 200).unwrap_or(false)
+        });
+    }
+
+    pub fn admin_section(port: u16) -> String {
+        format!("[admin]\nbind = \"127.0.0.1:{port}\"\n")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Send a signal (e.g. "TERM", "HUP").
+    pub fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+        }
+    }
+
+    /// SIGTERM and wait for exit; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        self.signal("TERM");
+        let mut c = self.child.take()?;
+        let end = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > end {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        http("GET", self.admin_port, "/metrics", None, None).map(|(_, b)| b).unwrap_or_default()
+    }
+
+    /// Value of one sample, e.g. `metric("mqgate_connections_rejected_total", &[("reason","invalid")])`.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.metrics(), name, labels)
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- mqgate log {} ----\n{}", self.log.display(), self.log_text());
+        }
+    }
+}
+
+/// Sum of the samples of `name` whose labels include all of `labels`.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let (head, value) = match line.rsplit_once(' ') {
+            Some(x) => x,
+            None => continue,
+        };
+        let (n, lbl) = match head.find('{') {
+            Some(i) => (&head[..i], &head[i..]),
+            None => (head, ""),
+        };
+        if n != name {
+            continue;
+        }
+        if labels.iter().all(|(k, v)| lbl.contains(&format!("{k}=\"{v}\""))) {
+            sum += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    sum
+}
+
+/// Minimal HTTP/1.1 client for the admin API: (status, body).
+pub fn http(method: &str, port: u16, path: &str, body: Option<&str>, token: Option<&str>) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let body = body.unwrap_or("");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no HTTP status"))?;
+    let body = match text.find("\r\n\r\n") {
+        Some(i) => text[i + 4..].to_string(),
+        None => String::new(),
+    };
+    Ok((status, body))
+}
+
+/// Self-signed CA and certificates for TLS tests (rcgen).
+pub struct Pki {
+    pub ca_pem: String,
+    ca_cert: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    pub fn new(cn: &str) -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("self-signed CA");
+        Pki { ca_pem: cert.pem(), ca_cert: cert, ca_key: key }
+    }
+
+    /// A leaf certificate signed by this CA: (cert PEM, key PEM).
+    pub fn leaf(&self, cn: &str, sans: &[&str]) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).expect("sign leaf");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Write CA, server cert/key into `dir`; returns (ca, cert, key) paths.
+    pub fn write_server(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let (c, k) = self.leaf("localhost", &["localhost", "127.0.0.1"]);
+        let ca = dir.join(format!("{name}-ca.pem"));
+        let cert = dir.join(format!("{name}-cert.pem"));
+        let key = dir.join(format!("{name}-key.pem"));
+        std::fs::write(&ca, &self.ca_pem).expect("write ca");
+        std::fs::write(&cert, c).expect("write cert");
+        std::fs::write(&key, k).expect("write key");
+        (ca, cert, key)
+    }
+}
+
+/// A basic single-cluster config: one plain listener in front of `nodes`.
+pub fn basic_config(listen_port: u16, admin_port: u16, mode: &str, nodes: &[&Mosquitto], extra_cluster: &str) -> String {
+    let nodes_toml: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("{{ name = \"{}\", address = \"{}\" }}", n.name, n.address()))
+        .collect();
+    format!(
+        "{}\n[[listeners]]\nname = \"mqtt\"\nbind = \"127.0.0.1:{listen_port}\"\ncluster = \"brokers\"\n\n[clusters.brokers]\nmode = \"{mode}\"\nnodes = [ {} ]\n{extra_cluster}\n[clusters.brokers.health]\ninterval = \"200ms\"\nfast_interval = \"50ms\"\ndown_interval = \"200ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1\n",
+        Gate::admin_section(admin_port),
+        nodes_toml.join(", ")
+    )
+}
