@@ -10,11 +10,16 @@ use crate::gateway::{ListenerRt, Runtime, Shared};
 use crate::metrics::Reject;
 use crate::mqtt::{self, connack_reply, ConnackInfo, ConnectError, Parse};
 use crate::relay::{self, ConnackObserver, ConnackSink};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout_at;
 use tracing::{field, Instrument};
 
@@ -36,6 +41,9 @@ pub async fn handle(
     async move {
         let _ = tcp.set_nodelay(true);
         let limits = &rt.config.limits;
+        let Some(slot) = take_slot(&shared, &lst.config.name) else {
+            return;
+        };
         let mut tcp = tcp;
         let mut peer = peer;
         let mut proxied = None;
@@ -64,11 +72,12 @@ pub async fn handle(
         }
         let ctx = ClientCtx {
             peer,
+            local: tcp.local_addr().ok(),
             proxied,
             tls_info: None,
         };
         match lst.tls.as_ref().map(|t| t.load_full()) {
-            None => serve(&shared, &rt, &lst, tcp, ctx).await,
+            None => serve(&shared, &rt, &lst, tcp, ctx, slot).await,
             Some(acceptor) => {
                 let deadline = Instant::now() + limits.tls_handshake_timeout;
                 match timeout_at(deadline.into(), acceptor.accept(tcp)).await {
@@ -76,7 +85,7 @@ pub async fn handle(
                         let mut ctx = ctx;
                         ctx.tls_info =
                             Some(crate::proxy::TlsInfo::from_server_conn(stream.get_ref().1));
-                        serve(&shared, &rt, &lst, stream, ctx).await
+                        serve(&shared, &rt, &lst, stream, ctx, slot).await
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "refused: TLS handshake failed");
@@ -94,6 +103,37 @@ pub async fn handle(
     .await
 }
 
+/// A connection's place under `max_connections`. Taken at accept time, before the
+/// PROXY header and the TLS handshake, so that every open client socket counts.
+struct Slot {
+    /// Held until the connection closes.
+    _permit: OwnedSemaphorePermit,
+    /// False when over the limit: the CONNECT is still read (so that the refusal
+    /// speaks the client's protocol version), then answered "server busy". At most
+    /// `MAX_REJECTING` (gateway.rs) such clients are being refused at once.
+    granted: bool,
+}
+
+fn take_slot(shared: &Shared, listener: &str) -> Option<Slot> {
+    if let Ok(p) = shared.conn_limit.clone().try_acquire_owned() {
+        return Some(Slot {
+            _permit: p,
+            granted: true,
+        });
+    }
+    match shared.rejecting.clone().try_acquire_owned() {
+        Ok(p) => Some(Slot {
+            _permit: p,
+            granted: false,
+        }),
+        Err(_) => {
+            tracing::debug!("refused: max_connections reached (closed without reading)");
+            shared.metrics.reject(listener, Reject::Busy);
+            None
+        }
+    }
+}
+
 fn tls_failed(shared: &Shared, lst: &ListenerRt) {
     shared
         .metrics
@@ -106,6 +146,8 @@ fn tls_failed(shared: &Shared, lst: &ListenerRt) {
 /// What the gateway knows about the client beyond its bytes (for PROXY headers out).
 pub struct ClientCtx {
     pub peer: SocketAddr,
+    /// The address the client connected to (our listener side of its socket).
+    pub local: Option<SocketAddr>,
     pub proxied: Option<crate::proxy::ProxyInfo>,
     pub tls_info: Option<crate::proxy::TlsInfo>,
 }
@@ -183,26 +225,18 @@ fn map_connect_error(e: ConnectError) -> ReadError {
 }
 
 /// Everything after transport setup, for plain and TLS streams alike.
-async fn serve<S>(shared: &Shared, rt: &Runtime, lst: &ListenerRt, mut client: S, ctx: ClientCtx)
-where
+async fn serve<S>(
+    shared: &Shared,
+    rt: &Runtime,
+    lst: &ListenerRt,
+    mut client: S,
+    ctx: ClientCtx,
+    slot: Slot,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = &rt.config.limits;
     let lname = lst.config.name.as_str();
-    // Taken before reading so that an over-limit client costs little; refused after
-    // its CONNECT is read, so that the CONNACK can speak its protocol version.
-    let permit = shared.conn_limit.clone().try_acquire_owned().ok();
-    let _rejecting = match permit {
-        Some(_) => None,
-        None => match shared.rejecting.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                tracing::debug!("refused: max_connections reached (closed without reading)");
-                shared.metrics.reject(lname, Reject::Busy);
-                return;
-            }
-        },
-    };
     let deadline = Instant::now() + limits.connect_timeout;
     let (buf, len) = match read_connect(&mut client, limits.max_connect_size, deadline).await {
         Ok(x) => x,
@@ -244,7 +278,7 @@ where
         .connect_packets
         .with_label_values(&[lname, connect.version.as_str()])
         .inc();
-    if permit.is_none() {
+    if !slot.granted {
         tracing::debug!("refused: max_connections reached");
         shared.metrics.reject(lname, Reject::Busy);
         refuse(&mut client, v5, if v5 { 0x89 } else { 0x03 }).await;
@@ -252,7 +286,6 @@ where
     }
     let cluster = &lst.cluster;
     let pick = cluster.pick(&connect);
-    drop(connect);
     let cfg = cluster.config();
     let mut upstream = None;
     for node in &pick.nodes {
@@ -312,8 +345,30 @@ where
         cluster,
         node: &node,
     };
+    let fin = AtomicBool::new(false);
+    let mut client = FinWatch {
+        inner: &mut client,
+        fin: &fin,
+    };
+    let mut broker = FinWatch {
+        inner: &mut broker,
+        fin: &fin,
+    };
+    let relayed = relay::relay(
+        &mut client,
+        &mut broker,
+        &mut observer,
+        &mut sink,
+        &node.metrics,
+    );
     let result = tokio::select! {
-        r = relay::relay(&mut client, &mut broker, &mut observer, &mut sink, &node.metrics) => r.map(Some),
+        r = with_linger(relayed, &fin, CLOSE_LINGER) => match r {
+            Some(r) => r.map(Some),
+            None => {
+                tracing::debug!(linger = ?CLOSE_LINGER, "one side closed and the other did not follow; closing");
+                Ok(None)
+            }
+        },
         _ = node_closed.cancelled() => Ok(None),
         _ = lst.closed.cancelled() => Ok(None),
         _ = shared.hard_stop.cancelled() => Ok(None),
@@ -326,11 +381,80 @@ where
             "connection closed"
         ),
         Ok(None) => tracing::debug!(
-            "session closed by the gateway (node down, maintenance, removal or shutdown)"
+            "session closed by the gateway (half-close linger, node down, maintenance, removal or shutdown)"
         ),
         Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
     }
-    drop(permit);
+    drop(slot);
+}
+
+/// How long a relayed connection stays half-closed. Once one side's close has been
+/// passed on (every byte delivered, then FIN), the other side has this long to close
+/// too. MQTT has no use for a half-open session — Mosquitto closes the connection
+/// when it reads EOF, and a broker that closed (session takeover, kick) will not read
+/// again — so this only ends connections of clients that ignore the broker's close,
+/// which would otherwise hold their `max_connections` slot forever.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(5);
+
+/// One side of the relay, passed through unchanged, noting in `fin` when the relay
+/// has shut down its write half (the other side's close was passed on).
+struct FinWatch<'a, S> {
+    inner: &'a mut S,
+    fin: &'a AtomicBool,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FinWatch<'_, S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FinWatch<'_, S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut *this.inner).poll_shutdown(cx);
+        if r.is_ready() {
+            this.fin.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+/// Run `relay` to its end, or give up `linger` after `fin` was set (only ever set
+/// while `relay` is being polled). `None`: gave up. The timer is allocated only once
+/// a side has closed, so an open connection carries none.
+async fn with_linger<F: Future>(relay: F, fin: &AtomicBool, linger: Duration) -> Option<F::Output> {
+    let mut relay = std::pin::pin!(relay);
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = relay.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        if fin.load(Ordering::Relaxed) {
+            let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(linger)));
+            if t.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 async fn connect_upstream(node: &Node, t: Duration) -> std::io::Result<TcpStream> {

@@ -77,6 +77,8 @@ pub struct Shared {
     pub resolver: Arc<TokioAsyncResolver>,
     /// This gateway's name (the `[peers] name`, else the host name).
     pub instance: String,
+    /// Peer links and the sticky snapshot (`crate::peers`).
+    pub peers: crate::peers::PeersHandle,
     /// Changes the log filter on reload (set by the binary).
     pub log_level: Mutex<Option<Box<dyn Fn(&str) + Send + Sync>>>,
 }
@@ -158,9 +160,18 @@ impl Gateway {
             resolver: crate::health::resolver(),
             instance: instance_name(&config),
             log_level: Mutex::new(None),
+            peers: Default::default(),
         });
         let gw = Gateway { shared };
         gw.apply(config).await?;
+        if let Err(e) = crate::peers::start(&gw.shared).await {
+            let bind = gw.shared.runtime().config.peers.as_ref().map(|p| p.bind);
+            return Err(ApplyError::Bind {
+                listener: "peers".into(),
+                bind: bind.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                source: e.into_io(),
+            });
+        }
         gw.spawn_sweeper();
         Ok(gw)
     }
@@ -365,6 +376,7 @@ impl Gateway {
             .metrics
             .config_last_reload_success
             .set(crate::sticky::now_ms() as i64 / 1000);
+        crate::peers::reconfigure(shared);
         for (name, sock, stop) in to_start {
             let l = tokio::net::TcpListener::from_std(sock).map_err(|source| ApplyError::Bind {
                 listener: name.clone(),
@@ -434,6 +446,7 @@ impl Gateway {
         shared.background.cancel();
         shared.bg_tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), shared.bg_tracker.wait()).await;
+        crate::peers::save_snapshot(shared).await;
         tracing::info!("stopped");
     }
 }
@@ -461,6 +474,7 @@ pub async fn run_with(
     crate::admin::spawn(&gw)
         .await
         .context("starting the admin server")?;
+    crate::reload::watch(&gw);
     #[cfg(unix)]
     {
         let gw2 = gw.clone();

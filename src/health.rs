@@ -4,10 +4,14 @@
 //! node is changing state the next probe comes after `fast_interval`, while it is down
 //! after `down_interval`. A node's first probe decides its state at once, so a fresh
 //! gateway knows the full-sync leader after one round. Only state changes are logged
-//! (once, at `info`). The same task re-resolves DNS names every `dns_refresh`.
+//! (once, at `info`) and counted (`mqgate_node_up` flips, `mqgate_health_checks_total`
+//! counts every probe). While a full-sync cluster has no leader, down nodes are probed
+//! every `fast_interval` instead of `down_interval`, so that the new leader is found
+//! quickly. The same task re-resolves DNS names every `dns_refresh`, and at once when
+//! a reload changed the node's address.
 
 use crate::cluster::{Cluster, Health, Node};
-use crate::config::{CheckKind, HealthConfig};
+use crate::config::{CheckKind, HealthConfig, Mode, NodeAddress};
 use crate::metrics::Metrics;
 use crate::mqtt::{self, observe_connack, Parse};
 use hickory_resolver::TokioAsyncResolver;
@@ -60,14 +64,24 @@ async fn run(
         .with_label_values(&[&cluster.name, &node.name]);
     let (mut oks, mut fails) = (0u32, 0u32);
     let mut next_dns = Instant::now();
+    let mut resolved_for: Option<Arc<NodeAddress>> = None;
     let mut last_error = String::new();
     loop {
         let cfg = cluster.config();
         let h = &cfg.health;
         let start = Instant::now();
         let addr = node.address();
-        if addr.literal().is_none() && start >= next_dns {
-            refresh_dns(&resolver, &node).await;
+        let changed = resolved_for.as_ref().map(|r| **r != *addr).unwrap_or(true);
+        if addr.literal().is_none() && (changed || start >= next_dns) {
+            // Bounded so that a dead DNS server cannot stop the health checks.
+            let limit = h.timeout.max(Duration::from_secs(2));
+            if timeout(limit, refresh_dns(&resolver, &node, &addr))
+                .await
+                .is_err()
+            {
+                tracing::warn!(cluster = %node.cluster, node = %node.name, host = %addr.host, "DNS lookup timed out; keeping the last addresses");
+            }
+            resolved_for = Some(addr.clone());
             next_dns = Instant::now() + cfg.dns_refresh;
         }
         let result = match timeout(h.timeout, probe(&node, h, &client_id)).await {
@@ -88,15 +102,7 @@ async fn run(
                 last_error = e.clone();
             }
         }
-        let state = node.health();
-        let next = match state {
-            Health::Unknown if oks > 0 => Some(Health::Up),
-            Health::Unknown if fails > 0 => Some(Health::Down),
-            Health::Down if oks >= h.rise => Some(Health::Up),
-            Health::Up if fails >= h.fall => Some(Health::Down),
-            _ => None,
-        };
-        if let Some(n) = next {
+        if let Some(n) = transition(node.health(), oks, fails, h.rise, h.fall) {
             match n {
                 Health::Up => {
                     tracing::info!(cluster = %cluster.name, node = %node.name, address = %addr, "node is up")
@@ -107,16 +113,13 @@ async fn run(
             }
             cluster.set_health(&node, n);
         }
-        let now_state = node.health();
-        let changing =
-            (now_state == Health::Up && fails > 0) || (now_state == Health::Down && oks > 0);
-        let wait = if changing {
-            h.fast_interval
-        } else if now_state == Health::Down {
-            h.down_interval
-        } else {
-            h.interval
-        };
+        let wait = next_wait(
+            h,
+            node.health(),
+            oks,
+            fails,
+            cfg.mode == Mode::FullSync && cluster.leader().is_none(),
+        );
         tokio::select! {
             _ = sleep_until((start + wait).into()) => {}
             _ = node.tasks.cancelled() => return,
@@ -125,8 +128,35 @@ async fn run(
     }
 }
 
-async fn refresh_dns(resolver: &TokioAsyncResolver, node: &Node) {
-    let a = node.address();
+/// The state a node moves to after a probe, given the successes (`oks`) or failures
+/// (`fails`) in a row so far; `None` if it stays. The first probe decides at once.
+fn transition(state: Health, oks: u32, fails: u32, rise: u32, fall: u32) -> Option<Health> {
+    match state {
+        Health::Unknown if oks > 0 => Some(Health::Up),
+        Health::Unknown if fails > 0 => Some(Health::Down),
+        Health::Down if oks >= rise => Some(Health::Up),
+        Health::Up if fails >= fall => Some(Health::Down),
+        _ => None,
+    }
+}
+
+/// How long until the next probe: `fast_interval` while the node is changing state
+/// (or, in a full-sync cluster without a leader, while it is down: it may be the new
+/// leader), `down_interval` while it is down, `interval` otherwise.
+fn next_wait(h: &HealthConfig, state: Health, oks: u32, fails: u32, no_leader: bool) -> Duration {
+    let changing = (state == Health::Up && fails > 0) || (state == Health::Down && oks > 0);
+    if changing || (state == Health::Down && no_leader) {
+        h.fast_interval
+    } else if state == Health::Down {
+        h.down_interval
+    } else {
+        h.interval
+    }
+}
+
+/// Resolve the node's host name; a changed answer takes effect for new connections
+/// (and the next probe). A failed lookup keeps the last addresses.
+pub async fn refresh_dns(resolver: &TokioAsyncResolver, node: &Node, a: &NodeAddress) {
     match resolver.lookup_ip(a.host.as_str()).await {
         Ok(ips) => {
             let addrs: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(ip, a.port)).collect();
@@ -200,4 +230,138 @@ async fn probe(node: &Node, h: &HealthConfig, client_id: &str) -> Result<(), Str
 /// Used by tests and the status page: how long until a node flips, roughly.
 pub fn worst_case_detection(h: &HealthConfig) -> Duration {
     h.interval + h.fast_interval * h.fall.saturating_sub(1) + h.timeout * h.fall
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> HealthConfig {
+        HealthConfig {
+            check: CheckKind::Tcp,
+            interval: Duration::from_secs(2),
+            fast_interval: Duration::from_millis(250),
+            down_interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            username: None,
+            password: None,
+        }
+    }
+
+    #[test]
+    fn rise_and_fall_need_that_many_results_in_a_row() {
+        // Up: two failures are not enough with fall = 3, the third is.
+        assert_eq!(transition(Health::Up, 0, 1, 2, 3), None);
+        assert_eq!(transition(Health::Up, 0, 2, 2, 3), None);
+        assert_eq!(transition(Health::Up, 0, 3, 2, 3), Some(Health::Down));
+        // Down: one success is not enough with rise = 2.
+        assert_eq!(transition(Health::Down, 1, 0, 2, 3), None);
+        assert_eq!(transition(Health::Down, 2, 0, 2, 3), Some(Health::Up));
+        // Successes while up and failures while down change nothing.
+        assert_eq!(transition(Health::Up, 5, 0, 2, 3), None);
+        assert_eq!(transition(Health::Down, 0, 9, 2, 3), None);
+        // The first probe decides at once.
+        assert_eq!(transition(Health::Unknown, 1, 0, 2, 3), Some(Health::Up));
+        assert_eq!(transition(Health::Unknown, 0, 1, 2, 3), Some(Health::Down));
+    }
+
+    #[test]
+    fn probe_timers_follow_the_node_state() {
+        let h = cfg();
+        assert_eq!(next_wait(&h, Health::Up, 4, 0, false), h.interval);
+        assert_eq!(next_wait(&h, Health::Up, 0, 1, false), h.fast_interval);
+        assert_eq!(next_wait(&h, Health::Down, 0, 3, false), h.down_interval);
+        assert_eq!(next_wait(&h, Health::Down, 1, 0, false), h.fast_interval);
+        // A full-sync cluster without a leader looks for the new one quickly.
+        assert_eq!(next_wait(&h, Health::Down, 0, 3, true), h.fast_interval);
+        assert_eq!(next_wait(&h, Health::Up, 4, 0, true), h.interval);
+    }
+
+    /// A one-record DNS server: answers every A query with `answer`, others empty.
+    async fn fake_dns(answer: Arc<std::sync::Mutex<[u8; 4]>>) -> SocketAddr {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake DNS");
+        let addr = sock.local_addr().expect("fake DNS addr");
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                let q = &buf[..n];
+                let mut i = 12;
+                while i < n && q[i] != 0 {
+                    i += 1 + q[i] as usize;
+                }
+                let qend = (i + 5).min(n);
+                let qtype = u16::from_be_bytes([q[qend - 4], q[qend - 3]]);
+                let a = qtype == 1;
+                let mut r = Vec::with_capacity(64);
+                r.extend_from_slice(&q[..2]);
+                r.extend_from_slice(&[0x81, 0x80, 0, 1, 0, a as u8, 0, 0, 0, 0]);
+                r.extend_from_slice(&q[12..qend]);
+                if a {
+                    let ip = *answer.lock().unwrap_or_else(|p| p.into_inner());
+                    r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4]);
+                    r.extend_from_slice(&ip);
+                }
+                let _ = sock.send_to(&r, from).await;
+            }
+        });
+        addr
+    }
+
+    /// A node named by a host name follows its DNS answer: after the answer changes,
+    /// the next refresh moves new connections to the new address.
+    #[tokio::test]
+    async fn a_changed_dns_answer_moves_new_connections() {
+        use hickory_resolver::config::{NameServerConfig, Protocol, ResolverConfig, ResolverOpts};
+        let l1 = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1");
+        let port = l1.local_addr().expect("addr").port();
+        let Ok(l2) = tokio::net::TcpListener::bind(("127.0.0.2", port)).await else {
+            eprintln!("127.0.0.2:{port} not bindable here; skipping");
+            return;
+        };
+        let answer = Arc::new(std::sync::Mutex::new([127, 0, 0, 1]));
+        let dns = fake_dns(answer.clone()).await;
+        let mut rc = ResolverConfig::new();
+        rc.add_name_server(NameServerConfig::new(dns, Protocol::Udp));
+        let mut opts = ResolverOpts::default();
+        opts.cache_size = 0;
+        opts.use_hosts_file = false;
+        opts.timeout = Duration::from_secs(2);
+        let resolver = TokioAsyncResolver::tokio(rc, opts);
+
+        let text = format!(
+            "[[listeners]]\nname = \"m\"\nbind = \"127.0.0.1:0\"\ncluster = \"c\"\n\
+             [clusters.c]\nnodes = [ {{ name = \"n1\", address = \"broker.mqgate.internal:{port}\" }} ]\n"
+        );
+        let cfg = match crate::config::parse(std::path::Path::new("/tmp/dns.toml"), &text) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let cluster = Cluster::new(&cfg.clusters[0], Arc::new(Metrics::new()), "t");
+        let node = cluster.node("n1").expect("node");
+        assert!(node.resolved().is_empty(), "nothing resolved yet");
+
+        let wait = Duration::from_secs(5);
+        for (ip, listener) in [
+            ([127, 0, 0, 1], &l1),
+            ([127, 0, 0, 2], &l2),
+            ([127, 0, 0, 1], &l1),
+        ] {
+            *answer.lock().unwrap_or_else(|p| p.into_inner()) = ip;
+            refresh_dns(&resolver, &node, &node.address()).await;
+            let want = SocketAddr::from((ip, port));
+            assert_eq!(*node.resolved(), vec![want]);
+            let _client = connect_node(&node).await.expect("connect");
+            let (_, from) = timeout(wait, listener.accept())
+                .await
+                .expect("accepted in time")
+                .expect("accept");
+            assert_eq!(from.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+        }
+    }
 }

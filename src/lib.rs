@@ -36,8 +36,10 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod mqtt;
+pub mod peers;
 pub mod proxy;
 pub mod relay;
+pub mod reload;
 pub mod sticky;
 pub mod tls;
 

@@ -26,7 +26,11 @@ pub fn score(key: &str, node: &str) -> u64 {
     h ^ (h >> 33)
 }
 
-pub fn least_conn(mut nodes: Vec<&Arc<Node>>) -> Vec<&Arc<Node>> {
+/// Fewest active connections first. Ties are broken by a rotating start (`counter`),
+/// so that a burst of clients arriving before any is counted does not all go to the
+/// first node in config order.
+pub fn least_conn(counter: usize, nodes: Vec<&Arc<Node>>) -> Vec<&Arc<Node>> {
+    let mut nodes = round_robin(counter, nodes);
     nodes.sort_by_key(|n| n.active());
     nodes
 }

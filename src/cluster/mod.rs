@@ -10,6 +10,8 @@
 //! keyed by name, so health, sticky entries and live sessions carry over.
 
 mod balance;
+#[cfg(test)]
+mod tests;
 
 use crate::config::{
     Balance, ClusterConfig, Mode, NodeAddress, OnNodeDown, StickyKey, StickySessions,
@@ -298,7 +300,9 @@ impl Cluster {
         for r in &removed {
             r.removed.store(true, Ordering::Release);
             r.tasks.cancel();
-            r.close_sessions();
+            if cfg.on_node_down == OnNodeDown::Disconnect {
+                r.close_sessions();
+            }
             self.forget_node_metrics(r);
         }
         self.update_leader();
@@ -397,7 +401,7 @@ impl Cluster {
             !n.is_removed() && n.health() == Health::Up && n.admin_state() != AdminState::Maint
         };
         let keep = current.as_ref().filter(|c| eligible(c)).cloned();
-        let next = keep.or_else(|| self.nodes().iter().find(|n| eligible(n)).cloned());
+        let next = keep.or_else(|| first_leader_candidate(&self.nodes()));
         let changed = match (&current, &next) {
             (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
             (None, None) => false,
@@ -444,15 +448,15 @@ impl Cluster {
         match cfg.mode {
             Mode::FullSync => {
                 let list = match self.leader() {
-                    Some(l) => vec![l],
-                    // No leader known yet (just started): nodes not yet checked, in order.
+                    // A drained leader stays leader (leadership is the brokers' fact)
+                    // but takes no new clients.
+                    Some(l) if l.admin_state() == AdminState::Ready => vec![l],
+                    Some(_) => Vec::new(),
+                    // No leader elected yet (start-up: an earlier node has not answered
+                    // its first check): ready nodes not known to be down, in order.
                     None => nodes
                         .iter()
-                        .filter(|n| {
-                            n.health() == Health::Unknown
-                                && n.admin_state() != AdminState::Maint
-                                && !n.is_removed()
-                        })
+                        .filter(|n| n.alive() && n.admin_state() == AdminState::Ready)
                         .take(limit)
                         .cloned()
                         .collect(),
@@ -504,11 +508,15 @@ impl Cluster {
                     && !out.iter().any(|o| Arc::ptr_eq(o, n))
             })
             .collect();
-        let ordered = match cfg.balance {
-            Balance::Hash => balance::rendezvous(key.unwrap_or(connect.client_id), candidates),
-            Balance::LeastConn => balance::least_conn(candidates),
-            Balance::RoundRobin => {
+        let ordered = match (cfg.balance, key) {
+            (Balance::Hash, Some(k)) => balance::rendezvous(k, candidates),
+            // Nothing to hash on (no client id, no username): spread them instead of
+            // sending every anonymous client to the node that "" hashes to.
+            (Balance::Hash, None) | (Balance::RoundRobin, _) => {
                 balance::round_robin(self.rr.fetch_add(1, Ordering::Relaxed), candidates)
+            }
+            (Balance::LeastConn, _) => {
+                balance::least_conn(self.rr.fetch_add(1, Ordering::Relaxed), candidates)
             }
         };
         out.extend(ordered.into_iter().cloned());
@@ -547,13 +555,28 @@ impl Cluster {
     /// Can this cluster take a client right now? (`/readyz`)
     pub fn ready(&self) -> bool {
         match self.config().mode {
-            Mode::FullSync => self.leader().is_some(),
+            Mode::FullSync => self
+                .leader()
+                .is_some_and(|l| l.admin_state() == AdminState::Ready),
             Mode::Dynsec => self
                 .nodes()
                 .iter()
                 .any(|n| n.health() == Health::Up && n.admin_state() == AdminState::Ready),
         }
     }
+}
+
+/// full-sync election without a current leader: the first node in config order that
+/// is up and not in maintenance — but none while a node before it has not had its first
+/// check (start-up), so that the choice does not depend on which probe answered first
+/// and independent gateways elect the same node.
+fn first_leader_candidate(nodes: &[Arc<Node>]) -> Option<Arc<Node>> {
+    nodes
+        .iter()
+        .filter(|n| !n.is_removed() && n.admin_state() != AdminState::Maint)
+        .find(|n| n.health() != Health::Down)
+        .filter(|n| n.health() == Health::Up)
+        .cloned()
 }
 
 /// The sticky key of a client: the client id or the username per config; an empty

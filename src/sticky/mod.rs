@@ -3,35 +3,67 @@
 //! It keeps a client on the node that holds its session. Entries carry the wall-clock
 //! time they were written (`stamp`, unix milliseconds) and the gateway that wrote them
 //! (`origin`), so that replicas converge by "last writer wins, instance name breaks
-//! ties" (see `peers`). Expiry counts from the last local use; at capacity the least
-//! recently used entries go first. The table is sharded to keep lock hold times short
-//! on the connection path.
+//! ties" (see `peers`). Expiry counts from the last use; at capacity the least recently
+//! used entries go first. The table is sharded to keep lock hold times short on the
+//! connection path.
+//!
+//! Replication needs three things beyond a plain map, all kept here:
+//! - **tombstones**: a deletion is remembered (with its stamp) for one `expire` period,
+//!   so that an older write arriving later from a peer that was cut off cannot bring
+//!   the entry back;
+//! - **touches**: a lookup hit is announced to peers now and then (at most every
+//!   `expire / 8`, between 1 s and 10 min), so that an entry used through one gateway
+//!   does not expire on the others;
+//! - **idle time** travels with every update, so a peer that receives an entry in a full
+//!   sync (or a snapshot that is loaded) gives it the remaining lifetime, not a new one.
 
 use lru::LruCache;
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 
-const SHARDS: usize = 16;
+/// Number of independently locked parts of a table (also the unit of a full sync).
+pub const SHARDS: usize = 16;
 
-/// One entry as stored.
+/// Changes buffered for replication; a peer link that falls further behind resyncs.
+const CHANGES_CAPACITY: usize = 16 * 1024;
+
+/// Updates stamped further in the future than this are refused (a peer with a broken
+/// clock, or a hostile one, must not pin entries forever).
+pub const MAX_FUTURE_MS: u64 = 3_600_000;
+
+/// One live entry as stored.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub node: Arc<str>,
     pub stamp: u64,
     pub origin: Arc<str>,
     last_used: Instant,
+    /// When a use of this entry was last announced to peers.
+    announced: Instant,
 }
 
-/// A change to replicate: `node = None` is a deletion.
+/// A deletion, remembered so that older writes cannot resurrect the entry.
+#[derive(Debug, Clone)]
+struct Tomb {
+    stamp: u64,
+    origin: Arc<str>,
+    at: Instant,
+}
+
+/// A change to replicate: `node = None` is a deletion. An update with the same
+/// (`stamp`, `origin`) as the stored entry is a touch: it only refreshes expiry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Update {
     pub key: Arc<str>,
     pub node: Option<Arc<str>>,
     pub stamp: u64,
     pub origin: Arc<str>,
+    /// Milliseconds since the entry was last used (or deleted) at the sender.
+    pub idle_ms: u64,
 }
 
 /// Result of a lookup on the connection path.
@@ -53,8 +85,23 @@ pub struct EntryView {
     pub origin: String,
 }
 
+struct Shard {
+    live: LruCache<Arc<str>, Entry>,
+    dead: LruCache<Arc<str>, Tomb>,
+}
+
+impl Shard {
+    /// Version (stamp, origin) of what this shard knows about `key`, live or deleted.
+    fn version(&self, key: &str) -> Option<(u64, Arc<str>)> {
+        if let Some(e) = self.live.peek(key) {
+            return Some((e.stamp, e.origin.clone()));
+        }
+        self.dead.peek(key).map(|t| (t.stamp, t.origin.clone()))
+    }
+}
+
 pub struct StickyTable {
-    shards: Vec<Mutex<LruCache<Arc<str>, Entry>>>,
+    shards: Vec<Mutex<Shard>>,
     hasher: std::collections::hash_map::RandomState,
     expire_ms: AtomicU64,
     capacity: AtomicUsize,
@@ -70,20 +117,35 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+fn per_shard(capacity: usize) -> NonZeroUsize {
+    NonZeroUsize::new(capacity.div_ceil(SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// `now - idle`, saturating (an `Instant` cannot go before the clock's origin).
+fn ago(idle: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_sub(idle).unwrap_or(now)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl StickyTable {
     pub fn new(capacity: usize, expire: Duration, origin: &str) -> Self {
-        let (changes, _) = broadcast::channel(4096);
-        let per = capacity.div_ceil(SHARDS).max(1);
+        let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
+        let per = per_shard(capacity);
         Self {
             shards: (0..SHARDS)
                 .map(|_| {
-                    Mutex::new(LruCache::new(
-                        std::num::NonZeroUsize::MIN.saturating_add(per - 1),
-                    ))
+                    Mutex::new(Shard {
+                        live: LruCache::new(per),
+                        dead: LruCache::new(per),
+                    })
                 })
                 .collect(),
             hasher: Default::default(),
-            expire_ms: AtomicU64::new(expire.as_millis() as u64),
+            expire_ms: AtomicU64::new(millis(expire)),
             capacity: AtomicUsize::new(capacity),
             origin: Arc::from(origin),
             changes,
@@ -94,66 +156,99 @@ impl StickyTable {
         &self.origin
     }
 
-    fn shard(&self, key: &str) -> MutexGuard<'_, LruCache<Arc<str>, Entry>> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        let i = (h.finish() as usize) % SHARDS;
+    fn lock(&self, i: usize) -> MutexGuard<'_, Shard> {
         match self.shards[i].lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
     }
 
-    fn expire(&self) -> Duration {
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+        let mut h = self.hasher.build_hasher();
+        key.hash(&mut h);
+        self.lock((h.finish() as usize) % SHARDS)
+    }
+
+    pub fn expire(&self) -> Duration {
         Duration::from_millis(self.expire_ms.load(Ordering::Relaxed))
+    }
+
+    /// How often a use of one entry is announced to peers.
+    fn touch_interval(&self) -> Duration {
+        (self.expire() / 8).clamp(Duration::from_secs(1), Duration::from_secs(600))
     }
 
     /// Change capacity and expiry (reload). Shrinking drops least recently used entries.
     pub fn set_limits(&self, capacity: usize, expire: Duration) {
-        self.expire_ms
-            .store(expire.as_millis() as u64, Ordering::Relaxed);
+        self.expire_ms.store(millis(expire), Ordering::Relaxed);
         self.capacity.store(capacity, Ordering::Relaxed);
-        let per = capacity.div_ceil(SHARDS).max(1);
-        for s in &self.shards {
-            let mut g = match s.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            g.resize(std::num::NonZeroUsize::MIN.saturating_add(per - 1));
+        let per = per_shard(capacity);
+        for i in 0..SHARDS {
+            let mut g = self.lock(i);
+            g.live.resize(per);
+            g.dead.resize(per);
         }
     }
 
-    /// Look a key up for routing; a hit counts as a use (refreshes expiry and LRU order).
+    /// Look a key up for routing; a hit counts as a use (refreshes expiry and LRU order)
+    /// and is announced to peers now and then.
     pub fn lookup(&self, key: &str) -> Lookup {
         let expire = self.expire();
+        let touch = self.touch_interval();
         let mut g = self.shard(key);
-        match g.get_mut(key) {
+        let (result, announce) = match g.live.get_mut(key) {
             Some(e) if e.last_used.elapsed() <= expire => {
-                e.last_used = Instant::now();
-                Lookup::Hit(e.node.clone())
+                let now = Instant::now();
+                e.last_used = now;
+                let announce = (now.duration_since(e.announced) >= touch).then(|| {
+                    e.announced = now;
+                    (e.node.clone(), e.stamp, e.origin.clone())
+                });
+                (Lookup::Hit(e.node.clone()), announce)
             }
             Some(_) => {
-                g.pop(key);
-                Lookup::Stale
+                g.live.pop(key);
+                (Lookup::Stale, None)
             }
-            None => Lookup::Miss,
+            None => (Lookup::Miss, None),
+        };
+        drop(g);
+        if let Some((node, stamp, origin)) = announce {
+            let _ = self.changes.send(Update {
+                key: Arc::from(key),
+                node: Some(node),
+                stamp,
+                origin,
+                idle_ms: 0,
+            });
         }
+        result
     }
 
     /// Record a local decision: `key` now lives on `node`. Replicated to peers.
+    ///
+    /// The stamp is the wall clock, but always above the version already known for the
+    /// key, so a local write supersedes everything this gateway has seen (on every peer).
     pub fn record(&self, key: &str, node: &str) {
-        let stamp = now_ms();
         let key: Arc<str> = Arc::from(key);
         let node: Arc<str> = Arc::from(node);
+        let stamp;
         {
             let mut g = self.shard(&key);
-            g.put(
+            stamp = match g.version(&key) {
+                Some((s, _)) => now_ms().max(s + 1),
+                None => now_ms(),
+            };
+            g.dead.pop(&*key);
+            let now = Instant::now();
+            g.live.put(
                 key.clone(),
                 Entry {
                     node: node.clone(),
                     stamp,
                     origin: self.origin.clone(),
-                    last_used: Instant::now(),
+                    last_used: now,
+                    announced: now,
                 },
             );
         }
@@ -162,53 +257,103 @@ impl StickyTable {
             node: Some(node),
             stamp,
             origin: self.origin.clone(),
+            idle_ms: 0,
         });
     }
 
     /// Remove a key (admin API). Replicated to peers as a deletion.
     pub fn remove(&self, key: &str) -> bool {
-        let removed = self.shard(key).pop(key).is_some();
-        if removed {
-            let _ = self.changes.send(Update {
-                key: Arc::from(key),
-                node: None,
-                stamp: now_ms(),
-                origin: self.origin.clone(),
-            });
-        }
-        removed
+        let key: Arc<str> = Arc::from(key);
+        let stamp = {
+            let mut g = self.shard(&key);
+            let Some(old) = g.live.pop(&*key) else {
+                return false;
+            };
+            let stamp = now_ms().max(old.stamp + 1);
+            g.dead.put(
+                key.clone(),
+                Tomb {
+                    stamp,
+                    origin: self.origin.clone(),
+                    at: Instant::now(),
+                },
+            );
+            stamp
+        };
+        let _ = self.changes.send(Update {
+            key,
+            node: None,
+            stamp,
+            origin: self.origin.clone(),
+            idle_ms: 0,
+        });
+        true
     }
 
-    /// Apply an update from a peer: kept only if it is newer than what we have
-    /// (stamp, then origin name as tie-break). Returns whether it changed the table.
+    /// Apply an update from a peer (or a snapshot): kept only if it is newer than what
+    /// we know (stamp, then origin name as tie-break), deletions included. An update
+    /// with the same version refreshes the entry's last use (a touch). Updates that have
+    /// already expired, or are stamped too far in the future, are ignored. Returns
+    /// whether it changed which node the key maps to (or its existence).
     pub fn merge(&self, u: &Update) -> bool {
+        if u.stamp > now_ms().saturating_add(MAX_FUTURE_MS) {
+            return false;
+        }
+        let expire = self.expire();
+        let idle = Duration::from_millis(u.idle_ms);
         let mut g = self.shard(&u.key);
-        if let Some(cur) = g.peek(&*u.key) {
-            if (cur.stamp, &*cur.origin) >= (u.stamp, &*u.origin) {
-                return false;
+        if let Some((stamp, origin)) = g.version(&u.key) {
+            match (stamp, &*origin).cmp(&(u.stamp, &*u.origin)) {
+                std::cmp::Ordering::Greater => return false,
+                std::cmp::Ordering::Equal => {
+                    if let Some(e) = g.live.peek_mut(&*u.key) {
+                        let used = ago(idle);
+                        if used > e.last_used {
+                            e.last_used = used;
+                        }
+                    }
+                    return false;
+                }
+                std::cmp::Ordering::Less => {}
             }
+        }
+        if idle > expire {
+            return false;
         }
         match &u.node {
             Some(node) => {
-                g.put(
+                g.dead.pop(&*u.key);
+                g.live.put(
                     u.key.clone(),
                     Entry {
                         node: node.clone(),
                         stamp: u.stamp,
                         origin: u.origin.clone(),
-                        last_used: Instant::now(),
+                        last_used: ago(idle),
+                        announced: Instant::now(),
                     },
                 );
                 true
             }
-            None => g.pop(&*u.key).is_some(),
+            None => {
+                let had = g.live.pop(&*u.key).is_some();
+                g.dead.put(
+                    u.key.clone(),
+                    Tomb {
+                        stamp: u.stamp,
+                        origin: u.origin.clone(),
+                        at: ago(idle),
+                    },
+                );
+                had
+            }
         }
     }
 
     pub fn get(&self, key: &str) -> Option<EntryView> {
         let expire = self.expire();
         let g = self.shard(key);
-        g.peek(key).and_then(|e| {
+        g.live.peek(key).and_then(|e| {
             let age = e.last_used.elapsed();
             (age <= expire).then(|| EntryView {
                 key: key.to_string(),
@@ -220,33 +365,33 @@ impl StickyTable {
         })
     }
 
+    /// Live entries (tombstones are not counted).
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| match s.lock() {
-                Ok(g) => g.len(),
-                Err(p) => p.into_inner().len(),
-            })
-            .sum()
+        (0..SHARDS).map(|i| self.lock(i).live.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Drop expired entries (least recently used first); returns how many went.
+    /// Drop expired entries and tombstones (least recently used first); returns how
+    /// many entries went.
     pub fn sweep(&self) -> usize {
         let expire = self.expire();
         let mut n = 0;
-        for s in &self.shards {
-            let mut g = match s.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            while let Some((_, e)) = g.peek_lru() {
+        for i in 0..SHARDS {
+            let mut g = self.lock(i);
+            while let Some((_, e)) = g.live.peek_lru() {
                 if e.last_used.elapsed() > expire {
-                    g.pop_lru();
+                    g.live.pop_lru();
                     n += 1;
+                } else {
+                    break;
+                }
+            }
+            while let Some((_, t)) = g.dead.peek_lru() {
+                if t.at.elapsed() > expire {
+                    g.dead.pop_lru();
                 } else {
                     break;
                 }
@@ -255,93 +400,46 @@ impl StickyTable {
         n
     }
 
-    /// Every live entry as an update (for a full sync or a snapshot).
-    pub fn export(&self) -> Vec<Update> {
-        let mut out = Vec::new();
-        for s in &self.shards {
-            let g = match s.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            for (k, e) in g.iter() {
+    /// One shard's entries and tombstones as updates (a full sync sends the table one
+    /// shard at a time, so the lock is held only while copying one shard).
+    pub fn export_shard(&self, shard: usize) -> Vec<Update> {
+        let expire = self.expire();
+        let g = self.lock(shard % SHARDS);
+        let mut out = Vec::with_capacity(g.live.len() + g.dead.len());
+        for (k, e) in g.live.iter() {
+            let idle = e.last_used.elapsed();
+            if idle <= expire {
                 out.push(Update {
                     key: k.clone(),
                     node: Some(e.node.clone()),
                     stamp: e.stamp,
                     origin: e.origin.clone(),
+                    idle_ms: millis(idle),
                 });
             }
+        }
+        for (k, t) in g.dead.iter() {
+            out.push(Update {
+                key: k.clone(),
+                node: None,
+                stamp: t.stamp,
+                origin: t.origin.clone(),
+                idle_ms: millis(t.at.elapsed()),
+            });
         }
         out
     }
 
-    /// Changes made to this table (local writes and deletions), for replication.
+    /// Every live entry and tombstone as an update (for a full sync or a snapshot).
+    pub fn export(&self) -> Vec<Update> {
+        (0..SHARDS).flat_map(|i| self.export_shard(i)).collect()
+    }
+
+    /// Changes made to this table (local writes, deletions and touches), for replication.
     pub fn subscribe(&self) -> broadcast::Receiver<Update> {
         self.changes.subscribe()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn record_lookup_remove() {
-        let t = StickyTable::new(100, Duration::from_secs(60), "gate-a");
-        assert_eq!(t.lookup("c1"), Lookup::Miss);
-        t.record("c1", "node2");
-        assert_eq!(t.lookup("c1"), Lookup::Hit(Arc::from("node2")));
-        assert_eq!(t.get("c1").map(|e| e.node), Some("node2".to_string()));
-        assert!(t.remove("c1"));
-        assert_eq!(t.lookup("c1"), Lookup::Miss);
-    }
-
-    #[test]
-    fn expired_entries_are_stale_then_gone() {
-        let t = StickyTable::new(100, Duration::from_millis(1), "gate-a");
-        t.record("c1", "node1");
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(t.lookup("c1"), Lookup::Stale);
-        assert_eq!(t.lookup("c1"), Lookup::Miss);
-        t.record("c2", "node1");
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(t.sweep(), 1);
-        assert!(t.is_empty());
-    }
-
-    #[test]
-    fn capacity_drops_least_recently_used() {
-        let t = StickyTable::new(SHARDS, Duration::from_secs(60), "gate-a");
-        for i in 0..SHARDS * 20 {
-            t.record(&format!("k{i}"), "n");
-        }
-        assert!(t.len() <= SHARDS, "len {}", t.len());
-    }
-
-    #[test]
-    fn merge_is_last_writer_wins_with_name_tiebreak() {
-        let t = StickyTable::new(100, Duration::from_secs(60), "gate-a");
-        let u = |node: &str, stamp, origin: &str| Update {
-            key: Arc::from("k"),
-            node: Some(Arc::from(node)),
-            stamp,
-            origin: Arc::from(origin),
-        };
-        assert!(t.merge(&u("n1", 10, "gate-b")));
-        assert!(!t.merge(&u("n2", 9, "gate-c")));
-        assert!(t.merge(&u("n3", 10, "gate-c")));
-        assert!(!t.merge(&u("n4", 10, "gate-a")));
-        assert_eq!(t.lookup("k"), Lookup::Hit(Arc::from("n3")));
-    }
-
-    #[test]
-    fn changes_are_published() {
-        let t = StickyTable::new(100, Duration::from_secs(60), "gate-a");
-        let mut rx = t.subscribe();
-        t.record("k", "n1");
-        let u = rx.try_recv().expect("update published");
-        assert_eq!(&*u.key, "k");
-        assert_eq!(u.node.as_deref(), Some("n1"));
-        assert_eq!(&*u.origin, "gate-a");
-    }
-}
+mod tests;

@@ -44,11 +44,18 @@ where
 }
 
 pub fn port_open(port: u16) -> bool {
-    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
+    TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
 }
 
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("mqgate-test-").tempdir().expect("tempdir")
+    tempfile::Builder::new()
+        .prefix("mqgate-test-")
+        .tempdir()
+        .expect("tempdir")
 }
 
 /// A Mosquitto broker child process.
@@ -88,7 +95,13 @@ impl Mosquitto {
             !opts.deny_anonymous, opts.extra
         );
         std::fs::write(&conf, text).expect("write mosquitto.conf");
-        let mut m = Mosquitto { port, dir: bdir, conf, child: None, name: name.to_string() };
+        let mut m = Mosquitto {
+            port,
+            dir: bdir,
+            conf,
+            child: None,
+            name: name.to_string(),
+        };
         m.resume();
         m
     }
@@ -109,7 +122,11 @@ impl Mosquitto {
             .expect("start mosquitto (apt-get install mosquitto)");
         self.child = Some(child);
         let port = self.port;
-        wait_until(Duration::from_secs(10), &format!("mosquitto {} on port {port}", self.name), || port_open(port));
+        wait_until(
+            Duration::from_secs(10),
+            &format!("mosquitto {} on port {port}", self.name),
+            || port_open(port),
+        );
     }
 
     /// Kill the broker (its client listener closes: a full-sync follower looks like this).
@@ -119,7 +136,9 @@ impl Mosquitto {
             let _ = c.wait();
         }
         let port = self.port;
-        wait_until(Duration::from_secs(10), "broker port closed", || !port_open(port));
+        wait_until(Duration::from_secs(10), "broker port closed", || {
+            !port_open(port)
+        });
     }
 
     pub fn is_running(&self) -> bool {
@@ -160,18 +179,30 @@ impl Gate {
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, toml).expect("write config");
         let log = dir.join(format!("{name}.log"));
-        let mut g = Gate { config, admin_port, log, child: None };
+        let mut g = Gate {
+            config,
+            admin_port,
+            log,
+            child: None,
+        };
         g.resume();
         g
     }
 
     pub fn resume(&mut self) {
-        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("gate log");
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("gate log");
         let child = Command::new(env!("CARGO_BIN_EXE_mqgate"))
             .arg("run")
             .arg("-c")
             .arg(&self.config)
-            .env("RUST_LOG", std::env::var("MQGATE_TEST_LOG").unwrap_or_else(|_| "debug".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("MQGATE_TEST_LOG").unwrap_or_else(|_| "debug".into()),
+            )
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()
@@ -182,10 +213,15 @@ impl Gate {
         wait_until(Duration::from_secs(20), "mqgate admin API", || {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
-                    panic!("mqgate exited early ({st}); log:\n{}", std::fs::read_to_string(&logp).unwrap_or_default());
+                    panic!(
+                        "mqgate exited early ({st}); log:\n{}",
+                        std::fs::read_to_string(&logp).unwrap_or_default()
+                    );
                 }
             }
-            http("GET", port, "/healthz", None, None).map(|(s, _)| s == 200).unwrap_or(false)
+            http("GET", port, "/healthz", None, None)
+                .map(|(s, _)| s == 200)
+                .unwrap_or(false)
         });
     }
 
@@ -200,7 +236,10 @@ impl Gate {
     /// Send a signal (e.g. "TERM", "HUP").
     pub fn signal(&self, sig: &str) {
         if let Some(pid) = self.pid() {
-            let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .status();
         }
     }
 
@@ -234,7 +273,9 @@ impl Gate {
     }
 
     pub fn metrics(&self) -> String {
-        http("GET", self.admin_port, "/metrics", None, None).map(|(_, b)| b).unwrap_or_default()
+        http("GET", self.admin_port, "/metrics", None, None)
+            .map(|(_, b)| b)
+            .unwrap_or_default()
     }
 
     /// Value of one sample, e.g. `metric("mqgate_connections_rejected_total", &[("reason","invalid")])`.
@@ -250,7 +291,11 @@ impl Drop for Gate {
             let _ = c.wait();
         }
         if std::thread::panicking() {
-            eprintln!("---- mqgate log {} ----\n{}", self.log.display(), self.log_text());
+            eprintln!(
+                "---- mqgate log {} ----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
         }
     }
 }
@@ -273,7 +318,10 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         if n != name {
             continue;
         }
-        if labels.iter().all(|(k, v)| lbl.contains(&format!("{k}=\"{v}\""))) {
+        if labels
+            .iter()
+            .all(|(k, v)| lbl.contains(&format!("{k}=\"{v}\"")))
+        {
             sum += value.parse::<f64>().unwrap_or(0.0);
         }
     }
@@ -281,11 +329,22 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 /// Minimal HTTP/1.1 client for the admin API: (status, body).
-pub fn http(method: &str, port: u16, path: &str, body: Option<&str>, token: Option<&str>) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(2))?;
+pub fn http(
+    method: &str,
+    port: u16,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(2),
+    )?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let body = body.unwrap_or("");
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -317,18 +376,30 @@ impl Pki {
     pub fn new(cn: &str) -> Pki {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = params.self_signed(&key).expect("self-signed CA");
-        Pki { ca_pem: cert.pem(), ca_cert: cert, ca_key: key }
+        Pki {
+            ca_pem: cert.pem(),
+            ca_cert: cert,
+            ca_key: key,
+        }
     }
 
     /// A leaf certificate signed by this CA: (cert PEM, key PEM).
     pub fn leaf(&self, cn: &str, sans: &[&str]) -> (String, String) {
-        let mut params = rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let mut params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         let key = rcgen::KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).expect("sign leaf");
+        let cert = params
+            .signed_by(&key, &self.ca_cert, &self.ca_key)
+            .expect("sign leaf");
         (cert.pem(), key.serialize_pem())
     }
 
@@ -346,7 +417,13 @@ impl Pki {
 }
 
 /// A basic single-cluster config: one plain listener in front of `nodes`.
-pub fn basic_config(listen_port: u16, admin_port: u16, mode: &str, nodes: &[&Mosquitto], extra_cluster: &str) -> String {
+pub fn basic_config(
+    listen_port: u16,
+    admin_port: u16,
+    mode: &str,
+    nodes: &[&Mosquitto],
+    extra_cluster: &str,
+) -> String {
     let nodes_toml: Vec<String> = nodes
         .iter()
         .map(|n| format!("{{ name = \"{}\", address = \"{}\" }}", n.name, n.address()))
@@ -356,4 +433,238 @@ pub fn basic_config(listen_port: u16, admin_port: u16, mode: &str, nodes: &[&Mos
         Gate::admin_section(admin_port),
         nodes_toml.join(", ")
     )
+}
+
+// ---- Raw MQTT helpers (appended for the core gateway tests) ----
+
+/// Append an MQTT variable byte integer.
+pub fn put_remaining_len(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// A u16-length-prefixed MQTT string or binary field.
+pub fn mqtt_field(bytes: &[u8]) -> Vec<u8> {
+    let mut out = (bytes.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// Wrap a variable header + payload into a packet with fixed-header byte `first`.
+pub fn mqtt_packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    put_remaining_len(&mut out, body.len());
+    out.extend_from_slice(body);
+    out
+}
+
+/// A minimal clean-session MQTT 3.1.1 CONNECT (keep alive 60 s).
+pub fn connect_v311(client_id: &str) -> Vec<u8> {
+    let mut body = mqtt_field(b"MQTT");
+    body.extend_from_slice(&[4, 0x02, 0, 60]);
+    body.extend(mqtt_field(client_id.as_bytes()));
+    mqtt_packet(0x10, &body)
+}
+
+/// A minimal clean-start MQTT 5.0 CONNECT (no properties, keep alive 60 s).
+pub fn connect_v5(client_id: &str) -> Vec<u8> {
+    let mut body = mqtt_field(b"MQTT");
+    body.extend_from_slice(&[5, 0x02, 0, 60, 0]);
+    body.extend(mqtt_field(client_id.as_bytes()));
+    mqtt_packet(0x10, &body)
+}
+
+/// Connect to 127.0.0.1:`port` with 10 s read/write timeouts.
+pub fn tcp(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to mqgate");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    s.set_write_timeout(Some(Duration::from_secs(10)))
+        .expect("write timeout");
+    s
+}
+
+/// How a raw read ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Orderly close (FIN) after the bytes returned.
+    Eof,
+    /// Connection reset.
+    Reset,
+    /// Still open when the timeout passed.
+    Open,
+}
+
+/// Read everything until the peer closes or `timeout` passes.
+pub fn read_to_close(s: &mut TcpStream, timeout: Duration) -> (Vec<u8>, Ended) {
+    let end = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (out, Ended::Open);
+        }
+        let _ = s.set_read_timeout(Some(left));
+        match s.read(&mut buf) {
+            Ok(0) => return (out, Ended::Eof),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return (out, Ended::Open)
+            }
+            Err(_) => return (out, Ended::Reset),
+        }
+    }
+}
+
+/// Read exactly `n` bytes (panics on close or after 10 s).
+pub fn read_exact_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    s.read_exact(&mut out).expect("read reply");
+    out
+}
+
+/// Open a raw MQTT 3.1.1 session through `port`: asserts CONNACK "accepted".
+pub fn raw_session(port: u16, client_id: &str) -> TcpStream {
+    let mut s = tcp(port);
+    s.write_all(&connect_v311(client_id)).expect("send CONNECT");
+    assert_eq!(
+        read_exact_n(&mut s, 4),
+        [0x20, 0x02, 0x00, 0x00],
+        "CONNACK accepted"
+    );
+    s
+}
+
+/// PINGREQ → PINGRESP on an open session: true if the session answers.
+pub fn ping(s: &mut TcpStream) -> bool {
+    if s.write_all(&[0xC0, 0x00]).is_err() {
+        return false;
+    }
+    let mut b = [0u8; 2];
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    s.read_exact(&mut b).is_ok() && b == [0xD0, 0x00]
+}
+
+/// Run `mosquitto_pub` with `args`; panics unless it exits 0.
+pub fn mosquitto_pub(args: &[&str]) {
+    let out = Command::new("mosquitto_pub")
+        .args(args)
+        .output()
+        .expect("run mosquitto_pub");
+    assert!(
+        out.status.success(),
+        "mosquitto_pub {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Gate {
+    /// Wait up to `timeout` for the process to exit on its own; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let end = Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return st.code();
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait until the log contains `needle` (debug lines are written as they happen).
+    pub fn wait_log(&self, needle: &str) {
+        wait_until(
+            Duration::from_secs(10),
+            &format!("log line containing {needle:?}"),
+            || self.log_text().contains(needle),
+        );
+    }
+}
+
+/// Kills a child process when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Subscribe with `mosquitto_sub` on 127.0.0.1:`port` (plus `extra` arguments, e.g. TLS
+/// options), publish with `mosquitto_pub` (same `extra`) until the subscriber has its
+/// message, and return what the subscriber printed. Panics if either client fails.
+pub fn cli_round_trip(port: u16, extra: &[&str], version: &str, topic: &str, msg: &str) -> String {
+    let p = port.to_string();
+    let sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &p, "-V", version, "-q", "1"])
+        .args(extra)
+        .args(["-t", topic, "-C", "1", "-W", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub");
+    let mut sub = KillOnDrop(sub);
+    let mut status = None;
+    wait_until(
+        Duration::from_secs(20),
+        "subscriber got the message",
+        || {
+            if let Ok(Some(st)) = sub.0.try_wait() {
+                status = Some(st);
+                return true;
+            }
+            let mut args = vec![
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &p,
+                "-V",
+                version,
+                "-q",
+                "1",
+                "-t",
+                topic,
+                "-m",
+                msg,
+            ];
+            args.extend_from_slice(extra);
+            mosquitto_pub(&args);
+            false
+        },
+    );
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(o) = sub.0.stdout.as_mut() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if let Some(e) = sub.0.stderr.as_mut() {
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "mosquitto_sub {version} {extra:?} failed: {err}"
+    );
+    out
 }

@@ -1,0 +1,400 @@
+#!/usr/bin/env python3
+"""mqgate benchmark harness (run through `integration/bench`, which builds the binaries
+and raises the open-files limit first).
+
+Starts one stock Mosquitto, HAProxy 2.6 (configured as the Mosquitto HA documentation
+does) and mqgate (equivalent config) on free ports, then measures every scenario
+directly, through HAProxy and through mqgate, alternating the order each round, and
+prints the medians over rounds and the ratios against the targets of issue 7. Writes
+every raw figure and the summary to integration/out/bench-<time>.json.
+
+Nothing here asserts on speed: the exit status is 1 only if the harness itself fails
+(a process does not start, a scenario moves no messages, connections are refused).
+"""
+import argparse, datetime, json, os, platform, socket, statistics, subprocess, sys, time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+TARGETS = ["direct", "haproxy", "mqgate"]
+PROXIES = ["haproxy", "mqgate"]
+
+
+class HarnessError(Exception):
+    pass
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def proc_cpu_secs(pid):
+    """utime + stime of a process (all threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise HarnessError(f"no VmRSS for pid {pid}")
+
+
+class Env:
+    """The three servers and their ports; restartable proxies."""
+
+    def __init__(self, a, work):
+        self.a = a
+        self.work = work
+        self.loadgen = a.loadgen
+        self.procs = {}
+        p = self.ports = {k: free_port() for k in [
+            "broker_port", "broker_tls_port", "haproxy_port", "haproxy_tls_port",
+            "mqgate_port", "mqgate_tls_port", "admin_port"]}
+        self.files = dict(
+            cert=os.path.join(work, "server.pem"), key=os.path.join(work, "server.key"),
+            cert_full=os.path.join(work, "server-full.pem"), ca=os.path.join(work, "ca.pem"))
+        run([self.loadgen, "pki", work])
+        os.chmod(work, 0o755)
+        for f in self.files.values():
+            os.chmod(f, 0o644)
+        fill = dict(p, **self.files)
+        for name in ["mosquitto.conf", "haproxy.cfg", "mqgate.toml"]:
+            with open(os.path.join(HERE, name + ".tmpl")) as f:
+                text = f.read()
+            for k, v in fill.items():
+                text = text.replace("{" + k + "}", str(v))
+            with open(os.path.join(work, name), "w") as f:
+                f.write(text)
+        self.addr = {
+            "direct": f"127.0.0.1:{p['broker_port']}",
+            "haproxy": f"127.0.0.1:{p['haproxy_port']}",
+            "mqgate": f"127.0.0.1:{p['mqgate_port']}",
+        }
+        self.tls_addr = {
+            "direct": f"127.0.0.1:{p['broker_tls_port']}",
+            "haproxy": f"127.0.0.1:{p['haproxy_tls_port']}",
+            "mqgate": f"127.0.0.1:{p['mqgate_tls_port']}",
+        }
+        run(["haproxy", "-c", "-q", "-f", os.path.join(work, "haproxy.cfg")])
+        run([a.mqgate, "check", "-c", os.path.join(work, "mqgate.toml")])
+
+    def cmd(self, name):
+        w = self.work
+        return {
+            "direct": ["mosquitto", "-c", os.path.join(w, "mosquitto.conf")],
+            "haproxy": ["haproxy", "-db", "-f", os.path.join(w, "haproxy.cfg")],
+            "mqgate": [self.a.mqgate, "run", "-c", os.path.join(w, "mqgate.toml")],
+        }[name]
+
+    def start(self, name):
+        logf = open(os.path.join(self.work, f"{name}.log"), "a")
+        self.procs[name] = subprocess.Popen(self.cmd(name), stdout=logf, stderr=logf,
+                                            stdin=subprocess.DEVNULL)
+        self.wait_ready(name)
+
+    def wait_ready(self, name):
+        end = time.time() + 30
+        while time.time() < end:
+            pr = self.procs[name]
+            if pr.poll() is not None:
+                raise HarnessError(f"{name} exited with {pr.returncode}; see {self.work}/{name}.log")
+            ok = all(subprocess.run(
+                [self.loadgen, "probe", "--addr", addr] + extra,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+                for addr, extra in [(self.addr[name], []),
+                                    (self.tls_addr[name], ["--tls-ca", self.files["ca"]])])
+            if ok:
+                return
+            time.sleep(0.1)
+        raise HarnessError(f"{name} did not accept MQTT sessions within 30 s")
+
+    def stop(self, name):
+        pr = self.procs.pop(name, None)
+        if pr and pr.poll() is None:
+            pr.terminate()
+            try:
+                pr.wait(10)
+            except subprocess.TimeoutExpired:
+                pr.kill()
+                pr.wait()
+
+    def restart(self, name):
+        self.stop(name)
+        self.start(name)
+
+    def pid(self, name):
+        return self.procs[name].pid
+
+    def stop_all(self):
+        for n in list(self.procs):
+            self.stop(n)
+
+
+def run(cmd, timeout=600):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise HarnessError(f"{' '.join(map(str, cmd))} failed ({r.returncode}): {r.stderr.strip()}")
+    return r.stdout
+
+
+def loadgen(env, args, timeout=300):
+    out = run([env.loadgen] + [str(x) for x in args], timeout)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def plan(quick):
+    if quick:
+        return dict(rounds=1, tp=[(0, 100)], tp_secs=2, warmup=0.5, lat_rate=5000, lat_secs=2,
+                    plain_clients=1000, tls_clients=200, idle=[200], conc=32)
+    return dict(rounds=3, tp=[(0, 100), (0, 1024), (1, 100), (1, 1024)], tp_secs=5, warmup=1,
+                lat_rate=20000, lat_secs=5, plain_clients=10000, tls_clients=3000,
+                idle=[1000, 9000], conc=50)
+
+
+def scenario_throughput(env, p, target, qos, size):
+    pid = env.pid(target)
+    bpid = env.pid("direct")
+    c0, b0 = proc_cpu_secs(pid), proc_cpu_secs(bpid)
+    r = loadgen(env, ["throughput", "--addr", env.addr[target], "--qos", qos, "--size", size,
+                      "--secs", p["tp_secs"], "--warmup", p["warmup"]])
+    c1, b1 = proc_cpu_secs(pid), proc_cpu_secs(bpid)
+    if r["delivered"] == 0:
+        raise HarnessError(f"throughput through {target} delivered nothing: {r}")
+    per_m = 1e6 / max(r["delivered_total"], 1)
+    r["broker_cpu_s_per_M"] = (b1 - b0) * per_m
+    if target != "direct":
+        r["proxy_cpu_s_per_M"] = (c1 - c0) * per_m
+    return r
+
+
+def scenario_latency(env, p, target):
+    r = loadgen(env, ["latency", "--addr", env.addr[target], "--rate", p["lat_rate"],
+                      "--secs", p["lat_secs"], "--warmup", p["warmup"]])
+    if r["samples"] == 0:
+        raise HarnessError(f"latency through {target}: no message delivered: {r}")
+    return r
+
+
+def scenario_connect(env, p, target, tls):
+    if tls:
+        args = ["--addr", env.tls_addr[target], "--tls-ca", env.files["ca"],
+                "--clients", p["tls_clients"]]
+    else:
+        args = ["--addr", env.addr[target], "--clients", p["plain_clients"]]
+    r = loadgen(env, ["connect", "--conc", p["conc"], "--secs", 20] + args)
+    if r["ok"] == 0 or r["errors"] > 0:
+        raise HarnessError(f"connect storm through {target} (tls={tls}) had errors: {r}")
+    return r
+
+
+def wait_rss_stable(pid):
+    last = proc_rss_kb(pid)
+    for _ in range(30):
+        time.sleep(0.2)
+        now = proc_rss_kb(pid)
+        if abs(now - last) <= max(last // 500, 8):
+            return now
+        last = now
+    return last
+
+
+def scenario_idle(env, target, n):
+    """Fresh proxy process; RSS before, N idle proxied sessions, RSS after."""
+    env.restart(target)
+    pid = env.pid(target)
+    before = wait_rss_stable(pid)
+    lg = subprocess.Popen([env.loadgen, "idle", "--addr", env.addr[target], "--clients", str(n)],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = lg.stdout.readline()
+        if not line:
+            raise HarnessError(f"idle loadgen through {target} exited early")
+        ready = json.loads(line)
+        if ready["ready"] != n:
+            raise HarnessError(f"idle through {target}: only {ready['ready']} of {n} connected: {ready}")
+        after = wait_rss_stable(pid)
+    finally:
+        try:
+            lg.stdin.write("\n")
+            lg.stdin.close()
+        except OSError:
+            pass
+        lg.wait(60)
+    return {"connections": n, "rss_before_kb": before, "rss_after_kb": after,
+            "bytes_per_conn": (after - before) * 1024 / n}
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def summarise(raw, p):
+    def pick(scn, var, target, key):
+        return med([r["result"].get(key) for r in raw
+                    if r["scenario"] == scn and r["variant"] == var and r["target"] == target])
+
+    rows, checks = [], []
+
+    def ratio(a, b):
+        return a / b if a is not None and b not in (None, 0) else None
+
+    for qos, size in p["tp"]:
+        var = f"qos{qos}-{size}B"
+        d, h, m = (pick("throughput", var, t, "msgs_per_sec") for t in TARGETS)
+        rows.append((f"throughput {var} msg/s", d, h, m, ratio(h, d), ratio(m, d)))
+        checks.append((f"throughput {var}: mqgate/direct >= 0.98", ratio(m, d), ">=", 0.98))
+    lat = {}
+    for key in ["p50_us", "p99_us", "p999_us"]:
+        d, h, m = (pick("latency", "qos0-100B", t, key) for t in TARGETS)
+        lat[key] = (d, h, m)
+        rows.append((f"latency {key[:-3]} µs @{p['lat_rate']}/s", d, h, m, None, None))
+    for key in ["p50_us", "p99_us", "p999_us"]:
+        d, h, m = lat[key]
+        ha, ma = (h - d if None not in (h, d) else None), (m - d if None not in (m, d) else None)
+        rows.append((f"  added {key[:-3]} µs", 0, ha, ma, None, ratio(ma, ha) if ha and ha > 0 else None))
+        if key != "p999_us":
+            checks.append((f"added latency {key[:-3]}: mqgate/haproxy <= 0.7",
+                           ratio(ma, ha) if ha and ha > 0 else None, "<=", 0.7))
+    for var, want in [("plain", 1.5), ("tls", 1.3)]:
+        d, h, m = (pick("connect", var, t, "connects_per_sec") for t in TARGETS)
+        rows.append((f"connect {var} /s", d, h, m, ratio(h, d), ratio(m, d)))
+        d9, h9, m9 = (pick("connect", var, t, "p99_us") for t in TARGETS)
+        rows.append((f"  connect {var} p99 µs", d9, h9, m9, None, None))
+        checks.append((f"connect {var}: mqgate/haproxy >= {want}", ratio(m, h), ">=", want))
+    for n in p["idle"]:
+        h, m = (pick("idle", f"{n}", t, "bytes_per_conn") for t in PROXIES)
+        rows.append((f"idle memory B/conn @{n}", None, h, m, None, None))
+        checks.append((f"idle memory @{n}: mqgate/haproxy <= 0.4", ratio(m, h), "<=", 0.4))
+    for qos, size in p["tp"]:
+        var = f"qos{qos}-{size}B"
+        h, m = (pick("throughput", var, t, "proxy_cpu_s_per_M") for t in PROXIES)
+        d = pick("throughput", var, "direct", "broker_cpu_s_per_M")
+        rows.append((f"CPU s per M msgs {var}", d, h, m, None, None))
+        checks.append((f"CPU per M msgs {var}: mqgate/haproxy <= 1", ratio(m, h), "<=", 1.0))
+    return rows, checks
+
+
+def fmt(x):
+    if x is None:
+        return "-"
+    if isinstance(x, float) and abs(x) < 10:
+        return f"{x:.3f}"
+    return f"{x:,.0f}"
+
+
+def print_table(rows, checks):
+    head = ("figure (median of rounds)", "direct", "haproxy", "mqgate", "hap/direct", "mqg/direct|hap")
+    w = [34, 11, 11, 11, 11, 15]
+    line = lambda cells: "  ".join(str(c).ljust(w[0]) if i == 0 else str(c).rjust(w[i])
+                                   for i, c in enumerate(cells))
+    print(line(head))
+    print("-" * (sum(w) + 10))
+    for r in rows:
+        print(line([r[0]] + [fmt(x) for x in r[1:]]))
+    print()
+    print("targets (same run):")
+    for name, val, op, want in checks:
+        met = None if val is None else (val >= want if op == ">=" else val <= want)
+        state = "n/a" if met is None else ("met" if met else "NOT met")
+        print(f"  {name:52s} {fmt(val):>8s}  {state}")
+    print()
+    print("(direct column of the CPU rows: Mosquitto's own CPU s per M msgs, for scale;"
+          " mqg/direct|hap: mqgate/direct for throughput and connects, mqgate/haproxy"
+          " for added latency)")
+
+
+def machine():
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    def ver(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True).stdout.strip().splitlines()[0]
+        except Exception:
+            return "?"
+    return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release(),
+            "haproxy": ver(["haproxy", "-v"]), "mosquitto": ver(["mosquitto", "-h"]),
+            "load_before": os.getloadavg()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rounds", type=int)
+    ap.add_argument("--only", help="comma list: throughput,latency,connect,idle")
+    ap.add_argument("--mqgate", required=True)
+    ap.add_argument("--loadgen", required=True)
+    a = ap.parse_args()
+    p = plan(a.quick)
+    if a.rounds:
+        p["rounds"] = a.rounds
+    only = set(a.only.split(",")) if a.only else {"throughput", "latency", "connect", "idle"}
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    outdir = os.path.join(ROOT, "integration", "out")
+    work = os.path.join(outdir, f"bench-{stamp}.d")
+    os.makedirs(work, exist_ok=True)
+    info = machine()
+    info["nofile"] = subprocess.run(["sh", "-c", "ulimit -n"], capture_output=True, text=True).stdout.strip()
+    log(f"== bench ({'quick' if a.quick else 'full'}), work dir {work}")
+    env = Env(a, work)
+    raw = []
+    try:
+        for t in TARGETS:
+            env.start(t)
+        for rnd in range(p["rounds"]):
+            order = TARGETS[rnd % 3:] + TARGETS[:rnd % 3]
+            log(f"== round {rnd + 1}/{p['rounds']}, order {order}")
+            jobs = []
+            if "throughput" in only:
+                for qos, size in p["tp"]:
+                    jobs.append(("throughput", f"qos{qos}-{size}B",
+                                 lambda t, q=qos, s=size: scenario_throughput(env, p, t, q, s), TARGETS))
+            if "latency" in only:
+                jobs.append(("latency", "qos0-100B", lambda t: scenario_latency(env, p, t), TARGETS))
+            if "connect" in only:
+                jobs.append(("connect", "plain", lambda t: scenario_connect(env, p, t, False), TARGETS))
+                jobs.append(("connect", "tls", lambda t: scenario_connect(env, p, t, True), TARGETS))
+            if "idle" in only:
+                for n in p["idle"]:
+                    jobs.append(("idle", f"{n}", lambda t, n=n: scenario_idle(env, t, n), PROXIES))
+            for scn, var, fn, targets in jobs:
+                for t in [x for x in order if x in targets]:
+                    r = fn(t)
+                    raw.append({"round": rnd, "scenario": scn, "variant": var, "target": t, "result": r})
+                    log(f"   {scn:10s} {var:11s} {t:8s} {json.dumps(r)}")
+    finally:
+        env.stop_all()
+    rows, checks = summarise(raw, p)
+    print_table(rows, checks)
+    info["load_after"] = os.getloadavg()
+    out = os.path.join(outdir, f"bench-{stamp}.json")
+    with open(out, "w") as f:
+        json.dump({"machine": info, "mode": "quick" if a.quick else "full", "plan": p,
+                   "command": " ".join(sys.argv), "raw": raw,
+                   "table": [list(r) for r in rows],
+                   "targets": [{"name": n, "value": v, "op": o, "want": w} for n, v, o, w in checks]},
+                  f, indent=1)
+    print(f"\nraw figures and summary: {out}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except HarnessError as e:
+        log(f"bench: {e}")
+        sys.exit(1)

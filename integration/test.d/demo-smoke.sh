@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Smoke test of integration/demo (the README's first command):
+#   1. `--duration 20` runs to the end by itself, shows the full-sync failover (the
+#      clients move to the new leader) and leaves no process or directory behind;
+#   2. an interactive run stopped with SIGTERM (what Ctrl-C / `kill` do) cleans up too.
+# Uses the debug binary (built by `cargo test`, or built here) to avoid a release build.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+BIN="${MQGATE_BIN:-$PWD/target/debug/mqgate}"
+DEMO="${DEMO:-$PWD/integration/demo}"   # override to test a modified demo
+if [ ! -x "$BIN" ]; then
+  cargo build --bin mqgate
+fi
+command -v setsid >/dev/null || { echo "demo-smoke: setsid (util-linux) is needed"; exit 1; }
+
+fail() { echo "demo-smoke: FAIL: $*" >&2; exit 1; }
+out="$(mktemp)"
+trap 'rm -f "$out"' EXIT
+
+# Every process the demo starts stays in its session (nothing it runs calls setsid).
+leftovers() { # session id
+  pgrep -s "$1" 2>/dev/null || true
+}
+check_clean() { # session id, log
+  local dir
+  dir="$(sed -n 's/.*demo directory: \(\S*\).*/\1/p' "$2" | head -n1)"
+  [ -n "$dir" ] || fail "the demo did not print its directory"
+  # The demo may take a moment to reap after its own exit: poll briefly.
+  for _ in $(seq 50); do
+    [ -z "$(leftovers "$1")" ] && break
+    sleep 0.1
+  done
+  local left; left="$(leftovers "$1")"
+  if [ -n "$left" ]; then
+    ps -o pid,args -p "$(echo $left | tr ' ' ',')" >&2 || true
+    kill -KILL $left 2>/dev/null || true
+    fail "processes left behind by the demo"
+  fi
+  if pgrep -f "$dir" >/dev/null; then
+    fail "a process still uses $dir"
+  fi
+  [ ! -e "$dir" ] || fail "$dir was not removed"
+}
+
+# setsid runs the demo in place (this shell has no job control), so the demo's pid
+# is its session id.
+same_session() {
+  local sid; sid="$(ps -o sid= -p "$1" | tr -d ' ')"
+  [ "$sid" = "$1" ] || fail "demo pid $1 is not its session leader (session $sid)"
+}
+
+# Wait for the demo to end by itself; past the deadline, kill its session and fail.
+wait_demo() { # pid, seconds
+  local end=$((SECONDS + $2))
+  while kill -0 "$1" 2>/dev/null; do
+    if [ $SECONDS -ge $end ]; then
+      cat "$out"
+      kill -KILL $(leftovers "$1") 2>/dev/null || true
+      fail "demo did not finish within $2 s"
+    fi
+    sleep 0.2
+  done
+  wait "$1"
+}
+
+echo "-- demo --duration 20"
+setsid "$DEMO" --bin "$BIN" --no-install --duration 20 --every 12 >"$out" 2>&1 &
+pid=$!
+same_session "$pid"
+wait_demo "$pid" 90 || { cat "$out"; fail "demo exited with an error"; }
+cat "$out"
+grep -q "mqgate is running" "$out" || fail "no start banner"
+grep -q "status page: *http://127.0.0.1:[0-9]*/status" "$out" || fail "status page address not printed"
+grep -q "metrics (Prometheus): *http://127.0.0.1:[0-9]*/metrics" "$out" || fail "metrics address not printed"
+grep -q "FAILOVER (full-sync)" "$out" || fail "no failover shown"
+grep -q "leader of fullsync is now fs2" "$out" || fail "mqgate did not follow the new leader"
+grep -q "clients moved from fs1 to fs2" "$out" || fail "clients did not move to the new leader"
+grep -q "stopped [0-9]* processes" "$out" || fail "no cleanup report"
+check_clean "$pid" "$out"
+
+echo "-- demo stopped by SIGTERM"
+setsid "$DEMO" --bin "$BIN" --no-install >"$out" 2>&1 &
+pid=$!
+same_session "$pid"
+for _ in $(seq 300); do
+  grep -q "traffic started" "$out" && break
+  kill -0 "$pid" 2>/dev/null || { cat "$out"; fail "demo exited early"; }
+  sleep 0.1
+done
+grep -q "traffic started" "$out" || { cat "$out"; fail "demo did not start traffic"; }
+kill -TERM "$pid"
+wait_demo "$pid" 20 || true
+grep -q "stopped [0-9]* processes" "$out" || { cat "$out"; fail "no cleanup after SIGTERM"; }
+check_clean "$pid" "$out"
+echo "demo-smoke: OK"

@@ -1,0 +1,153 @@
+//! Publish → deliver latency at a fixed rate well below saturation.
+//!
+//! One publisher thread paces messages on a schedule (each message its own write, the
+//! send time in its payload); one subscriber thread (same process, same clock) records
+//! receive time − send time in a µs histogram. Plain blocking sockets keep the
+//! measuring side simple and its own scheduling delay small.
+
+use crate::mqtt;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Opts {
+    pub rate: u64,
+    pub size: usize,
+    pub warmup: Duration,
+    pub secs: Duration,
+}
+
+fn session(addr: SocketAddr, id: &str) -> Result<TcpStream, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    s.write_all(&mqtt::connect(id, 0))
+        .map_err(|e| e.to_string())?;
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack)
+        .map_err(|e| format!("CONNACK: {e}"))?;
+    if ack[0] != 0x20 || ack[3] != 0 {
+        return Err(format!("CONNACK refused: {ack:02x?}"));
+    }
+    Ok(s)
+}
+
+pub fn run(addr: SocketAddr, o: Opts) -> Result<serde_json::Value, String> {
+    let tag = std::process::id();
+    let topic = format!("lat/{tag}");
+    let mut sub = session(addr, &format!("lat-sub-{tag}"))?;
+    sub.write_all(&mqtt::subscribe(1, &topic, 0))
+        .map_err(|e| e.to_string())?;
+    let mut ack = [0u8; 5];
+    sub.read_exact(&mut ack)
+        .map_err(|e| format!("SUBACK: {e}"))?;
+    let mut publ = session(addr, &format!("lat-pub-{tag}"))?;
+    let base = Instant::now();
+    let warm_ns = o.warmup.as_nanos() as u64;
+    let end_ns = warm_ns + o.secs.as_nanos() as u64;
+    let sent = Arc::new(AtomicU64::new(0));
+    let publishing = Arc::new(AtomicBool::new(true));
+    let received = Arc::new(AtomicU64::new(0));
+
+    let rx = {
+        let received = received.clone();
+        sub.set_read_timeout(Some(Duration::from_millis(200)))
+            .map_err(|e| e.to_string())?;
+        let sent = sent.clone();
+        let publishing = publishing.clone();
+        std::thread::spawn(move || -> Result<Histogram<u64>, String> {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                .map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut have = 0;
+            let mut idle_since: Option<Instant> = None;
+            loop {
+                let n = match sub.read(&mut buf[have..]) {
+                    Ok(0) => return Err("subscriber: connection closed".into()),
+                    Ok(n) => n,
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut =>
+                    {
+                        0
+                    }
+                    Err(e) => return Err(format!("subscriber: {e}")),
+                };
+                let now = base.elapsed().as_nanos() as u64;
+                have += n;
+                let mut got = 0;
+                let used = mqtt::split(&buf[..have], |p| {
+                    if let Some((_, payload)) = p.publish_parts() {
+                        if payload.len() >= 8 {
+                            let mut t = [0u8; 8];
+                            t.copy_from_slice(&payload[..8]);
+                            let ts = u64::from_be_bytes(t);
+                            if ts >= warm_ns {
+                                let _ = h.record(now.saturating_sub(ts) / 1000);
+                            }
+                        }
+                        got += 1;
+                    }
+                })?;
+                buf.copy_within(used..have, 0);
+                have -= used;
+                let total = received.fetch_add(got, Ordering::Relaxed) + got;
+                if !publishing.load(Ordering::Relaxed) {
+                    if total >= sent.load(Ordering::Relaxed) {
+                        return Ok(h);
+                    }
+                    let since = *idle_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_secs(2) {
+                        return Ok(h);
+                    }
+                }
+            }
+        })
+    };
+
+    let tpl = mqtt::publish(&topic, 0, o.size.max(8));
+    let interval = 1_000_000_000 / o.rate.max(1);
+    let mut msg = tpl.bytes.clone();
+    let mut i: u64 = 0;
+    loop {
+        let now = base.elapsed().as_nanos() as u64;
+        if now >= end_ns {
+            break;
+        }
+        let due = i * interval;
+        if due > now {
+            std::thread::sleep(Duration::from_nanos(due - now));
+            continue;
+        }
+        while i * interval <= now {
+            let ts = base.elapsed().as_nanos() as u64;
+            msg[tpl.payload_at..tpl.payload_at + 8].copy_from_slice(&ts.to_be_bytes());
+            publ.write_all(&msg)
+                .map_err(|e| format!("publisher: {e}"))?;
+            i += 1;
+            sent.store(i, Ordering::Relaxed);
+        }
+    }
+    publishing.store(false, Ordering::Relaxed);
+    let h = rx
+        .join()
+        .map_err(|_| "subscriber thread panicked".to_string())??;
+    let _ = publ.write_all(&mqtt::DISCONNECT);
+    let got = received.load(Ordering::Relaxed);
+    Ok(json!({
+        "rate": o.rate,
+        "size": o.size,
+        "sent": i,
+        "received": got,
+        "lost": i.saturating_sub(got),
+        "samples": h.len(),
+        "p50_us": h.value_at_quantile(0.50),
+        "p99_us": h.value_at_quantile(0.99),
+        "p999_us": h.value_at_quantile(0.999),
+        "max_us": h.max(),
+        "mean_us": h.mean(),
+    }))
+}

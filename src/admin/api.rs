@@ -1,0 +1,185 @@
+//! Handlers of the `/api/v1/…` endpoints that act on one thing: a node's admin state,
+//! a sticky entry, a reload. Each answers JSON, with `{"error": "..."}` and a 4xx
+//! status for requests that name something unknown or carry a bad body.
+//!
+//! They call the same entry points the rest of the gateway uses
+//! ([`Cluster::set_admin_state`], the sticky table, [`Gateway::reload`]), so an API call
+//! has exactly the effect of the equivalent internal event.
+
+use super::{error, json, Refusal, Resp};
+use crate::cluster::{AdminState, Cluster};
+use crate::gateway::{ApplyError, Gateway, Shared};
+use hyper::StatusCode;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Body of `PUT /api/v1/clusters/{c}/nodes/{n}/state`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateBody {
+    state: String,
+}
+
+/// Answer of the node state endpoint.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NodeStateAnswer {
+    pub cluster: String,
+    pub node: String,
+    pub state: String,
+    pub previous: String,
+    /// Sessions closed by this change (`maint` closes them).
+    pub sessions_closed: usize,
+}
+
+/// Answer of the sticky endpoints.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StickyAnswer {
+    pub key: String,
+    pub node: String,
+    pub expires_in_secs: u64,
+}
+
+fn cluster(shared: &Shared, name: &str) -> Result<Arc<Cluster>, Refusal> {
+    shared.cluster(name).ok_or_else(|| {
+        Box::new(error(
+            StatusCode::NOT_FOUND,
+            &format!("no cluster named `{name}`"),
+        ))
+    })
+}
+
+pub(super) fn node_state(shared: &Shared, c: &str, n: &str, body: &[u8]) -> Resp {
+    let cl = match cluster(shared, c) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let Some(node) = cl.node(n) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("cluster `{c}` has no node named `{n}`"),
+        );
+    };
+    let parsed: StateBody = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("body must be {{\"state\": \"ready\"|\"drain\"|\"maint\"}}: {e}"),
+            )
+        }
+    };
+    let Some(state) = AdminState::parse(&parsed.state) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "unknown state `{}`: use ready, drain or maint",
+                parsed.state
+            ),
+        );
+    };
+    let previous = node.admin_state();
+    let open = node.active();
+    cl.set_admin_state(&node, state);
+    json(
+        StatusCode::OK,
+        &NodeStateAnswer {
+            cluster: c.to_string(),
+            node: n.to_string(),
+            state: state.as_str().to_string(),
+            previous: previous.as_str().to_string(),
+            sessions_closed: if state == AdminState::Maint { open } else { 0 },
+        },
+    )
+}
+
+pub(super) fn sticky_get(shared: &Shared, c: &str, key: &str) -> Resp {
+    let cl = match cluster(shared, c) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    match cl.sticky.get(key) {
+        Some(e) => json(
+            StatusCode::OK,
+            &StickyAnswer {
+                key: e.key,
+                node: e.node,
+                expires_in_secs: e.expires_in.as_secs(),
+            },
+        ),
+        None => error(
+            StatusCode::NOT_FOUND,
+            &format!("no sticky entry for `{key}` in cluster `{c}`"),
+        ),
+    }
+}
+
+pub(super) fn sticky_del(shared: &Shared, c: &str, key: &str) -> Resp {
+    let cl = match cluster(shared, c) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let entry = cl.sticky.get(key);
+    if !cl.sticky.remove(key) {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("no sticky entry for `{key}` in cluster `{c}`"),
+        );
+    }
+    shared
+        .metrics
+        .sticky_entries
+        .with_label_values(&[&cl.name])
+        .set(cl.sticky.len() as i64);
+    tracing::info!(cluster = %c, key = %key, "sticky entry removed by the admin API");
+    json(
+        StatusCode::OK,
+        &StickyAnswer {
+            key: key.to_string(),
+            node: entry.map(|e| e.node).unwrap_or_default(),
+            expires_in_secs: 0,
+        },
+    )
+}
+
+pub(super) async fn reload(gw: &Gateway) -> Resp {
+    match gw.reload().await {
+        Ok(()) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "result": "ok",
+                "file": gw.shared.runtime().config.source.display().to_string(),
+            }),
+        ),
+        Err(ApplyError::Config(errs)) => {
+            let list: Vec<serde_json::Value> = errs
+                .errors
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "file": errs.file.display().to_string(),
+                        "line": e.line,
+                        "key": e.key,
+                        "message": e.message,
+                        "hint": e.hint,
+                    })
+                })
+                .collect();
+            json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({
+                    "result": "error",
+                    "error": errs.to_string(),
+                    "errors": list,
+                }),
+            )
+        }
+        Err(other) => json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({
+                "result": "error",
+                "error": other.to_string(),
+                "errors": [ { "message": other.to_string() } ],
+            }),
+        ),
+    }
+}

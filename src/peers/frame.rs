@@ -1,0 +1,350 @@
+//! The peer wire format: versioned, length-prefixed frames. Pure functions over bytes
+//! (no I/O), so they are unit-tested and fuzzed alone (`fuzz/fuzz_targets/peer_frame.rs`).
+//!
+//! ```text
+//! frame   := length:u32be body            (length of body, 1 ..= MAX_FRAME)
+//! body    := type:u8 payload
+//! HELLO   1  magic "MQGP" version:u16 name:str nonce:[32]
+//! AUTH    2  mac:[32]                      HMAC-SHA256, see `auth`
+//! UPDATES 3  cluster:str count:u32 update*
+//!            update := flags:u8 (bit 0 = deletion) key:str [node:str] stamp:u64
+//!                      origin:str idle_ms:u64
+//! SYNC_BEGIN 4                             a full table follows
+//! SYNC_END   5  entries:u64                the full table has been sent
+//! HEARTBEAT  6
+//! ERROR      7  reason:str                 the sender closes the link after it
+//! str     := length:u16be UTF-8 bytes
+//! ```
+//!
+//! The HELLO magic and version sit at fixed offsets so that any future version can
+//! still be told apart and refused with a clear error.
+
+use crate::sticky::Update;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// Protocol version spoken by this build.
+pub const VERSION: u16 = 1;
+/// Largest frame body accepted or produced.
+pub const MAX_FRAME: usize = 1 << 20;
+/// Magic at the start of a HELLO.
+pub const MAGIC: &[u8; 4] = b"MQGP";
+/// Updates per UPDATES frame when sending (keeps frames far below `MAX_FRAME`:
+/// a key is at most 64 KiB, so a frame of `BATCH` worst-case keys could exceed it;
+/// the encoder also cuts a batch when it passes `MAX_FRAME / 2`).
+pub const BATCH: usize = 1000;
+
+const T_HELLO: u8 = 1;
+const T_AUTH: u8 = 2;
+const T_UPDATES: u8 = 3;
+const T_SYNC_BEGIN: u8 = 4;
+const T_SYNC_END: u8 = 5;
+const T_HEARTBEAT: u8 = 6;
+const T_ERROR: u8 = 7;
+
+/// Smallest encoded update: flags, empty key, stamp, empty origin, idle.
+const MIN_UPDATE: usize = 1 + 2 + 8 + 2 + 8;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Hello {
+        version: u16,
+        name: String,
+        nonce: [u8; 32],
+    },
+    Auth {
+        mac: [u8; 32],
+    },
+    Updates {
+        cluster: String,
+        updates: Vec<Update>,
+    },
+    SyncBegin,
+    SyncEnd {
+        entries: u64,
+    },
+    Heartbeat,
+    Error {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes is larger than the limit of {MAX_FRAME}")]
+    TooLarge(usize),
+    #[error("empty frame")]
+    Empty,
+    #[error("unknown frame type {0}")]
+    UnknownType(u8),
+    #[error("frame truncated: {0}")]
+    Truncated(&'static str),
+    #[error("{0} bytes left over at the end of a frame")]
+    Trailing(usize),
+    #[error("not an mqgate peer (bad magic)")]
+    BadMagic,
+    #[error("peer speaks protocol version {0}, this gateway speaks version {VERSION}")]
+    Version(u16),
+    #[error("invalid UTF-8 in {0}")]
+    Utf8(&'static str),
+    #[error("unknown update flags {0:#04x}")]
+    Flags(u8),
+}
+
+/// Shares the `Arc<str>` of repeated strings (node and origin names) across decoded
+/// updates, so a full sync of a million entries does not allocate a million copies.
+#[derive(Default)]
+pub struct Interner {
+    set: HashSet<Arc<str>>,
+}
+
+impl Interner {
+    const MAX: usize = 4096;
+    pub fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.set.get(s) {
+            return a.clone();
+        }
+        if self.set.len() >= Self::MAX {
+            self.set.clear();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.set.insert(a.clone());
+        a
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], FrameError> {
+        if self.buf.len() < n {
+            return Err(FrameError::Truncated(what));
+        }
+        let (a, b) = self.buf.split_at(n);
+        self.buf = b;
+        Ok(a)
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, FrameError> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u16(&mut self, what: &'static str) -> Result<u16, FrameError> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, FrameError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, what: &'static str) -> Result<u64, FrameError> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn str(&mut self, what: &'static str) -> Result<&'a str, FrameError> {
+        let n = self.u16(what)? as usize;
+        std::str::from_utf8(self.take(n, what)?).map_err(|_| FrameError::Utf8(what))
+    }
+    fn arr32(&mut self, what: &'static str) -> Result<[u8; 32], FrameError> {
+        let mut a = [0u8; 32];
+        a.copy_from_slice(self.take(32, what)?);
+        Ok(a)
+    }
+}
+
+/// Decode one frame from the front of `buf`: `Ok(None)` when more bytes are needed,
+/// else the frame and how many bytes it used. The size limit is checked from the
+/// length prefix alone, before anything is buffered.
+pub fn decode(buf: &[u8], interner: &mut Interner) -> Result<Option<(Frame, usize)>, FrameError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    let frame = decode_body(&buf[4..4 + len], interner)?;
+    Ok(Some((frame, 4 + len)))
+}
+
+/// How many bytes the frame at the front of `buf` needs in total, if its header is there.
+pub fn frame_len(buf: &[u8]) -> Option<usize> {
+    (buf.len() >= 4).then(|| 4 + u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize)
+}
+
+fn decode_body(body: &[u8], interner: &mut Interner) -> Result<Frame, FrameError> {
+    let mut r = Reader { buf: body };
+    let frame = match r.u8("type")? {
+        T_HELLO => {
+            if r.take(4, "magic")? != MAGIC {
+                return Err(FrameError::BadMagic);
+            }
+            let version = r.u16("version")?;
+            if version != VERSION {
+                return Err(FrameError::Version(version));
+            }
+            let name = r.str("name")?.to_string();
+            let nonce = r.arr32("nonce")?;
+            Frame::Hello {
+                version,
+                name,
+                nonce,
+            }
+        }
+        T_AUTH => Frame::Auth {
+            mac: r.arr32("mac")?,
+        },
+        T_UPDATES => {
+            let cluster = r.str("cluster")?.to_string();
+            let count = r.u32("count")? as usize;
+            let mut updates = Vec::with_capacity(count.min(r.buf.len() / MIN_UPDATE));
+            for _ in 0..count {
+                let flags = r.u8("update flags")?;
+                if flags & !1 != 0 {
+                    return Err(FrameError::Flags(flags));
+                }
+                let key: Arc<str> = Arc::from(r.str("key")?);
+                let node = if flags & 1 == 0 {
+                    Some(interner.get(r.str("node")?))
+                } else {
+                    None
+                };
+                let stamp = r.u64("stamp")?;
+                let origin = interner.get(r.str("origin")?);
+                let idle_ms = r.u64("idle")?;
+                updates.push(Update {
+                    key,
+                    node,
+                    stamp,
+                    origin,
+                    idle_ms,
+                });
+            }
+            Frame::Updates { cluster, updates }
+        }
+        T_SYNC_BEGIN => Frame::SyncBegin,
+        T_SYNC_END => Frame::SyncEnd {
+            entries: r.u64("entries")?,
+        },
+        T_HEARTBEAT => Frame::Heartbeat,
+        T_ERROR => Frame::Error {
+            reason: r.str("reason")?.to_string(),
+        },
+        t => return Err(FrameError::UnknownType(t)),
+    };
+    if !r.buf.is_empty() {
+        return Err(FrameError::Trailing(r.buf.len()));
+    }
+    Ok(frame)
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Strings longer than u16 are cut at a char boundary (keys come from MQTT, whose
+    // strings are at most 65535 bytes; names and reasons are short).
+    let mut n = s.len().min(u16::MAX as usize);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    out.extend_from_slice(&(n as u16).to_be_bytes());
+    out.extend_from_slice(&s.as_bytes()[..n]);
+}
+
+/// Start a frame in `out`; returns the position of its length prefix.
+fn begin(out: &mut Vec<u8>, t: u8) -> usize {
+    let at = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0, t]);
+    at
+}
+
+fn finish(out: &mut [u8], at: usize) {
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Append one encoded frame to `out`.
+pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
+    match frame {
+        Frame::Hello {
+            version,
+            name,
+            nonce,
+        } => {
+            let at = begin(out, T_HELLO);
+            out.extend_from_slice(MAGIC);
+            out.extend_from_slice(&version.to_be_bytes());
+            put_str(out, name);
+            out.extend_from_slice(nonce);
+            finish(out, at);
+        }
+        Frame::Auth { mac } => {
+            let at = begin(out, T_AUTH);
+            out.extend_from_slice(mac);
+            finish(out, at);
+        }
+        Frame::Updates { cluster, updates } => {
+            encode_updates(cluster, updates, out);
+        }
+        Frame::SyncBegin => {
+            let at = begin(out, T_SYNC_BEGIN);
+            finish(out, at);
+        }
+        Frame::SyncEnd { entries } => {
+            let at = begin(out, T_SYNC_END);
+            out.extend_from_slice(&entries.to_be_bytes());
+            finish(out, at);
+        }
+        Frame::Heartbeat => {
+            let at = begin(out, T_HEARTBEAT);
+            finish(out, at);
+        }
+        Frame::Error { reason } => {
+            let at = begin(out, T_ERROR);
+            put_str(out, reason);
+            finish(out, at);
+        }
+    }
+}
+
+/// Append UPDATES frames for `updates` to `out`, cutting a new frame every [`BATCH`]
+/// updates or when a frame passes half of [`MAX_FRAME`].
+pub fn encode_updates(cluster: &str, updates: &[Update], out: &mut Vec<u8>) {
+    let mut rest = updates;
+    loop {
+        let at = begin(out, T_UPDATES);
+        put_str(out, cluster);
+        let count_at = out.len();
+        out.extend_from_slice(&[0, 0, 0, 0]);
+        let mut n: u32 = 0;
+        while let Some((u, tail)) = rest.split_first() {
+            if n as usize >= BATCH || out.len() - at > MAX_FRAME / 2 {
+                break;
+            }
+            out.push(u8::from(u.node.is_none()));
+            put_str(out, &u.key);
+            if let Some(node) = &u.node {
+                put_str(out, node);
+            }
+            out.extend_from_slice(&u.stamp.to_be_bytes());
+            put_str(out, &u.origin);
+            out.extend_from_slice(&u.idle_ms.to_be_bytes());
+            n += 1;
+            rest = tail;
+        }
+        out[count_at..count_at + 4].copy_from_slice(&n.to_be_bytes());
+        finish(out, at);
+        if rest.is_empty() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,301 @@
+//! One authenticated peer link: a full sync of every sticky table to the peer, then every
+//! change as it happens, heartbeats both ways, and the peer's updates merged into ours.
+//!
+//! Memory stays bounded whatever the peer does: frames are at most `MAX_FRAME` bytes and
+//! are merged one at a time before the next is read (TCP backpressure slows a flooding
+//! peer down; the table's capacity bounds what it can add). Outgoing changes come from a
+//! bounded broadcast queue; a peer too slow to keep up falls behind the queue and gets a
+//! fresh full sync instead of an ever-growing buffer. A full sync copies one table shard
+//! at a time (the lock is held only for the copy), then writes it at the peer's pace.
+
+use super::frame::{self, Frame, FrameError, Interner};
+use crate::gateway::Shared;
+use crate::sticky::{Update, SHARDS};
+use bytes::{Buf, BytesMut};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// A heartbeat is sent this often.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A link that has received nothing for this long is closed.
+pub const DEAD_AFTER: Duration = Duration::from_secs(10);
+/// A write that cannot progress for this long closes the link.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Changes drained from the queue into one write.
+const DRAIN: usize = 4096;
+
+/// A change of one cluster's table, as carried by the peers hub.
+pub type Change = (Arc<str>, Update);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("connection closed by the peer")]
+    Closed,
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error("nothing received for {0:?}")]
+    Timeout(Duration),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Auth(String),
+    #[error("refused by the peer: {0}")]
+    Refused(String),
+}
+
+impl LinkError {
+    pub fn unexpected(f: &Frame) -> LinkError {
+        let name = match f {
+            Frame::Hello { .. } => "HELLO",
+            Frame::Auth { .. } => "AUTH",
+            Frame::Updates { .. } => "UPDATES",
+            Frame::SyncBegin => "SYNC_BEGIN",
+            Frame::SyncEnd { .. } => "SYNC_END",
+            Frame::Heartbeat => "HEARTBEAT",
+            Frame::Error { .. } => "ERROR",
+        };
+        LinkError::Protocol(format!("unexpected {name} frame"))
+    }
+}
+
+/// Reads whole frames from a byte stream, never buffering more than one frame.
+pub struct FrameReader<R> {
+    r: R,
+    buf: BytesMut,
+    interner: Interner,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(r: R) -> Self {
+        FrameReader {
+            r,
+            buf: BytesMut::with_capacity(8 * 1024),
+            interner: Interner::default(),
+        }
+    }
+
+    /// The next frame, or `None` on a clean close between frames.
+    pub async fn next(&mut self) -> Result<Option<Frame>, LinkError> {
+        loop {
+            if let Some((f, n)) = frame::decode(&self.buf, &mut self.interner)? {
+                self.buf.advance(n);
+                return Ok(Some(f));
+            }
+            // Room for the rest of this frame (its size is already checked), at most 64 KiB.
+            let want = frame::frame_len(&self.buf).unwrap_or(4);
+            let more = want.saturating_sub(self.buf.len()).clamp(4, 64 * 1024);
+            self.buf.reserve(more);
+            if self.r.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(LinkError::Truncated)
+                };
+            }
+        }
+    }
+}
+
+async fn write<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8]) -> Result<(), LinkError> {
+    match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(buf)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(LinkError::Protocol(format!(
+            "peer has not read anything for {WRITE_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// Run an authenticated link until it fails or `stop` is cancelled.
+pub async fn run<R, W>(
+    shared: Arc<Shared>,
+    hub: broadcast::Sender<Change>,
+    peer: Arc<str>,
+    mut r: FrameReader<R>,
+    mut w: W,
+    stop: CancellationToken,
+) -> Result<(), LinkError>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    // Subscribe before the full sync, so no change made during it is missed (what is
+    // sent twice merges as a no-op).
+    let rx = hub.subscribe();
+    let sending = send_loop(&shared, &peer, rx, &hub, &mut w);
+    let receiving = receive_loop(&shared, &peer, &mut r);
+    let result = tokio::select! {
+        r = sending => r,
+        r = receiving => r,
+        _ = stop.cancelled() => Ok(()),
+    };
+    let _ = w.shutdown().await;
+    result
+}
+
+async fn send_loop<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    peer: &str,
+    mut rx: broadcast::Receiver<Change>,
+    hub: &broadcast::Sender<Change>,
+    w: &mut W,
+) -> Result<(), LinkError> {
+    let sent = shared
+        .metrics
+        .peer_updates
+        .with_label_values(&[peer, "sent"]);
+    let n = full_sync(shared, w).await?;
+    sent.inc_by(n);
+    tracing::info!(peer, entries = n, "full sticky table sent to peer");
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut batch: Vec<Update> = Vec::new();
+    loop {
+        let first = tokio::select! {
+            r = rx.recv() => r,
+            _ = heartbeat.tick() => {
+                buf.clear();
+                frame::encode(&Frame::Heartbeat, &mut buf);
+                write(w, &buf).await?;
+                continue;
+            }
+        };
+        let (mut cluster, u) = match first {
+            Ok(c) => c,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::info!(
+                    peer,
+                    missed,
+                    "peer link fell behind; sending the full table again"
+                );
+                rx = hub.subscribe();
+                let n = full_sync(shared, w).await?;
+                sent.inc_by(n);
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        };
+        buf.clear();
+        batch.clear();
+        batch.push(u);
+        let mut count = 1u64;
+        // Drain what is already queued into one write, one frame run per cluster.
+        while count < DRAIN as u64 {
+            match rx.try_recv() {
+                Ok((c, u)) => {
+                    if c != cluster {
+                        frame::encode_updates(&cluster, &batch, &mut buf);
+                        batch.clear();
+                        cluster = c;
+                    }
+                    batch.push(u);
+                    count += 1;
+                }
+                Err(_) => break, // empty, or lagged: the next recv() reports it
+            }
+        }
+        frame::encode_updates(&cluster, &batch, &mut buf);
+        write(w, &buf).await?;
+        sent.inc_by(count);
+    }
+}
+
+/// Send every table, shard by shard; returns how many updates went.
+async fn full_sync<W: AsyncWrite + Unpin>(shared: &Shared, w: &mut W) -> Result<u64, LinkError> {
+    let mut buf = Vec::with_capacity(256 * 1024);
+    frame::encode(&Frame::SyncBegin, &mut buf);
+    let mut clusters: Vec<_> = shared.runtime().clusters.values().cloned().collect();
+    clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut total = 0u64;
+    for c in clusters {
+        for shard in 0..SHARDS {
+            let updates = c.sticky.export_shard(shard);
+            if updates.is_empty() {
+                continue;
+            }
+            total += updates.len() as u64;
+            for chunk in updates.chunks(frame::BATCH * 16) {
+                frame::encode_updates(&c.name, chunk, &mut buf);
+                write(w, &buf).await?;
+                buf.clear();
+            }
+        }
+    }
+    frame::encode(&Frame::SyncEnd { entries: total }, &mut buf);
+    write(w, &buf).await?;
+    w.flush().await?;
+    Ok(total)
+}
+
+async fn receive_loop<R: AsyncRead + Unpin>(
+    shared: &Shared,
+    peer: &str,
+    r: &mut FrameReader<R>,
+) -> Result<(), LinkError> {
+    let received = shared
+        .metrics
+        .peer_updates
+        .with_label_values(&[peer, "received"]);
+    let mut syncing: Option<u64> = None;
+    loop {
+        let f = match tokio::time::timeout(DEAD_AFTER, r.next()).await {
+            Ok(f) => f?,
+            Err(_) => return Err(LinkError::Timeout(DEAD_AFTER)),
+        };
+        match f {
+            None => return Err(LinkError::Closed),
+            Some(Frame::Updates { cluster, updates }) => {
+                received.inc_by(updates.len() as u64);
+                if let Some(n) = syncing.as_mut() {
+                    *n += updates.len() as u64;
+                }
+                match shared.cluster(&cluster) {
+                    Some(c) => {
+                        for u in &updates {
+                            c.sticky.merge(u);
+                        }
+                    }
+                    None => tracing::debug!(
+                        peer,
+                        cluster,
+                        "update for a cluster this gateway does not have; ignored"
+                    ),
+                }
+                // A flood of frames must not starve client connections on this worker.
+                tokio::task::yield_now().await;
+            }
+            Some(Frame::SyncBegin) => {
+                tracing::debug!(peer, "receiving the peer's full table");
+                syncing = Some(0);
+            }
+            Some(Frame::SyncEnd { entries }) => {
+                let got = syncing.take().unwrap_or(0);
+                tracing::info!(
+                    peer,
+                    entries,
+                    received = got,
+                    "full sticky table received from peer"
+                );
+                for c in shared.runtime().clusters.values() {
+                    shared
+                        .metrics
+                        .sticky_entries
+                        .with_label_values(&[&c.name])
+                        .set(c.sticky.len() as i64);
+                }
+            }
+            Some(Frame::Heartbeat) => {}
+            Some(Frame::Error { reason }) => return Err(LinkError::Refused(reason)),
+            Some(f @ (Frame::Hello { .. } | Frame::Auth { .. })) => {
+                return Err(LinkError::unexpected(&f))
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The sticky snapshot: every table written to one file at graceful shutdown and read at
+//! start, so a single instance keeps its stickiness across a restart.
+//!
+//! Format: `"MQGSNAP\0"`, format version (u16), write time (unix ms, u64), then peer
+//! frames (UPDATES per cluster, then SYNC_END with the entry count as a trailer). Each
+//! entry keeps its idle time, and the time spent between writing and reading is added
+//! to it, so entries expire when they would have without the restart. The file is
+//! written to a temporary name, synced, then renamed over the old one: a crash in the
+//! middle leaves the previous snapshot intact. A missing file is normal (first start);
+//! a damaged one is logged and what could be read before the damage is kept.
+
+use super::frame::{self, Frame, Interner};
+use crate::gateway::Shared;
+use crate::sticky::SHARDS;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const MAGIC: &[u8; 8] = b"MQGSNAP\0";
+const FORMAT: u16 = 1;
+const HEADER: usize = 8 + 2 + 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}: not an mqgate snapshot")]
+    Magic(PathBuf),
+    #[error("{path}: snapshot format {found}, this build reads format {FORMAT}")]
+    Format { path: PathBuf, found: u16 },
+    #[error("{path}: damaged after {entries} entries: {why}")]
+    Damaged {
+        path: PathBuf,
+        entries: u64,
+        why: String,
+    },
+}
+
+/// Encode every table of the gateway.
+pub fn encode(shared: &Shared) -> (Vec<u8>, u64) {
+    let mut out = Vec::with_capacity(HEADER + 1024);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT.to_be_bytes());
+    out.extend_from_slice(&crate::sticky::now_ms().to_be_bytes());
+    let mut clusters: Vec<_> = shared.runtime().clusters.values().cloned().collect();
+    clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut total = 0u64;
+    for c in clusters {
+        for shard in 0..SHARDS {
+            let ups = c.sticky.export_shard(shard);
+            if !ups.is_empty() {
+                total += ups.len() as u64;
+                frame::encode_updates(&c.name, &ups, &mut out);
+            }
+        }
+    }
+    frame::encode(&Frame::SyncEnd { entries: total }, &mut out);
+    (out, total)
+}
+
+/// Write `bytes` to `path` atomically (temporary file in the same directory, fsync,
+/// rename, fsync of the directory).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+    let io = |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+/// Write the snapshot (shutdown). Errors are logged: shutdown goes on.
+pub async fn save(shared: &Arc<Shared>, path: &Path) {
+    let shared2 = shared.clone();
+    let path2 = path.to_path_buf();
+    let done = tokio::task::spawn_blocking(move || {
+        let (bytes, n) = encode(&shared2);
+        write_atomic(&path2, &bytes).map(|()| (n, bytes.len()))
+    })
+    .await;
+    match done {
+        Ok(Ok((entries, bytes))) => {
+            tracing::info!(file = %path.display(), entries, bytes, "sticky snapshot written")
+        }
+        Ok(Err(e)) => tracing::error!("sticky snapshot not written: {e}"),
+        Err(e) => tracing::error!(file = %path.display(), "sticky snapshot not written: {e}"),
+    }
+}
+
+/// Merge a snapshot's bytes into the gateway's tables; returns how many entries were
+/// read. Entries of clusters the config no longer has are skipped.
+pub fn decode_into(shared: &Shared, path: &Path, bytes: &[u8]) -> Result<u64, SnapshotError> {
+    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+        return Err(SnapshotError::Magic(path.to_path_buf()));
+    }
+    let found = u16::from_be_bytes([bytes[8], bytes[9]]);
+    if found != FORMAT {
+        return Err(SnapshotError::Format {
+            path: path.to_path_buf(),
+            found,
+        });
+    }
+    let mut written = [0u8; 8];
+    written.copy_from_slice(&bytes[10..18]);
+    let since = crate::sticky::now_ms().saturating_sub(u64::from_be_bytes(written));
+    let mut rest = &bytes[HEADER..];
+    let mut interner = Interner::default();
+    let mut entries = 0u64;
+    let damaged = |entries, why: String| SnapshotError::Damaged {
+        path: path.to_path_buf(),
+        entries,
+        why,
+    };
+    loop {
+        match frame::decode(rest, &mut interner) {
+            Ok(Some((Frame::Updates { cluster, updates }, n))) => {
+                rest = &rest[n..];
+                entries += updates.len() as u64;
+                if let Some(c) = shared.cluster(&cluster) {
+                    for mut u in updates {
+                        u.idle_ms = u.idle_ms.saturating_add(since);
+                        c.sticky.merge(&u);
+                    }
+                }
+            }
+            Ok(Some((Frame::SyncEnd { entries: total }, _))) => {
+                return if total == entries {
+                    Ok(entries)
+                } else {
+                    Err(damaged(entries, format!("trailer says {total} entries")))
+                };
+            }
+            Ok(Some((f, _))) => {
+                return Err(damaged(
+                    entries,
+                    super::link::LinkError::unexpected(&f).to_string(),
+                ))
+            }
+            Ok(None) => return Err(damaged(entries, "truncated".into())),
+            Err(e) => return Err(damaged(entries, e.to_string())),
+        }
+    }
+}
+
+/// Load the snapshot at start. A missing file is normal; a damaged one is logged.
+pub async fn load(shared: &Arc<Shared>, path: &Path) {
+    let bytes = match tokio::fs::read(path).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!(file = %path.display(), "no sticky snapshot yet");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(file = %path.display(), "sticky snapshot not loaded: {e}");
+            return;
+        }
+    };
+    match decode_into(shared, path, &bytes) {
+        Ok(entries) => tracing::info!(file = %path.display(), entries, "sticky snapshot loaded"),
+        Err(e) => tracing::warn!("sticky snapshot partly loaded: {e}"),
+    }
+    for c in shared.runtime().clusters.values() {
+        shared
+            .metrics
+            .sticky_entries
+            .with_label_values(&[&c.name])
+            .set(c.sticky.len() as i64);
+    }
+}

@@ -1,0 +1,218 @@
+//! The PROXY headers mqgate sends to brokers (`send_proxy_protocol`).
+//!
+//! Source: the real client (the PROXY source when a trusted balancer sent one, else
+//! the TCP peer). Destination: the address the client connected to (the incoming
+//! header's destination, else the client socket's local address). v2 adds
+//! PP2_TYPE_AUTHORITY (SNI) and PP2_TYPE_SSL (version, cipher, client certificate CN)
+//! when mqgate terminated TLS. Mixed families are written as IPv6 (IPv4-mapped), as
+//! the spec requires one family per header.
+
+use super::parse::{
+    PP2_CLIENT_CERT_CONN, PP2_CLIENT_SSL, PP2_SUBTYPE_SSL_CIPHER, PP2_SUBTYPE_SSL_CN,
+    PP2_SUBTYPE_SSL_VERSION, PP2_TYPE_AUTHORITY, PP2_TYPE_SSL, V2_SIG,
+};
+use super::TlsInfo;
+use crate::config::ProxyProtocolOut;
+use crate::conn::ClientCtx;
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+/// IPv4-mapped IPv6 addresses (dual-stack sockets) as IPv4.
+pub fn unmap(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => ip,
+        },
+        v4 => v4,
+    }
+}
+
+fn unmap_sa(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(unmap(a.ip()), a.port())
+}
+
+/// Bring both addresses to one family: IPv4 if both are (or map to) IPv4, else IPv6.
+fn same_family(src: SocketAddr, dst: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let (s, d) = (unmap_sa(src), unmap_sa(dst));
+    let v6 = |a: SocketAddr| match a.ip() {
+        IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), a.port()),
+        IpAddr::V6(_) => a,
+    };
+    if s.is_ipv4() == d.is_ipv4() {
+        (s, d)
+    } else {
+        (v6(s), v6(d))
+    }
+}
+
+/// The header to send to a broker before the client's bytes (empty when off).
+/// `local` is used as the destination when the context knows none.
+pub fn header_out(mode: ProxyProtocolOut, ctx: &ClientCtx, local: Option<SocketAddr>) -> Vec<u8> {
+    let dst = ctx
+        .proxied
+        .as_ref()
+        .and_then(|p| p.destination)
+        .or(ctx.local)
+        .or(local);
+    let addrs = dst.map(|d| same_family(ctx.peer, d));
+    match mode {
+        ProxyProtocolOut::Off => Vec::new(),
+        ProxyProtocolOut::V1 => v1_header(addrs),
+        ProxyProtocolOut::V2 => v2_header(addrs, ctx.tls_info.as_ref()),
+    }
+}
+
+/// `PROXY TCP4|TCP6 src dst sport dport\r\n`, or `PROXY UNKNOWN\r\n` without addresses.
+pub fn v1_header(addrs: Option<(SocketAddr, SocketAddr)>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    let _ = match addrs {
+        Some((s, d)) => {
+            let (s, d) = same_family(s, d);
+            let proto = if s.is_ipv4() { "TCP4" } else { "TCP6" };
+            write!(
+                out,
+                "PROXY {proto} {} {} {} {}\r\n",
+                s.ip(),
+                d.ip(),
+                s.port(),
+                d.port()
+            )
+        }
+        None => write!(out, "PROXY UNKNOWN\r\n"),
+    };
+    out
+}
+
+/// Longest string value put in a TLV (a CN is at most 64 by X.520; SNI at most 255).
+const MAX_TLV_STR: usize = 255;
+
+fn tlv(out: &mut Vec<u8>, kind: u8, value: &[u8]) {
+    let value = &value[..value.len().min(u16::MAX as usize)];
+    out.push(kind);
+    out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+    out.extend_from_slice(value);
+}
+
+fn str_tlv(out: &mut Vec<u8>, kind: u8, s: &str) {
+    let mut end = s.len().min(MAX_TLV_STR);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    tlv(out, kind, &s.as_bytes()[..end]);
+}
+
+/// A v2 PROXY header (command PROXY, TCP over IPv4/IPv6, or UNSPEC without addresses),
+/// with PP2_TYPE_AUTHORITY and PP2_TYPE_SSL when `tls` is given.
+pub fn v2_header(addrs: Option<(SocketAddr, SocketAddr)>, tls: Option<&TlsInfo>) -> Vec<u8> {
+    let mut body = Vec::with_capacity(128);
+    let fam = match addrs.map(|(s, d)| same_family(s, d)) {
+        Some((SocketAddr::V4(s), SocketAddr::V4(d))) => {
+            body.extend_from_slice(&s.ip().octets());
+            body.extend_from_slice(&d.ip().octets());
+            body.extend_from_slice(&s.port().to_be_bytes());
+            body.extend_from_slice(&d.port().to_be_bytes());
+            0x11
+        }
+        Some((s, d)) => {
+            let v6 = |a: SocketAddr| match a.ip() {
+                IpAddr::V6(v) => v.octets(),
+                IpAddr::V4(v) => v.to_ipv6_mapped().octets(),
+            };
+            body.extend_from_slice(&v6(s));
+            body.extend_from_slice(&v6(d));
+            body.extend_from_slice(&s.port().to_be_bytes());
+            body.extend_from_slice(&d.port().to_be_bytes());
+            0x21
+        }
+        None => 0x00,
+    };
+    if let Some(t) = tls {
+        if let Some(sni) = &t.sni {
+            str_tlv(&mut body, PP2_TYPE_AUTHORITY, sni);
+        }
+        let mut ssl = Vec::with_capacity(96);
+        let client = PP2_CLIENT_SSL
+            | if t.client_cert {
+                PP2_CLIENT_CERT_CONN
+            } else {
+                0
+            };
+        ssl.push(client);
+        // verify = 0: rustls refused the handshake unless the certificate verified.
+        ssl.extend_from_slice(&0u32.to_be_bytes());
+        if let Some(v) = &t.version {
+            str_tlv(&mut ssl, PP2_SUBTYPE_SSL_VERSION, v);
+        }
+        if let Some(cn) = &t.client_cn {
+            str_tlv(&mut ssl, PP2_SUBTYPE_SSL_CN, cn);
+        }
+        if let Some(c) = &t.cipher {
+            str_tlv(&mut ssl, PP2_SUBTYPE_SSL_CIPHER, c);
+        }
+        tlv(&mut body, PP2_TYPE_SSL, &ssl);
+    }
+    let mut out = Vec::with_capacity(16 + body.len());
+    out.extend_from_slice(&V2_SIG);
+    out.push(0x21); // version 2, command PROXY
+    out.push(fam);
+    out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::{parse, Parsed, ProxyInfo};
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn roundtrip(h: &[u8]) -> ProxyInfo {
+        match parse(h) {
+            Ok(Parsed::Complete { len, info }) if len == h.len() => info,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn v1_forms() {
+        let h = v1_header(Some((sa("192.0.2.1:5000"), sa("10.0.0.1:1883"))));
+        assert_eq!(h, b"PROXY TCP4 192.0.2.1 10.0.0.1 5000 1883\r\n");
+        let h = v1_header(Some((sa("[::ffff:192.0.2.1]:5000"), sa("10.0.0.1:1883"))));
+        assert_eq!(h, b"PROXY TCP4 192.0.2.1 10.0.0.1 5000 1883\r\n");
+        let h = v1_header(Some((sa("[2001:db8::1]:5000"), sa("10.0.0.1:1883"))));
+        assert_eq!(
+            roundtrip(&h).destination,
+            Some(sa("[::ffff:10.0.0.1]:1883"))
+        );
+        assert_eq!(v1_header(None), b"PROXY UNKNOWN\r\n");
+    }
+
+    #[test]
+    fn v2_with_tls_round_trips() {
+        let tls = TlsInfo {
+            version: Some("TLSv1.3".into()),
+            cipher: Some("TLS_AES_128_GCM_SHA256".into()),
+            sni: Some("mqtt.example".into()),
+            client_cn: Some("device-7".into()),
+            client_cert: true,
+        };
+        let h = v2_header(
+            Some((sa("192.0.2.1:5000"), sa("10.0.0.1:8883"))),
+            Some(&tls),
+        );
+        let info = roundtrip(&h);
+        assert_eq!(info.source, Some(sa("192.0.2.1:5000")));
+        assert_eq!(info.authority.as_deref(), Some("mqtt.example"));
+        let text = String::from_utf8_lossy(&h);
+        for s in ["TLSv1.3", "TLS_AES_128_GCM_SHA256", "device-7"] {
+            assert!(text.contains(s), "{s} missing");
+        }
+        let h6 = v2_header(Some((sa("[2001:db8::1]:1"), sa("[2001:db8::2]:2"))), None);
+        assert_eq!(roundtrip(&h6).source, Some(sa("[2001:db8::1]:1")));
+        assert_eq!(roundtrip(&v2_header(None, None)).source, None);
+    }
+}

@@ -1,0 +1,155 @@
+//! Unit tests of the sticky table: local use, expiry, capacity and replication merges.
+use super::*;
+
+#[test]
+fn record_lookup_remove() {
+    let t = StickyTable::new(100, Duration::from_secs(60), "gate-a");
+    assert_eq!(t.lookup("c1"), Lookup::Miss);
+    t.record("c1", "node2");
+    assert_eq!(t.lookup("c1"), Lookup::Hit(Arc::from("node2")));
+    assert_eq!(t.get("c1").map(|e| e.node), Some("node2".to_string()));
+    assert!(t.remove("c1"));
+    assert_eq!(t.lookup("c1"), Lookup::Miss);
+}
+
+#[test]
+fn expired_entries_are_stale_then_gone() {
+    let t = StickyTable::new(100, Duration::from_millis(1), "gate-a");
+    t.record("c1", "node1");
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(t.lookup("c1"), Lookup::Stale);
+    assert_eq!(t.lookup("c1"), Lookup::Miss);
+    t.record("c2", "node1");
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(t.sweep(), 1);
+    assert!(t.is_empty());
+}
+
+#[test]
+fn capacity_drops_least_recently_used() {
+    let t = StickyTable::new(SHARDS, Duration::from_secs(60), "gate-a");
+    for i in 0..SHARDS * 20 {
+        t.record(&format!("k{i}"), "n");
+    }
+    assert!(t.len() <= SHARDS, "len {}", t.len());
+}
+
+#[test]
+fn merge_is_last_writer_wins_with_name_tiebreak() {
+    let t = StickyTable::new(100, Duration::from_secs(60), "gate-a");
+    let u = |node: &str, stamp, origin: &str| Update {
+        key: Arc::from("k"),
+        node: Some(Arc::from(node)),
+        stamp,
+        origin: Arc::from(origin),
+        idle_ms: 0,
+    };
+    assert!(t.merge(&u("n1", 10, "gate-b")));
+    assert!(!t.merge(&u("n2", 9, "gate-c")));
+    assert!(t.merge(&u("n3", 10, "gate-c")));
+    assert!(!t.merge(&u("n4", 10, "gate-a")));
+    assert_eq!(t.lookup("k"), Lookup::Hit(Arc::from("n3")));
+}
+
+#[test]
+fn changes_are_published() {
+    let t = StickyTable::new(100, Duration::from_secs(60), "gate-a");
+    let mut rx = t.subscribe();
+    t.record("k", "n1");
+    let u = rx.try_recv().expect("update published");
+    assert_eq!(&*u.key, "k");
+    assert_eq!(u.node.as_deref(), Some("n1"));
+    assert_eq!(&*u.origin, "gate-a");
+}
+
+fn upd(key: &str, node: Option<&str>, stamp: u64, origin: &str, idle_ms: u64) -> Update {
+    Update {
+        key: Arc::from(key),
+        node: node.map(Arc::from),
+        stamp,
+        origin: Arc::from(origin),
+        idle_ms,
+    }
+}
+
+#[test]
+fn deletion_leaves_a_tombstone_that_beats_older_writes() {
+    let t = StickyTable::new(100, Duration::from_secs(60), "gate-a");
+    let now = now_ms();
+    assert!(t.merge(&upd("k", Some("n1"), now - 100, "gate-b", 0)));
+    assert!(t.merge(&upd("k", None, now - 50, "gate-c", 0)));
+    assert_eq!(t.lookup("k"), Lookup::Miss);
+    // an older write from a peer that was cut off does not bring it back
+    assert!(!t.merge(&upd("k", Some("n2"), now - 70, "gate-b", 0)));
+    assert_eq!(t.lookup("k"), Lookup::Miss);
+    // a newer one does
+    assert!(t.merge(&upd("k", Some("n3"), now - 10, "gate-b", 0)));
+    assert_eq!(t.lookup("k"), Lookup::Hit(Arc::from("n3")));
+    // the tombstone travels in exports
+    t.remove("k");
+    let ex = t.export();
+    assert_eq!(ex.len(), 1);
+    assert_eq!(ex[0].node, None);
+    assert!(ex[0].stamp > now - 10);
+}
+
+#[test]
+fn local_write_supersedes_what_was_seen_even_with_a_skewed_clock() {
+    let t = StickyTable::new(100, Duration::from_secs(60), "gate-a");
+    let ahead = now_ms() + 5_000;
+    assert!(t.merge(&upd("k", Some("n1"), ahead, "gate-z", 0)));
+    let mut rx = t.subscribe();
+    t.record("k", "n2");
+    let u = rx.try_recv().expect("published");
+    assert!(u.stamp > ahead, "stamp {} must beat {ahead}", u.stamp);
+    // a peer holding the gate-z entry accepts it
+    let peer = StickyTable::new(100, Duration::from_secs(60), "gate-z");
+    assert!(peer.merge(&upd("k", Some("n1"), ahead, "gate-z", 0)));
+    assert!(peer.merge(&u));
+    assert_eq!(peer.lookup("k"), Lookup::Hit(Arc::from("n2")));
+}
+
+#[test]
+fn idle_time_travels_and_expired_updates_are_dropped() {
+    let t = StickyTable::new(100, Duration::from_secs(60), "gate-a");
+    let now = now_ms();
+    assert!(t.merge(&upd("old", Some("n1"), now, "gate-b", 50_000)));
+    let left = t.get("old").expect("entry").expires_in;
+    assert!(left <= Duration::from_secs(10), "{left:?}");
+    assert!(!t.merge(&upd("gone", Some("n1"), now, "gate-b", 61_000)));
+    assert_eq!(t.get("gone"), None);
+}
+
+#[test]
+fn a_touch_refreshes_expiry_without_changing_the_entry() {
+    let t = StickyTable::new(100, Duration::from_secs(60), "gate-a");
+    let now = now_ms();
+    assert!(t.merge(&upd("k", Some("n1"), now, "gate-b", 50_000)));
+    assert!(!t.merge(&upd("k", Some("n1"), now, "gate-b", 0)));
+    let left = t.get("k").expect("entry").expires_in;
+    assert!(left > Duration::from_secs(50), "{left:?}");
+}
+
+#[test]
+fn lookups_are_announced_at_most_once_per_interval() {
+    let t = StickyTable::new(100, Duration::from_secs(60), "gate-a");
+    t.merge(&upd("k", Some("n1"), now_ms(), "gate-b", 0));
+    let mut rx = t.subscribe();
+    // merged just now: announced counts from the merge, nothing to say yet
+    assert_eq!(t.lookup("k"), Lookup::Hit(Arc::from("n1")));
+    assert!(rx.try_recv().is_err());
+    let t = StickyTable::new(100, Duration::from_millis(1), "gate-a");
+    let mut rx = t.subscribe();
+    t.merge(&upd("k", Some("n1"), now_ms(), "gate-b", 0));
+    // expire 1 ms: the touch interval is clamped to 1 s, and the entry is stale anyway
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(t.lookup("k"), Lookup::Stale);
+    assert!(rx.try_recv().is_err());
+}
+
+#[test]
+fn far_future_stamps_are_refused() {
+    let t = StickyTable::new(100, Duration::from_secs(60), "gate-a");
+    assert!(!t.merge(&upd("k", Some("n1"), u64::MAX, "gate-b", 0)));
+    assert_eq!(t.lookup("k"), Lookup::Miss);
+}

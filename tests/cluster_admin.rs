@@ -1,0 +1,205 @@
+//! Admin states through the admin API (`PUT /api/v1/clusters/{c}/nodes/{n}/state`)
+//! with real Mosquitto nodes: `drain` takes no new clients except those whose sticky
+//! entry points there and keeps its sessions; `maint` takes none and closes its
+//! sessions; `ready` takes clients again.
+
+mod cluster_util;
+mod common;
+
+use cluster_util::{gate_config, Client, Opts};
+use common::{free_port, tempdir, wait_until, Gate, Mosquitto};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(15);
+
+fn set_state(admin: u16, node: &str, state: &str) {
+    let (status, body) = common::http(
+        "PUT",
+        admin,
+        &format!("/api/v1/clusters/brokers/nodes/{node}/state"),
+        Some(&format!("{{\"state\":\"{state}\"}}")),
+        None,
+    )
+    .expect("admin API answers");
+    assert_eq!(status, 200, "PUT state {state}: {body}");
+}
+
+fn sticky_node(admin: u16, key: &str) -> Option<String> {
+    let (status, body) = common::http(
+        "GET",
+        admin,
+        &format!("/api/v1/clusters/brokers/sticky/{key}"),
+        None,
+        None,
+    )
+    .ok()?;
+    if status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v.get("node")?.as_str().map(str::to_string)
+}
+
+fn persistent(id: &str) -> Opts {
+    Opts::new(id).persistent()
+}
+
+/// Connect `n` fresh persistent clients named `{prefix}-{i}` and disconnect them;
+/// returns the nodes they landed on.
+fn fresh_clients(listen: u16, admin: u16, prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let id = format!("{prefix}-{i}");
+            let (c, _) = Client::accepted(listen, &persistent(&id)).expect("fresh client");
+            c.disconnect();
+            sticky_node(admin, &id).expect("entry written")
+        })
+        .collect()
+}
+
+fn dynsec_fleet(dir: &std::path::Path) -> (Vec<Mosquitto>, Gate, u16, u16) {
+    let nodes: Vec<Mosquitto> = (1..=3)
+        .map(|i| Mosquitto::start(&format!("node{i}"), dir))
+        .collect();
+    let (listen, admin) = (free_port(), free_port());
+    let cfg = gate_config(
+        listen,
+        admin,
+        "dynsec",
+        &nodes
+            .iter()
+            .map(|m| (m.name.as_str(), m.address()))
+            .collect::<Vec<_>>(),
+        "",
+        "",
+        "",
+    );
+    let gate = Gate::start(dir, "gate", &cfg, admin);
+    wait_until(T, "all nodes up", || {
+        gate.metric("mqgate_node_up", &[]) == 3.0
+    });
+    (nodes, gate, listen, admin)
+}
+
+#[test]
+fn drain_keeps_sticky_clients_and_takes_no_new_ones() {
+    let dir = tempdir();
+    let (_nodes, gate, listen, admin) = dynsec_fleet(dir.path());
+    let (mut home_client, _) = Client::accepted(listen, &persistent("home")).expect("client");
+    home_client.subscribe("home/t").expect("subscribe");
+    let home = sticky_node(admin, "home").expect("entry for home");
+
+    set_state(admin, &home, "drain");
+    assert_eq!(
+        gate.metric(
+            "mqgate_node_admin_state",
+            &[("node", &home), ("state", "drain")]
+        ),
+        1.0
+    );
+    assert!(home_client.ping(), "drain keeps existing sessions");
+    let before = gate.metric("mqgate_connections_total", &[("node", &home)]);
+    let landed = fresh_clients(listen, admin, "during-drain", 30);
+    assert!(
+        !landed.contains(&home),
+        "no new client lands on the drained node"
+    );
+    assert_eq!(
+        gate.metric("mqgate_connections_total", &[("node", &home)]),
+        before
+    );
+    // A client whose sticky entry points to the drained node still goes there and
+    // finds its session.
+    home_client.disconnect();
+    let (c, ack) = Client::accepted(listen, &persistent("home")).expect("reconnect");
+    assert!(ack.session_present, "back on {home} with its session");
+    assert_eq!(sticky_node(admin, "home").as_deref(), Some(home.as_str()));
+    c.disconnect();
+
+    set_state(admin, &home, "ready");
+    let landed = fresh_clients(listen, admin, "after-ready", 30);
+    assert!(
+        landed.contains(&home),
+        "ready again: {home} takes new clients"
+    );
+}
+
+#[test]
+fn maint_closes_sessions_and_takes_none() {
+    let dir = tempdir();
+    let (nodes, gate, listen, admin) = dynsec_fleet(dir.path());
+    let (mut c, _) = Client::accepted(listen, &persistent("m-client")).expect("client");
+    let home = sticky_node(admin, "m-client").expect("entry");
+
+    set_state(admin, &home, "maint");
+    assert!(
+        c.closed_within(T),
+        "maint closes the sessions through {home}"
+    );
+    assert!(
+        nodes.iter().all(|m| m.is_running()),
+        "the broker itself is still running"
+    );
+    // The client comes back elsewhere; its entry is rewritten.
+    let (c, _) = Client::accepted(listen, &persistent("m-client")).expect("reconnect");
+    let now = sticky_node(admin, "m-client").expect("entry");
+    assert_ne!(now, home, "maint takes no clients, not even sticky ones");
+    c.disconnect();
+    let landed = fresh_clients(listen, admin, "during-maint", 30);
+    assert!(!landed.contains(&home));
+    assert_eq!(
+        gate.metric(
+            "mqgate_node_admin_state",
+            &[("node", &home), ("state", "maint")]
+        ),
+        1.0
+    );
+
+    set_state(admin, &home, "ready");
+    let landed = fresh_clients(listen, admin, "after-maint", 30);
+    assert!(
+        landed.contains(&home),
+        "ready again: {home} takes new clients"
+    );
+}
+
+#[test]
+fn maint_on_the_full_sync_leader() {
+    let dir = tempdir();
+    let m1 = Mosquitto::start("node1", dir.path());
+    let (listen, admin) = (free_port(), free_port());
+    let cfg = gate_config(
+        listen,
+        admin,
+        "full-sync",
+        &[("node1", m1.address())],
+        "",
+        "",
+        "",
+    );
+    let gate = Gate::start(dir.path(), "gate", &cfg, admin);
+    wait_until(T, "node1 leader", || {
+        gate.metric("mqgate_node_leader", &[("node", "node1")]) == 1.0
+    });
+    let (mut c, _) = Client::accepted(listen, &Opts::new("fs")).expect("client");
+
+    // drain: the leader keeps its sessions but takes no new client.
+    set_state(admin, "node1", "drain");
+    assert!(c.ping());
+    let (_, ack) = Client::connect(listen, &Opts::new("fs-new")).expect("CONNACK");
+    assert_eq!(
+        ack.code, 0x03,
+        "server unavailable while the leader is drained"
+    );
+
+    // maint: no leader, sessions closed.
+    set_state(admin, "node1", "maint");
+    assert!(c.closed_within(T));
+    assert_eq!(gate.metric("mqgate_node_leader", &[]), 0.0);
+    let (_, ack) = Client::connect(listen, &Opts::new("fs-new")).expect("CONNACK");
+    assert_eq!(ack.code, 0x03);
+
+    set_state(admin, "node1", "ready");
+    assert_eq!(gate.metric("mqgate_node_leader", &[("node", "node1")]), 1.0);
+    Client::accepted(listen, &Opts::new("fs-back")).expect("accepted again");
+}

@@ -1,0 +1,364 @@
+//! Replays the fuzz corpora with plain `cargo test`.
+//!
+//! Every file in `fuzz/corpus/connect/` and `fuzz/corpus/connack/` goes through the
+//! same checks as the cargo-fuzz targets (`fuzz/fuzz_targets/checks.rs`), so a
+//! regression is caught without a nightly toolchain. Corpus directories of other
+//! targets are ignored here.
+//!
+//! The seed files are written by `write_seed_corpus` below, from real encoders:
+//! `cargo test --test fuzz_corpus -- --ignored write_seed_corpus`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+use mqgate::mqtt::{connack_reply, encode_connect_v311};
+
+#[path = "../fuzz/fuzz_targets/checks.rs"]
+mod checks;
+
+fn corpus_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz")
+        .join("corpus")
+}
+
+/// A fuzz target's checks: panics on a violated property.
+type Check = fn(&[u8]);
+
+/// The corpus directories this test knows, with the check each one gets.
+const TARGETS: &[(&str, Check)] = &[("connect", checks::connect), ("connack", checks::connack)];
+
+fn corpus_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.expect("readable directory entry").path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn replay_fuzz_corpora() {
+    let root = corpus_root();
+    let mut failures = Vec::new();
+    for &(target, check) in TARGETS {
+        let files = corpus_files(&root.join(target));
+        assert!(!files.is_empty(), "fuzz/corpus/{target} has no seed files");
+        for file in files {
+            let data = fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            if std::panic::catch_unwind(|| check(&data)).is_err() {
+                failures.push(file.display().to_string());
+            }
+        }
+    }
+    assert!(failures.is_empty(), "corpus inputs failed: {failures:#?}");
+}
+
+/// A CONNECT built by hand, for what no encoder here writes (MQTT 3.1, bad bytes).
+fn raw_connect(name: &[u8], level: u8, flags: u8, rest: &[&[u8]]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&u16::try_from(name.len()).unwrap().to_be_bytes());
+    body.extend_from_slice(name);
+    body.extend_from_slice(&[level, flags, 0x00, 0x3C]);
+    for part in rest {
+        body.extend_from_slice(part);
+    }
+    assert!(body.len() < 128, "one-byte remaining length only");
+    let mut out = vec![0x10, u8::try_from(body.len()).unwrap()];
+    out.extend(body);
+    out
+}
+
+fn s(bytes: &[u8]) -> Vec<u8> {
+    let mut out = u16::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
+    out.extend_from_slice(bytes);
+    out
+}
+
+fn connect_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use mqttbytes::{v4, v5, Protocol, QoS};
+    let mut seeds = vec![
+        ("v311-minimal", encode_connect_v311("c", None, None, 60)),
+        (
+            "v311-health-check",
+            encode_connect_v311("mqgate-health", Some("mqgate-health"), Some(b"s3cret"), 5),
+        ),
+        (
+            "v311-empty-username",
+            encode_connect_v311("", Some(""), None, 0),
+        ),
+        (
+            "v31-mqisdp",
+            raw_connect(b"MQIsdp", 3, 0x02, &[&s(b"legacy-1")]),
+        ),
+        (
+            "v31-mqisdp-will-login",
+            raw_connect(
+                b"MQIsdp",
+                3,
+                0xEC,
+                &[
+                    &s(b"legacy-2"),
+                    &s(b"lwt/legacy-2"),
+                    &s(b"gone"),
+                    &s(b"u"),
+                    &s(b"p"),
+                ],
+            ),
+        ),
+        (
+            "v311-bridge-bit",
+            raw_connect(b"MQTT", 0x84, 0x02, &[&s(b"bridge")]),
+        ),
+        (
+            "v5-password-only",
+            raw_connect(b"MQTT", 5, 0x40, &[&[0x00], &s(b"c"), &s(&[0xFF, 0x00])]),
+        ),
+        // malformed and refused ones
+        ("bad-level-6", raw_connect(b"MQTT", 6, 0x02, &[&s(b"c")])),
+        ("bad-name", raw_connect(b"MQTX", 4, 0x02, &[&s(b"c")])),
+        (
+            "bad-reserved-flag",
+            raw_connect(b"MQTT", 4, 0x03, &[&s(b"c")]),
+        ),
+        (
+            "bad-will-qos3",
+            raw_connect(b"MQTT", 4, 0x1E, &[&s(b"c"), &s(b"t"), &s(b"m")]),
+        ),
+        (
+            "bad-password-only-v311",
+            raw_connect(b"MQTT", 4, 0x42, &[&s(b"c"), &s(b"p")]),
+        ),
+        (
+            "bad-utf8-client-id",
+            raw_connect(b"MQTT", 4, 0x02, &[&s(&[0xC3, 0x28])]),
+        ),
+        (
+            "bad-nul-username",
+            raw_connect(b"MQTT", 4, 0x82, &[&s(b"c"), &s(b"a\0")]),
+        ),
+        (
+            "bad-trailing",
+            raw_connect(b"MQTT", 4, 0x02, &[&s(b"c"), &[0x00]]),
+        ),
+        (
+            "bad-past-end",
+            raw_connect(b"MQTT", 4, 0x02, &[&[0x00, 0x20, b'c']]),
+        ),
+        (
+            "bad-v5-unknown-property",
+            raw_connect(b"MQTT", 5, 0x02, &[&[0x02, 0x7F, 0x00], &s(b"c")]),
+        ),
+        (
+            "bad-v5-duplicate-property",
+            raw_connect(
+                b"MQTT",
+                5,
+                0x02,
+                &[&[0x06, 0x19, 1, 0x19, 1, 0x17, 1], &s(b"c")],
+            ),
+        ),
+        (
+            "bad-5-byte-length",
+            vec![0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+        ),
+        (
+            "bad-header-flags",
+            vec![0x12, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T'],
+        ),
+        ("too-large-header", vec![0x10, 0xFF, 0xFF, 0x7F]),
+        // not MQTT at all
+        (
+            "http-get",
+            b"GET / HTTP/1.1\r\nHost: mqgate\r\n\r\n".to_vec(),
+        ),
+        (
+            "tls-client-hello",
+            vec![
+                0x16, 0x03, 0x01, 0x00, 0xF1, 0x01, 0x00, 0x00, 0xED, 0x03, 0x03, 0x5A, 0x1B,
+            ],
+        ),
+        ("pingreq", vec![0xC0, 0x00]),
+        (
+            "proxy-v1",
+            b"PROXY TCP4 192.0.2.1 192.0.2.2 40000 1883\r\n".to_vec(),
+        ),
+    ];
+    let mut followed = encode_connect_v311("pipelined", None, None, 30);
+    followed.extend_from_slice(&[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'#', 0x00]);
+    seeds.push(("v311-then-subscribe", followed));
+
+    let mut v4_full = v4::Connect::new("dev-42");
+    v4_full.clean_session = false;
+    v4_full.keep_alive = 600;
+    v4_full.last_will = Some(v4::LastWill::new(
+        "status/dev-42",
+        b"offline".to_vec(),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    v4_full.login = Some(v4::Login::new("alice", "wonderland"));
+    seeds.push(("v311-will-login-persistent", write_v4(&v4_full)));
+
+    let mut v5_full = v5::Connect::new("dev-43");
+    v5_full.protocol = Protocol::V5;
+    v5_full.clean_session = false;
+    v5_full.login = Some(v5::Login::new("bob", "builder"));
+    v5_full.properties = Some(v5::ConnectProperties {
+        session_expiry_interval: Some(86_400),
+        receive_maximum: Some(32),
+        max_packet_size: Some(1 << 20),
+        topic_alias_max: Some(10),
+        request_response_info: Some(1),
+        request_problem_info: Some(0),
+        user_properties: vec![("site".into(), "berlin".into())],
+        authentication_method: Some("SCRAM-SHA-256".into()),
+        authentication_data: Some(Bytes::from_static(b"n,,n=bob,r=abc")),
+    });
+    v5_full.last_will = Some(v5::LastWill {
+        topic: "status/dev-43".into(),
+        message: Bytes::from_static(b"{\"online\":false}"),
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        properties: Some(v5::WillProperties {
+            delay_interval: Some(30),
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(3600),
+            content_type: Some("application/json".into()),
+            response_topic: Some("reply/dev-43".into()),
+            correlation_data: Some(Bytes::from_static(&[1, 2, 3])),
+            user_properties: vec![("k".into(), "v".into())],
+        }),
+    });
+    seeds.push(("v5-session-expiry-will-auth", write_v5(&v5_full)));
+    seeds.push(("v5-minimal", write_v5(&v5::Connect::new("v5"))));
+    seeds
+}
+
+fn write_v4(packet: &mqttbytes::v4::Connect) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    packet.write(&mut buf).expect("mqttbytes encodes");
+    buf.to_vec()
+}
+
+fn write_v5(packet: &mqttbytes::v5::Connect) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    packet.write(&mut buf).expect("mqttbytes encodes");
+    buf.to_vec()
+}
+
+fn connack_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use mqttbytes::{v4, v5};
+    let mut seeds = Vec::new();
+    for (name, v5, code) in [
+        ("reply-v3-protocol", false, 0x01),
+        ("reply-v3-unavailable", false, 0x03),
+        ("reply-v5-unavailable", true, 0x88),
+        ("reply-v5-busy", true, 0x89),
+    ] {
+        let (bytes, len) = connack_reply(v5, code);
+        seeds.push((name, bytes[..len].to_vec()));
+    }
+    let mut buf = BytesMut::new();
+    v4::ConnAck::new(v4::ConnectReturnCode::Success, true)
+        .write(&mut buf)
+        .expect("mqttbytes encodes");
+    seeds.push(("v3-accepted-session-present", buf.to_vec()));
+    let mut buf = BytesMut::new();
+    v4::ConnAck::new(v4::ConnectReturnCode::NotAuthorized, false)
+        .write(&mut buf)
+        .expect("mqttbytes encodes");
+    seeds.push(("v3-not-authorized", buf.to_vec()));
+
+    let mut props = v5::ConnAckProperties::new();
+    props.session_expiry_interval = Some(3600);
+    props.receive_max = Some(100);
+    props.max_qos = Some(1);
+    props.assigned_client_identifier = Some("auto-8F3A".into());
+    props.reason_string = Some("r".repeat(150));
+    props.server_keep_alive = Some(60);
+    let mut ack = v5::ConnAck::new(v5::ConnectReturnCode::Success, false);
+    ack.properties = Some(props);
+    let mut buf = BytesMut::new();
+    ack.write(&mut buf).expect("mqttbytes encodes");
+    seeds.push(("v5-accepted-properties", buf.to_vec()));
+
+    let mut then_publish = vec![0x20, 0x02, 0x00, 0x00];
+    then_publish.extend_from_slice(&[0x30, 0x05, 0x00, 0x01, b't', b'h', b'i']);
+    seeds.push(("v3-accepted-then-publish", then_publish));
+    seeds.push(("bad-short", vec![0x20, 0x01, 0x00]));
+    seeds.push(("bad-ack-flags", vec![0x20, 0x02, 0x02, 0x00]));
+    seeds.push((
+        "bad-5-byte-length",
+        vec![0x20, 0x80, 0x80, 0x80, 0x80, 0x01],
+    ));
+    seeds.push((
+        "not-connack-connect",
+        encode_connect_v311("c", None, None, 60),
+    ));
+    seeds.push((
+        "not-connack-http",
+        b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec(),
+    ));
+    seeds
+}
+
+/// Regenerates the seed corpora (run by hand, see the module doc).
+#[test]
+#[ignore = "writes fuzz/corpus/; run by hand to regenerate the seeds"]
+fn write_seed_corpus() {
+    let root = corpus_root();
+    for (target, seeds) in [("connect", connect_seeds()), ("connack", connack_seeds())] {
+        let dir = root.join(target);
+        fs::create_dir_all(&dir).expect("create corpus dir");
+        for (name, bytes) in seeds {
+            fs::write(dir.join(format!("seed-{name}")), bytes).expect("write seed");
+        }
+    }
+}
+
+#[test]
+fn seeds_are_what_they_claim() {
+    use mqgate::mqtt::{observe_connack, parse_connect, ConnectError, Parse};
+    for (name, bytes) in connect_seeds() {
+        let parsed = parse_connect(&bytes);
+        let ok = parsed.is_ok();
+        let expect_ok = name.starts_with("v3") || name.starts_with("v5");
+        assert_eq!(ok, expect_ok, "{name}: {parsed:?}");
+        if name.starts_with("bad-level") {
+            assert_eq!(parsed, Err(ConnectError::UnsupportedProtocol(6)));
+        }
+    }
+    for (name, bytes) in connack_seeds() {
+        let observed = observe_connack(&bytes);
+        let ok = matches!(observed, Ok(Parse::Complete(_)));
+        assert_eq!(
+            ok,
+            !name.starts_with("bad") && !name.starts_with("not"),
+            "{name}: {observed:?}"
+        );
+    }
+}
+
+#[path = "../fuzz/fuzz_targets/proxy_checks.rs"]
+mod proxy_checks;
+
+/// The PROXY header target's corpus (`fuzz/corpus/proxy_header/`), replayed through
+/// the same checks as `fuzz/fuzz_targets/proxy_header.rs`.
+#[test]
+fn replay_proxy_header_corpus() {
+    let dir = corpus_root().join("proxy_header");
+    let files = corpus_files(&dir);
+    assert!(!files.is_empty(), "fuzz/corpus/proxy_header has no seed files");
+    let failures: Vec<String> = files
+        .iter()
+        .filter(|file| {
+            let data = fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            std::panic::catch_unwind(|| proxy_checks::proxy_header(&data)).is_err()
+        })
+        .map(|file| file.display().to_string())
+        .collect();
+    assert!(failures.is_empty(), "corpus inputs failed: {failures:#?}");
+}

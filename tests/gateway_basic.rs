@@ -1,0 +1,402 @@
+//! The core gateway with real clients and real Mosquitto brokers: MQTT 3.1, 3.1.1 and
+//! 5.0 clients publish and subscribe through mqgate, QoS 0/1/2 payloads arrive intact,
+//! persistent sessions survive a reconnect, odd-but-legal byte streams (1-byte writes,
+//! packets right behind the CONNECT, half-close) work, a dead broker makes the next node
+//! take the client, and `mqgate check` reports what an operator needs.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::net::Shutdown;
+use std::process::Command;
+use std::time::Duration;
+
+/// One gateway (dynsec, listener "mqtt") in front of `nodes`.
+struct Setup {
+    // Drop order: the gateway (it prints its log on failure), the brokers, the files.
+    gate: Gate,
+    brokers: Vec<Mosquitto>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn setup(n: usize, cluster_extra: &str, health: Option<&str>) -> Setup {
+    let dir = tempdir();
+    let brokers: Vec<Mosquitto> = (1..=n)
+        .map(|i| Mosquitto::start(&format!("b{i}"), dir.path()))
+        .collect();
+    let (port, admin) = (free_port(), free_port());
+    let refs: Vec<&Mosquitto> = brokers.iter().collect();
+    let mut toml = basic_config(port, admin, "dynsec", &refs, cluster_extra);
+    if let Some(h) = health {
+        // Replace the helper's health section with the caller's.
+        let i = toml.find("[clusters.brokers.health]").expect("health section");
+        toml.truncate(i);
+        toml.push_str(h);
+    }
+    let gate = Gate::start(dir.path(), "gate", &toml, admin);
+    for b in &brokers {
+        wait_until(Duration::from_secs(10), "node up", || {
+            gate.metric("mqgate_node_up", &[("node", &b.name)]) == 1.0
+        });
+    }
+    Setup {
+        dir,
+        brokers,
+        gate,
+        port,
+    }
+}
+
+#[test]
+fn mqtt_31_311_and_5_clients_publish_and_subscribe() {
+    let s = setup(1, "", None);
+    for (version, label) in [("mqttv31", "3.1"), ("mqttv311", "3.1.1"), ("mqttv5", "5.0")] {
+        let msg = format!("hello over {label}");
+        let got = cli_round_trip(s.port, &[], version, &format!("cli/{version}"), &msg);
+        assert_eq!(got.trim_end(), msg, "{version}");
+        assert!(
+            s.gate.metric("mqgate_connect_packets_total", &[("protocol", label)]) >= 2.0,
+            "{label} CONNECTs counted"
+        );
+    }
+    // Every CONNECT went through and the broker's CONNACKs were observed as accepted.
+    let m = s.gate.metrics();
+    assert!(metric_value(&m, "mqgate_connections_total", &[("node", "b1")]) >= 6.0);
+    assert!(metric_value(&m, "mqgate_connack_total", &[("node", "b1")]) >= 6.0);
+    assert!(metric_value(&m, "mqgate_bytes_total", &[("direction", "to_broker")]) > 0.0);
+    assert!(metric_value(&m, "mqgate_bytes_total", &[("direction", "to_client")]) > 0.0);
+}
+
+/// Payloads that make a byte-mangling proxy visible: all 256 byte values, and 100 KB.
+fn payloads() -> Vec<(rumqttc::QoS, Vec<u8>)> {
+    let all: Vec<u8> = (0..=255u8).cycle().take(1024).collect();
+    let mut big = Vec::with_capacity(100 * 1024);
+    let mut x: u32 = 0x1234_5678;
+    while big.len() < 100 * 1024 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        big.extend_from_slice(&x.to_le_bytes());
+    }
+    vec![
+        (rumqttc::QoS::AtMostOnce, all.clone()),
+        (rumqttc::QoS::AtLeastOnce, all.iter().rev().cloned().collect()),
+        (rumqttc::QoS::ExactlyOnce, all),
+        (rumqttc::QoS::ExactlyOnce, big),
+    ]
+}
+
+#[test]
+fn qos_0_1_2_binary_payloads_arrive_intact_v311() {
+    use rumqttc::{Client, Event, MqttOptions, Packet};
+    let s = setup(1, "", None);
+    let opts = |id: &str| {
+        let mut o = MqttOptions::new(id, "127.0.0.1", s.port);
+        o.set_max_packet_size(256 * 1024, 256 * 1024);
+        o.set_keep_alive(Duration::from_secs(30));
+        o
+    };
+    let (sub, mut sub_conn) = Client::new(opts("bin-sub"), 16);
+    sub.subscribe("bin/#", rumqttc::QoS::ExactlyOnce).expect("subscribe");
+    loop {
+        match sub_conn.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            other => panic!("no SUBACK: {other:?}"),
+        }
+    }
+    let (publ, mut pub_conn) = Client::new(opts("bin-pub"), 16);
+    let sent = payloads();
+    for (i, (qos, p)) in sent.iter().enumerate() {
+        publ.publish(format!("bin/{i}"), *qos, false, p.clone()).expect("publish");
+    }
+    let pub_thread = std::thread::spawn(move || {
+        // Drive the publisher until its QoS 2 flows complete (PUBCOMP for the last one).
+        let mut comps = 0;
+        while comps < 2 {
+            match pub_conn.recv_timeout(Duration::from_secs(20)) {
+                Ok(Ok(Event::Incoming(Packet::PubComp(_)))) => comps += 1,
+                Ok(Ok(_)) => {}
+                other => panic!("publisher: {other:?}"),
+            }
+        }
+    });
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        match sub_conn.recv_timeout(Duration::from_secs(20)) {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => got.push(p),
+            Ok(Ok(_)) => {}
+            other => panic!("subscriber after {} messages: {other:?}", got.len()),
+        }
+    }
+    pub_thread.join().expect("publisher thread");
+    got.sort_by(|a, b| a.topic.cmp(&b.topic));
+    for (i, ((qos, p), m)) in sent.iter().zip(&got).enumerate() {
+        assert_eq!(m.topic, format!("bin/{i}"));
+        assert_eq!(m.qos, *qos, "bin/{i} QoS");
+        assert!(m.payload.as_ref() == p.as_slice(), "bin/{i}: payload of {} bytes intact", p.len());
+    }
+}
+
+#[test]
+fn qos_0_1_2_binary_payloads_arrive_intact_v5() {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{Client, Event, MqttOptions};
+    let s = setup(1, "", None);
+    let opts = |id: &str| {
+        let mut o = MqttOptions::new(id, "127.0.0.1", s.port);
+        o.set_max_packet_size(Some(256 * 1024));
+        o.set_keep_alive(Duration::from_secs(30));
+        o
+    };
+    let (sub, mut sub_conn) = Client::new(opts("bin5-sub"), 16);
+    sub.subscribe("bin5/#", QoS::ExactlyOnce).expect("subscribe");
+    loop {
+        match sub_conn.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            other => panic!("no SUBACK: {other:?}"),
+        }
+    }
+    let (publ, mut pub_conn) = Client::new(opts("bin5-pub"), 16);
+    let sent: Vec<(QoS, Vec<u8>)> = payloads()
+        .into_iter()
+        .map(|(q, p)| {
+            let q = match q {
+                rumqttc::QoS::AtMostOnce => QoS::AtMostOnce,
+                rumqttc::QoS::AtLeastOnce => QoS::AtLeastOnce,
+                rumqttc::QoS::ExactlyOnce => QoS::ExactlyOnce,
+            };
+            (q, p)
+        })
+        .collect();
+    for (i, (qos, p)) in sent.iter().enumerate() {
+        publ.publish(format!("bin5/{i}"), *qos, false, p.clone()).expect("publish");
+    }
+    let pub_thread = std::thread::spawn(move || {
+        let mut comps = 0;
+        while comps < 2 {
+            match pub_conn.recv_timeout(Duration::from_secs(20)) {
+                Ok(Ok(Event::Incoming(Packet::PubComp(_)))) => comps += 1,
+                Ok(Ok(_)) => {}
+                other => panic!("publisher: {other:?}"),
+            }
+        }
+    });
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        match sub_conn.recv_timeout(Duration::from_secs(20)) {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => got.push(p),
+            Ok(Ok(_)) => {}
+            other => panic!("subscriber after {} messages: {other:?}", got.len()),
+        }
+    }
+    pub_thread.join().expect("publisher thread");
+    got.sort_by(|a, b| a.topic.cmp(&b.topic));
+    for (i, ((qos, p), m)) in sent.iter().zip(&got).enumerate() {
+        assert_eq!(m.topic.as_ref(), format!("bin5/{i}").as_bytes());
+        assert_eq!(m.qos, *qos, "bin5/{i} QoS");
+        assert!(m.payload.as_ref() == p.as_slice(), "bin5/{i}: payload of {} bytes intact", p.len());
+    }
+    assert!(s.gate.metric("mqgate_connect_packets_total", &[("protocol", "5.0")]) >= 2.0);
+}
+
+#[test]
+fn persistent_session_gets_messages_queued_while_offline() {
+    let s = setup(1, "", None);
+    let p = s.port.to_string();
+    for (version, session) in [("mqttv311", vec!["-c"]), ("mqttv5", vec!["-c", "-x", "300"])] {
+        let id = format!("persist-{version}");
+        let topic = format!("sess/{version}");
+        let base = ["-h", "127.0.0.1", "-p", p.as_str(), "-V", version, "-q", "1"];
+        // Connect with a session, subscribe, leave (-E: exit once subscribed).
+        let st = Command::new("mosquitto_sub")
+            .args(base)
+            .args(&session)
+            .args(["-i", &id, "-t", &topic, "-E"])
+            .status()
+            .expect("mosquitto_sub");
+        assert!(st.success());
+        // While it is offline, a message is published.
+        let msg = format!("queued for {version}");
+        mosquitto_pub(&["-h", "127.0.0.1", "-p", &p, "-q", "1", "-t", &topic, "-m", &msg]);
+        // Back through the gateway: the broker still has the session and delivers.
+        let out = Command::new("mosquitto_sub")
+            .args(base)
+            .args(&session)
+            .args(["-i", &id, "-t", &topic, "-C", "1", "-W", "10"])
+            .output()
+            .expect("mosquitto_sub");
+        assert!(out.status.success(), "{version}: no queued message: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), msg);
+    }
+}
+
+#[test]
+fn connect_split_into_single_byte_writes_is_accepted() {
+    let s = setup(1, "", None);
+    for pkt in [connect_v311("dribble3"), connect_v5("dribble5")] {
+        let mut c = tcp(s.port);
+        c.set_nodelay(true).expect("nodelay");
+        for b in &pkt {
+            c.write_all(std::slice::from_ref(b)).expect("write one byte");
+            // Not synchronisation: a pause so that each byte leaves as its own segment.
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        let reply = read_exact_n(&mut c, 4);
+        assert_eq!(reply[0], 0x20, "CONNACK");
+        assert_eq!(reply[3], 0x00, "accepted"); // v3: return code; v5: reason code
+    }
+}
+
+#[test]
+fn bytes_sent_with_the_connect_reach_the_broker() {
+    let s = setup(1, "", None);
+    let mut c = tcp(s.port);
+    let mut first = connect_v311("eager");
+    let mut sub = vec![0x00, 0x07];
+    sub.extend(mqtt_field(b"eager/t"));
+    sub.push(1);
+    first.extend(mqtt_packet(0x82, &sub));
+    first.extend([0xC0, 0x00]); // PINGREQ
+    c.write_all(&first).expect("one write");
+    let reply = read_exact_n(&mut c, 4 + 5 + 2);
+    assert_eq!(
+        reply,
+        [0x20, 0x02, 0x00, 0x00, 0x90, 0x03, 0x00, 0x07, 0x01, 0xD0, 0x00],
+        "CONNACK, SUBACK (packet id 7, QoS 1), PINGRESP"
+    );
+}
+
+#[test]
+fn half_closed_client_still_receives_what_the_broker_sends() {
+    let s = setup(1, "", None);
+    let b = &s.brokers[0];
+    // A retained message the client will get right after its SUBACK.
+    mosquitto_pub(&["-h", "127.0.0.1", "-p", &b.port.to_string(), "-r", "-q", "1", "-t", "hc/t", "-m", "still here"]);
+    let mut c = tcp(s.port);
+    let mut bytes = connect_v311("halfclose");
+    let mut sub = vec![0x00, 0x01];
+    sub.extend(mqtt_field(b"hc/t"));
+    sub.push(0);
+    bytes.extend(mqtt_packet(0x82, &sub));
+    c.write_all(&bytes).expect("send");
+    c.shutdown(Shutdown::Write).expect("half-close");
+    let (got, ended) = read_to_close(&mut c, Duration::from_secs(10));
+    assert!(got.starts_with(&[0x20, 0x02, 0x00, 0x00, 0x90, 0x03, 0x00, 0x01, 0x00]), "{got:02x?}");
+    assert!(
+        got.windows(10).any(|w| w == b"still here"),
+        "retained PUBLISH delivered after the client's FIN: {got:02x?}"
+    );
+    assert_eq!(ended, Ended::Eof, "then closed cleanly");
+}
+
+#[test]
+fn dead_broker_makes_the_next_node_take_the_client() {
+    // Health checks see both nodes up once, then never again (interval 1h, fall high):
+    // the gateway does not know b1 died, so only the connect-time retry can save clients.
+    let health = "[clusters.brokers.health]\ncheck = \"tcp\"\ninterval = \"1h\"\nfast_interval = \"1h\"\n\
+                  down_interval = \"1h\"\nrise = 1\nfall = 100\n";
+    let mut s = setup(2, "balance = \"round-robin\"\nretries = 1\nconnect_timeout = \"1s\"\n", Some(health));
+    s.brokers[0].stop();
+    for i in 0..4 {
+        let mut c = raw_session(s.port, &format!("retry-{i}"));
+        assert!(ping(&mut c));
+    }
+    let m = s.gate.metrics();
+    assert_eq!(metric_value(&m, "mqgate_connections_total", &[("node", "b2")]), 4.0);
+    assert_eq!(metric_value(&m, "mqgate_connections_total", &[("node", "b1")]), 0.0);
+    assert!(s.gate.log_text().contains("trying the next"), "retry logged");
+
+    // Both dead: retries exhausted, the client gets "server unavailable".
+    s.brokers[1].stop();
+    for (pkt, want) in [
+        (connect_v311("none3"), vec![0x20, 0x02, 0x00, 0x03]),
+        (connect_v5("none5"), vec![0x20, 0x03, 0x00, 0x88, 0x00]),
+    ] {
+        let mut c = tcp(s.port);
+        c.write_all(&pkt).expect("send");
+        let (got, ended) = read_to_close(&mut c, Duration::from_secs(10));
+        assert_eq!(got, want);
+        assert_eq!(ended, Ended::Eof);
+    }
+    assert_eq!(s.gate.metric("mqgate_connections_rejected_total", &[("reason", "no_node")]), 2.0);
+    let _ = &s.dir;
+}
+
+fn mqgate(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mqgate"))
+        .args(args)
+        .output()
+        .expect("run mqgate")
+}
+
+#[test]
+fn check_reports_every_error_with_file_line_and_key() {
+    let dir = tempdir();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[limits]\nconnect_timeout = \"soon\"\n\n[[listeners]]\nname = \"mqtt\"\nbind = \"127.0.0.1:1883\"\n\
+         cluster = \"nope\"\n\n[clusters.brokers]\nmode = \"dynsec\"\n\
+         nodes = [ { name = \"n1\", address = \"127.0.0.1:1884\" } ]\n",
+    )
+    .expect("write");
+    let out = mqgate(&["check", "-c", bad.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml:2:") && err.contains("limits.connect_timeout"), "{err}");
+    assert!(err.contains("bad.toml:7:") && err.contains("listeners[0].cluster"), "{err}");
+    assert!(err.contains("2 error(s)"), "{err}");
+
+    let unknown = dir.path().join("unknown.toml");
+    std::fs::write(&unknown, "[limits]\nmax_conections = 5\n").expect("write");
+    let out = mqgate(&["check", "-c", unknown.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown.toml:2:") && err.contains("max_conections"), "{err}");
+
+    let missing = mqgate(&["check", "-c", dir.path().join("nope.toml").to_str().expect("path")]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("nope.toml"));
+}
+
+#[test]
+fn check_prints_a_summary_of_a_valid_file() {
+    let dir = tempdir();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[[listeners]]\nname = \"mqtt\"\nbind = \"127.0.0.1:1883\"\ncluster = \"brokers\"\n\n\
+         [clusters.brokers]\nmode = \"full-sync\"\n\
+         nodes = [ { name = \"n1\", address = \"127.0.0.1:1884\" }, { name = \"n2\", address = \"127.0.0.1:1885\" } ]\n",
+    )
+    .expect("write");
+    let out = mqgate(&["check", "-c", good.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in ["OK", "mqtt", "127.0.0.1:1883", "brokers", "full-sync", "n1", "n2", "127.0.0.1:1885"] {
+        assert!(text.contains(want), "summary lacks {want:?}:\n{text}");
+    }
+    let v = mqgate(&["version"]);
+    assert!(v.status.success());
+    assert!(String::from_utf8_lossy(&v.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn client_ignoring_the_brokers_close_is_closed_after_the_linger() {
+    let s = setup(1, "", None);
+    let active = || s.gate.metric("mqgate_connections_active", &[("node", "b1")]);
+    let mut first = raw_session(s.port, "taken-over");
+    // Same client id again: Mosquitto closes the first connection (session takeover).
+    let mut second = raw_session(s.port, "taken-over");
+    let (_, ended) = read_to_close(&mut first, Duration::from_secs(10));
+    assert_eq!(ended, Ended::Eof, "the broker's close is passed on");
+    assert_eq!(active(), 2.0, "the first client has not closed its side yet");
+    // It never does; the gateway closes the connection after the linger (5 s).
+    wait_until(Duration::from_secs(15), "half-closed connection ended", || active() == 1.0);
+    assert!(ping(&mut second), "the new session is unaffected");
+}

@@ -1,0 +1,701 @@
+//! Peer-replicated sticky tables and the sticky snapshot (SPEC section 5), with real
+//! processes: three Mosquitto nodes, up to three mqgate binaries linked as peers.
+//!
+//! The gateways balance `round-robin` with `sessions = "all"`/persistent clients, so a
+//! client that reconnects through another gateway lands on the node that holds its
+//! session only if the sticky entry reached that gateway.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const SECRET: &str = "correct horse battery staple";
+
+struct GateSpec {
+    name: &'static str,
+    listen: u16,
+    admin: u16,
+    peer: u16,
+}
+
+impl GateSpec {
+    fn new(name: &'static str) -> GateSpec {
+        GateSpec {
+            name,
+            listen: free_port(),
+            admin: free_port(),
+            peer: free_port(),
+        }
+    }
+}
+
+/// Config of one gateway: dynsec over `nodes`, round-robin, and a `[peers]` section
+/// (bind on `bind_port`, which may differ from `spec.peer` to cut it off).
+fn config(
+    dir: &Path,
+    spec: &GateSpec,
+    bind_port: u16,
+    peers: &[(&str, u16)],
+    nodes: &[&Mosquitto],
+    sessions: &str,
+    snapshot: Option<&Path>,
+    secret: &str,
+) -> String {
+    let secret_file = dir.join(format!("{}.secret", spec.name));
+    std::fs::write(&secret_file, secret).expect("write secret");
+    let extra = format!(
+        "balance = \"round-robin\"\n[clusters.brokers.sticky]\nsessions = \"{sessions}\"\n"
+    );
+    let mut s = basic_config(spec.listen, spec.admin, "dynsec", nodes, &extra);
+    let list: Vec<String> = peers
+        .iter()
+        .map(|(n, p)| format!("{{ name = \"{n}\", address = \"127.0.0.1:{p}\" }}"))
+        .collect();
+    s.push_str(&format!(
+        "\n[peers]\nname = \"{}\"\nbind = \"127.0.0.1:{bind_port}\"\nsecret_file = \"{}\"\npeers = [ {} ]\n",
+        spec.name,
+        secret_file.display(),
+        list.join(", ")
+    ));
+    if let Some(p) = snapshot {
+        s.push_str(&format!("snapshot = \"{}\"\n", p.display()));
+    }
+    s
+}
+
+fn start_nodes(dir: &Path) -> Vec<Mosquitto> {
+    (1..=3)
+        .map(|i| Mosquitto::start(&format!("node{i}"), dir))
+        .collect()
+}
+
+fn wait_nodes_up(g: &Gate) {
+    wait_until(Duration::from_secs(20), "all three nodes up", || {
+        g.metric("mqgate_node_up", &[]) == 3.0
+    });
+}
+
+fn wait_peer_up(g: &Gate, peer: &str, up: bool) {
+    let want = if up { 1.0 } else { 0.0 };
+    wait_until(
+        Duration::from_secs(20),
+        &format!("peer {peer} up={up}"),
+        || g.metric("mqgate_peer_up", &[("peer", peer)]) == want,
+    );
+}
+
+/// The node of a sticky entry, from `GET /api/v1/clusters/brokers/sticky/{key}`.
+fn sticky(g: &Gate, key: &str) -> Option<String> {
+    let (status, body) = http(
+        "GET",
+        g.admin_port,
+        &format!("/api/v1/clusters/brokers/sticky/{key}"),
+        None,
+        None,
+    )
+    .ok()?;
+    if status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v.get("node")?.as_str().map(str::to_string)
+}
+
+fn port_of(nodes: &[Mosquitto], name: &str) -> u16 {
+    nodes
+        .iter()
+        .find(|n| n.name == name)
+        .map(|n| n.port)
+        .expect("known node")
+}
+
+fn sub(port: u16, id: &str, extra: &[&str]) -> std::process::Output {
+    let port = port.to_string();
+    let topic = format!("t/{id}");
+    let mut args = vec![
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-i",
+        id,
+        "-c",
+        "-q",
+        "1",
+        "-t",
+        &topic,
+    ];
+    args.extend_from_slice(extra);
+    Command::new("mosquitto_sub")
+        .args(&args)
+        .output()
+        .expect("run mosquitto_sub")
+}
+
+/// Three gateways linked as a full mesh.
+struct Fleet {
+    dir: tempfile::TempDir,
+    nodes: Vec<Mosquitto>,
+    specs: Vec<GateSpec>,
+    gates: Vec<Gate>,
+}
+
+fn fleet(sessions: &str) -> Fleet {
+    let dir = tempdir();
+    let nodes = start_nodes(dir.path());
+    let specs = vec![
+        GateSpec::new("gate-a"),
+        GateSpec::new("gate-b"),
+        GateSpec::new("gate-c"),
+    ];
+    let refs: Vec<&Mosquitto> = nodes.iter().collect();
+    let gates: Vec<Gate> = specs
+        .iter()
+        .map(|s| {
+            let others: Vec<(&str, u16)> = specs
+                .iter()
+                .filter(|o| o.name != s.name)
+                .map(|o| (o.name, o.peer))
+                .collect();
+            let toml = config(
+                dir.path(),
+                s,
+                s.peer,
+                &others,
+                &refs,
+                sessions,
+                None,
+                SECRET,
+            );
+            Gate::start(dir.path(), s.name, &toml, s.admin)
+        })
+        .collect();
+    for (g, s) in gates.iter().zip(&specs) {
+        wait_nodes_up(g);
+        for o in specs.iter().filter(|o| o.name != s.name) {
+            wait_peer_up(g, o.name, true);
+        }
+    }
+    Fleet {
+        dir,
+        nodes,
+        specs,
+        gates,
+    }
+}
+
+#[test]
+fn an_entry_made_through_one_gateway_is_used_by_the_others_and_survives_a_restart() {
+    let mut f = fleet("persistent");
+    let ids: Vec<String> = (0..6).map(|i| format!("dev-{i}")).collect();
+    // Persistent sessions through gateway A, spread round-robin over the nodes.
+    let mut home = Vec::new();
+    for id in &ids {
+        let out = sub(f.specs[0].listen, id, &["-E"]);
+        assert!(out.status.success(), "subscribe {id}: {out:?}");
+        let node = sticky(&f.gates[0], id).expect("entry on gate-a");
+        home.push(node);
+    }
+    let distinct: std::collections::HashSet<_> = home.iter().collect();
+    assert_eq!(distinct.len(), 3, "round-robin spread: {home:?}");
+    for g in &f.gates[1..] {
+        for (id, node) in ids.iter().zip(&home) {
+            wait_until(Duration::from_secs(10), &format!("{id} replicated"), || {
+                sticky(g, id).as_deref() == Some(node.as_str())
+            });
+        }
+    }
+    // A message queued on each session's node reaches the client reconnecting through B or C.
+    let deliver = |f: &Fleet, gate: usize, round: &str| {
+        for (i, (id, node)) in ids.iter().zip(&home).enumerate() {
+            let msg = format!("{round}-{id}");
+            mosquitto_pub(&[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port_of(&f.nodes, node).to_string(),
+                "-t",
+                &format!("t/{id}"),
+                "-q",
+                "1",
+                "-m",
+                &msg,
+            ]);
+            let through = if gate == 0 { 1 + i % 2 } else { gate };
+            let out = sub(f.specs[through].listen, id, &["-C", "1", "-W", "10"]);
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                msg,
+                "{id} through {} should land on {node}",
+                f.specs[through].name
+            );
+        }
+    };
+    deliver(&f, 0, "first");
+    let hits = f.gates[1].metric("mqgate_sticky_lookups_total", &[("result", "hit")])
+        + f.gates[2].metric("mqgate_sticky_lookups_total", &[("result", "hit")]);
+    assert!(hits >= ids.len() as f64, "sticky hits on B and C: {hits}");
+    assert!(
+        f.gates[1].metric(
+            "mqgate_peer_updates_total",
+            &[("peer", "gate-a"), ("direction", "received")]
+        ) >= ids.len() as f64
+    );
+
+    // B loses its table (SIGKILL, no snapshot) and gets it back from its peers.
+    f.gates[1].kill();
+    wait_peer_up(&f.gates[0], "gate-b", false);
+    f.gates[1].resume();
+    wait_peer_up(&f.gates[1], "gate-a", true);
+    wait_peer_up(&f.gates[1], "gate-c", true);
+    for (id, node) in ids.iter().zip(&home) {
+        wait_until(
+            Duration::from_secs(10),
+            &format!("{id} back on gate-b"),
+            || sticky(&f.gates[1], id).as_deref() == Some(node.as_str()),
+        );
+    }
+    wait_nodes_up(&f.gates[1]);
+    deliver(&f, 1, "second");
+}
+
+#[test]
+fn a_partition_with_conflicting_writes_converges_everywhere() {
+    let dir = tempdir();
+    let nodes = start_nodes(dir.path());
+    let refs: Vec<&Mosquitto> = nodes.iter().collect();
+    let specs = [
+        GateSpec::new("gate-a"),
+        GateSpec::new("gate-b"),
+        GateSpec::new("gate-c"),
+    ];
+    let snap = dir.path().join("gate-c.snapshot");
+    let peers_of = |me: &str| -> Vec<(&str, u16)> {
+        specs
+            .iter()
+            .filter(|o| o.name != me)
+            .map(|o| (o.name, o.peer))
+            .collect()
+    };
+    let mk = |i: usize, bind: u16| {
+        config(
+            dir.path(),
+            &specs[i],
+            bind,
+            &peers_of(specs[i].name),
+            &refs,
+            "all",
+            (i == 2).then_some(snap.as_path()),
+            SECRET,
+        )
+    };
+    let a = Gate::start(dir.path(), "gate-a", &mk(0, specs[0].peer), specs[0].admin);
+    let b = Gate::start(dir.path(), "gate-b", &mk(1, specs[1].peer), specs[1].admin);
+    // C listens for peers where nobody dials: cut off.
+    let cut_off = free_port();
+    let mut c = Gate::start(dir.path(), "gate-c", &mk(2, cut_off), specs[2].admin);
+    for g in [&a, &b, &c] {
+        wait_nodes_up(g);
+    }
+    wait_peer_up(&a, "gate-b", true);
+    let keys: Vec<String> = (1..=6).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        drop(raw_session(specs[0].listen, k));
+    }
+    // C's round-robin is shifted by one, so every key conflicts.
+    drop(raw_session(specs[2].listen, "shift"));
+    for k in &keys {
+        drop(raw_session(specs[2].listen, k));
+    }
+    let on = |g: &Gate| -> Vec<Option<String>> { keys.iter().map(|k| sticky(g, k)).collect() };
+    let on_a = on(&a);
+    let on_c = on(&c);
+    assert!(on_a.iter().chain(&on_c).all(Option::is_some));
+    for i in 0..keys.len() {
+        assert_ne!(on_a[i], on_c[i], "{} should conflict", keys[i]);
+    }
+    // Later, on A's side of the partition: k4 is deleted and re-made, k5 deleted.
+    for k in ["k4", "k5"] {
+        let (st, _) = http(
+            "DELETE",
+            specs[0].admin,
+            &format!("/api/v1/clusters/brokers/sticky/{k}"),
+            None,
+            None,
+        )
+        .expect("admin API");
+        assert_eq!(st, 200, "delete {k}");
+    }
+    drop(raw_session(specs[0].listen, "k4"));
+    let k4_on_a = sticky(&a, "k4");
+    wait_until(Duration::from_secs(10), "A's writes on B", || {
+        sticky(&b, "k4") == k4_on_a && sticky(&b, "k5").is_none()
+    });
+
+    // Heal: C restarts (its table kept by the snapshot) where A and B dial it.
+    assert_eq!(c.stop(), Some(0));
+    assert!(snap.exists(), "snapshot written at shutdown");
+    std::fs::write(&c.config, mk(2, specs[2].peer)).expect("rewrite config");
+    c.resume();
+    wait_peer_up(&c, "gate-a", true);
+    wait_peer_up(&c, "gate-b", true);
+
+    let expected: Vec<Option<String>> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| match k.as_str() {
+            "k4" => k4_on_a.clone(),
+            "k5" => None,
+            _ => on_c[i].clone(),
+        })
+        .collect();
+    wait_until(Duration::from_secs(20), "one table on all three", || {
+        [&a, &b, &c].iter().all(|g| on(g) == expected)
+    });
+}
+
+#[test]
+fn wrong_secret_is_refused_and_logged() {
+    let dir = tempdir();
+    let nodes = start_nodes(dir.path());
+    let refs: Vec<&Mosquitto> = nodes.iter().collect();
+    let (sa, sb) = (GateSpec::new("gate-a"), GateSpec::new("gate-b"));
+    let ta = config(
+        dir.path(),
+        &sa,
+        sa.peer,
+        &[("gate-b", sb.peer)],
+        &refs,
+        "all",
+        None,
+        "one secret",
+    );
+    let tb = config(
+        dir.path(),
+        &sb,
+        sb.peer,
+        &[("gate-a", sa.peer)],
+        &refs,
+        "all",
+        None,
+        "another secret",
+    );
+    let b = Gate::start(dir.path(), "gate-b", &tb, sb.admin);
+    let a = Gate::start(dir.path(), "gate-a", &ta, sa.admin);
+    wait_until(Duration::from_secs(20), "refusal logged by gate-b", || {
+        b.log_text()
+            .contains("peer `gate-a` failed authentication (wrong shared secret)")
+    });
+    wait_until(Duration::from_secs(20), "refusal seen by gate-a", || {
+        a.log_text().contains("refused by the peer")
+    });
+    assert_eq!(a.metric("mqgate_peer_up", &[("peer", "gate-b")]), 0.0);
+    assert_eq!(b.metric("mqgate_peer_up", &[("peer", "gate-a")]), 0.0);
+    wait_nodes_up(&a);
+    drop(raw_session(sa.listen, "lonely"));
+    assert!(sticky(&a, "lonely").is_some());
+    std::thread::sleep(Duration::from_millis(300)); // nothing to poll for: it must not arrive
+    assert_eq!(sticky(&b, "lonely"), None);
+}
+
+/// Read one whole frame (blocking, 10 s at most); `None` if the link closed first.
+fn read_frame(s: &mut TcpStream) -> Option<mqgate::peers::frame::Frame> {
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).ok()?;
+    let len = u32::from_be_bytes(head) as usize;
+    let mut frame = head.to_vec();
+    frame.resize(4 + len.min(1 << 20), 0);
+    s.read_exact(&mut frame[4..]).ok()?;
+    let mut interner = mqgate::peers::frame::Interner::default();
+    mqgate::peers::frame::decode(&frame, &mut interner)
+        .ok()
+        .flatten()
+        .map(|(f, _)| f)
+}
+
+fn encode(f: &mqgate::peers::frame::Frame) -> Vec<u8> {
+    let mut v = Vec::new();
+    mqgate::peers::frame::encode(f, &mut v);
+    v
+}
+
+/// Until the other side closes (or 10 s pass): true if it closed.
+fn closed_by_peer(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Authenticate as peer `name` on a raw TCP connection.
+fn handshake(port: u16, name: &str, secret: &str) -> TcpStream {
+    use mqgate::peers::frame::{Frame, VERSION};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to peers port");
+    let nd = [5u8; 32];
+    s.write_all(&encode(&Frame::Hello {
+        version: VERSION,
+        name: name.into(),
+        nonce: nd,
+    }))
+    .unwrap();
+    let Some(Frame::Hello {
+        name: theirs,
+        nonce: na,
+        ..
+    }) = read_frame(&mut s)
+    else {
+        panic!("no HELLO")
+    };
+    let secret = mqgate::config::Secret::new(secret.as_bytes().to_vec());
+    let mac = mqgate::peers::auth::prove(&secret, b"dialer", &nd, &na, name, &theirs);
+    s.write_all(&encode(&Frame::Auth { mac })).unwrap();
+    assert!(
+        matches!(read_frame(&mut s), Some(Frame::Auth { .. })),
+        "authenticated"
+    );
+    s
+}
+
+#[test]
+fn garbage_or_truncated_frames_close_only_that_link() {
+    use mqgate::peers::frame::{Frame, VERSION};
+    let dir = tempdir();
+    let nodes = start_nodes(dir.path());
+    let refs: Vec<&Mosquitto> = nodes.iter().collect();
+    let (sa, sb) = (GateSpec::new("gate-a"), GateSpec::new("gate-b"));
+    let ta = config(
+        dir.path(),
+        &sa,
+        sa.peer,
+        &[("gate-b", sb.peer)],
+        &refs,
+        "all",
+        None,
+        SECRET,
+    );
+    // gate-0 is the test itself, speaking the protocol by hand.
+    let tb = config(
+        dir.path(),
+        &sb,
+        sb.peer,
+        &[("gate-a", sa.peer), ("gate-0", free_port())],
+        &refs,
+        "all",
+        None,
+        SECRET,
+    );
+    let b = Gate::start(dir.path(), "gate-b", &tb, sb.admin);
+    let a = Gate::start(dir.path(), "gate-a", &ta, sa.admin);
+    wait_peer_up(&b, "gate-a", true);
+
+    // Not the protocol at all.
+    let mut s = TcpStream::connect(("127.0.0.1", sb.peer)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(closed_by_peer(&mut s), "HTTP on the peers port is closed");
+    // Another protocol version: a clear error, then closed.
+    let mut s = TcpStream::connect(("127.0.0.1", sb.peer)).unwrap();
+    let mut hello = encode(&Frame::Hello {
+        version: VERSION,
+        name: "gate-0".into(),
+        nonce: [1; 32],
+    });
+    hello[9..11].copy_from_slice(&(VERSION + 1).to_be_bytes());
+    s.write_all(&hello).unwrap();
+    match read_frame(&mut s) {
+        Some(Frame::Error { reason }) => assert!(reason.contains("version 2"), "{reason}"),
+        other => panic!("expected an ERROR frame, got {other:?}"),
+    }
+    // Authenticated, one valid update, then a truncated frame and a hang-up.
+    let mut s = handshake(sb.peer, "gate-0", SECRET);
+    let upd = mqgate::sticky::Update {
+        key: "from-gate-0".into(),
+        node: Some("node3".into()),
+        stamp: mqgate::sticky::now_ms(),
+        origin: "gate-0".into(),
+        idle_ms: 0,
+    };
+    s.write_all(&encode(&Frame::Updates {
+        cluster: "brokers".into(),
+        updates: vec![upd],
+    }))
+    .unwrap();
+    wait_until(Duration::from_secs(10), "hand-made update merged", || {
+        sticky(&b, "from-gate-0").as_deref() == Some("node3")
+    });
+    wait_peer_up(&b, "gate-0", true);
+    let mut frame = encode(&Frame::Heartbeat);
+    frame[3] = 200; // says 200 bytes follow; 1 does
+    s.write_all(&frame).unwrap();
+    drop(s);
+    wait_peer_up(&b, "gate-0", false);
+    // Garbage inside an authenticated link.
+    let mut s = handshake(sb.peer, "gate-0", SECRET);
+    s.write_all(&[0, 0, 0, 3, 99, 1, 2]).unwrap();
+    assert!(closed_by_peer(&mut s), "bad frame closes the link");
+    wait_until(Duration::from_secs(10), "bad frame logged", || {
+        b.log_text().contains("unknown frame type 99")
+    });
+    // The link between the real gateways never moved.
+    assert_eq!(b.metric("mqgate_peer_up", &[("peer", "gate-a")]), 1.0);
+    wait_nodes_up(&a);
+    drop(raw_session(sa.listen, "after-garbage"));
+    let node = sticky(&a, "after-garbage").expect("entry on gate-a");
+    wait_until(
+        Duration::from_secs(10),
+        "replicated after the garbage",
+        || sticky(&b, "after-garbage").as_deref() == Some(node.as_str()),
+    );
+}
+
+#[test]
+fn snapshot_round_trip_keeps_entries_across_a_restart() {
+    let dir = tempdir();
+    let nodes = start_nodes(dir.path());
+    let refs: Vec<&Mosquitto> = nodes.iter().collect();
+    let spec = GateSpec::new("solo");
+    let snap: PathBuf = dir.path().join("state").join("sticky.bin");
+    let toml = config(
+        dir.path(),
+        &spec,
+        spec.peer,
+        &[],
+        &refs,
+        "all",
+        Some(&snap),
+        SECRET,
+    );
+    let mut g = Gate::start(dir.path(), "solo", &toml, spec.admin);
+    wait_nodes_up(&g);
+    drop(raw_session(spec.listen, "first")); // round-robin: node1
+    drop(raw_session(spec.listen, "keep-me")); // node2
+    assert_eq!(sticky(&g, "keep-me").as_deref(), Some("node2"));
+    assert_eq!(g.stop(), Some(0), "graceful exit");
+    assert!(g.log_text().contains("sticky snapshot written"));
+    assert!(snap.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(snap.parent().unwrap()).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "no temporary files left: {leftovers:?}");
+
+    g.resume();
+    assert_eq!(sticky(&g, "keep-me").as_deref(), Some("node2"));
+    wait_nodes_up(&g);
+    // Round-robin starts over at node1: only the entry sends this client to node2.
+    drop(raw_session(spec.listen, "keep-me"));
+    assert_eq!(
+        g.metric("mqgate_connections_total", &[("node", "node2")]),
+        1.0
+    );
+    assert_eq!(
+        g.metric("mqgate_connections_total", &[("node", "node1")]),
+        0.0
+    );
+
+    // A damaged snapshot does not stop the gateway from starting.
+    assert_eq!(g.stop(), Some(0));
+    let bytes = std::fs::read(&snap).unwrap();
+    std::fs::write(&snap, &bytes[..bytes.len() - 3]).unwrap();
+    g.resume();
+    assert!(g.log_text().contains("sticky snapshot partly loaded"));
+}
+
+/// The fuzz corpus of `fuzz/fuzz_targets/peer_frame.rs`, replayed without a nightly
+/// toolchain: every input decodes or fails cleanly, and what decodes re-encodes to the
+/// same bytes.
+#[test]
+fn peer_frame_corpus_replays() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/peer_frame");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).expect("corpus dir") {
+        let data = std::fs::read(e.expect("entry").path()).expect("read seed");
+        peer_frame_check(&data);
+        n += 1;
+    }
+    assert!(n >= 5, "seed corpus present ({n})");
+}
+
+#[path = "../fuzz/fuzz_targets/peer_frame_check.rs"]
+mod peer_frame_check_mod;
+use peer_frame_check_mod::peer_frame_check;
+
+/// Writes the seed corpus (run by hand): `cargo test --test peers -- --ignored write_peer_frame_seeds`.
+#[test]
+#[ignore = "writes fuzz/corpus/peer_frame"]
+fn write_peer_frame_seeds() {
+    use mqgate::peers::frame::{Frame, VERSION};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/peer_frame");
+    std::fs::create_dir_all(&dir).unwrap();
+    let u = |k: &str, n: Option<&str>| mqgate::sticky::Update {
+        key: k.into(),
+        node: n.map(Into::into),
+        stamp: 1_700_000_000_000,
+        origin: "gate-a".into(),
+        idle_ms: 1234,
+    };
+    let seeds: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "hello",
+            encode(&Frame::Hello {
+                version: VERSION,
+                name: "gate-a".into(),
+                nonce: [3; 32],
+            }),
+        ),
+        ("auth", encode(&Frame::Auth { mac: [4; 32] })),
+        (
+            "updates",
+            encode(&Frame::Updates {
+                cluster: "brokers".into(),
+                updates: vec![u("dev-1", Some("node1")), u("dev-2", None)],
+            }),
+        ),
+        (
+            "sync",
+            [
+                encode(&Frame::SyncBegin),
+                encode(&Frame::SyncEnd { entries: 2 }),
+            ]
+            .concat(),
+        ),
+        ("heartbeat", encode(&Frame::Heartbeat)),
+        (
+            "error",
+            encode(&Frame::Error {
+                reason: "authentication failed".into(),
+            }),
+        ),
+        ("bad-version", {
+            let mut h = encode(&Frame::Hello {
+                version: VERSION,
+                name: "x".into(),
+                nonce: [0; 32],
+            });
+            h[9] = 9;
+            h
+        }),
+        ("bad-too-large", vec![0x7F, 0xFF, 0xFF, 0xFF, 3]),
+        (
+            "bad-truncated",
+            encode(&Frame::Updates {
+                cluster: "c".into(),
+                updates: vec![u("k", Some("n"))],
+            })[..20]
+                .to_vec(),
+        ),
+        ("bad-http", b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+    ];
+    for (name, bytes) in seeds {
+        std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
+    }
+}

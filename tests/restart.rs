@@ -1,0 +1,237 @@
+//! Zero-downtime restart: a second mqgate process binds the same client port
+//! (SO_REUSEPORT) while the first one drains after SIGTERM. Clients connect in a tight
+//! loop throughout and every failed connect is counted; the sticky table is taken over
+//! from the old process through the peer link (the new process is configured as the
+//! old one's peer).
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// CONNECT, CONNACK, DISCONNECT. `persistent` sends clean session = 0.
+fn session(port: u16, id: &str, persistent: bool) -> Result<(), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut body = b"\x00\x04MQTT\x04".to_vec();
+    body.push(if persistent { 0x00 } else { 0x02 });
+    body.extend_from_slice(&[0x00, 0x1e]);
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
+    let mut pkt = vec![0x10, body.len() as u8];
+    pkt.extend(body);
+    s.write_all(&pkt).map_err(|e| format!("write: {e}"))?;
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack)
+        .map_err(|e| format!("CONNACK: {e}"))?;
+    if ack[0] != 0x20 || ack[3] != 0 {
+        return Err(format!("CONNACK {ack:02x?}"));
+    }
+    s.write_all(&[0xe0, 0x00])
+        .map_err(|e| format!("DISCONNECT: {e}"))?;
+    Ok(())
+}
+
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    errors: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    /// `n` threads connecting back to back.
+    fn start(port: u16, n: usize) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..n)
+            .map(|t| {
+                let (stop, ok, failed, errors) =
+                    (stop.clone(), ok.clone(), failed.clone(), errors.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        match session(port, &format!("steady-{t}-{i}"), false) {
+                            Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(e) => {
+                                errors.lock().unwrap().push(e);
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                    }
+                })
+            })
+            .collect();
+        Traffic {
+            stop,
+            ok,
+            failed,
+            errors,
+            threads,
+        }
+    }
+
+    fn ok(&self) -> usize {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    fn finish(self) -> (usize, usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().expect("traffic thread");
+        }
+        let errors = self.errors.lock().unwrap().clone();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            errors,
+        )
+    }
+}
+
+fn config(admin: u16, listen: u16, broker: &Mosquitto, peers: &str) -> String {
+    format!(
+        "[limits]\nshutdown_grace = \"3s\"\n{peers}\n{}",
+        basic_config(
+            listen,
+            admin,
+            "dynsec",
+            &[broker],
+            "[clusters.brokers.sticky]\nkey = \"client_id\"\nsessions = \"persistent\"\n"
+        )
+    )
+}
+
+/// Start `new`, check it takes clients, SIGTERM `old`; traffic runs throughout.
+fn restart(
+    old: &mut Gate,
+    dir: &std::path::Path,
+    toml: &str,
+    admin: u16,
+    traffic: &Traffic,
+) -> Gate {
+    let base = traffic.ok();
+    wait_until(Duration::from_secs(10), "steady traffic", || {
+        traffic.ok() > base + 50
+    });
+    let new = Gate::start(dir, "gate-new", toml, admin);
+    wait_until(Duration::from_secs(10), "new process takes clients", || {
+        new.metric("mqgate_connections_total", &[]) > 10.0
+    });
+    let t = Instant::now();
+    assert_eq!(old.stop(), Some(0), "old process drains and exits 0");
+    eprintln!("old process exited {:?} after SIGTERM", t.elapsed());
+    let base = traffic.ok();
+    wait_until(Duration::from_secs(10), "traffic continues", || {
+        traffic.ok() > base + 100
+    });
+    new
+}
+
+#[test]
+fn restart_under_steady_connect_traffic_loses_no_connect() {
+    let dir = tempdir();
+    let broker = Mosquitto::start("b1", dir.path());
+    let (admin_a, admin_b, listen) = (free_port(), free_port(), free_port());
+    let mut a = Gate::start(
+        dir.path(),
+        "gate-old",
+        &config(admin_a, listen, &broker, ""),
+        admin_a,
+    );
+    wait_until(Duration::from_secs(10), "node up", || {
+        a.metric("mqgate_node_up", &[]) == 1.0
+    });
+    let traffic = Traffic::start(listen, 4);
+    let b = restart(
+        &mut a,
+        dir.path(),
+        &config(admin_b, listen, &broker, ""),
+        admin_b,
+        &traffic,
+    );
+    let (ok, failed, errors) = traffic.finish();
+    eprintln!(
+        "restart: {ok} connects, {failed} failed: {:?}",
+        &errors[..errors.len().min(5)]
+    );
+    assert!(b.log_text().contains("listening"));
+    assert_eq!(failed, 0, "failed connects during the restart: {errors:?}");
+}
+
+#[test]
+fn new_process_takes_the_sticky_table_over_from_the_old_one_as_a_peer() {
+    let dir = tempdir();
+    let broker = Mosquitto::start("b1", dir.path());
+    let secret = dir.path().join("peers.secret");
+    std::fs::write(&secret, "restart-test-secret\n").unwrap();
+    let (admin_a, admin_b, listen, peer_a, peer_b) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let peers = |me: &str, bind: u16, other: &str, other_port: u16| {
+        format!(
+            "[peers]\nname = \"{me}\"\nbind = \"127.0.0.1:{bind}\"\nsecret_file = \"{}\"\n\
+             peers = [ {{ name = \"{other}\", address = \"127.0.0.1:{other_port}\" }} ]\n",
+            secret.display()
+        )
+    };
+    let toml_a = config(
+        admin_a,
+        listen,
+        &broker,
+        &peers("gate-old", peer_a, "gate-new", peer_b),
+    );
+    let toml_b = config(
+        admin_b,
+        listen,
+        &broker,
+        &peers("gate-new", peer_b, "gate-old", peer_a),
+    );
+    let mut a = Gate::start(dir.path(), "gate-old", &toml_a, admin_a);
+    wait_until(Duration::from_secs(10), "node up", || {
+        a.metric("mqgate_node_up", &[]) == 1.0
+    });
+    for i in 0..20 {
+        session(listen, &format!("keeper-{i}"), true).expect("persistent client");
+    }
+    let sticky = |port: u16, key: &str| {
+        http(
+            "GET",
+            port,
+            &format!("/api/v1/clusters/brokers/sticky/{key}"),
+            None,
+            None,
+        )
+        .map(|(s, _)| s)
+        .unwrap_or(0)
+    };
+    assert_eq!(sticky(admin_a, "keeper-7"), 200);
+
+    let traffic = Traffic::start(listen, 2);
+    let b = restart(&mut a, dir.path(), &toml_b, admin_b, &traffic);
+    let (ok, failed, errors) = traffic.finish();
+    eprintln!(
+        "restart with peers: {ok} connects, {failed} failed: {:?}",
+        &errors[..errors.len().min(5)]
+    );
+    for i in 0..20 {
+        assert_eq!(
+            sticky(admin_b, &format!("keeper-{i}")),
+            200,
+            "keeper-{i} taken over"
+        );
+    }
+    assert_eq!(failed, 0, "failed connects during the restart: {errors:?}");
+}
