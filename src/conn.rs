@@ -1,9 +1,10 @@
 //! One client connection, from accept to close. See `src/LIFECYCLE.md`.
 //!
-//! accept → [PROXY header] → [TLS handshake] → read CONNECT (deadline, size cap)
-//! → pick node(s) → connect upstream (timeout, retries) → forward the original bytes
-//! → relay both ways (CONNACK observed) → close on EOF, error, node/listener
-//! cancellation or shutdown. Every refusal is counted once and logged once at debug.
+//! accept → `max_connections` slot → [PROXY header] → [TLS handshake] → read CONNECT
+//! (deadline, size cap) → pick node(s) → connect upstream (timeout, retries) → forward
+//! the original bytes → relay both ways (CONNACK observed, half-closes passed on, at
+//! most [`CLOSE_LINGER`] half-open) → close on EOF, error, node/listener cancellation
+//! or shutdown. Every refusal is counted once and logged once at debug.
 
 use crate::cluster::{Cluster, Node};
 use crate::gateway::{ListenerRt, Runtime, Shared};
@@ -62,6 +63,10 @@ pub async fn handle(
                         peer = src;
                     }
                     proxied = Some(info);
+                    let rate = limits.per_ip_connect_rate;
+                    if crate::listener::over_rate(&shared, &lst.config.name, peer, rate) {
+                        return;
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "refused: PROXY header");
@@ -77,15 +82,17 @@ pub async fn handle(
             tls_info: None,
         };
         match lst.tls.as_ref().map(|t| t.load_full()) {
-            None => serve(&shared, &rt, &lst, tcp, ctx, slot).await,
+            // Boxed: the task keeps only the future of the transport in use, not the
+            // largest of plain, TLS handshake and TLS serve (idle memory per connection).
+            None => Box::pin(serve(&shared, &rt, &lst, tcp, ctx, slot)).await,
             Some(acceptor) => {
                 let deadline = Instant::now() + limits.tls_handshake_timeout;
-                match timeout_at(deadline.into(), acceptor.accept(tcp)).await {
+                match timeout_at(deadline.into(), Box::pin(acceptor.accept(tcp))).await {
                     Ok(Ok(stream)) => {
                         let mut ctx = ctx;
                         ctx.tls_info =
                             Some(crate::proxy::TlsInfo::from_server_conn(stream.get_ref().1));
-                        serve(&shared, &rt, &lst, stream, ctx, slot).await
+                        Box::pin(serve(&shared, &rt, &lst, stream, ctx, slot)).await
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "refused: TLS handshake failed");
@@ -238,7 +245,10 @@ async fn serve<S>(
     let limits = &rt.config.limits;
     let lname = lst.config.name.as_str();
     let deadline = Instant::now() + limits.connect_timeout;
-    let (buf, len) = match read_connect(&mut client, limits.max_connect_size, deadline).await {
+    // Set-up futures are boxed so that their state is freed before the relay runs
+    // instead of staying part of every idle connection's task.
+    let reading = Box::pin(read_connect(&mut client, limits.max_connect_size, deadline));
+    let (buf, len) = match reading.await {
         Ok(x) => x,
         Err(ReadError::Reject(reason, why)) => {
             tracing::debug!(reason = reason.as_str(), "refused: {why}");
@@ -248,7 +258,7 @@ async fn serve<S>(
         Err(ReadError::Protocol(level)) => {
             tracing::debug!(level, "refused: unsupported protocol level");
             shared.metrics.reject(lname, Reject::Protocol);
-            refuse(&mut client, false, 0x01).await;
+            Box::pin(refuse(&mut client, false, 0x01)).await;
             return;
         }
     };
@@ -266,7 +276,7 @@ async fn serve<S>(
             tracing::debug!(reason = reason.as_str(), "refused: {why}");
             shared.metrics.reject(lname, reason);
             if level.is_some() {
-                refuse(&mut client, false, 0x01).await;
+                Box::pin(refuse(&mut client, false, 0x01)).await;
             }
             return;
         }
@@ -281,7 +291,7 @@ async fn serve<S>(
     if !slot.granted {
         tracing::debug!("refused: max_connections reached");
         shared.metrics.reject(lname, Reject::Busy);
-        refuse(&mut client, v5, if v5 { 0x89 } else { 0x03 }).await;
+        Box::pin(refuse(&mut client, v5, if v5 { 0x89 } else { 0x03 })).await;
         return;
     }
     let cluster = &lst.cluster;
@@ -289,7 +299,7 @@ async fn serve<S>(
     let cfg = cluster.config();
     let mut upstream = None;
     for node in &pick.nodes {
-        match connect_upstream(node, cfg.connect_timeout).await {
+        match Box::pin(connect_upstream(node, cfg.connect_timeout)).await {
             Ok(s) => {
                 upstream = Some((node.clone(), s));
                 break;
@@ -305,7 +315,7 @@ async fn serve<S>(
             "refused: no node can take the client"
         );
         shared.metrics.reject(lname, Reject::NoNode);
-        refuse(&mut client, v5, if v5 { 0x88 } else { 0x03 }).await;
+        Box::pin(refuse(&mut client, v5, if v5 { 0x88 } else { 0x03 })).await;
         return;
     };
     tracing::Span::current().record("node", node.name.as_str());
@@ -326,7 +336,7 @@ async fn serve<S>(
     if let Err(e) = first {
         tracing::debug!(error = %e, "refused: forwarding CONNECT to the node failed");
         shared.metrics.reject(lname, Reject::NoNode);
-        refuse(&mut client, v5, if v5 { 0x88 } else { 0x03 }).await;
+        Box::pin(refuse(&mut client, v5, if v5 { 0x88 } else { 0x03 })).await;
         return;
     }
     cluster.landed(pick.sticky, &node);

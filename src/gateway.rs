@@ -80,7 +80,7 @@ pub struct Shared {
     /// Peer links and the sticky snapshot (`crate::peers`).
     pub peers: crate::peers::PeersHandle,
     /// Changes the log filter on reload (set by the binary).
-    pub log_level: Mutex<Option<Box<dyn Fn(&str) + Send + Sync>>>,
+    pub log_level: Mutex<Option<crate::logging::LevelSetter>>,
 }
 
 impl Shared {
@@ -101,16 +101,18 @@ impl Shared {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("listener `{listener}`: cannot bind {bind}: {source}")]
+    // The cause is part of the message (not a `source`), so that `{:#}` chains do not
+    // print it twice.
+    #[error("listener `{listener}`: cannot bind {bind}: {error}")]
     Bind {
         listener: String,
         bind: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("listener `{listener}`: {source}")]
+    #[error("listener `{listener}`: {error}")]
     Tls {
         listener: String,
-        source: crate::tls::TlsError,
+        error: crate::tls::TlsError,
     },
     #[error("{0}")]
     Config(#[from] ConfigErrors),
@@ -169,7 +171,7 @@ impl Gateway {
             return Err(ApplyError::Bind {
                 listener: "peers".into(),
                 bind: bind.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
-                source: e.into_io(),
+                error: e.into_io(),
             });
         }
         gw.spawn_sweeper();
@@ -230,9 +232,9 @@ impl Gateway {
         let mut acceptors: HashMap<String, TlsAcceptor> = HashMap::new();
         for l in &cfg.listeners {
             if let Some(t) = &l.tls {
-                let sc = crate::tls::server_config(t).map_err(|source| ApplyError::Tls {
+                let sc = crate::tls::server_config(t).map_err(|error| ApplyError::Tls {
                     listener: l.name.clone(),
-                    source,
+                    error,
                 })?;
                 acceptors.insert(l.name.clone(), TlsAcceptor::from(sc));
             }
@@ -246,10 +248,10 @@ impl Gateway {
                     .map(|s| s.bind == l.bind)
                     .unwrap_or(false);
                 if !keep {
-                    let sock = listener::bind(l.bind).map_err(|source| ApplyError::Bind {
+                    let sock = listener::bind(l.bind).map_err(|error| ApplyError::Bind {
                         listener: l.name.clone(),
                         bind: l.bind,
-                        source,
+                        error,
                     })?;
                     new_sockets.insert(l.name.clone(), sock);
                 }
@@ -332,7 +334,7 @@ impl Gateway {
                     Some(s) => s,
                     None => continue,
                 };
-                shared.metrics.init_listener(&l.name);
+                shared.metrics.init_listener(&l.name, l.tls.is_some());
                 listeners_now.insert(
                     l.name.clone(),
                     Arc::new(ListenerRt {
@@ -378,15 +380,18 @@ impl Gateway {
             .set(crate::sticky::now_ms() as i64 / 1000);
         crate::peers::reconfigure(shared);
         for (name, sock, stop) in to_start {
-            let l = tokio::net::TcpListener::from_std(sock).map_err(|source| ApplyError::Bind {
+            let l = tokio::net::TcpListener::from_std(sock).map_err(|error| ApplyError::Bind {
                 listener: name.clone(),
                 bind: SocketAddr::from(([0, 0, 0, 0], 0)),
-                source,
+                error,
             })?;
             let stop = stop.clone();
             let combined = shared.stopping.clone();
             let shared2 = shared.clone();
-            shared.bg_tracker.spawn(async move {
+            // On the connection tracker, so that shutdown's wait cannot finish while an
+            // accept loop may still hand over one last connection (it would be dropped
+            // when the process exits: a failed connect during a restart).
+            shared.tracker.spawn(async move {
                 let stop2 = stop.clone();
                 tokio::select! {
                     _ = listener::accept_loop(shared2, name, l, stop2) => {}
@@ -467,7 +472,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 pub async fn run_with(
     config: Config,
     shutdown: CancellationToken,
-    set_log_level: Option<Box<dyn Fn(&str) + Send + Sync>>,
+    set_log_level: Option<crate::logging::LevelSetter>,
 ) -> anyhow::Result<()> {
     let gw = Gateway::start(config).await.context("starting mqgate")?;
     *lock(&gw.shared.log_level) = set_log_level;

@@ -4,8 +4,8 @@
 //! node is changing state the next probe comes after `fast_interval`, while it is down
 //! after `down_interval`. A node's first probe decides its state at once, so a fresh
 //! gateway knows the full-sync leader after one round. Only state changes are logged
-//! (once, at `info`) and counted (`mqgate_node_up` flips, `mqgate_health_checks_total`
-//! counts every probe). While a full-sync cluster has no leader, down nodes are probed
+//! (once, at `info`) and counted (`mqgate_node_state_changes_total`; every probe is
+//! counted in `mqgate_health_checks_total`). While a full-sync cluster has no leader, down nodes are probed
 //! every `fast_interval` instead of `down_interval`, so that the new leader is found
 //! quickly. The same task re-resolves DNS names every `dns_refresh`, and at once when
 //! a reload changed the node's address.

@@ -1,7 +1,8 @@
 //! Listeners: bind client-facing sockets and run their accept loops.
 //!
 //! The accept loop does as little as possible: accept, apply the per-IP connection
-//! rate, and spawn one task per connection (`conn::handle`), which does the PROXY
+//! rate (on listeners with `proxy_protocol`, `conn` applies it to the address the
+//! PROXY header names instead), and spawn one task per connection (`conn::handle`), which does the PROXY
 //! header, TLS handshake and CONNECT read under their own deadlines. Accept errors
 //! such as "too many open files" back off instead of spinning.
 
@@ -56,12 +57,11 @@ pub async fn accept_loop(
                 let Some(lst) = rt.listeners.get(&name).cloned() else {
                     continue;
                 };
-                if !shared
-                    .rate
-                    .allow(peer.ip(), rt.config.limits.per_ip_connect_rate)
+                // Behind a PROXY-protocol balancer every connection comes from the
+                // balancer: the rate applies to the real client, once its header is read.
+                if !lst.config.proxy_protocol
+                    && over_rate(&shared, &name, peer, rt.config.limits.per_ip_connect_rate)
                 {
-                    shared.metrics.reject(&name, crate::metrics::Reject::Rate);
-                    tracing::debug!(client.addr = %peer, listener = %name, "refused: over per_ip_connect_rate");
                     drop(tcp);
                     continue;
                 }
@@ -83,6 +83,19 @@ pub async fn accept_loop(
         }
     }
     tracing::debug!(listener = %name, "listener stopped accepting");
+}
+
+/// Apply `per_ip_connect_rate` to a new connection from `peer`; when it is over,
+/// count and log the refusal and answer true (the caller closes the connection).
+pub fn over_rate(shared: &Shared, listener: &str, peer: SocketAddr, rate: u32) -> bool {
+    if shared.rate.allow(peer.ip(), rate) {
+        return false;
+    }
+    shared
+        .metrics
+        .reject(listener, crate::metrics::Reject::Rate);
+    tracing::debug!(client.addr = %peer, listener, "refused: over per_ip_connect_rate");
+    true
 }
 
 fn is_resource_error(e: &io::Error) -> bool {

@@ -2,10 +2,14 @@
 //! `RUST_LOG` taking precedence; the level can be changed on reload.
 
 use crate::config::LogFormat;
+use std::io::IsTerminal;
 use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter, Registry};
 
+/// Changes the log level of the installed subscriber (used on reload).
+pub type LevelSetter = Box<dyn Fn(&str) + Send + Sync>;
+
 /// Install the global subscriber. Returns a function that changes the level.
-pub fn init(level: &str, format: LogFormat) -> Box<dyn Fn(&str) + Send + Sync> {
+pub fn init(level: &str, format: LogFormat) -> LevelSetter {
     let env = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty());
     let filter = EnvFilter::try_new(env.as_deref().unwrap_or(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -21,7 +25,11 @@ pub fn init(level: &str, format: LogFormat) -> Box<dyn Fn(&str) + Send + Sync> {
             )
             .try_init(),
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
             .try_init(),
     };
     if installed.is_err() {

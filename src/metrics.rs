@@ -23,6 +23,7 @@ pub mod names {
     pub const LEADER_CHANGES_TOTAL: &str = "mqgate_leader_changes_total";
     pub const HEALTH_CHECKS_TOTAL: &str = "mqgate_health_checks_total";
     pub const HEALTH_CHECK_DURATION_SECONDS: &str = "mqgate_health_check_duration_seconds";
+    pub const NODE_STATE_CHANGES_TOTAL: &str = "mqgate_node_state_changes_total";
     pub const STICKY_ENTRIES: &str = "mqgate_sticky_entries";
     pub const STICKY_LOOKUPS_TOTAL: &str = "mqgate_sticky_lookups_total";
     pub const PEER_UP: &str = "mqgate_peer_up";
@@ -86,6 +87,7 @@ pub struct Metrics {
     pub leader_changes: IntCounterVec,
     pub health_checks: IntCounterVec,
     pub health_check_duration: HistogramVec,
+    pub node_state_changes: IntCounterVec,
     pub sticky_entries: IntGaugeVec,
     pub sticky_lookups: IntCounterVec,
     pub peer_up: IntGaugeVec,
@@ -217,6 +219,12 @@ impl Metrics {
                 &["cluster", "node"],
                 lat,
             ),
+            node_state_changes: counter(
+                &r,
+                NODE_STATE_CHANGES_TOTAL,
+                "Health state changes of a node decided by its checks, by new state.",
+                &["cluster", "node", "state"],
+            ),
             sticky_entries: gauge(
                 &r,
                 STICKY_ENTRIES,
@@ -275,7 +283,10 @@ impl Metrics {
     }
 
     /// Pre-create the reject counters of a listener so that they show as 0.
-    pub fn init_listener(&self, listener: &str) {
+    pub fn init_listener(&self, listener: &str, tls: bool) {
+        if tls {
+            self.tls_handshake_failures.with_label_values(&[listener]);
+        }
         for r in [
             Reject::Invalid,
             Reject::Malformed,

@@ -454,6 +454,11 @@ fn cli_drain_and_maint_change_routing() {
     );
 
     // Maintenance closes its sessions; the client reconnects elsewhere.
+    wait_until(
+        Duration::from_secs(10),
+        "only the sticky session on its node",
+        || gate.metric("mqgate_connections_active", &[("node", home)]) == 1.0,
+    );
     let out = cli(port, Some(TOKEN), &["node", "maint", "brokers", home]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(

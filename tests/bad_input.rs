@@ -43,7 +43,9 @@ fn setup(limits: &str) -> Setup {
 /// Send `bytes`, then expect `reply` and a close; the rejection is counted under
 /// `reason`, logged at debug with the peer address, and a normal client still works.
 fn expect_refusal(s: &Setup, what: &str, bytes: &[u8], reply: &[u8], reason: &str) {
-    let before = s.gate.metric(REJECTED, &[("listener", "mqtt"), ("reason", reason)]);
+    let before = s
+        .gate
+        .metric(REJECTED, &[("listener", "mqtt"), ("reason", reason)]);
     let mut c = tcp(s.port);
     let me = c.local_addr().expect("local addr").to_string();
     // The gateway may close before reading everything (too_large): a failed write is fine.
@@ -51,15 +53,25 @@ fn expect_refusal(s: &Setup, what: &str, bytes: &[u8], reply: &[u8], reason: &st
     let (got, ended) = read_to_close(&mut c, Duration::from_secs(10));
     assert_eq!(got, reply, "{what}: reply");
     assert_ne!(ended, Ended::Open, "{what}: connection must be closed");
-    wait_until(Duration::from_secs(5), &format!("{what}: counted as {reason}"), || {
-        s.gate.metric(REJECTED, &[("listener", "mqtt"), ("reason", reason)]) == before + 1.0
-    });
-    wait_until(Duration::from_secs(5), &format!("{what}: debug log line"), || {
-        s.gate
-            .log_text()
-            .lines()
-            .any(|l| l.contains("DEBUG") && l.contains(&me) && l.contains("refused"))
-    });
+    wait_until(
+        Duration::from_secs(5),
+        &format!("{what}: counted as {reason}"),
+        || {
+            s.gate
+                .metric(REJECTED, &[("listener", "mqtt"), ("reason", reason)])
+                == before + 1.0
+        },
+    );
+    wait_until(
+        Duration::from_secs(5),
+        &format!("{what}: debug log line"),
+        || {
+            s.gate
+                .log_text()
+                .lines()
+                .any(|l| l.contains("DEBUG") && l.contains(&me) && l.contains("refused"))
+        },
+    );
     let mut ok = raw_session(s.port, &format!("after-{reason}"));
     assert!(ping(&mut ok), "{what}: a legitimate client still works");
 }
@@ -80,11 +92,16 @@ fn invalid_first_bytes_are_closed_without_contacting_a_broker() {
         ("HTTP request", b"GET / HTTP/1.1\r\nHost: example\r\n\r\n"),
         (
             "TLS ClientHello on the plain port",
-            &[0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x03],
+            &[
+                0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x03,
+            ],
         ),
         ("garbage", b"\xff\xfe\x00hello garbage"),
         ("PINGREQ before CONNECT", &[0xC0, 0x00]),
-        ("SUBSCRIBE before CONNECT", &[0x82, 0x05, 0x00, 0x01, 0x00, 0x00, 0x00]),
+        (
+            "SUBSCRIBE before CONNECT",
+            &[0x82, 0x05, 0x00, 0x01, 0x00, 0x00, 0x00],
+        ),
     ];
     let connects_before = s.gate.metric("mqgate_connack_total", &[]);
     for (what, bytes) in cases {
@@ -111,7 +128,10 @@ fn malformed_connects_are_closed() {
             "client id length past the end",
             connect_body(b"MQTT", 4, 0x02, &[&[0x00, 0x64], b"abc"]),
         ),
-        ("5-byte remaining length", vec![0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]),
+        (
+            "5-byte remaining length",
+            vec![0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+        ),
         ("fixed header flags set", {
             let mut p = connect_v311("flags");
             p[0] = 0x12;
@@ -123,7 +143,12 @@ fn malformed_connects_are_closed() {
         ),
         (
             "will QoS 3",
-            connect_body(b"MQTT", 4, 0x1E, &[&mqtt_field(b"id"), &mqtt_field(b"t"), &mqtt_field(b"p")]),
+            connect_body(
+                b"MQTT",
+                4,
+                0x1E,
+                &[&mqtt_field(b"id"), &mqtt_field(b"t"), &mqtt_field(b"p")],
+            ),
         ),
         (
             "bad UTF-8 in client id",
@@ -131,7 +156,12 @@ fn malformed_connects_are_closed() {
         ),
         (
             "bad UTF-8 in username",
-            connect_body(b"MQTT", 4, 0x82, &[&mqtt_field(b"id"), &mqtt_field(b"\xc3\x28")]),
+            connect_body(
+                b"MQTT",
+                4,
+                0x82,
+                &[&mqtt_field(b"id"), &mqtt_field(b"\xc3\x28")],
+            ),
         ),
         (
             "bad UTF-8 in will topic",
@@ -139,12 +169,21 @@ fn malformed_connects_are_closed() {
                 b"MQTT",
                 4,
                 0x06,
-                &[&mqtt_field(b"id"), &mqtt_field(b"a\xffb"), &mqtt_field(b"p")],
+                &[
+                    &mqtt_field(b"id"),
+                    &mqtt_field(b"a\xffb"),
+                    &mqtt_field(b"p"),
+                ],
             ),
         ),
         (
             "v5 unknown property",
-            connect_body(b"MQTT", 5, 0x02, &[&v5_props(&[0x7F, 0x00]), &mqtt_field(b"id")]),
+            connect_body(
+                b"MQTT",
+                5,
+                0x02,
+                &[&v5_props(&[0x7F, 0x00]), &mqtt_field(b"id")],
+            ),
         ),
         (
             "v5 duplicate session expiry",
@@ -172,9 +211,21 @@ fn malformed_connects_are_closed() {
 fn unsupported_protocol_level_gets_connack_0x01() {
     let s = setup("connect_timeout = \"2s\"");
     let level6 = connect_body(b"MQTT", 6, 0x02, &[&mqtt_field(b"future")]);
-    expect_refusal(&s, "MQTT level 6", &level6, &[0x20, 0x02, 0x00, 0x01], "protocol");
+    expect_refusal(
+        &s,
+        "MQTT level 6",
+        &level6,
+        &[0x20, 0x02, 0x00, 0x01],
+        "protocol",
+    );
     let mqisdp4 = connect_body(b"MQIsdp", 4, 0x02, &[&mqtt_field(b"old")]);
-    expect_refusal(&s, "MQIsdp level 4", &mqisdp4, &[0x20, 0x02, 0x00, 0x01], "protocol");
+    expect_refusal(
+        &s,
+        "MQIsdp level 4",
+        &mqisdp4,
+        &[0x20, 0x02, 0x00, 0x01],
+        "protocol",
+    );
 }
 
 #[test]
@@ -183,7 +234,10 @@ fn incomplete_connect_times_out() {
     let full = connect_v311("slowpoke");
     let started = Instant::now();
     expect_refusal(&s, "half a CONNECT", &full[..7], &[], "timeout");
-    assert!(started.elapsed() >= Duration::from_millis(500), "closed at the deadline, not before");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "closed at the deadline, not before"
+    );
     // Nothing at all is a timeout too.
     expect_refusal(&s, "silent client", &[], &[], "timeout");
 }
@@ -224,8 +278,14 @@ fn over_max_connections_gets_server_busy() {
     let (got, ended) = read_to_close(&mut c, Duration::from_secs(10));
     assert_eq!(got, [0x20, 0x03, 0x00, 0x89, 0x00], "v5: server busy");
     assert_ne!(ended, Ended::Open);
-    assert_eq!(s.gate.metric(REJECTED, &[("reason", "busy")]), v3_before + 2.0);
-    assert!(s.gate.log_text().contains("refused: max_connections reached"));
+    assert_eq!(
+        s.gate.metric(REJECTED, &[("reason", "busy")]),
+        v3_before + 2.0
+    );
+    assert!(s
+        .gate
+        .log_text()
+        .contains("refused: max_connections reached"));
     // The session that holds the slot is undisturbed; once it leaves, a new one fits.
     assert!(ping(&mut holder));
     drop(holder);
@@ -253,8 +313,12 @@ fn no_node_gets_server_unavailable_then_recovers() {
     let s = |v5: bool| {
         let mut c = tcp(port);
         let me = c.local_addr().expect("addr").to_string();
-        c.write_all(&if v5 { connect_v5("nn5") } else { connect_v311("nn3") })
-            .expect("send");
+        c.write_all(&if v5 {
+            connect_v5("nn5")
+        } else {
+            connect_v311("nn3")
+        })
+        .expect("send");
         let (got, ended) = read_to_close(&mut c, Duration::from_secs(10));
         assert_ne!(ended, Ended::Open);
         (got, me)
@@ -262,7 +326,11 @@ fn no_node_gets_server_unavailable_then_recovers() {
     let (got, me) = s(false);
     assert_eq!(got, [0x20, 0x02, 0x00, 0x03], "v3: server unavailable");
     let (got5, _) = s(true);
-    assert_eq!(got5, [0x20, 0x03, 0x00, 0x88, 0x00], "v5: server unavailable");
+    assert_eq!(
+        got5,
+        [0x20, 0x03, 0x00, 0x88, 0x00],
+        "v5: server unavailable"
+    );
     assert_eq!(gate.metric(REJECTED, &[("reason", "no_node")]), 2.0);
     wait_until(Duration::from_secs(5), "debug line", || {
         gate.log_text()
@@ -271,12 +339,16 @@ fn no_node_gets_server_unavailable_then_recovers() {
     });
     // The broker comes up: clients get through again.
     let _broker = Mosquitto::start_on("b1", dir.path(), broker_port, MosquittoOpts::default());
-    wait_until(Duration::from_secs(10), "client accepted once the node is up", || {
-        let mut c = tcp(port);
-        let _ = c.write_all(&connect_v311("back"));
-        let (got, _) = read_to_close(&mut c, Duration::from_millis(300));
-        got.starts_with(&[0x20, 0x02, 0x00, 0x00])
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "client accepted once the node is up",
+        || {
+            let mut c = tcp(port);
+            let _ = c.write_all(&connect_v311("back"));
+            let (got, _) = read_to_close(&mut c, Duration::from_millis(300));
+            got.starts_with(&[0x20, 0x02, 0x00, 0x00])
+        },
+    );
 }
 
 #[test]
@@ -304,13 +376,60 @@ fn over_per_ip_connect_rate_is_closed_at_accept() {
     assert!(got.is_empty(), "no reply: {got:02x?}");
     assert_ne!(ended, Ended::Open);
     assert_eq!(s.gate.metric(REJECTED, &[("reason", "rate")]), 1.0);
-    assert!(s.gate.log_text().contains("refused: over per_ip_connect_rate"));
+    assert!(s
+        .gate
+        .log_text()
+        .contains("refused: over per_ip_connect_rate"));
     // Established sessions are not affected, and the bucket refills.
     assert!(ping(&mut first));
-    wait_until(Duration::from_secs(5), "accepted again after the refill", || {
-        let mut c = tcp(s.port);
-        let _ = c.write_all(&connect_v311("rate-4"));
-        let (got, _) = read_to_close(&mut c, Duration::from_millis(300));
-        got.starts_with(&[0x20, 0x02, 0x00, 0x00])
+    wait_until(
+        Duration::from_secs(5),
+        "accepted again after the refill",
+        || {
+            let mut c = tcp(s.port);
+            let _ = c.write_all(&connect_v311("rate-4"));
+            let (got, _) = read_to_close(&mut c, Duration::from_millis(300));
+            got.starts_with(&[0x20, 0x02, 0x00, 0x00])
+        },
+    );
+}
+
+#[test]
+fn per_ip_rate_behind_a_proxy_applies_to_the_real_client() {
+    let dir = tempdir();
+    let broker = Mosquitto::start("b1", dir.path());
+    let (port, admin) = (free_port(), free_port());
+    let toml = format!(
+        "{}\n[limits]\nper_ip_connect_rate = 1\n\n[[listeners]]\nname = \"mqtt\"\nbind = \"127.0.0.1:{port}\"\n\
+         cluster = \"brokers\"\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.1/32\"]\n\n\
+         [clusters.brokers]\nmode = \"dynsec\"\nnodes = [ {{ name = \"b1\", address = \"{}\" }} ]\n",
+        Gate::admin_section(admin),
+        broker.address()
+    );
+    let gate = Gate::start(dir.path(), "gate", &toml, admin);
+    let via_proxy = |src: &str, id: &str| {
+        let mut c = tcp(port);
+        let mut bytes = format!("PROXY TCP4 {src} 10.9.9.9 40000 1883\r\n").into_bytes();
+        bytes.extend(connect_v311(id));
+        let _ = c.write_all(&bytes);
+        let mut got = [0u8; 4];
+        std::io::Read::read_exact(&mut c, &mut got).is_ok() && got == [0x20, 0x02, 0x00, 0x00]
+    };
+    wait_until(Duration::from_secs(10), "first client through", || {
+        via_proxy("10.0.0.1", "p1")
     });
+    // All connections come from the balancer (127.0.0.1); only the real source counts.
+    assert!(
+        !via_proxy("10.0.0.1", "p1-again"),
+        "same client over its rate"
+    );
+    assert!(
+        via_proxy("10.0.0.2", "p2"),
+        "another client behind the same balancer"
+    );
+    assert_eq!(gate.metric(REJECTED, &[("reason", "rate")]), 1.0);
+    let log = gate.log_text();
+    assert!(log
+        .lines()
+        .any(|l| l.contains("refused: over per_ip_connect_rate") && l.contains("10.0.0.1")));
 }

@@ -287,11 +287,12 @@ fn start_dynsec_node(dir: &Path, name: &str) -> Mosquitto {
             deny_anonymous: true,
         },
     );
-    provision(m.port);
+    provision(&m);
     m
 }
 
-fn provision(port: u16) {
+fn provision(m: &Mosquitto) {
+    let port = m.port;
     let mut cmds = vec![serde_json::json!({
         "command": "setDefaultACLAccess",
         "acls": [
@@ -308,15 +309,20 @@ fn provision(port: u16) {
         cmds.push(serde_json::json!({ "command": "createClient", "username": u, "password": p }));
     }
     let body = serde_json::json!({ "commands": cmds }).to_string();
-    let (mut admin, _) = Client::accepted(port, &Opts::new("provision").login("admin", ADMIN_PASS))
-        .expect("dynsec admin login");
+    let (mut admin, _) = Client::accepted(
+        port,
+        &Opts::new(&format!("provision-{port}")).login("admin", ADMIN_PASS),
+    )
+    .expect("dynsec admin login");
     admin
         .subscribe("$CONTROL/dynamic-security/v1/response")
         .expect("subscribe to responses");
     admin
         .publish("$CONTROL/dynamic-security/v1", body.as_bytes())
         .expect("send dynsec commands");
-    let (_, reply) = admin.next_publish(T).expect("dynsec response");
+    let (_, reply) = admin
+        .next_publish(T)
+        .unwrap_or_else(|e| panic!("dynsec response: {e}; broker log:\n{}", m.log()));
     let reply = String::from_utf8_lossy(&reply);
     assert!(
         !reply.contains("\"error\""),
@@ -369,7 +375,7 @@ fn dynamic_security_plugin_with_username_key() {
         gate,
         listen,
         admin,
-        // Client ids change between connections; the username keeps the client home.
+        // The sticky key is the username (the dynsec HAProxy example sticks on it).
         opts: |i| {
             Opts::new(&format!("uc-{i}"))
                 .persistent()
@@ -398,6 +404,11 @@ fn mqtt_health_check_sends_credentials() {
         bad.metric("mqgate_health_checks_total", &[("result", "fail")]) >= 5.0
     });
     assert_eq!(bad.metric("mqgate_node_up", &[]), 0.0);
+    assert_eq!(
+        bad.metric("mqgate_node_state_changes_total", &[("state", "down")]),
+        1.0,
+        "one state change counted, not one per probe"
+    );
     assert_eq!(
         bad.metric("mqgate_health_checks_total", &[("result", "ok")]),
         0.0
@@ -429,6 +440,10 @@ fn mqtt_health_check_sends_credentials() {
         let cfg = dynsec_gate_config(dir.path(), &nodes, listen, admin, password, check);
         let g = Gate::start(dir.path(), name, &cfg, admin);
         wait_until(T, "node up", || g.metric("mqgate_node_up", &[]) == 1.0);
+        assert_eq!(
+            g.metric("mqgate_node_state_changes_total", &[("state", "up")]),
+            1.0
+        );
         let log = g.log_text();
         assert_eq!(log.matches("node is up").count(), 1, "{log}");
         let (_, ack) =

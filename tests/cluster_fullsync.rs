@@ -153,7 +153,7 @@ fn clients_follow_the_leader() {
     println!(
         "full-sync failover: {took:?} from the new leader's listener opening to the first \
          client publishing through it ({attempts} connection attempts; health interval 100ms, \
-         fast 50ms, down 100ms, rise 2)"
+         fast 50ms, down 100ms, rise 2, fall 3)"
     );
     assert_eq!(leader_of(&gate).as_deref(), Some("node2"));
 

@@ -31,7 +31,9 @@ fn setup(n: usize, cluster_extra: &str, health: Option<&str>) -> Setup {
     let mut toml = basic_config(port, admin, "dynsec", &refs, cluster_extra);
     if let Some(h) = health {
         // Replace the helper's health section with the caller's.
-        let i = toml.find("[clusters.brokers.health]").expect("health section");
+        let i = toml
+            .find("[clusters.brokers.health]")
+            .expect("health section");
         toml.truncate(i);
         toml.push_str(h);
     }
@@ -57,7 +59,9 @@ fn mqtt_31_311_and_5_clients_publish_and_subscribe() {
         let got = cli_round_trip(s.port, &[], version, &format!("cli/{version}"), &msg);
         assert_eq!(got.trim_end(), msg, "{version}");
         assert!(
-            s.gate.metric("mqgate_connect_packets_total", &[("protocol", label)]) >= 2.0,
+            s.gate
+                .metric("mqgate_connect_packets_total", &[("protocol", label)])
+                >= 2.0,
             "{label} CONNECTs counted"
         );
     }
@@ -82,7 +86,10 @@ fn payloads() -> Vec<(rumqttc::QoS, Vec<u8>)> {
     }
     vec![
         (rumqttc::QoS::AtMostOnce, all.clone()),
-        (rumqttc::QoS::AtLeastOnce, all.iter().rev().cloned().collect()),
+        (
+            rumqttc::QoS::AtLeastOnce,
+            all.iter().rev().cloned().collect(),
+        ),
         (rumqttc::QoS::ExactlyOnce, all),
         (rumqttc::QoS::ExactlyOnce, big),
     ]
@@ -99,7 +106,8 @@ fn qos_0_1_2_binary_payloads_arrive_intact_v311() {
         o
     };
     let (sub, mut sub_conn) = Client::new(opts("bin-sub"), 16);
-    sub.subscribe("bin/#", rumqttc::QoS::ExactlyOnce).expect("subscribe");
+    sub.subscribe("bin/#", rumqttc::QoS::ExactlyOnce)
+        .expect("subscribe");
     loop {
         match sub_conn.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
@@ -110,7 +118,8 @@ fn qos_0_1_2_binary_payloads_arrive_intact_v311() {
     let (publ, mut pub_conn) = Client::new(opts("bin-pub"), 16);
     let sent = payloads();
     for (i, (qos, p)) in sent.iter().enumerate() {
-        publ.publish(format!("bin/{i}"), *qos, false, p.clone()).expect("publish");
+        publ.publish(format!("bin/{i}"), *qos, false, p.clone())
+            .expect("publish");
     }
     let pub_thread = std::thread::spawn(move || {
         // Drive the publisher until its QoS 2 flows complete (PUBCOMP for the last one).
@@ -136,7 +145,11 @@ fn qos_0_1_2_binary_payloads_arrive_intact_v311() {
     for (i, ((qos, p), m)) in sent.iter().zip(&got).enumerate() {
         assert_eq!(m.topic, format!("bin/{i}"));
         assert_eq!(m.qos, *qos, "bin/{i} QoS");
-        assert!(m.payload.as_ref() == p.as_slice(), "bin/{i}: payload of {} bytes intact", p.len());
+        assert!(
+            m.payload.as_ref() == p.as_slice(),
+            "bin/{i}: payload of {} bytes intact",
+            p.len()
+        );
     }
 }
 
@@ -153,7 +166,8 @@ fn qos_0_1_2_binary_payloads_arrive_intact_v5() {
         o
     };
     let (sub, mut sub_conn) = Client::new(opts("bin5-sub"), 16);
-    sub.subscribe("bin5/#", QoS::ExactlyOnce).expect("subscribe");
+    sub.subscribe("bin5/#", QoS::ExactlyOnce)
+        .expect("subscribe");
     loop {
         match sub_conn.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
@@ -174,7 +188,8 @@ fn qos_0_1_2_binary_payloads_arrive_intact_v5() {
         })
         .collect();
     for (i, (qos, p)) in sent.iter().enumerate() {
-        publ.publish(format!("bin5/{i}"), *qos, false, p.clone()).expect("publish");
+        publ.publish(format!("bin5/{i}"), *qos, false, p.clone())
+            .expect("publish");
     }
     let pub_thread = std::thread::spawn(move || {
         let mut comps = 0;
@@ -199,19 +214,39 @@ fn qos_0_1_2_binary_payloads_arrive_intact_v5() {
     for (i, ((qos, p), m)) in sent.iter().zip(&got).enumerate() {
         assert_eq!(m.topic.as_ref(), format!("bin5/{i}").as_bytes());
         assert_eq!(m.qos, *qos, "bin5/{i} QoS");
-        assert!(m.payload.as_ref() == p.as_slice(), "bin5/{i}: payload of {} bytes intact", p.len());
+        assert!(
+            m.payload.as_ref() == p.as_slice(),
+            "bin5/{i}: payload of {} bytes intact",
+            p.len()
+        );
     }
-    assert!(s.gate.metric("mqgate_connect_packets_total", &[("protocol", "5.0")]) >= 2.0);
+    assert!(
+        s.gate
+            .metric("mqgate_connect_packets_total", &[("protocol", "5.0")])
+            >= 2.0
+    );
 }
 
 #[test]
 fn persistent_session_gets_messages_queued_while_offline() {
     let s = setup(1, "", None);
     let p = s.port.to_string();
-    for (version, session) in [("mqttv311", vec!["-c"]), ("mqttv5", vec!["-c", "-x", "300"])] {
+    for (version, session) in [
+        ("mqttv311", vec!["-c"]),
+        ("mqttv5", vec!["-c", "-x", "300"]),
+    ] {
         let id = format!("persist-{version}");
         let topic = format!("sess/{version}");
-        let base = ["-h", "127.0.0.1", "-p", p.as_str(), "-V", version, "-q", "1"];
+        let base = [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            p.as_str(),
+            "-V",
+            version,
+            "-q",
+            "1",
+        ];
         // Connect with a session, subscribe, leave (-E: exit once subscribed).
         let st = Command::new("mosquitto_sub")
             .args(base)
@@ -222,7 +257,18 @@ fn persistent_session_gets_messages_queued_while_offline() {
         assert!(st.success());
         // While it is offline, a message is published.
         let msg = format!("queued for {version}");
-        mosquitto_pub(&["-h", "127.0.0.1", "-p", &p, "-q", "1", "-t", &topic, "-m", &msg]);
+        mosquitto_pub(&[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-q",
+            "1",
+            "-t",
+            &topic,
+            "-m",
+            &msg,
+        ]);
         // Back through the gateway: the broker still has the session and delivers.
         let out = Command::new("mosquitto_sub")
             .args(base)
@@ -230,7 +276,10 @@ fn persistent_session_gets_messages_queued_while_offline() {
             .args(["-i", &id, "-t", &topic, "-C", "1", "-W", "10"])
             .output()
             .expect("mosquitto_sub");
-        assert!(out.status.success(), "{version}: no queued message: {out:?}");
+        assert!(
+            out.status.success(),
+            "{version}: no queued message: {out:?}"
+        );
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), msg);
     }
 }
@@ -242,7 +291,8 @@ fn connect_split_into_single_byte_writes_is_accepted() {
         let mut c = tcp(s.port);
         c.set_nodelay(true).expect("nodelay");
         for b in &pkt {
-            c.write_all(std::slice::from_ref(b)).expect("write one byte");
+            c.write_all(std::slice::from_ref(b))
+                .expect("write one byte");
             // Not synchronisation: a pause so that each byte leaves as its own segment.
             std::thread::sleep(Duration::from_millis(3));
         }
@@ -276,7 +326,19 @@ fn half_closed_client_still_receives_what_the_broker_sends() {
     let s = setup(1, "", None);
     let b = &s.brokers[0];
     // A retained message the client will get right after its SUBACK.
-    mosquitto_pub(&["-h", "127.0.0.1", "-p", &b.port.to_string(), "-r", "-q", "1", "-t", "hc/t", "-m", "still here"]);
+    mosquitto_pub(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &b.port.to_string(),
+        "-r",
+        "-q",
+        "1",
+        "-t",
+        "hc/t",
+        "-m",
+        "still here",
+    ]);
     let mut c = tcp(s.port);
     let mut bytes = connect_v311("halfclose");
     let mut sub = vec![0x00, 0x01];
@@ -286,7 +348,10 @@ fn half_closed_client_still_receives_what_the_broker_sends() {
     c.write_all(&bytes).expect("send");
     c.shutdown(Shutdown::Write).expect("half-close");
     let (got, ended) = read_to_close(&mut c, Duration::from_secs(10));
-    assert!(got.starts_with(&[0x20, 0x02, 0x00, 0x00, 0x90, 0x03, 0x00, 0x01, 0x00]), "{got:02x?}");
+    assert!(
+        got.starts_with(&[0x20, 0x02, 0x00, 0x00, 0x90, 0x03, 0x00, 0x01, 0x00]),
+        "{got:02x?}"
+    );
     assert!(
         got.windows(10).any(|w| w == b"still here"),
         "retained PUBLISH delivered after the client's FIN: {got:02x?}"
@@ -298,18 +363,32 @@ fn half_closed_client_still_receives_what_the_broker_sends() {
 fn dead_broker_makes_the_next_node_take_the_client() {
     // Health checks see both nodes up once, then never again (interval 1h, fall high):
     // the gateway does not know b1 died, so only the connect-time retry can save clients.
-    let health = "[clusters.brokers.health]\ncheck = \"tcp\"\ninterval = \"1h\"\nfast_interval = \"1h\"\n\
+    let health =
+        "[clusters.brokers.health]\ncheck = \"tcp\"\ninterval = \"1h\"\nfast_interval = \"1h\"\n\
                   down_interval = \"1h\"\nrise = 1\nfall = 100\n";
-    let mut s = setup(2, "balance = \"round-robin\"\nretries = 1\nconnect_timeout = \"1s\"\n", Some(health));
+    let mut s = setup(
+        2,
+        "balance = \"round-robin\"\nretries = 1\nconnect_timeout = \"1s\"\n",
+        Some(health),
+    );
     s.brokers[0].stop();
     for i in 0..4 {
         let mut c = raw_session(s.port, &format!("retry-{i}"));
         assert!(ping(&mut c));
     }
     let m = s.gate.metrics();
-    assert_eq!(metric_value(&m, "mqgate_connections_total", &[("node", "b2")]), 4.0);
-    assert_eq!(metric_value(&m, "mqgate_connections_total", &[("node", "b1")]), 0.0);
-    assert!(s.gate.log_text().contains("trying the next"), "retry logged");
+    assert_eq!(
+        metric_value(&m, "mqgate_connections_total", &[("node", "b2")]),
+        4.0
+    );
+    assert_eq!(
+        metric_value(&m, "mqgate_connections_total", &[("node", "b1")]),
+        0.0
+    );
+    assert!(
+        s.gate.log_text().contains("trying the next"),
+        "retry logged"
+    );
 
     // Both dead: retries exhausted, the client gets "server unavailable".
     s.brokers[1].stop();
@@ -323,7 +402,13 @@ fn dead_broker_makes_the_next_node_take_the_client() {
         assert_eq!(got, want);
         assert_eq!(ended, Ended::Eof);
     }
-    assert_eq!(s.gate.metric("mqgate_connections_rejected_total", &[("reason", "no_node")]), 2.0);
+    assert_eq!(
+        s.gate.metric(
+            "mqgate_connections_rejected_total",
+            &[("reason", "no_node")]
+        ),
+        2.0
+    );
     let _ = &s.dir;
 }
 
@@ -348,8 +433,14 @@ fn check_reports_every_error_with_file_line_and_key() {
     let out = mqgate(&["check", "-c", bad.to_str().expect("path")]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml:2:") && err.contains("limits.connect_timeout"), "{err}");
-    assert!(err.contains("bad.toml:7:") && err.contains("listeners[0].cluster"), "{err}");
+    assert!(
+        err.contains("bad.toml:2:") && err.contains("limits.connect_timeout"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.toml:7:") && err.contains("listeners[0].cluster"),
+        "{err}"
+    );
     assert!(err.contains("2 error(s)"), "{err}");
 
     let unknown = dir.path().join("unknown.toml");
@@ -357,9 +448,16 @@ fn check_reports_every_error_with_file_line_and_key() {
     let out = mqgate(&["check", "-c", unknown.to_str().expect("path")]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown.toml:2:") && err.contains("max_conections"), "{err}");
+    assert!(
+        err.contains("unknown.toml:2:") && err.contains("max_conections"),
+        "{err}"
+    );
 
-    let missing = mqgate(&["check", "-c", dir.path().join("nope.toml").to_str().expect("path")]);
+    let missing = mqgate(&[
+        "check",
+        "-c",
+        dir.path().join("nope.toml").to_str().expect("path"),
+    ]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("nope.toml"));
 }
@@ -376,9 +474,23 @@ fn check_prints_a_summary_of_a_valid_file() {
     )
     .expect("write");
     let out = mqgate(&["check", "-c", good.to_str().expect("path")]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    for want in ["OK", "mqtt", "127.0.0.1:1883", "brokers", "full-sync", "n1", "n2", "127.0.0.1:1885"] {
+    for want in [
+        "OK",
+        "mqtt",
+        "127.0.0.1:1883",
+        "brokers",
+        "full-sync",
+        "n1",
+        "n2",
+        "127.0.0.1:1885",
+    ] {
         assert!(text.contains(want), "summary lacks {want:?}:\n{text}");
     }
     let v = mqgate(&["version"]);
@@ -389,14 +501,25 @@ fn check_prints_a_summary_of_a_valid_file() {
 #[test]
 fn client_ignoring_the_brokers_close_is_closed_after_the_linger() {
     let s = setup(1, "", None);
-    let active = || s.gate.metric("mqgate_connections_active", &[("node", "b1")]);
+    let active = || {
+        s.gate
+            .metric("mqgate_connections_active", &[("node", "b1")])
+    };
     let mut first = raw_session(s.port, "taken-over");
     // Same client id again: Mosquitto closes the first connection (session takeover).
     let mut second = raw_session(s.port, "taken-over");
     let (_, ended) = read_to_close(&mut first, Duration::from_secs(10));
     assert_eq!(ended, Ended::Eof, "the broker's close is passed on");
-    assert_eq!(active(), 2.0, "the first client has not closed its side yet");
+    assert_eq!(
+        active(),
+        2.0,
+        "the first client has not closed its side yet"
+    );
     // It never does; the gateway closes the connection after the linger (5 s).
-    wait_until(Duration::from_secs(15), "half-closed connection ended", || active() == 1.0);
+    wait_until(
+        Duration::from_secs(15),
+        "half-closed connection ended",
+        || active() == 1.0,
+    );
     assert!(ping(&mut second), "the new session is unaffected");
 }

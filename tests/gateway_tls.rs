@@ -83,7 +83,11 @@ fn setup() -> Setup {
 fn rejected_tls(g: &Gate, listener: &str) -> (f64, f64) {
     let m = g.metrics();
     (
-        metric_value(&m, "mqgate_tls_handshake_failures_total", &[("listener", listener)]),
+        metric_value(
+            &m,
+            "mqgate_tls_handshake_failures_total",
+            &[("listener", listener)],
+        ),
         metric_value(
             &m,
             "mqgate_connections_rejected_total",
@@ -115,9 +119,15 @@ fn tls_client(
     .with_root_certificates(roots);
     let cfg = match client {
         Some((cert, key)) => {
-            let certs: Vec<_> = rustls_pemfile::certs(&mut pem(cert)).map(|c| c.expect("cert")).collect();
-            let key = rustls_pemfile::private_key(&mut pem(key)).expect("key").expect("a key");
-            builder.with_client_auth_cert(certs, key).expect("client cert")
+            let certs: Vec<_> = rustls_pemfile::certs(&mut pem(cert))
+                .map(|c| c.expect("cert"))
+                .collect();
+            let key = rustls_pemfile::private_key(&mut pem(key))
+                .expect("key")
+                .expect("a key");
+            builder
+                .with_client_auth_cert(certs, key)
+                .expect("client cert")
         }
         None => builder.with_no_client_auth(),
     };
@@ -125,7 +135,9 @@ fn tls_client(
     let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(|e| e.to_string())?;
     let mut tls = rustls::StreamOwned::new(conn, tcp(port));
     while tls.conn.is_handshaking() {
-        tls.conn.complete_io(&mut tls.sock).map_err(|e| format!("handshake: {e}"))?;
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .map_err(|e| format!("handshake: {e}"))?;
     }
     Ok(tls)
 }
@@ -152,16 +164,32 @@ fn mqtt_over_tls(
     let want_len = 4 + 5 + 2 + publ.len();
     let mut got = vec![0u8; want_len];
     tls.read_exact(&mut got).map_err(|e| format!("read: {e}"))?;
-    assert_eq!(&got[..9], &[0x20, 0x02, 0x00, 0x00, 0x90, 0x03, 0x00, 0x01, 0x00]);
+    assert_eq!(
+        &got[..9],
+        &[0x20, 0x02, 0x00, 0x00, 0x90, 0x03, 0x00, 0x01, 0x00]
+    );
     assert_eq!(&got[11..], &publ[..], "our PUBLISH came back intact");
-    tls.conn.protocol_version().ok_or_else(|| "no version".to_string())
+    tls.conn
+        .protocol_version()
+        .ok_or_else(|| "no version".to_string())
 }
 
 /// `mosquitto_pub` with `args`; true if it exited 0.
 fn pub_ok(port: u16, args: &[&str]) -> bool {
     let p = port.to_string();
     Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &p, "-t", "tls/x", "-m", "x", "-q", "1"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-t",
+            "tls/x",
+            "-m",
+            "x",
+            "-q",
+            "1",
+        ])
         .args(args)
         .output()
         .expect("mosquitto_pub")
@@ -182,30 +210,54 @@ fn expect_tls_refusal(s: &Setup, listener: &str, what: &str, f: impl FnOnce()) {
 fn tls_12_and_13_clients_publish_and_subscribe() {
     let s = setup();
     let ca = s.ca.to_str().expect("path");
-    for (tls_version, mqtt_version) in [("tlsv1.2", "mqttv311"), ("tlsv1.3", "mqttv5"), ("tlsv1.2", "mqttv31")] {
+    for (tls_version, mqtt_version) in [
+        ("tlsv1.2", "mqttv311"),
+        ("tlsv1.3", "mqttv5"),
+        ("tlsv1.2", "mqttv31"),
+    ] {
         let msg = format!("secret over {tls_version} {mqtt_version}");
         let extra = ["--cafile", ca, "--tls-version", tls_version];
-        let got = cli_round_trip(s.tls, &extra, mqtt_version, &format!("tls/{tls_version}"), &msg);
+        let got = cli_round_trip(
+            s.tls,
+            &extra,
+            mqtt_version,
+            &format!("tls/{tls_version}"),
+            &msg,
+        );
         assert_eq!(got.trim_end(), msg);
     }
     for v in [&rustls::version::TLS12, &rustls::version::TLS13] {
         assert_eq!(mqtt_over_tls(s.tls, &s.ca, v, None), Ok(v.version));
     }
-    assert_eq!(rejected_tls(&s.gate, "tls"), (0.0, 0.0), "no handshake failed");
-    assert!(s.gate.metric("mqgate_connections_total", &[("listener", "tls")]) >= 6.0);
+    assert_eq!(
+        rejected_tls(&s.gate, "tls"),
+        (0.0, 0.0),
+        "no handshake failed"
+    );
+    assert!(
+        s.gate
+            .metric("mqgate_connections_total", &[("listener", "tls")])
+            >= 6.0
+    );
 
     // A client that does not trust the server's CA gives up; the gateway counts it.
     let other = Pki::new("unrelated");
     let other_ca = write(s._dir.path(), "unrelated-ca.pem", &other.ca_pem);
     expect_tls_refusal(&s, "tls", "untrusted server certificate", || {
-        assert!(!pub_ok(s.tls, &["--cafile", other_ca.to_str().expect("path")]));
+        assert!(!pub_ok(
+            s.tls,
+            &["--cafile", other_ca.to_str().expect("path")]
+        ));
     });
     // Plain MQTT on the TLS port.
     expect_tls_refusal(&s, "tls", "plain MQTT on a TLS port", || {
         let mut c = tcp(s.tls);
         c.write_all(&connect_v311("plain")).expect("send");
         let (got, ended) = read_to_close(&mut c, Duration::from_secs(5));
-        assert!(got.is_empty() || got[0] == 0x15, "no CONNACK, at most a TLS alert: {got:02x?}");
+        assert!(
+            got.is_empty() || got[0] == 0x15,
+            "no CONNACK, at most a TLS alert: {got:02x?}"
+        );
         assert_ne!(ended, Ended::Open);
     });
 }
@@ -214,7 +266,10 @@ fn tls_12_and_13_clients_publish_and_subscribe() {
 fn min_version_13_refuses_tls_12() {
     let s = setup();
     let ca = s.ca.to_str().expect("path");
-    assert!(pub_ok(s.tls13, &["--cafile", ca, "--tls-version", "tlsv1.3"]));
+    assert!(pub_ok(
+        s.tls13,
+        &["--cafile", ca, "--tls-version", "tlsv1.3"]
+    ));
     let v13 = &rustls::version::TLS13;
     assert_eq!(mqtt_over_tls(s.tls13, &s.ca, v13, None), Ok(v13.version));
     expect_tls_refusal(&s, "tls13", "TLS 1.2 client", || {
@@ -227,9 +282,21 @@ fn min_version_13_refuses_tls_12() {
 fn mtls_accepts_the_client_ca_and_refuses_the_rest() {
     let s = setup();
     let ca = s.ca.to_str().expect("path");
-    let (cert, key) = (s.client_cert.to_str().expect("p"), s.client_key.to_str().expect("p"));
+    let (cert, key) = (
+        s.client_cert.to_str().expect("p"),
+        s.client_key.to_str().expect("p"),
+    );
     for tls_version in ["tlsv1.2", "tlsv1.3"] {
-        let extra = ["--cafile", ca, "--cert", cert, "--key", key, "--tls-version", tls_version];
+        let extra = [
+            "--cafile",
+            ca,
+            "--cert",
+            cert,
+            "--key",
+            key,
+            "--tls-version",
+            tls_version,
+        ];
         let got = cli_round_trip(s.mtls, &extra, "mqttv311", "mtls/t", "from a known device");
         assert_eq!(got.trim_end(), "from a known device");
     }
@@ -251,17 +318,32 @@ fn mtls_accepts_the_client_ca_and_refuses_the_rest() {
     expect_tls_refusal(&s, "mtls", "no client certificate", || {
         assert!(!pub_ok(s.mtls, &["--cafile", ca]));
     });
-    let (rcert, rkey) = (s.rogue_cert.to_str().expect("p"), s.rogue_key.to_str().expect("p"));
+    let (rcert, rkey) = (
+        s.rogue_cert.to_str().expect("p"),
+        s.rogue_key.to_str().expect("p"),
+    );
     for tls_version in ["tlsv1.2", "tlsv1.3"] {
         expect_tls_refusal(&s, "mtls", "certificate from another CA", || {
-            let args = ["--cafile", ca, "--cert", rcert, "--key", rkey, "--tls-version", tls_version];
+            let args = [
+                "--cafile",
+                ca,
+                "--cert",
+                rcert,
+                "--key",
+                rkey,
+                "--tls-version",
+                tls_version,
+            ];
             assert!(!pub_ok(s.mtls, &args));
         });
     }
     // Refusals are logged at debug with the reason.
     assert!(s.gate.log_text().contains("refused: TLS handshake failed"));
     // And a good client still gets in.
-    assert!(pub_ok(s.mtls, &["--cafile", ca, "--cert", cert, "--key", key]));
+    assert!(pub_ok(
+        s.mtls,
+        &["--cafile", ca, "--cert", cert, "--key", key]
+    ));
 }
 
 #[test]
@@ -273,9 +355,15 @@ fn silent_tls_client_is_closed_after_the_handshake_timeout() {
         let (got, ended) = read_to_close(&mut c, Duration::from_secs(10));
         assert!(got.is_empty());
         assert_ne!(ended, Ended::Open);
-        assert!(started.elapsed() >= Duration::from_millis(450), "closed at the deadline");
+        assert!(
+            started.elapsed() >= Duration::from_millis(450),
+            "closed at the deadline"
+        );
     });
-    assert!(s.gate.log_text().contains("refused: TLS handshake timed out"));
+    assert!(s
+        .gate
+        .log_text()
+        .contains("refused: TLS handshake timed out"));
     // Garbage instead of a ClientHello fails at once.
     expect_tls_refusal(&s, "tls", "garbage", || {
         let mut c = tcp(s.tls);

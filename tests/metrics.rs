@@ -5,8 +5,8 @@
 mod common;
 mod obs_util;
 
-use common::{metric_value, tempdir, wait_until, Gate, Mosquitto};
-use obs_util::{run_scenario, scenario_config, tls_port, Prometheus, SPEC_METRICS};
+use common::{basic_config, free_port, http, metric_value, tempdir, wait_until, Gate, Mosquitto};
+use obs_util::{mqtt_connect, run_scenario, scenario_config, tls_port, Prometheus, SPEC_METRICS};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -220,4 +220,86 @@ fn prometheus_scrapes_node_up_for_every_node() {
     let up = prom.query("up{job=\"mqgate\"}");
     assert_eq!(up.len(), 1);
     assert_eq!(up[0]["value"][1], "1");
+}
+
+/// Two gateways replicating their sticky tables: the peer metrics follow the link,
+/// and `/api/v1/status` and `mqgate status` show it.
+#[test]
+fn peer_metrics_follow_the_links() {
+    let dir = tempdir();
+    let node = Mosquitto::start("node1", dir.path());
+    let secret = dir.path().join("peers.secret");
+    std::fs::write(&secret, "a shared secret for the test\n").expect("write secret");
+    let names = ["gate-a", "gate-b"];
+    let peer_ports = [free_port(), free_port()];
+    let mut gates = Vec::new();
+    let mut listens = Vec::new();
+    for i in 0..2 {
+        let (listen, admin) = (free_port(), free_port());
+        let other = 1 - i;
+        let toml = format!(
+            "{}\n[peers]\nname = \"{}\"\nbind = \"127.0.0.1:{}\"\nsecret_file = \"{}\"\npeers = [ {{ name = \"{}\", address = \"127.0.0.1:{}\" }} ]\n",
+            basic_config(listen, admin, "dynsec", &[&node], ""),
+            names[i],
+            peer_ports[i],
+            secret.display(),
+            names[other],
+            peer_ports[other],
+        );
+        gates.push(Gate::start(dir.path(), names[i], &toml, admin));
+        listens.push(listen);
+    }
+    for (i, g) in gates.iter().enumerate() {
+        wait_until(Duration::from_secs(20), "peer link up", || {
+            g.metric("mqgate_peer_up", &[("peer", names[1 - i])]) == 1.0
+        });
+    }
+    // A persistent client through gate-a: its entry is sent to gate-b.
+    let _c = mqtt_connect(listens[0], 4, "replicated-1", false);
+    wait_until(Duration::from_secs(20), "update replicated", || {
+        gates[0].metric(
+            "mqgate_peer_updates_total",
+            &[("peer", "gate-b"), ("direction", "sent")],
+        ) >= 1.0
+            && gates[1].metric(
+                "mqgate_peer_updates_total",
+                &[("peer", "gate-a"), ("direction", "received")],
+            ) >= 1.0
+    });
+    let text = gates[0].metrics();
+    for (name, kind) in SPEC_METRICS
+        .iter()
+        .filter(|(n, _)| n.starts_with("mqgate_peer_"))
+    {
+        assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{name}");
+    }
+    let (_, body) = http("GET", gates[0].admin_port, "/api/v1/status", None, None).expect("status");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["peers"]["name"], "gate-a");
+    assert_eq!(v["peers"]["peers"][0]["name"], "gate-b");
+    assert_eq!(v["peers"]["peers"][0]["up"], true);
+    assert!(v["peers"]["peers"][0]["updates_sent"].as_u64().unwrap_or(0) >= 1);
+    let out = Command::new(env!("CARGO_BIN_EXE_mqgate"))
+        .args([
+            "status",
+            "--admin",
+            &format!("http://127.0.0.1:{}", gates[0].admin_port),
+        ])
+        .output()
+        .expect("mqgate status");
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.contains("gate-b"))
+        .expect("peer row");
+    assert!(row.contains(" up "), "{table}");
+
+    // gate-b goes away: gate-a sees the link down.
+    gates[1].kill();
+    wait_until(Duration::from_secs(20), "peer link down", || {
+        gates[0].metric("mqgate_peer_up", &[("peer", "gate-b")]) == 0.0
+    });
+    let (_, body) = http("GET", gates[0].admin_port, "/api/v1/status", None, None).expect("status");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v["peers"]["peers"][0]["up"], false);
 }

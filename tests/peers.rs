@@ -36,6 +36,7 @@ impl GateSpec {
 
 /// Config of one gateway: dynsec over `nodes`, round-robin, and a `[peers]` section
 /// (bind on `bind_port`, which may differ from `spec.peer` to cut it off).
+#[allow(clippy::too_many_arguments)] // one flat call per gateway reads best in the tests
 fn config(
     dir: &Path,
     spec: &GateSpec,
@@ -139,7 +140,7 @@ fn sub(port: u16, id: &str, extra: &[&str]) -> std::process::Output {
 
 /// Three gateways linked as a full mesh.
 struct Fleet {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     nodes: Vec<Mosquitto>,
     specs: Vec<GateSpec>,
     gates: Vec<Gate>,
@@ -182,7 +183,7 @@ fn fleet(sessions: &str) -> Fleet {
         }
     }
     Fleet {
-        dir,
+        _dir: dir,
         nodes,
         specs,
         gates,
@@ -608,6 +609,92 @@ fn snapshot_round_trip_keeps_entries_across_a_restart() {
     std::fs::write(&snap, &bytes[..bytes.len() - 3]).unwrap();
     g.resume();
     assert!(g.log_text().contains("sticky snapshot partly loaded"));
+}
+
+#[test]
+fn mutual_tls_links_replicate_and_refuse_foreign_certificates() {
+    let dir = tempdir();
+    let nodes = start_nodes(dir.path());
+    let refs: Vec<&Mosquitto> = nodes.iter().collect();
+    let pki = Pki::new("peers-ca");
+    let stranger = Pki::new("other-ca");
+    let write = |name: &str, ca: &Pki, issuer: &Pki| -> String {
+        let (cert, key) = issuer.leaf(name, &["localhost", "127.0.0.1"]);
+        let p = |f: &str| dir.path().join(format!("{name}-{f}"));
+        std::fs::write(p("cert.pem"), cert).unwrap();
+        std::fs::write(p("key.pem"), key).unwrap();
+        std::fs::write(p("ca.pem"), &ca.ca_pem).unwrap();
+        format!(
+            "[peers.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+            p("cert.pem").display(),
+            p("key.pem").display(),
+            p("ca.pem").display()
+        )
+    };
+    let (sa, sb, sc) = (
+        GateSpec::new("gate-a"),
+        GateSpec::new("gate-b"),
+        GateSpec::new("gate-c"),
+    );
+    // TLS only: no shared secret line at all.
+    let strip = |t: String| -> String {
+        t.lines()
+            .filter(|l| !l.starts_with("secret_file"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+    };
+    let ta = strip(config(
+        dir.path(),
+        &sa,
+        sa.peer,
+        &[("gate-b", sb.peer)],
+        &refs,
+        "all",
+        None,
+        "",
+    )) + &write("gate-a", &pki, &pki);
+    let tb = strip(config(
+        dir.path(),
+        &sb,
+        sb.peer,
+        &[("gate-a", sa.peer), ("gate-c", sc.peer)],
+        &refs,
+        "all",
+        None,
+        "",
+    )) + &write("gate-b", &pki, &pki);
+    // gate-c trusts the right CA but its own certificate comes from another one.
+    let tc = strip(config(
+        dir.path(),
+        &sc,
+        sc.peer,
+        &[("gate-b", sb.peer)],
+        &refs,
+        "all",
+        None,
+        "",
+    )) + &write("gate-c", &pki, &stranger);
+    let a = Gate::start(dir.path(), "gate-a", &ta, sa.admin);
+    let b = Gate::start(dir.path(), "gate-b", &tb, sb.admin);
+    let _c = Gate::start(dir.path(), "gate-c", &tc, sc.admin);
+    wait_peer_up(&a, "gate-b", true);
+    wait_nodes_up(&a);
+    drop(raw_session(sa.listen, "over-tls"));
+    let node = sticky(&a, "over-tls").expect("entry on gate-a");
+    wait_until(Duration::from_secs(10), "replicated over TLS", || {
+        sticky(&b, "over-tls").as_deref() == Some(node.as_str())
+    });
+    // gate-b dials gate-c; gate-c's certificate is not from the peers CA.
+    wait_until(
+        Duration::from_secs(20),
+        "foreign certificate refused",
+        || {
+            b.log_text()
+                .contains("TLS handshake failed: invalid peer certificate")
+        },
+    );
+    assert_eq!(b.metric("mqgate_peer_up", &[("peer", "gate-c")]), 0.0);
 }
 
 /// The fuzz corpus of `fuzz/fuzz_targets/peer_frame.rs`, replayed without a nightly

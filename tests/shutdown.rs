@@ -29,13 +29,21 @@ fn sigterm_stops_accepting_relays_until_grace_then_exits_0() {
     gate.signal("TERM");
     gate.wait_log("shutting down");
     // New connections are refused at once...
-    wait_until(Duration::from_secs(5), "listener closed", || !port_open(port));
+    wait_until(Duration::from_secs(5), "listener closed", || {
+        !port_open(port)
+    });
     // ...while the open session keeps working during the grace period.
-    assert!(ping(&mut session), "session relayed during the grace period");
+    assert!(
+        ping(&mut session),
+        "session relayed during the grace period"
+    );
     // At the end of the grace the gateway closes it and exits cleanly.
     let (_, ended) = read_to_close(&mut session, Duration::from_secs(10));
     assert_ne!(ended, Ended::Open, "session closed at the end of the grace");
-    assert!(term.elapsed() >= Duration::from_millis(1900), "not before the grace ended");
+    assert!(
+        term.elapsed() >= Duration::from_millis(1900),
+        "not before the grace ended"
+    );
     assert_eq!(gate.wait_exit(Duration::from_secs(10)), Some(0));
     assert!(gate.log_text().contains("shutdown grace over"));
 }
@@ -50,7 +58,11 @@ fn sigterm_exits_as_soon_as_the_last_session_closes() {
     assert!(ping(&mut session));
     let closed = Instant::now();
     drop(session);
-    assert_eq!(gate.wait_exit(Duration::from_secs(20)), Some(0), "exit 0 well before the 60 s grace");
+    assert_eq!(
+        gate.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "exit 0 well before the 60 s grace"
+    );
     assert!(closed.elapsed() < Duration::from_secs(20));
     assert!(!gate.log_text().contains("shutdown grace over"));
 }

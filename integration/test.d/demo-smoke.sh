@@ -56,6 +56,7 @@ wait_demo() { # pid, seconds
   while kill -0 "$1" 2>/dev/null; do
     if [ $SECONDS -ge $end ]; then
       cat "$out"
+      # shellcheck disable=SC2046 # one pid per word
       kill -KILL $(leftovers "$1") 2>/dev/null || true
       fail "demo did not finish within $2 s"
     fi
@@ -76,7 +77,7 @@ grep -q "metrics (Prometheus): *http://127.0.0.1:[0-9]*/metrics" "$out" || fail 
 grep -q "FAILOVER (full-sync)" "$out" || fail "no failover shown"
 grep -q "leader of fullsync is now fs2" "$out" || fail "mqgate did not follow the new leader"
 grep -q "clients moved from fs1 to fs2" "$out" || fail "clients did not move to the new leader"
-grep -q "stopped [0-9]* processes" "$out" || fail "no cleanup report"
+grep -q "stopped all [0-9]* processes" "$out" || fail "no cleanup report"
 check_clean "$pid" "$out"
 
 echo "-- demo stopped by SIGTERM"
@@ -91,6 +92,41 @@ done
 grep -q "traffic started" "$out" || { cat "$out"; fail "demo did not start traffic"; }
 kill -TERM "$pid"
 wait_demo "$pid" 20 || true
-grep -q "stopped [0-9]* processes" "$out" || { cat "$out"; fail "no cleanup after SIGTERM"; }
+grep -q "stopped all [0-9]* processes" "$out" || { cat "$out"; fail "no cleanup after SIGTERM"; }
 check_clean "$pid" "$out"
+echo "-- demo stopped by Ctrl-C at a terminal"
+if command -v python3 >/dev/null; then
+  # A pseudo-terminal, so that Ctrl-C reaches the demo and everything it started
+  # (the terminal's foreground process group), as for a user at a terminal.
+  DEMO="$DEMO" BIN="$BIN" python3 - >"$out" 2>&1 <<'PY' || { cat "$out"; fail "Ctrl-C run failed"; }
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(os.environ["DEMO"], [os.environ["DEMO"], "--bin", os.environ["BIN"], "--no-install"])
+buf = b""
+def pump(secs, until=None):
+    global buf
+    end = time.time() + secs
+    while time.time() < end and not (until and until in buf):
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                buf += os.read(fd, 65536)
+            except OSError:
+                return
+pump(60, b"traffic started")
+if b"traffic started" not in buf:
+    os.kill(pid, 9)
+    sys.exit("demo did not start traffic:\n" + buf.decode(errors="replace"))
+os.write(fd, b"\x03")
+pump(20, b"removed")
+pump(1)
+os.waitpid(pid, 0)
+sys.stdout.write(buf.decode(errors="replace"))
+print("\nsession", pid)
+PY
+  grep -q "stopped all [0-9]* processes" "$out" || { cat "$out"; fail "no cleanup after Ctrl-C"; }
+  check_clean "$(sed -n 's/^session //p' "$out")" "$out"
+else
+  echo "demo-smoke: skipped the Ctrl-C check (python3 not installed)"
+fi
 echo "demo-smoke: OK"

@@ -329,6 +329,10 @@ impl Cluster {
             .node_up
             .with_label_values(&[&self.name, &node.name])
             .set((h == Health::Up) as i64);
+        self.metrics
+            .node_state_changes
+            .with_label_values(&[&self.name, &node.name, h.as_str()])
+            .inc();
         if h == Health::Down && self.config().on_node_down == OnNodeDown::Disconnect {
             node.close_sessions();
         }
@@ -368,12 +372,21 @@ impl Cluster {
         for r in ["ok", "fail"] {
             m.health_checks.with_label_values(&[&self.name, &n.name, r]);
         }
+        for h in [Health::Up, Health::Down] {
+            m.node_state_changes
+                .with_label_values(&[&self.name, &n.name, h.as_str()]);
+        }
     }
 
     fn forget_node_metrics(&self, n: &Node) {
         let m = &self.metrics;
         let _ = m.node_up.remove_label_values(&[&self.name, &n.name]);
         let _ = m.node_leader.remove_label_values(&[&self.name, &n.name]);
+        for h in [Health::Up, Health::Down] {
+            let _ = m
+                .node_state_changes
+                .remove_label_values(&[&self.name, &n.name, h.as_str()]);
+        }
         for st in AdminState::ALL {
             let _ = m
                 .node_admin_state
@@ -412,8 +425,7 @@ impl Cluster {
         }
         self.leader.store(next.clone());
         if let Some(old) = &current {
-            let _ = self
-                .metrics
+            self.metrics
                 .node_leader
                 .with_label_values(&[&self.name, &old.name])
                 .set(0);

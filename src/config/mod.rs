@@ -327,7 +327,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     };
     let raw: RawConfig = match toml::from_str(text) {
         Ok(r) => r,
-        Err(e) => return Err(fail(vec![serde_error(text, &e)])),
+        Err(e) => return Err(fail(serde_errors(text, e))),
     };
     validate(path, &raw).map_err(|mut errs| {
         for e in &mut errs {
@@ -337,6 +337,45 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         }
         fail(errs)
     })
+}
+
+/// Serde stops at the first problem. To report every bad key at once, blank the
+/// offending `key = value` line and parse again, a bounded number of times; stop at
+/// the first error that is not on such a line (syntax errors, multi-line values).
+fn serde_errors(text: &str, first: toml::de::Error) -> Vec<ConfigError> {
+    let mut errors = vec![serde_error(text, &first)];
+    let mut work = text.to_string();
+    let mut err = first;
+    for _ in 0..32 {
+        let Some(line_no) = err.span().map(|s| line_at(&work, s.start)) else {
+            break;
+        };
+        let lines: Vec<&str> = work.lines().collect();
+        let Some(line) = lines.get(line_no - 1) else {
+            break;
+        };
+        let single = line.contains('=')
+            && !line.trim_start().starts_with('[')
+            && toml::from_str::<toml::Table>(line).is_ok();
+        if !single {
+            break;
+        }
+        let mut next: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        next[line_no - 1] = String::new();
+        work = next.join("\n");
+        match toml::from_str::<RawConfig>(&work) {
+            Ok(_) => break,
+            Err(e) => {
+                let ce = serde_error(&work, &e);
+                if errors.contains(&ce) {
+                    break;
+                }
+                errors.push(ce);
+                err = e;
+            }
+        }
+    }
+    errors
 }
 
 fn serde_error(text: &str, e: &toml::de::Error) -> ConfigError {

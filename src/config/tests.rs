@@ -97,3 +97,12 @@ fn host_port_forms() {
     assert!(parse_host_port("broker").is_none());
     assert!(parse_host_port("broker:0").is_none());
 }
+
+#[test]
+fn several_unknown_keys_are_all_reported() {
+    let text = format!("{MINIMAL}\n[limits]\nmax_conections = 5\nconect_timeout = \"1s\"\n");
+    let e = p(&text).unwrap_err();
+    let msg = e.to_string();
+    assert_eq!(e.errors.len(), 2, "{msg}");
+    assert!(msg.contains("max_conections") && msg.contains("conect_timeout"), "{msg}");
+}

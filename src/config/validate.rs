@@ -89,9 +89,14 @@ impl V {
     fn existing_file(&mut self, key: String, v: &str) -> PathBuf {
         let p = self.path(v);
         if !p.is_file() {
-            self.err(
+            self.err_hint(
                 key,
                 format!("file {} does not exist or is not readable", p.display()),
+                if Path::new(v).is_absolute() {
+                    "check the path and that the mqgate user may read it"
+                } else {
+                    "relative paths are resolved from the config file's directory"
+                },
             );
         }
         p
@@ -117,9 +122,10 @@ impl V {
                     Some(Secret::new(bytes))
                 }
                 Err(e) => {
-                    self.err(
+                    self.err_hint(
                         key_file,
                         format!("cannot read secret file {}: {e}", p.display()),
+                        "put the secret on one line of this file, readable only by the user mqgate runs as",
                     );
                     None
                 }

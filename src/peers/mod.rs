@@ -481,7 +481,12 @@ type Halves = (
 
 async fn accept_one(settings: &Settings, tcp: tokio::net::TcpStream) -> Result<Halves, LinkError> {
     let stream: Stream = match &settings.tls {
-        Some(t) => Box::new(t.acceptor.accept(tcp).await?),
+        Some(t) => Box::new(
+            t.acceptor
+                .accept(tcp)
+                .await
+                .map_err(|e| LinkError::Auth(format!("TLS handshake failed: {e}")))?,
+        ),
         None => Box::new(tcp),
     };
     let (r, mut w) = tokio::io::split(stream);
@@ -519,7 +524,12 @@ async fn dial_one(
             let host = host.trim_start_matches('[').trim_end_matches(']');
             let name = rustls::pki_types::ServerName::try_from(host.to_string())
                 .map_err(|e| LinkError::Auth(format!("peer address `{addr}`: {e}")))?;
-            Box::new(t.connector.connect(name, tcp).await?)
+            Box::new(
+                t.connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| LinkError::Auth(format!("TLS handshake failed: {e}")))?,
+            )
         }
         None => Box::new(tcp),
     };

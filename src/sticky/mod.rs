@@ -18,7 +18,7 @@
 //!   sync (or a snapshot that is loaded) gives it the remaining lifetime, not a new one.
 
 use lru::LruCache;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -164,9 +164,7 @@ impl StickyTable {
     }
 
     fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        self.lock((h.finish() as usize) % SHARDS)
+        self.lock((self.hasher.hash_one(key) as usize) % SHARDS)
     }
 
     pub fn expire(&self) -> Duration {
