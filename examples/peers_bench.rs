@@ -95,7 +95,8 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("secret"), "bench-secret")?;
     let (pz, pa, pb) = (free_port()?, free_port()?, free_port()?);
-    let cap = entries + samples + 1000;
+    // Per-shard capacity is capacity / 16; leave room so hashing skew evicts nothing.
+    let cap = 2 * (entries + samples) + 1000;
 
     let z = gateway(
         dir.path(),

@@ -6,7 +6,7 @@
 //! most [`CLOSE_LINGER`] half-open) → close on EOF, error, node/listener cancellation
 //! or shutdown. Every refusal is counted once and logged once at debug.
 
-use crate::cluster::{Cluster, Node};
+use crate::cluster::{Cluster, Node, StickyWrite};
 use crate::gateway::{ListenerRt, Runtime, Shared};
 use crate::metrics::Reject;
 use crate::mqtt::{self, connack_reply, ConnackInfo, ConnectError, Parse};
@@ -339,7 +339,6 @@ async fn serve<S>(
         Box::pin(refuse(&mut client, v5, if v5 { 0x88 } else { 0x03 })).await;
         return;
     }
-    cluster.landed(pick.sticky, &node);
     let labels = [lname, cluster.name.as_str(), node.name.as_str()];
     shared
         .metrics
@@ -354,6 +353,7 @@ async fn serve<S>(
         shared,
         cluster,
         node: &node,
+        sticky: pick.sticky,
     };
     let fin = AtomicBool::new(false);
     let mut client = FinWatch {
@@ -505,12 +505,18 @@ struct Observed<'a> {
     shared: &'a Shared,
     cluster: &'a Cluster,
     node: &'a Node,
+    /// Written only once the broker accepted the client (CONNACK code 0), so that
+    /// clients that fail to log in cannot fill the table and push real entries out.
+    sticky: Option<StickyWrite>,
 }
 
 impl ConnackSink for Observed<'_> {
     fn connack(&mut self, info: Option<ConnackInfo>, latency: Duration) {
         let code = match info {
             Some(i) => {
+                if i.code == 0 {
+                    self.cluster.landed(self.sticky.take(), self.node);
+                }
                 self.node
                     .metrics
                     .connack_latency

@@ -4,7 +4,8 @@
 //! to the node that holds their session and receive it; a node dies, its clients move
 //! and their sticky entries are rewritten; the node returns and takes new clients.
 //! The same scenario runs again with Mosquitto's dynamic-security plugin on every node,
-//! `key = "username"` and an authenticated `mqtt` health check.
+//! `key = "username"` and an authenticated `mqtt` health check. `round-robin` and
+//! `least-conn` are checked against real nodes too.
 
 mod cluster_util;
 mod common;
@@ -198,16 +199,13 @@ fn scenario(f: &mut Fleet) {
         .gate
         .metric("mqgate_connections_total", &[("node", &victim)]);
     assert!(after > before, "{victim} takes new clients again");
-    if let Some(&i) = moved.first() {
-        let (c, ack) = Client::accepted(f.listen, &(f.opts)(i)).expect("moved client");
-        assert!(
-            ack.session_present,
-            "moved client {i} stays with its new session"
-        );
+    for (i, c, present) in connect_many(f, &moved, false) {
+        assert!(present, "moved client {i} stays with its new session");
         c.disconnect();
         assert_eq!(
             sticky_node(f.admin, &(f.key)(i)).as_deref(),
-            Some(home[&i].as_str())
+            Some(home[&i].as_str()),
+            "client {i} is not sent back to {victim}"
         );
     }
 }
@@ -449,5 +447,79 @@ fn mqtt_health_check_sends_credentials() {
         let (_, ack) =
             Client::connect(listen, &Opts::new("c").login("user-1", "pw-1")).expect("CONNACK");
         assert_eq!(ack.code, 0, "client accepted through the {name} gateway");
+    }
+}
+
+/// `round-robin` and `least-conn` with real nodes: clients without a session are spread
+/// evenly, and least-conn fills the node with the fewest open connections.
+#[test]
+fn round_robin_and_least_conn_spread_clients() {
+    let dir = tempdir();
+    let nodes: Vec<Mosquitto> = (1..=3)
+        .map(|i| Mosquitto::start(&format!("node{i}"), dir.path()))
+        .collect();
+    let addrs: Vec<(&str, String)> = nodes
+        .iter()
+        .map(|m| (m.name.as_str(), m.address()))
+        .collect();
+    for balance in ["round-robin", "least-conn"] {
+        let (listen, admin) = (free_port(), free_port());
+        let cfg = gate_config(
+            listen,
+            admin,
+            "dynsec",
+            &addrs,
+            &format!("balance = \"{balance}\""),
+            "",
+            "",
+        );
+        let gate = Gate::start(dir.path(), balance, &cfg, admin);
+        wait_until(T, "all nodes up", || {
+            gate.metric("mqgate_node_up", &[]) == 3.0
+        });
+        // Six clients held open at once: two on each node. They keep a session, so
+        // the sticky API tells which node each is on.
+        let mut held: Vec<(String, Client)> = (0..6)
+            .map(|i| {
+                let id = format!("{balance}-{i}");
+                let c = Client::accepted(listen, &Opts::new(&id).persistent())
+                    .expect("client")
+                    .0;
+                (id, c)
+            })
+            .collect();
+        for n in ["node1", "node2", "node3"] {
+            assert_eq!(
+                gate.metric("mqgate_connections_active", &[("node", n)]),
+                2.0,
+                "{balance}: {n}"
+            );
+        }
+        if balance == "least-conn" {
+            // Both clients of node1 leave: the next two new clients go to node1.
+            let (gone, kept): (Vec<_>, Vec<_>) = held
+                .drain(..)
+                .partition(|(id, _)| sticky_node(admin, id).as_deref() == Some("node1"));
+            assert_eq!(gone.len(), 2);
+            for (_, c) in gone {
+                c.disconnect();
+            }
+            wait_until(T, "node1 idle", || {
+                gate.metric("mqgate_connections_active", &[("node", "node1")]) == 0.0
+            });
+            let _more: Vec<Client> = (0..2)
+                .map(|i| {
+                    Client::accepted(listen, &Opts::new(&format!("lc-new-{i}")))
+                        .expect("client")
+                        .0
+                })
+                .collect();
+            assert_eq!(
+                gate.metric("mqgate_connections_active", &[("node", "node1")]),
+                2.0,
+                "least-conn filled the emptiest node"
+            );
+            drop(kept);
+        }
     }
 }

@@ -261,3 +261,52 @@ fn node_address_can_be_a_host_name() {
         "the resolution is logged:\n{log}"
     );
 }
+
+/// A reload that points a node (by host name) at another address: new connections go
+/// to the new address at once (it is resolved again right away, not after
+/// `dns_refresh`); sessions already open stay where they are.
+#[test]
+fn changed_node_address_applies_to_new_connections() {
+    let dir = tempdir();
+    let a = Mosquitto::start("broker-a", dir.path());
+    let b = Mosquitto::start("broker-b", dir.path());
+    let (listen, admin) = (free_port(), free_port());
+    let cfg_for = |port: u16| {
+        gate_config(
+            listen,
+            admin,
+            "full-sync",
+            &[("node1", format!("localhost:{port}"))],
+            "dns_refresh = \"1h\"",
+            "",
+            "",
+        )
+    };
+    let gate = Gate::start(dir.path(), "gate", &cfg_for(a.port), admin);
+    wait_until(T, "node1 leader", || {
+        leader_of(&gate).as_deref() == Some("node1")
+    });
+    let mut sub_a = direct_sub(a.port, "sub-a", "addr/#");
+    let (mut old, _) = Client::accepted(listen, &Opts::new("old-session")).expect("client");
+    old.publish("addr/1", b"to-a").expect("publish");
+    assert_eq!(sub_a.next_publish(T).expect("on a").0, "addr/1");
+
+    std::fs::write(&gate.config, cfg_for(b.port)).expect("rewrite config");
+    gate.signal("HUP");
+    let mut sub_b = direct_sub(b.port, "sub-b", "addr/#");
+    wait_until(T, "new connections reach broker b", || {
+        publish_through(listen, "new-session", "addr/2", b"to-b").is_ok()
+            && sub_b.next_publish(Duration::from_millis(300)).is_ok()
+    });
+    // The session opened before the change is still on broker a.
+    old.publish("addr/3", b"still-a")
+        .expect("old session alive");
+    // (Attempts made before the reload took effect also left "addr/2" messages on a.)
+    loop {
+        let (topic, _) = sub_a.next_publish(T).expect("old session still on a");
+        if topic == "addr/3" {
+            break;
+        }
+        assert_eq!(topic, "addr/2");
+    }
+}

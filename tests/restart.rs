@@ -241,7 +241,7 @@ fn new_process_takes_the_sticky_table_over_from_the_old_one_as_a_peer() {
     assert_eq!(sticky(admin_a, "keeper-7"), 200);
 
     let traffic = Traffic::start(listen, 2);
-    let b = restart(&mut a, dir.path(), &toml_b, admin_b, &traffic);
+    let _new = restart(&mut a, dir.path(), &toml_b, admin_b, &traffic);
     let (ok, failed, errors) = traffic.finish();
     eprintln!(
         "restart with peers: {ok} connects, {failed} failed: {:?}",
