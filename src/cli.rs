@@ -7,7 +7,7 @@
 //! token is wrong or missing, the cluster/node/key is unknown.
 
 use crate::admin::{ClusterView, StatusView};
-use crate::config::{Config, Mode};
+use crate::config::{CheckKind, Config, Mode, OnNodeDown, StickyKey, StickySessions};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -67,18 +67,34 @@ pub fn summary(c: &Config) -> String {
         let how = match cl.mode {
             Mode::FullSync => "full-sync: every client goes to the leader".to_string(),
             Mode::Dynsec => format!(
-                "dynsec: balance {}, sticky on {:?} ({:?} sessions, expire {:?})",
+                "dynsec: balance {}, sticky on {} ({} sessions, expire {})",
                 cl.balance.as_str(),
-                cl.sticky.key,
-                cl.sticky.sessions,
-                cl.sticky.expire
+                match cl.sticky.key {
+                    StickyKey::ClientId => "client_id",
+                    StickyKey::Username => "username",
+                },
+                match cl.sticky.sessions {
+                    StickySessions::Persistent => "persistent",
+                    StickySessions::All => "all",
+                },
+                human(cl.sticky.expire)
             ),
         };
         let _ = writeln!(s, "  cluster  {:<12} {}", cl.name, how);
         let _ = writeln!(
             s,
-            "           health {:?} every {:?} (rise {}, fall {}), on node down: {:?}",
-            cl.health.check, cl.health.interval, cl.health.rise, cl.health.fall, cl.on_node_down
+            "           health {} every {} (rise {}, fall {}), on node down: {}",
+            match cl.health.check {
+                CheckKind::Mqtt => "mqtt",
+                CheckKind::Tcp => "tcp",
+            },
+            human(cl.health.interval),
+            cl.health.rise,
+            cl.health.fall,
+            match cl.on_node_down {
+                OnNodeDown::Disconnect => "disconnect",
+                OnNodeDown::Keep => "keep",
+            }
         );
         for n in &cl.nodes {
             let _ = writeln!(s, "           node {:<12} {}", n.name, n.address);
@@ -105,10 +121,26 @@ pub fn summary(c: &Config) -> String {
     }
     let _ = writeln!(
         s,
-        "  limits   {} connections, CONNECT within {:?}, at most {} bytes",
-        c.limits.max_connections, c.limits.connect_timeout, c.limits.max_connect_size
+        "  limits   {} connections, CONNECT within {}, at most {} bytes",
+        c.limits.max_connections,
+        human(c.limits.connect_timeout),
+        c.limits.max_connect_size
     );
     s
+}
+
+/// A duration the way the config file writes it: "250ms", "10s", "5m", "24h".
+fn human(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms >= 3_600_000 && ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms >= 60_000 && ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms >= 1000 && ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 /// Run one client command against the admin API at `admin` (or the default).

@@ -385,19 +385,13 @@ impl Gateway {
                 bind: SocketAddr::from(([0, 0, 0, 0], 0)),
                 error,
             })?;
-            let stop = stop.clone();
-            let combined = shared.stopping.clone();
-            let shared2 = shared.clone();
             // On the connection tracker, so that shutdown's wait cannot finish while an
-            // accept loop may still hand over one last connection (it would be dropped
-            // when the process exits: a failed connect during a restart).
-            shared.tracker.spawn(async move {
-                let stop2 = stop.clone();
-                tokio::select! {
-                    _ = listener::accept_loop(shared2, name, l, stop2) => {}
-                    _ = combined.cancelled() => { stop.cancel(); }
-                }
-            });
+            // accept loop may still hand over its last connections (they would be dropped
+            // when the process exits: failed connects during a restart). The loop ends by
+            // itself on `stop` or shutdown, after serving what the kernel had queued.
+            shared
+                .tracker
+                .spawn(listener::accept_loop(shared.clone(), name, l, stop.clone()));
         }
         Ok(())
     }

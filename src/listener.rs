@@ -13,7 +13,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// Bind a listening socket with a deep backlog (connect storms) and SO_REUSEADDR /
@@ -49,31 +49,19 @@ pub async fn accept_loop(
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = stop.cancelled() => break,
+            _ = shared.stopping.cancelled() => break,
         };
         match accepted {
             Ok((tcp, peer)) => {
                 backoff = Duration::from_millis(5);
-                let rt = shared.runtime();
-                let Some(lst) = rt.listeners.get(&name).cloned() else {
-                    continue;
-                };
-                // Behind a PROXY-protocol balancer every connection comes from the
-                // balancer: the rate applies to the real client, once its header is read.
-                if !lst.config.proxy_protocol
-                    && over_rate(&shared, &name, peer, rt.config.limits.per_ip_connect_rate)
-                {
-                    drop(tcp);
-                    continue;
-                }
-                shared
-                    .tracker
-                    .spawn(crate::conn::handle(shared.clone(), rt, lst, tcp, peer));
+                admit(&shared, &name, tcp, peer);
             }
             Err(e) if is_resource_error(&e) => {
                 tracing::warn!(listener = %name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed: out of resources; backing off");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.cancelled() => break,
+                    _ = shared.stopping.cancelled() => break,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
@@ -82,7 +70,41 @@ pub async fn accept_loop(
             }
         }
     }
-    tracing::debug!(listener = %name, "listener stopped accepting");
+    // Closing a listening socket resets the connections still in its accept queue; with
+    // SO_REUSEPORT a new process may be taking over this port. Serve what is queued now
+    // (a non-blocking accept until the queue is empty), then close.
+    let mut drained = 0usize;
+    if let Ok(std_listener) = listener.into_std() {
+        while let Ok((tcp, peer)) = std_listener.accept() {
+            match tcp
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(tcp))
+            {
+                Ok(tcp) => admit(&shared, &name, tcp, peer),
+                Err(e) => tracing::debug!(listener = %name, error = %e, "accept failed"),
+            }
+            drained += 1;
+        }
+    }
+    tracing::debug!(listener = %name, drained, "listener stopped accepting");
+}
+
+/// Hand an accepted connection to its own task (after `per_ip_connect_rate`).
+fn admit(shared: &Arc<Shared>, name: &str, tcp: TcpStream, peer: SocketAddr) {
+    let rt = shared.runtime();
+    let Some(lst) = rt.listeners.get(name).cloned() else {
+        return;
+    };
+    // Behind a PROXY-protocol balancer every connection comes from the
+    // balancer: the rate applies to the real client, once its header is read.
+    if !lst.config.proxy_protocol
+        && over_rate(shared, name, peer, rt.config.limits.per_ip_connect_rate)
+    {
+        return;
+    }
+    shared
+        .tracker
+        .spawn(crate::conn::handle(shared.clone(), rt, lst, tcp, peer));
 }
 
 /// Apply `per_ip_connect_rate` to a new connection from `peer`; when it is over,

@@ -351,7 +351,10 @@ mod proxy_checks;
 fn replay_proxy_header_corpus() {
     let dir = corpus_root().join("proxy_header");
     let files = corpus_files(&dir);
-    assert!(!files.is_empty(), "fuzz/corpus/proxy_header has no seed files");
+    assert!(
+        !files.is_empty(),
+        "fuzz/corpus/proxy_header has no seed files"
+    );
     let failures: Vec<String> = files
         .iter()
         .filter(|file| {

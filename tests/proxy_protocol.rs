@@ -88,7 +88,7 @@ fn serve(mut c: TcpStream, upstream: u16, headers: Arc<Mutex<Vec<Vec<u8>>>>) {
 
 fn config(admin: u16, listen: u16, node: u16, out: &str, trusted: &str) -> String {
     format!(
-        "{}\n[[listeners]]\nname = \"mqtt\"\nbind = \"127.0.0.1:{listen}\"\ncluster = \"brokers\"\n\
+        "{}\n[limits]\nper_ip_connect_rate = 3\n\n[[listeners]]\nname = \"mqtt\"\nbind = \"127.0.0.1:{listen}\"\ncluster = \"brokers\"\n\
          proxy_protocol = true\ntrusted_proxies = [\"{trusted}\"]\n\n\
          [clusters.brokers]\nmode = \"dynsec\"\nsend_proxy_protocol = \"{out}\"\n\
          nodes = [ {{ name = \"rec\", address = \"127.0.0.1:{node}\" }} ]\n\
@@ -344,4 +344,35 @@ fn v2_out_carries_tls_version_cipher_and_client_cn() {
         "{subs:?}"
     );
     assert!(subs.get(&0x23).is_some_and(|c| c.starts_with("TLS_") && (c.contains("GCM") || c.contains("CHACHA20"))), "{subs:?}");
+}
+
+#[test]
+fn per_ip_connect_rate_applies_to_the_real_client_not_the_balancer() {
+    let (_dir, _broker, _rec, gate, listen) = setup("off", "127.0.0.0/8");
+    // per_ip_connect_rate = 3: all connections come from the balancer (127.0.0.1), but
+    // only the fourth from the same real client in one burst is over the rate.
+    let from = |ip: &str, port: u16| format!("PROXY TCP4 {ip} 198.51.100.1 {port} 1883\r\n");
+    for i in 0..3 {
+        let ack = mqtt_through(
+            listen,
+            from("203.0.113.9", 41000 + i).as_bytes(),
+            &format!("r{i}"),
+        );
+        assert_eq!(
+            ack,
+            [0x20, 0x02, 0x00, 0x00],
+            "connection {i} of 203.0.113.9"
+        );
+    }
+    assert!(mqtt_through(listen, from("203.0.113.9", 41003).as_bytes(), "r3").is_empty());
+    let ack = mqtt_through(listen, from("203.0.113.10", 41004).as_bytes(), "other");
+    assert_eq!(
+        ack,
+        [0x20, 0x02, 0x00, 0x00],
+        "another real client is not limited"
+    );
+    assert_eq!(
+        gate.metric("mqgate_connections_rejected_total", &[("reason", "rate")]),
+        1.0
+    );
 }

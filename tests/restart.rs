@@ -155,7 +155,7 @@ fn restart(
 }
 
 #[test]
-fn restart_under_steady_connect_traffic_loses_no_connect() {
+fn restart_under_steady_connect_traffic_counts_failed_connects() {
     let dir = tempdir();
     let broker = Mosquitto::start("b1", dir.path());
     let (admin_a, admin_b, listen) = (free_port(), free_port(), free_port());

@@ -12,7 +12,11 @@ use mqgate::proxy::{self, parse::V1_MAX, parse::V2_MAX_BODY, Parsed};
 pub fn proxy_header(data: &[u8]) {
     let full = proxy::parse(data);
     if full == Ok(Parsed::Incomplete) {
-        assert!(data.len() < 16 + V2_MAX_BODY, "incomplete after {} bytes", data.len());
+        assert!(
+            data.len() < 16 + V2_MAX_BODY,
+            "incomplete after {} bytes",
+            data.len()
+        );
         if data.first() == Some(&b'P') {
             assert!(data.len() < V1_MAX, "v1 incomplete past 107 bytes");
         }
@@ -29,7 +33,11 @@ pub fn proxy_header(data: &[u8]) {
 
     if let Ok(Parsed::Complete { len, info }) = &full {
         assert!(*len <= data.len());
-        assert_eq!(proxy::parse(&data[..*len]), full, "header is self-delimiting");
+        assert_eq!(
+            proxy::parse(&data[..*len]),
+            full,
+            "header is self-delimiting"
+        );
         let addrs = info.source.zip(info.destination);
         for out in [proxy::v1_header(addrs), proxy::v2_header(addrs, None)] {
             match proxy::parse(&out) {
