@@ -562,6 +562,69 @@ fn garbage_or_truncated_frames_close_only_that_link() {
 }
 
 #[test]
+fn a_flooding_peer_cannot_grow_the_table_past_its_capacity() {
+    use mqgate::peers::frame::Frame;
+    let dir = tempdir();
+    let nodes = start_nodes(dir.path());
+    let refs: Vec<&Mosquitto> = nodes.iter().collect();
+    let sb = GateSpec::new("gate-b");
+    let tb = config(
+        dir.path(),
+        &sb,
+        sb.peer,
+        &[("gate-0", free_port())],
+        &refs,
+        "all",
+        None,
+        SECRET,
+    )
+    .replace(
+        "sessions = \"all\"\n",
+        "sessions = \"all\"\ncapacity = 1000\n",
+    );
+    let b = Gate::start(dir.path(), "gate-b", &tb, sb.admin);
+    let mut s = handshake(sb.peer, "gate-0", SECRET);
+    // Drain what gate-b sends, so only the flood matters.
+    let mut r = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while matches!(r.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    s.write_all(&encode(&Frame::SyncBegin)).unwrap();
+    let stamp = mqgate::sticky::now_ms();
+    for batch in 0..200 {
+        let updates = (0..1000)
+            .map(|i| mqgate::sticky::Update {
+                key: format!("flood-{batch}-{i}").into(),
+                node: Some("node1".into()),
+                stamp,
+                origin: "gate-0".into(),
+                idle_ms: 0,
+            })
+            .collect();
+        s.write_all(&encode(&Frame::Updates {
+            cluster: "brokers".into(),
+            updates,
+        }))
+        .unwrap();
+    }
+    s.write_all(&encode(&Frame::SyncEnd { entries: 200_000 }))
+        .unwrap();
+    wait_until(Duration::from_secs(30), "flood merged", || {
+        b.metric(
+            "mqgate_peer_updates_total",
+            &[("peer", "gate-0"), ("direction", "received")],
+        ) == 200_000.0
+            && b.metric("mqgate_sticky_entries", &[]) > 0.0
+    });
+    let entries = b.metric("mqgate_sticky_entries", &[]);
+    assert!(entries <= 1024.0, "table bounded by capacity: {entries}");
+    // the newest entries are the ones kept, and the gateway still answers
+    assert_eq!(sticky(&b, "flood-199-999").as_deref(), Some("node1"));
+    assert_eq!(sticky(&b, "flood-0-0"), None);
+}
+
+#[test]
 fn snapshot_round_trip_keeps_entries_across_a_restart() {
     let dir = tempdir();
     let nodes = start_nodes(dir.path());

@@ -4,11 +4,10 @@
 //! from the old process through the peer link (the new process is configured as the
 //! old one's peer).
 //!
-//! Lossless only with `net.ipv4.tcp_migrate_req = 1`: otherwise Linux resets the
-//! connections still in the closing socket's SYN and accept queues when the old process
-//! closes its listener (measured here: 0–2 of a few hundred connects per restart). With
-//! the sysctl set the tests require zero failures; without it they allow a handful and
-//! print the count (see docs/hardening.md).
+//! Guaranteed lossless only with `net.ipv4.tcp_migrate_req = 1`: otherwise Linux resets
+//! connections that reach the old socket's queues between its last accept and its close
+//! (measured: 2 in 99 restarts). With the sysctl set the tests require zero failures;
+//! without it they allow a handful and print the count (see docs/hardening.md).
 
 mod common;
 

@@ -59,8 +59,8 @@ pub fn run(addr: SocketAddr, o: Opts) -> Result<serde_json::Value, String> {
         let sent = sent.clone();
         let publishing = publishing.clone();
         std::thread::spawn(move || -> Result<Histogram<u64>, String> {
-            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                .map_err(|e| e.to_string())?;
+            let mut h =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
             let mut buf = vec![0u8; 256 * 1024];
             let mut have = 0;
             let mut idle_since: Option<Instant> = None;

@@ -92,7 +92,10 @@ fn pki(dir: &str) -> Result<(), String> {
     write("ca.pem", ca_cert.pem())?;
     write("server.pem", cert.pem())?;
     write("server.key", key.serialize_pem())?;
-    write("server-full.pem", format!("{}{}", cert.pem(), key.serialize_pem()))?;
+    write(
+        "server-full.pem",
+        format!("{}{}", cert.pem(), key.serialize_pem()),
+    )?;
     Ok(())
 }
 
@@ -160,7 +163,11 @@ fn real_main() -> Result<(), String> {
         }
         "idle" => {
             let t = a.target()?;
-            return runtime()?.block_on(storm::idle(t, a.get("clients", 1000)?, a.get("conc", 64)?));
+            return runtime()?.block_on(storm::idle(
+                t,
+                a.get("clients", 1000)?,
+                a.get("conc", 64)?,
+            ));
         }
         other => return Err(format!("unknown command {other:?}")),
     };

@@ -66,7 +66,10 @@ pub async fn connect_storm(
     let el = start.elapsed();
     let h = hist.lock().unwrap_or_else(|p| p.into_inner());
     let ok = h.len();
-    let fe = first_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let fe = first_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     Ok(json!({
         "connects_per_sec": ok as f64 / el.as_secs_f64(),
         "ok": ok,
@@ -120,7 +123,10 @@ pub async fn idle(target: Target, clients: u64, conc: usize) -> Result<(), Strin
         let _ = t.await;
     }
     let n = held.lock().unwrap_or_else(|p| p.into_inner()).len();
-    let fe = first_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let fe = first_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     println!(
         "{}",
         json!({"ready": n, "errors": errors.load(Ordering::Relaxed), "first_error": fe,

@@ -67,11 +67,8 @@ pub async fn run(target: Target, o: Opts) -> Result<serde_json::Value, String> {
         )));
         pairs.push(pair);
     }
-    let total = |ps: &[Arc<Pair>]| -> u64 {
-        ps.iter()
-            .map(|p| p.delivered.load(Ordering::Relaxed))
-            .sum()
-    };
+    let total =
+        |ps: &[Arc<Pair>]| -> u64 { ps.iter().map(|p| p.delivered.load(Ordering::Relaxed)).sum() };
     tokio::time::sleep(o.warmup).await;
     let (t0, d0, l0) = (Instant::now(), total(&pairs), lost.load(Ordering::Relaxed));
     tokio::time::sleep(o.secs).await;
