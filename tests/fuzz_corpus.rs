@@ -2,8 +2,8 @@
 //!
 //! Every file in `fuzz/corpus/connect/` and `fuzz/corpus/connack/` goes through the
 //! same checks as the cargo-fuzz targets (`fuzz/fuzz_targets/checks.rs`), so a
-//! regression is caught without a nightly toolchain. Corpus directories of other
-//! targets are ignored here.
+//! regression is caught without a nightly toolchain. `fuzz/corpus/proxy_header/`
+//! is replayed by its own test at the end; other corpus directories are ignored.
 //!
 //! The seed files are written by `write_seed_corpus` below, from real encoders:
 //! `cargo test --test fuzz_corpus -- --ignored write_seed_corpus`.

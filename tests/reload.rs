@@ -64,13 +64,23 @@ struct Setup {
     extra: u16,
 }
 
-fn config(s: &Setup, nodes: &[&Mosquitto], tls_dir: &Path, cert: &str, interval: &str, extra_listener: bool) -> String {
+fn config(
+    s: &Setup,
+    nodes: &[&Mosquitto],
+    tls_dir: &Path,
+    cert: &str,
+    interval: &str,
+    extra_listener: bool,
+) -> String {
     let nodes_toml: Vec<String> = nodes
         .iter()
         .map(|n| format!("{{ name = \"{}\", address = \"{}\" }}", n.name, n.address()))
         .collect();
     let extra = if extra_listener {
-        format!("[[listeners]]\nname = \"mqtt2\"\nbind = \"127.0.0.1:{}\"\ncluster = \"brokers\"\n", s.extra)
+        format!(
+            "[[listeners]]\nname = \"mqtt2\"\nbind = \"127.0.0.1:{}\"\ncluster = \"brokers\"\n",
+            s.extra
+        )
     } else {
         String::new()
     };
@@ -118,9 +128,11 @@ fn edit(gate: &Gate, text: &str, result: &str) {
     let tmp = gate.config.with_extension("toml.tmp");
     std::fs::write(&tmp, text).expect("write temp config");
     std::fs::rename(&tmp, &gate.config).expect("rename config");
-    wait_until(Duration::from_secs(10), &format!("a reload counted as {result}"), || {
-        gate.metric("mqgate_config_reloads_total", &[("result", result)]) > before
-    });
+    wait_until(
+        Duration::from_secs(10),
+        &format!("a reload counted as {result}"),
+        || gate.metric("mqgate_config_reloads_total", &[("result", result)]) > before,
+    );
 }
 
 /// Does a TLS handshake with a client that trusts only `ca_pem` succeed?
@@ -130,11 +142,13 @@ async fn tls_handshake_ok(port: u16, ca_pem: &str) -> bool {
     for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
         roots.add(c.expect("ca pem")).expect("add root");
     }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let tcp = match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
         Ok(t) => t,
@@ -154,9 +168,19 @@ async fn reloads_under_traffic_keep_clients_and_messages() {
     let pki_b = Pki::new("ca-b");
     pki_a.write_server(dir.path(), "a");
     pki_b.write_server(dir.path(), "b");
-    let s = Setup { admin: free_port(), plain: free_port(), tls: free_port(), extra: free_port() };
+    let s = Setup {
+        admin: free_port(),
+        plain: free_port(),
+        tls: free_port(),
+        extra: free_port(),
+    };
     let d = dir.path();
-    let gate = Gate::start(d, "gw", &config(&s, &[&n1, &n2], d, "a", "200ms", false), s.admin);
+    let gate = Gate::start(
+        d,
+        "gw",
+        &config(&s, &[&n1, &n2], d, "a", "200ms", false),
+        s.admin,
+    );
     wait_until(Duration::from_secs(10), "n1 is leader", || {
         gate.metric("mqgate_node_leader", &[("node", "n1")]) == 1.0
     });
@@ -164,7 +188,9 @@ async fn reloads_under_traffic_keep_clients_and_messages() {
     // Steady traffic: one subscriber, one QoS 1 publisher, through the plain listener.
     let sub_c = counters();
     let sub = client("reload-sub", s.plain, sub_c.clone());
-    sub.subscribe("reload/load", QoS::AtLeastOnce).await.expect("subscribe");
+    sub.subscribe("reload/load", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
     wait_until_async(Duration::from_secs(10), "subscriber connected", || {
         let c = sub_c.clone();
         async move { c.connacks.load(Ordering::SeqCst) == 1 }
@@ -181,7 +207,11 @@ async fn reloads_under_traffic_keep_clients_and_messages() {
         tokio::spawn(async move {
             let mut i = 0u64;
             while running.load(Ordering::SeqCst) {
-                if publisher.publish("reload/load", QoS::AtLeastOnce, false, i.to_string()).await.is_err() {
+                if publisher
+                    .publish("reload/load", QoS::AtLeastOnce, false, i.to_string())
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 i += 1;
@@ -208,7 +238,9 @@ async fn reloads_under_traffic_keep_clients_and_messages() {
     let text = config(&s, &[&n1, &n2, &n3], d, "a", "200ms", false);
     tokio::task::block_in_place(|| {
         edit(g, &text, "ok");
-        wait_until(Duration::from_secs(10), "n3 checked up", || g.metric("mqgate_node_up", &[("node", "n3")]) == 1.0);
+        wait_until(Duration::from_secs(10), "n3 checked up", || {
+            g.metric("mqgate_node_up", &[("node", "n3")]) == 1.0
+        });
     });
     traffic_flows("traffic after adding a node").await;
 
@@ -217,17 +249,27 @@ async fn reloads_under_traffic_keep_clients_and_messages() {
     tokio::task::block_in_place(|| {
         edit(g, &text, "ok");
         wait_until(Duration::from_secs(10), "n2 gone from metrics", || {
-            !g.metrics().contains("node=\"n2\"") || g.metric("mqgate_node_up", &[("node", "n2")]) == 0.0
+            !g.metrics().contains("node=\"n2\"")
+                || g.metric("mqgate_node_up", &[("node", "n2")]) == 0.0
         });
     });
     traffic_flows("traffic after removing a node").await;
 
     // 3. Rotate the TLS certificate: new handshakes see the new one.
-    assert!(tls_handshake_ok(s.tls, &pki_a.ca_pem).await, "certificate A served before rotation");
+    assert!(
+        tls_handshake_ok(s.tls, &pki_a.ca_pem).await,
+        "certificate A served before rotation"
+    );
     let text = config(&s, &[&n1, &n3], d, "b", "200ms", false);
     tokio::task::block_in_place(|| edit(g, &text, "ok"));
-    assert!(tls_handshake_ok(s.tls, &pki_b.ca_pem).await, "certificate B served after rotation");
-    assert!(!tls_handshake_ok(s.tls, &pki_a.ca_pem).await, "certificate A no longer served");
+    assert!(
+        tls_handshake_ok(s.tls, &pki_b.ca_pem).await,
+        "certificate B served after rotation"
+    );
+    assert!(
+        !tls_handshake_ok(s.tls, &pki_a.ca_pem).await,
+        "certificate A no longer served"
+    );
     traffic_flows("traffic after certificate rotation").await;
 
     // 4. Change health settings.
@@ -240,11 +282,18 @@ async fn reloads_under_traffic_keep_clients_and_messages() {
     tokio::task::block_in_place(|| edit(g, &good, "ok"));
     let extra_c = counters();
     let extra = client("reload-extra", s.extra, extra_c.clone());
-    extra.publish("reload/other", QoS::AtLeastOnce, false, "x").await.expect("queue publish");
-    wait_until_async(Duration::from_secs(10), "client through the added listener is acked", || {
-        let c = extra_c.clone();
-        async move { c.acked.load(Ordering::SeqCst) >= 1 }
-    })
+    extra
+        .publish("reload/other", QoS::AtLeastOnce, false, "x")
+        .await
+        .expect("queue publish");
+    wait_until_async(
+        Duration::from_secs(10),
+        "client through the added listener is acked",
+        || {
+            let c = extra_c.clone();
+            async move { c.acked.load(Ordering::SeqCst) >= 1 }
+        },
+    )
     .await;
 
     // 6. Invalid files change nothing: syntax error, unknown key, bad value, unbindable listener.
@@ -252,9 +301,15 @@ async fn reloads_under_traffic_keep_clients_and_messages() {
     let busy_port = blocker.local_addr().expect("addr").port();
     let invalid = [
         good.replace("[clusters.brokers]", "[clusters.brokers"),
-        good.replace("mode = \"full-sync\"", "mode = \"full-sync\"\nbalanse = \"hash\""),
+        good.replace(
+            "mode = \"full-sync\"",
+            "mode = \"full-sync\"\nbalanse = \"hash\"",
+        ),
         good.replace("interval = \"400ms\"", "interval = \"soon\""),
-        good.replace(&format!("127.0.0.1:{}", s.extra), &format!("127.0.0.1:{busy_port}")),
+        good.replace(
+            &format!("127.0.0.1:{}", s.extra),
+            &format!("127.0.0.1:{busy_port}"),
+        ),
     ];
     for bad in &invalid {
         tokio::task::block_in_place(|| edit(g, bad, "error"));
@@ -262,8 +317,14 @@ async fn reloads_under_traffic_keep_clients_and_messages() {
         assert!(port_open(s.extra), "the old listener keeps serving");
     }
     let log = gate.log_text();
-    assert!(log.contains("balanse"), "the unknown key is named in the log");
-    assert!(log.contains("clusters.brokers.health.interval"), "the bad value's key is named in the log");
+    assert!(
+        log.contains("balanse"),
+        "the unknown key is named in the log"
+    );
+    assert!(
+        log.contains("clusters.brokers.health.interval"),
+        "the bad value's key is named in the log"
+    );
 
     // SIGHUP reloads too (the file is unchanged from the last invalid one: still an error).
     let errors = gate.metric("mqgate_config_reloads_total", &[("result", "error")]);
@@ -278,21 +339,37 @@ async fn reloads_under_traffic_keep_clients_and_messages() {
     running.store(false, Ordering::SeqCst);
     pub_task.await.expect("publisher task");
     let total = sent.load(Ordering::SeqCst);
-    wait_until_async(Duration::from_secs(15), "all publishes acknowledged", || {
-        let c = pub_c.clone();
-        async move { c.acked.load(Ordering::SeqCst) >= total }
-    })
+    wait_until_async(
+        Duration::from_secs(15),
+        "all publishes acknowledged",
+        || {
+            let c = pub_c.clone();
+            async move { c.acked.load(Ordering::SeqCst) >= total }
+        },
+    )
     .await;
-    wait_until_async(Duration::from_secs(15), "subscriber received every message", || {
-        let c = sub_c.clone();
-        async move { c.received.lock().expect("lock").len() as u64 >= total }
-    })
+    wait_until_async(
+        Duration::from_secs(15),
+        "subscriber received every message",
+        || {
+            let c = sub_c.clone();
+            async move { c.received.lock().expect("lock").len() as u64 >= total }
+        },
+    )
     .await;
     let got = sub_c.received.lock().expect("lock").clone();
     let missing: Vec<u64> = (0..total).filter(|i| !got.contains(i)).collect();
     assert!(missing.is_empty(), "lost QoS 1 messages: {missing:?}");
-    assert_eq!(sub_c.connacks.load(Ordering::SeqCst), 1, "subscriber was never disconnected");
-    assert_eq!(pub_c.connacks.load(Ordering::SeqCst), 1, "publisher was never disconnected");
+    assert_eq!(
+        sub_c.connacks.load(Ordering::SeqCst),
+        1,
+        "subscriber was never disconnected"
+    );
+    assert_eq!(
+        pub_c.connacks.load(Ordering::SeqCst),
+        1,
+        "publisher was never disconnected"
+    );
     assert!(total > 100, "traffic flowed throughout ({total} messages)");
     drop(blocker);
 }
@@ -302,11 +379,23 @@ async fn removing_a_node_closes_its_sessions_only() {
     let dir = tempdir();
     let n1 = Mosquitto::start("n1", dir.path());
     let n2 = Mosquitto::start("n2", dir.path());
-    let s = Setup { admin: free_port(), plain: free_port(), tls: free_port(), extra: free_port() };
+    let s = Setup {
+        admin: free_port(),
+        plain: free_port(),
+        tls: free_port(),
+        extra: free_port(),
+    };
     let d = dir.path();
     Pki::new("ca").write_server(d, "a");
-    let gate = Gate::start(d, "gw", &config(&s, &[&n1, &n2], d, "a", "200ms", false), s.admin);
-    wait_until(Duration::from_secs(10), "n1 is leader", || gate.metric("mqgate_node_leader", &[("node", "n1")]) == 1.0);
+    let gate = Gate::start(
+        d,
+        "gw",
+        &config(&s, &[&n1, &n2], d, "a", "200ms", false),
+        s.admin,
+    );
+    wait_until(Duration::from_secs(10), "n1 is leader", || {
+        gate.metric("mqgate_node_leader", &[("node", "n1")]) == 1.0
+    });
     let c = counters();
     let _cl = client("victim", s.plain, c.clone());
     wait_until_async(Duration::from_secs(10), "client connected", || {
@@ -317,10 +406,14 @@ async fn removing_a_node_closes_its_sessions_only() {
     // Remove the leader n1: its session closes; the client reconnects and lands on n2.
     let text = config(&s, &[&n2], d, "a", "200ms", false);
     tokio::task::block_in_place(|| edit(&gate, &text, "ok"));
-    wait_until_async(Duration::from_secs(10), "client reconnected after its node was removed", || {
-        let c = c.clone();
-        async move { c.connacks.load(Ordering::SeqCst) >= 2 }
-    })
+    wait_until_async(
+        Duration::from_secs(10),
+        "client reconnected after its node was removed",
+        || {
+            let c = c.clone();
+            async move { c.connacks.load(Ordering::SeqCst) >= 2 }
+        },
+    )
     .await;
     tokio::task::block_in_place(|| {
         wait_until(Duration::from_secs(10), "session now on n2", || {

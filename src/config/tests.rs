@@ -104,5 +104,8 @@ fn several_unknown_keys_are_all_reported() {
     let e = p(&text).unwrap_err();
     let msg = e.to_string();
     assert_eq!(e.errors.len(), 2, "{msg}");
-    assert!(msg.contains("max_conections") && msg.contains("conect_timeout"), "{msg}");
+    assert!(
+        msg.contains("max_conections") && msg.contains("conect_timeout"),
+        "{msg}"
+    );
 }
