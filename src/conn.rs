@@ -233,14 +233,14 @@ fn map_connect_error(e: ConnectError) -> ReadError {
 
 /// Everything after transport setup, for plain and TLS streams alike.
 async fn serve<S>(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     rt: &Runtime,
-    lst: &ListenerRt,
+    lst: &Arc<ListenerRt>,
     mut client: S,
     ctx: ClientCtx,
     slot: Slot,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = &rt.config.limits;
     let lname = lst.config.name.as_str();
@@ -339,63 +339,107 @@ async fn serve<S>(
         Box::pin(refuse(&mut client, v5, if v5 { 0x88 } else { 0x03 })).await;
         return;
     }
-    let labels = [lname, cluster.name.as_str(), node.name.as_str()];
-    shared
-        .metrics
-        .connections_total
-        .with_label_values(&labels)
-        .inc();
-    let active = shared.metrics.connections_active.with_label_values(&labels);
-    active.inc();
-    let _guard = node.connection_guard();
-    let mut observer = ConnackObserver::new(started);
-    let mut sink = Observed {
-        shared,
-        cluster,
-        node: &node,
+    // The relay runs as a task of its own that holds only what relaying needs: this
+    // set-up task (CONNECT buffer, pick, timers, TLS handshake state) ends here and
+    // its memory is freed, which keeps an idle proxied connection small.
+    let phase = Relay {
+        shared: shared.clone(),
+        lst: lst.clone(),
+        node,
         sticky: pick.sticky,
+        node_closed,
+        started,
+        slot,
     };
-    let fin = AtomicBool::new(false);
-    let mut client = FinWatch {
-        inner: &mut client,
-        fin: &fin,
-    };
-    let mut broker = FinWatch {
-        inner: &mut broker,
-        fin: &fin,
-    };
-    let relayed = relay::relay(
-        &mut client,
-        &mut broker,
-        &mut observer,
-        &mut sink,
-        &node.metrics,
-    );
-    let result = tokio::select! {
-        r = with_linger(relayed, &fin, CLOSE_LINGER) => match r {
-            Some(r) => r.map(Some),
-            None => {
-                tracing::debug!(linger = ?CLOSE_LINGER, "one side closed and the other did not follow; closing");
-                Ok(None)
-            }
-        },
-        _ = node_closed.cancelled() => Ok(None),
-        _ = lst.closed.cancelled() => Ok(None),
-        _ = shared.hard_stop.cancelled() => Ok(None),
-    };
-    active.dec();
-    match result {
-        Ok(Some(t)) => tracing::debug!(
-            to_broker = t.to_broker,
-            to_client = t.to_client,
-            "connection closed"
-        ),
-        Ok(None) => tracing::debug!(
-            "session closed by the gateway (half-close linger, node down, maintenance, removal or shutdown)"
-        ),
-        Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
+    shared
+        .tracker
+        .spawn(phase.run(client, broker).instrument(tracing::Span::current()));
+}
+
+/// Everything the relay phase of a connection keeps.
+struct Relay {
+    shared: Arc<Shared>,
+    lst: Arc<ListenerRt>,
+    node: Arc<Node>,
+    sticky: Option<StickyWrite>,
+    node_closed: tokio_util::sync::CancellationToken,
+    started: Instant,
+    slot: Slot,
+}
+
+impl Relay {
+    async fn run<S>(self, mut client: S, mut broker: TcpStream)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Relay {
+            shared,
+            lst,
+            node,
+            sticky,
+            node_closed,
+            started,
+            slot,
+        } = self;
+        let cluster = &lst.cluster;
+        let labels = [lst.config.name.as_str(), cluster.name.as_str(), node.name.as_str()];
+        shared
+            .metrics
+            .connections_total
+            .with_label_values(&labels)
+            .inc();
+        let active = shared.metrics.connections_active.with_label_values(&labels);
+        active.inc();
+        let _guard = node.connection_guard();
+        let mut observer = ConnackObserver::new(started);
+        let mut sink = Observed {
+            shared: &shared,
+            cluster,
+            node: &node,
+            sticky,
+        };
+        let fin = AtomicBool::new(false);
+        let mut client = FinWatch {
+            inner: &mut client,
+            fin: &fin,
+        };
+        let mut broker = FinWatch {
+            inner: &mut broker,
+            fin: &fin,
+        };
+        let relayed = relay::relay(
+            &mut client,
+            &mut broker,
+            &mut observer,
+            &mut sink,
+            &node.metrics,
+        );
+        let result = tokio::select! {
+            r = with_linger(relayed, &fin, CLOSE_LINGER) => match r {
+                Some(r) => r.map(Some),
+                None => {
+                    tracing::debug!(linger = ?CLOSE_LINGER, "one side closed and the other did not follow; closing");
+                    Ok(None)
+                }
+            },
+            _ = node_closed.cancelled() => Ok(None),
+            _ = lst.closed.cancelled() => Ok(None),
+            _ = shared.hard_stop.cancelled() => Ok(None),
+        };
+        active.dec();
+        match result {
+            Ok(Some(t)) => tracing::debug!(
+                to_broker = t.to_broker,
+                to_client = t.to_client,
+                "connection closed"
+            ),
+            Ok(None) => tracing::debug!(
+                "session closed by the gateway (half-close linger, node down, maintenance, removal or shutdown)"
+            ),
+            Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
+        }
+        drop(slot);
     }
-    drop(slot);
 }
 
 /// How long a relayed connection stays half-closed. Once one side's close has been
