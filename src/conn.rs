@@ -7,6 +7,7 @@
 //! or shutdown. Every refusal is counted once and logged once at debug.
 
 use crate::cluster::{Cluster, Node, StickyWrite};
+use crate::config::ProxyProtocolOut;
 use crate::gateway::{ListenerRt, Runtime, Shared};
 use crate::metrics::Reject;
 use crate::mqtt::{self, connack_reply, ConnackInfo, ConnectError, Parse};
@@ -75,9 +76,12 @@ pub async fn handle(
                 }
             }
         }
+        // Our side of the client socket is only needed for a PROXY header to the
+        // broker: skip the syscall otherwise (connect storms).
+        let send_pp = lst.cluster.config().send_proxy_protocol != ProxyProtocolOut::Off;
         let ctx = ClientCtx {
             peer,
-            local: tcp.local_addr().ok(),
+            local: if send_pp { tcp.local_addr().ok() } else { None },
             proxied,
             tls_info: None,
         };
@@ -90,8 +94,10 @@ pub async fn handle(
                 match timeout_at(deadline.into(), Box::pin(acceptor.accept(tcp))).await {
                     Ok(Ok(stream)) => {
                         let mut ctx = ctx;
-                        ctx.tls_info =
-                            Some(crate::proxy::TlsInfo::from_server_conn(stream.get_ref().1));
+                        if send_pp {
+                            ctx.tls_info =
+                                Some(crate::proxy::TlsInfo::from_server_conn(stream.get_ref().1));
+                        }
                         Box::pin(serve(&shared, &rt, &lst, stream, ctx, slot)).await
                     }
                     Ok(Err(e)) => {
@@ -323,7 +329,10 @@ async fn serve<S>(
     // down from now on also closes this session.
     let node_closed = node.session_token();
     let started = Instant::now();
-    let header = crate::proxy::header_out(cfg.send_proxy_protocol, &ctx, broker.local_addr().ok());
+    let header = match cfg.send_proxy_protocol {
+        ProxyProtocolOut::Off => Vec::new(),
+        mode => crate::proxy::header_out(mode, &ctx, broker.local_addr().ok()),
+    };
     let first = if header.is_empty() {
         broker.write_all(&buf).await
     } else {
@@ -351,9 +360,11 @@ async fn serve<S>(
         started,
         slot,
     };
-    shared
-        .tracker
-        .spawn(phase.run(client, broker).instrument(tracing::Span::current()));
+    shared.tracker.spawn(
+        phase
+            .run(client, broker)
+            .instrument(tracing::Span::current()),
+    );
 }
 
 /// Everything the relay phase of a connection keeps.
@@ -382,7 +393,11 @@ impl Relay {
             slot,
         } = self;
         let cluster = &lst.cluster;
-        let labels = [lst.config.name.as_str(), cluster.name.as_str(), node.name.as_str()];
+        let labels = [
+            lst.config.name.as_str(),
+            cluster.name.as_str(),
+            node.name.as_str(),
+        ];
         shared
             .metrics
             .connections_total

@@ -554,12 +554,10 @@ impl Cluster {
     /// A client landed on `node`: write the sticky entry if it changed.
     pub fn landed(&self, sticky: Option<StickyWrite>, node: &Node) {
         if let Some(w) = sticky {
+            // `mqgate_sticky_entries` is refreshed on every scrape (admin) and by the
+            // sweeper, not here: counting locks every shard.
             if w.current.as_deref() != Some(node.name.as_str()) {
                 self.sticky.record(&w.key, &node.name);
-                self.metrics
-                    .sticky_entries
-                    .with_label_values(&[&self.name])
-                    .set(self.sticky.len() as i64);
             }
         }
     }
