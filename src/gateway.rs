@@ -93,6 +93,24 @@ impl Shared {
         self.runtime().clusters.get(name).cloned()
     }
 
+    /// Current clusters, sorted by name (stable order for syncs and snapshots).
+    pub fn clusters_sorted(&self) -> Vec<Arc<Cluster>> {
+        let mut v: Vec<_> = self.runtime().clusters.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Set `mqgate_sticky_entries` from the tables' sizes (counting locks every
+    /// shard, so this runs on scrapes, sweeps and bulk changes, not per connection).
+    pub fn refresh_sticky_gauges(&self) {
+        for c in self.runtime().clusters.values() {
+            self.metrics
+                .sticky_entries
+                .with_label_values(&[&c.name])
+                .set(c.sticky.len() as i64);
+        }
+    }
+
     /// The address a listener is bound to (useful with port 0).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         self.runtime().listeners.get(name).map(|l| l.local_addr)
@@ -189,12 +207,8 @@ impl Gateway {
                 }
                 for c in shared.runtime().clusters.values() {
                     c.sticky.sweep();
-                    shared
-                        .metrics
-                        .sticky_entries
-                        .with_label_values(&[&c.name])
-                        .set(c.sticky.len() as i64);
                 }
+                shared.refresh_sticky_gauges();
             }
         });
     }

@@ -11,7 +11,7 @@ every raw figure and the summary to integration/out/bench-<time>.json.
 Nothing here asserts on speed: the exit status is 1 only if the harness itself fails
 (a process does not start, a scenario moves no messages, connections are refused).
 """
-import argparse, datetime, json, os, platform, socket, statistics, subprocess, sys, time
+import argparse, datetime, json, os, platform, random, socket, statistics, subprocess, sys, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -23,12 +23,31 @@ class HarnessError(Exception):
     pass
 
 
+_given_ports = set()
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    """A free port below the kernel's ephemeral range: a port-0 pick can be taken
+    as the source port of an outgoing connection before the real bind."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            eph_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        eph_low = 32768
+    for _ in range(1000):
+        p = random.randrange(10000, max(eph_low, 11000))
+        if p in _given_ports:
+            continue
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        _given_ports.add(p)
+        return p
+    raise HarnessError("no free port below the ephemeral range")
 
 
 def log(*a):

@@ -198,13 +198,7 @@ fn metrics(shared: &Shared) -> Resp {
     // The sticky gauge is also refreshed by the sweeper; refresh it here so that a
     // scrape always sees the table's current size (entries removed by the API or
     // peers, or expired, included).
-    for c in shared.runtime().clusters.values() {
-        shared
-            .metrics
-            .sticky_entries
-            .with_label_values(&[&c.name])
-            .set(c.sticky.len() as i64);
-    }
+    shared.refresh_sticky_gauges();
     let mut r = Response::new(Full::new(Bytes::from(shared.metrics.render())));
     r.headers_mut().insert(
         CONTENT_TYPE,

@@ -211,8 +211,7 @@ async fn send_loop<W: AsyncWrite + Unpin>(
 async fn full_sync<W: AsyncWrite + Unpin>(shared: &Shared, w: &mut W) -> Result<u64, LinkError> {
     let mut buf = Vec::with_capacity(256 * 1024);
     frame::encode(&Frame::SyncBegin, &mut buf);
-    let mut clusters: Vec<_> = shared.runtime().clusters.values().cloned().collect();
-    clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    let clusters = shared.clusters_sorted();
     let mut total = 0u64;
     for c in clusters {
         for shard in 0..SHARDS {
@@ -283,13 +282,7 @@ async fn receive_loop<R: AsyncRead + Unpin>(
                     received = got,
                     "full sticky table received from peer"
                 );
-                for c in shared.runtime().clusters.values() {
-                    shared
-                        .metrics
-                        .sticky_entries
-                        .with_label_values(&[&c.name])
-                        .set(c.sticky.len() as i64);
-                }
+                shared.refresh_sticky_gauges();
             }
             Some(Frame::Heartbeat) => {}
             Some(Frame::Error { reason }) => return Err(LinkError::Refused(reason)),

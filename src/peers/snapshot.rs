@@ -45,8 +45,7 @@ pub fn encode(shared: &Shared) -> (Vec<u8>, u64) {
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT.to_be_bytes());
     out.extend_from_slice(&crate::sticky::now_ms().to_be_bytes());
-    let mut clusters: Vec<_> = shared.runtime().clusters.values().cloned().collect();
-    clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    let clusters = shared.clusters_sorted();
     let mut total = 0u64;
     for c in clusters {
         for shard in 0..SHARDS {
@@ -182,11 +181,5 @@ pub async fn load(shared: &Arc<Shared>, path: &Path) {
         Ok(entries) => tracing::info!(file = %path.display(), entries, "sticky snapshot loaded"),
         Err(e) => tracing::warn!("sticky snapshot partly loaded: {e}"),
     }
-    for c in shared.runtime().clusters.values() {
-        shared
-            .metrics
-            .sticky_entries
-            .with_label_values(&[&c.name])
-            .set(c.sticky.len() as i64);
-    }
+    shared.refresh_sticky_gauges();
 }
