@@ -6,23 +6,24 @@
 //! most [`CLOSE_LINGER`] half-open) → close on EOF, error, node/listener cancellation
 //! or shutdown. Every refusal is counted once and logged once at debug.
 
-use crate::cluster::{Cluster, Node, StickyWrite};
+use crate::cluster::{ActiveGuard, Cluster, Node, StickyWrite};
 use crate::config::ProxyProtocolOut;
 use crate::gateway::{ListenerRt, Runtime, Shared};
 use crate::metrics::Reject;
 use crate::mqtt::{self, connack_reply, ConnackInfo, ConnectError, Parse};
-use crate::relay::{self, ConnackObserver, ConnackSink};
+use crate::relay::{self, ConnackSink};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout_at;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{field, Instrument};
 
 /// Entry point of a connection task.
@@ -327,7 +328,7 @@ async fn serve<S>(
     tracing::Span::current().record("node", node.name.as_str());
     // Subscribe to the node's session handle before forwarding, so that a node marked
     // down from now on also closes this session.
-    let node_closed = node.session_token();
+    let closed = node.session_token(lname, &lst.closed);
     let started = Instant::now();
     let header = match cfg.send_proxy_protocol {
         ProxyProtocolOut::Off => Vec::new(),
@@ -351,109 +352,146 @@ async fn serve<S>(
     // The relay runs as a task of its own that holds only what relaying needs: this
     // set-up task (CONNECT buffer, pick, timers, TLS handshake state) ends here and
     // its memory is freed, which keeps an idle proxied connection small.
-    let phase = Relay {
-        shared: shared.clone(),
-        lst: lst.clone(),
-        node,
-        sticky: pick.sticky,
-        node_closed,
-        started,
-        slot,
+    let labels = [lname, cluster.name.as_str(), node.name.as_str()];
+    shared
+        .metrics
+        .connections_total
+        .with_label_values(&labels)
+        .inc();
+    let active = shared.metrics.connections_active.with_label_values(&labels);
+    active.inc();
+    let task = RelayTask {
+        client,
+        broker,
+        pipe: relay::Pipe::new(started),
+        linger: None,
+        seen_epoch: u64::MAX,
+        closed: closed.cancelled_owned(),
+        keep: Keep {
+            shared: shared.clone(),
+            lst: lst.clone(),
+            node: node.connection_guard(),
+            sticky: pick.sticky.map(Box::new),
+            active,
+            _slot: slot,
+        },
     };
-    shared.tracker.spawn(
-        phase
-            .run(client, broker)
-            .instrument(tracing::Span::current()),
-    );
+    // The connection's span exists only when debug logging is on; otherwise the
+    // task carries no span at all.
+    let span = tracing::Span::current();
+    if span.is_none() {
+        shared.tracker.spawn(task);
+    } else {
+        shared.tracker.spawn(task.instrument(span));
+    }
 }
 
-/// Everything the relay phase of a connection keeps.
-struct Relay {
+/// Bumped before any token that relayed sessions wait on is cancelled (a node's
+/// sessions, a listener's, shutdown): see [`RelayTask`].
+static CANCEL_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// Cancel a token that relayed sessions wait on (a node's session token, a listener's
+/// `closed`, `hard_stop`). Always use this rather than `token.cancel()` for those.
+pub fn cancel_sessions(token: &CancellationToken) {
+    CANCEL_EPOCH.fetch_add(1, Ordering::SeqCst);
+    token.cancel();
+}
+
+/// What the relay phase of a connection keeps besides its sockets and relay state;
+/// dropped when the connection ends.
+struct Keep {
     shared: Arc<Shared>,
     lst: Arc<ListenerRt>,
-    node: Arc<Node>,
-    sticky: Option<StickyWrite>,
-    node_closed: tokio_util::sync::CancellationToken,
-    started: Instant,
-    slot: Slot,
+    /// The node, counted as one of its active connections while this lives.
+    node: ActiveGuard,
+    /// Boxed: it is gone once the broker answered, so idle connections do not carry
+    /// its room.
+    sticky: Option<Box<StickyWrite>>,
+    active: prometheus::IntGauge,
+    _slot: Slot,
 }
 
-impl Relay {
-    async fn run<S>(self, mut client: S, mut broker: TcpStream)
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let Relay {
-            shared,
-            lst,
-            node,
-            sticky,
-            node_closed,
-            started,
-            slot,
-        } = self;
-        let cluster = &lst.cluster;
-        let labels = [
-            lst.config.name.as_str(),
-            cluster.name.as_str(),
-            node.name.as_str(),
-        ];
-        shared
-            .metrics
-            .connections_total
-            .with_label_values(&labels)
-            .inc();
-        let active = shared.metrics.connections_active.with_label_values(&labels);
-        active.inc();
-        let _guard = node.connection_guard();
-        let mut observer = ConnackObserver::new(started);
-        let mut sink = Observed {
-            shared: &shared,
-            cluster,
-            node: &node,
-            sticky,
-        };
-        let fin = AtomicBool::new(false);
-        let mut client = FinWatch {
-            inner: &mut client,
-            fin: &fin,
-        };
-        let mut broker = FinWatch {
-            inner: &mut broker,
-            fin: &fin,
-        };
-        let relayed = relay::relay(
-            &mut client,
-            &mut broker,
-            &mut observer,
-            &mut sink,
-            &node.metrics,
-        );
-        let result = tokio::select! {
-            r = with_linger(relayed, &fin, CLOSE_LINGER) => match r {
-                Some(r) => r.map(Some),
-                None => {
-                    tracing::debug!(linger = ?CLOSE_LINGER, "one side closed and the other did not follow; closing");
-                    Ok(None)
-                }
-            },
-            _ = node_closed.cancelled() => Ok(None),
-            _ = lst.closed.cancelled() => Ok(None),
-            _ = shared.hard_stop.cancelled() => Ok(None),
-        };
-        active.dec();
-        match result {
-            Ok(Some(t)) => tracing::debug!(
-                to_broker = t.to_broker,
-                to_client = t.to_client,
-                "connection closed"
-            ),
-            Ok(None) => tracing::debug!(
-                "session closed by the gateway (half-close linger, node down, maintenance, removal or shutdown)"
-            ),
-            Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
+impl Drop for Keep {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The relay phase of one connection, written out as a future of its own: its
+    /// fields are all that an idle proxied connection holds (an `async fn` kept
+    /// its arguments and their moved copies both, and three cancellation waits).
+    ///
+    /// Closing by the gateway (node down or in maintenance, listener removed,
+    /// shutdown): one token covers them all (`Node::session_token`). Its wait
+    /// registers the task's waker on the first poll; polling it again would take two
+    /// shared locks on every wake-up of every connection, so it is polled again only
+    /// after [`cancel_sessions`] bumped `CANCEL_EPOCH` (it does so before cancelling,
+    /// and the cancel wakes this task).
+    struct RelayTask<S> {
+        client: S,
+        broker: TcpStream,
+        pipe: relay::Pipe,
+        // Allocated only once a side has closed: an open connection carries no timer.
+        linger: Option<Pin<Box<tokio::time::Sleep>>>,
+        seen_epoch: u64,
+        #[pin]
+        closed: WaitForCancellationFutureOwned,
+        keep: Keep,
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Future for RelayTask<S> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        let epoch = CANCEL_EPOCH.load(Ordering::SeqCst);
+        if *this.seen_epoch != epoch {
+            *this.seen_epoch = epoch;
+            if this.closed.as_mut().poll(cx).is_ready() {
+                tracing::debug!(
+                    "session closed by the gateway (node down, maintenance, removal or shutdown)"
+                );
+                return Poll::Ready(());
+            }
         }
-        drop(slot);
+        let keep = &mut *this.keep;
+        let node = keep.node.node();
+        let mut sink = Observed {
+            shared: &keep.shared,
+            cluster: &keep.lst.cluster,
+            node,
+            sticky: &mut keep.sticky,
+        };
+        match this
+            .pipe
+            .poll(cx, this.client, this.broker, &mut sink, &node.metrics)
+        {
+            Poll::Ready(Ok(t)) => {
+                tracing::debug!(
+                    to_broker = t.to_broker,
+                    to_client = t.to_client,
+                    "connection closed"
+                );
+                return Poll::Ready(());
+            }
+            Poll::Ready(Err(e)) => {
+                tracing::debug!(error = %e, "connection ended with an error");
+                return Poll::Ready(());
+            }
+            Poll::Pending => {}
+        }
+        if this.pipe.half_closed() {
+            let t = this
+                .linger
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(CLOSE_LINGER)));
+            if t.as_mut().poll(cx).is_ready() {
+                tracing::debug!(linger = ?CLOSE_LINGER, "one side closed and the other did not follow; closing");
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -464,67 +502,6 @@ impl Relay {
 /// again — so this only ends connections of clients that ignore the broker's close,
 /// which would otherwise hold their `max_connections` slot forever.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(5);
-
-/// One side of the relay, passed through unchanged, noting in `fin` when the relay
-/// has shut down its write half (the other side's close was passed on).
-struct FinWatch<'a, S> {
-    inner: &'a mut S,
-    fin: &'a AtomicBool,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for FinWatch<'_, S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.get_mut().inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for FinWatch<'_, S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut *self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut *this.inner).poll_shutdown(cx);
-        if r.is_ready() {
-            this.fin.store(true, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-/// Run `relay` to its end, or give up `linger` after `fin` was set (only ever set
-/// while `relay` is being polled). `None`: gave up. The timer is allocated only once
-/// a side has closed, so an open connection carries none.
-async fn with_linger<F: Future>(relay: F, fin: &AtomicBool, linger: Duration) -> Option<F::Output> {
-    let mut relay = std::pin::pin!(relay);
-    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(v) = relay.as_mut().poll(cx) {
-            return Poll::Ready(Some(v));
-        }
-        if fin.load(Ordering::Relaxed) {
-            let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(linger)));
-            if t.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
-            }
-        }
-        Poll::Pending
-    })
-    .await
-}
 
 async fn connect_upstream(node: &Node, t: Duration) -> std::io::Result<TcpStream> {
     match tokio::time::timeout(t, crate::health::connect_node(node)).await {
@@ -566,7 +543,7 @@ struct Observed<'a> {
     node: &'a Node,
     /// Written only once the broker accepted the client (CONNACK code 0), so that
     /// clients that fail to log in cannot fill the table and push real entries out.
-    sticky: Option<StickyWrite>,
+    sticky: &'a mut Option<Box<StickyWrite>>,
 }
 
 impl ConnackSink for Observed<'_> {
@@ -574,7 +551,8 @@ impl ConnackSink for Observed<'_> {
         let code = match info {
             Some(i) => {
                 if i.code == 0 {
-                    self.cluster.landed(self.sticky.take(), self.node);
+                    self.cluster
+                        .landed(self.sticky.take().map(|b| *b), self.node);
                 }
                 self.node
                     .metrics

@@ -329,7 +329,10 @@ impl Gateway {
                         }
                         None => {
                             tracing::info!(listener = %l.name, bind = %local_addr, tls = l.tls.is_some(), "listening");
-                            CancellationToken::new()
+                            // A child of `hard_stop`: relayed sessions wait on this one
+                            // token (through their node's session token) for both
+                            // listener removal and the end of shutdown.
+                            shared.hard_stop.child_token()
                         }
                     };
                     let stop_accept = CancellationToken::new();
@@ -369,7 +372,7 @@ impl Gateway {
                 if let Some(s) = slots.remove(&name) {
                     tracing::info!(listener = %name, "listener removed; closing its sessions");
                     s.stop_accept.cancel();
-                    s.closed.cancel();
+                    crate::conn::cancel_sessions(&s.closed);
                 }
             }
         }
@@ -453,7 +456,7 @@ impl Gateway {
                 open_connections = shared.tracker.len(),
                 "shutdown grace over; closing remaining sessions"
             );
-            shared.hard_stop.cancel();
+            crate::conn::cancel_sessions(&shared.hard_stop);
             let _ = tokio::time::timeout(Duration::from_secs(5), shared.tracker.wait()).await;
         }
         shared.background.cancel();

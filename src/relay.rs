@@ -9,7 +9,6 @@
 
 use crate::metrics::NodeMetrics;
 use crate::mqtt::{observe_connack, ConnackInfo, Parse};
-use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -66,9 +65,9 @@ impl ConnackObserver {
 
 #[derive(Default)]
 struct Direction {
-    /// Bytes read but not yet accepted by the destination.
+    /// Bytes read but not yet accepted by the destination (at most `CHUNK`).
     pending: Option<Box<[u8]>>,
-    pos: usize,
+    pos: u32,
     need_flush: bool,
     eof: bool,
     done: bool,
@@ -81,26 +80,54 @@ pub struct RelayTotals {
     pub to_client: u64,
 }
 
-/// Relay until both directions have finished (EOF passed on as a write shutdown) or an
-/// error occurs on either side.
-pub async fn relay<C, B, K>(
-    client: &mut C,
-    broker: &mut B,
-    observer: &mut ConnackObserver,
-    sink: &mut K,
-    metrics: &NodeMetrics,
-) -> io::Result<RelayTotals>
-where
-    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    K: ConnackSink,
-{
-    let mut up = Direction::default();
-    let mut down = Direction::default();
-    let mut totals = RelayTotals::default();
-    poll_fn(|cx| {
+/// The relay state of one connection: both directions and the CONNACK watch. It owns
+/// no sockets and no buffers (see the module comment), so that the task holding it
+/// stays small while the connection is idle.
+pub struct Pipe {
+    up: Direction,
+    down: Direction,
+    observer: ConnackObserver,
+    totals: RelayTotals,
+}
+
+impl Pipe {
+    pub fn new(started: Instant) -> Self {
+        Self {
+            up: Direction::default(),
+            down: Direction::default(),
+            observer: ConnackObserver::new(started),
+            totals: RelayTotals::default(),
+        }
+    }
+
+    /// One side's close has been passed on to the other (a half-open connection).
+    pub fn half_closed(&self) -> bool {
+        self.up.done || self.down.done
+    }
+
+    /// Move what can be moved now, both ways. Ready once both directions have
+    /// finished (EOF passed on as a write shutdown), or on an error on either side.
+    pub fn poll<C, B, K>(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut C,
+        broker: &mut B,
+        sink: &mut K,
+        metrics: &NodeMetrics,
+    ) -> Poll<io::Result<RelayTotals>>
+    where
+        C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        K: ConnackSink,
+    {
+        let Pipe {
+            up,
+            down,
+            observer,
+            totals,
+        } = self;
         if !up.done {
-            match poll_direction(cx, &mut *client, &mut *broker, &mut up, &mut |d| {
+            match poll_direction(cx, &mut *client, &mut *broker, up, &mut |d| {
                 totals.to_broker += d.len() as u64;
                 metrics.to_broker.inc_by(d.len() as u64);
             }) {
@@ -110,7 +137,7 @@ where
             }
         }
         if !down.done {
-            match poll_direction(cx, &mut *broker, &mut *client, &mut down, &mut |d| {
+            match poll_direction(cx, &mut *broker, &mut *client, down, &mut |d| {
                 totals.to_client += d.len() as u64;
                 metrics.to_client.inc_by(d.len() as u64);
                 observer.feed(d, sink);
@@ -121,12 +148,11 @@ where
             }
         }
         if up.done && down.done {
-            Poll::Ready(Ok(totals))
+            Poll::Ready(Ok(*totals))
         } else {
             Poll::Pending
         }
-    })
-    .await
+    }
 }
 
 fn poll_direction<R, W>(
@@ -142,10 +168,10 @@ where
 {
     loop {
         if let Some(buf) = dir.pending.as_deref() {
-            while dir.pos < buf.len() {
-                match Pin::new(&mut *dst).poll_write(cx, &buf[dir.pos..]) {
+            while (dir.pos as usize) < buf.len() {
+                match Pin::new(&mut *dst).poll_write(cx, &buf[dir.pos as usize..]) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Poll::Ready(Ok(n)) => dir.pos += n,
+                    Poll::Ready(Ok(n)) => dir.pos += n as u32,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => return Poll::Pending,
                 }

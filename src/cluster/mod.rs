@@ -20,6 +20,7 @@ use crate::metrics::{Metrics, NodeMetrics};
 use crate::mqtt::Connect;
 use crate::sticky::{Lookup, StickyTable};
 use arc_swap::{ArcSwap, ArcSwapOption};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,7 +80,10 @@ pub struct Node {
     health: AtomicU8,
     admin: AtomicU8,
     active: AtomicUsize,
-    sessions: Mutex<CancellationToken>,
+    /// One token per listener relaying to this node, each a child of that listener's
+    /// `closed` token: a relayed session waits on this single token for node down,
+    /// maintenance, listener removal and shutdown alike.
+    sessions: Mutex<HashMap<String, CancellationToken>>,
     removed: AtomicBool,
     pub metrics: NodeMetrics,
     /// Stops this node's background tasks (health checks) when it is removed.
@@ -97,7 +101,7 @@ impl Node {
             health: AtomicU8::new(Health::Unknown as u8),
             admin: AtomicU8::new(AdminState::Ready as u8),
             active: AtomicUsize::new(0),
-            sessions: Mutex::new(CancellationToken::new()),
+            sessions: Mutex::new(HashMap::new()),
             removed: AtomicBool::new(false),
             metrics: metrics.node(cluster, name),
             tasks: CancellationToken::new(),
@@ -154,12 +158,26 @@ impl Node {
         !self.is_removed() && self.health() != Health::Down
     }
 
-    /// A handle that is cancelled when this node's sessions must close.
-    pub fn session_token(&self) -> CancellationToken {
-        match self.sessions.lock() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
+    /// A handle that is cancelled when this node's sessions through `listener` must
+    /// close: when the node's sessions are closed, or when `listener_closed` (the
+    /// listener's `closed` token, of which it is a child) is.
+    pub fn session_token(
+        &self,
+        listener: &str,
+        listener_closed: &CancellationToken,
+    ) -> CancellationToken {
+        let mut g = match self.sessions.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(t) = g.get(listener) {
+            if !t.is_cancelled() {
+                return t.clone();
+            }
         }
+        let t = listener_closed.child_token();
+        g.insert(listener.to_string(), t.clone());
+        t
     }
 
     /// Close every session currently relayed through this node.
@@ -169,9 +187,11 @@ impl Node {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
-            std::mem::replace(&mut *g, CancellationToken::new())
+            std::mem::take(&mut *g)
         };
-        old.cancel();
+        for t in old.values() {
+            crate::conn::cancel_sessions(t);
+        }
     }
 
     /// Count a connection for `least-conn`, `/status` and the active gauge; undone on drop.
@@ -182,6 +202,12 @@ impl Node {
 }
 
 pub struct ActiveGuard(Arc<Node>);
+
+impl ActiveGuard {
+    pub fn node(&self) -> &Arc<Node> {
+        &self.0
+    }
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {

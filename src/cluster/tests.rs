@@ -133,7 +133,7 @@ fn full_sync_leader_change_closes_old_sessions() {
     up_all(&c);
     let n1 = node(&c, "node1");
     assert_eq!(leader_name(&c).as_deref(), Some("node1"));
-    let session = n1.session_token();
+    let session = n1.session_token("l", &CancellationToken::new());
     c.set_admin_state(&n1, AdminState::Maint);
     assert!(
         session.is_cancelled(),
@@ -147,7 +147,7 @@ fn full_sync_keep_leaves_sessions_open() {
     let c = cluster("full-sync", "on_node_down = \"keep\"", "");
     up_all(&c);
     let n1 = node(&c, "node1");
-    let session = n1.session_token();
+    let session = n1.session_token("l", &CancellationToken::new());
     c.set_health(&n1, Health::Down);
     assert_eq!(leader_name(&c).as_deref(), Some("node2"));
     assert!(!session.is_cancelled());
@@ -158,7 +158,7 @@ fn full_sync_drained_leader_takes_no_new_clients() {
     let c = cluster("full-sync", "", "");
     up_all(&c);
     let n1 = node(&c, "node1");
-    let session = n1.session_token();
+    let session = n1.session_token("l", &CancellationToken::new());
     c.set_admin_state(&n1, AdminState::Drain);
     assert_eq!(leader_name(&c).as_deref(), Some("node1"));
     assert!(!session.is_cancelled(), "drain keeps existing sessions");
@@ -327,7 +327,7 @@ fn drain_keeps_sticky_clients_maint_takes_none() {
     up_all(&c);
     let home = route(&c, &connect_bytes(false, "s", None, true)).unwrap_or_default();
     let n = node(&c, &home);
-    let session = n.session_token();
+    let session = n.session_token("l", &CancellationToken::new());
     c.set_admin_state(&n, AdminState::Drain);
     assert!(!session.is_cancelled(), "drain keeps sessions");
     // A client whose entry points to the drained node still goes there.

@@ -121,6 +121,16 @@ fn per_shard(capacity: usize) -> NonZeroUsize {
     NonZeroUsize::new(capacity.div_ceil(SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN)
 }
 
+/// An LRU map bounded to `cap` that grows with its contents. `LruCache::new` would
+/// allocate the whole hash table up front, and inserts at random buckets would then
+/// touch its pages one by one: with the default capacity, megabytes resident for a
+/// table that holds a few thousand entries.
+fn bounded_lru<V>(cap: NonZeroUsize) -> LruCache<Arc<str>, V> {
+    let mut c = LruCache::unbounded();
+    c.resize(cap);
+    c
+}
+
 /// `now - idle`, saturating (an `Instant` cannot go before the clock's origin).
 fn ago(idle: Duration) -> Instant {
     let now = Instant::now();
@@ -139,8 +149,8 @@ impl StickyTable {
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
-                        live: LruCache::new(per),
-                        dead: LruCache::new(per),
+                        live: bounded_lru(per),
+                        dead: bounded_lru(per),
                     })
                 })
                 .collect(),
