@@ -48,6 +48,11 @@ pub struct ListenerRt {
 struct Slot {
     bind: SocketAddr,
     local_addr: SocketAddr,
+    /// A second handle on the listening socket, handed to a successor process
+    /// (`crate::handover`). Dropped with the slot and at the start of shutdown, so
+    /// that the accept loop's close stays the socket's last: a socket kept open here
+    /// would go on queueing connections that nobody accepts.
+    sock: Option<std::net::TcpListener>,
     stop_accept: CancellationToken,
     closed: CancellationToken,
 }
@@ -58,6 +63,9 @@ pub struct Shared {
     runtime: ArcSwap<Runtime>,
     clusters: Mutex<HashMap<String, Arc<Cluster>>>,
     slots: Mutex<HashMap<String, Slot>>,
+    /// Listening sockets taken over from a previous process, by bind address; used
+    /// instead of binding anew (`crate::handover`).
+    inherited: Mutex<HashMap<SocketAddr, std::net::TcpListener>>,
     /// Serialises reloads.
     apply_lock: tokio::sync::Mutex<()>,
     /// Stop accepting (start of graceful shutdown).
@@ -111,6 +119,20 @@ impl Shared {
         }
     }
 
+    /// A second handle on every listening socket, for a successor process.
+    pub fn listening_sockets(&self) -> Vec<(String, SocketAddr, std::net::TcpListener)> {
+        lock(&self.slots)
+            .iter()
+            .filter_map(|(name, s)| match s.sock.as_ref()?.try_clone() {
+                Ok(d) => Some((name.clone(), s.bind, d)),
+                Err(e) => {
+                    tracing::warn!(listener = %name, "handover: cannot duplicate the socket: {e}");
+                    None
+                }
+            })
+            .collect()
+    }
+
     /// The address a listener is bound to (useful with port 0).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         self.runtime().listeners.get(name).map(|l| l.local_addr)
@@ -156,6 +178,15 @@ impl Gateway {
     /// Bind everything and start serving. Errors if a listener cannot bind or its TLS
     /// material cannot be loaded.
     pub async fn start(config: Config) -> Result<Gateway, ApplyError> {
+        Self::start_with(config, HashMap::new()).await
+    }
+
+    /// [`Gateway::start`] on listening sockets taken over from a previous process
+    /// (by bind address; see `crate::handover`). Those not used are closed.
+    pub async fn start_with(
+        config: Config,
+        inherited: HashMap<SocketAddr, std::net::TcpListener>,
+    ) -> Result<Gateway, ApplyError> {
         let metrics = Arc::new(Metrics::new());
         let empty = Runtime {
             config: Arc::new(config.clone()),
@@ -167,6 +198,7 @@ impl Gateway {
             runtime: ArcSwap::from_pointee(empty),
             clusters: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
+            inherited: Mutex::new(inherited),
             apply_lock: tokio::sync::Mutex::new(()),
             stopping: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
@@ -184,6 +216,9 @@ impl Gateway {
         });
         let gw = Gateway { shared };
         gw.apply(config).await?;
+        for (bind, _) in lock(&gw.shared.inherited).drain() {
+            tracing::info!(bind = %bind, "handover: socket not in this config; closed");
+        }
         if let Err(e) = crate::peers::start(&gw.shared).await {
             let bind = gw.shared.runtime().config.peers.as_ref().map(|p| p.bind);
             return Err(ApplyError::Bind {
@@ -253,7 +288,8 @@ impl Gateway {
                 acceptors.insert(l.name.clone(), TlsAcceptor::from(sc));
             }
         }
-        let mut new_sockets: HashMap<String, std::net::TcpListener> = HashMap::new();
+        let mut new_sockets: HashMap<String, (std::net::TcpListener, std::net::TcpListener)> =
+            HashMap::new();
         {
             let slots = lock(&shared.slots);
             for l in &cfg.listeners {
@@ -262,12 +298,21 @@ impl Gateway {
                     .map(|s| s.bind == l.bind)
                     .unwrap_or(false);
                 if !keep {
-                    let sock = listener::bind(l.bind).map_err(|error| ApplyError::Bind {
+                    let inherited = lock(&shared.inherited).remove(&l.bind);
+                    let sock = match inherited {
+                        Some(s) => s,
+                        None => listener::bind(l.bind).map_err(|error| ApplyError::Bind {
+                            listener: l.name.clone(),
+                            bind: l.bind,
+                            error,
+                        })?,
+                    };
+                    let dup = sock.try_clone().map_err(|error| ApplyError::Bind {
                         listener: l.name.clone(),
                         bind: l.bind,
                         error,
                     })?;
-                    new_sockets.insert(l.name.clone(), sock);
+                    new_sockets.insert(l.name.clone(), (sock, dup));
                 }
             }
         }
@@ -319,7 +364,7 @@ impl Gateway {
                 let Some(cluster) = clusters_now.get(&l.cluster).cloned() else {
                     continue; // validation guarantees the cluster exists
                 };
-                if let Some(sock) = new_sockets.remove(&l.name) {
+                if let Some((sock, dup)) = new_sockets.remove(&l.name) {
                     let local_addr = sock.local_addr().unwrap_or(l.bind);
                     let closed = match slots.remove(&l.name) {
                         Some(old_slot) => {
@@ -341,6 +386,7 @@ impl Gateway {
                         Slot {
                             bind: l.bind,
                             local_addr,
+                            sock: Some(dup),
                             stop_accept: stop_accept.clone(),
                             closed: closed.clone(),
                         },
@@ -444,6 +490,9 @@ impl Gateway {
     pub async fn shutdown(&self) {
         let shared = &self.shared;
         let grace = shared.runtime().config.limits.shutdown_grace;
+        for s in lock(&shared.slots).values_mut() {
+            s.sock = None;
+        }
         shared.stopping.cancel();
         shared.tracker.close();
         let open = shared.tracker.len();
@@ -485,8 +534,58 @@ pub async fn run_with(
     shutdown: CancellationToken,
     set_log_level: Option<crate::logging::LevelSetter>,
 ) -> anyhow::Result<()> {
-    let gw = Gateway::start(config).await.context("starting mqgate")?;
-    *lock(&gw.shared.log_level) = set_log_level;
+    run_opts(
+        config,
+        shutdown,
+        RunOptions {
+            set_log_level,
+            handover: None,
+        },
+    )
+    .await
+}
+
+/// Options of [`run_opts`] beyond the config file.
+#[derive(Default)]
+pub struct RunOptions {
+    /// Changes the log level on reload.
+    pub set_log_level: Option<crate::logging::LevelSetter>,
+    /// `--handover PATH`: take the listening sockets from the process serving PATH,
+    /// then serve them to the next one (`crate::handover`).
+    pub handover: Option<std::path::PathBuf>,
+}
+
+/// [`run`] with [`RunOptions`].
+pub async fn run_opts(
+    config: Config,
+    shutdown: CancellationToken,
+    opts: RunOptions,
+) -> anyhow::Result<()> {
+    let mut inherited = match &opts.handover {
+        Some(path) => {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || crate::handover::take(&path))
+                .await
+                .context("handover task")??
+        }
+        None => crate::handover::Inherited::none(),
+    };
+    let sockets = std::mem::take(&mut inherited.sockets);
+    let gw = Gateway::start_with(config, sockets)
+        .await
+        .context("starting mqgate")?;
+    inherited.confirm();
+    if let Some(path) = opts.handover {
+        let gw2 = gw.clone();
+        crate::handover::serve(
+            path,
+            move || gw2.shared.listening_sockets(),
+            shutdown.clone(),
+            gw.shared.background.clone(),
+        )
+        .context("serving the handover socket")?;
+    }
+    *lock(&gw.shared.log_level) = opts.set_log_level;
     crate::admin::spawn(&gw)
         .await
         .context("starting the admin server")?;

@@ -31,6 +31,7 @@ pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod gateway;
+pub mod handover;
 pub mod health;
 pub mod listener;
 pub mod logging;
@@ -43,4 +44,4 @@ pub mod reload;
 pub mod sticky;
 pub mod tls;
 
-pub use gateway::{run, run_with, Gateway};
+pub use gateway::{run, run_opts, run_with, Gateway, RunOptions};

@@ -28,6 +28,11 @@ enum Cmd {
     Run {
         #[arg(short, long, default_value = "mqgate.toml")]
         config: PathBuf,
+        /// Restart without losing connection attempts: take the listening sockets
+        /// from the mqgate serving this Unix socket (it then shuts down gracefully),
+        /// and serve them to the next process started with the same option.
+        #[arg(long, value_name = "PATH")]
+        handover: Option<PathBuf>,
     },
     /// Validate a config file and print a summary (exit 1 with every error).
     Check {
@@ -64,7 +69,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { config } => run(config),
+        Cmd::Run { config, handover } => run(config, handover),
         Cmd::Check { config } => match mqgate::config::load(&config) {
             Ok(cfg) => {
                 print!("{}", mqgate::cli::summary(&cfg));
@@ -110,7 +115,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: PathBuf) -> ExitCode {
+fn run(path: PathBuf, handover: Option<PathBuf>) -> ExitCode {
     let cfg = match mqgate::config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -137,7 +142,15 @@ fn run(path: PathBuf) -> ExitCode {
             tracing::info!("stop signal received");
             s.cancel();
         });
-        mqgate::run_with(cfg, shutdown, Some(set_level)).await
+        mqgate::run_opts(
+            cfg,
+            shutdown,
+            mqgate::RunOptions {
+                set_log_level: Some(set_level),
+                handover,
+            },
+        )
+        .await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,10 @@
 //! connections that reach the old socket's queues between its last accept and its close
 //! (measured: 2 in 99 restarts). With the sysctl set the tests require zero failures;
 //! without it they allow a handful and print the count (see docs/hardening.md).
+//!
+//! With `mqgate run --handover PATH` the new process takes the old one's listening
+//! sockets themselves (SCM_RIGHTS over a Unix socket): the accept queue outlives the
+//! old process, and that test requires zero failures whatever the sysctl says.
 
 mod common;
 
@@ -257,4 +261,144 @@ fn new_process_takes_the_sticky_table_over_from_the_old_one_as_a_peer() {
         failed <= allowed_failures(),
         "failed connects during the restart: {errors:?}"
     );
+}
+
+/// `--handover`: each new process takes the listening socket from the running one,
+/// which then shuts down by itself. Two restarts in a row under steady connects; not
+/// one connect may fail, whatever `tcp_migrate_req` says.
+#[test]
+fn handover_of_listening_sockets_loses_no_connects() {
+    let dir = tempdir();
+    let broker = Mosquitto::start("b1", dir.path());
+    let sock = dir.path().join("handover.sock");
+    let sock_arg = sock.display().to_string();
+    let args = ["--handover", sock_arg.as_str()];
+    let listen = free_port();
+    let admin = free_port();
+    let mut old = Gate::start_args(
+        dir.path(),
+        "gate-1",
+        &config(admin, listen, &broker, ""),
+        admin,
+        &args,
+    );
+    wait_until(Duration::from_secs(10), "node up", || {
+        old.metric("mqgate_node_up", &[]) == 1.0
+    });
+    wait_until(Duration::from_secs(10), "handover socket file", || {
+        sock.exists()
+    });
+    let traffic = Traffic::start(listen, 4);
+    for i in 2..=3 {
+        let base = traffic.ok();
+        wait_until(Duration::from_secs(10), "steady traffic", || {
+            traffic.ok() > base + 50
+        });
+        // The second handover uses the very same config (admin address included,
+        // bound with SO_REUSEPORT next to the old one's): one command line for every
+        // restart.
+        let admin = if i == 2 { free_port() } else { old.admin_port };
+        let new = Gate::start_args(
+            dir.path(),
+            &format!("gate-{i}"),
+            &config(admin, listen, &broker, ""),
+            admin,
+            &args,
+        );
+        assert_eq!(
+            old.wait_exit(Duration::from_secs(20)),
+            Some(0),
+            "the old process shuts down by itself after the handover, exit 0"
+        );
+        assert!(old
+            .log_text()
+            .contains("handover: the new process runs on our sockets"));
+        assert!(new
+            .log_text()
+            .contains("handover: listening socket received"));
+        let base = traffic.ok();
+        wait_until(Duration::from_secs(10), "traffic continues", || {
+            traffic.ok() > base + 100
+        });
+        assert!(new.metric("mqgate_connections_total", &[]) > 100.0);
+        old = new;
+    }
+    let (ok, failed, errors) = traffic.finish();
+    eprintln!(
+        "handover: {ok} connects, {failed} failed: {:?}",
+        &errors[..errors.len().min(5)]
+    );
+    assert_eq!(
+        failed, 0,
+        "failed connects during the handovers: {errors:?}"
+    );
+    assert_eq!(old.stop(), Some(0));
+    assert!(
+        !sock.exists(),
+        "the last process removes its handover socket file"
+    );
+}
+
+/// A new process that cannot start (here: a second listener on a port taken by
+/// another program) exits with an error before confirming; the old process keeps its
+/// sockets and clients, and still hands over to the next, correct, process.
+#[test]
+fn failed_handover_leaves_the_old_process_serving() {
+    let dir = tempdir();
+    let broker = Mosquitto::start("b1", dir.path());
+    let sock = dir.path().join("handover.sock");
+    let sock_arg = sock.display().to_string();
+    let args = ["--handover", sock_arg.as_str()];
+    let (listen, admin) = (free_port(), free_port());
+    let good = config(admin, listen, &broker, "");
+    let mut old = Gate::start_args(dir.path(), "gate-old", &good, admin, &args);
+    wait_until(Duration::from_secs(10), "node up", || {
+        old.metric("mqgate_node_up", &[]) == 1.0
+    });
+    wait_until(Duration::from_secs(10), "handover socket file", || {
+        sock.exists()
+    });
+
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").expect("bind blocker");
+    let taken = blocker.local_addr().expect("blocker addr").port();
+    let bad_toml = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad_toml,
+        format!(
+            "{good}\n[[listeners]]\nname = \"second\"\nbind = \"127.0.0.1:{taken}\"\ncluster = \"brokers\"\n"
+        ),
+    )
+    .expect("write bad config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mqgate"))
+        .args(["run", "-c"])
+        .arg(&bad_toml)
+        .args(args)
+        .output()
+        .expect("run the failing process");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the new process fails: {stderr}"
+    );
+    assert!(stderr.contains("cannot bind"), "{stderr}");
+
+    old.wait_log("did not confirm");
+    session(listen, "still-served", false).expect("the old process still serves clients");
+    assert!(
+        sock.exists(),
+        "the old process still serves the handover socket"
+    );
+
+    let admin2 = free_port();
+    let _new = Gate::start_args(
+        dir.path(),
+        "gate-new",
+        &config(admin2, listen, &broker, ""),
+        admin2,
+        &args,
+    );
+    assert_eq!(old.wait_exit(Duration::from_secs(20)), Some(0));
+    session(listen, "after-handover", false).expect("the new process serves clients");
+    drop(blocker);
 }

@@ -59,12 +59,16 @@ pub(crate) type Refusal = Box<Resp>;
 pub async fn spawn(gw: &Gateway) -> std::io::Result<()> {
     let shared = gw.shared.clone();
     let bind = shared.runtime().config.admin.bind;
-    let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot bind the admin API to {bind}: {e}"),
-        )
-    })?;
+    // SO_REUSEPORT like the client listeners: during a restart (`--handover` or
+    // not) the new process binds the same admin address while the old one drains.
+    let listener = crate::listener::bind(bind)
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot bind the admin API to {bind}: {e}"),
+            )
+        })?;
     tracing::info!(bind = %listener.local_addr()?, "admin API listening");
     let stop = shared.background.clone();
     let tracker = shared.bg_tracker.clone();

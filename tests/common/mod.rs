@@ -204,6 +204,8 @@ pub struct Gate {
     pub config: PathBuf,
     pub admin_port: u16,
     pub log: PathBuf,
+    /// Extra `mqgate run` arguments (e.g. `--handover PATH`).
+    pub args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -212,6 +214,11 @@ impl Gate {
     /// admin API answers. The caller's TOML must contain `[admin] bind = "127.0.0.1:{admin_port}"`
     /// — use [`Gate::admin_section`].
     pub fn start(dir: &Path, name: &str, toml: &str, admin_port: u16) -> Gate {
+        Gate::start_args(dir, name, toml, admin_port, &[])
+    }
+
+    /// [`Gate::start`] with extra `mqgate run` arguments.
+    pub fn start_args(dir: &Path, name: &str, toml: &str, admin_port: u16, args: &[&str]) -> Gate {
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, toml).expect("write config");
         let log = dir.join(format!("{name}.log"));
@@ -219,6 +226,7 @@ impl Gate {
             config,
             admin_port,
             log,
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         g.resume();
@@ -235,6 +243,7 @@ impl Gate {
             .arg("run")
             .arg("-c")
             .arg(&self.config)
+            .args(&self.args)
             .env(
                 "RUST_LOG",
                 std::env::var("MQGATE_TEST_LOG").unwrap_or_else(|_| "debug".into()),
