@@ -42,7 +42,7 @@ pub async fn handle(
         node = field::Empty
     );
     async move {
-        let _ = tcp.set_nodelay(true);
+        // TCP_NODELAY is inherited from the listening socket (`listener::bind`).
         let limits = &rt.config.limits;
         let Some(slot) = take_slot(&shared, &lst.config.name) else {
             return;

@@ -120,6 +120,11 @@ pub fn take(path: &Path) -> anyhow::Result<Inherited> {
         let sock = TcpListener::from(fd);
         sock.set_nonblocking(true)
             .context("handover: socket to non-blocking")?;
+        // Accepted sockets inherit TCP_NODELAY from the listener (`listener::bind`);
+        // set it again in case the previous process did not.
+        socket2::SockRef::from(&sock)
+            .set_nodelay(true)
+            .context("handover: TCP_NODELAY")?;
         tracing::info!(listener = %e.name, bind = %e.bind, "handover: listening socket received");
         sockets.insert(e.bind, sock);
     }
