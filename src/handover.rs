@@ -82,7 +82,7 @@ impl Inherited {
 /// Ask the process serving `path` for its listening sockets. Nobody there (no file, a
 /// stale file): no sockets, and the caller binds its own.
 pub fn take(path: &Path) -> anyhow::Result<Inherited> {
-    let conn = match UnixStream::connect(path) {
+    let mut conn = match UnixStream::connect(path) {
         Ok(c) => c,
         Err(e) => {
             tracing::info!(path = %path.display(), "handover: no running mqgate to take sockets from ({e})");
@@ -107,7 +107,17 @@ pub fn take(path: &Path) -> anyhow::Result<Inherited> {
             fds.extend(rights);
         }
     }
-    let entries: Vec<Entry> = serde_json::from_slice(&data[..got.bytes])
+    // The descriptors come with the first bytes; the JSON line may arrive in pieces.
+    let mut len = got.bytes;
+    while len == 0 || data[len - 1] != b'\n' {
+        anyhow::ensure!(len < data.len(), "handover message too long");
+        let n = conn
+            .read(&mut data[len..])
+            .with_context(|| format!("reading the handover message from {}", path.display()))?;
+        anyhow::ensure!(n > 0, "handover: the old process closed the connection");
+        len += n;
+    }
+    let entries: Vec<Entry> = serde_json::from_slice(&data[..len - 1])
         .with_context(|| format!("handover message from {}", path.display()))?;
     anyhow::ensure!(
         entries.len() == fds.len(),
@@ -205,7 +215,9 @@ async fn hand_over(
             bind: *bind,
         })
         .collect();
-    let json = serde_json::to_vec(&entries).context("handover message")?;
+    // One JSON line (serde_json writes no newline of its own).
+    let mut json = serde_json::to_vec(&entries).context("handover message")?;
+    json.push(b'\n');
     let conn = tokio::task::spawn_blocking(move || -> anyhow::Result<UnixStream> {
         use std::os::fd::AsFd;
         let fds: Vec<_> = list.iter().map(|(_, _, s)| s.as_fd()).collect();
