@@ -525,24 +525,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Run a gateway until `shutdown` is cancelled; SIGHUP reloads the config file.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    run_with(config, shutdown, None).await
-}
-
-/// [`run`], with a function that changes the log level on reload.
-pub async fn run_with(
-    config: Config,
-    shutdown: CancellationToken,
-    set_log_level: Option<crate::logging::LevelSetter>,
-) -> anyhow::Result<()> {
-    run_opts(
-        config,
-        shutdown,
-        RunOptions {
-            set_log_level,
-            handover: None,
-        },
-    )
-    .await
+    run_opts(config, shutdown, RunOptions::default()).await
 }
 
 /// Options of [`run_opts`] beyond the config file.

@@ -44,4 +44,4 @@ pub mod reload;
 pub mod sticky;
 pub mod tls;
 
-pub use gateway::{run, run_opts, run_with, Gateway, RunOptions};
+pub use gateway::{run, run_opts, Gateway, RunOptions};

@@ -1,5 +1,5 @@
 //! Reload triggers: the config file changing on disk (watched, debounced, including an
-//! editor replacing the file by rename), SIGHUP (see `gateway::run_with`) and
+//! editor replacing the file by rename), SIGHUP (see `gateway::run_opts`) and
 //! `POST /api/v1/reload` (see `admin`). All of them end in [`Gateway::reload`]:
 //! parse → validate → diff → apply, where an invalid file changes nothing.
 //!
