@@ -7,7 +7,7 @@
 //! token is wrong or missing, the cluster/node/key is unknown.
 
 use crate::admin::{ClusterView, StatusView};
-use crate::config::{CheckKind, Config, Mode, OnNodeDown, StickyKey, StickySessions};
+use crate::config::{Config, Mode};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -69,14 +69,8 @@ pub fn summary(c: &Config) -> String {
             Mode::Dynsec => format!(
                 "dynsec: balance {}, sticky on {} ({} sessions, expire {})",
                 cl.balance.as_str(),
-                match cl.sticky.key {
-                    StickyKey::ClientId => "client_id",
-                    StickyKey::Username => "username",
-                },
-                match cl.sticky.sessions {
-                    StickySessions::Persistent => "persistent",
-                    StickySessions::All => "all",
-                },
+                cl.sticky.key.as_str(),
+                cl.sticky.sessions.as_str(),
                 human(cl.sticky.expire)
             ),
         };
@@ -84,17 +78,11 @@ pub fn summary(c: &Config) -> String {
         let _ = writeln!(
             s,
             "           health {} every {} (rise {}, fall {}), on node down: {}",
-            match cl.health.check {
-                CheckKind::Mqtt => "mqtt",
-                CheckKind::Tcp => "tcp",
-            },
+            cl.health.check.as_str(),
             human(cl.health.interval),
             cl.health.rise,
             cl.health.fall,
-            match cl.on_node_down {
-                OnNodeDown::Disconnect => "disconnect",
-                OnNodeDown::Keep => "keep",
-            }
+            cl.on_node_down.as_str()
         );
         for n in &cl.nodes {
             let _ = writeln!(s, "           node {:<12} {}", n.name, n.address);

@@ -125,6 +125,15 @@ pub enum OnNodeDown {
     Keep,
 }
 
+impl OnNodeDown {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnNodeDown::Disconnect => "disconnect",
+            OnNodeDown::Keep => "keep",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyProtocolOut {
     Off,
@@ -188,6 +197,15 @@ pub enum CheckKind {
     Mqtt,
 }
 
+impl CheckKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Mqtt => "mqtt",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthConfig {
     pub check: CheckKind,
@@ -207,10 +225,28 @@ pub enum StickyKey {
     Username,
 }
 
+impl StickyKey {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StickyKey::ClientId => "client_id",
+            StickyKey::Username => "username",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StickySessions {
     Persistent,
     All,
+}
+
+impl StickySessions {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StickySessions::Persistent => "persistent",
+            StickySessions::All => "all",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
