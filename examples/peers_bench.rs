@@ -53,9 +53,16 @@ peers = [ {} ]
     )
 }
 
-async fn gateway(dir: &Path, name: &str, toml: String) -> anyhow::Result<Gateway> {
+/// Start gateway `name` with its peer listener on `port`, dialing `peers`.
+async fn gateway(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    peers: &[(&str, u16)],
+    capacity: usize,
+) -> anyhow::Result<Gateway> {
     let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, toml)?;
+    std::fs::write(&path, config(dir, name, port, peers, capacity))?;
     let cfg = mqgate::config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Gateway::start(cfg).await?)
 }
@@ -101,13 +108,9 @@ async fn main() -> anyhow::Result<()> {
     let z = gateway(
         dir.path(),
         "gate-z",
-        config(
-            dir.path(),
-            "gate-z",
-            pz,
-            &[("gate-a", pa), ("gate-b", pb)],
-            cap,
-        ),
+        pz,
+        &[("gate-a", pa), ("gate-b", pb)],
+        cap,
     )
     .await?;
     let zc = table(&z)?;
@@ -134,13 +137,9 @@ async fn main() -> anyhow::Result<()> {
     let a = gateway(
         dir.path(),
         "gate-a",
-        config(
-            dir.path(),
-            "gate-a",
-            pa,
-            &[("gate-z", pz), ("gate-b", pb)],
-            cap,
-        ),
+        pa,
+        &[("gate-z", pz), ("gate-b", pb)],
+        cap,
     )
     .await?;
     let took = wait_len(&a, entries, Duration::from_secs(600)).await?;
@@ -155,13 +154,9 @@ async fn main() -> anyhow::Result<()> {
     let b = gateway(
         dir.path(),
         "gate-b",
-        config(
-            dir.path(),
-            "gate-b",
-            pb,
-            &[("gate-z", pz), ("gate-a", pa)],
-            cap,
-        ),
+        pb,
+        &[("gate-z", pz), ("gate-a", pa)],
+        cap,
     )
     .await?;
     wait_len(&b, entries, Duration::from_secs(600)).await?;

@@ -699,45 +699,19 @@ fn mutual_tls_links_replicate_and_refuse_foreign_certificates() {
         GateSpec::new("gate-b"),
         GateSpec::new("gate-c"),
     );
-    // TLS only: no shared secret line at all.
-    let strip = |t: String| -> String {
-        t.lines()
+    // TLS only: no shared secret line at all; the own certificate comes from `issuer`.
+    let tls_config = |spec: &GateSpec, peers: &[(&str, u16)], issuer: &Pki| -> String {
+        let plain = config(dir.path(), spec, spec.peer, peers, &refs, "all", None, "");
+        let kept: Vec<&str> = plain
+            .lines()
             .filter(|l| !l.starts_with("secret_file"))
-            .collect::<Vec<_>>()
-            .join("\n")
-            + "\n"
+            .collect();
+        kept.join("\n") + "\n" + &write(spec.name, &pki, issuer)
     };
-    let ta = strip(config(
-        dir.path(),
-        &sa,
-        sa.peer,
-        &[("gate-b", sb.peer)],
-        &refs,
-        "all",
-        None,
-        "",
-    )) + &write("gate-a", &pki, &pki);
-    let tb = strip(config(
-        dir.path(),
-        &sb,
-        sb.peer,
-        &[("gate-a", sa.peer), ("gate-c", sc.peer)],
-        &refs,
-        "all",
-        None,
-        "",
-    )) + &write("gate-b", &pki, &pki);
+    let ta = tls_config(&sa, &[("gate-b", sb.peer)], &pki);
+    let tb = tls_config(&sb, &[("gate-a", sa.peer), ("gate-c", sc.peer)], &pki);
     // gate-c trusts the right CA but its own certificate comes from another one.
-    let tc = strip(config(
-        dir.path(),
-        &sc,
-        sc.peer,
-        &[("gate-b", sb.peer)],
-        &refs,
-        "all",
-        None,
-        "",
-    )) + &write("gate-c", &pki, &stranger);
+    let tc = tls_config(&sc, &[("gate-b", sb.peer)], &stranger);
     let a = Gate::start(dir.path(), "gate-a", &ta, sa.admin);
     let b = Gate::start(dir.path(), "gate-b", &tb, sb.admin);
     let _c = Gate::start(dir.path(), "gate-c", &tc, sc.admin);

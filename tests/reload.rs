@@ -64,6 +64,27 @@ struct Setup {
     extra: u16,
 }
 
+/// Free ports, and a gateway on `config` over `n1` and `n2` (certificate "a" in `d`,
+/// health checks every 200 ms, no extra listener), once n1 leads.
+fn start_gateway(d: &Path, n1: &Mosquitto, n2: &Mosquitto) -> (Setup, Gate) {
+    let s = Setup {
+        admin: free_port(),
+        plain: free_port(),
+        tls: free_port(),
+        extra: free_port(),
+    };
+    let gate = Gate::start(
+        d,
+        "gw",
+        &config(&s, &[n1, n2], d, "a", "200ms", false),
+        s.admin,
+    );
+    wait_until(Duration::from_secs(10), "n1 is leader", || {
+        gate.metric("mqgate_node_leader", &[("node", "n1")]) == 1.0
+    });
+    (s, gate)
+}
+
 fn config(
     s: &Setup,
     nodes: &[&Mosquitto],
@@ -168,22 +189,8 @@ async fn reloads_under_traffic_keep_clients_and_messages() {
     let pki_b = Pki::new("ca-b");
     pki_a.write_server(dir.path(), "a");
     pki_b.write_server(dir.path(), "b");
-    let s = Setup {
-        admin: free_port(),
-        plain: free_port(),
-        tls: free_port(),
-        extra: free_port(),
-    };
     let d = dir.path();
-    let gate = Gate::start(
-        d,
-        "gw",
-        &config(&s, &[&n1, &n2], d, "a", "200ms", false),
-        s.admin,
-    );
-    wait_until(Duration::from_secs(10), "n1 is leader", || {
-        gate.metric("mqgate_node_leader", &[("node", "n1")]) == 1.0
-    });
+    let (s, gate) = start_gateway(d, &n1, &n2);
 
     // Steady traffic: one subscriber, one QoS 1 publisher, through the plain listener.
     let sub_c = counters();
@@ -379,23 +386,9 @@ async fn removing_a_node_closes_its_sessions_only() {
     let dir = tempdir();
     let n1 = Mosquitto::start("n1", dir.path());
     let n2 = Mosquitto::start("n2", dir.path());
-    let s = Setup {
-        admin: free_port(),
-        plain: free_port(),
-        tls: free_port(),
-        extra: free_port(),
-    };
     let d = dir.path();
     Pki::new("ca").write_server(d, "a");
-    let gate = Gate::start(
-        d,
-        "gw",
-        &config(&s, &[&n1, &n2], d, "a", "200ms", false),
-        s.admin,
-    );
-    wait_until(Duration::from_secs(10), "n1 is leader", || {
-        gate.metric("mqgate_node_leader", &[("node", "n1")]) == 1.0
-    });
+    let (s, gate) = start_gateway(d, &n1, &n2);
     let c = counters();
     let _cl = client("victim", s.plain, c.clone());
     wait_until_async(Duration::from_secs(10), "client connected", || {

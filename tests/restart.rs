@@ -263,6 +263,24 @@ fn new_process_takes_the_sticky_table_over_from_the_old_one_as_a_peer() {
     );
 }
 
+/// The handover socket file of the `--handover` tests, in their temporary directory.
+const HANDOVER_SOCK: &str = "handover.sock";
+
+/// A gateway started with `--handover dir/HANDOVER_SOCK`; returned once its node is up
+/// and the socket file exists.
+fn start_with_handover(dir: &std::path::Path, name: &str, toml: &str, admin: u16) -> Gate {
+    let sock = dir.join(HANDOVER_SOCK);
+    let sock_arg = sock.display().to_string();
+    let g = Gate::start_args(dir, name, toml, admin, &["--handover", &sock_arg]);
+    wait_until(Duration::from_secs(10), "node up", || {
+        g.metric("mqgate_node_up", &[]) == 1.0
+    });
+    wait_until(Duration::from_secs(10), "handover socket file", || {
+        sock.exists()
+    });
+    g
+}
+
 /// `--handover`: each new process takes the listening socket from the running one,
 /// which then shuts down by itself. Two restarts in a row under steady connects; not
 /// one connect may fail, whatever `tcp_migrate_req` says.
@@ -270,24 +288,15 @@ fn new_process_takes_the_sticky_table_over_from_the_old_one_as_a_peer() {
 fn handover_of_listening_sockets_loses_no_connects() {
     let dir = tempdir();
     let broker = Mosquitto::start("b1", dir.path());
-    let sock = dir.path().join("handover.sock");
-    let sock_arg = sock.display().to_string();
-    let args = ["--handover", sock_arg.as_str()];
+    let sock = dir.path().join(HANDOVER_SOCK);
     let listen = free_port();
     let admin = free_port();
-    let mut old = Gate::start_args(
+    let mut old = start_with_handover(
         dir.path(),
         "gate-1",
         &config(admin, listen, &broker, ""),
         admin,
-        &args,
     );
-    wait_until(Duration::from_secs(10), "node up", || {
-        old.metric("mqgate_node_up", &[]) == 1.0
-    });
-    wait_until(Duration::from_secs(10), "handover socket file", || {
-        sock.exists()
-    });
     let traffic = Traffic::start(listen, 4);
     for i in 2..=3 {
         let base = traffic.ok();
@@ -298,12 +307,11 @@ fn handover_of_listening_sockets_loses_no_connects() {
         // bound with SO_REUSEPORT next to the old one's): one command line for every
         // restart.
         let admin = if i == 2 { free_port() } else { old.admin_port };
-        let new = Gate::start_args(
+        let new = start_with_handover(
             dir.path(),
             &format!("gate-{i}"),
             &config(admin, listen, &broker, ""),
             admin,
-            &args,
         );
         assert_eq!(
             old.wait_exit(Duration::from_secs(20)),
@@ -346,18 +354,10 @@ fn handover_of_listening_sockets_loses_no_connects() {
 fn failed_handover_leaves_the_old_process_serving() {
     let dir = tempdir();
     let broker = Mosquitto::start("b1", dir.path());
-    let sock = dir.path().join("handover.sock");
-    let sock_arg = sock.display().to_string();
-    let args = ["--handover", sock_arg.as_str()];
+    let sock = dir.path().join(HANDOVER_SOCK);
     let (listen, admin) = (free_port(), free_port());
     let good = config(admin, listen, &broker, "");
-    let mut old = Gate::start_args(dir.path(), "gate-old", &good, admin, &args);
-    wait_until(Duration::from_secs(10), "node up", || {
-        old.metric("mqgate_node_up", &[]) == 1.0
-    });
-    wait_until(Duration::from_secs(10), "handover socket file", || {
-        sock.exists()
-    });
+    let mut old = start_with_handover(dir.path(), "gate-old", &good, admin);
 
     let blocker = std::net::TcpListener::bind("127.0.0.1:0").expect("bind blocker");
     let taken = blocker.local_addr().expect("blocker addr").port();
@@ -372,7 +372,8 @@ fn failed_handover_leaves_the_old_process_serving() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mqgate"))
         .args(["run", "-c"])
         .arg(&bad_toml)
-        .args(args)
+        .arg("--handover")
+        .arg(&sock)
         .output()
         .expect("run the failing process");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -391,12 +392,11 @@ fn failed_handover_leaves_the_old_process_serving() {
     );
 
     let admin2 = free_port();
-    let _new = Gate::start_args(
+    let _new = start_with_handover(
         dir.path(),
         "gate-new",
         &config(admin2, listen, &broker, ""),
         admin2,
-        &args,
     );
     assert_eq!(old.wait_exit(Duration::from_secs(20)), Some(0));
     session(listen, "after-handover", false).expect("the new process serves clients");
