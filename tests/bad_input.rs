@@ -76,6 +76,14 @@ fn expect_refusal(s: &Setup, what: &str, bytes: &[u8], reply: &[u8], reason: &st
     assert!(ping(&mut ok), "{what}: a legitimate client still works");
 }
 
+/// A fresh MQTT 3.1.1 CONNECT as `id`: answered with CONNACK "accepted"?
+fn accepted(port: u16, id: &str) -> bool {
+    let mut c = tcp(port);
+    let _ = c.write_all(&connect_v311(id));
+    let (got, _) = read_to_close(&mut c, Duration::from_millis(300));
+    got.starts_with(&[0x20, 0x02, 0x00, 0x00])
+}
+
 fn connect_body(name: &[u8], level: u8, flags: u8, rest: &[&[u8]]) -> Vec<u8> {
     let mut body = mqtt_field(name);
     body.extend_from_slice(&[level, flags, 0, 60]);
@@ -290,10 +298,7 @@ fn over_max_connections_gets_server_busy() {
     assert!(ping(&mut holder));
     drop(holder);
     wait_until(Duration::from_secs(10), "slot freed", || {
-        let mut c = tcp(s.port);
-        let _ = c.write_all(&connect_v311("third"));
-        let (got, _) = read_to_close(&mut c, Duration::from_millis(300));
-        got.starts_with(&[0x20, 0x02, 0x00, 0x00])
+        accepted(s.port, "third")
     });
 }
 
@@ -342,12 +347,7 @@ fn no_node_gets_server_unavailable_then_recovers() {
     wait_until(
         Duration::from_secs(10),
         "client accepted once the node is up",
-        || {
-            let mut c = tcp(port);
-            let _ = c.write_all(&connect_v311("back"));
-            let (got, _) = read_to_close(&mut c, Duration::from_millis(300));
-            got.starts_with(&[0x20, 0x02, 0x00, 0x00])
-        },
+        || accepted(port, "back"),
     );
 }
 
@@ -385,12 +385,7 @@ fn over_per_ip_connect_rate_is_closed_at_accept() {
     wait_until(
         Duration::from_secs(5),
         "accepted again after the refill",
-        || {
-            let mut c = tcp(s.port);
-            let _ = c.write_all(&connect_v311("rate-4"));
-            let (got, _) = read_to_close(&mut c, Duration::from_millis(300));
-            got.starts_with(&[0x20, 0x02, 0x00, 0x00])
-        },
+        || accepted(s.port, "rate-4"),
     );
 }
 
