@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout_at;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{field, Instrument};
 
@@ -51,14 +52,15 @@ pub async fn handle(
         let mut peer = peer;
         let mut proxied = None;
         if lst.config.proxy_protocol {
-            match crate::proxy::accept_header(
+            // Boxed, like every set-up step below: the task spawned per connection
+            // stays small (a few hundred bytes, moved once into its task cell).
+            let header = Box::pin(crate::proxy::accept_header(
                 &mut tcp,
                 peer,
                 &lst.config.trusted_proxies,
                 limits.connect_timeout,
-            )
-            .await
-            {
+            ));
+            match header.await {
                 Ok(info) => {
                     if let Some(src) = info.source {
                         tracing::Span::current().record("client.addr", field::display(src));
@@ -86,35 +88,47 @@ pub async fn handle(
             proxied,
             tls_info: None,
         };
+        // Boxed: the task keeps only the future of the transport in use, not the
+        // largest of plain, TLS handshake and TLS serve (idle memory per connection).
         match lst.tls.as_ref().map(|t| t.load_full()) {
-            // Boxed: the task keeps only the future of the transport in use, not the
-            // largest of plain, TLS handshake and TLS serve (idle memory per connection).
             None => Box::pin(serve(&shared, &rt, &lst, tcp, ctx, slot)).await,
             Some(acceptor) => {
-                let deadline = Instant::now() + limits.tls_handshake_timeout;
-                match timeout_at(deadline.into(), Box::pin(acceptor.accept(tcp))).await {
-                    Ok(Ok(stream)) => {
-                        let mut ctx = ctx;
-                        if send_pp {
-                            ctx.tls_info =
-                                Some(crate::proxy::TlsInfo::from_server_conn(stream.get_ref().1));
-                        }
-                        Box::pin(serve(&shared, &rt, &lst, stream, ctx, slot)).await
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "refused: TLS handshake failed");
-                        tls_failed(&shared, &lst);
-                    }
-                    Err(_) => {
-                        tracing::debug!("refused: TLS handshake timed out");
-                        tls_failed(&shared, &lst);
-                    }
-                }
+                let tls = handshake_then_serve(&shared, &rt, &lst, acceptor, tcp, ctx, slot);
+                Box::pin(tls).await
             }
         }
     }
     .instrument(span)
     .await
+}
+
+/// The TLS handshake (under `tls_handshake_timeout`), then [`serve`].
+async fn handshake_then_serve(
+    shared: &Arc<Shared>,
+    rt: &Runtime,
+    lst: &Arc<ListenerRt>,
+    acceptor: Arc<TlsAcceptor>,
+    tcp: TcpStream,
+    mut ctx: ClientCtx,
+    slot: Slot,
+) {
+    let deadline = Instant::now() + rt.config.limits.tls_handshake_timeout;
+    match timeout_at(deadline.into(), acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => {
+            if lst.cluster.config().send_proxy_protocol != ProxyProtocolOut::Off {
+                ctx.tls_info = Some(crate::proxy::TlsInfo::from_server_conn(stream.get_ref().1));
+            }
+            Box::pin(serve(shared, rt, lst, stream, ctx, slot)).await
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "refused: TLS handshake failed");
+            tls_failed(shared, lst);
+        }
+        Err(_) => {
+            tracing::debug!("refused: TLS handshake timed out");
+            tls_failed(shared, lst);
+        }
+    }
 }
 
 /// A connection's place under `max_connections`. Taken at accept time, before the
@@ -478,6 +492,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for RelayTask<S> {
             }
             Poll::Ready(Err(e)) => {
                 tracing::debug!(error = %e, "connection ended with an error");
+                if e.side == relay::Side::Client {
+                    // The client's connection broke (reset, or a write it can no
+                    // longer take): pass the abort on, as the broker would have seen
+                    // it from a directly connected client. A FIN instead would leave
+                    // this side in TIME_WAIT on an ephemeral port for every aborted
+                    // client, and connect() slows down as they pile up (port search).
+                    let _ = this.broker.set_zero_linger();
+                }
                 return Poll::Ready(());
             }
             Poll::Pending => {}

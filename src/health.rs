@@ -189,6 +189,9 @@ async fn probe(node: &Node, h: &HealthConfig, client_id: &str) -> Result<(), Str
         .await
         .map_err(|e| format!("connect: {e}"))?;
     if h.check == CheckKind::Tcp {
+        // Closed with a reset, as HAProxy closes its checks: a FIN would leave one
+        // TIME_WAIT socket on an ephemeral port per check.
+        let _ = s.set_zero_linger();
         return Ok(());
     }
     let _ = s.set_nodelay(true);

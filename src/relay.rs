@@ -80,6 +80,46 @@ pub struct RelayTotals {
     pub to_client: u64,
 }
 
+/// Which connection of the pair failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Broker,
+}
+
+/// A relay that ended with an I/O error, and on which side it happened: a read from
+/// a socket, or a write (flush, shutdown) to one.
+#[derive(Debug)]
+pub struct RelayError {
+    pub side: Side,
+    pub error: io::Error,
+}
+
+impl std::fmt::Display for RelayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let side = match self.side {
+            Side::Client => "client",
+            Side::Broker => "broker",
+        };
+        write!(f, "{side} side: {}", self.error)
+    }
+}
+
+/// One direction's failure, before it is known which socket is which.
+enum Failed {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+impl Failed {
+    fn on(self, src: Side, dst: Side) -> RelayError {
+        match self {
+            Failed::Read(error) => RelayError { side: src, error },
+            Failed::Write(error) => RelayError { side: dst, error },
+        }
+    }
+}
+
 /// The relay state of one connection: both directions and the CONNACK watch. It owns
 /// no sockets and no buffers (see the module comment), so that the task holding it
 /// stays small while the connection is idle.
@@ -114,7 +154,7 @@ impl Pipe {
         broker: &mut B,
         sink: &mut K,
         metrics: &NodeMetrics,
-    ) -> Poll<io::Result<RelayTotals>>
+    ) -> Poll<Result<RelayTotals, RelayError>>
     where
         C: AsyncRead + AsyncWrite + Unpin + ?Sized,
         B: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -132,7 +172,7 @@ impl Pipe {
                 metrics.to_broker.inc_by(d.len() as u64);
             }) {
                 Poll::Ready(Ok(())) => up.done = true,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(f)) => return Poll::Ready(Err(f.on(Side::Client, Side::Broker))),
                 Poll::Pending => {}
             }
         }
@@ -143,7 +183,7 @@ impl Pipe {
                 observer.feed(d, sink);
             }) {
                 Poll::Ready(Ok(())) => down.done = true,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(f)) => return Poll::Ready(Err(f.on(Side::Broker, Side::Client))),
                 Poll::Pending => {}
             }
         }
@@ -161,7 +201,7 @@ fn poll_direction<R, W>(
     dst: &mut W,
     dir: &mut Direction,
     on_data: &mut dyn FnMut(&[u8]),
-) -> Poll<io::Result<()>>
+) -> Poll<Result<(), Failed>>
 where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
@@ -170,9 +210,11 @@ where
         if let Some(buf) = dir.pending.as_deref() {
             while (dir.pos as usize) < buf.len() {
                 match Pin::new(&mut *dst).poll_write(cx, &buf[dir.pos as usize..]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(Failed::Write(io::ErrorKind::WriteZero.into())))
+                    }
                     Poll::Ready(Ok(n)) => dir.pos += n as u32,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Failed::Write(e))),
                     Poll::Pending => return Poll::Pending,
                 }
             }
@@ -183,7 +225,7 @@ where
             if dir.need_flush {
                 match Pin::new(&mut *dst).poll_flush(cx) {
                     Poll::Ready(Ok(())) => dir.need_flush = false,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Failed::Write(e))),
                     Poll::Pending => return Poll::Pending,
                 }
             }
@@ -192,7 +234,8 @@ where
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::NotConnected => {
                     Poll::Ready(Ok(()))
                 }
-                other => other,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(Failed::Write(e))),
+                other => other.map(|r| r.map_err(Failed::Write)),
             };
         }
         let mut stack = [MaybeUninit::<u8>::uninit(); CHUNK];
@@ -202,13 +245,13 @@ where
                 if dir.need_flush {
                     match Pin::new(&mut *dst).poll_flush(cx) {
                         Poll::Ready(Ok(())) => dir.need_flush = false,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(Failed::Write(e))),
                         Poll::Pending => {}
                     }
                 }
                 return Poll::Pending;
             }
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(Failed::Read(e))),
             Poll::Ready(Ok(())) => {
                 let data = rb.filled();
                 if data.is_empty() {
@@ -220,10 +263,10 @@ where
                 while off < data.len() {
                     match Pin::new(&mut *dst).poll_write(cx, &data[off..]) {
                         Poll::Ready(Ok(0)) => {
-                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
+                            return Poll::Ready(Err(Failed::Write(io::ErrorKind::WriteZero.into())))
                         }
                         Poll::Ready(Ok(n)) => off += n,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(Failed::Write(e))),
                         Poll::Pending => {
                             dir.pending = Some(data[off..].into());
                             dir.pos = 0;

@@ -1,8 +1,9 @@
 //! The core gateway with real clients and real Mosquitto brokers: MQTT 3.1, 3.1.1 and
 //! 5.0 clients publish and subscribe through mqgate, QoS 0/1/2 payloads arrive intact,
 //! persistent sessions survive a reconnect, odd-but-legal byte streams (1-byte writes,
-//! packets right behind the CONNECT, half-close) work, a dead broker makes the next node
-//! take the client, and `mqgate check` reports what an operator needs.
+//! packets right behind the CONNECT, half-close) work, a client's reset reaches the
+//! broker as a reset, a dead broker makes the next node take the client, and
+//! `mqgate check` reports what an operator needs.
 
 mod common;
 
@@ -522,4 +523,80 @@ fn client_ignoring_the_brokers_close_is_closed_after_the_linger() {
         || active() == 1.0,
     );
     assert!(ping(&mut second), "the new session is unaffected");
+}
+
+/// TCP connections of this machine in `state` (hex code of /proc/net/tcp: 01
+/// ESTABLISHED, 06 TIME_WAIT) whose remote end is 127.0.0.1:`remote_port`, as their
+/// local ports.
+fn local_ports_towards(remote_port: u16, state: &str) -> Vec<u16> {
+    let text = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let want = format!("0100007F:{remote_port:04X}");
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 3 && f[2] == want && f[3] == state)
+                .then(|| f[1].rsplit(':').next())
+                .flatten()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+        })
+        .collect()
+}
+
+#[test]
+fn client_reset_is_passed_on_to_the_broker_and_leaves_no_time_wait() {
+    // One health check when the gateway starts, then none for the rest of the test:
+    // the only connection from the gateway to the broker is the client's.
+    let health = "[clusters.brokers.health]\ninterval = \"1h\"\nrise = 1\nfall = 1\n";
+    let s = setup(1, "", Some(health));
+    let b = &s.brokers[0];
+    // A subscriber on the broker itself, to see the will of the client below.
+    let mut sub = raw_session(b.port, "will-watcher");
+    let mut packet = vec![0x00, 0x01];
+    packet.extend(mqtt_field(b"reset/will"));
+    packet.push(0);
+    sub.write_all(&mqtt_packet(0x82, &packet))
+        .expect("SUBSCRIBE");
+    assert_eq!(read_exact_n(&mut sub, 5)[0], 0x90, "SUBACK");
+
+    // CONNECT 3.1.1 with a will (flags: clean session, will, QoS 0), keep-alive 60.
+    let mut body = mqtt_field(b"MQTT");
+    body.extend([0x04, 0x06, 0x00, 0x3C]);
+    body.extend(mqtt_field(b"resetter"));
+    body.extend(mqtt_field(b"reset/will"));
+    body.extend(mqtt_field(b"gone"));
+    let mut c = tcp(s.port);
+    c.write_all(&mqtt_packet(0x10, &body)).expect("CONNECT");
+    assert_eq!(
+        read_exact_n(&mut c, 4),
+        [0x20, 0x02, 0x00, 0x00],
+        "accepted"
+    );
+    // Connections towards the broker: the gateway's for this client, and the
+    // subscriber's own (left out).
+    let upstream = local_ports_towards(b.port, "01");
+    let sub_port = sub.local_addr().expect("subscriber address").port();
+    let upstream: Vec<u16> = upstream.into_iter().filter(|p| *p != sub_port).collect();
+    assert_eq!(upstream.len(), 1, "one relayed connection: {upstream:?}");
+
+    // The client aborts (SO_LINGER 0: a reset, no FIN).
+    socket2::SockRef::from(&c)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger 0");
+    drop(c);
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"gone") {
+        let mut buf = [0u8; 64];
+        let n = std::io::Read::read(&mut sub, &mut buf).expect("the will arrives");
+        assert!(n > 0, "subscriber closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    wait_until(Duration::from_secs(10), "relayed connection gone", || {
+        !local_ports_towards(b.port, "01").contains(&upstream[0])
+    });
+    assert!(
+        !local_ports_towards(b.port, "06").contains(&upstream[0]),
+        "the gateway reset its broker connection too (no TIME_WAIT left on its port)"
+    );
+    assert!(ping(&mut sub), "the broker serves on");
 }

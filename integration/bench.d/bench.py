@@ -11,7 +11,7 @@ every raw figure and the summary to integration/out/bench-<time>.json.
 Nothing here asserts on speed: the exit status is 1 only if the harness itself fails
 (a process does not start, a scenario moves no messages, connections are refused).
 """
-import argparse, datetime, json, os, platform, random, socket, statistics, subprocess, sys, time
+import argparse, datetime, json, os, platform, random, resource, socket, statistics, subprocess, sys, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -59,6 +59,12 @@ def proc_cpu_secs(pid):
     with open(f"/proc/{pid}/stat") as f:
         rest = f.read().rsplit(")", 1)[1].split()
     return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_secs():
+    """utime + stime of this script's waited-for children (the load generator runs)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def proc_rss_kb(pid):
@@ -211,9 +217,18 @@ def scenario_connect(env, p, target, tls):
                 "--clients", p["tls_clients"]]
     else:
         args = ["--addr", env.addr[target], "--clients", p["plain_clients"]]
+    pid, bpid = env.pid(target), env.pid("direct")
+    c0, b0, l0 = proc_cpu_secs(pid), proc_cpu_secs(bpid), children_cpu_secs()
     r = loadgen(env, ["connect", "--conc", p["conc"], "--secs", 20] + args)
+    c1, b1, l1 = proc_cpu_secs(pid), proc_cpu_secs(bpid), children_cpu_secs()
     if r["ok"] == 0 or r["errors"] > 0:
         raise HarnessError(f"connect storm through {target} (tls={tls}) had errors: {r}")
+    # Where the two vCPUs went, per completed session (µs): the shared machine's budget.
+    per = 1e6 / r["ok"]
+    r["broker_cpu_us_per_connect"] = (b1 - b0) * per
+    r["loadgen_cpu_us_per_connect"] = (l1 - l0) * per
+    if target != "direct":
+        r["proxy_cpu_us_per_connect"] = (c1 - c0) * per
     return r
 
 
