@@ -307,6 +307,11 @@ def summarise(raw, p):
         d9, h9, m9 = (pick("connect", var, t, "p99_us") for t in TARGETS)
         rows.append((f"  connect {var} p99 µs", d9, h9, m9, None, None))
         checks.append((f"connect {var}: mqgate/haproxy >= {want}", ratio(m, h), ">=", want))
+        # Where the shared CPUs went per session: the proxy's own (direct column: the
+        # broker's, for scale).
+        h, m = (pick("connect", var, t, "proxy_cpu_us_per_connect") for t in PROXIES)
+        d = pick("connect", var, "direct", "broker_cpu_us_per_connect")
+        rows.append((f"  connect {var} CPU µs/session", d, h, m, None, ratio(m, h)))
     for n in p["idle"]:
         h, m = (pick("idle", f"{n}", t, "bytes_per_conn") for t in PROXIES)
         rows.append((f"idle memory B/conn @{n}", None, h, m, None, None))
@@ -344,9 +349,9 @@ def print_table(rows, checks):
         state = "n/a" if met is None else ("met" if met else "NOT met")
         print(f"  {name:52s} {fmt(val):>8s}  {state}")
     print()
-    print("(direct column of the CPU rows: Mosquitto's own CPU s per M msgs, for scale;"
-          " mqg/direct|hap: mqgate/direct for throughput and connects, mqgate/haproxy"
-          " for added latency)")
+    print("(direct column of the CPU rows: Mosquitto's own CPU per M msgs or per session,"
+          " for scale; mqg/direct|hap: mqgate/direct for throughput and connects,"
+          " mqgate/haproxy for added latency and CPU per session)")
 
 
 def machine():
