@@ -7,16 +7,17 @@
 //!
 //! Usage: `peers_bench [ENTRIES] [SAMPLES]` (defaults 1000000 and 1000).
 
+// The tests' port picker (below the ephemeral range: a port-0 pick can be taken as
+// the source port of a peer link before the gateway binds it).
+#[path = "../tests/common/port.rs"]
+mod port;
+
 use mqgate::sticky::{now_ms, Update};
 use mqgate::Gateway;
-use std::net::TcpListener;
+use port::free_port;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 fn config(dir: &Path, name: &str, port: u16, peers: &[(&str, u16)], capacity: usize) -> String {
     let list: Vec<String> = peers
@@ -101,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
     let samples: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1000);
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("secret"), "bench-secret")?;
-    let (pz, pa, pb) = (free_port()?, free_port()?, free_port()?);
+    let (pz, pa, pb) = (free_port(), free_port(), free_port());
     // Per-shard capacity is capacity / 16; leave room so hashing skew evicts nothing.
     let cap = 2 * (entries + samples) + 1000;
 
