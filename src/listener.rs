@@ -47,11 +47,16 @@ pub async fn accept_loop(
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(5);
+    // The two stop waits live across iterations: made anew in every `select!`, each
+    // accepted connection would register and remove two waiters on shared tokens.
+    let stopped = stop.cancelled();
+    let stopping = shared.stopping.cancelled();
+    tokio::pin!(stopped, stopping);
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = stop.cancelled() => break,
-            _ = shared.stopping.cancelled() => break,
+            _ = &mut stopped => break,
+            _ = &mut stopping => break,
         };
         match accepted {
             Ok((tcp, peer)) => {
@@ -62,8 +67,8 @@ pub async fn accept_loop(
                 tracing::warn!(listener = %name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed: out of resources; backing off");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.cancelled() => break,
-                    _ = shared.stopping.cancelled() => break,
+                    _ = &mut stopped => break,
+                    _ = &mut stopping => break,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
