@@ -234,7 +234,6 @@ where
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::NotConnected => {
                     Poll::Ready(Ok(()))
                 }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(Failed::Write(e))),
                 other => other.map(|r| r.map_err(Failed::Write)),
             };
         }
