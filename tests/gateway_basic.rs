@@ -308,10 +308,7 @@ fn bytes_sent_with_the_connect_reach_the_broker() {
     let s = setup(1, "", None);
     let mut c = tcp(s.port);
     let mut first = connect_v311("eager");
-    let mut sub = vec![0x00, 0x07];
-    sub.extend(mqtt_field(b"eager/t"));
-    sub.push(1);
-    first.extend(mqtt_packet(0x82, &sub));
+    first.extend(subscribe_v311(7, "eager/t", 1));
     first.extend([0xC0, 0x00]); // PINGREQ
     c.write_all(&first).expect("one write");
     let reply = read_exact_n(&mut c, 4 + 5 + 2);
@@ -342,10 +339,7 @@ fn half_closed_client_still_receives_what_the_broker_sends() {
     ]);
     let mut c = tcp(s.port);
     let mut bytes = connect_v311("halfclose");
-    let mut sub = vec![0x00, 0x01];
-    sub.extend(mqtt_field(b"hc/t"));
-    sub.push(0);
-    bytes.extend(mqtt_packet(0x82, &sub));
+    bytes.extend(subscribe_v311(1, "hc/t", 0));
     c.write_all(&bytes).expect("send");
     c.shutdown(Shutdown::Write).expect("half-close");
     let (got, ended) = read_to_close(&mut c, Duration::from_secs(10));
@@ -552,10 +546,7 @@ fn client_reset_is_passed_on_to_the_broker_and_leaves_no_time_wait() {
     let b = &s.brokers[0];
     // A subscriber on the broker itself, to see the will of the client below.
     let mut sub = raw_session(b.port, "will-watcher");
-    let mut packet = vec![0x00, 0x01];
-    packet.extend(mqtt_field(b"reset/will"));
-    packet.push(0);
-    sub.write_all(&mqtt_packet(0x82, &packet))
+    sub.write_all(&subscribe_v311(1, "reset/will", 0))
         .expect("SUBSCRIBE");
     assert_eq!(read_exact_n(&mut sub, 5)[0], 0x90, "SUBACK");
 

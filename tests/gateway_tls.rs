@@ -153,10 +153,7 @@ fn mqtt_over_tls(
     use std::io::Read;
     let mut tls = tls_client(port, ca, version, client)?;
     let mut bytes = connect_v311("tls-raw");
-    let mut sub = vec![0x00, 0x01];
-    sub.extend(mqtt_field(b"raw/tls"));
-    sub.push(0);
-    bytes.extend(mqtt_packet(0x82, &sub));
+    bytes.extend(subscribe_v311(1, "raw/tls", 0));
     let mut publ = mqtt_field(b"raw/tls");
     publ.extend_from_slice(b"\x00\x01binary\xff");
     bytes.extend(mqtt_packet(0x30, &publ));

@@ -489,6 +489,14 @@ pub fn connect_v5(client_id: &str) -> Vec<u8> {
     mqtt_packet(0x10, &body)
 }
 
+/// An MQTT 3.1.1 SUBSCRIBE of one topic filter.
+pub fn subscribe_v311(packet_id: u16, filter: &str, qos: u8) -> Vec<u8> {
+    let mut body = packet_id.to_be_bytes().to_vec();
+    body.extend(mqtt_field(filter.as_bytes()));
+    body.push(qos);
+    mqtt_packet(0x82, &body)
+}
+
 /// Connect to 127.0.0.1:`port` with 10 s read/write timeouts.
 pub fn tcp(port: u16) -> TcpStream {
     let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to mqgate");
