@@ -2,7 +2,8 @@
 # Smoke test of integration/demo (the README's first command):
 #   1. `--duration 20` runs to the end by itself, shows the full-sync failover (the
 #      clients move to the new leader) and leaves no process or directory behind;
-#   2. an interactive run stopped with SIGTERM (what Ctrl-C / `kill` do) cleans up too.
+#   2. an interactive run stopped with SIGTERM (`kill`), at three moments, cleans up too;
+#   3. so does one stopped with Ctrl-C at a (pseudo-)terminal.
 # Uses the debug binary (built by `cargo test`, or built here) to avoid a release build.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -80,20 +81,25 @@ grep -q "clients moved from fs1 to fs2" "$out" || fail "clients did not move to 
 grep -q "stopped all [0-9]* processes" "$out" || fail "no cleanup report"
 check_clean "$pid" "$out"
 
-echo "-- demo stopped by SIGTERM"
-setsid "$DEMO" --bin "$BIN" --no-install >"$out" 2>&1 &
-pid=$!
-same_session "$pid"
-for _ in $(seq 300); do
-  grep -q "traffic started" "$out" && break
-  kill -0 "$pid" 2>/dev/null || { cat "$out"; fail "demo exited early"; }
-  sleep 0.1
+# SIGTERM at a few moments after the traffic starts (the demo is then polling the
+# metrics and parsing command substitutions; bash 5.2 once lost a trap there).
+for delay in 0 0.4 1.1; do
+  echo "-- demo stopped by SIGTERM ${delay} s after the traffic started"
+  setsid "$DEMO" --bin "$BIN" --no-install >"$out" 2>&1 &
+  pid=$!
+  same_session "$pid"
+  for _ in $(seq 300); do
+    grep -q "traffic started" "$out" && break
+    kill -0 "$pid" 2>/dev/null || { cat "$out"; fail "demo exited early"; }
+    sleep 0.1
+  done
+  grep -q "traffic started" "$out" || { cat "$out"; fail "demo did not start traffic"; }
+  sleep "$delay" # a chosen moment to signal at, not a wait for something
+  kill -TERM "$pid"
+  wait_demo "$pid" 20 || true
+  grep -q "stopped all [0-9]* processes" "$out" || { cat "$out"; fail "no cleanup after SIGTERM"; }
+  check_clean "$pid" "$out"
 done
-grep -q "traffic started" "$out" || { cat "$out"; fail "demo did not start traffic"; }
-kill -TERM "$pid"
-wait_demo "$pid" 20 || true
-grep -q "stopped all [0-9]* processes" "$out" || { cat "$out"; fail "no cleanup after SIGTERM"; }
-check_clean "$pid" "$out"
 echo "-- demo stopped by Ctrl-C at a terminal"
 if command -v python3 >/dev/null; then
   # A pseudo-terminal, so that Ctrl-C reaches the demo and everything it started
