@@ -105,9 +105,13 @@ if command -v python3 >/dev/null; then
   # A pseudo-terminal, so that Ctrl-C reaches the demo and everything it started
   # (the terminal's foreground process group), as for a user at a terminal.
   DEMO="$DEMO" BIN="$BIN" python3 - >"$out" 2>&1 <<'PY' || { cat "$out"; fail "Ctrl-C run failed"; }
-import os, pty, select, sys, time
+import os, pty, select, signal, sys, time
 pid, fd = pty.fork()
 if pid == 0:
+    # As an interactive shell starts a job: SIGINT and SIGQUIT at their defaults, even
+    # when this test was started in the background (which ignores them).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     os.execv(os.environ["DEMO"], [os.environ["DEMO"], "--bin", os.environ["BIN"], "--no-install"])
 buf = b""
 def pump(secs, until=None):
@@ -125,6 +129,9 @@ if b"traffic started" not in buf:
     sys.exit("demo did not start traffic:\n" + buf.decode(errors="replace"))
 os.write(fd, b"\x03")
 pump(20, b"removed")
+if b"removed" not in buf:
+    os.killpg(pid, signal.SIGKILL)
+    sys.exit("demo did not stop within 20 s of Ctrl-C:\n" + buf.decode(errors="replace"))
 pump(1)
 os.waitpid(pid, 0)
 sys.stdout.write(buf.decode(errors="replace"))
