@@ -89,6 +89,8 @@ pub struct Shared {
     pub peers: crate::peers::PeersHandle,
     /// Changes the log filter on reload (set by the binary).
     pub log_level: Mutex<Option<crate::logging::LevelSetter>>,
+    /// The threads connections run on (`limits.threads`, fixed at start-up).
+    pub workers: crate::workers::Workers,
 }
 
 impl Shared {
@@ -154,6 +156,8 @@ pub enum ApplyError {
         listener: String,
         error: crate::tls::TlsError,
     },
+    #[error("cannot start the connection threads: {error}")]
+    Threads { error: std::io::Error },
     #[error("{0}")]
     Config(#[from] ConfigErrors),
 }
@@ -188,6 +192,13 @@ impl Gateway {
         inherited: HashMap<SocketAddr, std::net::TcpListener>,
     ) -> Result<Gateway, ApplyError> {
         let metrics = Arc::new(Metrics::new());
+        let threads = crate::workers::thread_count(config.limits.threads);
+        let workers = match threads {
+            0 => crate::workers::Workers::none(),
+            n => {
+                crate::workers::Workers::start(n).map_err(|error| ApplyError::Threads { error })?
+            }
+        };
         let empty = Runtime {
             config: Arc::new(config.clone()),
             clusters: HashMap::new(),
@@ -213,6 +224,7 @@ impl Gateway {
             instance: instance_name(&config),
             log_level: Mutex::new(None),
             peers: Default::default(),
+            workers,
         });
         let gw = Gateway { shared };
         gw.apply(config).await?;
@@ -425,6 +437,12 @@ impl Gateway {
 
         // 4. Limits and log level.
         self.resize_conn_limit(cfg.limits.max_connections);
+        if old.config.limits.threads != cfg.limits.threads {
+            tracing::warn!(
+                running = shared.workers.len(),
+                "limits.threads changed: it takes effect at the next start; the connection threads stay as they are"
+            );
+        }
         if old.config.log.level != cfg.log.level {
             if let Some(f) = lock(&shared.log_level).as_ref() {
                 f(&cfg.log.level);
@@ -443,18 +461,16 @@ impl Gateway {
             .set(crate::sticky::now_ms() as i64 / 1000);
         crate::peers::reconfigure(shared);
         for (name, sock, stop) in to_start {
-            let l = tokio::net::TcpListener::from_std(sock).map_err(|error| ApplyError::Bind {
-                listener: name.clone(),
-                bind: SocketAddr::from(([0, 0, 0, 0], 0)),
-                error,
-            })?;
             // On the connection tracker, so that shutdown's wait cannot finish while an
             // accept loop may still hand over its last connections (they would be dropped
             // when the process exits: failed connects during a restart). The loop ends by
             // itself on `stop` or shutdown, after serving what the kernel had queued.
-            shared
-                .tracker
-                .spawn(listener::accept_loop(shared.clone(), name, l, stop.clone()));
+            shared.tracker.spawn(listener::accept_loop(
+                shared.clone(),
+                name,
+                sock,
+                stop.clone(),
+            ));
         }
         Ok(())
     }
@@ -512,6 +528,7 @@ impl Gateway {
         shared.bg_tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), shared.bg_tracker.wait()).await;
         crate::peers::save_snapshot(shared).await;
+        shared.workers.stop();
         tracing::info!("stopped");
     }
 }

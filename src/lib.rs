@@ -23,7 +23,8 @@
 //!
 //! The data path (listener → conn → relay) knows nothing about HTTP, peers or files:
 //! it asks [`cluster`] for a node and counts into [`metrics`].
-#![forbid(unsafe_code)]
+// One exception, with its SAFETY argument: `listener::watch`.
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod cli;
@@ -43,5 +44,6 @@ pub mod relay;
 pub mod reload;
 pub mod sticky;
 pub mod tls;
+pub mod workers;
 
 pub use gateway::{run, run_opts, Gateway, RunOptions};

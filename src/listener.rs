@@ -13,7 +13,9 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 /// Bind a listening socket with a deep backlog (connect storms) and SO_REUSEADDR /
@@ -40,64 +42,107 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 /// Run the accept loop of listener `name` until `stop` is cancelled.
+///
+/// Sockets are accepted with `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)` and are not
+/// registered with any runtime here: the connection thread that gets one
+/// (`crate::workers`) registers it, once.
 pub async fn accept_loop(
     shared: Arc<Shared>,
     name: String,
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     stop: CancellationToken,
 ) {
+    let listener = match watch(Socket::from(listener)) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listener = %name, error = %e, "cannot watch the listening socket; not accepting");
+            return;
+        }
+    };
     let mut backoff = Duration::from_millis(5);
     // The two stop waits live across iterations: made anew in every `select!`, each
     // accepted connection would register and remove two waiters on shared tokens.
     let stopped = stop.cancelled();
     let stopping = shared.stopping.cancelled();
     tokio::pin!(stopped, stopping);
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
+    'outer: loop {
+        let mut ready = tokio::select! {
+            r = listener.readable() => match r {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::error!(listener = %name, error = %e, "listening socket failed; not accepting");
+                    break;
+                }
+            },
             _ = &mut stopped => break,
             _ = &mut stopping => break,
         };
-        match accepted {
-            Ok((tcp, peer)) => {
-                backoff = Duration::from_millis(5);
-                admit(&shared, &name, tcp, peer);
-            }
-            Err(e) if is_resource_error(&e) => {
-                tracing::warn!(listener = %name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed: out of resources; backing off");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = &mut stopped => break,
-                    _ = &mut stopping => break,
+        // Take what the kernel has queued, up to a batch, then let other tasks run.
+        for _ in 0..ACCEPT_BATCH {
+            match accept(listener.get_ref()) {
+                Ok((tcp, peer)) => {
+                    backoff = Duration::from_millis(5);
+                    admit(&shared, &name, tcp, peer);
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-            Err(e) => {
-                tracing::debug!(listener = %name, error = %e, "accept failed");
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready.clear_ready();
+                    continue 'outer;
+                }
+                Err(e) if is_resource_error(&e) => {
+                    tracing::warn!(listener = %name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed: out of resources; backing off");
+                    drop(ready);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = &mut stopped => break 'outer,
+                        _ = &mut stopping => break 'outer,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue 'outer;
+                }
+                Err(e) => {
+                    tracing::debug!(listener = %name, error = %e, "accept failed");
+                }
             }
         }
+        drop(ready);
+        tokio::task::yield_now().await;
     }
     // Closing a listening socket resets the connections still in its accept queue; with
     // SO_REUSEPORT a new process may be taking over this port. Serve what is queued now
     // (a non-blocking accept until the queue is empty), then close.
     let mut drained = 0usize;
-    if let Ok(std_listener) = listener.into_std() {
-        while let Ok((tcp, peer)) = std_listener.accept() {
-            match tcp
-                .set_nonblocking(true)
-                .and_then(|()| TcpStream::from_std(tcp))
-            {
-                Ok(tcp) => admit(&shared, &name, tcp, peer),
-                Err(e) => tracing::debug!(listener = %name, error = %e, "accept failed"),
-            }
-            drained += 1;
-        }
+    let listener = listener.into_inner();
+    while let Ok((tcp, peer)) = accept(&listener) {
+        admit(&shared, &name, tcp, peer);
+        drained += 1;
     }
     tracing::debug!(listener = %name, drained, "listener stopped accepting");
 }
 
-/// Hand an accepted connection to its own task (after `per_ip_connect_rate`).
-fn admit(shared: &Arc<Shared>, name: &str, tcp: TcpStream, peer: SocketAddr) {
+/// Register a listening socket for readiness with the current runtime.
+#[allow(unsafe_code)]
+fn watch(listener: Socket) -> io::Result<AsyncFd<Socket>> {
+    // SAFETY: the `Socket` owns its descriptor and closes it only when dropped; the
+    // `AsyncFd` owns the `Socket` (nothing else can close or replace the descriptor),
+    // and `Socket::as_raw_fd` always returns that same descriptor.
+    unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) }.map_err(|e| e.into())
+}
+
+/// Connections taken per wake-up before the accept loop yields.
+const ACCEPT_BATCH: usize = 64;
+
+/// One non-blocking accept: the new socket is non-blocking and close-on-exec from the
+/// start (no `fcntl` per connection).
+fn accept(listener: &Socket) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    let (sock, addr) = listener.accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
+    let peer = addr
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "peer is not an IP address"))?;
+    Ok((sock.into(), peer))
+}
+
+/// Hand an accepted connection to a connection thread (after `per_ip_connect_rate`).
+fn admit(shared: &Arc<Shared>, name: &str, tcp: std::net::TcpStream, peer: SocketAddr) {
     let rt = shared.runtime();
     let Some(lst) = rt.listeners.get(name).cloned() else {
         return;
@@ -109,9 +154,14 @@ fn admit(shared: &Arc<Shared>, name: &str, tcp: TcpStream, peer: SocketAddr) {
     {
         return;
     }
-    shared
-        .tracker
-        .spawn(crate::conn::handle(shared.clone(), rt, lst, tcp, peer));
+    let task_shared = shared.clone();
+    shared.workers.spawn(&shared.tracker, async move {
+        // Registered with the epoll set of the thread it runs on.
+        match TcpStream::from_std(tcp) {
+            Ok(tcp) => crate::conn::handle(task_shared, rt, lst, tcp, peer).await,
+            Err(e) => tracing::debug!(client.addr = %peer, error = %e, "cannot register the accepted socket"),
+        }
+    });
 }
 
 /// Apply `per_ip_connect_rate` to a new connection from `peer`; when it is over,

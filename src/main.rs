@@ -124,10 +124,13 @@ fn run(path: PathBuf, handover: Option<PathBuf>) -> ExitCode {
         }
     };
     let set_level = mqgate::logging::init(&cfg.log.level, cfg.log.format);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // With connection threads (`limits.threads`, `mqgate::workers`) this runtime only
+    // accepts and runs health checks, peers, the admin API and reloads: one thread.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if mqgate::workers::thread_count(cfg.limits.threads) > 0 {
+        builder.worker_threads(1);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mqgate: cannot start the async runtime: {e}");

@@ -85,7 +85,8 @@ class Env:
         self.procs = {}
         p = self.ports = {k: free_port() for k in [
             "broker_port", "broker_tls_port", "haproxy_port", "haproxy_tls_port",
-            "mqgate_port", "mqgate_tls_port", "admin_port"]}
+            "mqgate_port", "mqgate_tls_port", "admin_port",
+            "mqgate_b_port", "mqgate_b_tls_port", "admin_b_port"]}
         self.files = dict(
             cert=os.path.join(work, "server.pem"), key=os.path.join(work, "server.key"),
             cert_full=os.path.join(work, "server-full.pem"), ca=os.path.join(work, "ca.pem"))
@@ -101,18 +102,30 @@ class Env:
                 text = text.replace("{" + k + "}", str(v))
             with open(os.path.join(work, name), "w") as f:
                 f.write(text)
+            if name == "mqgate.toml" and a.ab is not None:
+                # The A/B variant: same template on its own ports, with the --ab lines
+                # added to [limits].
+                for k in ["mqgate_port", "mqgate_tls_port", "admin_port"]:
+                    text = text.replace(f":{p[k]}\"", f":{p[k.replace('mqgate', 'mqgate_b').replace('admin', 'admin_b')]}\"")
+                text = text.replace("[limits]\n", "[limits]\n" + a.ab.replace(";", "\n") + "\n", 1)
+                with open(os.path.join(work, "mqgate-b.toml"), "w") as f:
+                    f.write(text)
         self.addr = {
             "direct": f"127.0.0.1:{p['broker_port']}",
             "haproxy": f"127.0.0.1:{p['haproxy_port']}",
             "mqgate": f"127.0.0.1:{p['mqgate_port']}",
+            "mqgate-b": f"127.0.0.1:{p['mqgate_b_port']}",
         }
         self.tls_addr = {
             "direct": f"127.0.0.1:{p['broker_tls_port']}",
             "haproxy": f"127.0.0.1:{p['haproxy_tls_port']}",
             "mqgate": f"127.0.0.1:{p['mqgate_tls_port']}",
+            "mqgate-b": f"127.0.0.1:{p['mqgate_b_tls_port']}",
         }
         run(["haproxy", "-c", "-q", "-f", os.path.join(work, "haproxy.cfg")])
         run([a.mqgate, "check", "-c", os.path.join(work, "mqgate.toml")])
+        if a.ab is not None:
+            run([a.ab_bin or a.mqgate, "check", "-c", os.path.join(work, "mqgate-b.toml")])
 
     def cmd(self, name):
         w = self.work
@@ -120,6 +133,7 @@ class Env:
             "direct": ["mosquitto", "-c", os.path.join(w, "mosquitto.conf")],
             "haproxy": ["haproxy", "-db", "-f", os.path.join(w, "haproxy.cfg")],
             "mqgate": [self.a.mqgate, "run", "-c", os.path.join(w, "mqgate.toml")],
+            "mqgate-b": [self.a.ab_bin or self.a.mqgate, "run", "-c", os.path.join(w, "mqgate-b.toml")],
         }[name]
 
     def start(self, name):
@@ -325,6 +339,39 @@ def summarise(raw, p):
     return rows, checks
 
 
+AB_KEYS = {"throughput": ["msgs_per_sec", "proxy_cpu_s_per_M"],
+           "latency": ["p50_us", "p99_us", "p999_us"],
+           "connect": ["connects_per_sec", "p99_us", "proxy_cpu_us_per_connect"],
+           "idle": ["bytes_per_conn"]}
+
+
+def summarise_ab(raw):
+    """Medians of mqgate and mqgate-b side by side, per scenario and figure."""
+    rows = []
+    seen = []
+    for r in raw:
+        sv = (r["scenario"], r["variant"])
+        if sv not in seen:
+            seen.append(sv)
+    for scn, var in seen:
+        for key in AB_KEYS.get(scn, []):
+            vals = [med([r["result"].get(key) for r in raw if r["scenario"] == scn
+                         and r["variant"] == var and r["target"] == t])
+                    for t in ["mqgate", "mqgate-b"]]
+            if None in vals:
+                continue
+            rows.append((f"{scn} {var} {key}", vals[0], vals[1],
+                         vals[1] / vals[0] if vals[0] else None))
+    return rows
+
+
+def print_ab(rows, a):
+    print()
+    print(f"A/B: mqgate vs mqgate-b ({a.ab_bin or 'same binary'}; [limits] + {a.ab!r}), medians")
+    for name, x, y, q in rows:
+        print(f"  {name:44s} {fmt(x):>11s} {fmt(y):>11s}   b/a {fmt(q)}")
+
+
 def fmt(x):
     if x is None:
         return "-"
@@ -378,7 +425,14 @@ def main():
     ap.add_argument("--only", help="comma list: throughput,latency,connect,idle")
     ap.add_argument("--mqgate", required=True)
     ap.add_argument("--loadgen", required=True)
+    ap.add_argument("--ab", metavar="TOML", help="A/B run: a fourth target, mqgate-b, whose config"
+                    " has these [limits] lines added (';' separates lines), e.g. 'threads = 0'")
+    ap.add_argument("--ab-bin", metavar="PATH", help="the mqgate-b binary (default: --mqgate)")
     a = ap.parse_args()
+    if a.ab_bin and a.ab is None:
+        a.ab = ""
+    targets = TARGETS + (["mqgate-b"] if a.ab is not None else [])
+    proxies = PROXIES + (["mqgate-b"] if a.ab is not None else [])
     p = plan(a.quick)
     if a.rounds:
         p["rounds"] = a.rounds
@@ -393,24 +447,25 @@ def main():
     env = Env(a, work)
     raw = []
     try:
-        for t in TARGETS:
+        for t in targets:
             env.start(t)
         for rnd in range(p["rounds"]):
-            order = TARGETS[rnd % 3:] + TARGETS[:rnd % 3]
+            k = rnd % len(targets)
+            order = targets[k:] + targets[:k]
             log(f"== round {rnd + 1}/{p['rounds']}, order {order}")
             jobs = []
             if "throughput" in only:
                 for qos, size in p["tp"]:
                     jobs.append(("throughput", f"qos{qos}-{size}B",
-                                 lambda t, q=qos, s=size: scenario_throughput(env, p, t, q, s), TARGETS))
+                                 lambda t, q=qos, s=size: scenario_throughput(env, p, t, q, s), targets))
             if "latency" in only:
-                jobs.append(("latency", "qos0-100B", lambda t: scenario_latency(env, p, t), TARGETS))
+                jobs.append(("latency", "qos0-100B", lambda t: scenario_latency(env, p, t), targets))
             if "connect" in only:
-                jobs.append(("connect", "plain", lambda t: scenario_connect(env, p, t, False), TARGETS))
-                jobs.append(("connect", "tls", lambda t: scenario_connect(env, p, t, True), TARGETS))
+                jobs.append(("connect", "plain", lambda t: scenario_connect(env, p, t, False), targets))
+                jobs.append(("connect", "tls", lambda t: scenario_connect(env, p, t, True), targets))
             if "idle" in only:
                 for n in p["idle"]:
-                    jobs.append(("idle", f"{n}", lambda t, n=n: scenario_idle(env, t, n), PROXIES))
+                    jobs.append(("idle", f"{n}", lambda t, n=n: scenario_idle(env, t, n), proxies))
             for scn, var, fn, targets in jobs:
                 for t in [x for x in order if x in targets]:
                     r = fn(t)
@@ -420,12 +475,16 @@ def main():
         env.stop_all()
     rows, checks = summarise(raw, p)
     print_table(rows, checks)
+    ab = summarise_ab(raw) if a.ab is not None else []
+    if ab:
+        print_ab(ab, a)
     info["load_after"] = os.getloadavg()
     out = os.path.join(outdir, f"bench-{stamp}.json")
     with open(out, "w") as f:
         json.dump({"machine": info, "mode": "quick" if a.quick else "full", "plan": p,
                    "command": " ".join(sys.argv), "raw": raw,
                    "table": [list(r) for r in rows],
+                   "ab": [list(r) for r in ab],
                    "targets": [{"name": n, "value": v, "op": o, "want": w} for n, v, o, w in checks]},
                   f, indent=1)
     print(f"\nraw figures and summary: {out}")

@@ -55,6 +55,8 @@ pub struct RawLimits {
     pub per_ip_connect_rate: i64,
     #[serde(default = "d_30s")]
     pub shutdown_grace: String,
+    #[serde(default)]
+    pub threads: Option<i64>,
 }
 
 impl Default for RawLimits {
@@ -66,6 +68,7 @@ impl Default for RawLimits {
             tls_handshake_timeout: d_10s(),
             per_ip_connect_rate: 0,
             shutdown_grace: d_30s(),
+            threads: None,
         }
     }
 }

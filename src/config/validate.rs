@@ -222,6 +222,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
             0,
         ),
         shutdown_grace: v.duration("limits.shutdown_grace".into(), &l.shutdown_grace),
+        threads: l.threads.map(|t| v.int("limits.threads".into(), t, 0, 0)),
     };
 
     let admin = AdminConfig {
