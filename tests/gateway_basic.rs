@@ -2,7 +2,8 @@
 //! 5.0 clients publish and subscribe through mqgate, QoS 0/1/2 payloads arrive intact,
 //! persistent sessions survive a reconnect, odd-but-legal byte streams (1-byte writes,
 //! packets right behind the CONNECT, half-close) work, a client's reset reaches the
-//! broker as a reset, a dead broker makes the next node take the client, and
+//! broker as a reset, a dead broker makes the next node take the client,
+//! `limits.threads` spreads sessions over that many connection threads, and
 //! `mqgate check` reports what an operator needs.
 
 mod common;
@@ -590,4 +591,138 @@ fn client_reset_is_passed_on_to_the_broker_and_leaves_no_time_wait() {
         "the gateway reset its broker connection too (no TIME_WAIT left on its port)"
     );
     assert!(ping(&mut sub), "the broker serves on");
+}
+
+/// The TCP sockets of process `pid`, by inode: (local port, remote port).
+fn tcp_sockets(pid: u32) -> std::collections::HashMap<u64, (u16, u16)> {
+    let mut out = std::collections::HashMap::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port = |addr: &str| {
+                addr.rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+            };
+            if let (Some(l), Some(r), Some(Ok(ino))) = (
+                f.get(1).and_then(|a| port(a)),
+                f.get(2).and_then(|a| port(a)),
+                f.get(9).map(|i| i.parse::<u64>()),
+            ) {
+                out.insert(ino, (l, r));
+            }
+        }
+    }
+    out
+}
+
+/// For each epoll instance of process `pid`: the inodes of the sockets in its set.
+fn epoll_sets(pid: u32) -> Vec<Vec<u64>> {
+    let socket_inode = |fd: &str| -> Option<u64> {
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+        let l = link.to_string_lossy().into_owned();
+        l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    };
+    let mut sets = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("list fds") {
+        let Ok(e) = e else { continue };
+        let fd = e.file_name().to_string_lossy().into_owned();
+        let is_epoll = std::fs::read_link(e.path())
+            .map(|l| l.to_string_lossy().contains("eventpoll"))
+            .unwrap_or(false);
+        if !is_epoll {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+        let members: Vec<u64> = info
+            .lines()
+            .filter_map(|l| l.strip_prefix("tfd:"))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .filter_map(socket_inode)
+            .collect();
+        sets.push(members);
+    }
+    // tokio keeps two descriptors of each epoll instance (the driver's and a
+    // duplicate for registrations): the same set twice.
+    for s in &mut sets {
+        s.sort_unstable();
+    }
+    sets.sort();
+    sets.dedup();
+    sets
+}
+
+/// `limits.threads = N`: N connection threads (named, as `top -H` shows them), and
+/// sessions are handed out in turn, each with both its sockets (client side and broker
+/// side) in one thread's event loop. `threads = 0`: every session on the gateway's
+/// own runtime, one event loop.
+#[test]
+fn connection_threads_take_sessions_in_turn_with_both_sockets_on_one_thread() {
+    for (threads, want) in [(3usize, vec![4usize, 4, 4]), (0, vec![12])] {
+        let dir = tempdir();
+        let broker = Mosquitto::start("b1", dir.path());
+        let (port, admin) = (free_port(), free_port());
+        let toml = format!(
+            "[limits]\nthreads = {threads}\n\n{}",
+            basic_config(port, admin, "dynsec", &[&broker], "")
+        );
+        let gate = Gate::start(dir.path(), "gate", &toml, admin);
+        wait_until(Duration::from_secs(10), "node up", || {
+            gate.metric("mqgate_node_up", &[("node", "b1")]) == 1.0
+        });
+        let pid = gate.pid().expect("gateway pid");
+        let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("list threads")
+            .filter_map(|t| t.ok())
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|c| c.trim().to_string())
+            .filter(|c| c.starts_with("mqgate-conn-"))
+            .collect();
+        assert_eq!(names.len(), threads, "connection threads: {names:?}");
+
+        let mut sessions: Vec<_> = (0..6)
+            .map(|i| raw_session(port, &format!("spread-{i}")))
+            .collect();
+        for s in &mut sessions {
+            assert!(ping(s), "session answers through the gateway");
+        }
+        let broker_port: u16 = broker
+            .address()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("broker port");
+        // The gateway's ends of the 6 sessions: 6 accepted (local port = listener)
+        // and 6 to the broker (remote port = broker). Health checks also connect to
+        // the broker, from the gateway's own runtime, for a moment every 200 ms:
+        // polled until a moment without one.
+        let per_loop = || {
+            let tcp = tcp_sockets(pid);
+            let proxied = |ino: &u64| {
+                tcp.get(ino)
+                    .is_some_and(|&(l, r)| (l == port && r != 0) || r == broker_port)
+            };
+            let mut n: Vec<usize> = epoll_sets(pid)
+                .iter()
+                .map(|set| set.iter().filter(|i| proxied(i)).count())
+                .filter(|&n| n > 0)
+                .collect();
+            n.sort_unstable();
+            n
+        };
+        let mut seen = Vec::new();
+        let found = (0..100).any(|_| {
+            seen = per_loop();
+            seen == want || {
+                std::thread::sleep(Duration::from_millis(20));
+                false
+            }
+        });
+        assert!(
+            found,
+            "proxied sockets per event loop with threads = {threads}: {seen:?}, want {want:?}"
+        );
+        drop(sessions);
+    }
 }
