@@ -77,27 +77,25 @@ pub async fn accept_loop(
             _ = &mut stopped => break,
             _ = &mut stopping => break,
         };
-        // Take what the kernel has queued, up to a batch, then let other tasks run.
+        // Take what the kernel has queued, up to a batch, hand it out, then let other
+        // tasks run.
+        let mut batch = Vec::new();
+        let (mut pause, mut emptied) = (false, false);
         for _ in 0..ACCEPT_BATCH {
             match accept(listener.get_ref()) {
                 Ok((tcp, peer)) => {
                     backoff = Duration::from_millis(5);
-                    admit(&shared, &name, tcp, peer);
+                    batch.extend(admit(&shared, &name, tcp, peer));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     ready.clear_ready();
-                    continue 'outer;
+                    emptied = true;
+                    break;
                 }
                 Err(e) if is_resource_error(&e) => {
                     tracing::warn!(listener = %name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed: out of resources; backing off");
-                    drop(ready);
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = &mut stopped => break 'outer,
-                        _ = &mut stopping => break 'outer,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue 'outer;
+                    pause = true;
+                    break;
                 }
                 Err(e) => {
                     tracing::debug!(listener = %name, error = %e, "accept failed");
@@ -105,17 +103,30 @@ pub async fn accept_loop(
             }
         }
         drop(ready);
-        tokio::task::yield_now().await;
+        shared.workers.spawn_many(&shared.tracker, batch);
+        if pause {
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = &mut stopped => break 'outer,
+                _ = &mut stopping => break 'outer,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        } else if !emptied {
+            // More may be queued: let this thread's connections run first.
+            tokio::task::yield_now().await;
+        }
     }
     // Closing a listening socket resets the connections still in its accept queue; with
     // SO_REUSEPORT a new process may be taking over this port. Serve what is queued now
     // (a non-blocking accept until the queue is empty), then close.
     let mut drained = 0usize;
     let listener = listener.into_inner();
+    let mut batch = Vec::new();
     while let Ok((tcp, peer)) = accept(&listener) {
-        admit(&shared, &name, tcp, peer);
+        batch.extend(admit(&shared, &name, tcp, peer));
         drained += 1;
     }
+    shared.workers.spawn_many(&shared.tracker, batch);
     tracing::debug!(listener = %name, drained, "listener stopped accepting");
 }
 
@@ -141,27 +152,33 @@ fn accept(listener: &Socket) -> io::Result<(std::net::TcpStream, SocketAddr)> {
     Ok((sock.into(), peer))
 }
 
-/// Hand an accepted connection to a connection thread (after `per_ip_connect_rate`).
-fn admit(shared: &Arc<Shared>, name: &str, tcp: std::net::TcpStream, peer: SocketAddr) {
+/// The task for an accepted connection, to be run on a connection thread; none if
+/// `per_ip_connect_rate` refuses it (the socket is closed here).
+fn admit(
+    shared: &Arc<Shared>,
+    name: &str,
+    tcp: std::net::TcpStream,
+    peer: SocketAddr,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
     let rt = shared.runtime();
-    let Some(lst) = rt.listeners.get(name).cloned() else {
-        return;
-    };
+    let lst = rt.listeners.get(name).cloned()?;
     // Behind a PROXY-protocol balancer every connection comes from the
     // balancer: the rate applies to the real client, once its header is read.
     if !lst.config.proxy_protocol
         && over_rate(shared, name, peer, rt.config.limits.per_ip_connect_rate)
     {
-        return;
+        return None;
     }
-    let task_shared = shared.clone();
-    shared.workers.spawn(&shared.tracker, async move {
+    let shared = shared.clone();
+    Some(async move {
         // Registered with the epoll set of the thread it runs on.
         match TcpStream::from_std(tcp) {
-            Ok(tcp) => crate::conn::handle(task_shared, rt, lst, tcp, peer).await,
-            Err(e) => tracing::debug!(client.addr = %peer, error = %e, "cannot register the accepted socket"),
+            Ok(tcp) => crate::conn::handle(shared, rt, lst, tcp, peer).await,
+            Err(e) => {
+                tracing::debug!(client.addr = %peer, error = %e, "cannot register the accepted socket")
+            }
         }
-    });
+    })
 }
 
 /// Apply `per_ip_connect_rate` to a new connection from `peer`; when it is over,

@@ -1,32 +1,45 @@
 //! Connection threads: a single-threaded tokio runtime per thread, as HAProxy runs
 //! one event loop per thread. The accept loops hand each new connection to the next
-//! thread in turn, still unregistered (an `accept4` with `SOCK_NONBLOCK`, no epoll
+//! thread in turn (as HAProxy's accepting thread hands them to the others), still unregistered (an `accept4` with `SOCK_NONBLOCK`, no epoll
 //! entry yet), so that both of its sockets live in that thread's epoll set from the
 //! first byte to the close: no work-stealing scheduler between a socket's readiness and
 //! the task that relays it, and no cross-thread wake-ups per relayed chunk.
 //!
-//! The gateway's own runtime keeps the rest (accept loops, health checks, peers, admin
-//! API, reloads). With `threads = 0` there are no connection threads and connections
+//! A listener's accept loop runs on one of the connection threads too: the connections
+//! it hands to itself cost no hand-off, and those for each other thread go over in one
+//! batch per wake-up. The gateway's own runtime keeps the rest (health checks, peers,
+//! admin API, reloads). With `threads = 0` there are no connection threads and connections
 //! run on the gateway's runtime, as everything else.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// The connection threads of one gateway.
 pub struct Workers {
+    /// Tells this pool's threads from another gateway's in the same process (tests).
+    id: u64,
     handles: Vec<Handle>,
     next: AtomicUsize,
     stop: CancellationToken,
+}
+
+static POOLS: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// (pool id, thread index) on a connection thread; pool id 0 elsewhere.
+    static CURRENT: Cell<(u64, usize)> = const { Cell::new((0, 0)) };
 }
 
 impl Workers {
     /// No connection threads: connections run on the caller's runtime.
     pub fn none() -> Workers {
         Workers {
+            id: POOLS.fetch_add(1, Ordering::Relaxed),
             handles: Vec::new(),
             next: AtomicUsize::new(0),
             stop: CancellationToken::new(),
@@ -37,6 +50,7 @@ impl Workers {
     /// run until [`Workers::stop`] (or until the process exits).
     pub fn start(n: usize) -> io::Result<Workers> {
         let stop = CancellationToken::new();
+        let id = POOLS.fetch_add(1, Ordering::Relaxed);
         let mut handles = Vec::with_capacity(n);
         for i in 0..n {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -47,12 +61,16 @@ impl Workers {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name(format!("mqgate-conn-{i}"))
-                .spawn(move || rt.block_on(stop.cancelled()))
+                .spawn(move || {
+                    CURRENT.with(|c| c.set((id, i)));
+                    rt.block_on(stop.cancelled())
+                })
                 .map_err(|e| {
                     io::Error::new(e.kind(), format!("starting connection thread {i}: {e}"))
                 })?;
         }
         Ok(Workers {
+            id,
             handles,
             next: AtomicUsize::new(0),
             stop,
@@ -75,12 +93,67 @@ impl Workers {
     where
         F: Future<Output = ()> + Send + 'static,
     {
+        self.spawn_many(tracker, std::iter::once(task));
+    }
+
+    /// Run each of `tasks` on the next connection thread in turn. Those for the thread
+    /// this is called on are spawned right here; those for each other thread go over
+    /// in one hand-off (one wake-up of that thread for the whole batch).
+    pub fn spawn_many<F>(&self, tracker: &TaskTracker, tasks: impl IntoIterator<Item = F>)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let n = self.handles.len();
+        if n == 0 {
+            for t in tasks {
+                drop(tracker.spawn(t));
+            }
+            return;
+        }
+        let here = match CURRENT.with(|c| c.get()) {
+            (id, i) if id == self.id => Some(i),
+            _ => None,
+        };
+        let mut away: Vec<Vec<F>> = Vec::new();
+        for t in tasks {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+            if Some(i) == here {
+                drop(tracker.spawn(t));
+            } else {
+                if away.is_empty() {
+                    away.resize_with(n, Vec::new);
+                }
+                away[i].push(t);
+            }
+        }
+        for (i, batch) in away.into_iter().enumerate() {
+            match batch.len() {
+                0 => {}
+                1 => {
+                    for t in batch {
+                        drop(self.handles[i].spawn(tracker.track_future(t)));
+                    }
+                }
+                _ => {
+                    let tr = tracker.clone();
+                    drop(self.handles[i].spawn(tracker.track_future(async move {
+                        for t in batch {
+                            drop(tr.spawn(t));
+                        }
+                    })));
+                }
+            }
+        }
+    }
+
+    /// Run `task` on connection thread `k` (modulo their number), tracked by `tracker`.
+    pub fn spawn_on<F>(&self, k: usize, tracker: &TaskTracker, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         match self.handles.len() {
             0 => drop(tracker.spawn(task)),
-            n => {
-                let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
-                drop(self.handles[i].spawn(tracker.track_future(task)));
-            }
+            n => drop(self.handles[k % n].spawn(tracker.track_future(task))),
         }
     }
 

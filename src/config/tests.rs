@@ -109,3 +109,14 @@ fn several_unknown_keys_are_all_reported() {
         "{msg}"
     );
 }
+
+#[test]
+fn threads_defaults_to_one_per_cpu_and_refuses_negative_counts() {
+    assert_eq!(p(MINIMAL).expect("minimal").limits.threads, None);
+    let zero = format!("{MINIMAL}\n[limits]\nthreads = 0\n");
+    assert_eq!(p(&zero).expect("threads = 0").limits.threads, Some(0));
+    let bad = format!("{MINIMAL}\n[limits]\nthreads = -2\n");
+    let e = p(&bad).unwrap_err();
+    assert_eq!(e.errors[0].key, "limits.threads", "{e}");
+    assert!(e.to_string().contains("at least 0"), "{e}");
+}
