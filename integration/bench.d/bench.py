@@ -466,8 +466,8 @@ def main():
             if "idle" in only:
                 for n in p["idle"]:
                     jobs.append(("idle", f"{n}", lambda t, n=n: scenario_idle(env, t, n), proxies))
-            for scn, var, fn, targets in jobs:
-                for t in [x for x in order if x in targets]:
+            for scn, var, fn, job_targets in jobs:
+                for t in [x for x in order if x in job_targets]:
                     r = fn(t)
                     raw.append({"round": rnd, "scenario": scn, "variant": var, "target": t, "result": r})
                     log(f"   {scn:10s} {var:11s} {t:8s} {json.dumps(r)}")
