@@ -461,12 +461,12 @@ impl Gateway {
             .set(crate::sticky::now_ms() as i64 / 1000);
         crate::peers::reconfigure(shared);
         for (i, (name, sock, stop)) in to_start.into_iter().enumerate() {
-            // On the connection tracker, so that shutdown's wait cannot finish while an
-            // accept loop may still hand over its last connections (they would be dropped
-            // when the process exits: failed connects during a restart). The loop ends by
-            // itself on `stop` or shutdown, after serving what the kernel had queued.
-            // On a connection thread (the listeners spread over them), which then
-            // keeps the connections of its turns without a hand-off.
+            // On a connection thread (the listeners spread over them), which then keeps
+            // the connections of its turns without a hand-off; and on the connection
+            // tracker, so that shutdown's wait cannot finish while an accept loop may
+            // still hand over its last connections (they would be dropped when the
+            // process exits: failed connects during a restart). The loop ends by itself
+            // on `stop` or shutdown, after serving what the kernel had queued.
             let accept = listener::accept_loop(shared.clone(), name, sock, stop.clone());
             shared.workers.spawn_on(i, &shared.tracker, accept);
         }

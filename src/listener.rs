@@ -2,8 +2,9 @@
 //!
 //! The accept loop does as little as possible: accept, apply the per-IP connection
 //! rate (on listeners with `proxy_protocol`, `conn` applies it to the address the
-//! PROXY header names instead), and spawn one task per connection (`conn::handle`), which does the PROXY
-//! header, TLS handshake and CONNECT read under their own deadlines. Accept errors
+//! PROXY header names instead), and hand one task per connection (`conn::handle`) to
+//! the next connection thread (`crate::workers`); the task does the PROXY header, TLS
+//! handshake and CONNECT read under their own deadlines. Accept errors
 //! such as "too many open files" back off instead of spinning.
 
 use crate::gateway::Shared;
@@ -65,7 +66,7 @@ pub async fn accept_loop(
     let stopped = stop.cancelled();
     let stopping = shared.stopping.cancelled();
     tokio::pin!(stopped, stopping);
-    'outer: loop {
+    loop {
         let mut ready = tokio::select! {
             r = listener.readable() => match r {
                 Ok(g) => g,
@@ -107,8 +108,8 @@ pub async fn accept_loop(
         if pause {
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = &mut stopped => break 'outer,
-                _ = &mut stopping => break 'outer,
+                _ = &mut stopped => break,
+                _ = &mut stopping => break,
             }
             backoff = (backoff * 2).min(Duration::from_secs(1));
         } else if !emptied {

@@ -1,8 +1,8 @@
 //! Connection threads: a single-threaded tokio runtime per thread, as HAProxy runs
 //! one event loop per thread. The accept loops hand each new connection to the next
-//! thread in turn (as HAProxy's accepting thread hands them to the others), still unregistered (an `accept4` with `SOCK_NONBLOCK`, no epoll
-//! entry yet), so that both of its sockets live in that thread's epoll set from the
-//! first byte to the close: no work-stealing scheduler between a socket's readiness and
+//! thread in turn (as HAProxy's accepting thread hands them to the others), still
+//! unregistered (an `accept4` with `SOCK_NONBLOCK`, no epoll entry yet), so that both
+//! of its sockets live in that thread's epoll set from the first byte to the close: no work-stealing scheduler between a socket's readiness and
 //! the task that relays it, and no cross-thread wake-ups per relayed chunk.
 //!
 //! A listener's accept loop runs on one of the connection threads too: the connections
@@ -49,16 +49,21 @@ impl Workers {
     /// Start `n` connection threads, each with its own single-threaded runtime. They
     /// run until [`Workers::stop`] (or until the process exits).
     pub fn start(n: usize) -> io::Result<Workers> {
-        let stop = CancellationToken::new();
-        let id = POOLS.fetch_add(1, Ordering::Relaxed);
-        let mut handles = Vec::with_capacity(n);
+        // Built first, so that an error below drops it, which stops the threads
+        // already started.
+        let mut w = Workers {
+            id: POOLS.fetch_add(1, Ordering::Relaxed),
+            handles: Vec::with_capacity(n),
+            next: AtomicUsize::new(0),
+            stop: CancellationToken::new(),
+        };
         for i in 0..n {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| io::Error::new(e.kind(), format!("connection thread {i}: {e}")))?;
-            handles.push(rt.handle().clone());
-            let stop = stop.clone();
+            w.handles.push(rt.handle().clone());
+            let (id, stop) = (w.id, w.stop.clone());
             std::thread::Builder::new()
                 .name(format!("mqgate-conn-{i}"))
                 .spawn(move || {
@@ -69,12 +74,7 @@ impl Workers {
                     io::Error::new(e.kind(), format!("starting connection thread {i}: {e}"))
                 })?;
         }
-        Ok(Workers {
-            id,
-            handles,
-            next: AtomicUsize::new(0),
-            stop,
-        })
+        Ok(w)
     }
 
     /// How many connection threads there are (0: connections run on the gateway's
@@ -87,16 +87,8 @@ impl Workers {
         self.handles.is_empty()
     }
 
-    /// Run `task` on the next connection thread, tracked by `tracker` (shutdown waits
-    /// for it).
-    pub fn spawn<F>(&self, tracker: &TaskTracker, task: F)
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        self.spawn_many(tracker, std::iter::once(task));
-    }
-
-    /// Run each of `tasks` on the next connection thread in turn. Those for the thread
+    /// Run each of `tasks` on the next connection thread in turn, tracked by `tracker`
+    /// (shutdown waits for them). Those for the thread
     /// this is called on are spawned right here; those for each other thread go over
     /// in one hand-off (one wake-up of that thread for the whole batch).
     pub fn spawn_many<F>(&self, tracker: &TaskTracker, tasks: impl IntoIterator<Item = F>)
@@ -126,22 +118,19 @@ impl Workers {
                 away[i].push(t);
             }
         }
-        for (i, batch) in away.into_iter().enumerate() {
-            match batch.len() {
-                0 => {}
-                1 => {
+        for (i, mut batch) in away.into_iter().enumerate() {
+            if batch.len() == 1 {
+                // One connection: its own task goes over, no batch task around it.
+                if let Some(t) = batch.pop() {
+                    drop(self.handles[i].spawn(tracker.track_future(t)));
+                }
+            } else if !batch.is_empty() {
+                let tr = tracker.clone();
+                drop(self.handles[i].spawn(tracker.track_future(async move {
                     for t in batch {
-                        drop(self.handles[i].spawn(tracker.track_future(t)));
+                        drop(tr.spawn(t));
                     }
-                }
-                _ => {
-                    let tr = tracker.clone();
-                    drop(self.handles[i].spawn(tracker.track_future(async move {
-                        for t in batch {
-                            drop(tr.spawn(t));
-                        }
-                    })));
-                }
+                })));
             }
         }
     }
@@ -170,8 +159,8 @@ impl Drop for Workers {
     }
 }
 
-/// How many connection threads to start for `configured` (0 in the config: one per
-/// CPU the process may run on).
+/// How many connection threads to start for `limits.threads = configured`: unset, one
+/// per CPU the process may run on; 0, none.
 pub fn thread_count(configured: Option<usize>) -> usize {
     match configured {
         Some(n) => n,

@@ -687,12 +687,7 @@ fn connection_threads_take_sessions_in_turn_with_both_sockets_on_one_thread() {
         for s in &mut sessions {
             assert!(ping(s), "session answers through the gateway");
         }
-        let broker_port: u16 = broker
-            .address()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("broker port");
+        let broker_port = broker.port;
         // The gateway's ends of the 6 sessions: 6 accepted (local port = listener)
         // and 6 to the broker (remote port = broker). Health checks also connect to
         // the broker, from the gateway's own runtime, for a moment every 200 ms:
