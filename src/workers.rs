@@ -2,8 +2,9 @@
 //! one event loop per thread. The accept loops hand each new connection to the next
 //! thread in turn (as HAProxy's accepting thread hands them to the others), still
 //! unregistered (an `accept4` with `SOCK_NONBLOCK`, no epoll entry yet), so that both
-//! of its sockets live in that thread's epoll set from the first byte to the close: no work-stealing scheduler between a socket's readiness and
-//! the task that relays it, and no cross-thread wake-ups per relayed chunk.
+//! of its sockets live in that thread's epoll set from the first byte to the close:
+//! no work-stealing scheduler between a socket's readiness and the task that relays
+//! it, and no cross-thread wake-ups per relayed chunk.
 //!
 //! A listener's accept loop runs on one of the connection threads too: the connections
 //! it hands to itself cost no hand-off, and those for each other thread go over in one
