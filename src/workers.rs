@@ -16,6 +16,7 @@ use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -69,7 +70,12 @@ impl Workers {
                 .name(format!("mqgate-conn-{i}"))
                 .spawn(move || {
                     CURRENT.with(|c| c.set((id, i)));
-                    rt.block_on(stop.cancelled())
+                    rt.block_on(async {
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            _ = keep_timer_armed() => {}
+                        }
+                    })
                 })
                 .map_err(|e| {
                     io::Error::new(e.kind(), format!("starting connection thread {i}: {e}"))
@@ -160,6 +166,26 @@ impl Drop for Workers {
     }
 }
 
+/// How often [`keep_timer_armed`] wakes its thread.
+const TIMER_KEEPER: Duration = Duration::from_secs(1);
+
+/// Keep one timer of this thread's runtime always pending, due within
+/// [`TIMER_KEEPER`]. Why: tokio's timer remembers, each time the thread goes to sleep,
+/// when its earliest timer is due, and a timer armed later that is due sooner (or any
+/// timer, when none was pending) wakes the thread's event loop through its eventfd, a
+/// `write(2)` per timer armed, even though the thread arming it is that event loop and
+/// is awake. Every new connection arms one or two timers (CONNECT deadline, upstream
+/// connect timeout: seconds), so in a connect storm that was 1.6 `write`s per
+/// session. With this timer pending, a deadline of more than a second never comes
+/// before the remembered one, and arming it costs no system call.
+async fn keep_timer_armed() {
+    let mut tick = tokio::time::interval(TIMER_KEEPER);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
+}
+
 /// How many connection threads to start for `limits.threads = configured`: unset, one
 /// per CPU the process may run on; 0, none.
 pub fn thread_count(configured: Option<usize>) -> usize {
@@ -168,5 +194,71 @@ pub fn thread_count(configured: Option<usize>) -> usize {
         None => std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_timer_armed;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+    use std::time::Duration;
+
+    /// This thread's count of write(2)-family system calls so far.
+    fn thread_writes() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io")
+            .unwrap_or_else(|e| panic!("reading /proc/thread-self/io: {e}"));
+        io.lines()
+            .find_map(|l| l.strip_prefix("syscw: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no syscw line in /proc/thread-self/io: {io}"))
+    }
+
+    /// Arm `n` timers due in 10 s (as a new connection's set-up deadlines are) on the
+    /// current runtime, right after it has slept with no other timer pending, and
+    /// count the write(2)s this thread made meanwhile.
+    async fn writes_while_arming(n: usize) -> u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let before = thread_writes();
+        let mut timers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut t = Box::pin(tokio::time::sleep(Duration::from_secs(10)));
+            std::future::poll_fn(|cx| {
+                let _ = Pin::new(&mut t).poll(cx);
+                Poll::Ready(())
+            })
+            .await;
+            timers.push(t);
+        }
+        thread_writes() - before
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("building a runtime: {e}"))
+    }
+
+    #[test]
+    fn arming_a_deadline_costs_no_system_call_on_a_connection_thread() {
+        // Without the keeper, tokio wakes its own driver once per timer armed.
+        let plain = runtime().block_on(writes_while_arming(100));
+        assert!(
+            plain >= 100,
+            "without the keeper, 100 timers armed made {plain} write(2)s, expected one each \
+             (if tokio no longer wakes its own driver, `keep_timer_armed` can go)"
+        );
+        let kept = runtime().block_on(async {
+            let keeper = tokio::spawn(keep_timer_armed());
+            let n = writes_while_arming(100).await;
+            keeper.abort();
+            n
+        });
+        assert_eq!(
+            kept, 0,
+            "with the keeper, 100 timers armed made {kept} write(2)s"
+        );
     }
 }
