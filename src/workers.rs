@@ -199,11 +199,12 @@ pub fn thread_count(configured: Option<usize>) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::keep_timer_armed;
+    use super::Workers;
     use std::future::Future;
     use std::pin::Pin;
     use std::task::Poll;
     use std::time::Duration;
+    use tokio_util::task::TaskTracker;
 
     /// This thread's count of write(2)-family system calls so far.
     fn thread_writes() -> u64 {
@@ -234,31 +235,33 @@ mod tests {
         thread_writes() - before
     }
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap_or_else(|e| panic!("building a runtime: {e}"))
-    }
-
     #[test]
     fn arming_a_deadline_costs_no_system_call_on_a_connection_thread() {
-        // Without the keeper, tokio wakes its own driver once per timer armed.
-        let plain = runtime().block_on(writes_while_arming(100));
+        // A runtime built as a connection thread's is, without the keeper: tokio
+        // wakes its own driver once per timer armed.
+        let bare = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("building a runtime: {e}"));
+        let plain = bare.block_on(writes_while_arming(100));
         assert!(
             plain >= 100,
             "without the keeper, 100 timers armed made {plain} write(2)s, expected one each \
              (if tokio no longer wakes its own driver, `keep_timer_armed` can go)"
         );
-        let kept = runtime().block_on(async {
-            let keeper = tokio::spawn(keep_timer_armed());
-            let n = writes_while_arming(100).await;
-            keeper.abort();
-            n
+        // The same on a real connection thread.
+        let workers = Workers::start(1).unwrap_or_else(|e| panic!("starting a thread: {e}"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        workers.spawn_on(0, &TaskTracker::new(), async move {
+            let _ = tx.send(writes_while_arming(100).await);
         });
+        let kept = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("no answer from the connection thread: {e}"));
+        workers.stop();
         assert_eq!(
             kept, 0,
-            "with the keeper, 100 timers armed made {kept} write(2)s"
+            "on a connection thread, 100 timers armed made {kept} write(2)s"
         );
     }
 }
