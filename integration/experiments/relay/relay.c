@@ -1,15 +1,17 @@
-// Experiment, not part of mqgate (BENCHMARKS.md, "Tried and dropped: in-kernel relaying"):
+// Experiment, not part of mqgate (BENCHMARKS.md, "Tried and dropped: in-kernel relaying" and "splice(2)"):
 // a TCP relay on 127.0.0.1 whose data path is a BPF sockmap verdict program, to measure
-// what relaying in the kernel would give and what it breaks. Built and driven by ./run.
+// what relaying in the kernel would give and what it breaks. Built and driven by ./run-sockmap and ./run-splice.
 //
-//   relay LISTEN_PORT UPSTREAM_PORT [user]
+//   relay LISTEN_PORT UPSTREAM_PORT [user|splice]
 //
 // Each accepted connection gets an upstream connection; both sockets go into a SOCKHASH
 // keyed by socket cookie, whose value is the peer socket. The verdict program (11
 // instructions, assembled below) redirects every received skb to the peer's send side:
 // bpf_sk_redirect_hash(skb, map, &cookie(skb), 0). User space only sees hang-ups and
 // passes a half-close on with shutdown(SHUT_WR), as a user-space proxy does.
-// With "user" it is a plain epoll read/write relay instead (no BPF), for comparison.
+// With "user" it is a plain epoll read/write relay instead (no BPF), for comparison;
+// with "splice" the same relay moves bytes with splice(2) through one pipe (socket ->
+// pipe -> socket, no copy to user space), for BENCHMARKS.md's "Tried and dropped: splice".
 // Needs root (CAP_BPF + CAP_NET_ADMIN).
 #define _GNU_SOURCE
 #include <linux/bpf.h>
@@ -27,6 +29,7 @@
 #include <errno.h>
 #include <stdint.h>
 #include <signal.h>
+#include <fcntl.h>
 
 #ifndef SO_COOKIE
 #define SO_COOKIE 57
@@ -38,6 +41,8 @@ static int bpf(int cmd, union bpf_attr *a) { return syscall(__NR_bpf, cmd, a, si
 
 static int map_fd, prog_fd;
 static int use_sockmap = 1;
+static int use_splice = 0;
+static int pipefd[2];
 
 static void die(const char *m) { perror(m); exit(1); }
 
@@ -122,6 +127,12 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     int lport = atoi(argv[1]), uport = atoi(argv[2]);
     if (argc > 3 && !strcmp(argv[3], "user")) use_sockmap = 0;
+    if (argc > 3 && !strcmp(argv[3], "splice")) {
+        use_sockmap = 0;
+        use_splice = 1;
+        if (pipe2(pipefd, O_NONBLOCK) < 0) die("pipe2");
+        fcntl(pipefd[1], F_SETPIPE_SZ, 1 << 20);
+    }
     if (use_sockmap) setup_bpf();
     int ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     int one = 1;
@@ -171,7 +182,24 @@ int main(int argc, char **argv) {
                 continue;
             }
             int p = peer[fd];
-            if (!use_sockmap || !inmap[fd]) {
+            if (use_splice) {
+                ssize_t r = splice(fd, NULL, pipefd[1], NULL, 65536, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+                if (r > 0) {
+                    ssize_t off = 0;
+                    while (off < r) {  // drain the pipe into the peer (spin on EAGAIN, prototype)
+                        ssize_t w = splice(pipefd[0], NULL, p, NULL, r - off, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+                        if (w > 0) off += w; else if (errno != EAGAIN) break;
+                    }
+                    // the peer failed: empty the pipe, or its bytes go to the next connection
+                    while (off < r) {
+                        ssize_t d = read(pipefd[0], buf, r - off < (ssize_t)sizeof buf ? r - off : (ssize_t)sizeof buf);
+                        if (d <= 0) break;
+                        off += d;
+                    }
+                    continue;
+                }
+                if (r < 0 && errno == EAGAIN) continue;
+            } else if (!use_sockmap || !inmap[fd]) {
                 ssize_t r = read(fd, buf, sizeof buf);
                 if (r > 0) {
                     ssize_t off = 0;

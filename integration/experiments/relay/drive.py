@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Latency or throughput direct / through HAProxy / mqgate / the sockmap relay / the C
-user-space relay, one stock Mosquitto behind all of them, rotating the order each round.
+user-space relay (read/write, or splice), one stock Mosquitto behind all of them, rotating the order each round.
 Uses integration/bench.d's templates and loadgen. One JSON line per run on stdout.
 
     drive.py REPO RELAY SCENARIO TARGETS   (SCENARIO: latency | tp-QOS-SIZE; ROUNDS=3)"""
@@ -29,7 +29,7 @@ def free():
 
 
 P = {k: free() for k in ["broker_port", "broker_tls_port", "haproxy_port", "haproxy_tls_port",
-                         "mqgate_port", "mqgate_tls_port", "admin_port", "sockmap", "user"]}
+                         "mqgate_port", "mqgate_tls_port", "admin_port", "sockmap", "user", "splice"]}
 subprocess.run([lg, "pki", work], check=True, capture_output=True)
 os.chmod(work, 0o755)  # Mosquitto drops to its own user and must read the certificate
 for name in os.listdir(work):
@@ -47,9 +47,10 @@ cmds = {"direct": ["mosquitto", "-c", f"{work}/mosquitto.conf"],
         "haproxy": ["haproxy", "-db", "-f", f"{work}/haproxy.cfg"],
         "mqgate": [mqgate, "run", "--config", f"{work}/mqgate.toml"],
         "sockmap": [relay, str(P["sockmap"]), bp],
-        "user": [relay, str(P["user"]), bp, "user"]}
+        "user": [relay, str(P["user"]), bp, "user"],
+        "splice": [relay, str(P["splice"]), bp, "splice"]}
 port = {"direct": P["broker_port"], "haproxy": P["haproxy_port"], "mqgate": P["mqgate_port"],
-        "sockmap": P["sockmap"], "user": P["user"]}
+        "sockmap": P["sockmap"], "user": P["user"], "splice": P["splice"]}
 procs = {"direct": subprocess.Popen(cmds["direct"])}
 
 
