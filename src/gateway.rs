@@ -192,8 +192,19 @@ impl Gateway {
         inherited: HashMap<SocketAddr, std::net::TcpListener>,
     ) -> Result<Gateway, ApplyError> {
         let metrics = Arc::new(Metrics::new());
-        let threads = crate::workers::thread_count(config.limits.threads);
-        let workers = match threads {
+        let count = crate::workers::thread_count(&config);
+        tracing::info!(
+            threads = count.threads,
+            cpus = count.cpus,
+            broker_nodes_on_this_host = count.local_nodes,
+            from = if count.configured {
+                "limits.threads"
+            } else {
+                "one per CPU, less one per broker node on this host"
+            },
+            "connection threads"
+        );
+        let workers = match count.threads {
             0 => crate::workers::Workers::none(),
             n => {
                 crate::workers::Workers::start(n).map_err(|error| ApplyError::Threads { error })?

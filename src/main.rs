@@ -127,7 +127,7 @@ fn run(path: PathBuf, handover: Option<PathBuf>) -> ExitCode {
     // With connection threads (`limits.threads`, `mqgate::workers`) this runtime only
     // accepts and runs health checks, peers, the admin API and reloads: one thread.
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if mqgate::workers::thread_count(cfg.limits.threads) > 0 {
+    if mqgate::workers::thread_count(&cfg).threads > 0 {
         builder.worker_threads(1);
     }
     let rt = match builder.enable_all().build() {

@@ -11,6 +11,8 @@
 //! batch per wake-up. The gateway's own runtime keeps the rest (health checks, peers,
 //! admin API, reloads). With `threads = 0` there are no connection threads and connections
 //! run on the gateway's runtime, as everything else.
+//!
+//! How many: [`thread_count`] (unset, one per CPU less one per broker node on this host).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -186,14 +188,67 @@ async fn keep_timer_armed() {
     }
 }
 
-/// How many connection threads to start for `limits.threads = configured`: unset, one
-/// per CPU the process may run on; 0, none.
-pub fn thread_count(configured: Option<usize>) -> usize {
-    match configured {
-        Some(n) => n,
-        None => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+/// How many connection threads to start, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThreadCount {
+    /// Connection threads to start (0: none).
+    pub threads: usize,
+    /// CPUs this process may run on.
+    pub cpus: usize,
+    /// Distinct broker nodes whose address is on this host (loopback, or an address of
+    /// one of its interfaces).
+    pub local_nodes: usize,
+    /// `limits.threads` was set, and `threads` is that value.
+    pub configured: bool,
+}
+
+/// How many connection threads to start for `config`: `limits.threads` when it is set
+/// (0: none). Unset, one per CPU the process may run on, less one for each broker
+/// node that runs on this host, and at least one. Why: a Mosquitto process relays on one
+/// thread and needs a CPU to itself when busy; connection threads beyond the CPUs left
+/// to the proxy only add wake-ups (on 2 vCPUs with Mosquitto beside it, one thread used
+/// up to 22 % less CPU per relayed message than two: BENCHMARKS.md). A node named by
+/// a DNS name other than `localhost` counts as elsewhere (start-up does not wait for
+/// DNS).
+pub fn thread_count(config: &crate::config::Config) -> ThreadCount {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut local = std::collections::HashSet::new();
+    for node in config.clusters.iter().flat_map(|c| &c.nodes) {
+        if on_this_host(&node.address) {
+            local.insert((node.address.host.to_ascii_lowercase(), node.address.port));
+        }
+    }
+    let local_nodes = local.len();
+    let (threads, configured) = match config.limits.threads {
+        Some(n) => (n, true),
+        None => (cpus.saturating_sub(local_nodes).max(1), false),
+    };
+    ThreadCount {
+        threads,
+        cpus,
+        local_nodes,
+        configured,
+    }
+}
+
+/// Whether a broker node's address is on this host: `localhost`, a loopback or
+/// unspecified address, or an address a socket can bind to (one of this host's
+/// interfaces' addresses; binding to any other fails with `EADDRNOTAVAIL`, unless the
+/// host allows non-local binds, `net.ipv4.ip_nonlocal_bind`).
+fn on_this_host(addr: &crate::config::NodeAddress) -> bool {
+    if addr.host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match addr.literal() {
+        Some(sa) => {
+            let ip = sa.ip();
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || std::net::UdpSocket::bind(std::net::SocketAddr::new(ip, 0)).is_ok()
+        }
+        None => false,
     }
 }
 

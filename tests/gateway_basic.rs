@@ -653,6 +653,96 @@ fn epoll_sets(pid: u32) -> Vec<Vec<u64>> {
     sets
 }
 
+/// The names of process `pid`'s connection threads, as `top -H` shows them.
+fn connection_threads(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("list threads")
+        .filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .filter(|c| c.starts_with("mqgate-conn-"))
+        .collect()
+}
+
+/// `limits.threads` unset: one connection thread per CPU, less one for each broker
+/// node on this host (loopback, `localhost`, or an address of one of its interfaces;
+/// the same node in two clusters counts once), at least one; a node elsewhere takes
+/// none. The start-up log says how many and why.
+#[test]
+fn unset_threads_leave_a_cpu_to_each_broker_on_this_host() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (p1, p2) = (free_port(), free_port());
+    // This host's own non-loopback address, when it has one (the source address of a
+    // route to a documentation address; UDP connect sends nothing).
+    let own = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").and(s.local_addr()))
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified());
+    let elsewhere = "198.51.100.1";
+    assert!(
+        std::net::UdpSocket::bind((elsewhere, 0)).is_err(),
+        "{elsewhere} is an address of this host: the test needs one that is not"
+    );
+    let mut cases = vec![
+        ("one loopback node", vec![format!("127.0.0.1:{p1}")], 1),
+        (
+            "two nodes on this host, one of them in two clusters",
+            vec![format!("127.0.0.1:{p1}"), format!("localhost:{p2}")],
+            2,
+        ),
+        (
+            "a node elsewhere (TEST-NET-2)",
+            vec![format!("{elsewhere}:1883")],
+            0,
+        ),
+    ];
+    match own {
+        Some(ip) => cases.push((
+            "a node on this host's own address",
+            vec![format!("{ip}:{p1}")],
+            1,
+        )),
+        None => eprintln!("no non-loopback address on this host: that case is left out"),
+    }
+    for (what, nodes, local) in cases {
+        let dir = tempdir();
+        let admin = free_port();
+        let node_list: Vec<String> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{{ name = \"n{i}\", address = \"{a}\" }}"))
+            .collect();
+        let toml = format!(
+            "{}\n[[listeners]]\nname = \"mqtt\"\nbind = \"127.0.0.1:{}\"\ncluster = \"a\"\n\n\
+             [clusters.a]\nmode = \"dynsec\"\nnodes = [ {} ]\n\n\
+             [clusters.b]\nmode = \"dynsec\"\nnodes = [ {} ]\n",
+            Gate::admin_section(admin),
+            free_port(),
+            node_list.join(", "),
+            node_list[0],
+        );
+        let gate = Gate::start(dir.path(), "gate", &toml, admin);
+        let want = cpus.saturating_sub(local).max(1);
+        let names = connection_threads(gate.pid().expect("gateway pid"));
+        assert_eq!(
+            names.len(),
+            want,
+            "{what}: {cpus} CPUs, {local} broker node(s) on this host: connection threads {names:?}"
+        );
+        let log = gate.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("connection threads"))
+            .unwrap_or_else(|| panic!("{what}: no start-up line on connection threads:\n{log}"));
+        assert!(
+            line.contains(&format!("threads={want}"))
+                && line.contains(&format!("broker_nodes_on_this_host={local}")),
+            "{what}: start-up line {line:?}"
+        );
+    }
+}
+
 /// `limits.threads = N`: N connection threads (named, as `top -H` shows them), and
 /// sessions are handed out in turn, each with both its sockets (client side and broker
 /// side) in one thread's event loop. `threads = 0`: every session on the gateway's
@@ -672,13 +762,7 @@ fn connection_threads_take_sessions_in_turn_with_both_sockets_on_one_thread() {
             gate.metric("mqgate_node_up", &[("node", "b1")]) == 1.0
         });
         let pid = gate.pid().expect("gateway pid");
-        let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .expect("list threads")
-            .filter_map(|t| t.ok())
-            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
-            .map(|c| c.trim().to_string())
-            .filter(|c| c.starts_with("mqgate-conn-"))
-            .collect();
+        let names = connection_threads(pid);
         assert_eq!(names.len(), threads, "connection threads: {names:?}");
 
         let mut sessions: Vec<_> = (0..6)

@@ -55,8 +55,9 @@ pub struct Limits {
     /// New connections per second from one source IP; 0 = unlimited.
     pub per_ip_connect_rate: u32,
     pub shutdown_grace: Duration,
-    /// Connection threads (`crate::workers`); `None`: one per CPU; 0: none, connections
-    /// run on the gateway's own runtime. Read at start-up only.
+    /// Connection threads (`crate::workers`); `None`: one per CPU less one per broker
+    /// node on this host, at least one (`crate::workers::thread_count`); 0: none,
+    /// connections run on the gateway's own runtime. Read at start-up only.
     pub threads: Option<usize>,
 }
 
