@@ -197,7 +197,7 @@ impl Gateway {
             threads = count.threads,
             cpus = count.cpus,
             broker_nodes_on_this_host = count.local_nodes,
-            from = if count.configured {
+            from = if config.limits.threads.is_some() {
                 "limits.threads"
             } else {
                 "one per CPU, less one per broker node on this host"

@@ -126,8 +126,10 @@ fn run(path: PathBuf, handover: Option<PathBuf>) -> ExitCode {
     let set_level = mqgate::logging::init(&cfg.log.level, cfg.log.format);
     // With connection threads (`limits.threads`, `mqgate::workers`) this runtime only
     // accepts and runs health checks, peers, the admin API and reloads: one thread.
+    // Only `threads = 0` means none (unset is at least one, `workers::thread_count`,
+    // which `Gateway::start_with` calls once).
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if mqgate::workers::thread_count(&cfg).threads > 0 {
+    if cfg.limits.threads != Some(0) {
         builder.worker_threads(1);
     }
     let rt = match builder.enable_all().build() {

@@ -198,8 +198,6 @@ pub struct ThreadCount {
     /// Distinct broker nodes whose address is on this host (loopback, or an address of
     /// one of its interfaces).
     pub local_nodes: usize,
-    /// `limits.threads` was set, and `threads` is that value.
-    pub configured: bool,
 }
 
 /// How many connection threads to start for `config`: `limits.threads` when it is set
@@ -221,22 +219,22 @@ pub fn thread_count(config: &crate::config::Config) -> ThreadCount {
         }
     }
     let local_nodes = local.len();
-    let (threads, configured) = match config.limits.threads {
-        Some(n) => (n, true),
-        None => (cpus.saturating_sub(local_nodes).max(1), false),
+    let threads = match config.limits.threads {
+        Some(n) => n,
+        None => cpus.saturating_sub(local_nodes).max(1),
     };
     ThreadCount {
         threads,
         cpus,
         local_nodes,
-        configured,
     }
 }
 
-/// Whether a broker node's address is on this host: `localhost`, a loopback or
-/// unspecified address, or an address a socket can bind to (one of this host's
-/// interfaces' addresses; binding to any other fails with `EADDRNOTAVAIL`, unless the
-/// host allows non-local binds, `net.ipv4.ip_nonlocal_bind`).
+/// Whether a broker node's address is on this host: `localhost`, a loopback address
+/// (even with IPv6 off, when `::1` cannot be bound), or an address a socket can bind to
+/// (the unspecified address, or one of this host's interfaces' addresses; binding to
+/// any other fails with `EADDRNOTAVAIL`, unless the host allows non-local binds,
+/// `net.ipv4.ip_nonlocal_bind`).
 fn on_this_host(addr: &crate::config::NodeAddress) -> bool {
     if addr.host.eq_ignore_ascii_case("localhost") {
         return true;
@@ -244,9 +242,7 @@ fn on_this_host(addr: &crate::config::NodeAddress) -> bool {
     match addr.literal() {
         Some(sa) => {
             let ip = sa.ip();
-            ip.is_loopback()
-                || ip.is_unspecified()
-                || std::net::UdpSocket::bind(std::net::SocketAddr::new(ip, 0)).is_ok()
+            ip.is_loopback() || std::net::UdpSocket::bind(std::net::SocketAddr::new(ip, 0)).is_ok()
         }
         None => false,
     }
