@@ -196,7 +196,7 @@ pub struct ThreadCount {
     /// CPUs this process may run on.
     pub cpus: usize,
     /// Distinct broker nodes whose address is on this host (loopback, or an address of
-    /// one of its interfaces).
+    /// one of its interfaces), told apart by port.
     pub local_nodes: usize,
 }
 
@@ -212,10 +212,14 @@ pub fn thread_count(config: &crate::config::Config) -> ThreadCount {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    // A local node is known by its port alone: `localhost:1883`, `127.0.0.1:1883`,
+    // `[::1]:1883` and this host's own `10.0.0.5:1883` are one Mosquitto listening on
+    // all of them as often as not, and two brokers on one host need two ports unless
+    // each binds its own address (then this counts one CPU too few).
     let mut local = std::collections::HashSet::new();
     for node in config.clusters.iter().flat_map(|c| &c.nodes) {
         if on_this_host(&node.address) {
-            local.insert((node.address.host.to_ascii_lowercase(), node.address.port));
+            local.insert(node.address.port);
         }
     }
     let local_nodes = local.len();

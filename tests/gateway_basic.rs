@@ -666,8 +666,8 @@ fn connection_threads(pid: u32) -> Vec<String> {
 
 /// `limits.threads` unset: one connection thread per CPU, less one for each broker
 /// node on this host (loopback, `localhost`, or an address of one of its interfaces;
-/// the same node in two clusters counts once), at least one; a node elsewhere takes
-/// none. The start-up log says how many and why.
+/// told apart by port, so the same node in two clusters or under two of this host's
+/// addresses counts once), at least one; a node elsewhere takes none. The start-up log says how many and why.
 #[test]
 fn unset_threads_leave_a_cpu_to_each_broker_on_this_host() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -692,17 +692,33 @@ fn unset_threads_leave_a_cpu_to_each_broker_on_this_host() {
             2,
         ),
         (
+            "one node named two ways on one port",
+            vec![format!("localhost:{p1}"), format!("127.0.0.1:{p1}")],
+            1,
+        ),
+        (
             "a node elsewhere (TEST-NET-2)",
             vec![format!("{elsewhere}:1883")],
             0,
         ),
     ];
     match own {
-        Some(ip) => cases.push((
-            "a node on this host's own address",
-            vec![format!("{ip}:{p1}")],
-            1,
-        )),
+        Some(ip) => {
+            cases.push((
+                "a node on this host's own address",
+                vec![format!("{ip}:{p1}")],
+                1,
+            ));
+            cases.push((
+                "a node on its own address and on loopback, and one more",
+                vec![
+                    format!("{ip}:{p1}"),
+                    format!("127.0.0.1:{p1}"),
+                    format!("{ip}:{p2}"),
+                ],
+                2,
+            ));
+        }
         None => eprintln!("no non-loopback address on this host: that case is left out"),
     }
     for (what, nodes, local) in cases {
