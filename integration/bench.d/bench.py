@@ -96,26 +96,31 @@ class Env:
             os.chmod(f, 0o644)
         fill = dict(p, **self.files)
 
-        def render(tmpl, out, values, limits_extra=None):
+        def render(tmpl, out, values, section=None, extra=None):
             with open(os.path.join(HERE, tmpl + ".tmpl")) as f:
                 text = f.read()
             for k, v in values.items():
                 text = text.replace("{" + k + "}", str(v))
-            if limits_extra is not None:
-                if "[limits]\n" not in text:
-                    raise HarnessError(f"{tmpl}.tmpl has no [limits] section for --ab")
-                text = text.replace("[limits]\n", "[limits]\n" + limits_extra + "\n", 1)
+            if extra is not None:
+                # Lines added at the top of a section: [limits] for --ab, HAProxy's
+                # global for --haproxy-global.
+                if section not in text:
+                    raise HarnessError(f"{tmpl}.tmpl has no {section.strip()!r} section")
+                text = text.replace(section, section + extra + "\n", 1)
             with open(os.path.join(work, out), "w") as f:
                 f.write(text)
 
-        for name in ["mosquitto.conf", "haproxy.cfg", "mqgate.toml"]:
+        for name in ["mosquitto.conf", "mqgate.toml"]:
             render(name, name, fill)
+        render("haproxy.cfg", "haproxy.cfg", fill, "\nglobal\n",
+               "\n".join("    " + line.strip() for line in a.haproxy_global.split(";")
+                         if line.strip()) if a.haproxy_global else None)
         if a.ab is not None:
             # The A/B variant: the same template on its own ports, with the --ab lines
             # added to [limits].
             fill_b = dict(fill, mqgate_port=p["mqgate_b_port"],
                           mqgate_tls_port=p["mqgate_b_tls_port"], admin_port=p["admin_b_port"])
-            render("mqgate.toml", "mqgate-b.toml", fill_b, a.ab.replace(";", "\n"))
+            render("mqgate.toml", "mqgate-b.toml", fill_b, "[limits]\n", a.ab.replace(";", "\n"))
         self.addr = {
             "direct": f"127.0.0.1:{p['broker_port']}",
             "haproxy": f"127.0.0.1:{p['haproxy_port']}",
@@ -452,6 +457,8 @@ def main():
     ap.add_argument("--ab", metavar="TOML", help="A/B run: a fourth target, mqgate-b, whose config"
                     " has these [limits] lines added (';' separates lines), e.g. 'threads = 0'")
     ap.add_argument("--ab-bin", metavar="PATH", help="the mqgate-b binary (default: --mqgate)")
+    ap.add_argument("--haproxy-global", metavar="CFG", help="lines added to HAProxy's global"
+                    " section (';' separates lines), e.g. 'nbthread 1'")
     a = ap.parse_args()
     if a.ab_bin and a.ab is None:
         a.ab = ""
