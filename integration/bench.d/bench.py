@@ -112,9 +112,11 @@ class Env:
 
         for name in ["mosquitto.conf", "mqgate.toml"]:
             render(name, name, fill)
-        render("haproxy.cfg", "haproxy.cfg", fill, "\nglobal\n",
-               "\n".join("    " + line.strip() for line in a.haproxy_global.split(";")
-                         if line.strip()) if a.haproxy_global else None)
+        hap_global = None
+        if a.haproxy_global:
+            hap_global = "\n".join("    " + line.strip()
+                                   for line in a.haproxy_global.split(";") if line.strip())
+        render("haproxy.cfg", "haproxy.cfg", fill, "\nglobal\n", hap_global)
         if a.ab is not None:
             # The A/B variant: the same template on its own ports, with the --ab lines
             # added to [limits].
