@@ -75,6 +75,21 @@ def proc_rss_kb(pid):
     raise HarnessError(f"no VmRSS for pid {pid}")
 
 
+def render_template(tmpl, values, section=None, extra=None):
+    """The text of bench.d/<tmpl>.tmpl with each `{key}` replaced by its value, and the
+    lines `extra` (if given) added at the top of `section`: [limits] for --ab, HAProxy's
+    global for --haproxy-global. Also used by integration/experiments/relay/drive.py."""
+    with open(os.path.join(HERE, tmpl + ".tmpl")) as f:
+        text = f.read()
+    for k, v in values.items():
+        text = text.replace("{" + k + "}", str(v))
+    if extra is not None:
+        if section not in text:
+            raise HarnessError(f"{tmpl}.tmpl has no {section.strip()!r} section")
+        text = text.replace(section, section + extra + "\n", 1)
+    return text
+
+
 class Env:
     """The three servers and their ports; restartable proxies."""
 
@@ -97,18 +112,8 @@ class Env:
         fill = dict(p, **self.files)
 
         def render(tmpl, out, values, section=None, extra=None):
-            with open(os.path.join(HERE, tmpl + ".tmpl")) as f:
-                text = f.read()
-            for k, v in values.items():
-                text = text.replace("{" + k + "}", str(v))
-            if extra is not None:
-                # Lines added at the top of a section: [limits] for --ab, HAProxy's
-                # global for --haproxy-global.
-                if section not in text:
-                    raise HarnessError(f"{tmpl}.tmpl has no {section.strip()!r} section")
-                text = text.replace(section, section + extra + "\n", 1)
             with open(os.path.join(work, out), "w") as f:
-                f.write(text)
+                f.write(render_template(tmpl, values, section, extra))
 
         for name in ["mosquitto.conf", "mqgate.toml"]:
             render(name, name, fill)

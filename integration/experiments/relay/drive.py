@@ -13,35 +13,25 @@ import tempfile
 import time
 
 repo, relay, mode, targets = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split(",")
+# The bench's own helpers: free ports, templates, CPU time of a process.
+sys.path.insert(0, os.path.join(repo, "integration/bench.d"))
+import bench  # noqa: E402
 lg = os.path.join(repo, "target/loadgen/release/loadgen")
 mqgate = os.environ.get("MQGATE_BENCH_BIN", os.path.join(repo, "target/release/mqgate"))
-tmpl = os.path.join(repo, "integration/bench.d")
 work = tempfile.mkdtemp(prefix="sockmap-")
 rounds = int(os.environ.get("ROUNDS", "3"))
 
-
-def free():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-P = {k: free() for k in ["broker_port", "broker_tls_port", "haproxy_port", "haproxy_tls_port",
-                         "mqgate_port", "mqgate_tls_port", "admin_port", "sockmap", "user", "splice"]}
+P = {k: bench.free_port() for k in [
+    "broker_port", "broker_tls_port", "haproxy_port", "haproxy_tls_port",
+    "mqgate_port", "mqgate_tls_port", "admin_port", "sockmap", "user", "splice"]}
 subprocess.run([lg, "pki", work], check=True, capture_output=True)
 os.chmod(work, 0o755)  # Mosquitto drops to its own user and must read the certificate
 for name in os.listdir(work):
     os.chmod(os.path.join(work, name), 0o644)
 F = dict(P, cert=f"{work}/server.pem", key=f"{work}/server.key", cert_full=f"{work}/server-full.pem")
 for n in ["mosquitto.conf", "haproxy.cfg", "mqgate.toml"]:
-    with open(f"{tmpl}/{n}.tmpl") as f:
-        t = f.read()
-    for k, v in F.items():
-        t = t.replace("{" + k + "}", str(v))
     with open(f"{work}/{n}", "w") as f:
-        f.write(t)
+        f.write(bench.render_template(n, F))
 bp = str(P["broker_port"])
 cmds = {"direct": ["mosquitto", "-c", f"{work}/mosquitto.conf"],
         "haproxy": ["haproxy", "-db", "-f", f"{work}/haproxy.cfg"],
@@ -72,12 +62,6 @@ for t in targets:
     wait_port(port[t])
 
 
-def cpu_secs(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        r = f.read().rsplit(")", 1)[1].split()
-    return (int(r[11]) + int(r[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def machine_cpu_secs():
     """Busy time of the whole machine (kernel threads and softirqs included)."""
     with open("/proc/stat") as f:
@@ -95,9 +79,9 @@ try:
             else:
                 _, q, s = mode.split("-")
                 cmd = [lg, "throughput", "--addr", a, "--qos", q, "--size", s]
-            m0, c0 = machine_cpu_secs(), cpu_secs(procs[t].pid)
+            m0, c0 = machine_cpu_secs(), bench.proc_cpu_secs(procs[t].pid)
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            m1, c1 = machine_cpu_secs(), cpu_secs(procs[t].pid)
+            m1, c1 = machine_cpu_secs(), bench.proc_cpu_secs(procs[t].pid)
             d = json.loads(out.strip().splitlines()[-1])
             d.update(target=t, round=r, machine_cpu_s=round(m1 - m0, 2),
                      proc_cpu_s=round(c1 - c0, 2))
