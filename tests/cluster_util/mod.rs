@@ -4,6 +4,7 @@
 //! CONNECT flags go on the wire (clean session, session expiry, credentials).
 #![allow(dead_code)]
 
+use crate::common::{mqtt_field, mqtt_packet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,35 +47,9 @@ impl Opts {
     }
 }
 
-fn varint(out: &mut Vec<u8>, mut n: usize) {
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-}
-
-fn field(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u16).to_be_bytes());
-    out.extend_from_slice(b);
-}
-
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    varint(&mut out, body.len());
-    out.extend_from_slice(body);
-    out
-}
-
 pub fn connect_packet(o: &Opts) -> Vec<u8> {
     let mut body = Vec::new();
-    field(&mut body, b"MQTT");
+    body.extend(mqtt_field(b"MQTT"));
     body.push(if o.v5 { 5 } else { 4 });
     let mut flags = if o.persistent { 0 } else { 0x02 };
     if o.username.is_some() {
@@ -93,14 +68,14 @@ pub fn connect_packet(o: &Opts) -> Vec<u8> {
             body.push(0);
         }
     }
-    field(&mut body, o.client_id.as_bytes());
+    body.extend(mqtt_field(o.client_id.as_bytes()));
     if let Some(u) = &o.username {
-        field(&mut body, u.as_bytes());
+        body.extend(mqtt_field(u.as_bytes()));
     }
     if let Some(p) = &o.password {
-        field(&mut body, p.as_bytes());
+        body.extend(mqtt_field(p.as_bytes()));
     }
-    packet(0x10, &body)
+    mqtt_packet(0x10, &body)
 }
 
 /// One MQTT connection.
@@ -205,10 +180,10 @@ impl Client {
         if self.v5 {
             body.push(0);
         }
-        field(&mut body, topic.as_bytes());
+        body.extend(mqtt_field(topic.as_bytes()));
         body.push(1);
         self.s
-            .write_all(&packet(0x82, &body))
+            .write_all(&mqtt_packet(0x82, &body))
             .map_err(|e| format!("send SUBSCRIBE: {e}"))?;
         loop {
             let (t, b) = self.read_packet(Duration::from_secs(10))?;
@@ -227,14 +202,14 @@ impl Client {
     pub fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), String> {
         let id = self.id();
         let mut body = Vec::new();
-        field(&mut body, topic.as_bytes());
+        body.extend(mqtt_field(topic.as_bytes()));
         body.extend_from_slice(&id.to_be_bytes());
         if self.v5 {
             body.push(0);
         }
         body.extend_from_slice(payload);
         self.s
-            .write_all(&packet(0x32, &body))
+            .write_all(&mqtt_packet(0x32, &body))
             .map_err(|e| format!("send PUBLISH: {e}"))?;
         loop {
             let (t, b) = self.read_packet(Duration::from_secs(10))?;

@@ -3,7 +3,10 @@
 //! version, and a real Prometheus server scraping mqgate.
 #![allow(dead_code)]
 
-use crate::common::{free_port, http, metric_value, tempdir, wait_until, Gate, Mosquitto, Pki};
+use crate::common::{
+    free_port, http, metric_value, mqtt_field, mqtt_packet, tempdir, wait_until, Gate, Mosquitto,
+    Pki,
+};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -41,9 +44,7 @@ pub const SPEC_METRICS: &[(&str, &str)] = &[
 /// A CONNECT of MQTT 3.1 (level 3), 3.1.1 (4) or 5.0 (5).
 pub fn connect_packet(level: u8, client_id: &str, clean: bool) -> Vec<u8> {
     let proto: &[u8] = if level == 3 { b"MQIsdp" } else { b"MQTT" };
-    let mut body = Vec::new();
-    body.extend_from_slice(&(proto.len() as u16).to_be_bytes());
-    body.extend_from_slice(proto);
+    let mut body = mqtt_field(proto);
     body.push(level);
     body.push(if clean { 0x02 } else { 0x00 });
     body.extend_from_slice(&60u16.to_be_bytes());
@@ -55,11 +56,8 @@ pub fn connect_packet(level: u8, client_id: &str, clean: bool) -> Vec<u8> {
             body.extend_from_slice(&[5, 0x11, 0, 0, 0x0e, 0x10]);
         }
     }
-    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    body.extend_from_slice(client_id.as_bytes());
-    let mut pkt = vec![0x10, body.len() as u8];
-    pkt.extend_from_slice(&body);
-    pkt
+    body.extend(mqtt_field(client_id.as_bytes()));
+    mqtt_packet(0x10, &body)
 }
 
 /// Connect through the gateway and wait for the CONNACK; returns the open stream.
