@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout_at;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{field, Instrument};
 
@@ -92,8 +92,8 @@ pub async fn handle(
         // largest of plain, TLS handshake and TLS serve (idle memory per connection).
         match lst.tls.as_ref().map(|t| t.load_full()) {
             None => Box::pin(serve(&shared, &rt, &lst, tcp, ctx, slot)).await,
-            Some(acceptor) => {
-                let tls = handshake_then_serve(&shared, &rt, &lst, acceptor, tcp, ctx, slot);
+            Some(server_tls) => {
+                let tls = handshake_then_serve(&shared, &rt, &lst, server_tls, tcp, ctx, slot);
                 Box::pin(tls).await
             }
         }
@@ -107,13 +107,19 @@ async fn handshake_then_serve(
     shared: &Arc<Shared>,
     rt: &Runtime,
     lst: &Arc<ListenerRt>,
-    acceptor: Arc<TlsAcceptor>,
+    server_tls: Arc<crate::tls::ServerTls>,
     tcp: TcpStream,
     mut ctx: ClientCtx,
     slot: Slot,
 ) {
     let deadline = Instant::now() + rt.config.limits.tls_handshake_timeout;
-    match timeout_at(deadline.into(), acceptor.accept(tcp)).await {
+    // The ClientHello first: its cipher suites choose the configuration (`tls::ServerTls`).
+    let handshake = async {
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+        let config = server_tls.config_for(start.client_hello().cipher_suites());
+        start.into_stream(config).await
+    };
+    match timeout_at(deadline.into(), handshake).await {
         Ok(Ok(stream)) => {
             if lst.cluster.config().send_proxy_protocol != ProxyProtocolOut::Off {
                 ctx.tls_info = Some(crate::proxy::TlsInfo::from_server_conn(stream.get_ref().1));

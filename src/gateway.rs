@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -37,7 +36,7 @@ pub struct Runtime {
 /// One listener as the connection path sees it.
 pub struct ListenerRt {
     pub config: ListenerConfig,
-    pub tls: Option<ArcSwap<TlsAcceptor>>,
+    pub tls: Option<ArcSwap<crate::tls::ServerTls>>,
     pub cluster: Arc<Cluster>,
     /// Cancelled when the listener is removed: its sessions close.
     pub closed: CancellationToken,
@@ -301,14 +300,14 @@ impl Gateway {
         let old = shared.runtime();
 
         // 1. Everything that can fail, before anything changes.
-        let mut acceptors: HashMap<String, TlsAcceptor> = HashMap::new();
+        let mut acceptors: HashMap<String, crate::tls::ServerTls> = HashMap::new();
         for l in &cfg.listeners {
             if let Some(t) = &l.tls {
                 let sc = crate::tls::server_config(t).map_err(|error| ApplyError::Tls {
                     listener: l.name.clone(),
                     error,
                 })?;
-                acceptors.insert(l.name.clone(), TlsAcceptor::from(sc));
+                acceptors.insert(l.name.clone(), sc);
             }
         }
         let mut new_sockets: HashMap<String, (std::net::TcpListener, std::net::TcpListener)> =

@@ -105,18 +105,32 @@ fn tls_client(
     version: &'static rustls::SupportedProtocolVersion,
     client: Option<(&Path, &Path)>,
 ) -> Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>, String> {
+    tls_client_offering(port, ca, version, client, None)
+}
+
+/// [`tls_client`] offering `suites`, in this order of preference (None: rustls'
+/// default order, AES-256-GCM first).
+fn tls_client_offering(
+    port: u16,
+    ca: &Path,
+    version: &'static rustls::SupportedProtocolVersion,
+    client: Option<(&Path, &Path)>,
+    suites: Option<&[rustls::SupportedCipherSuite]>,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>, String> {
     use rustls::pki_types::ServerName;
     let pem = |p: &Path| std::io::BufReader::new(std::fs::File::open(p).expect("open PEM"));
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut pem(ca)) {
         roots.add(c.expect("CA PEM")).expect("add root");
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[version])
-    .expect("versions")
-    .with_root_certificates(roots);
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(suites) = suites {
+        provider.cipher_suites = suites.to_vec();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[version])
+        .expect("versions")
+        .with_root_certificates(roots);
     let cfg = match client {
         Some((cert, key)) => {
             let certs: Vec<_> = rustls_pemfile::certs(&mut pem(cert))
@@ -257,6 +271,89 @@ fn tls_12_and_13_clients_publish_and_subscribe() {
         );
         assert_ne!(ended, Ended::Open);
     });
+}
+
+/// The cipher suite follows the client's first choice of bulk cipher: clients that put
+/// AES-GCM first (rustls and OpenSSL do, AES-256-GCM first) get AES-128-GCM, those that
+/// put ChaCha20-Poly1305 first (CPUs without AES instructions) get it; a client that
+/// offers only AES-256-GCM still gets it. Each session then carries MQTT.
+#[test]
+fn cipher_suite_is_aes_128_gcm_unless_the_client_puts_chacha20_first() {
+    use rustls::crypto::ring::cipher_suite as cs;
+    use rustls::version::{TLS12, TLS13};
+    use rustls::CipherSuite as S;
+    use std::io::Read;
+    let s = setup();
+    let chacha_first = [
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    ];
+    let only_aes256 = [
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    ];
+    let cases: [(_, Option<&[_]>, _); 6] = [
+        (&TLS13, None, S::TLS13_AES_128_GCM_SHA256),
+        (
+            &TLS13,
+            Some(&chacha_first),
+            S::TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+        (&TLS13, Some(&only_aes256), S::TLS13_AES_256_GCM_SHA384),
+        (&TLS12, None, S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256),
+        (
+            &TLS12,
+            Some(&chacha_first),
+            S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            &TLS12,
+            Some(&only_aes256),
+            S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ),
+    ];
+    for (i, (version, suites, want)) in cases.into_iter().enumerate() {
+        let mut tls = tls_client_offering(s.tls, &s.ca, version, None, suites)
+            .unwrap_or_else(|e| panic!("case {i}: {e}"));
+        let got = tls.conn.negotiated_cipher_suite().map(|c| c.suite());
+        assert_eq!(
+            got,
+            Some(want),
+            "case {i}: {:?} offering {suites:?}",
+            version.version
+        );
+        tls.write_all(&connect_v311(&format!("suite-{i}")))
+            .expect("CONNECT");
+        let mut connack = [0u8; 4];
+        tls.read_exact(&mut connack).expect("CONNACK");
+        assert_eq!(
+            connack,
+            [0x20, 0x02, 0x00, 0x00],
+            "case {i}: CONNACK accepted"
+        );
+    }
+    // A real OpenSSL client, default suites: AES-128-GCM too.
+    let ca = s.ca.to_str().expect("path");
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{}", s.tls)])
+        .args(["-CAfile", ca, "-servername", "localhost", "-brief"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("TLS_AES_128_GCM_SHA256"),
+        "openssl s_client negotiated: {text}"
+    );
+    assert_eq!(
+        rejected_tls(&s.gate, "tls"),
+        (0.0, 0.0),
+        "no handshake failed"
+    );
 }
 
 #[test]
