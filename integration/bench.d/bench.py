@@ -316,6 +316,39 @@ def paired_added(raw, key, target):
                 if v.get(target) is not None and v.get("direct") is not None])
 
 
+def paired_ratio(raw, scn, var, key, num, den):
+    """Median over rounds of num's figure / den's figure in the same round."""
+    by_round = {}
+    for r in raw:
+        if r["scenario"] == scn and r["variant"] == var and r["target"] in (num, den):
+            by_round.setdefault(r["round"], {})[r["target"]] = r["result"].get(key)
+    return med([v[num] / v[den] for v in by_round.values()
+                if v.get(num) is not None and v.get(den)])
+
+
+def summarise_paired(raw, p):
+    """The ratios of the target lines that compare rates, paired by round: each
+    round's mqgate figure over that round's direct (throughput) or HAProxy (connects)
+    figure, then the median. Less exposed to a host whose speed drifts between rounds
+    than the ratio of medians that the target lines use; shown for information."""
+    out = []
+    for qos, size in p["tp"]:
+        var = f"qos{qos}-{size}B"
+        out.append((f"throughput {var}: mqgate/direct",
+                    paired_ratio(raw, "throughput", var, "msgs_per_sec", "mqgate", "direct")))
+    for var in ["plain", "tls"]:
+        out.append((f"connect {var}: mqgate/haproxy",
+                    paired_ratio(raw, "connect", var, "connects_per_sec", "mqgate", "haproxy")))
+    return out
+
+
+def print_paired(paired):
+    print()
+    print("paired by round (median of each round's ratio; for information):")
+    for name, val in paired:
+        print(f"  {name:52s} {fmt(val):>8s}")
+
+
 def summarise(raw, p):
     def pick(scn, var, target, key):
         return med([r["result"].get(key) for r in raw
@@ -513,6 +546,8 @@ def main():
         env.stop_all()
     rows, checks = summarise(raw, p)
     print_table(rows, checks)
+    paired = summarise_paired(raw, p)
+    print_paired(paired)
     ab = summarise_ab(raw) if a.ab is not None else []
     if ab:
         print_ab(ab, a)
@@ -523,6 +558,7 @@ def main():
                    "command": " ".join(sys.argv), "raw": raw,
                    "table": [list(r) for r in rows],
                    "ab": [list(r) for r in ab],
+                   "paired": [{"name": n, "value": v} for n, v in paired],
                    "targets": [{"name": n, "value": v, "op": o, "want": w} for n, v, o, w in checks]},
                   f, indent=1)
     print(f"\nraw figures and summary: {out}")

@@ -3,7 +3,8 @@
 # keeps working. It asserts that traffic flows, never on speed. The A/B target
 # (`--ab`, here mqgate without connection threads) runs too, and its table must appear;
 # HAProxy runs with a line added to its global section (`--haproxy-global`), which must
-# be in the config it ran with (HAProxy checks that config before the run starts).
+# be in the config it ran with (HAProxy checks that config before the run starts). The
+# paired-by-round ratios must be printed and, in this one-round run, equal the target lines.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=$(integration/bench --quick --ab "threads = 0" --haproxy-global "nbthread 1")
@@ -14,3 +15,19 @@ grep -qx '    nbthread 1' "${json%.json}.d/haproxy.cfg" ||
   { echo "bench-smoke: --haproxy-global line not in ${json%.json}.d/haproxy.cfg" >&2; exit 1; }
 grep -q '^A/B: mqgate vs mqgate-b' <<<"$out" || { echo "bench-smoke: no A/B table" >&2; exit 1; }
 grep -q 'throughput qos0-100B msgs_per_sec' <<<"$out" || { echo "bench-smoke: A/B table has no throughput row" >&2; exit 1; }
+grep -q '^paired by round' <<<"$out" || { echo "bench-smoke: no paired-by-round block" >&2; exit 1; }
+# One round: each paired ratio is that round's ratio, so it must equal the target line's
+# ratio of medians.
+python3 - "$json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+rounds = {r["round"] for r in d["raw"]}
+assert len(rounds) == 1, f"the smoke should run one round, ran {sorted(rounds)}"
+targets = {t["name"]: t["value"] for t in d["targets"]}
+assert len(d["paired"]) == len(d["plan"]["tp"]) + 2, d["paired"]
+for p in d["paired"]:
+    line = [v for n, v in targets.items() if n.startswith(p["name"] + " ")]
+    assert len(line) == 1, f"no target line for {p['name']}"
+    assert p["value"] is not None and abs(p["value"] - line[0]) < 1e-9, (p, line)
+print(f"bench-smoke: {len(d['paired'])} paired ratios agree with the one round's target lines")
+PY
