@@ -306,23 +306,25 @@ def med(xs):
     return statistics.median(xs) if xs else None
 
 
-def paired_added(raw, key, target):
-    """Median over rounds of (target's latency figure - direct's) in the same round."""
+def per_round(raw, scn, var, key, targets):
+    """{round: {target: figure}}: one figure of one scenario for these targets."""
     by_round = {}
     for r in raw:
-        if r["scenario"] == "latency" and r["target"] in ("direct", target):
+        if r["scenario"] == scn and r["variant"] == var and r["target"] in targets:
             by_round.setdefault(r["round"], {})[r["target"]] = r["result"].get(key)
-    return med([v[target] - v["direct"] for v in by_round.values()
+    return by_round.values()
+
+
+def paired_added(raw, key, target):
+    """Median over rounds of (target's latency figure - direct's) in the same round."""
+    return med([v[target] - v["direct"]
+                for v in per_round(raw, "latency", "qos0-100B", key, ("direct", target))
                 if v.get(target) is not None and v.get("direct") is not None])
 
 
 def paired_ratio(raw, scn, var, key, num, den):
     """Median over rounds of num's figure / den's figure in the same round."""
-    by_round = {}
-    for r in raw:
-        if r["scenario"] == scn and r["variant"] == var and r["target"] in (num, den):
-            by_round.setdefault(r["round"], {})[r["target"]] = r["result"].get(key)
-    return med([v[num] / v[den] for v in by_round.values()
+    return med([v[num] / v[den] for v in per_round(raw, scn, var, key, (num, den))
                 if v.get(num) is not None and v.get(den)])
 
 
