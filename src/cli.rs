@@ -1,6 +1,10 @@
 //! The operator-facing side of the binary: `check`'s summary, `version`, and the
 //! commands that talk to a running gateway's admin API (`status`, `node`, `sticky`).
 //!
+//! The client commands find the admin API from `--admin URL`, or from the `[admin]`
+//! table of `-c FILE` (bind address and token), or `./mqgate.toml`, or else the default
+//! address — the last two said on stderr ([`target`]).
+//!
 //! The client commands speak plain HTTP/1.1 over a blocking `TcpStream` (no async
 //! runtime needed for one request) to the admin API, and print readable tables. Every
 //! failure is one line on stderr and a non-zero exit: the gateway is not running, the
@@ -11,6 +15,7 @@ use crate::config::{Config, Mode};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -120,22 +125,36 @@ pub fn summary(c: &Config) -> String {
 /// A duration the way the config file writes it: "250ms", "10s", "5m", "24h".
 fn human(d: std::time::Duration) -> String {
     let ms = d.as_millis();
-    if ms >= 3_600_000 && ms % 3_600_000 == 0 {
+    if ms >= 3_600_000 && ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms >= 60_000 && ms % 60_000 == 0 {
+    } else if ms >= 60_000 && ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms >= 1000 && ms % 1000 == 0 {
+    } else if ms >= 1000 && ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
     }
 }
 
-/// Run one client command against the admin API at `admin` (or the default).
-pub fn client(req: Request, admin: Option<String>) -> ExitCode {
-    let base = admin.unwrap_or_else(default_admin);
-    let token = std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty());
-    match run_client(&req, &base, token.as_deref()) {
+/// Run one client command against the admin API named by `--admin URL` or by the
+/// `[admin]` section of `-c FILE` (see [`target`]).
+pub fn client(req: Request, admin: Option<String>, config: Option<PathBuf>) -> ExitCode {
+    let t = match target(admin, config.as_deref(), std::env::var(TOKEN_ENV).ok()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("mqgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(note) = &t.note {
+        eprintln!("mqgate: {note}");
+    }
+    match run_request(
+        &req,
+        &t.base,
+        t.token.as_deref(),
+        t.token_problem.as_deref(),
+    ) {
         Ok(out) => {
             print!("{out}");
             ExitCode::SUCCESS
@@ -147,18 +166,154 @@ pub fn client(req: Request, admin: Option<String>) -> ExitCode {
     }
 }
 
-/// The admin URL: the `[admin] bind` of `./mqgate.toml` if it has one, else
-/// [`DEFAULT_ADMIN`]. A wildcard bind (`0.0.0.0`, `::`) is reached over loopback.
-pub fn default_admin() -> String {
-    std::fs::read_to_string("mqgate.toml")
-        .ok()
-        .and_then(|t| admin_from_toml(&t))
-        .unwrap_or_else(|| DEFAULT_ADMIN.to_string())
+/// The config file the client commands read when neither `--admin` nor `-c` is given.
+pub const LOCAL_CONFIG: &str = "mqgate.toml";
+
+/// Which admin API a client command talks to, and with which token.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Target {
+    /// `http://HOST:PORT`.
+    pub base: String,
+    pub token: Option<String>,
+    /// Why the config's token could not be read (said if the API asks for one).
+    pub token_problem: Option<String>,
+    /// Where the address came from, when the user did not name it (printed to stderr).
+    pub note: Option<String>,
 }
 
-fn admin_from_toml(text: &str) -> Option<String> {
-    let v: toml::Value = toml::from_str(text).ok()?;
-    let bind = v.get("admin")?.get("bind")?.as_str()?;
+/// Decide the admin URL and token of a client command:
+/// - the URL is `--admin`, else the `[admin] bind` of `-c FILE`, else that of
+///   `./mqgate.toml` if it exists, else [`DEFAULT_ADMIN`]; the last two are said on
+///   stderr ([`Target::note`]). A wildcard bind (`0.0.0.0`, `::`) is reached over
+///   loopback; a config without `bind` means the default bind;
+/// - the token is `env_token` (`MQGATE_ADMIN_TOKEN`) if set, else the config's
+///   `[admin] token_file` (relative to the config file's directory) or `token_env`.
+///
+/// `-c FILE` that cannot be read or parsed is an error; a broken `./mqgate.toml` is
+/// said and skipped.
+pub fn target(
+    admin: Option<String>,
+    config: Option<&Path>,
+    env_token: Option<String>,
+) -> Result<Target, String> {
+    let env_token = env_token.filter(|t| !t.is_empty());
+    let mut note = None;
+    let admin_cfg = match config {
+        Some(path) => Some(AdminSection::read(path)?),
+        None if admin.is_none() && Path::new(LOCAL_CONFIG).is_file() => {
+            match AdminSection::read(Path::new(LOCAL_CONFIG)) {
+                Ok(a) => {
+                    note = Some(format!(
+                        "using the admin API at {} (the [admin] bind of ./{LOCAL_CONFIG}; -c FILE or --admin URL to choose another)",
+                        a.url
+                    ));
+                    Some(a)
+                }
+                Err(e) => {
+                    note = Some(format!(
+                        "ignoring ./{LOCAL_CONFIG} ({e}); using the admin API at {DEFAULT_ADMIN} (-c FILE or --admin URL to choose another)"
+                    ));
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let base = match (&admin, &admin_cfg) {
+        (Some(a), _) => a.clone(),
+        (None, Some(c)) => c.url.clone(),
+        (None, None) => {
+            if note.is_none() {
+                note = Some(format!(
+                    "no --admin URL, -c FILE or ./{LOCAL_CONFIG}: using the admin API at {DEFAULT_ADMIN}"
+                ));
+            }
+            DEFAULT_ADMIN.to_string()
+        }
+    };
+    let (token, token_problem) = match (env_token, admin_cfg) {
+        (Some(t), _) => (Some(t), None),
+        (None, Some(c)) => match c.token() {
+            Ok(t) => (t, None),
+            Err(e) => (None, Some(e)),
+        },
+        (None, None) => (None, None),
+    };
+    Ok(Target {
+        base,
+        token,
+        token_problem,
+        note,
+    })
+}
+
+/// What the client commands need from a config file's `[admin]` table.
+struct AdminSection {
+    url: String,
+    /// `token_file`, resolved against the config file's directory.
+    token_file: Option<PathBuf>,
+    token_env: Option<String>,
+}
+
+impl AdminSection {
+    fn read(path: &Path) -> Result<AdminSection, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let v: toml::Value = toml::from_str(&text).map_err(|e| {
+            format!(
+                "{} is not valid TOML ({}); `mqgate check -c {}` says more",
+                path.display(),
+                e.message(),
+                path.display()
+            )
+        })?;
+        let admin = v.get("admin");
+        let field = |k: &str| admin.and_then(|a| a.get(k)).and_then(|x| x.as_str());
+        let url = match field("bind") {
+            Some(bind) => admin_url(bind).ok_or_else(|| {
+                format!("{}: [admin] bind = {bind:?} is not IP:PORT", path.display())
+            })?,
+            None => DEFAULT_ADMIN.to_string(),
+        };
+        let dir = path.parent().unwrap_or(Path::new(""));
+        Ok(AdminSection {
+            url,
+            token_file: field("token_file").map(|f| dir.join(f)),
+            token_env: field("token_env").map(str::to_string),
+        })
+    }
+
+    /// The token the config gives the gateway, if any.
+    fn token(&self) -> Result<Option<String>, String> {
+        if let Some(f) = &self.token_file {
+            let bytes = std::fs::read(f).map_err(|e| {
+                format!(
+                    "cannot read the token file {} ([admin] token_file): {e}; run as a user who may read it, or set {TOKEN_ENV}",
+                    f.display()
+                )
+            })?;
+            let text = String::from_utf8(bytes).map_err(|_| {
+                format!(
+                    "the token file {} is not UTF-8 text; set {TOKEN_ENV}",
+                    f.display()
+                )
+            })?;
+            return Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()));
+        }
+        if let Some(var) = &self.token_env {
+            return match std::env::var(var) {
+                Ok(t) if !t.is_empty() => Ok(Some(t)),
+                _ => Err(format!(
+                    "[admin] token_env names {var}, which is not set here; set it or {TOKEN_ENV}"
+                )),
+            };
+        }
+        Ok(None)
+    }
+}
+
+/// `http://IP:PORT` for an `[admin] bind`; a wildcard bind is reached over loopback.
+fn admin_url(bind: &str) -> Option<String> {
     let addr: std::net::SocketAddr = bind.parse().ok()?;
     let ip = match addr.ip() {
         std::net::IpAddr::V4(a) if a.is_unspecified() => "127.0.0.1".to_string(),
@@ -171,7 +326,18 @@ fn admin_from_toml(text: &str) -> Option<String> {
 
 /// Everything but the printing, so that it can be tested.
 pub fn run_client(req: &Request, base: &str, token: Option<&str>) -> Result<String, String> {
-    let api = Api::new(base, token)?;
+    run_request(req, base, token, None)
+}
+
+/// [`run_client`]; `token_problem` says why there is no token, if the API wants one.
+fn run_request(
+    req: &Request,
+    base: &str,
+    token: Option<&str>,
+    token_problem: Option<&str>,
+) -> Result<String, String> {
+    let mut api = Api::new(base, token)?;
+    api.token_problem = token_problem;
     match req {
         Request::Status => {
             let body = api.call("GET", "/api/v1/status", None)?;
@@ -247,6 +413,7 @@ struct Api<'a> {
     host: String,
     prefix: String,
     token: Option<&'a str>,
+    token_problem: Option<&'a str>,
 }
 
 impl<'a> Api<'a> {
@@ -283,6 +450,7 @@ impl<'a> Api<'a> {
             host,
             prefix: prefix.to_string(),
             token,
+            token_problem: None,
         })
     }
 
@@ -290,7 +458,7 @@ impl<'a> Api<'a> {
     fn call(&self, method: &str, path: &str, body: Option<&str>) -> Result<String, String> {
         let unreachable = |e: std::io::Error| {
             format!(
-                "cannot reach the admin API at {} ({e}); is mqgate running? (use --admin URL)",
+                "cannot reach the admin API at {} ({e}); is mqgate running? (name it with -c FILE or --admin URL)",
                 self.base
             )
         };
@@ -359,9 +527,12 @@ impl<'a> Api<'a> {
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
             .unwrap_or_else(|| payload.trim().to_string());
         Err(match status {
-            401 if self.token.is_none() => format!(
-                "the admin API needs a token: set {TOKEN_ENV} to the content of [admin] token_file"
-            ),
+            401 if self.token.is_none() => match self.token_problem {
+                Some(p) => format!("the admin API needs a token: {p}"),
+                None => format!(
+                    "the admin API needs a token: set {TOKEN_ENV} to the content of [admin] token_file, or give -c FILE"
+                ),
+            },
             401 => format!("the admin API refused the token in {TOKEN_ENV}: {msg}"),
             403 => format!("the admin API refused the change: {msg}"),
             _ => msg.lines().next().unwrap_or("").to_string(),
@@ -534,15 +705,59 @@ mod tests {
     #[test]
     fn admin_url_from_config() {
         assert_eq!(
-            admin_from_toml("[admin]\nbind = \"0.0.0.0:9200\"\n").as_deref(),
+            admin_url("0.0.0.0:9200").as_deref(),
             Some("http://127.0.0.1:9200")
         );
         assert_eq!(
-            admin_from_toml("[admin]\nbind = \"[::1]:9100\"\n").as_deref(),
+            admin_url("[::1]:9100").as_deref(),
             Some("http://[::1]:9100")
         );
-        assert_eq!(admin_from_toml("[log]\nlevel = \"info\"\n"), None);
-        assert_eq!(admin_from_toml("not toml ["), None);
+        assert_eq!(admin_url("[::]:9100").as_deref(), Some("http://[::1]:9100"));
+        assert_eq!(admin_url("localhost"), None);
+    }
+
+    #[test]
+    fn target_from_flags_config_and_fallback() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path();
+        let cfg = dir.join("gw.toml");
+        std::fs::write(dir.join("admin.token"), "s3cret\n").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            &cfg,
+            "[admin]\nbind = \"0.0.0.0:9321\"\ntoken_file = \"admin.token\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        // -c FILE: its bind, its token file (relative to the file's directory), no note.
+        let t = target(None, Some(&cfg), None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.base, "http://127.0.0.1:9321");
+        assert_eq!(t.token.as_deref(), Some("s3cret"));
+        assert_eq!(t.note, None);
+        // MQGATE_ADMIN_TOKEN and --admin win.
+        let t = target(
+            Some("http://10.0.0.1:9100".into()),
+            Some(&cfg),
+            Some("env".into()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (t.base.as_str(), t.token.as_deref()),
+            ("http://10.0.0.1:9100", Some("env"))
+        );
+        // An unreadable token file is not an error until the API asks for a token.
+        std::fs::write(&cfg, "[admin]\ntoken_file = \"missing.token\"\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let t = target(None, Some(&cfg), None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.base, DEFAULT_ADMIN, "no bind: the default bind");
+        assert_eq!(t.token, None);
+        assert!(t
+            .token_problem
+            .is_some_and(|p| p.contains("missing.token") && p.contains(TOKEN_ENV)));
+        // A -c FILE that is missing or broken is an error naming it.
+        let e = target(None, Some(&dir.join("nope.toml")), None).err();
+        assert!(e.is_some_and(|e| e.contains("nope.toml")));
+        std::fs::write(&cfg, "[admin\n").unwrap_or_else(|e| panic!("{e}"));
+        let e = target(None, Some(&cfg), None).err();
+        assert!(e.is_some_and(|e| e.contains("gw.toml") && e.contains("not valid TOML")));
     }
 
     #[test]

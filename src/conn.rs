@@ -322,53 +322,49 @@ async fn serve<S>(
         return;
     }
     let cluster = &lst.cluster;
-    let pick = cluster.pick(&connect);
     let cfg = cluster.config();
-    let mut upstream = None;
-    for node in &pick.nodes {
-        match Box::pin(connect_upstream(node, cfg.connect_timeout)).await {
-            Ok(s) => {
-                upstream = Some((node.clone(), s));
-                break;
-            }
-            Err(e) => {
-                tracing::debug!(node = %node.name, error = %e, "node refused; trying the next")
-            }
+    let route = Box::pin(route(
+        lst,
+        &mut client,
+        &connect,
+        &buf,
+        &ctx,
+        limits.max_connect_size,
+    ));
+    let Routed {
+        node,
+        broker,
+        sticky,
+        closed,
+        started,
+    } = match route.await {
+        Ok(r) => r,
+        Err(Unrouted::ClientGone(why)) => {
+            tracing::debug!(reason = "closed", "client left while held: {why}");
+            shared.metrics.reject(lname, Reject::Closed);
+            return;
         }
-    }
-    let Some((node, mut broker)) = upstream else {
-        tracing::debug!(
-            tried = pick.nodes.len(),
-            "refused: no node can take the client"
-        );
-        shared.metrics.reject(lname, Reject::NoNode);
-        Box::pin(refuse(&mut client, v5, if v5 { 0x88 } else { 0x03 })).await;
-        return;
+        Err(Unrouted::ListenerClosed) => {
+            tracing::debug!("listener closed while the client was held");
+            return;
+        }
+        Err(Unrouted::NoNode { why }) => {
+            let reply = cfg.no_node_reply;
+            tracing::debug!(reply = reply.as_str(), "refused: {why}");
+            shared.metrics.reject(lname, Reject::NoNode);
+            let bytes = if !reply.connack_for(v5) {
+                Vec::new()
+            } else if v5 {
+                mqtt::connack_reply_v5_with_reason(0x88, &format!("mqgate: {why}"))
+            } else {
+                let (b, n) = connack_reply(false, 0x03);
+                b[..n].to_vec()
+            };
+            Box::pin(refuse_with(&mut client, &bytes)).await;
+            return;
+        }
     };
-    tracing::Span::current().record("node", node.name.as_str());
-    // Subscribe to the node's session handle before forwarding, so that a node marked
-    // down from now on also closes this session.
-    let closed = node.session_token(lname, &lst.closed);
-    let started = Instant::now();
-    let header = match cfg.send_proxy_protocol {
-        ProxyProtocolOut::Off => Vec::new(),
-        mode => crate::proxy::header_out(mode, &ctx, broker.local_addr().ok()),
-    };
-    let first = if header.is_empty() {
-        broker.write_all(&buf).await
-    } else {
-        let mut b = header;
-        b.extend_from_slice(&buf);
-        broker.write_all(&b).await
-    };
-    node.metrics.to_broker.inc_by(buf.len() as u64);
     drop(buf);
-    if let Err(e) = first {
-        tracing::debug!(error = %e, "refused: forwarding CONNECT to the node failed");
-        shared.metrics.reject(lname, Reject::NoNode);
-        Box::pin(refuse(&mut client, v5, if v5 { 0x88 } else { 0x03 })).await;
-        return;
-    }
     // The relay runs as a task of its own that holds only what relaying needs: this
     // set-up task (CONNECT buffer, pick, timers, TLS handshake state) ends here and
     // its memory is freed, which keeps an idle proxied connection small.
@@ -385,14 +381,20 @@ async fn serve<S>(
         broker,
         pipe: relay::Pipe::new(started),
         linger: None,
+        connack_deadline: (!cfg.connack_timeout.is_zero()).then(|| {
+            Box::pin(tokio::time::sleep_until(
+                (started + cfg.connack_timeout).into(),
+            ))
+        }),
         seen_epoch: u64::MAX,
         closed: closed.cancelled_owned(),
         keep: Keep {
             shared: shared.clone(),
             lst: lst.clone(),
             node: node.connection_guard(),
-            sticky: pick.sticky.map(Box::new),
+            sticky: sticky.map(Box::new),
             active,
+            v5,
             _slot: slot,
         },
     };
@@ -404,6 +406,191 @@ async fn serve<S>(
     } else {
         shared.tracker.spawn(task.instrument(span));
     }
+}
+
+/// A client with a node: the broker connection (CONNECT and what followed already
+/// forwarded), the sticky write to do once the broker accepts, and the token that
+/// closes the session.
+struct Routed {
+    node: Arc<Node>,
+    broker: TcpStream,
+    sticky: Option<StickyWrite>,
+    closed: CancellationToken,
+    started: Instant,
+}
+
+enum Unrouted {
+    /// No node took the client within `queue_timeout` (or `queue_max` were held).
+    NoNode { why: String },
+    /// The client closed or failed while held.
+    ClientGone(String),
+    /// The listener was removed, or shutdown's grace ended, while the client was held.
+    ListenerClosed,
+}
+
+/// Longest pause between two attempts while held, when a node that the cluster still
+/// counts as usable refuses connections (a leader that just died, before its health
+/// checks notice). Any change of the cluster's state ends a pause at once.
+const HELD_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Pick nodes and connect, holding the client while no node can take it (full-sync
+/// between leaders, dynsec with every node down) up to the cluster's `queue_timeout`,
+/// at most `queue_max` clients at once (HAProxy's `timeout queue` / `maxqueue`). A held
+/// client is routed as soon as a node is usable: every change of the cluster's state
+/// wakes it, and a node that refused is tried again after a short, growing pause.
+/// Bytes the client sends while held (up to `cap`) are kept and forwarded after its
+/// CONNECT; a client that closes while held is let go.
+async fn route<S: AsyncRead + Unpin>(
+    lst: &ListenerRt,
+    client: &mut S,
+    connect: &mqtt::Connect<'_>,
+    buf: &[u8],
+    ctx: &ClientCtx,
+    cap: usize,
+) -> Result<Routed, Unrouted> {
+    let cluster = &lst.cluster;
+    let cfg = cluster.config();
+    let lname = lst.config.name.as_str();
+    let began = Instant::now();
+    let deadline = began + cfg.queue_timeout;
+    let mut extra: Vec<u8> = Vec::new();
+    let mut queued = None;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        // Receives every `notify_waiters` from its creation on, unpolled: no change
+        // between this pick and the wait below is missed, and nothing is locked here
+        // (connect storms take this path for every client).
+        let changed = cluster.changed();
+        tokio::pin!(changed);
+        let pick = cluster.pick(connect);
+        for node in &pick.nodes {
+            let broker = match connect_upstream(node, cfg.connect_timeout).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!(node = %node.name, error = %e, "node refused; trying the next");
+                    continue;
+                }
+            };
+            // Subscribe to the node's session handle before forwarding, so that a
+            // node marked down from now on also closes this session.
+            let closed = node.session_token(lname, &lst.closed);
+            let started = Instant::now();
+            match forward_first(&cfg, ctx, broker, buf, &extra).await {
+                Ok(broker) => {
+                    node.metrics
+                        .to_broker
+                        .inc_by((buf.len() + extra.len()) as u64);
+                    if queued.is_some() {
+                        cluster.queue_result("routed");
+                        tracing::debug!(node = %node.name, waited = ?began.elapsed(), "held client routed");
+                    }
+                    tracing::Span::current().record("node", node.name.as_str());
+                    return Ok(Routed {
+                        node: node.clone(),
+                        broker,
+                        sticky: pick.sticky,
+                        closed,
+                        started,
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(node = %node.name, error = %e, "forwarding CONNECT to the node failed; trying the next");
+                }
+            }
+        }
+        let why = |held: bool| {
+            let what = match (cfg.mode, pick.nodes.len()) {
+                (crate::config::Mode::FullSync, 0) => "no leader".to_string(),
+                (_, 0) => "no node is up".to_string(),
+                (_, n) => format!("{n} node(s) refused the connection"),
+            };
+            if held {
+                format!(
+                    "{what} after holding the client for {:?}",
+                    cfg.queue_timeout
+                )
+            } else {
+                what
+            }
+        };
+        if Instant::now() >= deadline {
+            if queued.is_some() {
+                cluster.queue_result("timeout");
+            }
+            return Err(Unrouted::NoNode {
+                why: why(!cfg.queue_timeout.is_zero()),
+            });
+        }
+        if queued.is_none() {
+            match cluster.enter_queue() {
+                Some(g) => {
+                    tracing::debug!(reason = %why(false), "no node can take the client: held");
+                    queued = Some(g);
+                }
+                None => {
+                    cluster.queue_result("full");
+                    return Err(Unrouted::NoNode {
+                        why: format!(
+                            "{} and queue_max ({}) clients are held",
+                            why(false),
+                            cfg.queue_max
+                        ),
+                    });
+                }
+            }
+        }
+        // Nothing picked: only a change of state can help. Nodes picked but refusing:
+        // try again after a pause too (their checks may not have noticed yet).
+        let wake = if pick.nodes.is_empty() {
+            deadline
+        } else {
+            deadline.min(Instant::now() + pause)
+        };
+        pause = (pause * 2).min(HELD_RETRY_MAX);
+        tokio::select! {
+            _ = &mut changed => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = lst.closed.cancelled() => {
+                cluster.queue_result("closed");
+                return Err(Unrouted::ListenerClosed);
+            }
+            r = client.read_buf(&mut extra), if extra.len() < cap => match r {
+                Ok(0) => {
+                    cluster.queue_result("closed");
+                    return Err(Unrouted::ClientGone("client closed".into()));
+                }
+                Err(e) => {
+                    cluster.queue_result("closed");
+                    return Err(Unrouted::ClientGone(format!("read error: {e}")));
+                }
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
+/// Write `[PROXY header] + CONNECT (+ what followed) + bytes read while held` to a
+/// freshly connected broker, in one write.
+async fn forward_first(
+    cfg: &crate::config::ClusterConfig,
+    ctx: &ClientCtx,
+    mut broker: TcpStream,
+    buf: &[u8],
+    extra: &[u8],
+) -> std::io::Result<TcpStream> {
+    let header = match cfg.send_proxy_protocol {
+        ProxyProtocolOut::Off => Vec::new(),
+        mode => crate::proxy::header_out(mode, ctx, broker.local_addr().ok()),
+    };
+    if header.is_empty() && extra.is_empty() {
+        broker.write_all(buf).await?;
+    } else {
+        let mut b = header;
+        b.extend_from_slice(buf);
+        b.extend_from_slice(extra);
+        broker.write_all(&b).await?;
+    }
+    Ok(broker)
 }
 
 /// Bumped before any token that relayed sessions wait on is cancelled (a node's
@@ -428,6 +615,8 @@ struct Keep {
     /// its room.
     sticky: Option<Box<StickyWrite>>,
     active: prometheus::IntGauge,
+    /// The client speaks MQTT 5 (for a refusal of our own).
+    v5: bool,
     _slot: Slot,
 }
 
@@ -454,6 +643,8 @@ pin_project_lite::pin_project! {
         pipe: relay::Pipe,
         // Allocated only once a side has closed: an open connection carries no timer.
         linger: Option<Pin<Box<tokio::time::Sleep>>>,
+        // The broker's CONNACK deadline (`connack_timeout`); freed once it answered.
+        connack_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
         seen_epoch: u64,
         #[pin]
         closed: WaitForCancellationFutureOwned,
@@ -510,6 +701,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for RelayTask<S> {
             }
             Poll::Pending => {}
         }
+        if let Some(deadline) = this.connack_deadline.as_mut() {
+            if this.pipe.connack_seen() {
+                *this.connack_deadline = None;
+            } else if deadline.as_mut().poll(cx).is_ready() {
+                connack_timed_out(cx, this.client, keep);
+                return Poll::Ready(());
+            }
+        }
         if this.pipe.half_closed() {
             let t = this
                 .linger
@@ -520,6 +719,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for RelayTask<S> {
             }
         }
         Poll::Pending
+    }
+}
+
+/// The broker did not answer the CONNECT within `connack_timeout`: count it against
+/// the node, answer the client "server unavailable" (3.x: CONNACK 0x03; 5: 0x88 with a
+/// reason string) as far as its socket takes it right now, and close both sides.
+fn connack_timed_out<S: AsyncWrite + Unpin>(cx: &mut Context<'_>, client: &mut S, keep: &Keep) {
+    let node = keep.node.node();
+    let cluster = &keep.lst.cluster;
+    let timeout = cluster.config().connack_timeout;
+    tracing::debug!(?timeout, "refused: the node sent no CONNACK in time");
+    keep.shared
+        .metrics
+        .connack
+        .with_label_values(&[&cluster.name, &node.name, "timeout"])
+        .inc();
+    cluster.connack_missed(node);
+    let reply = if keep.v5 {
+        mqtt::connack_reply_v5_with_reason(
+            0x88,
+            &format!("mqgate: no CONNACK from the broker within {timeout:?}"),
+        )
+    } else {
+        connack_reply(false, 0x03).0[..4].to_vec()
+    };
+    let mut client = Pin::new(client);
+    if let Poll::Ready(Ok(_)) = client.as_mut().poll_write(cx, &reply) {
+        let _ = client.as_mut().poll_flush(cx);
+        let _ = client.as_mut().poll_shutdown(cx);
     }
 }
 
@@ -549,7 +777,12 @@ async fn connect_upstream(node: &Node, t: Duration) -> std::io::Result<TcpStream
 /// sends for a moment so that the close does not turn into a reset that eats the reply.
 async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, v5: bool, code: u8) {
     let (reply, n) = connack_reply(v5, code);
-    if s.write_all(&reply[..n]).await.is_err() {
+    refuse_with(s, &reply[..n]).await
+}
+
+/// Send `reply` (nothing: a plain close) and close as [`refuse`] does.
+async fn refuse_with<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, reply: &[u8]) {
+    if !reply.is_empty() && s.write_all(reply).await.is_err() {
         return;
     }
     let _ = s.flush().await;
@@ -576,6 +809,7 @@ struct Observed<'a> {
 
 impl ConnackSink for Observed<'_> {
     fn connack(&mut self, info: Option<ConnackInfo>, latency: Duration) {
+        self.cluster.connack_seen(self.node);
         let code = match info {
             Some(i) => {
                 if i.code == 0 {

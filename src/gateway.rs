@@ -13,7 +13,7 @@ use crate::listener::{self, RateLimiter};
 use crate::metrics::Metrics;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use hickory_resolver::TokioAsyncResolver;
+use hickory_resolver::TokioResolver;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -81,7 +81,7 @@ pub struct Shared {
     conn_limit_size: AtomicUsize,
     pub rejecting: Arc<Semaphore>,
     pub rate: RateLimiter,
-    pub resolver: Arc<TokioAsyncResolver>,
+    pub resolver: Arc<TokioResolver>,
     /// This gateway's name (the `[peers] name`, else the host name).
     pub instance: String,
     /// Peer links and the sticky snapshot (`crate::peers`).
@@ -157,8 +157,14 @@ pub enum ApplyError {
     },
     #[error("cannot start the connection threads: {error}")]
     Threads { error: std::io::Error },
+    #[error("cannot set up the DNS resolver: {error}")]
+    Resolver { error: String },
     #[error("{0}")]
     Config(#[from] ConfigErrors),
+    /// A reload panicked (a bug): caught at the reload boundary so that the watcher,
+    /// SIGHUP and the API go on reloading.
+    #[error("internal error, the reload was abandoned: {0}")]
+    Panic(String),
 }
 
 #[derive(Clone)]
@@ -226,11 +232,13 @@ impl Gateway {
             background: CancellationToken::new(),
             tracker: TaskTracker::new(),
             bg_tracker: TaskTracker::new(),
-            conn_limit: Arc::new(Semaphore::new(config.limits.max_connections)),
-            conn_limit_size: AtomicUsize::new(config.limits.max_connections),
+            conn_limit: Arc::new(Semaphore::new(conn_permits(config.limits.max_connections))),
+            conn_limit_size: AtomicUsize::new(conn_permits(config.limits.max_connections)),
             rejecting: Arc::new(Semaphore::new(MAX_REJECTING)),
             rate: RateLimiter::default(),
-            resolver: crate::health::resolver(),
+            resolver: crate::health::resolver().map_err(|e| ApplyError::Resolver {
+                error: e.to_string(),
+            })?,
             instance: instance_name(&config),
             log_level: Mutex::new(None),
             peers: Default::default(),
@@ -270,18 +278,37 @@ impl Gateway {
         });
     }
 
-    /// Re-read the config file this gateway was started from, and apply it.
+    /// Re-read the config file this gateway was started from, and apply it. Every
+    /// trigger (file watcher, SIGHUP, `POST /api/v1/reload`) comes here. A panic in
+    /// the reload (a bug: validation bounds every value, see `config::bounds`) is
+    /// caught here, logged and counted as a failed reload, so that the caller, the
+    /// watcher task among them, lives on and later reloads are applied.
     pub async fn reload(&self) -> Result<(), ApplyError> {
         let path = self.shared.runtime().config.source.clone();
-        let result = match config::load(&path) {
-            Ok(cfg) => self.apply(cfg).await,
-            Err(e) => Err(ApplyError::Config(e)),
+        let result = match CatchUnwind(Box::pin(self.load_and_apply(&path))).await {
+            Ok(r) => r,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_string());
+                Err(ApplyError::Panic(what))
+            }
         };
         let m = &self.shared.metrics;
         match &result {
             Ok(()) => {
                 m.config_reloads.with_label_values(&["ok"]).inc();
                 tracing::info!(file = %path.display(), "configuration reloaded");
+            }
+            Err(e @ ApplyError::Panic(_)) => {
+                m.config_reloads.with_label_values(&["error"]).inc();
+                tracing::error!(
+                    file = %path.display(),
+                    "configuration reload failed: {e}; please report this bug. Reloads go on; \
+                     the running configuration may be partly changed: reload a good file again"
+                );
             }
             Err(e) => {
                 m.config_reloads.with_label_values(&["error"]).inc();
@@ -291,6 +318,26 @@ impl Gateway {
             }
         }
         result
+    }
+
+    /// [`Gateway::reload`] without the panic guard, the counting and the log line.
+    async fn load_and_apply(&self, path: &std::path::Path) -> Result<(), ApplyError> {
+        #[cfg(test)]
+        tests::maybe_panic(path);
+        // `config::load` also loads and matches every certificate, key and CA file
+        // (as `check` does), so bad TLS material is refused before anything changes.
+        match config::load(path) {
+            Ok(cfg) => {
+                for w in cfg.warning_lines() {
+                    tracing::warn!("{w}");
+                }
+                if let Some(w) = crate::fdlimit::warning(&cfg, crate::fdlimit::current().soft) {
+                    tracing::warn!("{w}");
+                }
+                self.apply(cfg).await
+            }
+            Err(e) => Err(ApplyError::Config(e)),
+        }
     }
 
     /// Apply a validated configuration (start-up and reload).
@@ -494,18 +541,31 @@ impl Gateway {
         );
     }
 
+    /// Give `conn_limit` `want` permits in all: more at once, fewer as connections end.
+    /// Exact for any `want` (clamped to what a semaphore holds), and never panics.
     fn resize_conn_limit(&self, want: usize) {
+        let want = conn_permits(want);
         let have = self.shared.conn_limit_size.swap(want, Ordering::AcqRel);
         if want > have {
             self.shared.conn_limit.add_permits(want - have);
         } else if want < have {
-            let sem = self.shared.conn_limit.clone();
-            let n = (have - want) as u32;
-            tokio::spawn(async move {
-                if let Ok(p) = sem.acquire_many(n).await {
-                    p.forget();
-                }
-            });
+            // Free permits go at once, those that connections hold as they end.
+            let surplus = have - want;
+            let mut left = surplus - self.shared.conn_limit.forget_permits(surplus);
+            if left > 0 {
+                let sem = self.shared.conn_limit.clone();
+                tokio::spawn(async move {
+                    // `acquire_many` counts in u32: take the rest in pieces.
+                    while left > 0 {
+                        let n = u32::try_from(left).unwrap_or(u32::MAX);
+                        match sem.acquire_many(n).await {
+                            Ok(p) => p.forget(),
+                            Err(_) => return, // closed: nothing left to limit
+                        }
+                        left -= n as usize;
+                    }
+                });
+            }
         }
     }
 
@@ -541,6 +601,33 @@ impl Gateway {
     }
 }
 
+/// `max_connections` as a permit count a tokio semaphore can hold (validation keeps it
+/// far below the limit; a `Config` built in code may not).
+fn conn_permits(max_connections: usize) -> usize {
+    max_connections.min(Semaphore::MAX_PERMITS)
+}
+
+/// A future that turns a panic while it is polled into `Err` (the payload), like
+/// `futures::FutureExt::catch_unwind`.
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
@@ -561,6 +648,9 @@ pub struct RunOptions {
     /// `--handover PATH`: take the listening sockets from the process serving PATH,
     /// then serve them to the next one (`crate::handover`).
     pub handover: Option<std::path::PathBuf>,
+    /// `--no-watch`: do not reload when the config file changes; only SIGHUP and
+    /// `POST /api/v1/reload` do.
+    pub no_watch: bool,
 }
 
 /// [`run`] with [`RunOptions`].
@@ -597,7 +687,14 @@ pub async fn run_opts(
     crate::admin::spawn(&gw)
         .await
         .context("starting the admin server")?;
-    crate::reload::watch(&gw);
+    if opts.no_watch {
+        tracing::info!(
+            "not watching the config file (--no-watch); reload with SIGHUP or POST /api/v1/reload"
+        );
+    } else {
+        crate::reload::watch(&gw);
+    }
+    crate::refused::spawn(&gw);
     #[cfg(unix)]
     {
         let gw2 = gw.clone();
@@ -618,4 +715,98 @@ pub async fn run_opts(
     shutdown.cancelled().await;
     gw.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+    use std::time::Instant;
+
+    /// Config files whose next reload panics: `load_and_apply`'s test hook, keyed by
+    /// file so that tests running side by side do not see each other's panics.
+    static PANIC_ON: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    pub(super) fn maybe_panic(path: &Path) {
+        let mut armed = lock(&PANIC_ON);
+        if let Some(i) = armed.iter().position(|p| p == path) {
+            armed.remove(i);
+            drop(armed);
+            panic!("injected reload panic (test)");
+        }
+    }
+
+    fn config_text(max_connections: usize) -> String {
+        format!(
+            "[limits]\nmax_connections = {max_connections}\nshutdown_grace = \"0s\"\n\n\
+             [[listeners]]\nname = \"mqtt\"\nbind = \"127.0.0.1:0\"\ncluster = \"brokers\"\n\n\
+             [clusters.brokers]\nnodes = [ {{ name = \"n1\", address = \"127.0.0.1:1\" }} ]\n\
+             [clusters.brokers.health]\ncheck = \"tcp\"\n"
+        )
+    }
+
+    /// Save `text` the way an editor does (a temp file renamed over the config).
+    fn save(path: &Path, text: &str) {
+        let tmp = path.with_extension("toml.tmp");
+        std::fs::write(&tmp, text).expect("write the temp config");
+        std::fs::rename(&tmp, path).expect("rename it over the config");
+    }
+
+    async fn wait_for(what: &str, f: impl Fn() -> bool) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < end, "timed out waiting for: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Issue 23 item 8: a reload that panics is caught at the reload boundary, counted
+    /// as a failed reload and changes nothing; the file watcher goes on, and the next
+    /// good edit is applied (the connection limit resized exactly).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_reload_is_counted_and_the_watcher_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mqgate.toml");
+        std::fs::write(&path, config_text(10)).expect("write config");
+        let cfg = config::load(&path).expect("a valid config");
+        let gw = Gateway::start(cfg).await.expect("start");
+        crate::reload::watch(&gw);
+        let count = |result: &str| {
+            gw.shared
+                .metrics
+                .config_reloads
+                .with_label_values(&[result])
+                .get()
+        };
+        let max = || gw.shared.runtime().config.limits.max_connections;
+
+        // Called directly: an error, not a panic.
+        lock(&PANIC_ON).push(path.clone());
+        match gw.reload().await {
+            Err(ApplyError::Panic(m)) => assert!(m.contains("injected"), "{m}"),
+            other => panic!("want ApplyError::Panic, got {other:?}"),
+        }
+        assert_eq!(count("error"), 1);
+
+        // Through the watcher: counted, nothing changed, and the watcher still runs.
+        lock(&PANIC_ON).push(path.clone());
+        save(&path, &config_text(20));
+        wait_for("the panicking reload counted as an error", || {
+            count("error") == 2
+        })
+        .await;
+        assert_eq!(
+            max(),
+            10,
+            "a reload that panicked changed the configuration"
+        );
+        save(&path, &config_text(30));
+        wait_for("the next edit applied by the watcher", || count("ok") == 1).await;
+        assert_eq!(max(), 30);
+        wait_for("30 connection permits", || {
+            gw.shared.conn_limit.available_permits() == 30
+        })
+        .await;
+        gw.shutdown().await;
+    }
 }

@@ -10,33 +10,45 @@
 //!
 //! ```text
 //! new process                                   old process (listening on PATH)
-//!   connect(PATH) ─────────────────────────────▶ accept
-//!                 ◀───────────────────────────── one message: JSON [{name, bind}, …]
+//!   connect(PATH) ─────────────────────────────▶ accept; the client's uid (SO_PEERCRED)
+//!   (the server's uid must be ours or root)       must be ours or root
+//!   "mqgate-handover 2\n" ──────────────────────▶ within REQUEST_TIMEOUT, or dropped
+//!                 ◀───────────────────────────── one message: JSON {"version": 2,
+//!                                                 "listeners": [{name, bind}, …]}
 //!                                                 + SCM_RIGHTS: the listening sockets
+//!   check each one: a listening TCP socket
+//!   bound to its `bind` (else refuse them all)
 //!   start the gateway on those sockets
 //!   (a bind address not handed over is bound
 //!    afresh; a failed start sends nothing and
 //!    leaves the old process running)
 //!   "taken\n" ─────────────────────────────────▶ graceful shutdown, as on SIGTERM
-//!   bind PATH.<pid>, chmod 0600, rename → PATH    (does not remove PATH: it is the new one's)
+//!   bind in a new 0700 directory, chmod 0600,     (does not remove PATH: it is the new one's)
+//!   rename → PATH
 //! ```
 //!
-//! The socket file is created mode 0600: whoever can connect to it gets the listening
-//! sockets. Every process started with `--handover PATH` serves the next one, so the
-//! same command line works for every restart.
+//! Whoever can connect to the socket gets the listening sockets, so it is never
+//! reachable with other permissions than 0600: it is bound inside a private directory
+//! (mode 0700, random name, next to PATH), set to 0600 there and only then renamed to
+//! PATH. A client of another user is refused on its credentials even if the file's mode
+//! was loosened. The old process serves one client at a time; a client that does not
+//! ask within [`REQUEST_TIMEOUT`] is dropped, so a stray or stuck connection cannot
+//! hold a restart up. Every process started with `--handover PATH` serves the next one,
+//! so the same command line works for every restart.
 
 use anyhow::Context as _;
 use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
 };
 use serde::{Deserialize, Serialize};
@@ -46,11 +58,25 @@ use tokio_util::sync::CancellationToken;
 const MAX_FDS: usize = 64;
 /// What the new process answers once it runs on the sockets.
 const TAKEN: &[u8] = b"taken\n";
+/// Version of this exchange. Version 1 (before the request) sent the sockets to
+/// whoever connected, as a bare JSON list.
+const PROTOCOL: u32 = 2;
+/// What the new process asks first.
+const REQUEST: &[u8] = b"mqgate-handover 2\n";
+/// How long the old process waits for that request before dropping the client.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Serialize, Deserialize)]
 struct Entry {
     name: String,
     bind: SocketAddr,
+}
+
+/// The old process's one message (with the sockets attached).
+#[derive(Serialize, Deserialize)]
+struct Message {
+    version: u32,
+    listeners: Vec<Entry>,
 }
 
 /// Sockets received from the old process, by the bind address they were bound to.
@@ -80,7 +106,9 @@ impl Inherited {
 }
 
 /// Ask the process serving `path` for its listening sockets. Nobody there (no file, a
-/// stale file): no sockets, and the caller binds its own.
+/// stale file): no sockets, and the caller binds its own. Anything wrong with what is
+/// there (another user's process, a message or a socket that is not what it should be)
+/// is an error: nothing is confirmed, and the old process keeps serving.
 pub fn take(path: &Path) -> anyhow::Result<Inherited> {
     let mut conn = match UnixStream::connect(path) {
         Ok(c) => c,
@@ -89,8 +117,26 @@ pub fn take(path: &Path) -> anyhow::Result<Inherited> {
             return Ok(Inherited::none());
         }
     };
+    let server = rustix::net::sockopt::socket_peercred(&conn).with_context(|| {
+        format!(
+            "reading the credentials of the process serving {}",
+            path.display()
+        )
+    })?;
+    anyhow::ensure!(
+        uid_allowed(server.uid),
+        "the process serving {} (pid {}) runs as uid {}: only our own user (uid {}) or root may hand sockets over",
+        path.display(),
+        server.pid,
+        server.uid.as_raw(),
+        rustix::process::geteuid().as_raw()
+    );
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .context("handover socket timeout")?;
+    conn.set_write_timeout(Some(Duration::from_secs(10)))
+        .context("handover socket timeout")?;
+    conn.write_all(REQUEST)
+        .with_context(|| format!("asking {} for the listening sockets", path.display()))?;
     let mut data = vec![0u8; 64 * 1024];
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut cmsg = RecvAncillaryBuffer::new(&mut space);
@@ -107,6 +153,10 @@ pub fn take(path: &Path) -> anyhow::Result<Inherited> {
             fds.extend(rights);
         }
     }
+    anyhow::ensure!(
+        !got.flags.contains(ReturnFlags::CTRUNC),
+        "handover: more than {MAX_FDS} sockets sent; refusing the handover"
+    );
     // The descriptors come with the first bytes; the JSON line may arrive in pieces.
     let mut len = got.bytes;
     while len == 0 || data[len - 1] != b'\n' {
@@ -117,17 +167,40 @@ pub fn take(path: &Path) -> anyhow::Result<Inherited> {
         anyhow::ensure!(n > 0, "handover: the old process closed the connection");
         len += n;
     }
-    let entries: Vec<Entry> = serde_json::from_slice(&data[..len - 1])
-        .with_context(|| format!("handover message from {}", path.display()))?;
+    let text = &data[..len - 1];
+    let msg: Message = match serde_json::from_slice(text) {
+        Ok(m) => m,
+        Err(_) if serde_json::from_slice::<Vec<Entry>>(text).is_ok() => anyhow::bail!(
+            "handover: the process serving {} is an older mqgate (handover protocol 1, which \
+             sends the sockets unasked); restart once without --handover (SO_REUSEPORT \
+             overlap, docs/hardening.md), then --handover works again",
+            path.display()
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| format!("handover message from {}", path.display()))
+        }
+    };
     anyhow::ensure!(
-        entries.len() == fds.len(),
+        msg.version == PROTOCOL,
+        "handover: {} speaks handover protocol {}, this build {PROTOCOL}",
+        path.display(),
+        msg.version
+    );
+    anyhow::ensure!(
+        msg.listeners.len() == fds.len(),
         "handover: {} listeners described but {} sockets received",
-        entries.len(),
+        msg.listeners.len(),
         fds.len()
     );
     let mut sockets = HashMap::new();
-    for (e, fd) in entries.into_iter().zip(fds) {
-        let sock = TcpListener::from(fd);
+    for (e, fd) in msg.listeners.into_iter().zip(fds) {
+        let sock = listening_socket(fd, e.bind).with_context(|| {
+            format!(
+                "handover: the socket received for listener `{}` ({}) is not a listening TCP \
+                 socket bound to that address; refusing the handover",
+                e.name, e.bind
+            )
+        })?;
         sock.set_nonblocking(true)
             .context("handover: socket to non-blocking")?;
         // Accepted sockets inherit TCP_NODELAY from the listener (`listener::bind`);
@@ -144,6 +217,48 @@ pub fn take(path: &Path) -> anyhow::Result<Inherited> {
     })
 }
 
+/// Whether a process of user `uid` may take part in a handover with this one: the same
+/// (effective) user, or root.
+fn uid_allowed(uid: rustix::process::Uid) -> bool {
+    uid == rustix::process::geteuid() || uid.is_root()
+}
+
+/// `fd` as a listener, if it is a listening TCP socket bound to `bind` (to any port if
+/// `bind`'s is 0); else why not.
+fn listening_socket(fd: OwnedFd, bind: SocketAddr) -> anyhow::Result<TcpListener> {
+    use rustix::net::{ipproto, sockopt, AddressFamily, SocketType};
+    let kind = match sockopt::socket_type(&fd) {
+        Ok(t) => t,
+        Err(rustix::io::Errno::NOTSOCK) => anyhow::bail!("not a socket"),
+        Err(e) => return Err(e).context("reading SO_TYPE"),
+    };
+    anyhow::ensure!(kind == SocketType::STREAM, "not a stream socket");
+    let family = sockopt::socket_domain(&fd).context("reading SO_DOMAIN")?;
+    let want = if bind.is_ipv6() {
+        AddressFamily::INET6
+    } else {
+        AddressFamily::INET
+    };
+    anyhow::ensure!(
+        family == want,
+        "not an {} socket",
+        if bind.is_ipv6() { "IPv6" } else { "IPv4" }
+    );
+    let protocol = sockopt::socket_protocol(&fd).context("reading SO_PROTOCOL")?;
+    anyhow::ensure!(protocol == Some(ipproto::TCP), "not TCP");
+    anyhow::ensure!(
+        sockopt::socket_acceptconn(&fd).context("reading SO_ACCEPTCONN")?,
+        "not listening"
+    );
+    let sock = TcpListener::from(fd);
+    let local = sock.local_addr().context("reading its address")?;
+    anyhow::ensure!(
+        local.ip() == bind.ip() && (bind.port() == 0 || local.port() == bind.port()),
+        "bound to {local}, not {bind}"
+    );
+    Ok(sock)
+}
+
 /// Serve the next process on `path` until `stop`; once one has taken the sockets,
 /// cancel `shutdown` (graceful shutdown, as on SIGTERM). `sockets` gives the current
 /// listeners (name, bind, socket) at the time of the request.
@@ -153,14 +268,7 @@ pub fn serve(
     shutdown: CancellationToken,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let listener =
-        UnixListener::bind(&tmp).with_context(|| format!("binding {}", tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod 0600 {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    let listener = bind_private(&path)?;
     let ino = std::fs::metadata(&path).map(|m| m.ino()).ok();
     listener
         .set_nonblocking(true)
@@ -195,10 +303,68 @@ pub fn serve(
     Ok(())
 }
 
+/// Bind a Unix socket at `path` that is never reachable with other permissions than
+/// 0600, whatever the umask: bound in a new directory of mode 0700 next to `path` (a
+/// random name, created exclusively), set to 0600 there, then renamed to `path`.
+fn bind_private(path: &Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = parent.join(format!(".mqgate.{:016x}", rand::random::<u64>()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating the private directory {}", dir.display()))?;
+    let tmp = dir.join("s");
+    let bound = (|| {
+        let listener =
+            UnixListener::bind(&tmp).with_context(|| format!("binding {}", tmp.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 0600 {}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        Ok(listener)
+    })();
+    if bound.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    if let Err(e) = std::fs::remove_dir(&dir) {
+        tracing::warn!(dir = %dir.display(), "handover: cannot remove the private directory: {e}");
+    }
+    bound
+}
+
+/// Serve one client: its credentials, its request (within [`REQUEST_TIMEOUT`]), the
+/// sockets, its confirmation. An error leaves the sockets with this process.
 async fn hand_over(
-    conn: tokio::net::UnixStream,
+    mut conn: tokio::net::UnixStream,
     sockets: &impl Fn() -> Vec<(String, SocketAddr, TcpListener)>,
 ) -> anyhow::Result<()> {
+    let client =
+        rustix::net::sockopt::socket_peercred(&conn).context("reading the client's credentials")?;
+    anyhow::ensure!(
+        uid_allowed(client.uid),
+        "refused a connection from uid {} (pid {}): only our own user (uid {}) or root may \
+         take the listening sockets",
+        client.uid.as_raw(),
+        client.pid,
+        rustix::process::geteuid().as_raw()
+    );
+    let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut conn)).await {
+        Ok(r) => r.with_context(|| format!("reading the request of pid {}", client.pid))?,
+        Err(_) => anyhow::bail!(
+            "a client (pid {}) sent no request within {REQUEST_TIMEOUT:?}; dropped it",
+            client.pid
+        ),
+    };
+    anyhow::ensure!(
+        request == REQUEST,
+        "unexpected request from pid {}: {:?}; dropped it",
+        client.pid,
+        String::from_utf8_lossy(&request)
+    );
     let conn = conn.into_std().context("handover connection")?;
     conn.set_nonblocking(false)
         .context("handover connection to blocking")?;
@@ -208,15 +374,18 @@ async fn hand_over(
         .context("handover socket timeout")?;
     let list = sockets();
     anyhow::ensure!(list.len() <= MAX_FDS, "more than {MAX_FDS} listeners");
-    let entries: Vec<Entry> = list
-        .iter()
-        .map(|(name, bind, _)| Entry {
-            name: name.clone(),
-            bind: *bind,
-        })
-        .collect();
+    let message = Message {
+        version: PROTOCOL,
+        listeners: list
+            .iter()
+            .map(|(name, bind, _)| Entry {
+                name: name.clone(),
+                bind: *bind,
+            })
+            .collect(),
+    };
     // One JSON line (serde_json writes no newline of its own).
-    let mut json = serde_json::to_vec(&entries).context("handover message")?;
+    let mut json = serde_json::to_vec(&message).context("handover message")?;
     json.push(b'\n');
     let conn = tokio::task::spawn_blocking(move || -> anyhow::Result<UnixStream> {
         use std::os::fd::AsFd;
@@ -244,4 +413,22 @@ async fn hand_over(
     .context("handover task")??;
     drop(conn);
     Ok(())
+}
+
+/// The client's request: up to its newline (or 64 bytes).
+async fn read_request(conn: &mut tokio::net::UnixStream) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 64];
+    let mut len = 0;
+    while !buf[..len].contains(&b'\n') && len < buf.len() {
+        let n = conn.read(&mut buf[len..]).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before its request",
+            ));
+        }
+        len += n;
+    }
+    Ok(buf[..len].to_vec())
 }

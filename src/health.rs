@@ -4,7 +4,8 @@
 //! node is changing state the next probe comes after `fast_interval`, while it is down
 //! after `down_interval`. A node's first probe decides its state at once, so a fresh
 //! gateway knows the full-sync leader after one round. Only state changes are logged
-//! (once, at `info`) and counted (`mqgate_node_state_changes_total`; every probe is
+//! (once: "node is up" at `info`, "node is down" at `warn` when capacity is lost, see
+//! [`down_is_a_warning`]) and counted (`mqgate_node_state_changes_total`; every probe is
 //! counted in `mqgate_health_checks_total`). While a full-sync cluster has no leader, down nodes are probed
 //! every `fast_interval` instead of `down_interval`, so that the new leader is found
 //! quickly. The same task re-resolves DNS names every `dns_refresh`, and at once when
@@ -14,7 +15,10 @@ use crate::cluster::{Cluster, Health, Node};
 use crate::config::{CheckKind, HealthConfig, Mode, NodeAddress};
 use crate::metrics::Metrics;
 use crate::mqtt::{self, observe_connack, Parse};
-use hickory_resolver::TokioAsyncResolver;
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::NetError;
+use hickory_resolver::{ResolverBuilder, TokioResolver};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,13 +28,31 @@ use tokio::time::{sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Shared DNS resolver (system configuration, falling back to defaults).
-pub fn resolver() -> Arc<TokioAsyncResolver> {
-    let r = TokioAsyncResolver::tokio_from_system_conf().unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "cannot read system DNS configuration; using defaults");
-        TokioAsyncResolver::tokio(Default::default(), Default::default())
+/// Shared DNS resolver: the system configuration (`/etc/resolv.conf`, `/etc/hosts`
+/// first).
+pub fn resolver() -> Result<Arc<TokioResolver>, NetError> {
+    Ok(Arc::new(build_resolver(TokioResolver::builder_tokio())?))
+}
+
+/// The resolver from the system configuration, or, without a usable
+/// `/etc/resolv.conf` (`system` is the error), `/etc/hosts` then a name server on this
+/// host (127.0.0.1:53, as the C library does then). Names resolve to their IPv4
+/// addresses, and to IPv6 ones only when they have none: hickory's default (since 0.25)
+/// asks for both and puts IPv6 first, so every connect to a `localhost` node bound to
+/// 127.0.0.1 would try ::1 first and be refused.
+fn build_resolver(
+    system: Result<ResolverBuilder<TokioRuntimeProvider>, NetError>,
+) -> Result<TokioResolver, NetError> {
+    let mut builder = system.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read system DNS configuration; using /etc/hosts and 127.0.0.1:53");
+        let local = NameServerConfig::udp_and_tcp(std::net::Ipv4Addr::LOCALHOST.into());
+        TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(vec![local]),
+            TokioRuntimeProvider::default(),
+        )
     });
-    Arc::new(r)
+    builder.options_mut().ip_strategy = LookupIpStrategy::Ipv4thenIpv6;
+    builder.build()
 }
 
 pub fn spawn(
@@ -38,7 +60,7 @@ pub fn spawn(
     cluster: Arc<Cluster>,
     node: Arc<Node>,
     metrics: Arc<Metrics>,
-    resolver: Arc<TokioAsyncResolver>,
+    resolver: Arc<TokioResolver>,
     shutdown: CancellationToken,
 ) {
     tracker.spawn(run(cluster, node, metrics, resolver, shutdown));
@@ -48,10 +70,10 @@ async fn run(
     cluster: Arc<Cluster>,
     node: Arc<Node>,
     metrics: Arc<Metrics>,
-    resolver: Arc<TokioAsyncResolver>,
+    resolver: Arc<TokioResolver>,
     shutdown: CancellationToken,
 ) {
-    let client_id = format!("mqgate-hc-{:08x}", rand::random::<u32>());
+    let suffix = format!("{:08x}", rand::random::<u32>());
     let ok_counter = metrics
         .health_checks
         .with_label_values(&[&cluster.name, &node.name, "ok"]);
@@ -66,6 +88,9 @@ async fn run(
     let mut next_dns = Instant::now();
     let mut resolved_for: Option<Arc<NodeAddress>> = None;
     let mut last_error = String::new();
+    // The state these checks last saw: a node marked down from elsewhere (clients that
+    // got no CONNACK, `Cluster::connack_missed`) needs `rise` passes from there.
+    let mut seen = node.health();
     loop {
         let cfg = cluster.config();
         let h = &cfg.health;
@@ -84,11 +109,15 @@ async fn run(
             resolved_for = Some(addr.clone());
             next_dns = Instant::now() + cfg.dns_refresh;
         }
+        let client_id = format!("{}{suffix}", h.client_id_prefix);
         let result = match timeout(h.timeout, probe(&node, h, &client_id)).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {:?}", h.timeout)),
         };
         duration.observe(start.elapsed().as_secs_f64());
+        if node.health() != seen {
+            (oks, fails) = (0, 0);
+        }
         match &result {
             Ok(()) => {
                 ok_counter.inc();
@@ -107,12 +136,16 @@ async fn run(
                 Health::Up => {
                     tracing::info!(cluster = %cluster.name, node = %node.name, address = %addr, "node is up")
                 }
+                _ if down_is_a_warning(cfg.mode, node.health()) => {
+                    tracing::warn!(cluster = %cluster.name, node = %node.name, address = %addr, reason = %last_error, "node is down")
+                }
                 _ => {
                     tracing::info!(cluster = %cluster.name, node = %node.name, address = %addr, reason = %last_error, "node is down")
                 }
             }
             cluster.set_health(&node, n);
         }
+        seen = node.health();
         let wait = next_wait(
             h,
             node.health(),
@@ -122,6 +155,7 @@ async fn run(
         );
         tokio::select! {
             _ = sleep_until((start + wait).into()) => {}
+            _ = node.recheck.notified() => {}
             _ = node.tasks.cancelled() => return,
             _ = shutdown.cancelled() => return,
         }
@@ -140,6 +174,14 @@ fn transition(state: Health, oks: u32, fails: u32, rise: u32, fall: u32) -> Opti
     }
 }
 
+/// Is a node going down from `was` worth a warning? Yes when capacity is lost: a node
+/// that was up, or, in dynsec mode, any node (each one should take clients). A
+/// full-sync node found down by its first probe is a follower with its listener
+/// closed, as designed: info.
+fn down_is_a_warning(mode: Mode, was: Health) -> bool {
+    was == Health::Up || mode == Mode::Dynsec
+}
+
 /// How long until the next probe: `fast_interval` while the node is changing state
 /// (or, in a full-sync cluster without a leader, while it is down: it may be the new
 /// leader), `down_interval` while it is down, `interval` otherwise.
@@ -156,7 +198,7 @@ fn next_wait(h: &HealthConfig, state: Health, oks: u32, fails: u32, no_leader: b
 
 /// Resolve the node's host name; a changed answer takes effect for new connections
 /// (and the next probe). A failed lookup keeps the last addresses.
-pub async fn refresh_dns(resolver: &TokioAsyncResolver, node: &Node, a: &NodeAddress) {
+pub async fn refresh_dns(resolver: &TokioResolver, node: &Node, a: &NodeAddress) {
     match resolver.lookup_ip(a.host.as_str()).await {
         Ok(ips) => {
             let addrs: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(ip, a.port)).collect();
@@ -195,7 +237,8 @@ async fn probe(node: &Node, h: &HealthConfig, client_id: &str) -> Result<(), Str
         return Ok(());
     }
     let _ = s.set_nodelay(true);
-    let pkt = mqtt::connect::encode_connect_v311(
+    let pkt = mqtt::connect::encode_connect(
+        h.check == CheckKind::Mqtt5,
         client_id,
         h.username.as_deref(),
         h.password.as_ref().map(|p| p.expose()),
@@ -226,7 +269,40 @@ async fn probe(node: &Node, h: &HealthConfig, client_id: &str) -> Result<(), Str
     if info.code == 0 {
         Ok(())
     } else {
-        Err(format!("CONNACK code {:#04x}", info.code))
+        Err(refused(info.code, &node.cluster, h.username.as_deref()))
+    }
+}
+
+/// Why an `mqtt` check got CONNACK `code` and, for a refused login (0x04 bad user name
+/// or password, 0x05 not authorized: a broker with `allow_anonymous false`), exactly
+/// what to add to the config.
+fn refused(code: u8, cluster: &str, username: Option<&str>) -> String {
+    let table = format!("[clusters.{cluster}.health]");
+    // 3.1.1 return codes 0x04 / 0x05 and their MQTT 5 reason codes 0x86 / 0x87.
+    let what = match code {
+        0x04 | 0x86 => "bad user name or password",
+        0x05 | 0x87 => "not authorized",
+        0x02 | 0x85 => {
+            return format!(
+                "CONNACK code {code:#04x} (client identifier not valid): set \
+                 client_id_prefix in {table} to a prefix the broker accepts"
+            )
+        }
+        _ => return format!("CONNACK code {code:#04x}"),
+    };
+    let prefix = "if the broker only takes some client ids (clientid_prefixes), set \
+                  client_id_prefix there too";
+    match username {
+        None => format!(
+            "CONNACK code {code:#04x} ({what}): the broker refuses the anonymous health check; \
+             add username = \"...\" and password_file = \"...\" (a client the broker \
+             accepts) to {table}, or set check = \"tcp\" there; {prefix}"
+        ),
+        Some(user) => format!(
+            "CONNACK code {code:#04x} ({what}): the broker refuses the health check's login \
+             as {user:?}; check {table} username and password_file (or password_env) \
+             against the broker's clients, or set check = \"tcp\" there; {prefix}"
+        ),
     }
 }
 
@@ -239,6 +315,60 @@ pub fn worst_case_detection(h: &HealthConfig) -> Duration {
 mod tests {
     use super::*;
 
+    /// `localhost` resolves to 127.0.0.1 only (not ::1 first), with the system
+    /// configuration and without it.
+    #[tokio::test]
+    async fn localhost_resolves_to_ipv4() {
+        let no_conf = || Err(std::io::Error::other("no resolv.conf").into());
+        for (what, r) in [
+            ("system", build_resolver(TokioResolver::builder_tokio())),
+            ("fallback", build_resolver(no_conf())),
+        ] {
+            let r = r.expect("resolver");
+            let ips = timeout(Duration::from_secs(5), r.lookup_ip("localhost"))
+                .await
+                .expect("answered in time")
+                .expect("localhost resolves");
+            let ips: Vec<_> = ips.iter().collect();
+            assert_eq!(ips, [std::net::IpAddr::from([127, 0, 0, 1])], "{what}");
+        }
+    }
+
+    /// Without `/etc/resolv.conf` the resolver still builds and reads `/etc/hosts`
+    /// (a name other than `localhost`, which hickory answers by itself).
+    #[tokio::test]
+    async fn the_fallback_resolver_reads_the_hosts_file() {
+        let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        let entry = hosts.lines().find_map(|l| {
+            let mut w = l.split('#').next().unwrap_or("").split_whitespace();
+            let ip: std::net::Ipv4Addr = w.next()?.parse().ok()?;
+            let name = w.find(|n| !n.ends_with("localhost") && !n.starts_with("ip6-"))?;
+            Some((std::net::IpAddr::from(ip), name.to_string()))
+        });
+        let Some((ip, name)) = entry else {
+            eprintln!("/etc/hosts names no IPv4 host but localhost; skipping");
+            return;
+        };
+        let no_conf = Err(std::io::Error::other("no resolv.conf").into());
+        let r = build_resolver(no_conf).expect("fallback resolver");
+        let ips = timeout(Duration::from_secs(5), r.lookup_ip(name.as_str()))
+            .await
+            .expect("answered in time")
+            .unwrap_or_else(|e| panic!("{name} from /etc/hosts: {e}"));
+        assert!(ips.iter().any(|a| a == ip), "{name}: {ips:?}, want {ip}");
+    }
+
+    #[test]
+    fn losing_capacity_is_a_warning() {
+        assert!(down_is_a_warning(Mode::FullSync, Health::Up), "leader lost");
+        assert!(down_is_a_warning(Mode::Dynsec, Health::Up));
+        assert!(down_is_a_warning(Mode::Dynsec, Health::Unknown));
+        assert!(
+            !down_is_a_warning(Mode::FullSync, Health::Unknown),
+            "a full-sync follower is down by design"
+        );
+    }
+
     fn cfg() -> HealthConfig {
         HealthConfig {
             check: CheckKind::Tcp,
@@ -250,6 +380,7 @@ mod tests {
             fall: 3,
             username: None,
             password: None,
+            client_id_prefix: "mqgate-hc-".into(),
         }
     }
 
@@ -280,6 +411,54 @@ mod tests {
         // A full-sync cluster without a leader looks for the new one quickly.
         assert_eq!(next_wait(&h, Health::Down, 0, 3, true), h.fast_interval);
         assert_eq!(next_wait(&h, Health::Up, 4, 0, true), h.interval);
+    }
+
+    /// A broker with `allow_anonymous false` answers the anonymous `mqtt` check with
+    /// CONNACK 0x05: the reason (logged with "node is down") says what to add.
+    #[tokio::test]
+    async fn a_refused_login_says_what_to_add_to_the_config() {
+        use tokio::io::AsyncReadExt;
+        let broker = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake broker");
+        let port = broker.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = broker.accept().await {
+                let mut buf = [0u8; 256];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(&[0x20, 0x02, 0x00, 0x05]).await;
+            }
+        });
+        let text = format!(
+            "[[listeners]]\nname = \"m\"\nbind = \"127.0.0.1:0\"\ncluster = \"brokers\"\n\
+             [clusters.brokers]\nnodes = [ {{ name = \"n1\", address = \"127.0.0.1:{port}\" }} ]\n"
+        );
+        let cfg = match crate::config::parse(std::path::Path::new("/tmp/hc.toml"), &text) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let cluster = Cluster::new(&cfg.clusters[0], Arc::new(Metrics::new()), "t");
+        let node = cluster.node("n1").expect("node");
+        let err = probe(&node, &cfg.clusters[0].health, "hc-test")
+            .await
+            .expect_err("CONNACK 0x05 is a failed check");
+        for want in [
+            "CONNACK code 0x05 (not authorized)",
+            "[clusters.brokers.health]",
+            "username",
+            "password_file",
+            "check = \"tcp\"",
+        ] {
+            assert!(err.contains(want), "{want:?} missing in: {err}");
+        }
+        let with_user = refused(0x04, "brokers", Some("mqgate-health"));
+        assert!(
+            with_user.contains("bad user name or password")
+                && with_user.contains("\"mqgate-health\"")
+                && with_user.contains("password_file"),
+            "{with_user}"
+        );
+        assert_eq!(refused(0x03, "brokers", None), "CONNACK code 0x03");
     }
 
     /// A one-record DNS server: answers every A query with `answer`, others empty.
@@ -318,7 +497,7 @@ mod tests {
     /// the next refresh moves new connections to the new address.
     #[tokio::test]
     async fn a_changed_dns_answer_moves_new_connections() {
-        use hickory_resolver::config::{NameServerConfig, Protocol, ResolverConfig, ResolverOpts};
+        use hickory_resolver::config::{ResolveHosts, ResolverOpts};
         let l1 = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1");
@@ -329,13 +508,22 @@ mod tests {
         };
         let answer = Arc::new(std::sync::Mutex::new([127, 0, 0, 1]));
         let dns = fake_dns(answer.clone()).await;
-        let mut rc = ResolverConfig::new();
-        rc.add_name_server(NameServerConfig::new(dns, Protocol::Udp));
+        let mut ns = NameServerConfig::udp(dns.ip());
+        for c in &mut ns.connections {
+            c.port = dns.port();
+        }
         let mut opts = ResolverOpts::default();
         opts.cache_size = 0;
-        opts.use_hosts_file = false;
+        opts.use_hosts_file = ResolveHosts::Never;
+        opts.ip_strategy = LookupIpStrategy::Ipv4thenIpv6;
         opts.timeout = Duration::from_secs(2);
-        let resolver = TokioAsyncResolver::tokio(rc, opts);
+        let resolver = TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(vec![ns]),
+            TokioRuntimeProvider::default(),
+        )
+        .with_options(opts)
+        .build()
+        .expect("resolver");
 
         let text = format!(
             "[[listeners]]\nname = \"m\"\nbind = \"127.0.0.1:0\"\ncluster = \"c\"\n\

@@ -25,12 +25,15 @@
 //! it asks [`cluster`] for a node and counts into [`metrics`].
 // One exception, with its SAFETY argument: `listener::watch`.
 #![deny(unsafe_code)]
+// No `unwrap()` on I/O or input: errors are handled or reported (unit tests may).
+#![warn(clippy::unwrap_used)]
 
 pub mod admin;
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod fdlimit;
 pub mod gateway;
 pub mod handover;
 pub mod health;
@@ -40,6 +43,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod peers;
 pub mod proxy;
+pub mod refused;
 pub mod relay;
 pub mod reload;
 pub mod sticky;

@@ -1,4 +1,5 @@
 //! The `mqgate` binary: parse the command line, set up logging, call the library.
+#![warn(clippy::unwrap_used)]
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -26,23 +27,30 @@ struct Cli {
 enum Cmd {
     /// Run the gateway in the foreground (logs to stderr).
     Run {
-        #[arg(short, long, default_value = "mqgate.toml")]
+        /// The config file (TOML); relative paths inside it are resolved from its
+        /// directory. Saving it reloads the gateway unless --no-watch is given.
+        #[arg(short, long, value_name = "FILE", default_value = "mqgate.toml")]
         config: PathBuf,
         /// Restart without losing connection attempts: take the listening sockets
         /// from the mqgate serving this Unix socket (it then shuts down gracefully),
         /// and serve them to the next process started with the same option.
         #[arg(long, value_name = "PATH")]
         handover: Option<PathBuf>,
+        /// Do not reload when the config file is saved; reload only on SIGHUP
+        /// (`systemctl reload mqgate`) or `POST /api/v1/reload`.
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Validate a config file and print a summary (exit 1 with every error).
     Check {
-        #[arg(short, long, default_value = "mqgate.toml")]
+        /// The config file to check (TOML).
+        #[arg(short, long, value_name = "FILE", default_value = "mqgate.toml")]
         config: PathBuf,
     },
     /// Table of clusters, nodes, states, leader, connections and peers.
     Status {
-        #[arg(long)]
-        admin: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
     },
     /// Change a node's admin state.
     Node {
@@ -50,8 +58,8 @@ enum Cmd {
         state: String,
         cluster: String,
         node: String,
-        #[arg(long)]
-        admin: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
     },
     /// Inspect or remove a sticky entry.
     Sticky {
@@ -59,20 +67,49 @@ enum Cmd {
         action: String,
         cluster: String,
         key: String,
-        #[arg(long)]
-        admin: Option<String>,
+        #[command(flatten)]
+        target: AdminTarget,
     },
     /// Version and build information.
     Version,
 }
 
+/// Which gateway a client command talks to.
+#[derive(clap::Args)]
+struct AdminTarget {
+    /// Admin API URL, e.g. http://127.0.0.1:9100 (overrides the bind of -c FILE).
+    /// Without --admin and -c: the [admin] bind of ./mqgate.toml, else
+    /// http://127.0.0.1:9100 (either is said on stderr).
+    #[arg(long, value_name = "URL")]
+    admin: Option<String>,
+    /// The gateway's config file: its [admin] bind is the URL and its token_file (or
+    /// token_env) the token for changes. MQGATE_ADMIN_TOKEN, if set, is the token.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { config, handover } => run(config, handover),
+        Cmd::Run {
+            config,
+            handover,
+            no_watch,
+        } => run(config, handover, no_watch),
         Cmd::Check { config } => match mqgate::config::load(&config) {
             Ok(cfg) => {
                 print!("{}", mqgate::cli::summary(&cfg));
+                for w in cfg.warning_lines() {
+                    eprintln!("{w}");
+                }
+                // `run` raises its soft limit to the hard one: that is what must fit.
+                if let Some(w) = mqgate::fdlimit::warning(&cfg, mqgate::fdlimit::current().hard) {
+                    eprintln!(
+                        "{}: warning: {w} (this is the hard limit `mqgate check` got here; \
+                         `mqgate run` raises its soft limit to its own hard limit)",
+                        config.display()
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -81,32 +118,36 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Status { admin } => mqgate::cli::client(mqgate::cli::Request::Status, admin),
+        Cmd::Status { target } => {
+            mqgate::cli::client(mqgate::cli::Request::Status, target.admin, target.config)
+        }
         Cmd::Node {
             state,
             cluster,
             node,
-            admin,
+            target,
         } => mqgate::cli::client(
             mqgate::cli::Request::Node {
                 state,
                 cluster,
                 node,
             },
-            admin,
+            target.admin,
+            target.config,
         ),
         Cmd::Sticky {
             action,
             cluster,
             key,
-            admin,
+            target,
         } => mqgate::cli::client(
             mqgate::cli::Request::Sticky {
                 action,
                 cluster,
                 key,
             },
-            admin,
+            target.admin,
+            target.config,
         ),
         Cmd::Version => {
             println!("{}", mqgate::cli::version());
@@ -115,7 +156,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: PathBuf, handover: Option<PathBuf>) -> ExitCode {
+fn run(path: PathBuf, handover: Option<PathBuf>, no_watch: bool) -> ExitCode {
     let cfg = match mqgate::config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -124,6 +165,26 @@ fn run(path: PathBuf, handover: Option<PathBuf>) -> ExitCode {
         }
     };
     let set_level = mqgate::logging::init(&cfg.log.level, cfg.log.format);
+    for w in cfg.warning_lines() {
+        tracing::warn!("{w}");
+    }
+    let files = match mqgate::fdlimit::raise() {
+        Ok(l) => l,
+        Err(e) => {
+            let l = mqgate::fdlimit::current();
+            tracing::warn!(soft = %mqgate::fdlimit::show(l.soft), hard = %mqgate::fdlimit::show(l.hard), "cannot raise the open-file limit to the hard limit: {e}");
+            l
+        }
+    };
+    tracing::info!(
+        soft = %mqgate::fdlimit::show(files.soft),
+        hard = %mqgate::fdlimit::show(files.hard),
+        needed = mqgate::fdlimit::needed(&cfg),
+        "open-file limit"
+    );
+    if let Some(w) = mqgate::fdlimit::warning(&cfg, files.soft) {
+        tracing::warn!("{w}");
+    }
     // With connection threads (`limits.threads`, `mqgate::workers`) this runtime only
     // accepts and runs health checks, peers, the admin API and reloads: one thread.
     // Only `threads = 0` means none (unset is at least one, `workers::thread_count`,
@@ -153,6 +214,7 @@ fn run(path: PathBuf, handover: Option<PathBuf>) -> ExitCode {
             mqgate::RunOptions {
                 set_log_level: Some(set_level),
                 handover,
+                no_watch,
             },
         )
         .await

@@ -28,11 +28,20 @@ pub mod names {
     pub const STICKY_LOOKUPS_TOTAL: &str = "mqgate_sticky_lookups_total";
     pub const PEER_UP: &str = "mqgate_peer_up";
     pub const PEER_UPDATES_TOTAL: &str = "mqgate_peer_updates_total";
+    pub const PEER_UPDATES_DROPPED_TOTAL: &str = "mqgate_peer_updates_dropped_total";
+    pub const PEER_FRAMES_REJECTED_TOTAL: &str = "mqgate_peer_frames_rejected_total";
     pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "mqgate_tls_handshake_failures_total";
     pub const CONFIG_RELOADS_TOTAL: &str = "mqgate_config_reloads_total";
+    pub const QUEUED_CONNECTIONS: &str = "mqgate_queued_connections";
+    pub const QUEUE_TOTAL: &str = "mqgate_queue_total";
     pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
         "mqgate_config_last_reload_success_timestamp_seconds";
 }
+
+/// How a held client's wait ended (`mqgate_queue_total{cluster,result}`): routed to a
+/// node, answered after `queue_timeout`, refused at once because `queue_max` clients
+/// were held, or the client left while held.
+pub const QUEUE_RESULTS: [&str; 4] = ["routed", "timeout", "full", "closed"];
 
 /// Why a client connection was refused (`reason` label of the rejected counter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +101,11 @@ pub struct Metrics {
     pub sticky_lookups: IntCounterVec,
     pub peer_up: IntGaugeVec,
     pub peer_updates: IntCounterVec,
+    pub peer_updates_dropped: IntCounterVec,
+    pub peer_frames_rejected: IntCounterVec,
     pub tls_handshake_failures: IntCounterVec,
+    pub queued: IntGaugeVec,
+    pub queue_results: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: IntGauge,
 }
@@ -249,11 +262,35 @@ impl Metrics {
                 "Sticky updates exchanged with a peer.",
                 &["peer", "direction"],
             ),
+            peer_updates_dropped: counter(
+                &r,
+                PEER_UPDATES_DROPPED_TOTAL,
+                "Sticky updates from a peer that were dropped: for a cluster or a node this gateway does not have.",
+                &["peer", "reason"],
+            ),
+            peer_frames_rejected: counter(
+                &r,
+                PEER_FRAMES_REJECTED_TOTAL,
+                "Frames from an authenticated peer that closed its link: failed integrity check (mac) or undecodable (malformed).",
+                &["peer", "reason"],
+            ),
             tls_handshake_failures: counter(
                 &r,
                 TLS_HANDSHAKE_FAILURES_TOTAL,
                 "TLS handshakes that failed or timed out.",
                 &["listener"],
+            ),
+            queued: gauge(
+                &r,
+                QUEUED_CONNECTIONS,
+                "Clients held right now because no node of the cluster can take them (queue_timeout).",
+                &["cluster"],
+            ),
+            queue_results: counter(
+                &r,
+                QUEUE_TOTAL,
+                "Clients that were held while no node could take them, by how the wait ended.",
+                &["cluster", "result"],
             ),
             config_reloads: counter(
                 &r,

@@ -140,6 +140,11 @@ impl Pipe {
         }
     }
 
+    /// The broker's first packet has been seen (a CONNACK or not).
+    pub fn connack_seen(&self) -> bool {
+        self.observer.done
+    }
+
     /// One side's close has been passed on to the other (a half-open connection).
     pub fn half_closed(&self) -> bool {
         self.up.done || self.down.done

@@ -7,8 +7,7 @@ use crate::config::{TlsConfig, TlsVersion};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use std::fs::File;
-use std::io::BufReader;
+use rustls_pki_types::pem::{self, PemObject};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -19,6 +18,8 @@ pub enum TlsError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{path}: not valid PEM: {msg}")]
+    Pem { path: String, msg: String },
     #[error("{path}: no PEM certificate found")]
     NoCert { path: String },
     #[error("{path}: no PEM private key found")]
@@ -104,17 +105,32 @@ pub fn prefers_chacha(offered: &[rustls::CipherSuite]) -> bool {
         .unwrap_or(false)
 }
 
+/// A PEM reading error of `path`: I/O errors (opening or reading the file) apart from
+/// damaged PEM (a section without its end line, bad base64).
+fn pem_error(path: &Path, e: pem::Error) -> TlsError {
+    let path = path.display().to_string();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    let msg = match e {
+        pem::Error::Io(source) => return TlsError::Read { path, source },
+        pem::Error::MissingSectionEnd { end_marker } => {
+            format!(
+                "no \"-----END {}-----\" line (cut short?)",
+                text(&end_marker)
+            )
+        }
+        pem::Error::IllegalSectionStart { line } => {
+            format!("malformed section start {:?}", text(&line))
+        }
+        e => e.to_string(),
+    };
+    TlsError::Pem { path, msg }
+}
+
+/// Every `CERTIFICATE` section of a PEM file, in order (other sections are skipped).
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let f = File::open(path).map_err(|e| TlsError::Read {
-        path: path.display().to_string(),
-        source: e,
-    })?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut BufReader::new(f))
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Read {
-            path: path.display().to_string(),
-            source: e,
-        })?;
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .and_then(|sections| sections.collect::<Result<_, _>>())
+        .map_err(|e| pem_error(path, e))?;
     if certs.is_empty() {
         return Err(TlsError::NoCert {
             path: path.display().to_string(),
@@ -123,19 +139,15 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
+/// The first private key of a PEM file: PKCS#8 (`PRIVATE KEY`), PKCS#1
+/// (`RSA PRIVATE KEY`) or SEC1 (`EC PRIVATE KEY`).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let f = File::open(path).map_err(|e| TlsError::Read {
-        path: path.display().to_string(),
-        source: e,
-    })?;
-    rustls_pemfile::private_key(&mut BufReader::new(f))
-        .map_err(|e| TlsError::Read {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        pem::Error::NoItemsFound => TlsError::NoKey {
             path: path.display().to_string(),
-            source: e,
-        })?
-        .ok_or_else(|| TlsError::NoKey {
-            path: path.display().to_string(),
-        })
+        },
+        e => pem_error(path, e),
+    })
 }
 
 pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
@@ -222,5 +234,47 @@ mod tests {
         for (offered, want) in cases {
             assert_eq!(prefers_chacha(offered), *want, "{offered:?}");
         }
+    }
+
+    /// PEM files are read with rustls-pki-types (`PemObject`): every certificate of a
+    /// chain, the first key of any of the three kinds, and an error that says what is
+    /// wrong with the file.
+    #[test]
+    fn pem_files_are_read_and_their_faults_named() {
+        use super::{load_certs, load_key, TlsError};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).expect("write");
+            p
+        };
+        let ca = rcgen::generate_simple_self_signed(vec!["ca".into()]).expect("ca");
+        let leaf = rcgen::generate_simple_self_signed(vec!["leaf".into()]).expect("leaf");
+        let (ca_pem, leaf_pem) = (ca.cert.pem(), leaf.cert.pem());
+        let key_pem = leaf.key_pair.serialize_pem();
+
+        // A chain with a key between its certificates: both certificates, in order.
+        let chain = write("chain.pem", &format!("{leaf_pem}{key_pem}{ca_pem}"));
+        let certs = load_certs(&chain).expect("chain");
+        assert_eq!(certs.len(), 2);
+        assert_eq!(certs[0].as_ref(), leaf.cert.der().as_ref());
+        assert_eq!(certs[1].as_ref(), ca.cert.der().as_ref());
+        // The key after a certificate in the same file.
+        let both = write("both.pem", &format!("{leaf_pem}{key_pem}"));
+        let key = load_key(&both).expect("key");
+        assert_eq!(key.secret_der(), leaf.key_pair.serialized_der());
+
+        let cut = write("cut.pem", &leaf_pem[..leaf_pem.len() / 2]);
+        let e = load_certs(&cut).expect_err("cut short").to_string();
+        assert!(e.contains("no \"-----END CERTIFICATE-----\" line"), "{e}");
+        let bad = write("bad.pem", &leaf_pem.replacen("MII", "M!I", 1));
+        let e = load_certs(&bad).expect_err("bad base64");
+        assert!(matches!(e, TlsError::Pem { .. }), "{e}");
+        let e = load_certs(&write("none.pem", "not PEM at all\n")).expect_err("no cert");
+        assert!(matches!(e, TlsError::NoCert { .. }), "{e}");
+        let e = load_key(&write("cert-only.pem", &leaf_pem)).expect_err("no key");
+        assert!(matches!(e, TlsError::NoKey { .. }), "{e}");
+        let e = load_certs(&dir.path().join("missing.pem")).expect_err("missing");
+        assert!(matches!(e, TlsError::Read { .. }), "{e}");
     }
 }

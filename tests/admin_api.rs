@@ -187,7 +187,14 @@ fn mutations_need_the_token_and_bad_requests_get_json_errors() {
     .expect("PUT");
     assert_eq!(code, 404);
     assert!(json_error(&resp).contains("no node named `nope`"), "{resp}");
-    let (code, _) = http("GET", port, "/api/v1/clusters/nope/sticky/k", None, None).expect("GET");
+    let (code, _) = http(
+        "GET",
+        port,
+        "/api/v1/clusters/nope/sticky/k",
+        None,
+        Some(TOKEN),
+    )
+    .expect("GET");
     assert_eq!(code, 404);
     let (code, resp) = http("GET", port, "/api/v1/nothing", None, None).expect("GET");
     assert_eq!(code, 404);
@@ -205,7 +212,7 @@ fn mutations_need_the_token_and_bad_requests_get_json_errors() {
         port,
         "/api/v1/clusters/brokers/sticky/dev%2F1",
         None,
-        None,
+        Some(TOKEN),
     )
     .expect("GET sticky");
     assert_eq!(code, 404);
@@ -216,7 +223,7 @@ fn mutations_need_the_token_and_bad_requests_get_json_errors() {
         port,
         "/api/v1/clusters/brokers/sticky/dev%2F1",
         None,
-        None,
+        Some(TOKEN),
     )
     .expect("GET sticky");
     assert_eq!(code, 200, "{body}");
@@ -245,7 +252,7 @@ fn mutations_need_the_token_and_bad_requests_get_json_errors() {
         port,
         "/api/v1/clusters/brokers/sticky/dev%2F1",
         None,
-        None,
+        Some(TOKEN),
     )
     .expect("GET sticky");
     assert_eq!(code, 404);
@@ -412,7 +419,7 @@ fn cli_drain_and_maint_change_routing() {
     // A persistent client gets a sticky entry; `mqgate sticky get` shows where.
     let (sticky_conn, rc) = mqtt_connect(listen, "sticky-1", false);
     assert_eq!(rc, 0);
-    let out = cli(port, None, &["sticky", "get", "brokers", "sticky-1"]);
+    let out = cli(port, Some(TOKEN), &["sticky", "get", "brokers", "sticky-1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let home = if stdout(&out).contains("node1") {
         "node1"
@@ -476,7 +483,7 @@ fn cli_drain_and_maint_change_routing() {
     let (_again, rc) = mqtt_connect(listen, "sticky-1", false);
     assert_eq!(rc, 0);
     assert_eq!(total(other), before_other + 1.0);
-    let out = cli(port, None, &["sticky", "get", "brokers", "sticky-1"]);
+    let out = cli(port, Some(TOKEN), &["sticky", "get", "brokers", "sticky-1"]);
     assert!(stdout(&out).contains(other), "{}", stdout(&out));
 
     // Ready again: round-robin sends new clients there too.
@@ -491,7 +498,7 @@ fn cli_drain_and_maint_change_routing() {
     // `sticky del` removes the entry.
     let out = cli(port, Some(TOKEN), &["sticky", "del", "brokers", "sticky-1"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = cli(port, None, &["sticky", "get", "brokers", "sticky-1"]);
+    let out = cli(port, Some(TOKEN), &["sticky", "get", "brokers", "sticky-1"]);
     assert!(!out.status.success());
 }
 
@@ -523,7 +530,7 @@ fn cli_errors_are_one_clear_line() {
             "no node named `nope`",
         ),
         (
-            None,
+            Some(TOKEN),
             vec!["sticky", "get", "brokers", "nobody"],
             port,
             "no sticky entry",
@@ -543,4 +550,425 @@ fn cli_errors_are_one_clear_line() {
         node_field(&status_json(port), "node1", "admin_state"),
         "ready"
     );
+}
+
+/// The mqgate CLI run in `cwd` with no token in the environment.
+fn cli_in(cwd: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mqgate"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("MQGATE_ADMIN_TOKEN")
+        .output()
+        .expect("run the mqgate CLI")
+}
+
+#[test]
+fn cli_reads_the_admin_address_and_token_from_the_config() {
+    let dir = tempdir();
+    let a = Mosquitto::start("node1", dir.path());
+    let b = Mosquitto::start("node2", dir.path());
+    let (gate, _listen) = dynsec_with_token(dir.path(), &a, &b);
+    let config = gate.config.to_str().expect("path");
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir");
+
+    // -c FILE: the gateway of that file, and its token for changes; nothing on stderr.
+    let out = cli_in(&elsewhere, &["status", "-c", config]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("cluster brokers"), "{}", stdout(&out));
+    assert_eq!(stderr(&out), "");
+    let out = cli_in(
+        &elsewhere,
+        &["node", "drain", "brokers", "node1", "-c", config],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("ready -> drain"), "{}", stdout(&out));
+    // A token_file relative to the config file's directory.
+    let sub = dir.path().join("etc");
+    std::fs::create_dir_all(&sub).expect("mkdir");
+    std::fs::write(sub.join("admin.token"), format!("{TOKEN}\n")).expect("token");
+    let relative = sub.join("gw.toml");
+    std::fs::write(
+        &relative,
+        format!(
+            "[admin]\nbind = \"0.0.0.0:{}\"\ntoken_file = \"admin.token\"\n",
+            gate.admin_port
+        ),
+    )
+    .expect("write config");
+    let relative = relative.to_str().expect("path");
+    let out = cli_in(
+        &elsewhere,
+        &["node", "ready", "brokers", "node1", "--config", relative],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("drain -> ready"), "{}", stdout(&out));
+    let out = cli_in(
+        &elsewhere,
+        &["sticky", "get", "brokers", "nobody", "-c", relative],
+    );
+    assert!(
+        stderr(&out).contains("no sticky entry"),
+        "reached the gateway: {}",
+        stderr(&out)
+    );
+    // A -c FILE that does not exist is an error, not a fallback.
+    let out = cli_in(&elsewhere, &["status", "-c", "missing.toml"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("missing.toml"), "{}", stderr(&out));
+
+    // ./mqgate.toml, when there: used, and said.
+    std::fs::copy(&gate.config, elsewhere.join("mqgate.toml")).expect("copy config");
+    let out = cli_in(&elsewhere, &["status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let url = format!("http://127.0.0.1:{}", gate.admin_port);
+    assert!(
+        stderr(&out).contains(&url) && stderr(&out).contains("./mqgate.toml"),
+        "{}",
+        stderr(&out)
+    );
+    // Neither: the default address, said on stderr.
+    std::fs::remove_file(elsewhere.join("mqgate.toml")).expect("rm");
+    let out = cli_in(&elsewhere, &["status"]);
+    assert!(
+        stderr(&out).contains("using the admin API at http://127.0.0.1:9100"),
+        "{}",
+        stderr(&out)
+    );
+    // --admin: no note.
+    let out = cli_in(&elsewhere, &["status", "--admin", &url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+}
+
+// ---- Security round 2 (issue 23, items 5–7) ----
+
+/// Send one raw HTTP request: `head` is the request line and headers (no final blank
+/// line); `Connection: close` and `Content-Length` are added. Returns status and body.
+fn raw_request(port: u16, head: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the admin API");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "{head}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send the request");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("read the answer");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The mqgate CLI against the admin API at `url`, no token.
+fn cli_at(url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mqgate"))
+        .args(args)
+        .arg("--admin")
+        .arg(url)
+        .env_remove("MQGATE_ADMIN_TOKEN")
+        .output()
+        .expect("run the mqgate CLI")
+}
+
+#[test]
+fn cross_site_and_rebinding_requests_are_refused_and_the_cli_still_works() {
+    let dir = tempdir();
+    let a = Mosquitto::start("node1", dir.path());
+    let (listen, admin) = (free_port(), free_port());
+    // The default setup: loopback bind, no token.
+    let gate = Gate::start(
+        dir.path(),
+        "gate",
+        &basic_config(listen, admin, "dynsec", &[&a], ""),
+        admin,
+    );
+    let reloads = || gate.metric("mqgate_config_reloads_total", &[("result", "ok")]);
+    let state = || node_field(&status_json(admin), "node1", "admin_state");
+    let drain = r#"{"state":"drain"}"#;
+    let node1 = "/api/v1/clusters/brokers/nodes/node1/state";
+    let before = reloads();
+
+    // Any web page can send this "simple" request (no preflight) to the loopback API.
+    let (code, body) = raw_request(
+        admin,
+        &format!(
+            "POST /api/v1/reload HTTP/1.1\r\nHost: 127.0.0.1:{admin}\r\nOrigin: http://evil.example\r\nContent-Type: text/plain"
+        ),
+        "reload",
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(json_error(&body).contains("Origin"), "{body}");
+    // DNS rebinding: attacker.example now resolves to 127.0.0.1; the browser sends
+    // the attacker's name as Host (and, same-origin, no Origin at all).
+    let (code, body) = raw_request(
+        admin,
+        &format!("PUT {node1} HTTP/1.1\r\nHost: attacker.example:{admin}\r\nContent-Type: application/json"),
+        drain,
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(json_error(&body).contains("attacker.example"), "{body}");
+    // Other ways in: another web server on this host, an opaque origin, an absolute
+    // request target naming another host, a request without any Host.
+    let other = free_port();
+    for head in [
+        format!(
+            "PUT {node1} HTTP/1.1\r\nHost: localhost:{admin}\r\nOrigin: http://localhost:{other}"
+        ),
+        format!("PUT {node1} HTTP/1.1\r\nHost: 127.0.0.1:{admin}\r\nOrigin: null"),
+        format!("PUT http://attacker.example:{admin}{node1} HTTP/1.1\r\nHost: 127.0.0.1:{admin}"),
+        format!("PUT {node1} HTTP/1.0"),
+        format!(
+            "DELETE /api/v1/clusters/brokers/sticky/x HTTP/1.1\r\nHost: attacker.example:{admin}"
+        ),
+    ] {
+        let (code, body) = raw_request(admin, &head, drain);
+        assert_eq!(code, 403, "{head}: {body}");
+        json_error(&body);
+    }
+    assert_eq!(state(), "ready", "a refused request drained the node");
+    assert_eq!(reloads(), before, "a refused reload ran");
+
+    // The admin address itself, by IP or as localhost, with or without its own Origin.
+    for (i, head) in [
+        format!("PUT {node1} HTTP/1.1\r\nHost: 127.0.0.1:{admin}"),
+        format!(
+            "PUT {node1} HTTP/1.1\r\nHost: 127.0.0.1:{admin}\r\nOrigin: http://127.0.0.1:{admin}"
+        ),
+        format!(
+            "PUT {node1} HTTP/1.1\r\nHost: localhost:{admin}\r\nOrigin: http://localhost:{admin}"
+        ),
+        format!("PUT {node1} HTTP/1.1\r\nHost: LOCALHOST"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let want = if i % 2 == 0 { "drain" } else { "ready" };
+        let (code, body) = raw_request(admin, head, &format!(r#"{{"state":"{want}"}}"#));
+        assert_eq!(code, 200, "{head}: {body}");
+        assert_eq!(state(), want);
+    }
+    let (code, body) = raw_request(
+        admin,
+        &format!("POST /api/v1/reload HTTP/1.1\r\nHost: 127.0.0.1:{admin}"),
+        "",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(reloads(), before + 1.0);
+
+    // The CLI keeps working, by IP and by name.
+    let out = cli(admin, None, &["node", "drain", "brokers", "node1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("ready -> drain"), "{}", stdout(&out));
+    let out = cli_at(
+        &format!("http://localhost:{admin}"),
+        &["node", "ready", "brokers", "node1"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("drain -> ready"), "{}", stdout(&out));
+
+    // A name the operator reaches the API by is allowed once configured (reloadable).
+    let text = std::fs::read_to_string(&gate.config).expect("read config");
+    std::fs::write(
+        &gate.config,
+        text.replacen(
+            &Gate::admin_section(admin),
+            &format!(
+                "{}allowed_hosts = [\"gw1.example\"]\n",
+                Gate::admin_section(admin)
+            ),
+            1,
+        ),
+    )
+    .expect("write config");
+    let (code, body) = http("POST", admin, "/api/v1/reload", None, None).expect("reload");
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = raw_request(
+        admin,
+        &format!("PUT {node1} HTTP/1.1\r\nHost: gw1.example:{admin}\r\nOrigin: http://gw1.example:{admin}"),
+        drain,
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = raw_request(
+        admin,
+        &format!("PUT {node1} HTTP/1.1\r\nHost: gw2.example:{admin}"),
+        r#"{"state":"ready"}"#,
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(json_error(&body).contains("allowed_hosts"), "{body}");
+    assert_eq!(state(), "drain");
+    // Reading stays open whatever the Host (Prometheus may scrape by any name).
+    let (code, _) = raw_request(
+        admin,
+        "GET /healthz HTTP/1.1\r\nHost: scrape-target.example",
+        "",
+    );
+    assert_eq!(code, 200);
+}
+
+/// `GET path` that must be answered completely within `limit` (connect included), as
+/// an orchestrator's probe with that timeout would; the status code.
+fn get_within(port: u16, path: &str, limit: Duration) -> std::io::Result<u16> {
+    let deadline = Instant::now() + limit;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, limit)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::TimedOut, "deadline"))?;
+        s.set_read_timeout(Some(left))?;
+        match s.read(&mut buf)? {
+            0 => break,
+            n => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no HTTP status"))
+}
+
+#[test]
+fn idle_connections_do_not_starve_probes_and_scrapes() {
+    let dir = tempdir();
+    let a = Mosquitto::start("node1", dir.path());
+    let (listen, admin) = (free_port(), free_port());
+    let _gate = Gate::start(
+        dir.path(),
+        "gate",
+        &basic_config(listen, admin, "dynsec", &[&a], ""),
+        admin,
+    );
+    // 300 connections held open that never complete a request: most send nothing,
+    // every third sends half a request header.
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|i| {
+            let mut s = TcpStream::connect(("127.0.0.1", admin)).expect("connect");
+            if i % 3 == 0 {
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                    .expect("half a request");
+            }
+            s
+        })
+        .collect();
+    // A liveness probe with a 1 s timeout (and a scrape, and a readiness probe) is
+    // answered every time.
+    for path in [
+        "/healthz", "/metrics", "/healthz", "/readyz", "/healthz", "/metrics",
+    ] {
+        let started = Instant::now();
+        let got = get_within(admin, path, Duration::from_secs(1));
+        assert!(
+            matches!(got, Ok(200)),
+            "{path} with 300 idle admin connections: {got:?} after {:?}",
+            started.elapsed()
+        );
+    }
+    drop(idle);
+}
+
+#[test]
+fn token_free_changes_follow_the_bound_socket_not_a_reloaded_bind() {
+    let dir = tempdir();
+    let a = Mosquitto::start("node1", dir.path());
+    let (listen, admin) = (free_port(), free_port());
+    let loopback = basic_config(listen, admin, "dynsec", &[&a], "");
+    let wildcard = loopback.replace(&format!("127.0.0.1:{admin}"), &format!("0.0.0.0:{admin}"));
+    // Started network-facing without a token: changes are refused.
+    let gate = Gate::start(dir.path(), "open", &wildcard, admin);
+    let put = || {
+        http(
+            "PUT",
+            admin,
+            "/api/v1/clusters/brokers/nodes/node1/state",
+            Some(r#"{"state":"drain"}"#),
+            None,
+        )
+        .expect("PUT")
+    };
+    let (code, body) = put();
+    assert_eq!(code, 403, "{body}");
+    // The file now says loopback; a reload does not move the admin socket (that takes
+    // a restart), so it still listens on 0.0.0.0 and changes stay refused.
+    let ok = || gate.metric("mqgate_config_reloads_total", &[("result", "ok")]);
+    let before = ok();
+    std::fs::write(&gate.config, &loopback).expect("write config");
+    gate.signal("HUP");
+    wait_until(Duration::from_secs(10), "the reload", || ok() > before);
+    let (code, body) = put();
+    assert_eq!(code, 403, "{body}");
+    let msg = json_error(&body);
+    assert!(
+        msg.contains(&format!("0.0.0.0:{admin}")) && msg.contains("token_file"),
+        "{body}"
+    );
+    assert_eq!(
+        node_field(&status_json(admin), "node1", "admin_state"),
+        "ready"
+    );
+}
+
+#[test]
+fn sticky_lookups_need_the_token_when_one_is_set() {
+    let dir = tempdir();
+    let a = Mosquitto::start("node1", dir.path());
+    let b = Mosquitto::start("node2", dir.path());
+    let (gate, listen) = dynsec_with_token(dir.path(), &a, &b);
+    let port = gate.admin_port;
+    let (_conn, rc) = mqtt_connect(listen, "secret-id", false);
+    assert_eq!(rc, 0);
+    let get = |key: &str, token: Option<&str>| {
+        http(
+            "GET",
+            port,
+            &format!("/api/v1/clusters/brokers/sticky/{key}"),
+            None,
+            token,
+        )
+        .expect("GET sticky")
+    };
+    // Without the token, an existing and a missing client id get the same answer.
+    for key in ["secret-id", "nobody"] {
+        let (code, body) = get(key, None);
+        assert_eq!(code, 401, "{key}: {body}");
+        assert!(json_error(&body).contains("Bearer"), "{body}");
+        assert!(!body.contains("node"), "{body}");
+    }
+    assert_eq!(get("secret-id", Some("wrong")).0, 401);
+    let (code, body) = get("secret-id", Some(TOKEN));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(get("nobody", Some(TOKEN)).0, 404);
+    // The CLI sends the token it is given.
+    let out = cli(port, None, &["sticky", "get", "brokers", "secret-id"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("MQGATE_ADMIN_TOKEN"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli(
+        port,
+        Some(TOKEN),
+        &["sticky", "get", "brokers", "secret-id"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("secret-id"), "{}", stdout(&out));
 }

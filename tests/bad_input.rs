@@ -255,7 +255,7 @@ fn oversized_connects_are_closed_without_reading_them() {
     let s = setup("max_connect_size = 1024\nconnect_timeout = \"5s\"");
     // Declares 256 MB; we send 64 KB of it and the gateway closes long before the rest.
     let mut declared = vec![0x10, 0xFF, 0xFF, 0xFF, 0x7F];
-    declared.extend(std::iter::repeat(0u8).take(64 * 1024));
+    declared.extend(std::iter::repeat_n(0u8, 64 * 1024));
     expect_refusal(&s, "CONNECT declaring 256 MB", &declared, &[], "too_large");
     // A real, complete CONNECT just over the limit.
     let big = connect_v311(&"x".repeat(1100));
@@ -302,19 +302,25 @@ fn over_max_connections_gets_server_busy() {
     });
 }
 
+/// No node can take the client: it is held for `queue_timeout`, then closed without a
+/// CONNACK (`no_node_reply = "close"`, the default: a refusing CONNACK ends the
+/// reconnect loop of mosquitto_sub and MQTT.js, a close does not). A client held
+/// while the node comes up is routed on the same connection.
 #[test]
-fn no_node_gets_server_unavailable_then_recovers() {
+fn no_node_holds_the_client_then_closes_or_routes() {
     let dir = tempdir();
     let broker_port = free_port(); // nothing listens here yet
     let (port, admin) = (free_port(), free_port());
-    let toml = format!(
-        "{}\n[[listeners]]\nname = \"mqtt\"\nbind = \"127.0.0.1:{port}\"\ncluster = \"brokers\"\n\
-         [clusters.brokers]\nmode = \"dynsec\"\nconnect_timeout = \"1s\"\n\
-         nodes = [ {{ name = \"b1\", address = \"127.0.0.1:{broker_port}\" }} ]\n\
-         [clusters.brokers.health]\ninterval = \"200ms\"\nfast_interval = \"50ms\"\ndown_interval = \"100ms\"\nrise = 1\nfall = 1\n",
-        Gate::admin_section(admin)
-    );
-    let gate = Gate::start(dir.path(), "gate", &toml, admin);
+    let toml = |queue_timeout: &str| {
+        format!(
+            "{}\n[[listeners]]\nname = \"mqtt\"\nbind = \"127.0.0.1:{port}\"\ncluster = \"brokers\"\n\
+             [clusters.brokers]\nmode = \"dynsec\"\nconnect_timeout = \"1s\"\nqueue_timeout = \"{queue_timeout}\"\n\
+             nodes = [ {{ name = \"b1\", address = \"127.0.0.1:{broker_port}\" }} ]\n\
+             [clusters.brokers.health]\ninterval = \"200ms\"\nfast_interval = \"50ms\"\ndown_interval = \"100ms\"\nrise = 1\nfall = 1\n",
+            Gate::admin_section(admin)
+        )
+    };
+    let gate = Gate::start(dir.path(), "gate", &toml("1s"), admin);
     let s = |v5: bool| {
         let mut c = tcp(port);
         let me = c.local_addr().expect("addr").to_string();
@@ -329,26 +335,48 @@ fn no_node_gets_server_unavailable_then_recovers() {
         (got, me)
     };
     let (got, me) = s(false);
-    assert_eq!(got, [0x20, 0x02, 0x00, 0x03], "v3: server unavailable");
+    assert_eq!(got, [0u8; 0], "v3: closed without a CONNACK");
     let (got5, _) = s(true);
+    assert_eq!(got5, [0u8; 0], "v5: closed without a CONNACK");
+    assert_eq!(gate.metric(REJECTED, &[("reason", "no_node")]), 2.0);
     assert_eq!(
-        got5,
-        [0x20, 0x03, 0x00, 0x88, 0x00],
-        "v5: server unavailable"
+        gate.metric("mqgate_queue_total", &[("result", "timeout")]),
+        2.0,
+        "both were held until queue_timeout"
+    );
+    wait_until(Duration::from_secs(5), "debug line", || {
+        gate.log_text().lines().any(|l| {
+            l.contains(&me) && l.contains("refused: no node is up after holding the client")
+        })
+    });
+
+    // A long queue_timeout: a client held while the broker starts is routed.
+    std::fs::write(&gate.config, toml("60s")).expect("rewrite config");
+    gate.signal("HUP");
+    wait_until(Duration::from_secs(10), "reload applied", || {
+        gate.metric("mqgate_config_reloads_total", &[("result", "ok")]) >= 1.0
+    });
+    let mut held = tcp(port);
+    held.write_all(&connect_v311("held")).expect("send");
+    wait_until(Duration::from_secs(10), "client held", || {
+        gate.metric("mqgate_queued_connections", &[("cluster", "brokers")]) == 1.0
+    });
+    let _broker = Mosquitto::start_on("b1", dir.path(), broker_port, MosquittoOpts::default());
+    let mut connack = [0u8; 4];
+    held.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    std::io::Read::read_exact(&mut held, &mut connack).expect("CONNACK after the wait");
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "accepted by the broker");
+    assert!(ping(&mut held), "the session works");
+    assert_eq!(
+        gate.metric("mqgate_queue_total", &[("result", "routed")]),
+        1.0
+    );
+    assert_eq!(
+        gate.metric("mqgate_queued_connections", &[("cluster", "brokers")]),
+        0.0
     );
     assert_eq!(gate.metric(REJECTED, &[("reason", "no_node")]), 2.0);
-    wait_until(Duration::from_secs(5), "debug line", || {
-        gate.log_text()
-            .lines()
-            .any(|l| l.contains(&me) && l.contains("refused: no node"))
-    });
-    // The broker comes up: clients get through again.
-    let _broker = Mosquitto::start_on("b1", dir.path(), broker_port, MosquittoOpts::default());
-    wait_until(
-        Duration::from_secs(10),
-        "client accepted once the node is up",
-        || accepted(port, "back"),
-    );
 }
 
 #[test]
@@ -427,4 +455,126 @@ fn per_ip_rate_behind_a_proxy_applies_to_the_real_client() {
     assert!(log
         .lines()
         .any(|l| l.contains("refused: over per_ip_connect_rate") && l.contains("10.0.0.1")));
+}
+
+/// A node that accepts TCP and never answers (it does not even read): the client gets
+/// "server unavailable" once `connack_timeout` passes instead of waiting forever, it is
+/// counted as `mqgate_connack_total{code="timeout"}`, and `fall` such misses in a row
+/// mark the node down although its TCP check passes.
+#[test]
+fn silent_node_gets_a_connack_deadline_and_is_marked_down() {
+    let dir = tempdir();
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hole_port = hole.local_addr().expect("addr").port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for s in hole.incoming().flatten() {
+            keep.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+        }
+    });
+    let (port, admin) = (free_port(), free_port());
+    let toml = format!(
+        "{}\n[[listeners]]\nname = \"mqtt\"\nbind = \"127.0.0.1:{port}\"\ncluster = \"brokers\"\n\
+         [clusters.brokers]\nmode = \"dynsec\"\nconnack_timeout = \"1s\"\nqueue_timeout = \"0s\"\n\
+         nodes = [ {{ name = \"hole\", address = \"127.0.0.1:{hole_port}\" }} ]\n\
+         [clusters.brokers.health]\ncheck = \"tcp\"\ninterval = \"1h\"\nfast_interval = \"50ms\"\n\
+         down_interval = \"50ms\"\nrise = 1\nfall = 2\n",
+        Gate::admin_section(admin)
+    );
+    let gate = Gate::start(dir.path(), "gate", &toml, admin);
+    wait_until(Duration::from_secs(10), "node up", || {
+        gate.metric("mqgate_node_up", &[("node", "hole")]) == 1.0
+    });
+    let reason = b"mqgate: no CONNACK from the broker within 1s";
+    let mut v5_reply = vec![0x20, (6 + reason.len()) as u8, 0x00, 0x88];
+    v5_reply.extend([(3 + reason.len()) as u8, 0x1F, 0x00, reason.len() as u8]);
+    v5_reply.extend(reason);
+    let mut first = tcp(port);
+    first.write_all(&connect_v311("silent3")).expect("send");
+    let (got, ended) = read_to_close(&mut first, Duration::from_secs(10));
+    assert_eq!(got, [0x20, 0x02, 0x00, 0x03], "v3: server unavailable");
+    assert_ne!(ended, Ended::Open);
+    assert_eq!(
+        gate.metric("mqgate_connack_total", &[("code", "timeout")]),
+        1.0
+    );
+    assert_eq!(
+        gate.metric("mqgate_node_up", &[("node", "hole")]),
+        1.0,
+        "one miss"
+    );
+    let mut second = tcp(port);
+    second.write_all(&connect_v5("silent5")).expect("send");
+    let (got, _) = read_to_close(&mut second, Duration::from_secs(10));
+    assert_eq!(got, v5_reply, "v5: server unavailable with a reason string");
+    // Marked down (counted: its TCP check may bring it back up at once, below).
+    wait_until(Duration::from_secs(5), "node marked down", || {
+        gate.metric(
+            "mqgate_node_state_changes_total",
+            &[("node", "hole"), ("state", "down")],
+        ) == 1.0
+    });
+    assert!(gate
+        .log_text()
+        .contains("node is down: clients got no CONNACK in time"));
+    assert_eq!(
+        gate.metric("mqgate_connections_active", &[("node", "hole")]),
+        0.0
+    );
+    // Its TCP check passes, so it comes back after `rise` checks.
+    wait_until(Duration::from_secs(10), "node up again", || {
+        gate.metric(
+            "mqgate_node_state_changes_total",
+            &[("node", "hole"), ("state", "up")],
+        ) == 2.0
+            && gate.metric("mqgate_node_up", &[("node", "hole")]) == 1.0
+    });
+}
+
+/// `per_ip_connect_rate` counts an IPv6 client by its /64 (one host or subscriber line
+/// usually holds a whole /64): a second address in the same /64 is over the budget, the
+/// next /64 has its own. Sources are given in PROXY headers.
+#[test]
+fn per_ip_rate_counts_ipv6_clients_by_their_slash_64() {
+    let dir = tempdir();
+    let broker = Mosquitto::start("b1", dir.path());
+    let (port, admin) = (free_port(), free_port());
+    let toml = format!(
+        "{}\n[limits]\nper_ip_connect_rate = 1\n\n[[listeners]]\nname = \"mqtt\"\nbind = \"127.0.0.1:{port}\"\n\
+         cluster = \"brokers\"\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.1/32\"]\n\n\
+         [clusters.brokers]\nmode = \"dynsec\"\nnodes = [ {{ name = \"b1\", address = \"{}\" }} ]\n",
+        Gate::admin_section(admin),
+        broker.address()
+    );
+    let gate = Gate::start(dir.path(), "gate", &toml, admin);
+    let via_proxy = |src: &str, id: &str| {
+        let mut c = tcp(port);
+        let mut bytes = format!("PROXY TCP6 {src} 2001:db8::9 40000 1883\r\n").into_bytes();
+        bytes.extend(connect_v311(id));
+        let _ = c.write_all(&bytes);
+        let mut got = [0u8; 4];
+        std::io::Read::read_exact(&mut c, &mut got).is_ok() && got == [0x20, 0x02, 0x00, 0x00]
+    };
+    wait_until(Duration::from_secs(10), "node up", || {
+        gate.metric("mqgate_node_up", &[("node", "b1")]) == 1.0
+    });
+    assert!(
+        via_proxy("2001:db8:1:2::1", "v6-a"),
+        "first address of the /64"
+    );
+    assert!(
+        !via_proxy("2001:db8:1:2:8000::77", "v6-b"),
+        "another address of the same /64 shares its budget"
+    );
+    assert!(
+        via_proxy("2001:db8:1:3::1", "v6-c"),
+        "the next /64 has its own budget"
+    );
+    assert_eq!(gate.metric(REJECTED, &[("reason", "rate")]), 1.0);
+    assert!(gate
+        .log_text()
+        .lines()
+        .any(|l| l.contains("refused: over per_ip_connect_rate")
+            && l.contains("2001:db8:1:2:8000::77")));
 }

@@ -183,21 +183,30 @@ fn maint_on_the_full_sync_leader() {
     });
     let (mut c, _) = Client::accepted(listen, &Opts::new("fs")).expect("client");
 
-    // drain: the leader keeps its sessions but takes no new client.
+    // drain: the leader keeps its sessions but takes no new client: a new client is
+    // held (queue_timeout) and routed as soon as the leader is ready again.
     set_state(admin, "node1", "drain");
     assert!(c.ping());
-    let (_, ack) = Client::connect(listen, &Opts::new("fs-new")).expect("CONNACK");
-    assert_eq!(
-        ack.code, 0x03,
-        "server unavailable while the leader is drained"
-    );
+    let held = std::thread::spawn(move || Client::connect(listen, &Opts::new("fs-held")));
+    wait_until(T, "the new client is held", || {
+        gate.metric("mqgate_queued_connections", &[]) == 1.0
+    });
+    set_state(admin, "node1", "ready");
+    let (_, ack) = held.join().expect("client thread").expect("CONNACK");
+    assert_eq!(ack.code, 0, "routed once the leader is ready again");
+    set_state(admin, "node1", "drain");
 
-    // maint: no leader, sessions closed.
+    // maint: no leader, sessions closed; a new client is held, then closed without a
+    // CONNACK when queue_timeout (5 s) runs out.
     set_state(admin, "node1", "maint");
     assert!(c.closed_within(T));
     assert_eq!(gate.metric("mqgate_node_leader", &[]), 0.0);
-    let (_, ack) = Client::connect(listen, &Opts::new("fs-new")).expect("CONNACK");
-    assert_eq!(ack.code, 0x03);
+    let got = Client::connect(listen, &Opts::new("fs-new"));
+    assert!(got.is_err(), "no CONNACK: {:?}", got.map(|(_, a)| a));
+    assert_eq!(
+        gate.metric("mqgate_queue_total", &[("result", "timeout")]),
+        1.0
+    );
 
     set_state(admin, "node1", "ready");
     assert_eq!(gate.metric("mqgate_node_leader", &[("node", "node1")]), 1.0);

@@ -427,10 +427,17 @@ fn mqtt_health_check_sends_credentials() {
         !log.contains(HEALTH_PASS) && !log.contains("wrong\""),
         "no password in logs"
     );
-    // A client is refused with "server unavailable" since no node is up.
-    let (_, ack) =
-        Client::connect(listen, &Opts::new("c").login("user-1", "pw-1")).expect("CONNACK");
-    assert_eq!(ack.code, 0x03);
+    // No node is up: a client is held for queue_timeout (5 s), then closed without a
+    // CONNACK (no_node_reply = "close").
+    let got = Client::connect(listen, &Opts::new("c").login("user-1", "pw-1"));
+    assert!(got.is_err(), "no CONNACK: {:?}", got.map(|(_, a)| a));
+    assert_eq!(
+        bad.metric(
+            "mqgate_connections_rejected_total",
+            &[("reason", "no_node")]
+        ),
+        1.0
+    );
 
     // Right password: up. A tcp check needs no credentials at all.
     for (name, password, check) in [("good", HEALTH_PASS, "mqtt"), ("tcp", "unused", "tcp")] {
@@ -522,4 +529,62 @@ fn round_robin_and_least_conn_spread_clients() {
             drop(kept);
         }
     }
+}
+
+/// `check = "mqtt5"` logs in with an MQTT 5 CONNECT, and `client_id_prefix` makes the
+/// check's client id one that a broker restricted with `clientid_prefixes` accepts; the
+/// refusal without it says what to set.
+#[test]
+fn mqtt5_health_check_with_a_client_id_prefix() {
+    let dir = tempdir();
+    let node = Mosquitto::start_with(
+        "node1",
+        dir.path(),
+        MosquittoOpts {
+            extra: "clientid_prefixes hc-\n".into(),
+            ..MosquittoOpts::default()
+        },
+    );
+    let addr = [("node1", node.address())];
+    let (listen, admin) = (free_port(), free_port());
+    let cfg = gate_config(
+        listen,
+        admin,
+        "dynsec",
+        &addr,
+        "",
+        "check = \"mqtt5\"\n",
+        "",
+    );
+    let bad = Gate::start(dir.path(), "bad", &cfg, admin);
+    wait_until(T, "node down", || {
+        bad.metric("mqgate_health_checks_total", &[("result", "fail")]) >= 1.0
+    });
+    assert_eq!(bad.metric("mqgate_node_up", &[]), 0.0);
+    wait_until(T, "the refusal says what to set", || {
+        bad.log_text().lines().any(|l| {
+            l.contains("node is down")
+                && l.contains("CONNACK code 0x87")
+                && l.contains("client_id_prefix")
+        })
+    });
+
+    let (listen, admin) = (free_port(), free_port());
+    let cfg = gate_config(
+        listen,
+        admin,
+        "dynsec",
+        &addr,
+        "",
+        "check = \"mqtt5\"\nclient_id_prefix = \"hc-\"\n",
+        "",
+    );
+    let good = Gate::start(dir.path(), "good", &cfg, admin);
+    wait_until(T, "node up", || good.metric("mqgate_node_up", &[]) == 1.0);
+    // The broker saw an MQTT 5 session ("p5") from a client id with the prefix.
+    wait_until(T, "broker log", || {
+        node.log().lines().any(|l| {
+            l.contains("New client connected") && l.contains(" as hc-") && l.contains("(p5")
+        })
+    });
 }

@@ -104,6 +104,13 @@ fn skeleton(dir: &Path) -> toml_edit::DocumentMut {
     std::fs::copy(dir.join("x-cert.pem"), dir.join("cert.pem")).expect("cert");
     std::fs::copy(dir.join("x-key.pem"), dir.join("key.pem")).expect("key");
     std::fs::write(dir.join("peers.secret"), "s3cret\n").expect("secret");
+    // As the reference tells (0640): a world-readable secret or key would add warnings,
+    // whose line numbers differ between the two files compared.
+    for secret in ["key.pem", "peers.secret"] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join(secret), std::fs::Permissions::from_mode(0o640))
+            .expect("chmod 640");
+    }
     SKELETON
         .replace("{dir}", &dir.display().to_string())
         .parse()

@@ -106,6 +106,13 @@ impl Materials {
             FileKind::Snapshot => return,
         };
         std::fs::write(path, content).expect("write example material");
+        if !matches!(kind, FileKind::Ca) {
+            // Owner and group only, as docs/migration.md ("Secret files") says: a file
+            // every user may read gets a warning, and an example must pass without one.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o640))
+                .expect("chmod 640");
+        }
         self.created += 1;
     }
 }
@@ -267,9 +274,18 @@ fn every_example_config_loads_and_passes_mqgate_check() {
 
     let mut failures = Vec::new();
     for (orig, copy) in &prepared {
-        if let Err(e) = mqgate::config::load(copy) {
-            failures.push(format!("{}: config::load failed:\n{e}", orig.display()));
-            continue;
+        match mqgate::config::load(copy) {
+            Err(e) => {
+                failures.push(format!("{}: config::load failed:\n{e}", orig.display()));
+                continue;
+            }
+            // An example must not teach an old key name.
+            Ok(cfg) if !cfg.warnings.is_empty() => failures.push(format!(
+                "{}: warnings:\n{}",
+                orig.display(),
+                cfg.warning_lines().join("\n")
+            )),
+            Ok(_) => {}
         }
         let out = Command::new(env!("CARGO_BIN_EXE_mqgate"))
             .arg("check")
@@ -310,4 +326,332 @@ fn a_broken_example_is_caught() {
         .output()
         .expect("run mqgate check");
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// Run `mqgate check -c FILE`: (exit code, stdout, stderr).
+fn check(file: &Path) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mqgate"))
+        .arg("check")
+        .arg("-c")
+        .arg(file)
+        .output()
+        .expect("run mqgate check");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A TLS listener (and optionally TLS peers) over the files `tls` / `peers_tls` name.
+fn tls_config(listen_tls: &str, peers_tls: Option<&str>) -> String {
+    let peers = match peers_tls {
+        Some(t) => format!(
+            "[peers]\nname = \"gate-a\"\nbind = \"127.0.0.1:0\"\n\
+             peers = [ {{ name = \"gate-b\", address = \"127.0.0.1:1\" }} ]\n[peers.tls]\n{t}\n"
+        ),
+        None => String::new(),
+    };
+    format!(
+        "[limits]\nshutdown_grace = \"0s\"\n\n[[listeners]]\nname = \"mqtts\"\nbind = \"127.0.0.1:0\"\ncluster = \"brokers\"\n\
+         [listeners.tls]\n{listen_tls}\n\n[clusters.brokers]\nnodes = [ {{ name = \"n1\", address = \"127.0.0.1:1\" }} ]\n\n{peers}"
+    )
+}
+
+/// TLS material in `dir`: `cert.pem` + `key.pem` (a pair), `other-key.pem` (another
+/// key), `ca.pem`, and `garbage.pem` (not PEM at all).
+fn tls_files(dir: &Path) {
+    let pki = common::Pki::new("check test CA");
+    let (cert, key) = pki.leaf("localhost", &["localhost"]);
+    let (_, other_key) = pki.leaf("other", &["other"]);
+    for (name, content) in [
+        ("cert.pem", cert.as_str()),
+        ("key.pem", key.as_str()),
+        ("other-key.pem", other_key.as_str()),
+        ("ca.pem", pki.ca_pem.as_str()),
+        ("garbage.pem", "this is not a PEM file\n"),
+    ] {
+        std::fs::write(dir.join(name), content).expect("write TLS material");
+    }
+}
+
+/// Issue 32 item 3: `mqgate check` loads and matches certificates, keys and CA files
+/// exactly as `run` does, and names the key and the file that is wrong.
+#[test]
+fn check_refuses_the_tls_material_run_would_refuse() {
+    let tmp = common::tempdir();
+    let d = tmp.path();
+    tls_files(d);
+    let f = |n: &str| d.join(n).display().to_string();
+    let pair = format!("cert = \"{}\"\nkey = \"{}\"", f("cert.pem"), f("key.pem"));
+    let peers_pair = format!("{pair}\nca = \"{}\"", f("ca.pem"));
+
+    let good = d.join("good.toml");
+    std::fs::write(&good, tls_config(&pair, Some(&peers_pair))).expect("write");
+    let (code, stdout, stderr) = check(&good);
+    assert_eq!(code, Some(0), "a good pair must pass:\n{stdout}\n{stderr}");
+
+    // (what, [listeners.tls], [peers.tls], key named in the error, words in it)
+    type Case<'a> = (&'a str, String, Option<String>, &'a str, &'a [&'a str]);
+    let cases: &[Case<'_>] = &[
+        (
+            "garbage certificate",
+            format!(
+                "cert = \"{}\"\nkey = \"{}\"",
+                f("garbage.pem"),
+                f("key.pem")
+            ),
+            None,
+            "listeners[0].tls.cert",
+            &["garbage.pem", "no PEM certificate"],
+        ),
+        (
+            "garbage key",
+            format!(
+                "cert = \"{}\"\nkey = \"{}\"",
+                f("cert.pem"),
+                f("garbage.pem")
+            ),
+            None,
+            "listeners[0].tls.key",
+            &["garbage.pem", "no PEM private key"],
+        ),
+        (
+            "certificate given as the key",
+            format!("cert = \"{}\"\nkey = \"{}\"", f("cert.pem"), f("cert.pem")),
+            None,
+            "listeners[0].tls.key",
+            &["cert.pem", "holds a certificate but no private key"],
+        ),
+        (
+            "key given as the certificate",
+            format!("cert = \"{}\"\nkey = \"{}\"", f("key.pem"), f("key.pem")),
+            None,
+            "listeners[0].tls.cert",
+            &["key.pem", "are `cert` and `key` swapped?"],
+        ),
+        (
+            "key of another certificate",
+            format!(
+                "cert = \"{}\"\nkey = \"{}\"",
+                f("cert.pem"),
+                f("other-key.pem")
+            ),
+            None,
+            "listeners[0].tls.key",
+            &[
+                "other-key.pem",
+                "does not belong to the certificate in",
+                "cert.pem",
+            ],
+        ),
+        (
+            "garbage client CA",
+            format!("{pair}\nclient_ca = \"{}\"", f("garbage.pem")),
+            None,
+            "listeners[0].tls.client_ca",
+            &["garbage.pem", "no PEM certificate"],
+        ),
+        (
+            "peers: key of another certificate",
+            pair.clone(),
+            Some(format!(
+                "cert = \"{}\"\nkey = \"{}\"\nca = \"{}\"",
+                f("cert.pem"),
+                f("other-key.pem"),
+                f("ca.pem")
+            )),
+            "peers.tls.key",
+            &["other-key.pem", "does not belong to the certificate in"],
+        ),
+        (
+            "peers: a key as the CA",
+            pair.clone(),
+            Some(format!("{pair}\nca = \"{}\"", f("key.pem"))),
+            "peers.tls.ca",
+            &["key.pem", "no PEM certificate"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, listen, peers, key, fragments) in cases {
+        let file = d.join("case.toml");
+        std::fs::write(&file, tls_config(listen, peers.as_deref())).expect("write");
+        let (code, stdout, stderr) = check(&file);
+        let want_key = format!("key `{key}`: ");
+        let ok = code == Some(1)
+            && stderr.contains(&want_key)
+            && fragments.iter().all(|f| stderr.contains(f));
+        if !ok {
+            failures.push(format!(
+                "{what}: want exit 1 with {want_key} and {fragments:?}; got exit {code:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Issue 32 item 3: a reload loads the TLS material before anything changes, the
+/// peers' too (which used to be applied after the swap, its error only logged).
+#[test]
+fn reload_refuses_bad_tls_material_before_anything_changes() {
+    let tmp = common::tempdir();
+    let d = tmp.path();
+    tls_files(d);
+    let f = |n: &str| d.join(n).display().to_string();
+    let pair = format!("cert = \"{}\"\nkey = \"{}\"", f("cert.pem"), f("key.pem"));
+    let file = d.join("mqgate.toml");
+    std::fs::write(
+        &file,
+        tls_config(&pair, Some(&format!("{pair}\nca = \"{}\"", f("ca.pem")))),
+    )
+    .expect("write");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let cfg = mqgate::config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        let gw = mqgate::Gateway::start(cfg)
+            .await
+            .expect("start the gateway");
+        let before = gw.shared.runtime().config.clone();
+
+        let mismatched = format!(
+            "cert = \"{}\"\nkey = \"{}\"",
+            f("cert.pem"),
+            f("other-key.pem")
+        );
+        for (what, text, key) in [
+            (
+                "peers",
+                tls_config(
+                    &pair,
+                    Some(&format!("{mismatched}\nca = \"{}\"", f("ca.pem"))),
+                ),
+                "peers.tls.key",
+            ),
+            (
+                "listener",
+                tls_config(
+                    &mismatched,
+                    Some(&format!("{pair}\nca = \"{}\"", f("ca.pem"))),
+                ),
+                "listeners[0].tls.key",
+            ),
+        ] {
+            std::fs::write(&file, text).expect("rewrite");
+            let err = match gw.reload().await {
+                Ok(()) => panic!("{what}: a key that does not match its certificate was applied"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                err.contains(&format!("key `{key}`")) && err.contains("does not belong"),
+                "{what}: {err}"
+            );
+            assert_eq!(
+                gw.shared.runtime().config,
+                before,
+                "{what}: the running configuration changed"
+            );
+        }
+        gw.shutdown().await;
+    });
+}
+
+/// Issue 32 item 3: `check` warns when `max_connections` (× 2 sockets + listeners)
+/// does not fit the open-file limit, and `run` raises its soft limit to the hard one
+/// and logs the same warning at start-up.
+#[test]
+fn max_connections_beyond_the_open_file_limit_is_warned_about() {
+    let tmp = common::tempdir();
+    let file = tmp.path().join("mqgate.toml");
+    let admin = common::free_port();
+    std::fs::write(
+        &file,
+        format!(
+            "[limits]\nmax_connections = 1000\nshutdown_grace = \"0s\"\n\n[admin]\nbind = \"127.0.0.1:{admin}\"\n\n\
+             [[listeners]]\nname = \"mqtt\"\nbind = \"127.0.0.1:0\"\ncluster = \"brokers\"\n\n\
+             [clusters.brokers]\nnodes = [ {{ name = \"n1\", address = \"127.0.0.1:1\" }} ]\n"
+        ),
+    )
+    .expect("write");
+    let bin = env!("CARGO_BIN_EXE_mqgate");
+    // 1000 connections need 2001 files; the hard limit is 1024 here.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -Sn 256 && ulimit -Hn 1024 && exec \"$0\" check -c \"$1\"")
+        .arg(bin)
+        .arg(&file)
+        .output()
+        .expect("run mqgate check under sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a warning is not an error:\n{stderr}"
+    );
+    for want in [
+        "warning: limits.max_connections = 1000 needs up to 2001 open files",
+        "the open-file limit is 1024",
+        "LimitNOFILE",
+    ] {
+        assert!(stderr.contains(want), "{want:?} missing in:\n{stderr}");
+    }
+
+    let log = tmp.path().join("run.log");
+    let log_file = std::fs::File::create(&log).expect("log file");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -Sn 256 && ulimit -Hn 1024 && exec \"$0\" run -c \"$1\"")
+        .arg(bin)
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("start mqgate run under sh");
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    common::wait_until(
+        std::time::Duration::from_secs(20),
+        "the open-file warning in the start-up log",
+        || text().contains("needs up to 2001 open files"),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = text();
+    assert!(
+        text.contains("open-file limit")
+            && text.contains("soft=1024")
+            && text.contains("hard=1024"),
+        "the soft limit was not raised to the hard one:\n{text}"
+    );
+}
+
+/// Issue 32 item 4: what a user sees from `mqgate check` for the renamed key and for
+/// a duration written as a number.
+#[test]
+fn check_shows_the_renamed_key_warning_and_full_key_paths() {
+    let tmp = common::tempdir();
+    let file = tmp.path().join("mqgate.toml");
+    let base = "[[listeners]]\nname = \"mqtt\"\nbind = \"127.0.0.1:0\"\ncluster = \"brokers\"\n\n\
+                [clusters.brokers]\nnodes = [ { name = \"n1\", address = \"127.0.0.1:1\" } ]\n";
+    std::fs::write(
+        &file,
+        format!("[limits]\nconnect_timeout = \"7s\"\n\n{base}"),
+    )
+    .expect("write");
+    let (code, stdout, stderr) = check(&file);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("CONNECT within 7s"), "{stdout}");
+    assert!(
+        stderr.contains(":2: warning: key `limits.connect_timeout`")
+            && stderr.contains("connect_packet_timeout = \"7s\""),
+        "{stderr}"
+    );
+
+    std::fs::write(&file, format!("{base}connect_timeout = 5000\n")).expect("write");
+    let (code, _, stderr) = check(&file);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "key `clusters.brokers.connect_timeout`: expected a duration string such as \"5s\""
+        ),
+        "{stderr}"
+    );
 }

@@ -364,7 +364,8 @@ fn dead_broker_makes_the_next_node_take_the_client() {
                   down_interval = \"1h\"\nrise = 1\nfall = 100\n";
     let mut s = setup(
         2,
-        "balance = \"round-robin\"\nretries = 1\nconnect_timeout = \"1s\"\n",
+        "balance = \"round-robin\"\nretries = 1\nconnect_timeout = \"1s\"\n\
+         queue_timeout = \"1s\"\nno_node_reply = \"connack\"\n",
         Some(health),
     );
     s.brokers[0].stop();
@@ -386,16 +387,33 @@ fn dead_broker_makes_the_next_node_take_the_client() {
         "retry logged"
     );
 
-    // Both dead: retries exhausted, the client gets "server unavailable".
+    // Both dead: retries exhausted, and again while held for queue_timeout; then, with
+    // no_node_reply = "connack", the client gets "server unavailable" (v5: with a
+    // reason string that says why).
     s.brokers[1].stop();
+    let reason = b"mqgate: 2 node(s) refused the connection after holding the client for 1s";
+    let mut v5_reply = vec![
+        0x20,
+        (6 + reason.len()) as u8,
+        0x00,
+        0x88,
+        (3 + reason.len()) as u8,
+    ];
+    v5_reply.extend([0x1F, 0x00, reason.len() as u8]);
+    v5_reply.extend(reason);
     for (pkt, want) in [
         (connect_v311("none3"), vec![0x20, 0x02, 0x00, 0x03]),
-        (connect_v5("none5"), vec![0x20, 0x03, 0x00, 0x88, 0x00]),
+        (connect_v5("none5"), v5_reply),
     ] {
         let mut c = tcp(s.port);
         c.write_all(&pkt).expect("send");
         let (got, ended) = read_to_close(&mut c, Duration::from_secs(10));
-        assert_eq!(got, want);
+        assert_eq!(
+            got,
+            want,
+            "{:?}",
+            String::from_utf8_lossy(got.get(8..).unwrap_or_default())
+        );
         assert_eq!(ended, Ended::Eof);
     }
     assert_eq!(

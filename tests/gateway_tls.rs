@@ -117,10 +117,9 @@ fn tls_client_offering(
     client: Option<(&Path, &Path)>,
     suites: Option<&[rustls::SupportedCipherSuite]>,
 ) -> Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>, String> {
-    use rustls::pki_types::ServerName;
-    let pem = |p: &Path| std::io::BufReader::new(std::fs::File::open(p).expect("open PEM"));
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut pem(ca)) {
+    for c in CertificateDer::pem_file_iter(ca).expect("open CA PEM") {
         roots.add(c.expect("CA PEM")).expect("add root");
     }
     let mut provider = rustls::crypto::ring::default_provider();
@@ -133,12 +132,11 @@ fn tls_client_offering(
         .with_root_certificates(roots);
     let cfg = match client {
         Some((cert, key)) => {
-            let certs: Vec<_> = rustls_pemfile::certs(&mut pem(cert))
+            let certs: Vec<_> = CertificateDer::pem_file_iter(cert)
+                .expect("open certificate PEM")
                 .map(|c| c.expect("cert"))
                 .collect();
-            let key = rustls_pemfile::private_key(&mut pem(key))
-                .expect("key")
-                .expect("a key");
+            let key = PrivateKeyDer::from_pem_file(key).expect("a key");
             builder
                 .with_client_auth_cert(certs, key)
                 .expect("client cert")

@@ -390,7 +390,7 @@ fn wrong_secret_is_refused_and_logged() {
     let a = Gate::start(dir.path(), "gate-a", &ta, sa.admin);
     wait_until(Duration::from_secs(20), "refusal logged by gate-b", || {
         b.log_text()
-            .contains("peer `gate-a` failed authentication (wrong shared secret)")
+            .contains("peer `gate-a` failed authentication (wrong shared secret")
     });
     wait_until(Duration::from_secs(20), "refusal seen by gate-a", || {
         a.log_text().contains("refused by the peer")
@@ -441,33 +441,70 @@ fn closed_by_peer(s: &mut TcpStream) -> bool {
     }
 }
 
-/// Authenticate as peer `name` on a raw TCP connection.
-fn handshake(port: u16, name: &str, secret: &str) -> TcpStream {
-    use mqgate::peers::frame::{Frame, VERSION};
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to peers port");
-    let nd = [5u8; 32];
-    s.write_all(&encode(&Frame::Hello {
-        version: VERSION,
-        name: name.into(),
-        nonce: nd,
-    }))
-    .unwrap();
-    let Some(Frame::Hello {
-        name: theirs,
-        nonce: na,
-        ..
-    }) = read_frame(&mut s)
-    else {
-        panic!("no HELLO")
-    };
-    let secret = mqgate::config::Secret::new(secret.as_bytes().to_vec());
-    let mac = mqgate::peers::auth::prove(&secret, b"dialer", &nd, &na, name, &theirs);
-    s.write_all(&encode(&Frame::Auth { mac })).unwrap();
-    assert!(
-        matches!(read_frame(&mut s), Some(Frame::Auth { .. })),
-        "authenticated"
-    );
-    s
+/// The test speaking the peer protocol by hand: dialer `name`, authenticated to the
+/// acceptor it knows as `acceptor` with the shared secret (no TLS, so every frame
+/// after AUTH is sealed).
+struct RawPeer {
+    s: TcpStream,
+    sealer: mqgate::peers::seal::Sealer,
+}
+
+impl RawPeer {
+    fn handshake(port: u16, name: &str, acceptor: &str, secret: &str) -> RawPeer {
+        use mqgate::peers::auth::{frame_keys, prove, Keys};
+        use mqgate::peers::frame::{Frame, VERSION};
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to peers port");
+        let nd = [5u8; 32];
+        s.write_all(&encode(&Frame::Hello {
+            version: VERSION,
+            name: name.into(),
+            nonce: nd,
+        }))
+        .expect("send HELLO");
+        let Some(Frame::Hello {
+            name: theirs,
+            nonce: na,
+            ..
+        }) = read_frame(&mut s)
+        else {
+            panic!("no HELLO")
+        };
+        assert_eq!(theirs, "", "the acceptor's HELLO carries no name");
+        let secret = mqgate::config::Secret::new(secret.as_bytes().to_vec());
+        let keys = Keys::new(&secret, None).expect("keys");
+        let mac = prove(&keys, b"dialer", &nd, &na, name, acceptor);
+        s.write_all(&encode(&Frame::Auth { mac }))
+            .expect("send AUTH");
+        assert!(
+            matches!(read_frame(&mut s), Some(Frame::Auth { .. })),
+            "authenticated"
+        );
+        let fk = frame_keys(&keys, &nd, &na, name, acceptor);
+        RawPeer {
+            s,
+            sealer: mqgate::peers::seal::Sealer::new(&fk.send),
+        }
+    }
+
+    /// Seal whole encoded frames, as the next ones on this link.
+    fn seal_bytes(&mut self, frames: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.sealer.seal(frames, &mut out);
+        out
+    }
+
+    fn seal(&mut self, f: &mqgate::peers::frame::Frame) -> Vec<u8> {
+        self.seal_bytes(&encode(f))
+    }
+
+    fn send(&mut self, f: &mqgate::peers::frame::Frame) {
+        let b = self.seal(f);
+        self.send_raw(&b);
+    }
+
+    fn send_raw(&mut self, b: &[u8]) {
+        self.s.write_all(b).expect("write to gate");
+    }
 }
 
 #[test]
@@ -516,11 +553,14 @@ fn garbage_or_truncated_frames_close_only_that_link() {
     hello[9..11].copy_from_slice(&(VERSION + 1).to_be_bytes());
     s.write_all(&hello).unwrap();
     match read_frame(&mut s) {
-        Some(Frame::Error { reason }) => assert!(reason.contains("version 2"), "{reason}"),
+        Some(Frame::Error { reason }) => {
+            let theirs = format!("version {}", VERSION + 1);
+            assert!(reason.contains(&theirs), "{reason}")
+        }
         other => panic!("expected an ERROR frame, got {other:?}"),
     }
     // Authenticated, one valid update, then a truncated frame and a hang-up.
-    let mut s = handshake(sb.peer, "gate-0", SECRET);
+    let mut p = RawPeer::handshake(sb.peer, "gate-0", "gate-b", SECRET);
     let upd = mqgate::sticky::Update {
         key: "from-gate-0".into(),
         node: Some("node3".into()),
@@ -528,24 +568,24 @@ fn garbage_or_truncated_frames_close_only_that_link() {
         origin: "gate-0".into(),
         idle_ms: 0,
     };
-    s.write_all(&encode(&Frame::Updates {
+    p.send(&Frame::Updates {
         cluster: "brokers".into(),
         updates: vec![upd],
-    }))
-    .unwrap();
+    });
     wait_until(Duration::from_secs(10), "hand-made update merged", || {
         sticky(&b, "from-gate-0").as_deref() == Some("node3")
     });
     wait_peer_up(&b, "gate-0", true);
-    let mut frame = encode(&Frame::Heartbeat);
-    frame[3] = 200; // says 200 bytes follow; 1 does
-    s.write_all(&frame).unwrap();
-    drop(s);
+    let mut frame = p.seal(&Frame::Heartbeat);
+    frame[3] = 200; // says 200 bytes follow; 33 do
+    p.send_raw(&frame);
+    drop(p);
     wait_peer_up(&b, "gate-0", false);
-    // Garbage inside an authenticated link.
-    let mut s = handshake(sb.peer, "gate-0", SECRET);
-    s.write_all(&[0, 0, 0, 3, 99, 1, 2]).unwrap();
-    assert!(closed_by_peer(&mut s), "bad frame closes the link");
+    // Garbage inside an authenticated link (sealed, so it passes the integrity check).
+    let mut p = RawPeer::handshake(sb.peer, "gate-0", "gate-b", SECRET);
+    let garbage = p.seal_bytes(&[0, 0, 0, 3, 99, 1, 2]);
+    p.send_raw(&garbage);
+    assert!(closed_by_peer(&mut p.s), "bad frame closes the link");
     wait_until(Duration::from_secs(10), "bad frame logged", || {
         b.log_text().contains("unknown frame type 99")
     });
@@ -583,14 +623,14 @@ fn a_flooding_peer_cannot_grow_the_table_past_its_capacity() {
         "sessions = \"all\"\ncapacity = 1000\n",
     );
     let b = Gate::start(dir.path(), "gate-b", &tb, sb.admin);
-    let mut s = handshake(sb.peer, "gate-0", SECRET);
+    let mut p = RawPeer::handshake(sb.peer, "gate-0", "gate-b", SECRET);
     // Drain what gate-b sends, so only the flood matters.
-    let mut r = s.try_clone().unwrap();
+    let mut r = p.s.try_clone().unwrap();
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while matches!(r.read(&mut buf), Ok(n) if n > 0) {}
     });
-    s.write_all(&encode(&Frame::SyncBegin)).unwrap();
+    p.send(&Frame::SyncBegin);
     let stamp = mqgate::sticky::now_ms();
     for batch in 0..200 {
         let updates = (0..1000)
@@ -602,14 +642,12 @@ fn a_flooding_peer_cannot_grow_the_table_past_its_capacity() {
                 idle_ms: 0,
             })
             .collect();
-        s.write_all(&encode(&Frame::Updates {
+        p.send(&Frame::Updates {
             cluster: "brokers".into(),
             updates,
-        }))
-        .unwrap();
+        });
     }
-    s.write_all(&encode(&Frame::SyncEnd { entries: 200_000 }))
-        .unwrap();
+    p.send(&Frame::SyncEnd { entries: 200_000 });
     wait_until(Duration::from_secs(30), "flood merged", || {
         b.metric(
             "mqgate_peer_updates_total",
@@ -682,7 +720,7 @@ fn mutual_tls_links_replicate_and_refuse_foreign_certificates() {
     let pki = Pki::new("peers-ca");
     let stranger = Pki::new("other-ca");
     let write = |name: &str, ca: &Pki, issuer: &Pki| -> String {
-        let (cert, key) = issuer.leaf(name, &["localhost", "127.0.0.1"]);
+        let (cert, key) = issuer.leaf(name, &[name, "localhost", "127.0.0.1"]);
         let p = |f: &str| dir.path().join(format!("{name}-{f}"));
         std::fs::write(p("cert.pem"), cert).unwrap();
         std::fs::write(p("key.pem"), key).unwrap();
@@ -732,6 +770,505 @@ fn mutual_tls_links_replicate_and_refuse_foreign_certificates() {
         },
     );
     assert_eq!(b.metric("mqgate_peer_up", &[("peer", "gate-c")]), 0.0);
+}
+
+// ---- Security round 2 (issue 23, "Peers" 1–4) ----
+
+/// `[peers.tls]` lines for one gateway: a certificate for `cert_name` (subjectAltNames:
+/// it, `localhost`, `127.0.0.1`) signed by `issuer`, trusting `ca`; files prefixed `file`.
+fn peer_tls_section(dir: &Path, file: &str, ca: &Pki, issuer: &Pki, cert_name: &str) -> String {
+    let (cert, key) = issuer.leaf(cert_name, &[cert_name, "localhost", "127.0.0.1"]);
+    let p = |f: &str| dir.join(format!("{file}-{f}"));
+    std::fs::write(p("cert.pem"), cert).expect("write cert");
+    std::fs::write(p("key.pem"), key).expect("write key");
+    std::fs::write(p("ca.pem"), &ca.ca_pem).expect("write ca");
+    format!(
+        "[peers.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+        p("cert.pem").display(),
+        p("key.pem").display(),
+        p("ca.pem").display()
+    )
+}
+
+/// A TLS-only gateway (no shared secret), with `tls` from [`peer_tls_section`].
+fn tls_only_config(
+    dir: &Path,
+    spec: &GateSpec,
+    peers: &[(&str, u16)],
+    nodes: &[&Mosquitto],
+    tls: &str,
+) -> String {
+    let plain = config(dir, spec, spec.peer, peers, nodes, "all", None, "unused");
+    let kept: Vec<&str> = plain
+        .lines()
+        .filter(|l| !l.starts_with("secret_file"))
+        .collect();
+    kept.join("\n") + "\n" + tls
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+/// Log lines of `g` that contain every one of `needles`.
+fn log_lines(g: &Gate, needles: &[&str]) -> usize {
+    g.log_text()
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .count()
+}
+
+/// Item 1: a certificate signed by the peers CA, but issued to another name, cannot
+/// be used to claim a configured peer's name, neither by a dialer (gate-b refuses it)
+/// nor by an acceptor (gate-b, dialing, refuses it); the real peer links.
+#[test]
+fn a_certificate_for_another_name_cannot_claim_a_configured_peer() {
+    let dir = tempdir();
+    let d = dir.path();
+    let nodes = start_nodes(d);
+    let refs: Vec<&Mosquitto> = nodes.iter().collect();
+    let pki = Pki::new("peers-ca");
+    let sa = GateSpec::new("gate-a");
+    let sb = GateSpec::new("gate-b");
+    // Impostors: certificates from the right CA, issued to `gate-x`.
+    let fake_a = GateSpec::new("gate-a"); // dials gate-b, claiming to be gate-a
+    let fake_c = GateSpec::new("gate-c"); // dialed by gate-b as gate-c
+    let ta = tls_only_config(
+        d,
+        &sa,
+        &[("gate-b", sb.peer)],
+        &refs,
+        &peer_tls_section(d, "real-a", &pki, &pki, "gate-a"),
+    );
+    let tb = tls_only_config(
+        d,
+        &sb,
+        &[("gate-a", sa.peer), ("gate-c", fake_c.peer)],
+        &refs,
+        &peer_tls_section(d, "real-b", &pki, &pki, "gate-b"),
+    );
+    let tfa = tls_only_config(
+        d,
+        &fake_a,
+        &[("gate-b", sb.peer)],
+        &refs,
+        &peer_tls_section(d, "fake-a", &pki, &pki, "gate-x"),
+    );
+    let tfc = tls_only_config(
+        d,
+        &fake_c,
+        &[("gate-b", sb.peer)],
+        &refs,
+        &peer_tls_section(d, "fake-c", &pki, &pki, "gate-x"),
+    );
+    let b = Gate::start(d, "gate-b", &tb, sb.admin);
+    let a = Gate::start(d, "gate-a", &ta, sa.admin);
+    let fa = Gate::start(d, "fake-a", &tfa, fake_a.admin);
+    let fc = Gate::start(d, "fake-c", &tfc, fake_c.admin);
+    wait_peer_up(&b, "gate-a", true);
+    for g in [&a, &fa, &fc] {
+        wait_nodes_up(g);
+    }
+    // Entries the impostors would send in their full sync (one to an unknown node is
+    // not possible through a real gateway; see the next test for that).
+    drop(raw_session(fake_a.listen, "forged-a"));
+    drop(raw_session(fake_c.listen, "forged-c"));
+    assert!(sticky(&fa, "forged-a").is_some() && sticky(&fc, "forged-c").is_some());
+    // Each impostor is refused again after its entry exists.
+    let refused_a = "certificate presented for `gate-a` does not name it";
+    let refused_c = ["peer=gate-c", "invalid peer certificate"];
+    let (na, nc) = (count(&b.log_text(), refused_a), log_lines(&b, &refused_c));
+    wait_until(
+        Duration::from_secs(20),
+        "gate-b refuses fake gate-a again",
+        || count(&b.log_text(), refused_a) > na,
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "gate-b refuses fake gate-c again",
+        || log_lines(&b, &refused_c) > nc,
+    );
+    // Nothing of theirs was written; the real gate-a kept its link and replicates.
+    assert_eq!(sticky(&b, "forged-a"), None);
+    assert_eq!(sticky(&b, "forged-c"), None);
+    assert_eq!(b.metric("mqgate_peer_up", &[("peer", "gate-c")]), 0.0);
+    assert_eq!(
+        b.metric(
+            "mqgate_peer_updates_total",
+            &[("peer", "gate-c"), ("direction", "received")]
+        ),
+        0.0
+    );
+    assert!(
+        !b.log_text().contains("peer reconnected"),
+        "the real gate-a's link was never replaced"
+    );
+    assert_eq!(b.metric("mqgate_peer_up", &[("peer", "gate-a")]), 1.0);
+    drop(raw_session(sa.listen, "real-entry"));
+    let node = sticky(&a, "real-entry").expect("entry on gate-a");
+    wait_until(Duration::from_secs(10), "real gate-a replicates", || {
+        sticky(&b, "real-entry").as_deref() == Some(node.as_str())
+    });
+    // The impostors were told nothing that names gate-b's peers.
+    for f in [&fa, &fc] {
+        assert!(!f.log_text().contains("not a configured peer"));
+    }
+}
+
+/// Item 1: with `[peers.tls]` a certificate names its instance, so `mqgate check` (and
+/// `run`) refuse peer names that cannot be DNS names.
+#[test]
+fn with_tls_peer_names_must_be_dns_names() {
+    let dir = tempdir();
+    let d = dir.path();
+    let pki = Pki::new("peers-ca");
+    let spec = GateSpec::new("gate-a");
+    let tls = peer_tls_section(d, "a", &pki, &pki, "gate-a");
+    let toml = tls_only_config(d, &spec, &[("gate b", free_port())], &[], &tls);
+    // No broker is started: `check` only needs one node in the file.
+    let toml = toml.replacen(
+        "nodes = [  ]",
+        "nodes = [ { name = \"node1\", address = \"127.0.0.1:1883\" } ]",
+        1,
+    );
+    assert!(toml.contains("node1"), "{toml}");
+    let path = d.join("bad-name.toml");
+    std::fs::write(&path, &toml).expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_mqgate"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run mqgate check");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "check must fail:\n{text}");
+    assert!(text.contains("peers.peers[0].name"), "{text}");
+    assert!(text.contains("must be DNS names"), "{text}");
+    // The same file with a DNS name passes.
+    std::fs::write(&path, toml.replace("gate b", "gate-b")).expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_mqgate"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run mqgate check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Item 1: a peer's updates for a cluster or node this gateway does not have are
+/// dropped and counted, not written.
+#[test]
+fn updates_for_unknown_clusters_or_nodes_are_dropped_and_counted() {
+    use mqgate::peers::frame::Frame;
+    let dir = tempdir();
+    let nodes = start_nodes(dir.path());
+    let refs: Vec<&Mosquitto> = nodes.iter().collect();
+    let sb = GateSpec::new("gate-b");
+    let tb = config(
+        dir.path(),
+        &sb,
+        sb.peer,
+        &[("gate-0", free_port())],
+        &refs,
+        "all",
+        None,
+        SECRET,
+    );
+    let b = Gate::start(dir.path(), "gate-b", &tb, sb.admin);
+    let mut p = RawPeer::handshake(sb.peer, "gate-0", "gate-b", SECRET);
+    let u = |key: &str, node: &str| mqgate::sticky::Update {
+        key: key.into(),
+        node: Some(node.into()),
+        stamp: mqgate::sticky::now_ms(),
+        origin: "gate-0".into(),
+        idle_ms: 0,
+    };
+    p.send(&Frame::Updates {
+        cluster: "brokers".into(),
+        updates: vec![u("to-nowhere", "node9"), u("fine", "node2")],
+    });
+    p.send(&Frame::Updates {
+        cluster: "no-such-cluster".into(),
+        updates: vec![u("x1", "node1"), u("x2", "node1"), u("x3", "node1")],
+    });
+    wait_until(Duration::from_secs(10), "the valid update merged", || {
+        sticky(&b, "fine").as_deref() == Some("node2")
+    });
+    let dropped = |reason: &str| {
+        b.metric(
+            "mqgate_peer_updates_dropped_total",
+            &[("peer", "gate-0"), ("reason", reason)],
+        )
+    };
+    wait_until(Duration::from_secs(10), "drops counted", || {
+        dropped("unknown_node") == 1.0 && dropped("unknown_cluster") == 3.0
+    });
+    assert_eq!(sticky(&b, "to-nowhere"), None);
+    assert_eq!(b.metric("mqgate_peer_up", &[("peer", "gate-0")]), 1.0);
+}
+
+/// Idle TCP connections to `port`, reopened whenever the other side closes one; they
+/// never send a byte. Stops when dropped.
+struct IdleSockets {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    reopened: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl IdleSockets {
+    fn hold(port: u16, n: usize) -> IdleSockets {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(AtomicUsize::new(0));
+        let reopened = Arc::new(AtomicUsize::new(0));
+        let (st, op, re) = (stop.clone(), open.clone(), reopened.clone());
+        let thread = std::thread::spawn(move || {
+            let mut socks: Vec<Option<TcpStream>> = (0..n).map(|_| None).collect();
+            let mut first = vec![true; n];
+            while !st.load(Ordering::Relaxed) {
+                for (i, slot) in socks.iter_mut().enumerate() {
+                    let alive = slot.as_ref().is_some_and(|s| {
+                        let mut b = [0u8; 1];
+                        match s.peek(&mut b) {
+                            Ok(0) => false,
+                            Ok(_) => true,
+                            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+                        }
+                    });
+                    if !alive {
+                        *slot = TcpStream::connect(("127.0.0.1", port)).ok();
+                        if let Some(s) = slot.as_ref() {
+                            let _ = s.set_nonblocking(true);
+                            if !std::mem::take(&mut first[i]) {
+                                re.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+                op.store(socks.iter().flatten().count(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5)); // polling interval
+            }
+        });
+        IdleSockets {
+            stop,
+            open,
+            reopened,
+            thread: Some(thread),
+        }
+    }
+
+    fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for IdleSockets {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Item 2: 64 idle connections held open on the peer port (reopened as they close)
+/// do not keep the real peer from linking.
+#[test]
+fn idle_connections_on_the_peer_port_do_not_lock_out_real_peers() {
+    let dir = tempdir();
+    let nodes = start_nodes(dir.path());
+    let refs: Vec<&Mosquitto> = nodes.iter().collect();
+    let (sa, sb) = (GateSpec::new("gate-a"), GateSpec::new("gate-b"));
+    let mk = |s: &GateSpec, o: &GateSpec| {
+        config(
+            dir.path(),
+            s,
+            s.peer,
+            &[(o.name, o.peer)],
+            &refs,
+            "all",
+            None,
+            SECRET,
+        )
+    };
+    let b = Gate::start(dir.path(), "gate-b", &mk(&sb, &sa), sb.admin);
+    let idle = IdleSockets::hold(sb.peer, 64);
+    wait_until(Duration::from_secs(10), "64 idle sockets open", || {
+        idle.open() == 64
+    });
+    let a = Gate::start(dir.path(), "gate-a", &mk(&sa, &sb), sa.admin);
+    wait_until(
+        Duration::from_secs(5),
+        "gate-a linked despite the idle sockets",
+        || {
+            b.metric("mqgate_peer_up", &[("peer", "gate-a")]) == 1.0
+                && a.metric("mqgate_peer_up", &[("peer", "gate-b")]) == 1.0
+        },
+    );
+    // Still linked and replicating while the idle sockets are held (and reopened).
+    wait_nodes_up(&a);
+    drop(raw_session(sa.listen, "through-the-crowd"));
+    let node = sticky(&a, "through-the-crowd").expect("entry on gate-a");
+    wait_until(Duration::from_secs(10), "replicated", || {
+        sticky(&b, "through-the-crowd").as_deref() == Some(node.as_str())
+    });
+    // Sockets that send nothing are closed after the first-byte deadline (and
+    // reopened by the holder); the link is not affected.
+    wait_until(
+        Duration::from_secs(10),
+        "idle sockets closed and reopened",
+        || idle.reopened.load(std::sync::atomic::Ordering::Relaxed) >= 64,
+    );
+    assert_eq!(b.metric("mqgate_peer_up", &[("peer", "gate-a")]), 1.0);
+}
+
+/// Item 3: on a link without TLS every frame after AUTH carries a MAC; a frame that is
+/// injected, altered or replayed closes the link, is counted, and changes nothing.
+#[test]
+fn injected_or_altered_frames_after_authentication_are_refused_and_counted() {
+    use mqgate::peers::frame::Frame;
+    let dir = tempdir();
+    let nodes = start_nodes(dir.path());
+    let refs: Vec<&Mosquitto> = nodes.iter().collect();
+    let sb = GateSpec::new("gate-b");
+    let tb = config(
+        dir.path(),
+        &sb,
+        sb.peer,
+        &[("gate-0", free_port())],
+        &refs,
+        "all",
+        None,
+        SECRET,
+    );
+    let b = Gate::start(dir.path(), "gate-b", &tb, sb.admin);
+    let upd = |key: &str| Frame::Updates {
+        cluster: "brokers".into(),
+        updates: vec![mqgate::sticky::Update {
+            key: key.into(),
+            node: Some("node3".into()),
+            stamp: mqgate::sticky::now_ms(),
+            origin: "gate-0".into(),
+            idle_ms: 0,
+        }],
+    };
+    let rejected = || {
+        b.metric(
+            "mqgate_peer_frames_rejected_total",
+            &[("peer", "gate-0"), ("reason", "mac")],
+        )
+    };
+    // 1. Injected: a well-formed UPDATES frame without the MAC (what anyone on the
+    //    path could write into the TCP stream).
+    let mut p = RawPeer::handshake(sb.peer, "gate-0", "gate-b", SECRET);
+    p.send_raw(&encode(&upd("injected")));
+    assert!(closed_by_peer(&mut p.s), "injected frame closes the link");
+    wait_until(Duration::from_secs(10), "injection counted", || {
+        rejected() == 1.0
+    });
+    // 2. Altered: a sealed frame with one byte of its key changed.
+    let mut p = RawPeer::handshake(sb.peer, "gate-0", "gate-b", SECRET);
+    p.send(&upd("genuine"));
+    wait_until(Duration::from_secs(10), "sealed update merged", || {
+        sticky(&b, "genuine").as_deref() == Some("node3")
+    });
+    let mut altered = p.seal(&upd("altered"));
+    let at = altered
+        .windows(7)
+        .position(|w| w == b"altered")
+        .expect("key");
+    altered[at] = b'A';
+    p.send_raw(&altered);
+    assert!(closed_by_peer(&mut p.s), "altered frame closes the link");
+    wait_until(Duration::from_secs(10), "alteration counted", || {
+        rejected() == 2.0
+    });
+    // 3. Replayed: a frame sent earlier on the same link, sent again.
+    let mut p = RawPeer::handshake(sb.peer, "gate-0", "gate-b", SECRET);
+    let first = p.seal(&upd("replayed"));
+    p.send_raw(&first);
+    wait_until(Duration::from_secs(10), "first copy merged", || {
+        sticky(&b, "replayed").as_deref() == Some("node3")
+    });
+    p.send_raw(&first);
+    assert!(closed_by_peer(&mut p.s), "replayed frame closes the link");
+    wait_until(Duration::from_secs(10), "replay counted", || {
+        rejected() == 3.0
+    });
+    for key in ["injected", "Altered", "altered"] {
+        assert_eq!(sticky(&b, key), None, "{key} not written");
+    }
+    assert!(b
+        .log_text()
+        .contains("peer link closed: frame failed its integrity check"));
+}
+
+/// Item 4: before the dialer has proven itself, gate-b's answers are the same whether
+/// the name it claims is a configured peer, one that sorts after gate-b, or unknown,
+/// and gate-b's HELLO does not carry its name; its own log says what was wrong.
+#[test]
+fn refusals_before_authentication_reveal_no_names() {
+    use mqgate::peers::frame::{Frame, VERSION};
+    let dir = tempdir();
+    let nodes = start_nodes(dir.path());
+    let refs: Vec<&Mosquitto> = nodes.iter().collect();
+    let sb = GateSpec::new("gate-b");
+    let tb = config(
+        dir.path(),
+        &sb,
+        sb.peer,
+        &[("gate-a", free_port()), ("gate-z", free_port())],
+        &refs,
+        "all",
+        None,
+        SECRET,
+    );
+    let b = Gate::start(dir.path(), "gate-b", &tb, sb.admin);
+    let mut answers = Vec::new();
+    for claimed in ["gate-a", "gate-z", "stranger"] {
+        let mut s = TcpStream::connect(("127.0.0.1", sb.peer)).expect("connect");
+        s.write_all(&encode(&Frame::Hello {
+            version: VERSION,
+            name: claimed.into(),
+            nonce: [7; 32],
+        }))
+        .expect("send HELLO");
+        let hello = read_frame(&mut s);
+        let Some(Frame::Hello { name, .. }) = &hello else {
+            panic!("claiming {claimed}: expected a HELLO, got {hello:?}")
+        };
+        assert_eq!(name, "", "claiming {claimed}: gate-b's HELLO names it");
+        s.write_all(&encode(&Frame::Auth { mac: [9; 32] }))
+            .expect("send AUTH");
+        let reply = read_frame(&mut s);
+        assert!(closed_by_peer(&mut s), "claiming {claimed}: closed");
+        answers.push((claimed, reply));
+    }
+    let first = answers[0].1.clone();
+    assert_eq!(
+        first,
+        Some(Frame::Error {
+            reason: "authentication failed".into()
+        })
+    );
+    for (claimed, reply) in &answers {
+        assert_eq!(reply, &first, "claiming {claimed}: the same refusal");
+    }
+    // The operator's log tells the cases apart.
+    for says in [
+        "peer `gate-a` failed authentication (wrong shared secret",
+        "peer `gate-z` failed authentication (wrong shared secret",
+        "`stranger` is not a configured peer",
+    ] {
+        wait_until(Duration::from_secs(10), says, || {
+            b.log_text().contains(says)
+        });
+    }
 }
 
 /// The fuzz corpus of `fuzz/fuzz_targets/peer_frame.rs`, replayed without a nightly

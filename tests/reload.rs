@@ -158,9 +158,9 @@ fn edit(gate: &Gate, text: &str, result: &str) {
 
 /// Does a TLS handshake with a client that trusts only `ca_pem` succeed?
 async fn tls_handshake_ok(port: u16, ca_pem: &str) -> bool {
-    use rustls::pki_types::ServerName;
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.expect("ca pem")).expect("add root");
     }
     let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -413,4 +413,52 @@ async fn removing_a_node_closes_its_sessions_only() {
             gate.metric("mqgate_connections_active", &[("node", "n2")]) == 1.0
         })
     });
+}
+
+/// `mqgate run --no-watch`: saving the file changes nothing (while a gateway that
+/// watches its file, saved just after, has already reloaded), SIGHUP then applies it.
+#[test]
+fn no_watch_reloads_on_sighup_only() {
+    let dir = tempdir();
+    let d = dir.path();
+    let n1 = Mosquitto::start("n1", d);
+    let start = |name: &str, args: &[&str]| {
+        let (listen, admin, extra) = (free_port(), free_port(), free_port());
+        let text = basic_config(listen, admin, "dynsec", &[&n1], "");
+        let gate = Gate::start_args(d, name, &text, admin, args);
+        let more = format!(
+            "{text}\n[[listeners]]\nname = \"more\"\nbind = \"127.0.0.1:{extra}\"\ncluster = \"brokers\"\n"
+        );
+        (gate, more, extra)
+    };
+    let (quiet, quiet_more, quiet_extra) = start("quiet", &["--no-watch"]);
+    let (watching, watching_more, watching_extra) = start("watching", &[]);
+    assert!(
+        quiet.log_text().contains("not watching the config file"),
+        "{}",
+        quiet.log_text()
+    );
+    let reloads = |g: &Gate| g.metric("mqgate_config_reloads_total", &[]);
+    assert_eq!(reloads(&quiet), 0.0);
+
+    // Save both files the way an editor does, the --no-watch one first.
+    for (g, text) in [(&quiet, &quiet_more), (&watching, &watching_more)] {
+        let tmp = g.config.with_extension("toml.tmp");
+        std::fs::write(&tmp, text).expect("write temp config");
+        std::fs::rename(&tmp, &g.config).expect("rename config");
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "the watching gateway reloaded",
+        || port_open(watching_extra),
+    );
+    assert_eq!(reloads(&quiet), 0.0, "--no-watch reloaded a saved file");
+    assert!(!port_open(quiet_extra), "the new listener is not there yet");
+
+    // SIGHUP applies the saved file.
+    quiet.signal("HUP");
+    wait_until(Duration::from_secs(10), "reloaded on SIGHUP", || {
+        quiet.metric("mqgate_config_reloads_total", &[("result", "ok")]) == 1.0
+    });
+    assert!(port_open(quiet_extra), "the new listener after SIGHUP");
 }

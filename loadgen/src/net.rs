@@ -1,7 +1,7 @@
 //! Connecting to a target (plain TCP or TLS with rustls) and opening an MQTT session.
 
 use crate::mqtt;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,7 +28,7 @@ impl Target {
             Some(path) => {
                 let pem = std::fs::read(path).map_err(|e| format!("read {path}: {e}"))?;
                 let mut roots = rustls::RootCertStore::empty();
-                for c in rustls_pemfile::certs(&mut &pem[..]) {
+                for c in CertificateDer::pem_slice_iter(&pem) {
                     let c = c.map_err(|e| format!("{path}: {e}"))?;
                     roots.add(c).map_err(|e| format!("{path}: {e}"))?;
                 }

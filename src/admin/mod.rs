@@ -7,16 +7,24 @@
 //! the metrics registry) or calls the same entry points a reload or health check uses.
 //!
 //! Robustness: the server is bounded on every side so that a slow or hostile HTTP
-//! client cannot hurt it — at most [`MAX_CONNECTIONS`] connections, a header read
-//! timeout, a cap on a connection's lifetime, and request bodies limited to
-//! [`MAX_BODY`] bytes read within [`BODY_TIMEOUT`].
+//! client cannot hurt it — at most [`MAX_CONNECTIONS`] connections, the longest-idle
+//! one closed to make room for a new one (module `conns`: idle connections cannot lock out
+//! probes and scrapes), a header read timeout, a cap on a connection's lifetime, and
+//! request bodies limited to [`MAX_BODY`] bytes read within [`BODY_TIMEOUT`].
 //!
-//! Access: reading is open; mutating endpoints (`PUT`, `DELETE`, `POST`) need
-//! `Authorization: Bearer <token>` when `[admin] token_file` is set (401 otherwise), and
-//! without a token they are allowed only when the admin bind is a loopback address (403
-//! otherwise). The token is compared in constant time.
+//! Access: reading is open, except a sticky entry's lookup, which needs the token when
+//! one is set. Mutating endpoints (`PUT`, `DELETE`, `POST`) refuse requests a browser
+//! may have been made to send — an `Origin` other than the admin API itself, a `Host`
+//! other than the admin address, a loopback address, `localhost` or
+//! `[admin] allowed_hosts` (module `access`);
+//! then need `Authorization: Bearer <token>` when `[admin] token_file` is set (401
+//! otherwise), and without a token are allowed only when the admin *socket* is bound
+//! to a loopback address (403 otherwise; a reload that changes `bind` does not move
+//! the socket). The token is compared in constant time.
 
+mod access;
 mod api;
+mod conns;
 mod status_page;
 mod view;
 
@@ -26,6 +34,7 @@ pub use view::{
 };
 
 use crate::gateway::{Gateway, Shared};
+use access::Arrival;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -34,13 +43,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 
-/// Concurrent admin connections; more wait in the kernel's accept queue. Idle and
-/// slow connections are closed after [`HEADER_TIMEOUT`], so a slot is never held long.
-pub const MAX_CONNECTIONS: usize = 128;
+/// Open admin connections at most. A new connection beyond this closes the one idle
+/// the longest (no request being handled); it waits only if every one is busy.
+pub const MAX_CONNECTIONS: usize = 256;
 /// Largest request body accepted (the API's bodies are a few bytes of JSON).
 pub const MAX_BODY: usize = 16 * 1024;
 /// A request's headers must arrive within this.
@@ -69,17 +76,16 @@ pub async fn spawn(gw: &Gateway) -> std::io::Result<()> {
                 format!("cannot bind the admin API to {bind}: {e}"),
             )
         })?;
-    tracing::info!(bind = %listener.local_addr()?, "admin API listening");
+    // The address the socket really has: what the token-free check decides on, whatever
+    // a later reload says `[admin] bind` is (changing it takes a restart).
+    let bound = listener.local_addr()?;
+    tracing::info!(bind = %bound, "admin API listening");
     let stop = shared.background.clone();
     let tracker = shared.bg_tracker.clone();
     let gw = gw.clone();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let conns = conns::Conns::new(MAX_CONNECTIONS);
     tracker.spawn(async move {
         loop {
-            let permit = tokio::select! {
-                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-                _ = stop.cancelled() => return,
-            };
             let (tcp, peer) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(x) => x,
@@ -92,12 +98,38 @@ pub async fn spawn(gw: &Gateway) -> std::io::Result<()> {
                 },
                 _ = stop.cancelled() => return,
             };
+            // Make room: close the longest-idle connection, or wait while all are busy.
+            let admitted = loop {
+                match conns.admit(peer) {
+                    Some((a, evicted)) => {
+                        if let Some(old) = evicted {
+                            tracing::debug!(client.addr = %old, "admin API: closed the longest-idle connection to make room");
+                        }
+                        break a;
+                    }
+                    None => tokio::select! {
+                        _ = conns.freed() => {}
+                        _ = stop.cancelled() => return,
+                    },
+                }
+            };
+            let arrival = Arrival {
+                bound,
+                local: tcp.local_addr().unwrap_or(bound),
+            };
             let gw = gw.clone();
             let stop = stop.clone();
+            let conns = conns.clone();
             tokio::spawn(async move {
+                let id = admitted.id;
                 let svc = hyper::service::service_fn(move |req| {
                     let gw = gw.clone();
-                    async move { Ok::<_, Infallible>(handle(&gw, req).await) }
+                    let busy = conns.busy(id);
+                    async move {
+                        let resp = handle(&gw, &arrival, req).await;
+                        drop(busy);
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -114,9 +146,10 @@ pub async fn spawn(gw: &Gateway) -> std::io::Result<()> {
                     _ = tokio::time::sleep(CONNECTION_LIFETIME) => {
                         tracing::debug!(client.addr = %peer, "admin API connection closed after its lifetime");
                     }
+                    _ = admitted.close.cancelled() => {}
                     _ = stop.cancelled() => {}
                 }
-                drop(permit);
+                drop(admitted);
             });
         }
     });
@@ -124,7 +157,7 @@ pub async fn spawn(gw: &Gateway) -> std::io::Result<()> {
 }
 
 /// Route one request.
-async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
+async fn handle(gw: &Gateway, arrival: &Arrival, req: Request<Incoming>) -> Resp {
     let shared = &gw.shared;
     let path = req.uri().path().to_string();
     let method = req.method().clone();
@@ -143,18 +176,22 @@ async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
             json(StatusCode::OK, &gather_status(shared))
         }
         (&Method::GET, ["api", "v1", "clusters", c, "sticky", key]) => {
-            api::sticky_get(shared, &decode(c), &decode(key))
+            // Whether a client id exists is not for anyone who can reach the port.
+            match require_token(shared, &req) {
+                Err(r) => *r,
+                Ok(()) => api::sticky_get(shared, &decode(c), &decode(key)),
+            }
         }
         (&Method::DELETE, ["api", "v1", "clusters", c, "sticky", key]) => {
             let (c, key) = (decode(c), decode(key));
-            match authorize(shared, &req) {
+            match authorize(shared, arrival, &req) {
                 Err(r) => *r,
                 Ok(()) => api::sticky_del(shared, &c, &key),
             }
         }
         (&Method::PUT, ["api", "v1", "clusters", c, "nodes", n, "state"]) => {
             let (c, n) = (decode(c), decode(n));
-            match authorize(shared, &req) {
+            match authorize(shared, arrival, &req) {
                 Err(r) => *r,
                 Ok(()) => match read_body(req).await {
                     Err(r) => *r,
@@ -162,7 +199,7 @@ async fn handle(gw: &Gateway, req: Request<Incoming>) -> Resp {
                 },
             }
         }
-        (&Method::POST, ["api", "v1", "reload"]) => match authorize(shared, &req) {
+        (&Method::POST, ["api", "v1", "reload"]) => match authorize(shared, arrival, &req) {
             Err(r) => *r,
             Ok(()) => api::reload(gw).await,
         },
@@ -233,32 +270,56 @@ fn readyz(shared: &Shared) -> Resp {
     }
 }
 
-/// May this request change things? (SPEC section 7.)
-fn authorize(shared: &Shared, req: &Request<Incoming>) -> Result<(), Refusal> {
+/// May this request change things? (SPEC section 7.) Not if a browser may have been
+/// made to send it ([`access`]); then the token decides, or without a token whether the
+/// admin socket — as bound, not as a reloaded `[admin] bind` says — is on loopback.
+fn authorize(shared: &Shared, arrival: &Arrival, req: &Request<Incoming>) -> Result<(), Refusal> {
     let rt = shared.runtime();
     let admin = &rt.config.admin;
-    match &admin.token {
-        Some(token) => {
-            let given = req
-                .headers()
-                .get(AUTHORIZATION)
-                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-                .map(|t| t.trim_ascii());
-            match given {
-                Some(t) if token_eq(t, token.expose()) => Ok(()),
-                Some(_) => {
-                    tracing::debug!("admin API: wrong bearer token");
-                    Err(Box::new(unauthorized("wrong bearer token")))
-                }
-                None => Err(Box::new(unauthorized(
-                    "this endpoint needs `Authorization: Bearer <token>` (the [admin] token_file)",
-                ))),
-            }
+    if let Err(msg) =
+        access::check_browser_safety(req.uri(), req.headers(), arrival, &admin.allowed_hosts)
+    {
+        tracing::debug!(reason = %msg, "admin API: change refused");
+        return Err(Box::new(error(StatusCode::FORBIDDEN, &msg)));
+    }
+    if admin.token.is_some() {
+        return require_token(shared, req);
+    }
+    if arrival.bound.ip().to_canonical().is_loopback() {
+        return Ok(());
+    }
+    let mut msg = format!(
+        "changes are refused: the admin API listens on {}, not a loopback address, and no [admin] token_file is set",
+        arrival.bound
+    );
+    if admin.bind != arrival.bound && admin.bind.port() != 0 {
+        msg.push_str(&format!(
+            " ([admin] bind now says {}, which takes effect at the next restart)",
+            admin.bind
+        ));
+    }
+    Err(Box::new(error(StatusCode::FORBIDDEN, &msg)))
+}
+
+/// The bearer token, when `[admin]` sets one (401 without it or with a wrong one).
+fn require_token(shared: &Shared, req: &Request<Incoming>) -> Result<(), Refusal> {
+    let rt = shared.runtime();
+    let Some(token) = &rt.config.admin.token else {
+        return Ok(());
+    };
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .map(|t| t.trim_ascii());
+    match given {
+        Some(t) if token_eq(t, token.expose()) => Ok(()),
+        Some(_) => {
+            tracing::debug!("admin API: wrong bearer token");
+            Err(Box::new(unauthorized("wrong bearer token")))
         }
-        None if admin.bind.ip().is_loopback() => Ok(()),
-        None => Err(Box::new(error(
-            StatusCode::FORBIDDEN,
-            "changes are refused: the admin API listens on a non-loopback address and no [admin] token_file is set",
+        None => Err(Box::new(unauthorized(
+            "this endpoint needs `Authorization: Bearer <token>` (the [admin] token_file)",
         ))),
     }
 }

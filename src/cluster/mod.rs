@@ -22,8 +22,10 @@ use crate::sticky::{Lookup, StickyTable};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Health as seen by checks. Nodes start `Unknown` until their first probe.
@@ -85,6 +87,10 @@ pub struct Node {
     /// maintenance, listener removal and shutdown alike.
     sessions: Mutex<HashMap<String, CancellationToken>>,
     removed: AtomicBool,
+    /// Forwarded CONNECTs in a row that got no CONNACK within `connack_timeout`.
+    connack_misses: AtomicU32,
+    /// Wakes the node's health checks early (it was marked down from outside them).
+    pub recheck: Notify,
     pub metrics: NodeMetrics,
     /// Stops this node's background tasks (health checks) when it is removed.
     pub tasks: CancellationToken,
@@ -103,6 +109,8 @@ impl Node {
             active: AtomicUsize::new(0),
             sessions: Mutex::new(HashMap::new()),
             removed: AtomicBool::new(false),
+            connack_misses: AtomicU32::new(0),
+            recheck: Notify::new(),
             metrics: metrics.node(cluster, name),
             tasks: CancellationToken::new(),
         }
@@ -237,6 +245,24 @@ pub struct Cluster {
     rr: AtomicUsize,
     pub sticky: StickyTable,
     metrics: Arc<Metrics>,
+    /// Woken on every change that can make a node usable (health, admin state, leader,
+    /// reload): clients held while no node can take them wait on it.
+    changed: Notify,
+    /// Clients held right now (bounded by `queue_max`).
+    queued: AtomicUsize,
+}
+
+/// A client's place among those held while no node can take them; released on drop.
+pub struct QueueGuard<'a> {
+    cluster: &'a Cluster,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for QueueGuard<'_> {
+    fn drop(&mut self) {
+        self.cluster.queued.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+    }
 }
 
 impl Cluster {
@@ -255,6 +281,8 @@ impl Cluster {
             rr: AtomicUsize::new(0),
             sticky: StickyTable::new(cfg.sticky.capacity, cfg.sticky.expire, origin),
             metrics,
+            changed: Notify::new(),
+            queued: AtomicUsize::new(0),
         };
         for n in c.nodes().iter() {
             c.publish_node_metrics(n);
@@ -267,7 +295,50 @@ impl Cluster {
         for r in ["hit", "miss", "stale"] {
             c.metrics.sticky_lookups.with_label_values(&[&c.name, r]);
         }
+        c.metrics.queued.with_label_values(&[&c.name]).set(0);
+        for r in crate::metrics::QUEUE_RESULTS {
+            c.metrics.queue_results.with_label_values(&[&c.name, r]);
+        }
         c
+    }
+
+    /// A future that completes at the next change that may make a node usable. Create
+    /// it before looking at the state: it is woken by every change from its creation
+    /// on, even before it is first polled (`Notify::notify_waiters`), so none is missed.
+    pub fn changed(&self) -> Notified<'_> {
+        self.changed.notified()
+    }
+
+    /// Take a place among the held clients, unless `queue_max` are already held.
+    pub fn enter_queue(&self) -> Option<QueueGuard<'_>> {
+        let max = self.config().queue_max;
+        let mut n = self.queued.load(Ordering::Acquire);
+        loop {
+            if n >= max {
+                return None;
+            }
+            match self
+                .queued
+                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(now) => n = now,
+            }
+        }
+        let gauge = self.metrics.queued.with_label_values(&[&self.name]);
+        gauge.inc();
+        Some(QueueGuard {
+            cluster: self,
+            gauge,
+        })
+    }
+
+    /// Count how a held client's wait ended (`mqgate_queue_total{result}`).
+    pub fn queue_result(&self, result: &str) {
+        self.metrics
+            .queue_results
+            .with_label_values(&[&self.name, result])
+            .inc();
     }
 
     pub fn config(&self) -> Arc<ClusterConfig> {
@@ -332,6 +403,7 @@ impl Cluster {
             self.forget_node_metrics(r);
         }
         self.update_leader();
+        self.changed.notify_waiters();
         (added, removed)
     }
 
@@ -363,6 +435,7 @@ impl Cluster {
             node.close_sessions();
         }
         self.update_leader();
+        self.changed.notify_waiters();
     }
 
     pub fn set_admin_state(&self, node: &Arc<Node>, s: AdminState) {
@@ -380,6 +453,7 @@ impl Cluster {
             node.close_sessions();
         }
         self.update_leader();
+        self.changed.notify_waiters();
     }
 
     fn publish_node_metrics(&self, n: &Node) {
@@ -469,12 +543,14 @@ impl Cluster {
             .leader_changes
             .with_label_values(&[&self.name])
             .inc();
-        tracing::info!(
-            cluster = %self.name,
-            from = current.as_ref().map(|n| n.name.as_str()).unwrap_or("-"),
-            to = next.as_ref().map(|n| n.name.as_str()).unwrap_or("-"),
-            "leader changed"
-        );
+        let from = current.as_ref().map(|n| n.name.as_str()).unwrap_or("-");
+        match &next {
+            Some(to) => {
+                tracing::info!(cluster = %self.name, from, to = to.name.as_str(), "leader changed")
+            }
+            // No node to send clients to: an error (logs), not just a change.
+            None => tracing::error!(cluster = %self.name, from, to = "-", "leader changed"),
+        }
     }
 
     /// Choose nodes for a client (SPEC section 4). The first node is the choice; the
@@ -574,6 +650,34 @@ impl Cluster {
             } else {
                 None
             },
+        }
+    }
+
+    /// The broker answered a forwarded CONNECT (any CONNACK): its run of misses ends.
+    pub fn connack_seen(&self, node: &Node) {
+        // Read first: no shared cache-line write on every connection.
+        if node.connack_misses.load(Ordering::Relaxed) != 0 {
+            node.connack_misses.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A forwarded CONNECT got no CONNACK within `connack_timeout`. `health.fall` such
+    /// misses in a row mark the node down (HAProxy's `observe layer7` with
+    /// `on-error mark-down`); its health checks bring it back up after `rise` passes.
+    pub fn connack_missed(&self, node: &Arc<Node>) {
+        let cfg = self.config();
+        let misses = node.connack_misses.fetch_add(1, Ordering::Relaxed) + 1;
+        if misses >= cfg.health.fall && node.health() == Health::Up {
+            node.connack_misses.store(0, Ordering::Relaxed);
+            tracing::warn!(
+                cluster = %self.name,
+                node = %node.name,
+                misses,
+                connack_timeout = ?cfg.connack_timeout,
+                "node is down: clients got no CONNACK in time"
+            );
+            self.set_health(node, Health::Down);
+            node.recheck.notify_one();
         }
     }
 

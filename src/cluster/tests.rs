@@ -367,3 +367,54 @@ fn sticky_expire_and_capacity_apply() {
     std::thread::sleep(std::time::Duration::from_millis(60));
     assert!(c.sticky.get("late").is_none(), "expired after 30 ms unused");
 }
+
+#[test]
+fn queue_holds_at_most_queue_max_and_frees_places_on_drop() {
+    let c = cluster("full-sync", "queue_max = 2", "");
+    let a = c.enter_queue().expect("first place");
+    let b = c.enter_queue().expect("second place");
+    assert!(
+        c.enter_queue().is_none(),
+        "a third client is over queue_max"
+    );
+    let gauge = || c.metrics.queued.with_label_values(&["c"]).get();
+    assert_eq!(gauge(), 2);
+    drop(a);
+    assert_eq!(gauge(), 1);
+    let _c = c.enter_queue().expect("a place is free again");
+    drop(b);
+    assert_eq!(gauge(), 1);
+    let none = cluster("full-sync", "queue_max = 0", "");
+    assert!(none.enter_queue().is_none(), "queue_max = 0 holds nobody");
+}
+
+#[test]
+fn held_clients_are_woken_by_health_and_admin_changes() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    let c = cluster("full-sync", "", "");
+    let n1 = node(&c, "node1");
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+    let waker = Waker::from(Arc::new(Noop));
+    let mut cx = Context::from_waker(&waker);
+    // Waiting before the change: woken by it.
+    let mut w = std::pin::pin!(c.changed());
+    assert!(w.as_mut().poll(&mut cx).is_pending());
+    c.set_health(&n1, Health::Up);
+    assert!(w.as_mut().poll(&mut cx).is_ready(), "health change wakes");
+    let mut w = std::pin::pin!(c.changed());
+    c.set_health(&n1, Health::Up); // no change: nobody woken
+    assert!(w.as_mut().poll(&mut cx).is_pending());
+    c.set_admin_state(&n1, AdminState::Drain);
+    assert!(w.as_mut().poll(&mut cx).is_ready(), "admin change wakes");
+    // Created, not yet polled (a client between its pick and its wait): still woken.
+    let mut w = std::pin::pin!(c.changed());
+    c.set_admin_state(&n1, AdminState::Ready);
+    assert!(
+        w.as_mut().poll(&mut cx).is_ready(),
+        "a change before the first poll"
+    );
+}

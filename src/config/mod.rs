@@ -3,10 +3,13 @@
 //! located by file, line and key ([`ConfigError`]). `mqgate check`, start-up and every
 //! reload go through [`load`] / [`parse`], so they accept and refuse exactly the same files.
 
+mod errors;
 mod raw;
 mod validate;
 
 pub use raw::RawConfig;
+pub use validate::bounds;
+pub use validate::host_name;
 pub use validate::validate;
 
 use ipnet::IpNet;
@@ -26,11 +29,22 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub clusters: Vec<ClusterConfig>,
     pub peers: Option<PeersConfig>,
+    /// Accepted but worth telling the operator (an old key name): printed by
+    /// `mqgate check`, logged at start-up and on reload ([`Config::warning_lines`]).
+    pub warnings: Vec<ConfigError>,
 }
 
 impl Config {
     pub fn cluster(&self, name: &str) -> Option<&ClusterConfig> {
         self.clusters.iter().find(|c| c.name == name)
+    }
+
+    /// Each warning as one line: `FILE:LINE: warning: key `K`: MESSAGE (hint: HINT)`.
+    pub fn warning_lines(&self) -> Vec<String> {
+        self.warnings
+            .iter()
+            .map(|w| one_line(&self.source, w, "warning: "))
+            .collect()
     }
 }
 
@@ -49,6 +63,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     pub max_connections: usize,
+    /// `[limits] connect_packet_timeout` (old name `connect_timeout`): the time a client
+    /// has to deliver its complete CONNECT. Not the broker connect timeout
+    /// ([`ClusterConfig::connect_timeout`]).
     pub connect_timeout: Duration,
     pub max_connect_size: usize,
     pub tls_handshake_timeout: Duration,
@@ -65,6 +82,9 @@ pub struct Limits {
 pub struct AdminConfig {
     pub bind: SocketAddr,
     pub token: Option<Secret>,
+    /// Extra host names changes may name in `Host` / `Origin`, lower-case, no port
+    /// (the admin address and `localhost` are always allowed).
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -138,6 +158,38 @@ impl OnNodeDown {
     }
 }
 
+/// What a client gets when no node could take it within `queue_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoNodeReply {
+    /// A plain TCP close at every protocol level (what HAProxy does): mosquitto_sub,
+    /// MQTT.js and paho reconnect after a close but end on a refusing CONNACK.
+    Close,
+    /// MQTT 5 clients get CONNACK 0x88 "server unavailable" with a reason string;
+    /// MQTT 3.x clients a plain close.
+    ConnackV5,
+    /// CONNACK 0x03 (3.x) / 0x88 with a reason string (5.0), the pre-0.2 behaviour.
+    Connack,
+}
+
+impl NoNodeReply {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoNodeReply::Close => "close",
+            NoNodeReply::ConnackV5 => "connack-v5",
+            NoNodeReply::Connack => "connack",
+        }
+    }
+
+    /// Does a client of this protocol level get a CONNACK (else a plain close)?
+    pub fn connack_for(self, v5: bool) -> bool {
+        match self {
+            NoNodeReply::Close => false,
+            NoNodeReply::ConnackV5 => v5,
+            NoNodeReply::Connack => true,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyProtocolOut {
     Off,
@@ -153,6 +205,14 @@ pub struct ClusterConfig {
     pub connect_timeout: Duration,
     pub retries: u32,
     pub on_node_down: OnNodeDown,
+    /// How long a client is held while no node can take it (full-sync: between
+    /// leaders; dynsec: every node down) before it gets `no_node_reply`. Zero: at once.
+    pub queue_timeout: Duration,
+    /// Clients held at once in this cluster; more get `no_node_reply` at once.
+    pub queue_max: usize,
+    pub no_node_reply: NoNodeReply,
+    /// How long the broker has to answer a forwarded CONNECT; zero: no deadline.
+    pub connack_timeout: Duration,
     pub send_proxy_protocol: ProxyProtocolOut,
     pub dns_refresh: Duration,
     pub nodes: Vec<NodeConfig>,
@@ -198,7 +258,10 @@ impl fmt::Display for NodeAddress {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckKind {
     Tcp,
+    /// MQTT 3.1.1 CONNECT, CONNACK 0 expected.
     Mqtt,
+    /// MQTT 5.0 CONNECT, CONNACK reason code 0 expected.
+    Mqtt5,
 }
 
 impl CheckKind {
@@ -206,6 +269,7 @@ impl CheckKind {
         match self {
             CheckKind::Tcp => "tcp",
             CheckKind::Mqtt => "mqtt",
+            CheckKind::Mqtt5 => "mqtt5",
         }
     }
 }
@@ -221,6 +285,8 @@ pub struct HealthConfig {
     pub fall: u32,
     pub username: Option<String>,
     pub password: Option<Secret>,
+    /// The health check's client id is this prefix and 8 random hex digits.
+    pub client_id_prefix: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,24 +385,30 @@ pub struct ConfigErrors {
     pub errors: Vec<ConfigError>,
 }
 
+/// `FILE:LINE: {kind}key `K`: MESSAGE (hint: HINT)`.
+fn one_line(file: &Path, e: &ConfigError, kind: &str) -> String {
+    let mut s = file.display().to_string();
+    if let Some(line) = e.line {
+        s.push_str(&format!(":{line}"));
+    }
+    if e.key.is_empty() {
+        s.push_str(&format!(": {kind}{}", e.message));
+    } else {
+        s.push_str(&format!(": {kind}key `{}`: {}", e.key, e.message));
+    }
+    if let Some(h) = &e.hint {
+        s.push_str(&format!(" (hint: {h})"));
+    }
+    s
+}
+
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, e) in self.errors.iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}", self.file.display())?;
-            if let Some(line) = e.line {
-                write!(f, ":{line}")?;
-            }
-            if e.key.is_empty() {
-                write!(f, ": {}", e.message)?;
-            } else {
-                write!(f, ": key `{}`: {}", e.key, e.message)?;
-            }
-            if let Some(h) = &e.hint {
-                write!(f, " (hint: {h})")?;
-            }
+            f.write_str(&one_line(&self.file, e, ""))?;
         }
         Ok(())
     }
@@ -369,14 +441,23 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         Ok(r) => r,
         Err(e) => return Err(fail(serde_errors(text, e))),
     };
-    validate(path, &raw).map_err(|mut errs| {
-        for e in &mut errs {
+    let locate = |errs: &mut Vec<ConfigError>| {
+        for e in errs {
             if e.line.is_none() {
                 e.line = line_of_key(text, &e.key);
             }
         }
-        fail(errs)
-    })
+    };
+    match validate(path, &raw) {
+        Ok(mut cfg) => {
+            locate(&mut cfg.warnings);
+            Ok(cfg)
+        }
+        Err(mut errs) => {
+            locate(&mut errs);
+            Err(fail(errs))
+        }
+    }
 }
 
 /// Serde stops at the first problem. To report every bad key at once, blank the
@@ -419,23 +500,7 @@ fn serde_errors(text: &str, first: toml::de::Error) -> Vec<ConfigError> {
 }
 
 fn serde_error(text: &str, e: &toml::de::Error) -> ConfigError {
-    let line = e.span().map(|s| line_at(text, s.start));
-    let key = line
-        .and_then(|l| text.lines().nth(l - 1))
-        .map(|l| l.split('=').next().unwrap_or("").trim().to_string())
-        .unwrap_or_default();
-    let message = e.message().to_string();
-    let hint = if message.starts_with("unknown field") {
-        Some("check the spelling against the configuration reference".to_string())
-    } else {
-        None
-    };
-    ConfigError {
-        line,
-        key,
-        message,
-        hint,
-    }
+    errors::describe(text, e)
 }
 
 fn line_at(text: &str, offset: usize) -> usize {

@@ -45,8 +45,11 @@ impl Default for RawLog {
 pub struct RawLimits {
     #[serde(default = "d_max_connections")]
     pub max_connections: i64,
-    #[serde(default = "d_10s")]
-    pub connect_timeout: String,
+    /// Time for a client's complete CONNECT packet (SPEC's `[limits] connect_timeout`,
+    /// renamed so that it is not taken for `[clusters.X] connect_timeout`); unset: 10s.
+    pub connect_packet_timeout: Option<String>,
+    /// The old name of `connect_packet_timeout`: still accepted, with a warning.
+    pub connect_timeout: Option<String>,
     #[serde(default = "d_max_connect_size")]
     pub max_connect_size: i64,
     #[serde(default = "d_10s")]
@@ -63,7 +66,8 @@ impl Default for RawLimits {
     fn default() -> Self {
         Self {
             max_connections: d_max_connections(),
-            connect_timeout: d_10s(),
+            connect_packet_timeout: None,
+            connect_timeout: None,
             max_connect_size: d_max_connect_size(),
             tls_handshake_timeout: d_10s(),
             per_ip_connect_rate: 0,
@@ -81,6 +85,10 @@ pub struct RawAdmin {
     pub token_file: Option<String>,
     /// Extension: name of an environment variable holding the token.
     pub token_env: Option<String>,
+    /// Extension: host names (besides the admin address and `localhost`) that changes
+    /// may arrive under (`Host` / `Origin`).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for RawAdmin {
@@ -89,6 +97,7 @@ impl Default for RawAdmin {
             bind: d_admin_bind(),
             token_file: None,
             token_env: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -129,6 +138,14 @@ pub struct RawCluster {
     pub retries: i64,
     #[serde(default = "d_on_node_down")]
     pub on_node_down: String,
+    #[serde(default = "d_5s")]
+    pub queue_timeout: String,
+    #[serde(default = "d_queue_max")]
+    pub queue_max: i64,
+    #[serde(default = "d_no_node_reply")]
+    pub no_node_reply: String,
+    #[serde(default = "d_10s")]
+    pub connack_timeout: String,
     #[serde(default = "d_off")]
     pub send_proxy_protocol: String,
     #[serde(default = "d_30s")]
@@ -168,6 +185,8 @@ pub struct RawHealth {
     pub password_file: Option<String>,
     /// Extension: name of an environment variable holding the password.
     pub password_env: Option<String>,
+    #[serde(default = "d_hc_prefix")]
+    pub client_id_prefix: String,
 }
 
 impl Default for RawHealth {
@@ -183,6 +202,7 @@ impl Default for RawHealth {
             username: None,
             password_file: None,
             password_env: None,
+            client_id_prefix: d_hc_prefix(),
         }
     }
 }
@@ -269,6 +289,18 @@ fn d_retries() -> i64 {
 }
 fn d_on_node_down() -> String {
     "disconnect".into()
+}
+fn d_hc_prefix() -> String {
+    "mqgate-hc-".into()
+}
+fn d_5s() -> String {
+    "5s".into()
+}
+fn d_queue_max() -> i64 {
+    10_000
+}
+fn d_no_node_reply() -> String {
+    "close".into()
 }
 fn d_off() -> String {
     "off".into()

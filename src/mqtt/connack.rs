@@ -77,6 +77,24 @@ pub fn connack_reply(v5: bool, code: u8) -> ([u8; 5], usize) {
     }
 }
 
+/// An MQTT 5 CONNACK refusing a client with `code` and a reason string property
+/// (0x1F), for people reading a client's log. `reason` is cut to 100 bytes (at a
+/// character boundary) so that every length fits one byte.
+pub fn connack_reply_v5_with_reason(code: u8, reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(100);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = &reason.as_bytes()[..end];
+    let props = 3 + reason.len();
+    let mut out = Vec::with_capacity(5 + props);
+    out.extend_from_slice(&[CONNACK_BYTE, (3 + props) as u8, 0x00, code, props as u8]);
+    out.push(0x1F);
+    out.extend_from_slice(&(reason.len() as u16).to_be_bytes());
+    out.extend_from_slice(reason);
+    out
+}
+
 /// A DISCONNECT packet (v3.x; also valid v5, reason "normal disconnection").
 pub const CONNECT_DISCONNECT: [u8; 2] = [0xE0, 0x00];
 
@@ -94,6 +112,23 @@ mod tests {
                 assert_eq!(got, Ok(Parse::Complete(want)), "{n} bytes");
             }
         }
+    }
+
+    #[test]
+    fn v5_refusal_with_reason_string_is_read_back_by_the_observer() {
+        let p = connack_reply_v5_with_reason(0x88, "no broker node available");
+        assert_eq!(p[1] as usize, p.len() - 2, "remaining length");
+        assert_eq!(&p[5..8], &[0x1F, 0x00, 24]);
+        assert_eq!(&p[8..], b"no broker node available");
+        let got = observe_connack(&p);
+        assert!(
+            matches!(got, Ok(Parse::Complete(ConnackInfo { code: 0x88, .. }))),
+            "{got:?}"
+        );
+        let long = "é".repeat(80);
+        let p = connack_reply_v5_with_reason(0x88, &long);
+        assert_eq!(p[7], 100, "cut to 100 bytes at a character boundary");
+        assert!(std::str::from_utf8(&p[8..]).is_ok());
     }
 
     #[test]

@@ -163,11 +163,10 @@ fn connect_header(buf: &[u8]) -> Result<Parse<(usize, usize)>, ConnectError> {
     };
     // 0x16 would be a CONNECT with flags 0110, but it is the TLS handshake record
     // type: a client speaking TLS to a plain port. Count it as "not MQTT".
+    // Nonzero fixed-header flags are refused by `parse_connect` once the protocol
+    // level is known: MQTT 3.1 did not reserve them, and Mosquitto accepts them there.
     if first >> 4 != CONNECT_BYTE >> 4 || first == TLS_HANDSHAKE {
         return Err(ConnectError::NotConnect);
-    }
-    if first != CONNECT_BYTE {
-        return Err(ConnectError::Malformed("fixed header flags"));
     }
     match Header::read(buf) {
         Header::Complete {
@@ -188,8 +187,9 @@ fn connect_header(buf: &[u8]) -> Result<Parse<(usize, usize)>, ConnectError> {
 /// - `Ok(Incomplete)`: more bytes are needed (including for an empty `buf`).
 /// - `Err(NotConnect)`: byte 0 is not packet type 1 (HTTP, PINGREQ, ...) or is
 ///   0x16, the start of a TLS ClientHello. Always decided from byte 0 alone.
-/// - `Err(Malformed)`: type 1 with other nonzero flags, or a Remaining Length whose
-///   4th byte still has its continuation bit set.
+/// - `Err(Malformed)`: a Remaining Length whose 4th byte still has its continuation
+///   bit set. (Nonzero fixed-header flags are judged by [`parse_connect`], which
+///   knows the protocol level.)
 /// - `Err(TooLarge(total))`: `total > max`, decided from the header alone.
 ///
 /// Bytes after the fixed header are not looked at.
@@ -239,6 +239,13 @@ pub fn parse_connect(packet: &[u8]) -> Result<Connect<'_>, ConnectError> {
         (b"MQIsdp" | b"MQTT", _) => return Err(ConnectError::UnsupportedProtocol(level)),
         _ => return Err(ConnectError::Malformed("protocol name")),
     };
+    // MQTT 3.1 reserved neither the fixed-header flags nor connect flag bit 0, and
+    // Mosquitto accepts them set on a 3.1 CONNECT: so does the gateway. 3.1.1 and 5.0
+    // forbid both [MQTT-2.2.2-2], [MQTT-3.1.2-3].
+    let v3_1 = version == ProtocolVersion::V3_1;
+    if packet[0] != CONNECT_BYTE && !v3_1 {
+        return Err(ConnectError::Malformed("fixed header flags"));
+    }
 
     // Connect flags.
     let flags = r.u8()?;
@@ -248,13 +255,15 @@ pub fn parse_connect(packet: &[u8]) -> Result<Connect<'_>, ConnectError> {
     let will_retain = flags & 0x20 != 0;
     let password_flag = flags & 0x40 != 0;
     let username_flag = flags & 0x80 != 0;
-    if flags & 0x01 != 0 {
+    if flags & 0x01 != 0 && !v3_1 {
         return Err(ConnectError::Malformed("reserved connect flag set"));
     }
     if will_qos == 3 {
         return Err(ConnectError::Malformed("will QoS 3"));
     }
-    if !will_flag && (will_qos != 0 || will_retain) {
+    // Will QoS or retain without the will flag: forbidden since 3.1.1
+    // [MQTT-3.1.2-13/15]; MQTT 3.1 said nothing, and Mosquitto accepts it there.
+    if !will_flag && (will_qos != 0 || will_retain) && !v3_1 {
         return Err(ConnectError::Malformed(
             "will QoS or retain without will flag",
         ));
@@ -286,12 +295,13 @@ pub fn parse_connect(packet: &[u8]) -> Result<Connect<'_>, ConnectError> {
     } else {
         None
     };
-    let username = if username_flag {
+    // MQTT 3.1: a username or password flag without the field is ignored (Mosquitto).
+    let username = if username_flag && !(v3_1 && r.is_empty()) {
         Some(r.utf8(BAD_USERNAME)?)
     } else {
         None
     };
-    let password = if password_flag {
+    let password = if password_flag && !(v3_1 && r.is_empty()) {
         Some(r.binary()?)
     } else {
         None
@@ -321,6 +331,18 @@ pub fn encode_connect_v311(
     password: Option<&[u8]>,
     keep_alive: u16,
 ) -> Vec<u8> {
+    encode_connect(false, client_id, username, password, keep_alive)
+}
+
+/// [`encode_connect_v311`], or with `v5` the MQTT 5.0 CONNECT (clean start, no
+/// properties: session expiry 0) that the `mqtt5` health check sends.
+pub fn encode_connect(
+    v5: bool,
+    client_id: &str,
+    username: Option<&str>,
+    password: Option<&[u8]>,
+    keep_alive: u16,
+) -> Vec<u8> {
     fn field(bytes: &[u8]) -> &[u8] {
         &bytes[..bytes.len().min(usize::from(u16::MAX))]
     }
@@ -336,13 +358,18 @@ pub fn encode_connect_v311(
         flags |= 0x40;
     }
     let fields = [Some(client_id), username, password];
-    let remaining = 10 + fields.iter().flatten().map(|f| 2 + f.len()).sum::<usize>();
+    let remaining =
+        10 + usize::from(v5) + fields.iter().flatten().map(|f| 2 + f.len()).sum::<usize>();
 
     let mut out = Vec::with_capacity(5 + remaining);
     out.push(CONNECT_BYTE);
     put_varint(&mut out, remaining);
-    out.extend_from_slice(&[0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, flags]);
+    let level = if v5 { 5 } else { 4 };
+    out.extend_from_slice(&[0x00, 0x04, b'M', b'Q', b'T', b'T', level, flags]);
     out.extend_from_slice(&keep_alive.to_be_bytes());
+    if v5 {
+        out.push(0x00); // no properties
+    }
     for f in fields.iter().flatten() {
         // `field` capped the length at u16::MAX.
         let len = u16::try_from(f.len()).unwrap_or(u16::MAX);
@@ -686,9 +713,63 @@ mod tests {
         for first in [0x11, 0x12, 0x15, 0x17, 0x18, 0x1F] {
             let mut p = v311(0x02, &[&s(b"c")]);
             p[0] = first;
-            assert_eq!(frame_len(&p[..1], 65536), Err(M("fixed header flags")));
+            assert_eq!(frame_len(&p[..1], 65536), Ok(Parse::Incomplete));
+            assert_eq!(frame_len(&p, 65536), Ok(Parse::Complete(p.len())));
             assert_eq!(parse_connect(&p), Err(M("fixed header flags")));
+            let mut p = v5(0x02, &[&[0x00], &s(b"c")]);
+            p[0] = first;
+            assert_eq!(parse_connect(&p), Err(M("fixed header flags")));
+            // MQTT 3.1 did not reserve them (Mosquitto accepts them).
+            let mut p = connect(b"MQIsdp", 3, 0x02, 60, &[&s(b"c")]);
+            p[0] = first;
+            assert!(
+                parse_connect(&p).is_ok(),
+                "3.1 with first byte {first:#04x}"
+            );
         }
+    }
+
+    #[test]
+    fn health_check_connects_parse_back() {
+        for v5 in [false, true] {
+            let p = encode_connect(v5, "mqgate-hc-1", Some("u"), Some(b"\xffpw"), 10);
+            let c = parse(&p).unwrap_or_else(|e| panic!("v5={v5}: {e:?}"));
+            assert_eq!(c.version.is_v5(), v5);
+            assert_eq!((c.client_id, c.username), ("mqgate-hc-1", Some("u")));
+            assert_eq!(c.password, Some(&b"\xffpw"[..]));
+            assert!(c.clean_session);
+            assert_eq!(c.session_expiry, None);
+        }
+    }
+
+    /// The two MQTT 3.1 CONNECTs of Mosquitto's own test data (`CONNECT.json`, group
+    /// "v3.1 CONNECT", cases "10 ok" and "14 ok") that Mosquitto accepts.
+    #[test]
+    fn mosquitto_accepts_these_v3_1_connects_and_so_do_we() {
+        let ten = [
+            0x10, 0x0F, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03, 0x01, 0x00, 0x0A,
+            0x00, 0x01, 0x70,
+        ];
+        let mut fourteen = ten;
+        fourteen[0] = 0x14;
+        for p in [ten, fourteen] {
+            let c = parse_connect(&p).unwrap_or_else(|e| panic!("{p:02x?}: {e:?}"));
+            assert_eq!(c.version, ProtocolVersion::V3_1);
+            assert_eq!(c.client_id, "p");
+            assert_eq!(c.keep_alive, 10);
+        }
+        // Username / password flags without the fields: ignored on 3.1 only.
+        let p = connect(b"MQIsdp", 3, 0xC2, 60, &[&s(b"c")]);
+        let c = parse(&p).expect("3.1: flags without fields are ignored");
+        assert_eq!((c.username, c.password), (None, None));
+        let p = connect(b"MQIsdp", 3, 0xC2, 60, &[&s(b"c"), &s(b"u")]);
+        let c = parse(&p).expect("3.1: password flag without the field");
+        assert_eq!((c.username, c.password), (Some("u"), None));
+        assert_eq!(
+            parse(&v311(0xC2, &[&s(b"c")])),
+            Err(M(PAST_END)),
+            "3.1.1 requires them"
+        );
     }
 
     #[test]
@@ -756,6 +837,12 @@ mod tests {
         for &(flags, reason) in cases {
             let p = v311(flags, &[&c, &s(b"t"), &s(b"m"), &s(b"p")]);
             assert_eq!(parse(&p), Err(M(reason)), "flags {flags:#04x}");
+        }
+        // Will QoS / retain without the will flag: accepted on 3.1, as Mosquitto does.
+        for flags in [0x08, 0x10, 0x20, 0x28] {
+            let p = connect(b"MQIsdp", 3, flags | 0x02, 60, &[&c]);
+            let got = parse(&p).unwrap_or_else(|e| panic!("flags {flags:#04x}: {e:?}"));
+            assert!(got.will.is_none());
         }
         let p = connect(b"MQIsdp", 3, 0x40, 60, &[&c, &s(b"p")]);
         assert_eq!(parse(&p), Err(M("password without username")));

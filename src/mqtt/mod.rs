@@ -22,7 +22,9 @@ pub mod connect;
 mod properties;
 mod wire;
 
-pub use connack::{connack_reply, observe_connack, ConnackInfo, CONNECT_DISCONNECT};
+pub use connack::{
+    connack_reply, connack_reply_v5_with_reason, observe_connack, ConnackInfo, CONNECT_DISCONNECT,
+};
 pub use connect::{
     encode_connect_v311, frame_len, parse_connect, Connect, ConnectError, ProtocolVersion, Will,
 };

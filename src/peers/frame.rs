@@ -4,7 +4,7 @@
 //! ```text
 //! frame   := length:u32be body            (length of body, 1 ..= MAX_FRAME)
 //! body    := type:u8 payload
-//! HELLO   1  magic "MQGP" version:u16 name:str nonce:[32]
+//! HELLO   1  magic "MQGP" version:u16 name:str nonce:[32]   (the acceptor's name is "")
 //! AUTH    2  mac:[32]                      HMAC-SHA256, see `auth`
 //! UPDATES 3  cluster:str count:u32 update*
 //!            update := flags:u8 (bit 0 = deletion) key:str [node:str] stamp:u64
@@ -18,13 +18,20 @@
 //!
 //! The HELLO magic and version sit at fixed offsets so that any future version can
 //! still be told apart and refused with a clear error.
+//!
+//! On a link without TLS, every frame after AUTH is sealed (`super::seal`): its length
+//! also counts a 32-byte tag after the body.
+//!
+//! Version 2 (security round 2): the acceptor's HELLO carries no name, the AUTH MACs
+//! changed (see `super::auth`) and frames after AUTH are sealed without TLS. Version 1
+//! peers are refused with the version error.
 
 use crate::sticky::Update;
 use std::collections::HashSet;
 use std::sync::Arc;
 
 /// Protocol version spoken by this build.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Largest frame body accepted or produced.
 pub const MAX_FRAME: usize = 1 << 20;
 /// Magic at the start of a HELLO.

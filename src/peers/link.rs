@@ -7,8 +7,16 @@
 //! bounded broadcast queue; a peer too slow to keep up falls behind the queue and gets a
 //! fresh full sync instead of an ever-growing buffer. A full sync copies one table shard
 //! at a time (the lock is held only for the copy), then writes it at the peer's pace.
+//!
+//! On a link without TLS every frame is sealed (`super::seal`): the reader checks each
+//! frame's tag before decoding it, the writer adds one to each frame it sends.
+//!
+//! Updates for a cluster this gateway does not have, or pointing at a node its cluster
+//! does not have, are dropped and counted (`mqgate_peer_updates_dropped_total`).
 
+use super::auth::FrameKeys;
 use super::frame::{self, Frame, FrameError, Interner};
+use super::seal::{Opener, SealError, Sealer};
 use crate::gateway::Shared;
 use crate::sticky::{Update, SHARDS};
 use bytes::{Buf, BytesMut};
@@ -48,6 +56,18 @@ pub enum LinkError {
     Auth(String),
     #[error("refused by the peer: {0}")]
     Refused(String),
+    /// A sealed frame's tag did not match (see `super::seal`).
+    #[error("frame failed its integrity check (injected, altered or replayed)")]
+    Integrity,
+}
+
+impl From<SealError> for LinkError {
+    fn from(e: SealError) -> Self {
+        match e {
+            SealError::Tag => LinkError::Integrity,
+            SealError::Frame(f) => LinkError::Frame(f),
+        }
+    }
 }
 
 impl LinkError {
@@ -70,6 +90,7 @@ pub struct FrameReader<R> {
     r: R,
     buf: BytesMut,
     interner: Interner,
+    opener: Option<Opener>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -78,14 +99,45 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             r,
             buf: BytesMut::with_capacity(8 * 1024),
             interner: Interner::default(),
+            opener: None,
         }
+    }
+
+    /// From now on, every frame must be sealed with `key` (see `super::seal`).
+    pub fn seal(&mut self, key: &[u8; 32]) {
+        self.opener = Some(Opener::new(key));
+    }
+
+    /// The next frame at the front of the buffer, if it is complete.
+    fn decode_buffered(&mut self) -> Result<Option<Frame>, LinkError> {
+        let Some(opener) = self.opener.as_mut() else {
+            return Ok(match frame::decode(&self.buf, &mut self.interner)? {
+                Some((f, n)) => {
+                    self.buf.advance(n);
+                    Some(f)
+                }
+                None => None,
+            });
+        };
+        let Some(total) = Opener::frame_len(&self.buf)? else {
+            return Ok(None);
+        };
+        if self.buf.len() < total {
+            return Ok(None);
+        }
+        let plain = opener.open(&mut self.buf[..total])?;
+        let f = match frame::decode(&self.buf[..plain], &mut self.interner)? {
+            Some((f, _)) => f,
+            None => return Err(LinkError::Truncated), // cannot happen: the frame is whole
+        };
+        self.buf.advance(total);
+        Ok(Some(f))
     }
 
     /// The next frame, or `None` on a clean close between frames.
     pub async fn next(&mut self) -> Result<Option<Frame>, LinkError> {
         loop {
-            if let Some((f, n)) = frame::decode(&self.buf, &mut self.interner)? {
-                self.buf.advance(n);
+            if let Some(f) = self.decode_buffered()? {
                 return Ok(Some(f));
             }
             // Room for the rest of this frame (its size is already checked), at most 64 KiB.
@@ -103,28 +155,56 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
-async fn write<W: AsyncWrite + Unpin>(w: &mut W, buf: &[u8]) -> Result<(), LinkError> {
-    match tokio::time::timeout(WRITE_TIMEOUT, w.write_all(buf)).await {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(LinkError::Protocol(format!(
-            "peer has not read anything for {WRITE_TIMEOUT:?}"
-        ))),
+/// The sending half of a link: seals frames when the link has no TLS.
+struct Out<W> {
+    w: W,
+    sealer: Option<Sealer>,
+    sealed: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> Out<W> {
+    /// Write whole encoded frames.
+    async fn write(&mut self, buf: &[u8]) -> Result<(), LinkError> {
+        let bytes = match self.sealer.as_mut() {
+            Some(s) => {
+                self.sealed.clear();
+                s.seal(buf, &mut self.sealed);
+                &self.sealed[..]
+            }
+            None => buf,
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, self.w.write_all(bytes)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(LinkError::Protocol(format!(
+                "peer has not read anything for {WRITE_TIMEOUT:?}"
+            ))),
+        }
     }
 }
 
-/// Run an authenticated link until it fails or `stop` is cancelled.
+/// Run an authenticated link until it fails or `stop` is cancelled. `sealing`: the
+/// frame keys of a link without TLS (every frame is then sealed both ways).
 pub async fn run<R, W>(
     shared: Arc<Shared>,
     hub: broadcast::Sender<Change>,
     peer: Arc<str>,
     mut r: FrameReader<R>,
-    mut w: W,
+    w: W,
+    sealing: Option<FrameKeys>,
     stop: CancellationToken,
 ) -> Result<(), LinkError>
 where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
+    if let Some(k) = &sealing {
+        r.seal(&k.recv);
+    }
+    let mut w = Out {
+        w,
+        sealer: sealing.map(|k| Sealer::new(&k.send)),
+        sealed: Vec::new(),
+    };
     // Subscribe before the full sync, so no change made during it is missed (what is
     // sent twice merges as a no-op).
     let rx = hub.subscribe();
@@ -135,7 +215,7 @@ where
         r = receiving => r,
         _ = stop.cancelled() => Ok(()),
     };
-    let _ = w.shutdown().await;
+    let _ = w.w.shutdown().await;
     result
 }
 
@@ -144,7 +224,7 @@ async fn send_loop<W: AsyncWrite + Unpin>(
     peer: &str,
     mut rx: broadcast::Receiver<Change>,
     hub: &broadcast::Sender<Change>,
-    w: &mut W,
+    w: &mut Out<W>,
 ) -> Result<(), LinkError> {
     let sent = shared
         .metrics
@@ -163,7 +243,7 @@ async fn send_loop<W: AsyncWrite + Unpin>(
             _ = heartbeat.tick() => {
                 buf.clear();
                 frame::encode(&Frame::Heartbeat, &mut buf);
-                write(w, &buf).await?;
+                w.write(&buf).await?;
                 continue;
             }
         };
@@ -202,13 +282,16 @@ async fn send_loop<W: AsyncWrite + Unpin>(
             }
         }
         frame::encode_updates(&cluster, &batch, &mut buf);
-        write(w, &buf).await?;
+        w.write(&buf).await?;
         sent.inc_by(count);
     }
 }
 
 /// Send every table, shard by shard; returns how many updates went.
-async fn full_sync<W: AsyncWrite + Unpin>(shared: &Shared, w: &mut W) -> Result<u64, LinkError> {
+async fn full_sync<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    w: &mut Out<W>,
+) -> Result<u64, LinkError> {
     let mut buf = Vec::with_capacity(256 * 1024);
     frame::encode(&Frame::SyncBegin, &mut buf);
     let clusters = shared.clusters_sorted();
@@ -222,14 +305,14 @@ async fn full_sync<W: AsyncWrite + Unpin>(shared: &Shared, w: &mut W) -> Result<
             total += updates.len() as u64;
             for chunk in updates.chunks(frame::BATCH * 16) {
                 frame::encode_updates(&c.name, chunk, &mut buf);
-                write(w, &buf).await?;
+                w.write(&buf).await?;
                 buf.clear();
             }
         }
     }
     frame::encode(&Frame::SyncEnd { entries: total }, &mut buf);
-    write(w, &buf).await?;
-    w.flush().await?;
+    w.write(&buf).await?;
+    w.w.flush().await?;
     Ok(total)
 }
 
@@ -242,10 +325,34 @@ async fn receive_loop<R: AsyncRead + Unpin>(
         .metrics
         .peer_updates
         .with_label_values(&[peer, "received"]);
+    let dropped = |reason: &str| {
+        shared
+            .metrics
+            .peer_updates_dropped
+            .with_label_values(&[peer, reason])
+    };
+    let (unknown_cluster, unknown_node) = (dropped("unknown_cluster"), dropped("unknown_node"));
+    // Dropped updates are logged at warn once per link and reason, then at debug.
+    let (mut warned_cluster, mut warned_node) = (false, false);
     let mut syncing: Option<u64> = None;
     loop {
         let f = match tokio::time::timeout(DEAD_AFTER, r.next()).await {
-            Ok(f) => f?,
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                let reason = match &e {
+                    LinkError::Integrity => Some("mac"),
+                    LinkError::Frame(_) => Some("malformed"),
+                    _ => None,
+                };
+                if let Some(reason) = reason {
+                    shared
+                        .metrics
+                        .peer_frames_rejected
+                        .with_label_values(&[peer, reason])
+                        .inc();
+                }
+                return Err(e);
+            }
             Err(_) => return Err(LinkError::Timeout(DEAD_AFTER)),
         };
         match f {
@@ -257,15 +364,41 @@ async fn receive_loop<R: AsyncRead + Unpin>(
                 }
                 match shared.cluster(&cluster) {
                     Some(c) => {
+                        let nodes = c.nodes();
+                        let mut unknown = 0u64;
                         for u in &updates {
-                            c.sticky.merge(u);
+                            let known = match &u.node {
+                                Some(n) => nodes.iter().any(|x| *x.name == **n),
+                                None => true, // a deletion names no node
+                            };
+                            if known {
+                                c.sticky.merge(u);
+                            } else {
+                                unknown += 1;
+                            }
+                        }
+                        if unknown > 0 {
+                            unknown_node.inc_by(unknown);
+                            let msg = "peer sent sticky entries for nodes this gateway's \
+                                       cluster does not have; dropped";
+                            if std::mem::replace(&mut warned_node, true) {
+                                tracing::debug!(peer, cluster, dropped = unknown, "{msg}");
+                            } else {
+                                tracing::warn!(peer, cluster, dropped = unknown, "{msg}");
+                            }
                         }
                     }
-                    None => tracing::debug!(
-                        peer,
-                        cluster,
-                        "update for a cluster this gateway does not have; ignored"
-                    ),
+                    None => {
+                        unknown_cluster.inc_by(updates.len() as u64);
+                        let msg = "peer sent sticky entries for a cluster this gateway does \
+                                   not have; dropped";
+                        let n = updates.len();
+                        if std::mem::replace(&mut warned_cluster, true) {
+                            tracing::debug!(peer, cluster, dropped = n, "{msg}");
+                        } else {
+                            tracing::warn!(peer, cluster, dropped = n, "{msg}");
+                        }
+                    }
                 }
                 // A flood of frames must not starve client connections on this worker.
                 tokio::task::yield_now().await;

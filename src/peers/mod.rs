@@ -18,9 +18,11 @@
 //! service; [`reconfigure`] (after every later apply) starts, stops or adjusts it;
 //! [`save_snapshot`] (at shutdown) writes the tables.
 
+pub mod admission;
 pub mod auth;
 pub mod frame;
 pub mod link;
+pub mod seal;
 pub mod snapshot;
 
 use crate::cluster::Cluster;
@@ -29,19 +31,20 @@ use crate::gateway::Shared;
 use arc_swap::ArcSwap;
 use link::{Change, FrameReader, LinkError};
 use rand::Rng;
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{broadcast, Semaphore};
+use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 
-/// Bound on the whole handshake (TCP connect, TLS, HELLO/AUTH).
+/// Bound on the whole handshake (TCP connect, TLS, HELLO/AUTH); for an inbound
+/// connection, counted from its first byte (see [`admission`]).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Unauthenticated inbound connections handled at once; more are dropped.
-const MAX_HANDSHAKES: usize = 32;
+/// Configured peers' addresses are resolved again this often (and on every reload).
+const PEER_ADDRESSES_REFRESH: Duration = Duration::from_secs(60);
 /// Reconnect backoff: doubles from the first value up to the second, with jitter.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -71,6 +74,10 @@ struct Service {
     links: Arc<Links>,
     hub: broadcast::Sender<Change>,
     forwarders: HashMap<String, Weak<Cluster>>,
+    /// The configured peers' addresses (resolved), for [`admission`].
+    peer_addresses: Arc<ArcSwap<HashSet<IpAddr>>>,
+    /// Wakes the task that resolves them (after a reload).
+    peers_changed: Arc<Notify>,
 }
 
 /// Held in [`Shared`]: the service, once started.
@@ -242,9 +249,20 @@ fn apply(shared: &Arc<Shared>) -> Result<(), PeersError> {
             links: Arc::default(),
             hub,
             forwarders: HashMap::new(),
+            peer_addresses: Arc::default(),
+            peers_changed: Arc::new(Notify::new()),
         });
+        if let Some(s) = guard.as_ref() {
+            shared.bg_tracker.spawn(resolve_peer_addresses(
+                s.settings.clone(),
+                s.peer_addresses.clone(),
+                s.peers_changed.clone(),
+                s.stop.clone(),
+            ));
+        }
     } else if let Some(s) = guard.as_mut() {
         s.settings.store(Arc::new(settings));
+        s.peers_changed.notify_one();
     }
     if let Some(s) = guard.as_mut() {
         if fresh || s.bind != cfg.bind {
@@ -317,6 +335,18 @@ fn reconcile_dialers(shared: &Arc<Shared>, s: &mut Service, cfg: &PeersConfig) {
                 .peer_updates
                 .with_label_values(&[&p.name, dir]);
         }
+        for reason in ["unknown_cluster", "unknown_node"] {
+            shared
+                .metrics
+                .peer_updates_dropped
+                .with_label_values(&[&p.name, reason]);
+        }
+        for reason in ["mac", "malformed"] {
+            shared
+                .metrics
+                .peer_frames_rejected
+                .with_label_values(&[&p.name, reason]);
+        }
     }
     for (name, addr) in want {
         if s.dialers.contains_key(name) {
@@ -329,6 +359,29 @@ fn reconcile_dialers(shared: &Arc<Shared>, s: &mut Service, cfg: &PeersConfig) {
         shared
             .bg_tracker
             .spawn(dial_loop(ctx, Arc::from(name), addr.to_string(), stop));
+    }
+}
+
+/// Keep `out` equal to the configured peers' addresses: at start, after each reload
+/// (`changed`) and every [`PEER_ADDRESSES_REFRESH`] (DNS names may move).
+async fn resolve_peer_addresses(
+    settings: Arc<ArcSwap<Settings>>,
+    out: Arc<ArcSwap<HashSet<IpAddr>>>,
+    changed: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    loop {
+        let peers = settings.load().peers.clone();
+        let resolved = tokio::select! {
+            r = admission::peer_addresses(&peers) => r,
+            _ = stop.cancelled() => return,
+        };
+        out.store(Arc::new(resolved));
+        tokio::select! {
+            _ = tokio::time::sleep(PEER_ADDRESSES_REFRESH) => {}
+            _ = changed.notified() => {}
+            _ = stop.cancelled() => return,
+        }
     }
 }
 
@@ -381,6 +434,7 @@ struct Ctx {
     links: Arc<Links>,
     hub: broadcast::Sender<Change>,
     stop: CancellationToken,
+    peer_addresses: Arc<ArcSwap<HashSet<IpAddr>>>,
 }
 
 impl Ctx {
@@ -391,11 +445,19 @@ impl Ctx {
             links: s.links.clone(),
             hub: s.hub.clone(),
             stop: s.stop.clone(),
+            peer_addresses: s.peer_addresses.clone(),
         }
     }
 
     /// Run an authenticated link until it ends; keeps `mqgate_peer_up` true.
-    async fn serve<R, W>(&self, peer: Arc<str>, r: FrameReader<R>, w: W) -> Result<(), LinkError>
+    /// `sealing`: the frame keys of a link without TLS.
+    async fn serve<R, W>(
+        &self,
+        peer: Arc<str>,
+        r: FrameReader<R>,
+        w: W,
+        sealing: Option<auth::FrameKeys>,
+    ) -> Result<(), LinkError>
     where
         R: AsyncRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send,
@@ -411,6 +473,7 @@ impl Ctx {
             peer.clone(),
             r,
             w,
+            sealing,
             token,
         )
         .await;
@@ -422,7 +485,7 @@ impl Ctx {
 }
 
 async fn accept_loop(ctx: Ctx, listener: tokio::net::TcpListener, stop: CancellationToken) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let admission = admission::Admission::new(admission::Limits::DEFAULT);
     loop {
         let (tcp, addr) = tokio::select! {
             r = listener.accept() => match r {
@@ -435,18 +498,40 @@ async fn accept_loop(ctx: Ctx, listener: tokio::net::TcpListener, stop: Cancella
             },
             _ = stop.cancelled() => return,
         };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            tracing::debug!(%addr, "too many peer handshakes in progress; connection dropped");
-            continue;
-        };
         let _ = tcp.set_nodelay(true);
+        let waiting = admission.arrive();
+        let admission = admission.clone();
         let ctx = ctx.clone();
         let tracker = ctx.shared.bg_tracker.clone();
         tracker.spawn(async move {
+            // The first byte, without holding a handshake slot.
+            let mut first = [0u8; 1];
+            let got = tokio::select! {
+                r = tokio::time::timeout(admission::FIRST_BYTE_TIMEOUT, tcp.peek(&mut first)) => r,
+                _ = waiting.evicted() => {
+                    tracing::debug!(%addr, "peers port: closed a connection that had sent nothing, to make room");
+                    return;
+                }
+            };
+            drop(waiting);
+            match got {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return, // closed, or failed, before sending anything
+                Err(_) => {
+                    tracing::debug!(%addr, "peers port: nothing received within {:?}; closed", admission::FIRST_BYTE_TIMEOUT);
+                    return;
+                }
+            }
+            let source = addr.ip().to_canonical();
+            let peer_address = ctx.peer_addresses.load().contains(&source);
+            let Some(slot) = admission.handshake(source, peer_address) else {
+                tracing::debug!(%addr, "too many peer handshakes in progress; connection dropped");
+                return;
+            };
             let settings = ctx.settings.load_full();
             let hs = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_one(&settings, tcp)).await;
-            drop(permit);
-            let (peer, r, w) = match hs {
+            drop(slot);
+            let (peer, (r, w, sealing)) = match hs {
                 Ok(Ok(x)) => x,
                 Ok(Err(e @ LinkError::Auth(_))) => {
                     tracing::warn!(%addr, "peer refused: {e}");
@@ -466,7 +551,7 @@ async fn accept_loop(ctx: Ctx, listener: tokio::net::TcpListener, stop: Cancella
                 }
             };
             let peer: Arc<str> = Arc::from(peer.as_str());
-            if let Err(e) = ctx.serve(peer.clone(), r, w).await {
+            if let Err(e) = ctx.serve(peer.clone(), r, w, sealing).await {
                 log_link_end(&peer, &e);
             }
         });
@@ -474,69 +559,116 @@ async fn accept_loop(ctx: Ctx, listener: tokio::net::TcpListener, stop: Cancella
 }
 
 type Halves = (
-    String,
     FrameReader<tokio::io::ReadHalf<Stream>>,
     tokio::io::WriteHalf<Stream>,
+    Option<auth::FrameKeys>,
 );
 
-async fn accept_one(settings: &Settings, tcp: tokio::net::TcpStream) -> Result<Halves, LinkError> {
-    let stream: Stream = match &settings.tls {
-        Some(t) => Box::new(
-            t.acceptor
+/// The end-entity certificate the other side presented, as DER.
+fn peer_certificate(c: &rustls::CommonState) -> Option<&[u8]> {
+    c.peer_certificates()
+        .and_then(|certs| certs.first())
+        .map(|c| c.as_ref())
+}
+
+async fn accept_one(
+    settings: &Settings,
+    tcp: tokio::net::TcpStream,
+) -> Result<(String, Halves), LinkError> {
+    let (stream, cert, binding): (Stream, Option<Vec<u8>>, Option<[u8; 32]>) = match &settings.tls {
+        Some(t) => {
+            let s = t
+                .acceptor
                 .accept(tcp)
                 .await
-                .map_err(|e| LinkError::Auth(format!("TLS handshake failed: {e}")))?,
-        ),
-        None => Box::new(tcp),
+                .map_err(|e| LinkError::Auth(format!("TLS handshake failed: {e}")))?;
+            let conn = s.get_ref().1;
+            let cert = peer_certificate(conn).map(<[u8]>::to_vec);
+            let binding = auth::tls_binding(conn.export_keying_material(
+                [0u8; 32],
+                auth::TLS_EXPORTER_LABEL,
+                None,
+            ))?;
+            (Box::new(s), cert, Some(binding))
+        }
+        None => (Box::new(tcp), None, None),
     };
+    let keys = auth::Keys::new(&settings.secret, binding)?;
+    let tls = settings.tls.is_some();
     let (r, mut w) = tokio::io::split(stream);
     let mut r = FrameReader::new(r);
     let own = settings.own.clone();
-    let allowed = |name: &str| -> Result<(), String> {
-        match settings.peers.iter().find(|p| p.name == name) {
-            None => Err(format!("`{name}` is not a configured peer of `{own}`")),
-            Some(_) if name > &*own => Err(format!(
-                "`{own}` dials `{name}`, not the other way round (the name that sorts first dials)"
-            )),
-            Some(_) => Ok(()),
+    // Decided before AUTH, told after it (uniformly, unless the dialer proved itself).
+    let judge = |name: &str| -> auth::Claim {
+        if !settings.peers.iter().any(|p| p.name == name) {
+            return auth::Claim::Denied(format!("`{name}` is not a configured peer of `{own}`"));
         }
+        if tls
+            && !cert
+                .as_deref()
+                .is_some_and(|c| auth::certificate_names(c, name))
+        {
+            return auth::Claim::Denied(format!(
+                "the certificate presented for `{name}` does not name it (a subjectAltName \
+                 DNS entry `{name}` is required)"
+            ));
+        }
+        if name > &*own {
+            return auth::Claim::WrongWay(format!(
+                "`{own}` dials `{name}`, not the other way round (the name that sorts first dials)"
+            ));
+        }
+        auth::Claim::Ok
     };
-    let name = auth::accept(&mut r, &mut w, &settings.own, allowed, &settings.secret).await?;
-    Ok((name, r, w))
+    let (name, sealing) = auth::accept(&mut r, &mut w, &settings.own, judge, &keys, !tls).await?;
+    Ok((name, (r, w, sealing)))
 }
 
-async fn dial_one(
-    settings: &Settings,
-    peer: &str,
-    addr: &str,
-) -> Result<
-    (
-        FrameReader<tokio::io::ReadHalf<Stream>>,
-        tokio::io::WriteHalf<Stream>,
-    ),
-    LinkError,
-> {
+async fn dial_one(settings: &Settings, peer: &str, addr: &str) -> Result<Halves, LinkError> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let _ = tcp.set_nodelay(true);
-    let stream: Stream = match &settings.tls {
+    let (stream, binding): (Stream, Option<[u8; 32]>) = match &settings.tls {
         Some(t) => {
-            let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let name = rustls::pki_types::ServerName::try_from(host.to_string())
-                .map_err(|e| LinkError::Auth(format!("peer address `{addr}`: {e}")))?;
-            Box::new(
-                t.connector
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| LinkError::Auth(format!("TLS handshake failed: {e}")))?,
-            )
+            // The acceptor's certificate must name the peer dialed, as ours must name us.
+            let name = rustls::pki_types::ServerName::try_from(peer.to_string()).map_err(|e| {
+                LinkError::Auth(format!(
+                    "peer name `{peer}` cannot be named by a certificate: {e}"
+                ))
+            })?;
+            let s = t
+                .connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| LinkError::Auth(format!("TLS handshake failed: {e}")))?;
+            let conn = s.get_ref().1;
+            if !peer_certificate(conn).is_some_and(|c| auth::certificate_names(c, peer)) {
+                return Err(LinkError::Auth(format!(
+                    "the certificate of `{addr}` does not name `{peer}` (a subjectAltName DNS \
+                     entry `{peer}` is required)"
+                )));
+            }
+            let binding = auth::tls_binding(conn.export_keying_material(
+                [0u8; 32],
+                auth::TLS_EXPORTER_LABEL,
+                None,
+            ))?;
+            (Box::new(s), Some(binding))
         }
-        None => Box::new(tcp),
+        None => (Box::new(tcp), None),
     };
+    let keys = auth::Keys::new(&settings.secret, binding)?;
     let (r, mut w) = tokio::io::split(stream);
     let mut r = FrameReader::new(r);
-    auth::dial(&mut r, &mut w, &settings.own, peer, &settings.secret).await?;
-    Ok((r, w))
+    let sealing = auth::dial(
+        &mut r,
+        &mut w,
+        &settings.own,
+        peer,
+        &keys,
+        settings.tls.is_none(),
+    )
+    .await?;
+    Ok((r, w, sealing))
 }
 
 async fn dial_loop(ctx: Ctx, peer: Arc<str>, addr: String, stop: CancellationToken) {
@@ -553,10 +685,10 @@ async fn dial_loop(ctx: Ctx, peer: Arc<str>, addr: String, stop: CancellationTok
             _ = stop.cancelled() => return,
         };
         match dialed {
-            Ok(Ok((r, w))) => {
+            Ok(Ok((r, w, sealing))) => {
                 failing_logged = false;
                 let served = tokio::select! {
-                    r = ctx.serve(peer.clone(), r, w) => r,
+                    r = ctx.serve(peer.clone(), r, w, sealing) => r,
                     _ = stop.cancelled() => Ok(()),
                 };
                 if let Err(e) = served {

@@ -4,9 +4,9 @@
 //! Format: `"MQGSNAP\0"`, format version (u16), write time (unix ms, u64), then peer
 //! frames (UPDATES per cluster, then SYNC_END with the entry count as a trailer). Each
 //! entry keeps its idle time, and the time spent between writing and reading is added
-//! to it, so entries expire when they would have without the restart. The file is
-//! written to a temporary name, synced, then renamed over the old one: a crash in the
-//! middle leaves the previous snapshot intact. A missing file is normal (first start);
+//! to it, so entries expire when they would have without the restart. The file (mode
+//! 0600) is written to a new temporary file with a random name, synced, then renamed
+//! over the old one: a crash in the middle leaves the previous snapshot intact. A missing file is normal (first start);
 //! a damaged one is logged and what could be read before the damage is kept.
 
 use super::frame::{self, Frame, Interner};
@@ -60,8 +60,12 @@ pub fn encode(shared: &Shared) -> (Vec<u8>, u64) {
     (out, total)
 }
 
-/// Write `bytes` to `path` atomically (temporary file in the same directory, fsync,
-/// rename, fsync of the directory).
+/// Write `bytes` to `path` atomically: a temporary file with a random name in the same
+/// directory, created exclusively (`O_CREAT | O_EXCL | O_NOFOLLOW`, so a symlink or file
+/// planted at that name is never followed or reused) with mode 0600 whatever the umask
+/// (sticky keys are client ids or user names), written, fsynced, renamed over `path`
+/// (which replaces a symlink there rather than writing through it), and the directory
+/// fsynced so that the rename survives a crash.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
     let io = |source| SnapshotError::Io {
         path: path.to_path_buf(),
@@ -71,24 +75,59 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
+    std::fs::create_dir_all(dir)
+        .map_err(|e| context(e, format_args!("creating the directory {}", dir.display())))
+        .map_err(io)?;
+    let (tmp, mut f) = create_temp(dir, path).map_err(io)?;
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        f.write_all(bytes)
+            .map_err(|e| context(e, format_args!("writing {}", tmp.display())))?;
+        f.sync_all()
+            .map_err(|e| context(e, format_args!("syncing {}", tmp.display())))?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+            .map_err(|e| context(e, format_args!("renaming {} into place", tmp.display())))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| context(e, format_args!("syncing the directory {}", dir.display())))
     })();
     if result.is_err() {
+        // Ours (created exclusively): removing it cannot remove anything planted.
         let _ = std::fs::remove_file(&tmp);
     }
     result.map_err(io)
+}
+
+/// `e` with what was being done, keeping its kind.
+fn context(e: std::io::Error, what: std::fmt::Arguments<'_>) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// Create a new temporary file next to `path`: `.NAME.RANDOM.tmp`, mode 0600, never an
+/// existing file or a symlink (another random name is tried if the name is taken).
+fn create_temp(dir: &Path, path: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let mut last = None;
+    for _ in 0..16 {
+        let tmp = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(context(e, format_args!("creating {}", tmp.display()))),
+        }
+    }
+    let e = last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::AlreadyExists));
+    Err(context(
+        e,
+        format_args!("creating a temporary file in {}", dir.display()),
+    ))
 }
 
 /// Write the snapshot (shutdown). Errors are logged: shutdown goes on.
@@ -182,4 +221,69 @@ pub async fn load(shared: &Arc<Shared>, path: &Path) {
         Err(e) => tracing::warn!("sticky snapshot partly loaded: {e}"),
     }
     shared.refresh_sticky_gauges();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    /// A symlink planted where the snapshot used to write its temporary file (`.tmp.<pid>`,
+    /// predictable) or at the snapshot path itself is never followed: the file it points
+    /// at is left alone and the snapshot is a regular file of mode 0600 whatever the umask.
+    #[test]
+    fn write_atomic_follows_no_planted_symlink_and_writes_mode_0600() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").expect("write victim");
+        let path = dir.path().join("sticky.bin");
+        let old_tmp = dir
+            .path()
+            .join(format!("sticky.bin.tmp.{}", std::process::id()));
+        symlink(&victim, &old_tmp).expect("plant symlink at the old temp name");
+
+        write_atomic(&path, b"first").expect("first write");
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
+        assert!(std::fs::symlink_metadata(&path)
+            .expect("snapshot")
+            .file_type()
+            .is_file());
+        assert_eq!(std::fs::read(&path).expect("snapshot"), b"first");
+        assert_eq!(mode(&path), 0o600, "snapshot mode");
+
+        // A symlink at the snapshot path is replaced, not written through.
+        std::fs::remove_file(&path).expect("remove");
+        symlink(&victim, &path).expect("plant symlink at the snapshot path");
+        write_atomic(&path, b"second").expect("second write");
+        assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
+        assert_eq!(std::fs::read(&path).expect("snapshot"), b"second");
+        assert_eq!(mode(&path), 0o600, "snapshot mode");
+
+        // An older snapshot with a looser mode is replaced by a 0600 one.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        write_atomic(&path, b"third").expect("third write");
+        assert_eq!(mode(&path), 0o600, "snapshot mode");
+
+        // Nothing is left behind but the snapshot, the victim and the planted link.
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut want = vec![
+            "sticky.bin".to_string(),
+            format!("sticky.bin.tmp.{}", std::process::id()),
+            "victim".to_string(),
+        ];
+        want.sort();
+        assert_eq!(names, want);
+    }
 }

@@ -3,13 +3,14 @@
 //! Source: the real client (the PROXY source when a trusted balancer sent one, else
 //! the TCP peer). Destination: the address the client connected to (the incoming
 //! header's destination, else the client socket's local address). v2 adds
-//! PP2_TYPE_AUTHORITY (SNI) and PP2_TYPE_SSL (version, cipher, client certificate CN)
-//! when mqgate terminated TLS. Mixed families are written as IPv6 (IPv4-mapped), as
+//! PP2_TYPE_AUTHORITY (SNI) and PP2_TYPE_SSL (client bits and verify as HAProxy's
+//! `send-proxy-v2-ssl-cn` sets them; version, cipher, client certificate CN) when
+//! mqgate terminated TLS. Mixed families are written as IPv6 (IPv4-mapped), as
 //! the spec requires one family per header.
 
 use super::parse::{
-    PP2_CLIENT_CERT_CONN, PP2_CLIENT_SSL, PP2_SUBTYPE_SSL_CIPHER, PP2_SUBTYPE_SSL_CN,
-    PP2_SUBTYPE_SSL_VERSION, PP2_TYPE_AUTHORITY, PP2_TYPE_SSL, V2_SIG,
+    PP2_CLIENT_CERT_CONN, PP2_CLIENT_CERT_SESS, PP2_CLIENT_SSL, PP2_SUBTYPE_SSL_CIPHER,
+    PP2_SUBTYPE_SSL_CN, PP2_SUBTYPE_SSL_VERSION, PP2_TYPE_AUTHORITY, PP2_TYPE_SSL, V2_SIG,
 };
 use super::TlsInfo;
 use crate::config::ProxyProtocolOut;
@@ -102,6 +103,38 @@ fn str_tlv(out: &mut Vec<u8>, kind: u8, s: &str) {
     tlv(out, kind, &s.as_bytes()[..end]);
 }
 
+/// The PP2_TYPE_SSL `client` field, as HAProxy sets it: SSL; with a client certificate
+/// CERT_SESS (the TLS session has one), plus CERT_CONN when it was sent on this
+/// connection (a full handshake, not a resumption). Mosquitto 2.1 counts a certificate
+/// only with CERT_SESS set (and verify 0); CERT_CONN alone is refused as "no
+/// certificate".
+fn ssl_client_bits(t: &TlsInfo) -> u8 {
+    let mut client = PP2_CLIENT_SSL;
+    if t.client_cert {
+        client |= PP2_CLIENT_CERT_SESS;
+        if !t.resumed {
+            client |= PP2_CLIENT_CERT_CONN;
+        }
+    }
+    client
+}
+
+/// The OpenSSL name of a cipher suite, as HAProxy writes PP2_SUBTYPE_SSL_CIPHER (and
+/// as the PROXY protocol spec's example, "ECDHE-RSA-AES128-GCM-SHA256", reads). TLS 1.3
+/// suites have the same name in OpenSSL and IANA; the TLS 1.2 ones rustls offers are
+/// listed (`openssl ciphers -stdname`); anything else is sent as it is.
+fn openssl_cipher_name(iana: &str) -> &str {
+    match iana {
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" => "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" => "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256" => "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" => "ECDHE-RSA-AES128-GCM-SHA256",
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384" => "ECDHE-RSA-AES256-GCM-SHA384",
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256" => "ECDHE-RSA-CHACHA20-POLY1305",
+        other => other,
+    }
+}
+
 /// A v2 PROXY header (command PROXY, TCP over IPv4/IPv6, or UNSPEC without addresses),
 /// with PP2_TYPE_AUTHORITY and PP2_TYPE_SSL when `tls` is given.
 pub fn v2_header(addrs: Option<(SocketAddr, SocketAddr)>, tls: Option<&TlsInfo>) -> Vec<u8> {
@@ -132,14 +165,9 @@ pub fn v2_header(addrs: Option<(SocketAddr, SocketAddr)>, tls: Option<&TlsInfo>)
             str_tlv(&mut body, PP2_TYPE_AUTHORITY, sni);
         }
         let mut ssl = Vec::with_capacity(96);
-        let client = PP2_CLIENT_SSL
-            | if t.client_cert {
-                PP2_CLIENT_CERT_CONN
-            } else {
-                0
-            };
-        ssl.push(client);
-        // verify = 0: rustls refused the handshake unless the certificate verified.
+        ssl.push(ssl_client_bits(t));
+        // verify = 0 (X509_V_OK): rustls refused the handshake unless the certificate
+        // verified, and a resumed session was made by such a handshake.
         ssl.extend_from_slice(&0u32.to_be_bytes());
         if let Some(v) = &t.version {
             str_tlv(&mut ssl, PP2_SUBTYPE_SSL_VERSION, v);
@@ -148,7 +176,7 @@ pub fn v2_header(addrs: Option<(SocketAddr, SocketAddr)>, tls: Option<&TlsInfo>)
             str_tlv(&mut ssl, PP2_SUBTYPE_SSL_CN, cn);
         }
         if let Some(c) = &t.cipher {
-            str_tlv(&mut ssl, PP2_SUBTYPE_SSL_CIPHER, c);
+            str_tlv(&mut ssl, PP2_SUBTYPE_SSL_CIPHER, openssl_cipher_name(c));
         }
         tlv(&mut body, PP2_TYPE_SSL, &ssl);
     }
@@ -199,6 +227,7 @@ mod tests {
             sni: Some("mqtt.example".into()),
             client_cn: Some("device-7".into()),
             client_cert: true,
+            resumed: false,
         };
         let h = v2_header(
             Some((sa("192.0.2.1:5000"), sa("10.0.0.1:8883"))),
@@ -214,5 +243,73 @@ mod tests {
         let h6 = v2_header(Some((sa("[2001:db8::1]:1"), sa("[2001:db8::2]:2"))), None);
         assert_eq!(roundtrip(&h6).source, Some(sa("[2001:db8::1]:1")));
         assert_eq!(roundtrip(&v2_header(None, None)).source, None);
+    }
+
+    /// The PP2_TYPE_SSL value (client, verify, sub-TLVs) of a header without addresses.
+    fn ssl_value(tls: &TlsInfo) -> Vec<u8> {
+        let h = v2_header(None, Some(tls));
+        let mut rest = &h[16..];
+        while rest.len() >= 3 {
+            let len = usize::from(u16::from_be_bytes([rest[1], rest[2]]));
+            if rest[0] == PP2_TYPE_SSL {
+                return rest[3..3 + len].to_vec();
+            }
+            rest = &rest[3 + len..];
+        }
+        panic!("no PP2_TYPE_SSL in {h:?}");
+    }
+
+    /// HAProxy's bits, which Mosquitto 2.1 needs (CERT_SESS with verify 0).
+    #[test]
+    fn ssl_client_bits_match_haproxy() {
+        let mut tls = TlsInfo {
+            version: Some("TLSv1.3".into()),
+            ..TlsInfo::default()
+        };
+        assert_eq!(&ssl_value(&tls)[..5], &[0x01, 0, 0, 0, 0], "no certificate");
+        tls.client_cert = true;
+        tls.client_cn = Some("dev1".into());
+        assert_eq!(
+            &ssl_value(&tls)[..5],
+            &[0x07, 0, 0, 0, 0],
+            "full handshake: SSL | CERT_CONN | CERT_SESS"
+        );
+        tls.resumed = true;
+        assert_eq!(
+            &ssl_value(&tls)[..5],
+            &[0x05, 0, 0, 0, 0],
+            "resumed: SSL | CERT_SESS"
+        );
+        tls.client_cert = false;
+        assert_eq!(ssl_value(&tls)[0], 0x01, "resumed, no certificate");
+    }
+
+    #[test]
+    fn cipher_sub_tlv_uses_openssl_names() {
+        for (iana, sent) in [
+            ("TLS_AES_128_GCM_SHA256", "TLS_AES_128_GCM_SHA256"),
+            (
+                "TLS_CHACHA20_POLY1305_SHA256",
+                "TLS_CHACHA20_POLY1305_SHA256",
+            ),
+            (
+                "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+                "ECDHE-RSA-AES256-GCM-SHA384",
+            ),
+            (
+                "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+                "ECDHE-ECDSA-CHACHA20-POLY1305",
+            ),
+            ("SomethingElse", "SomethingElse"),
+        ] {
+            let tls = TlsInfo {
+                cipher: Some(iana.into()),
+                ..TlsInfo::default()
+            };
+            let ssl = ssl_value(&tls);
+            let mut want = vec![PP2_SUBTYPE_SSL_CIPHER, 0, sent.len() as u8];
+            want.extend_from_slice(sent.as_bytes());
+            assert_eq!(&ssl[5..], &want[..], "{iana}");
+        }
     }
 }

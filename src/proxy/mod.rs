@@ -37,8 +37,12 @@ pub struct TlsInfo {
     pub sni: Option<String>,
     /// Common name of the client certificate's subject (mTLS), if any.
     pub client_cn: Option<String>,
-    /// The client presented a certificate (verified by rustls against `client_ca`).
+    /// The client presented a certificate (verified by rustls against `client_ca`), on
+    /// this connection or, when `resumed`, in the handshake of the session it resumes.
     pub client_cert: bool,
+    /// The TLS session was resumed: no certificate was sent on this connection (rustls
+    /// restores the one of the session's full handshake).
+    pub resumed: bool,
 }
 
 impl TlsInfo {
@@ -58,6 +62,7 @@ impl TlsInfo {
             sni: c.server_name().map(str::to_string),
             client_cn: leaf.and_then(|der| common_name(der.as_ref())),
             client_cert: leaf.is_some(),
+            resumed: c.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
         }
     }
 }

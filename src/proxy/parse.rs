@@ -151,6 +151,7 @@ pub const PP2_SUBTYPE_SSL_CN: u8 = 0x22;
 pub const PP2_SUBTYPE_SSL_CIPHER: u8 = 0x23;
 pub const PP2_CLIENT_SSL: u8 = 0x01;
 pub const PP2_CLIENT_CERT_CONN: u8 = 0x02;
+pub const PP2_CLIENT_CERT_SESS: u8 = 0x04;
 
 fn parse_v2(buf: &[u8]) -> Result<Parsed, HeaderError> {
     if !is_prefix_of(buf, &V2_SIG) {

@@ -110,6 +110,30 @@ pub struct StickyTable {
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
+/// Keys up to this many bytes are stored as they are; longer ones (a client id may
+/// be 65,535 bytes) as [`stored_key`]'s digest, so that an entry's memory is bounded
+/// whatever the id's length (and so is what peers and the snapshot carry).
+pub const MAX_STORED_KEY: usize = 128;
+
+/// The form a sticky key is stored, replicated and looked up in: the key itself up
+/// to [`MAX_STORED_KEY`] bytes, else `sha256:` and the hex SHA-256 of the key (71
+/// bytes, itself short enough to be stored as it is, so this is idempotent). Every
+/// public method of [`StickyTable`] applies it, admin API look-ups included.
+pub fn stored_key(key: &str) -> std::borrow::Cow<'_, str> {
+    use sha2::Digest;
+    use std::fmt::Write;
+    if key.len() <= MAX_STORED_KEY {
+        return std::borrow::Cow::Borrowed(key);
+    }
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in digest {
+        let _ = write!(out, "{b:02x}");
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -126,9 +150,7 @@ fn per_shard(capacity: usize) -> NonZeroUsize {
 /// touch its pages one by one: with the default capacity, megabytes resident for a
 /// table that holds a few thousand entries.
 fn bounded_lru<V>(cap: NonZeroUsize) -> LruCache<Arc<str>, V> {
-    let mut c = LruCache::unbounded();
-    c.resize(cap);
-    c
+    LruCache::sparse(cap)
 }
 
 /// `now - idle`, saturating (an `Instant` cannot go before the clock's origin).
@@ -201,6 +223,7 @@ impl StickyTable {
     /// Look a key up for routing; a hit counts as a use (refreshes expiry and LRU order)
     /// and is announced to peers now and then.
     pub fn lookup(&self, key: &str) -> Lookup {
+        let key = &*stored_key(key);
         let expire = self.expire();
         let touch = self.touch_interval();
         let mut g = self.shard(key);
@@ -238,7 +261,7 @@ impl StickyTable {
     /// The stamp is the wall clock, but always above the version already known for the
     /// key, so a local write supersedes everything this gateway has seen (on every peer).
     pub fn record(&self, key: &str, node: &str) {
-        let key: Arc<str> = Arc::from(key);
+        let key: Arc<str> = Arc::from(stored_key(key));
         let node: Arc<str> = Arc::from(node);
         let stamp;
         {
@@ -271,7 +294,7 @@ impl StickyTable {
 
     /// Remove a key (admin API). Replicated to peers as a deletion.
     pub fn remove(&self, key: &str) -> bool {
-        let key: Arc<str> = Arc::from(key);
+        let key: Arc<str> = Arc::from(stored_key(key));
         let stamp = {
             let mut g = self.shard(&key);
             let Some(old) = g.live.pop(&*key) else {
@@ -306,6 +329,14 @@ impl StickyTable {
     pub fn merge(&self, u: &Update) -> bool {
         if u.stamp > now_ms().saturating_add(MAX_FUTURE_MS) {
             return false;
+        }
+        // Peers store the same form; an older peer (or snapshot) may send a long key.
+        if u.key.len() > MAX_STORED_KEY {
+            let short = Update {
+                key: Arc::from(stored_key(&u.key)),
+                ..u.clone()
+            };
+            return self.merge(&short);
         }
         let expire = self.expire();
         let idle = Duration::from_millis(u.idle_ms);
@@ -359,6 +390,7 @@ impl StickyTable {
     }
 
     pub fn get(&self, key: &str) -> Option<EntryView> {
+        let key = &*stored_key(key);
         let expire = self.expire();
         let g = self.shard(key);
         g.live.peek(key).and_then(|e| {

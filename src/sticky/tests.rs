@@ -153,3 +153,30 @@ fn far_future_stamps_are_refused() {
     assert!(!t.merge(&upd("k", Some("n1"), u64::MAX, "gate-b", 0)));
     assert_eq!(t.lookup("k"), Lookup::Miss);
 }
+
+#[test]
+fn long_keys_are_stored_as_a_digest_and_found_by_the_full_key() {
+    let t = StickyTable::new(100, Duration::from_secs(60), "gate-a");
+    let long = "k".repeat(60_000);
+    t.record(&long, "node1");
+    assert_eq!(t.lookup(&long), Lookup::Hit(Arc::from("node1")));
+    let view = t.get(&long).expect("found by the full key");
+    assert_eq!(view.key.len(), 71);
+    assert!(view.key.starts_with("sha256:"));
+    assert_eq!(stored_key(&view.key), view.key, "idempotent");
+    let short = "k".repeat(MAX_STORED_KEY);
+    assert_eq!(stored_key(&short), short, "short keys are kept as they are");
+    // A peer (or an old snapshot) that sends the long key lands on the same entry.
+    let u = Update {
+        key: Arc::from(long.as_str()),
+        node: Some(Arc::from("node2")),
+        stamp: now_ms() + 10,
+        origin: Arc::from("gate-b"),
+        idle_ms: 0,
+    };
+    assert!(t.merge(&u));
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.lookup(&long), Lookup::Hit(Arc::from("node2")));
+    assert!(t.remove(&long));
+    assert!(t.is_empty());
+}

@@ -1,0 +1,629 @@
+//! Issue 23 item 8: every number in the config file is bounded, by one validation that
+//! `mqgate check`, `mqgate run` and every reload share, and a file `check` accepts
+//! starts and reloads.
+//!
+//! The bounds are read from docs/configuration.md (each numeric row gives its range in
+//! its type column: `integer 1–100000000`, `duration 1ms–1y`), so the reference, the
+//! parser and these tests cannot drift apart:
+//! - `documented_ranges_are_what_the_parser_enforces`: both ends of every range are
+//!   accepted, one step beyond either end is refused with the key named;
+//! - `any_config_check_accepts_starts_and_reloads` (proptest): files with values for
+//!   every numeric and duration key (both ends, inside, beyond, absurd) are accepted
+//!   exactly when every value is in its documented range, and an accepted one starts a
+//!   gateway in-process with everything `mqgate run` builds (listeners plain, TLS and
+//!   PROXY, a real broker node and a DNS-named one, admin API, file watcher), serves
+//!   clients, and reloads into another accepted file;
+//! - the reported sequence: `check` refuses `max_connections = 4000000000000000000`,
+//!   a running gateway given that file by reload keeps running and counts an error,
+//!   and a later good edit is applied with clients still accepted.
+
+mod common;
+
+use common::*;
+use proptest::prelude::*;
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// The documented range of a numeric key.
+#[derive(Clone, Debug)]
+enum Range {
+    Int(i64, i64),
+    Dur(Duration, Duration),
+}
+
+/// A numeric key: its table as written in the reference (`clusters.NAME.health`), its
+/// name and range.
+#[derive(Clone, Debug)]
+struct NumKey {
+    table: String,
+    key: String,
+    range: Range,
+}
+
+impl NumKey {
+    fn path(&self) -> String {
+        format!("{}.{}", self.table.replace("NAME", "brokers"), self.key)
+    }
+}
+
+/// Every `integer` and `duration` row of docs/configuration.md, with its range.
+fn numeric_keys() -> Vec<NumKey> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md");
+    let text = std::fs::read_to_string(&path).expect("read docs/configuration.md");
+    let mut out = Vec::new();
+    let mut table: Option<String> = None;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            table = line
+                .split('`')
+                .nth(1)
+                .filter(|s| s.starts_with('['))
+                .map(|s| s.trim_matches(|c| c == '[' || c == ']').to_string());
+            continue;
+        }
+        let Some(t) = &table else { continue };
+        if !line.starts_with("| `") {
+            continue;
+        }
+        let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
+        let (key, kind) = (cells[0].trim_matches('`'), cells[1]);
+        let Some((word, range)) = kind.split_once(' ') else {
+            assert!(
+                kind != "integer" && kind != "duration",
+                "[{t}] `{key}`: a numeric row must give its range, e.g. `integer 1–100`"
+            );
+            continue;
+        };
+        if word != "integer" && word != "duration" {
+            continue;
+        }
+        let (lo, hi) = range.split_once('–').unwrap_or_else(|| {
+            panic!("[{t}] `{key}`: type {kind:?} does not give a range like `{word} A–B`")
+        });
+        let range = if word == "integer" {
+            let n = |s: &str| {
+                s.parse::<i64>()
+                    .unwrap_or_else(|e| panic!("[{t}] `{key}`: bound {s:?}: {e}"))
+            };
+            Range::Int(n(lo), n(hi))
+        } else {
+            let d = |s: &str| {
+                humantime::parse_duration(s)
+                    .unwrap_or_else(|e| panic!("[{t}] `{key}`: bound {s:?}: {e}"))
+            };
+            Range::Dur(d(lo), d(hi))
+        };
+        out.push(NumKey {
+            table: t.clone(),
+            key: key.to_string(),
+            range,
+        });
+    }
+    assert!(out.len() >= 20, "too few numeric keys found: {out:?}");
+    out
+}
+
+/// Does a duration of `d` fit `min..=max`? The smallest non-zero duration is 1 ms
+/// whatever the row says (docs/configuration.md, "Numbers and durations are bounded").
+fn dur_ok(d: Duration, min: Duration, max: Duration) -> bool {
+    d >= min && d <= max && (d.is_zero() || d >= Duration::from_millis(1))
+}
+
+/// A TOML value for a duration (whole milliseconds or nanoseconds, as humantime reads).
+fn dur_text(d: Duration) -> String {
+    if d.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("\"{}ms\"", d.as_millis())
+    } else {
+        format!("\"{}ns\"", d.as_nanos())
+    }
+}
+
+/// `body` and then the limits and cluster tables, with `extra` (table path, `key =
+/// value` lines) added to them.
+fn config_with(body: &str, extra: &[(String, String)]) -> String {
+    let mut tables: Vec<(&str, String)> = vec![
+        ("limits", String::new()),
+        ("clusters.brokers", String::new()),
+        ("clusters.brokers.health", String::new()),
+        ("clusters.brokers.sticky", String::new()),
+    ];
+    for (t, line) in extra {
+        match tables.iter_mut().find(|(name, _)| name == t) {
+            Some((_, lines)) => lines.push_str(line),
+            None => panic!("no table {t} in the test's base file"),
+        }
+    }
+    let mut out = body.to_string();
+    for (t, lines) in tables {
+        out.push_str(&format!("\n[{t}]\n{lines}"));
+    }
+    out
+}
+
+const MINIMAL_BODY: &str =
+    "[[listeners]]\nname = \"mqtt\"\nbind = \"127.0.0.1:0\"\ncluster = \"brokers\"\n";
+const NODES: &str = "nodes = [ { name = \"n1\", address = \"127.0.0.1:1\" } ]\n";
+
+fn parse(text: &str) -> Result<mqgate::config::Config, mqgate::config::ConfigErrors> {
+    mqgate::config::parse(Path::new("/tmp/bounds.toml"), text)
+}
+
+/// One key set to `value` in an otherwise minimal file.
+fn one(k: &NumKey, value: &str) -> String {
+    let table = k.table.replace("NAME", "brokers");
+    let mut extra = vec![(table.clone(), format!("{} = {value}\n", k.key))];
+    if table != "clusters.brokers" {
+        extra.push(("clusters.brokers".into(), NODES.into()));
+    } else {
+        extra[0].1.push_str(NODES);
+    }
+    config_with(MINIMAL_BODY, &extra)
+}
+
+#[test]
+fn documented_ranges_are_what_the_parser_enforces() {
+    let mut problems = Vec::new();
+    for k in numeric_keys() {
+        let (good, bad): (Vec<String>, Vec<String>) = match k.range {
+            Range::Int(lo, hi) => (
+                vec![lo.to_string(), hi.to_string()],
+                vec![(lo - 1).to_string(), (hi + 1).to_string()],
+            ),
+            Range::Dur(lo, hi) => {
+                let mut bad = vec![dur_text(hi + Duration::from_millis(1))];
+                if lo.is_zero() {
+                    bad.push(dur_text(Duration::from_micros(999)));
+                } else {
+                    bad.push("\"0s\"".into());
+                    bad.push(dur_text(lo - Duration::from_nanos(1)));
+                }
+                (vec![dur_text(lo), dur_text(hi)], bad)
+            }
+        };
+        for v in good {
+            if let Err(e) = parse(&one(&k, &v)) {
+                problems.push(format!(
+                    "{} = {v} is documented but refused:\n{e}",
+                    k.path()
+                ));
+            }
+        }
+        for v in bad {
+            match parse(&one(&k, &v)) {
+                Ok(_) => problems.push(format!("{} = {v} is out of range but accepted", k.path())),
+                Err(e) => {
+                    let msg = e.to_string();
+                    let named = e.errors.iter().any(|x| x.key == k.path());
+                    if !named
+                        || !(msg.contains("at most")
+                            || msg.contains("1ms")
+                            || msg.contains("1y")
+                            || msg.contains("greater than zero"))
+                    {
+                        problems.push(format!(
+                            "{} = {v}: the error does not name the key and its bound:\n{msg}",
+                            k.path()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The reported value: `check` says what is wrong, with the range, instead of OK.
+#[test]
+fn check_refuses_an_absurd_max_connections() {
+    let tmp = tempdir();
+    let file = tmp.path().join("mqgate.toml");
+    let text = format!(
+        "[limits]\nmax_connections = 4000000000000000000\n\n{MINIMAL_BODY}\n[clusters.brokers]\n{NODES}"
+    );
+    std::fs::write(&file, text).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_mqgate"))
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .expect("run mqgate check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "check must refuse it:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(":2: key `limits.max_connections`: must be at least 1 and at most 100000000, got 4000000000000000000"),
+        "{stderr}"
+    );
+}
+
+/// The reported sequence against a running gateway: the absurd file given by reload
+/// (the file watcher) is refused and counted, the gateway keeps serving, and a later
+/// good edit is applied, with clients accepted on the old and the new listener.
+#[test]
+fn a_reload_with_an_absurd_max_connections_is_refused_and_later_edits_apply() {
+    let dir = tempdir();
+    let d = dir.path();
+    let n1 = Mosquitto::start("n1", d);
+    let (listen, admin, more) = (free_port(), free_port(), free_port());
+    let good = basic_config(listen, admin, "dynsec", &[&n1], "");
+    let gate = Gate::start(d, "gw", &good, admin);
+    wait_until(Duration::from_secs(10), "n1 up", || {
+        gate.metric("mqgate_node_up", &[("node", "n1")]) == 1.0
+    });
+    drop(raw_session(listen, "before"));
+
+    let save = |text: &str| {
+        let tmp = gate.config.with_extension("toml.tmp");
+        std::fs::write(&tmp, text).expect("write temp config");
+        std::fs::rename(&tmp, &gate.config).expect("rename config");
+    };
+    let reloads = |result: &str| gate.metric("mqgate_config_reloads_total", &[("result", result)]);
+    save(&format!(
+        "[limits]\nmax_connections = 4000000000000000000\n{good}"
+    ));
+    wait_until(
+        Duration::from_secs(10),
+        "the absurd file counted as a failed reload",
+        || reloads("error") == 1.0,
+    );
+    assert!(
+        gate.log_text()
+            .contains("key `limits.max_connections`: must be at least 1 and at most 100000000"),
+        "{}",
+        gate.log_text()
+    );
+    drop(raw_session(listen, "after-refusal"));
+
+    // A good edit: a smaller limit and one more listener.
+    save(&format!(
+        "[limits]\nmax_connections = 1000\n{good}\n[[listeners]]\nname = \"more\"\nbind = \"127.0.0.1:{more}\"\ncluster = \"brokers\"\n"
+    ));
+    wait_until(Duration::from_secs(10), "the good edit applied", || {
+        reloads("ok") == 1.0
+    });
+    assert_eq!(reloads("error"), 1.0);
+    let mut sessions = Vec::new();
+    for i in 0..5 {
+        sessions.push(raw_session(listen, &format!("c{i}")));
+        sessions.push(raw_session(more, &format!("m{i}")));
+    }
+    assert!(sessions.iter_mut().all(ping), "every session answers");
+}
+
+/// A `Config` built in code (not through validation) with a connection limit beyond
+/// what a semaphore or a `u32` holds: `apply` neither panics nor miscounts permits, up
+/// and down again.
+#[test]
+fn apply_keeps_the_connection_limit_exact_whatever_the_config_says() {
+    let tmp = tempdir();
+    let file = tmp.path().join("mqgate.toml");
+    std::fs::write(
+        &file,
+        format!("[limits]\nmax_connections = 50\nshutdown_grace = \"0s\"\n\n{MINIMAL_BODY}\n[clusters.brokers]\n{NODES}"),
+    )
+    .expect("write");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let cfg = mqgate::config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        let gw = mqgate::Gateway::start(cfg.clone()).await.expect("start");
+        let permits = || gw.shared.conn_limit.available_permits();
+        assert_eq!(permits(), 50);
+        for max in [(1usize << 33) + 7, usize::MAX, 50, (1 << 33) + 7, 20, 50] {
+            let mut c = cfg.clone();
+            c.limits.max_connections = max;
+            gw.apply(c).await.expect("apply");
+            let want = max.min(tokio::sync::Semaphore::MAX_PERMITS);
+            wait_until_async(
+                Duration::from_secs(10),
+                &format!("{want} permits"),
+                || async { permits() == want },
+            )
+            .await;
+        }
+        gw.shutdown().await;
+    });
+}
+
+// ---- the property test ----
+
+/// Panics on any thread of this test binary, the gateway's tasks included (tokio would
+/// otherwise swallow a panicking connection or reload task).
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+fn count_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            default(info)
+        }));
+    });
+}
+
+/// A generated value: its TOML text and whether it is in the documented range; `None`
+/// leaves the key out (its default).
+type Gen = Option<(String, bool)>;
+
+fn value(range: &Range) -> BoxedStrategy<Gen> {
+    let present: BoxedStrategy<Gen> = match *range {
+        Range::Int(lo, hi) => {
+            let beyond = prop_oneof![
+                Just(lo.saturating_sub(1)),
+                Just(hi.saturating_add(1)),
+                Just(4_000_000_000_000_000_000i64),
+                Just(i64::MAX),
+                Just(i64::MIN),
+                any::<i64>(),
+            ];
+            prop_oneof![10 => Just(lo), 10 => Just(hi), 12 => lo..=hi, 1 => beyond]
+                .prop_map(move |v| Some((v.to_string(), (lo..=hi).contains(&v))))
+                .boxed()
+        }
+        Range::Dur(lo, hi) => {
+            let hi_ms = u64::try_from(hi.as_millis()).unwrap_or(u64::MAX);
+            let dur = prop_oneof![
+                10 => Just(lo),
+                10 => Just(hi),
+                12 => (1u64..=hi_ms).prop_map(Duration::from_millis),
+                1 => prop_oneof![
+                    Just(Duration::ZERO),
+                    Just(Duration::from_micros(999)),
+                    Just(hi + Duration::from_millis(1)),
+                    Just(Duration::from_secs(100 * 365 * 86_400)),
+                ],
+            ]
+            .prop_map(move |d| Some((dur_text(d), dur_ok(d, lo, hi))));
+            // Parses (3.2e18 s, beyond what `Instant + Duration` takes), and one too
+            // large for humantime itself.
+            let absurd = prop_oneof![
+                Just(Some(("\"100000000000y\"".to_string(), false))),
+                Just(Some(("\"584942417356y\"".to_string(), false))),
+            ];
+            prop_oneof![33 => dur, 1 => absurd].boxed()
+        }
+    };
+    prop_oneof![34 => present, 6 => Just(None)].boxed()
+}
+
+/// The keys the property test sets: every numeric key but the old name
+/// `limits.connect_timeout` (it may not be given with its new name).
+fn prop_keys() -> Vec<NumKey> {
+    numeric_keys()
+        .into_iter()
+        .filter(|k| !(k.table == "limits" && k.key == "connect_timeout"))
+        .collect()
+}
+
+#[derive(Clone)]
+struct Setup {
+    broker: String,
+    plain: u16,
+    tls: u16,
+    proxy: u16,
+    admin: u16,
+    cert: String,
+    key: String,
+}
+
+/// A file with the generated values, and whether all of them are in range.
+fn generated(s: &Setup, keys: &[NumKey], vals: &[Gen]) -> (String, bool) {
+    let body = format!(
+        "[admin]\nbind = \"127.0.0.1:{admin}\"\n\n\
+         [[listeners]]\nname = \"mqtt\"\nbind = \"127.0.0.1:{plain}\"\ncluster = \"brokers\"\n\n\
+         [[listeners]]\nname = \"mqtts\"\nbind = \"127.0.0.1:{tls}\"\ncluster = \"brokers\"\n\
+         [listeners.tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\n\
+         [[listeners]]\nname = \"proxied\"\nbind = \"127.0.0.1:{proxy}\"\ncluster = \"brokers\"\n\
+         proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]\n",
+        admin = s.admin,
+        plain = s.plain,
+        tls = s.tls,
+        proxy = s.proxy,
+        cert = s.cert,
+        key = s.key,
+    );
+    // A real broker, and a node by DNS name (its address re-resolved every dns_refresh).
+    let mut extra = vec![(
+        "clusters.brokers".to_string(),
+        format!(
+            "nodes = [ {{ name = \"n1\", address = \"{}\" }}, {{ name = \"dns\", address = \"localhost:1\" }} ]\n",
+            s.broker
+        ),
+    )];
+    let mut in_range = true;
+    for (k, v) in keys.iter().zip(vals) {
+        if let Some((text, ok)) = v {
+            extra.push((
+                k.table.replace("NAME", "brokers"),
+                format!("{} = {text}\n", k.key),
+            ));
+            in_range &= ok;
+        }
+    }
+    (config_with(&body, &extra), in_range)
+}
+
+/// A CONNECT (3.1.1) that keeps its session, so that it gets a sticky entry.
+fn connect_v311_persistent(id: &str) -> Vec<u8> {
+    let mut body = mqtt_field(b"MQTT");
+    body.extend([4, 0x00, 0, 30]);
+    body.extend(mqtt_field(id.as_bytes()));
+    mqtt_packet(0x10, &body)
+}
+
+/// Clients of each listener: a CONNECT on the plain one (read for a moment: a CONNACK,
+/// a close, or nothing while it is held), the start of a ClientHello on the TLS one,
+/// a few bytes of a header on the PROXY one. Each then goes away.
+fn poke(s: &Setup) {
+    if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", s.plain)) {
+        let _ = c.write_all(&connect_v311_persistent("prop"));
+        let _ = read_to_close(&mut c, Duration::from_millis(200));
+    }
+    for port in [s.tls, s.proxy] {
+        if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = c.write_all(b"\x16\x03\x01");
+        }
+    }
+}
+
+/// Start a gateway on `first` with everything `mqgate run` starts, serve clients,
+/// reload into `second` (which must be applied, the connection limit resized), serve
+/// clients again and shut down.
+async fn start_serve_reload(s: &Setup, file: &Path, second: &str) -> Result<(), String> {
+    let cfg = mqgate::config::load(file).map_err(|e| format!("{e}"))?;
+    let want = mqgate::config::parse(file, second).map_err(|e| format!("second file: {e}"))?;
+    let gw = mqgate::Gateway::start(cfg)
+        .await
+        .map_err(|e| format!("an accepted file did not start: {e:#}"))?;
+    mqgate::admin::spawn(&gw)
+        .await
+        .map_err(|e| format!("admin API: {e}"))?;
+    mqgate::reload::watch(&gw);
+    mqgate::refused::spawn(&gw);
+    let clients = |s: &Setup| {
+        let s = s.clone();
+        tokio::task::spawn_blocking(move || poke(&s))
+    };
+    clients(s).await.map_err(|e| format!("clients: {e}"))?;
+    std::fs::write(file, second).map_err(|e| format!("write: {e}"))?;
+    gw.reload()
+        .await
+        .map_err(|e| format!("an accepted file did not reload: {e}"))?;
+    let now = gw.shared.runtime().config.clone();
+    if now.limits != want.limits || now.clusters != want.clusters {
+        return Err(format!(
+            "the reload was not applied: running {:?}, want {:?}",
+            now.limits, want.limits
+        ));
+    }
+    // The connection limit follows, once the clients above have gone.
+    let permits = want.limits.max_connections;
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while gw.shared.conn_limit.available_permits() != permits {
+        if std::time::Instant::now() > end {
+            return Err(format!(
+                "{} connection permits after the reload, want {permits}",
+                gw.shared.conn_limit.available_permits()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    clients(s).await.map_err(|e| format!("clients: {e}"))?;
+    let errors = gw
+        .shared
+        .metrics
+        .config_reloads
+        .with_label_values(&["error"])
+        .get();
+    if errors != 0 {
+        return Err(format!("{errors} failed reload(s) of accepted files"));
+    }
+    tokio::time::timeout(Duration::from_secs(20), gw.shutdown())
+        .await
+        .map_err(|_| "shutdown took over 20 s".to_string())
+}
+
+/// Run `mqgate check -c FILE`: did it accept the file?
+fn check_accepts(file: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mqgate"))
+        .args(["check", "-c"])
+        .arg(file)
+        .output()
+        .expect("run mqgate check");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn any_config_check_accepts_starts_and_reloads() {
+    count_panics();
+    let dir = tempdir();
+    let d = dir.path();
+    let broker = Mosquitto::start("prop", d);
+    let (_, cert, key) = Pki::new("bounds CA").write_server(d, "srv");
+    let s = Setup {
+        broker: broker.address(),
+        plain: free_port(),
+        tls: free_port(),
+        proxy: free_port(),
+        admin: free_port(),
+        cert: cert.display().to_string(),
+        key: key.display().to_string(),
+    };
+    let keys = prop_keys();
+    let file = d.join("mqgate.toml");
+    let cases = std::env::var("MQGATE_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let started = AtomicUsize::new(0);
+    let strategy = (
+        keys.iter().map(|k| value(&k.range)).collect::<Vec<_>>(),
+        keys.iter().map(|k| value(&k.range)).collect::<Vec<_>>(),
+    );
+    let result = runner.run(&strategy, |(a, b)| {
+        let (first, first_ok) = generated(&s, &keys, &a);
+        std::fs::write(&file, &first).map_err(|e| TestCaseError::fail(format!("write: {e}")))?;
+        let loaded = mqgate::config::load(&file);
+        prop_assert_eq!(
+            loaded.is_ok(),
+            first_ok,
+            "in documented range: {}, but config::load says {:?}\n{}",
+            first_ok,
+            loaded.as_ref().err().map(|e| e.to_string()),
+            first
+        );
+        let (checked, stderr) = check_accepts(&file);
+        prop_assert_eq!(checked, first_ok, "mqgate check:\n{}\n{}", stderr, first);
+        if !first_ok {
+            return Ok(());
+        }
+        let (second, second_ok) = generated(&s, &keys, &b);
+        let second = if second_ok { second } else { first.clone() };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| TestCaseError::fail(format!("runtime: {e}")))?;
+        let before = PANICS.load(Ordering::SeqCst);
+        let outcome = rt.block_on(start_serve_reload(&s, &file, &second));
+        drop(rt);
+        prop_assert!(
+            outcome.is_ok(),
+            "{}\nfirst file:\n{}\nsecond file:\n{}",
+            outcome.err().unwrap_or_default(),
+            first,
+            second
+        );
+        prop_assert_eq!(
+            PANICS.load(Ordering::SeqCst),
+            before,
+            "a task panicked (see stderr)\n{}\n{}",
+            first,
+            second
+        );
+        started.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let started = started.load(Ordering::SeqCst);
+    eprintln!("{started} of {cases} generated files were in range: each started and reloaded");
+    assert!(
+        started * 4 >= cases as usize,
+        "only {started} of {cases} generated files were in range: the generator needs tuning"
+    );
+}
