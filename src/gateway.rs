@@ -8,9 +8,11 @@
 //! sticky tables, listener sockets and their sessions) is kept and reused.
 
 use crate::cluster::Cluster;
-use crate::config::{self, Config, ConfigErrors, ListenerConfig};
-use crate::listener::{self, RateLimiter};
+use crate::config::{self, Config, ConfigErrors};
+use crate::listener;
 use crate::metrics::Metrics;
+use crate::runtime::DataPath;
+use crate::sessions::SessionScope;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use hickory_resolver::TokioResolver;
@@ -23,25 +25,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How many over-limit clients may be in the middle of being refused at once.
-const MAX_REJECTING: usize = 1024;
-
-/// The configuration view a connection loads once when it starts.
-pub struct Runtime {
-    pub config: Arc<Config>,
-    pub clusters: HashMap<String, Arc<Cluster>>,
-    pub listeners: HashMap<String, Arc<ListenerRt>>,
-}
-
-/// One listener as the connection path sees it.
-pub struct ListenerRt {
-    pub config: ListenerConfig,
-    pub tls: Option<ArcSwap<crate::tls::ServerTls>>,
-    pub cluster: Arc<Cluster>,
-    /// Cancelled when the listener is removed: its sessions close.
-    pub closed: CancellationToken,
-    pub local_addr: SocketAddr,
-}
+pub use crate::runtime::{ListenerRt, Runtime};
 
 /// A bound listener socket and its accept loop.
 struct Slot {
@@ -53,13 +37,14 @@ struct Slot {
     /// would go on queueing connections that nobody accepts.
     sock: Option<std::net::TcpListener>,
     stop_accept: CancellationToken,
-    closed: CancellationToken,
+    closed: SessionScope,
 }
 
 /// State that lives as long as the process, across reloads.
 pub struct Shared {
     pub metrics: Arc<Metrics>,
-    runtime: ArcSwap<Runtime>,
+    /// What the connection path gets (the current view, limits, threads).
+    pub data: Arc<DataPath>,
     clusters: Mutex<HashMap<String, Arc<Cluster>>>,
     slots: Mutex<HashMap<String, Slot>>,
     /// Listening sockets taken over from a previous process, by bind address; used
@@ -67,20 +52,13 @@ pub struct Shared {
     inherited: Mutex<HashMap<SocketAddr, std::net::TcpListener>>,
     /// Serialises reloads.
     apply_lock: tokio::sync::Mutex<()>,
-    /// Stop accepting (start of graceful shutdown).
-    pub stopping: CancellationToken,
     /// Close every remaining session (end of the shutdown grace).
-    pub hard_stop: CancellationToken,
+    pub hard_stop: SessionScope,
     /// Stops background tasks (health checks, peers, admin).
     pub background: CancellationToken,
-    /// Connection tasks.
-    pub tracker: TaskTracker,
     /// Background tasks.
     pub bg_tracker: TaskTracker,
-    pub conn_limit: Arc<Semaphore>,
     conn_limit_size: AtomicUsize,
-    pub rejecting: Arc<Semaphore>,
-    pub rate: RateLimiter,
     pub resolver: Arc<TokioResolver>,
     /// This gateway's name (the `[peers] name`, else the host name).
     pub instance: String,
@@ -88,14 +66,12 @@ pub struct Shared {
     pub peers: crate::peers::PeersHandle,
     /// Changes the log filter on reload (set by the binary).
     pub log_level: Mutex<Option<crate::logging::LevelSetter>>,
-    /// The threads connections run on (`limits.threads`, fixed at start-up).
-    pub workers: crate::workers::Workers,
 }
 
 impl Shared {
     /// The current configuration view (one atomic load).
     pub fn runtime(&self) -> Arc<Runtime> {
-        self.runtime.load_full()
+        self.data.runtime()
     }
 
     pub fn cluster(&self, name: &str) -> Option<Arc<Cluster>> {
@@ -104,9 +80,7 @@ impl Shared {
 
     /// Current clusters, sorted by name (stable order for syncs and snapshots).
     pub fn clusters_sorted(&self) -> Vec<Arc<Cluster>> {
-        let mut v: Vec<_> = self.runtime().clusters.values().cloned().collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
+        self.runtime().clusters_sorted()
     }
 
     /// Set `mqgate_sticky_entries` from the tables' sizes (counting locks every
@@ -220,29 +194,24 @@ impl Gateway {
             clusters: HashMap::new(),
             listeners: HashMap::new(),
         };
+        let permits = conn_permits(config.limits.max_connections);
         let shared = Arc::new(Shared {
+            data: Arc::new(DataPath::new(empty, metrics.clone(), permits, workers)),
             metrics,
-            runtime: ArcSwap::from_pointee(empty),
             clusters: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
             inherited: Mutex::new(inherited),
             apply_lock: tokio::sync::Mutex::new(()),
-            stopping: CancellationToken::new(),
-            hard_stop: CancellationToken::new(),
+            hard_stop: SessionScope::root(),
             background: CancellationToken::new(),
-            tracker: TaskTracker::new(),
             bg_tracker: TaskTracker::new(),
-            conn_limit: Arc::new(Semaphore::new(conn_permits(config.limits.max_connections))),
-            conn_limit_size: AtomicUsize::new(conn_permits(config.limits.max_connections)),
-            rejecting: Arc::new(Semaphore::new(MAX_REJECTING)),
-            rate: RateLimiter::default(),
+            conn_limit_size: AtomicUsize::new(permits),
             resolver: crate::health::resolver().map_err(|e| ApplyError::Resolver {
                 error: e.to_string(),
             })?,
             instance: instance_name(&config),
             log_level: Mutex::new(None),
             peers: Default::default(),
-            workers,
         });
         let gw = Gateway { shared };
         gw.apply(config).await?;
@@ -446,7 +415,7 @@ impl Gateway {
                             // A child of `hard_stop`: relayed sessions wait on this one
                             // token (through their node's session token) for both
                             // listener removal and the end of shutdown.
-                            shared.hard_stop.child_token()
+                            shared.hard_stop.child()
                         }
                     };
                     let stop_accept = CancellationToken::new();
@@ -487,7 +456,7 @@ impl Gateway {
                 if let Some(s) = slots.remove(&name) {
                     tracing::info!(listener = %name, "listener removed; closing its sessions");
                     s.stop_accept.cancel();
-                    crate::conn::cancel_sessions(&s.closed);
+                    s.closed.close();
                 }
             }
         }
@@ -496,7 +465,7 @@ impl Gateway {
         self.resize_conn_limit(cfg.limits.max_connections);
         if old.config.limits.threads != cfg.limits.threads {
             tracing::warn!(
-                running = shared.workers.len(),
+                running = shared.data.workers.len(),
                 "limits.threads changed: it takes effect at the next start; the connection threads stay as they are"
             );
         }
@@ -507,11 +476,11 @@ impl Gateway {
         }
 
         // 5. Swap the view, then start accepting on new sockets.
-        shared.runtime.store(Arc::new(Runtime {
+        shared.data.set_runtime(Runtime {
             config: Arc::new(cfg),
             clusters: clusters_now,
             listeners: listeners_now,
-        }));
+        });
         shared
             .metrics
             .config_last_reload_success
@@ -524,8 +493,11 @@ impl Gateway {
             // still hand over its last connections (they would be dropped when the
             // process exits: failed connects during a restart). The loop ends by itself
             // on `stop` or shutdown, after serving what the kernel had queued.
-            let accept = listener::accept_loop(shared.clone(), name, sock, stop.clone());
-            shared.workers.spawn_on(i, &shared.tracker, accept);
+            let accept = listener::accept_loop(shared.data.clone(), name, sock, stop.clone());
+            shared
+                .data
+                .workers
+                .spawn_on(i, &shared.data.tracker, accept);
         }
         Ok(())
     }
@@ -547,13 +519,13 @@ impl Gateway {
         let want = conn_permits(want);
         let have = self.shared.conn_limit_size.swap(want, Ordering::AcqRel);
         if want > have {
-            self.shared.conn_limit.add_permits(want - have);
+            self.shared.data.conn_limit.add_permits(want - have);
         } else if want < have {
             // Free permits go at once, those that connections hold as they end.
             let surplus = have - want;
-            let mut left = surplus - self.shared.conn_limit.forget_permits(surplus);
+            let mut left = surplus - self.shared.data.conn_limit.forget_permits(surplus);
             if left > 0 {
-                let sem = self.shared.conn_limit.clone();
+                let sem = self.shared.data.conn_limit.clone();
                 tokio::spawn(async move {
                     // `acquire_many` counts in u32: take the rest in pieces.
                     while left > 0 {
@@ -577,26 +549,27 @@ impl Gateway {
         for s in lock(&shared.slots).values_mut() {
             s.sock = None;
         }
-        shared.stopping.cancel();
-        shared.tracker.close();
-        let open = shared.tracker.len();
+        let data = &shared.data;
+        data.stopping.cancel();
+        data.tracker.close();
+        let open = data.tracker.len();
         tracing::info!(open_connections = open, grace = ?grace, "shutting down: no new connections");
-        if tokio::time::timeout(grace, shared.tracker.wait())
+        if tokio::time::timeout(grace, data.tracker.wait())
             .await
             .is_err()
         {
             tracing::info!(
-                open_connections = shared.tracker.len(),
+                open_connections = data.tracker.len(),
                 "shutdown grace over; closing remaining sessions"
             );
-            crate::conn::cancel_sessions(&shared.hard_stop);
-            let _ = tokio::time::timeout(Duration::from_secs(5), shared.tracker.wait()).await;
+            shared.hard_stop.close();
+            let _ = tokio::time::timeout(Duration::from_secs(5), data.tracker.wait()).await;
         }
         shared.background.cancel();
         shared.bg_tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), shared.bg_tracker.wait()).await;
         crate::peers::save_snapshot(shared).await;
-        shared.workers.stop();
+        data.workers.stop();
         tracing::info!("stopped");
     }
 }
@@ -804,7 +777,7 @@ mod tests {
         wait_for("the next edit applied by the watcher", || count("ok") == 1).await;
         assert_eq!(max(), 30);
         wait_for("30 connection permits", || {
-            gw.shared.conn_limit.available_permits() == 30
+            gw.shared.data.conn_limit.available_permits() == 30
         })
         .await;
         gw.shutdown().await;

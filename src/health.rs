@@ -23,7 +23,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -213,21 +212,8 @@ pub async fn refresh_dns(resolver: &TokioResolver, node: &Node, a: &NodeAddress)
     }
 }
 
-/// Connect to the first reachable address of the node.
-pub async fn connect_node(node: &Node) -> std::io::Result<TcpStream> {
-    let addrs = node.resolved();
-    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "address not resolved yet");
-    for a in addrs.iter() {
-        match TcpStream::connect(a).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
-}
-
 async fn probe(node: &Node, h: &HealthConfig, client_id: &str) -> Result<(), String> {
-    let mut s = connect_node(node)
+    let mut s = crate::upstream::connect_node(node)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     if h.check == CheckKind::Tcp {
@@ -547,7 +533,7 @@ mod tests {
             refresh_dns(&resolver, &node, &node.address()).await;
             let want = SocketAddr::from((ip, port));
             assert_eq!(*node.resolved(), vec![want]);
-            let _client = connect_node(&node).await.expect("connect");
+            let _client = crate::upstream::connect_node(&node).await.expect("connect");
             let (_, from) = timeout(wait, listener.accept())
                 .await
                 .expect("accepted in time")

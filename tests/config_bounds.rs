@@ -311,7 +311,7 @@ fn apply_keeps_the_connection_limit_exact_whatever_the_config_says() {
     rt.block_on(async {
         let cfg = mqgate::config::load(&file).unwrap_or_else(|e| panic!("{e}"));
         let gw = mqgate::Gateway::start(cfg.clone()).await.expect("start");
-        let permits = || gw.shared.conn_limit.available_permits();
+        let permits = || gw.shared.data.conn_limit.available_permits();
         assert_eq!(permits(), 50);
         for max in [(1usize << 33) + 7, usize::MAX, 50, (1 << 33) + 7, 20, 50] {
             let mut c = cfg.clone();
@@ -504,11 +504,11 @@ async fn start_serve_reload(s: &Setup, file: &Path, second: &str) -> Result<(), 
     // The connection limit follows, once the clients above have gone.
     let permits = want.limits.max_connections;
     let end = std::time::Instant::now() + Duration::from_secs(10);
-    while gw.shared.conn_limit.available_permits() != permits {
+    while gw.shared.data.conn_limit.available_permits() != permits {
         if std::time::Instant::now() > end {
             return Err(format!(
                 "{} connection permits after the reload, want {permits}",
-                gw.shared.conn_limit.available_permits()
+                gw.shared.data.conn_limit.available_permits()
             ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

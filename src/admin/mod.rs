@@ -257,7 +257,7 @@ fn readyz(shared: &Shared) -> Resp {
         .map(|c| c.name.as_str())
         .collect();
     not_ready.sort_unstable();
-    if shared.stopping.is_cancelled() {
+    if shared.data.stopping.is_cancelled() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
     if not_ready.is_empty() {

@@ -224,7 +224,7 @@ pub fn gather_status(shared: &Shared) -> StatusView {
     StatusView {
         instance: shared.instance.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
-        ready: clusters.iter().all(|c| c.ready) && !shared.stopping.is_cancelled(),
+        ready: clusters.iter().all(|c| c.ready) && !shared.data.stopping.is_cancelled(),
         config_loaded_at: shared.metrics.config_last_reload_success.get(),
         config_file: rt.config.source.display().to_string(),
         clusters,

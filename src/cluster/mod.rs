@@ -18,6 +18,7 @@ use crate::config::{
 };
 use crate::metrics::{Metrics, NodeMetrics};
 use crate::mqtt::Connect;
+use crate::sessions::SessionScope;
 use crate::sticky::{Lookup, StickyTable};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use std::collections::HashMap;
@@ -85,7 +86,7 @@ pub struct Node {
     /// One token per listener relaying to this node, each a child of that listener's
     /// `closed` token: a relayed session waits on this single token for node down,
     /// maintenance, listener removal and shutdown alike.
-    sessions: Mutex<HashMap<String, CancellationToken>>,
+    sessions: Mutex<HashMap<String, SessionScope>>,
     removed: AtomicBool,
     /// Forwarded CONNECTs in a row that got no CONNACK within `connack_timeout`.
     connack_misses: AtomicU32,
@@ -169,21 +170,17 @@ impl Node {
     /// A handle that is cancelled when this node's sessions through `listener` must
     /// close: when the node's sessions are closed, or when `listener_closed` (the
     /// listener's `closed` token, of which it is a child) is.
-    pub fn session_token(
-        &self,
-        listener: &str,
-        listener_closed: &CancellationToken,
-    ) -> CancellationToken {
+    pub fn session_token(&self, listener: &str, listener_closed: &SessionScope) -> SessionScope {
         let mut g = match self.sessions.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
         if let Some(t) = g.get(listener) {
-            if !t.is_cancelled() {
+            if !t.is_closed() {
                 return t.clone();
             }
         }
-        let t = listener_closed.child_token();
+        let t = listener_closed.child();
         g.insert(listener.to_string(), t.clone());
         t
     }
@@ -198,7 +195,7 @@ impl Node {
             std::mem::take(&mut *g)
         };
         for t in old.values() {
-            crate::conn::cancel_sessions(t);
+            t.close();
         }
     }
 

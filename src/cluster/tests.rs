@@ -133,12 +133,9 @@ fn full_sync_leader_change_closes_old_sessions() {
     up_all(&c);
     let n1 = node(&c, "node1");
     assert_eq!(leader_name(&c).as_deref(), Some("node1"));
-    let session = n1.session_token("l", &CancellationToken::new());
+    let session = n1.session_token("l", &SessionScope::root());
     c.set_admin_state(&n1, AdminState::Maint);
-    assert!(
-        session.is_cancelled(),
-        "sessions through the old leader close"
-    );
+    assert!(session.is_closed(), "sessions through the old leader close");
     assert_eq!(leader_name(&c).as_deref(), Some("node2"));
 }
 
@@ -147,10 +144,10 @@ fn full_sync_keep_leaves_sessions_open() {
     let c = cluster("full-sync", "on_node_down = \"keep\"", "");
     up_all(&c);
     let n1 = node(&c, "node1");
-    let session = n1.session_token("l", &CancellationToken::new());
+    let session = n1.session_token("l", &SessionScope::root());
     c.set_health(&n1, Health::Down);
     assert_eq!(leader_name(&c).as_deref(), Some("node2"));
-    assert!(!session.is_cancelled());
+    assert!(!session.is_closed());
 }
 
 #[test]
@@ -158,10 +155,10 @@ fn full_sync_drained_leader_takes_no_new_clients() {
     let c = cluster("full-sync", "", "");
     up_all(&c);
     let n1 = node(&c, "node1");
-    let session = n1.session_token("l", &CancellationToken::new());
+    let session = n1.session_token("l", &SessionScope::root());
     c.set_admin_state(&n1, AdminState::Drain);
     assert_eq!(leader_name(&c).as_deref(), Some("node1"));
-    assert!(!session.is_cancelled(), "drain keeps existing sessions");
+    assert!(!session.is_closed(), "drain keeps existing sessions");
     assert!(pick_names(&c, &connect_bytes(false, "a", None, false)).is_empty());
     assert!(!c.ready());
     c.set_admin_state(&n1, AdminState::Ready);
@@ -327,9 +324,9 @@ fn drain_keeps_sticky_clients_maint_takes_none() {
     up_all(&c);
     let home = route(&c, &connect_bytes(false, "s", None, true)).unwrap_or_default();
     let n = node(&c, &home);
-    let session = n.session_token("l", &CancellationToken::new());
+    let session = n.session_token("l", &SessionScope::root());
     c.set_admin_state(&n, AdminState::Drain);
-    assert!(!session.is_cancelled(), "drain keeps sessions");
+    assert!(!session.is_closed(), "drain keeps sessions");
     // A client whose entry points to the drained node still goes there.
     assert_eq!(
         route(&c, &connect_bytes(false, "s", None, true)),
@@ -341,7 +338,7 @@ fn drain_keeps_sticky_clients_maint_takes_none() {
         assert!(!pick_names(&c, &b).contains(&home));
     }
     c.set_admin_state(&n, AdminState::Maint);
-    assert!(session.is_cancelled(), "maint closes sessions");
+    assert!(session.is_closed(), "maint closes sessions");
     let moved = route(&c, &connect_bytes(false, "s", None, true));
     assert!(moved.is_some() && moved.as_deref() != Some(home.as_str()));
     for i in 0..30 {

@@ -19,6 +19,7 @@
 
 pub mod connack;
 pub mod connect;
+mod error;
 mod properties;
 mod wire;
 

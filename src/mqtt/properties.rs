@@ -8,7 +8,7 @@
 //! duplicates of single-occurrence properties, out-of-range values and bad UTF-8.
 //! Each identifier's wire type comes from the table in MQTT 5.0 section 2.2.2.2.
 
-use super::connect::ConnectError;
+use super::error::ConnectError;
 use super::wire::Reader;
 
 /// Where a property block sits; decides which identifiers are allowed.

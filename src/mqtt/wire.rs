@@ -6,7 +6,7 @@
 //! so a lying length field can only ever produce an error, not a panic or an
 //! out-of-bounds read.
 
-use super::connect::ConnectError;
+use super::error::ConnectError;
 
 /// Reason for any field whose declared length runs past the end of the packet.
 pub(crate) const PAST_END: &str = "length past end";

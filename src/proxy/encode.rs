@@ -12,9 +12,9 @@ use super::parse::{
     PP2_CLIENT_CERT_CONN, PP2_CLIENT_CERT_SESS, PP2_CLIENT_SSL, PP2_SUBTYPE_SSL_CIPHER,
     PP2_SUBTYPE_SSL_CN, PP2_SUBTYPE_SSL_VERSION, PP2_TYPE_AUTHORITY, PP2_TYPE_SSL, V2_SIG,
 };
+use super::ClientCtx;
 use super::TlsInfo;
 use crate::config::ProxyProtocolOut;
-use crate::conn::ClientCtx;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 

@@ -26,6 +26,17 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
 
+/// What the gateway knows about a client beyond its bytes: its addresses (the real
+/// source behind a PROXY header) and the TLS details of its connection, for PROXY
+/// headers out. Made by the transport layer, read by upstream.
+pub struct ClientCtx {
+    pub peer: SocketAddr,
+    /// The address the client connected to (our listener side of its socket).
+    pub local: Option<SocketAddr>,
+    pub proxied: Option<ProxyInfo>,
+    pub tls_info: Option<TlsInfo>,
+}
+
 /// TLS details of a connection mqgate terminated, for PROXY v2 TLVs (PP2_TYPE_SSL).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsInfo {

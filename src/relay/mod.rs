@@ -7,6 +7,8 @@
 //! soon as it has been written). Counting uses pre-resolved counter handles: no label
 //! lookups or allocation per chunk.
 
+pub mod task;
+
 use crate::metrics::NodeMetrics;
 use crate::mqtt::{observe_connack, ConnackInfo, Parse};
 use std::io;

@@ -1,0 +1,234 @@
+//! The relay phase of one connection as a task of its own: both sockets, the relay
+//! state ([`super::Pipe`]), the session scope it waits on, the CONNACK deadline and
+//! what is released at the end.
+
+use super::{ConnackSink, Pipe, Side};
+use crate::cluster::{ActiveGuard, Cluster, Node, StickyWrite};
+use crate::metrics::Metrics;
+use crate::mqtt::{self, connack_reply, ConnackInfo};
+use crate::runtime::ListenerRt;
+use crate::sessions::SessionScope;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+/// What the relay phase of a connection keeps besides its sockets and relay state;
+/// dropped when the connection ends.
+pub struct Keep {
+    pub metrics: Arc<Metrics>,
+    pub lst: Arc<ListenerRt>,
+    /// The node, counted as one of its active connections while this lives.
+    pub node: ActiveGuard,
+    /// Boxed: it is gone once the broker answered, so idle connections do not carry
+    /// its room.
+    pub sticky: Option<Box<StickyWrite>>,
+    /// `mqgate_connections_active` of this listener and node; decremented on drop.
+    pub active: prometheus::IntGauge,
+    /// The client speaks MQTT 5 (for a refusal of our own).
+    pub v5: bool,
+    /// The connection's place under `max_connections`, held until it closes.
+    pub permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Keep {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The relay phase of one connection, written out as a future of its own: its
+    /// fields are all that an idle proxied connection holds (an `async fn` kept
+    /// its arguments and their moved copies both, and three cancellation waits).
+    ///
+    /// Closing by the gateway (node down or in maintenance, listener removed,
+    /// shutdown): one session scope covers them all (`Node::session_token`). Its wait
+    /// registers the task's waker on the first poll; polling it again would take two
+    /// shared locks on every wake-up of every connection, so it is polled again only
+    /// after the close epoch moved (`crate::sessions`: closing bumps it before it
+    /// cancels, and the cancel wakes this task).
+    pub struct RelayTask<S> {
+        client: S,
+        broker: TcpStream,
+        pipe: Pipe,
+        // Allocated only once a side has closed: an open connection carries no timer.
+        linger: Option<Pin<Box<tokio::time::Sleep>>>,
+        // The broker's CONNACK deadline (`connack_timeout`); freed once it answered.
+        connack_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        seen_epoch: u64,
+        #[pin]
+        closed: WaitForCancellationFutureOwned,
+        keep: Keep,
+    }
+}
+
+impl<S> RelayTask<S> {
+    /// The relay of a connection whose CONNECT (and what followed) has been forwarded
+    /// at `started`; it ends when `scope` closes. With `connack_timeout` (non-zero) the
+    /// broker must answer by `started + connack_timeout`.
+    pub fn new(
+        client: S,
+        broker: TcpStream,
+        started: Instant,
+        connack_timeout: Duration,
+        scope: &SessionScope,
+        keep: Keep,
+    ) -> Self {
+        RelayTask {
+            client,
+            broker,
+            pipe: Pipe::new(started),
+            linger: None,
+            connack_deadline: (!connack_timeout.is_zero())
+                .then(|| Box::pin(tokio::time::sleep_until((started + connack_timeout).into()))),
+            seen_epoch: u64::MAX,
+            closed: scope.wait(),
+            keep,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Future for RelayTask<S> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        let epoch = crate::sessions::epoch();
+        if *this.seen_epoch != epoch {
+            *this.seen_epoch = epoch;
+            if this.closed.as_mut().poll(cx).is_ready() {
+                tracing::debug!(
+                    "session closed by the gateway (node down, maintenance, removal or shutdown)"
+                );
+                return Poll::Ready(());
+            }
+        }
+        let keep = &mut *this.keep;
+        let node = keep.node.node();
+        let mut sink = Observed {
+            metrics: &keep.metrics,
+            cluster: &keep.lst.cluster,
+            node,
+            sticky: &mut keep.sticky,
+        };
+        match this
+            .pipe
+            .poll(cx, this.client, this.broker, &mut sink, &node.metrics)
+        {
+            Poll::Ready(Ok(t)) => {
+                tracing::debug!(
+                    to_broker = t.to_broker,
+                    to_client = t.to_client,
+                    "connection closed"
+                );
+                return Poll::Ready(());
+            }
+            Poll::Ready(Err(e)) => {
+                tracing::debug!(error = %e, "connection ended with an error");
+                if e.side == Side::Client {
+                    // The client's connection broke (reset, or a write it can no
+                    // longer take): pass the abort on, as the broker would have seen
+                    // it from a directly connected client. A FIN instead would leave
+                    // this side in TIME_WAIT on an ephemeral port for every aborted
+                    // client, and connect() slows down as they pile up (port search).
+                    let _ = this.broker.set_zero_linger();
+                }
+                return Poll::Ready(());
+            }
+            Poll::Pending => {}
+        }
+        if let Some(deadline) = this.connack_deadline.as_mut() {
+            if this.pipe.connack_seen() {
+                *this.connack_deadline = None;
+            } else if deadline.as_mut().poll(cx).is_ready() {
+                connack_timed_out(cx, this.client, keep);
+                return Poll::Ready(());
+            }
+        }
+        if this.pipe.half_closed() {
+            let t = this
+                .linger
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(CLOSE_LINGER)));
+            if t.as_mut().poll(cx).is_ready() {
+                tracing::debug!(linger = ?CLOSE_LINGER, "one side closed and the other did not follow; closing");
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// The broker did not answer the CONNECT within `connack_timeout`: count it against
+/// the node, answer the client "server unavailable" (3.x: CONNACK 0x03; 5: 0x88 with a
+/// reason string) as far as its socket takes it right now, and close both sides.
+fn connack_timed_out<S: AsyncWrite + Unpin>(cx: &mut Context<'_>, client: &mut S, keep: &Keep) {
+    let node = keep.node.node();
+    let cluster = &keep.lst.cluster;
+    let timeout = cluster.config().connack_timeout;
+    tracing::debug!(?timeout, "refused: the node sent no CONNACK in time");
+    keep.metrics
+        .connack
+        .with_label_values(&[&cluster.name, &node.name, "timeout"])
+        .inc();
+    cluster.connack_missed(node);
+    let reply = if keep.v5 {
+        mqtt::connack_reply_v5_with_reason(
+            0x88,
+            &format!("mqgate: no CONNACK from the broker within {timeout:?}"),
+        )
+    } else {
+        connack_reply(false, 0x03).0[..4].to_vec()
+    };
+    let mut client = Pin::new(client);
+    if let Poll::Ready(Ok(_)) = client.as_mut().poll_write(cx, &reply) {
+        let _ = client.as_mut().poll_flush(cx);
+        let _ = client.as_mut().poll_shutdown(cx);
+    }
+}
+
+/// How long a relayed connection stays half-closed. Once one side's close has been
+/// passed on (every byte delivered, then FIN), the other side has this long to close
+/// too. MQTT has no use for a half-open session — Mosquitto closes the connection
+/// when it reads EOF, and a broker that closed (session takeover, kick) will not read
+/// again — so this only ends connections of clients that ignore the broker's close,
+/// which would otherwise hold their `max_connections` slot forever.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(5);
+
+struct Observed<'a> {
+    metrics: &'a Metrics,
+    cluster: &'a Cluster,
+    node: &'a Node,
+    /// Written only once the broker accepted the client (CONNACK code 0), so that
+    /// clients that fail to log in cannot fill the table and push real entries out.
+    sticky: &'a mut Option<Box<StickyWrite>>,
+}
+
+impl ConnackSink for Observed<'_> {
+    fn connack(&mut self, info: Option<ConnackInfo>, latency: Duration) {
+        self.cluster.connack_seen(self.node);
+        let code = match info {
+            Some(i) => {
+                if i.code == 0 {
+                    self.cluster
+                        .landed(self.sticky.take().map(|b| *b), self.node);
+                }
+                self.node
+                    .metrics
+                    .connack_latency
+                    .observe(latency.as_secs_f64());
+                crate::metrics::code_label(i.code)
+            }
+            None => "invalid",
+        };
+        self.metrics
+            .connack
+            .with_label_values(&[&self.cluster.name, &self.node.name, code])
+            .inc();
+    }
+}

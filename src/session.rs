@@ -1,0 +1,425 @@
+//! Session: read the client's CONNECT (deadline, size cap), decide where it goes
+//! (`cluster.pick`, holding it while no node can take it), connect upstream, and hand
+//! both sockets to the relay. The relay is chosen here, per connection, after routing:
+//! today always the byte relay ([`crate::relay::task`]); a packet-aware relay for the
+//! clients that need one would be chosen at the same point.
+
+use crate::cluster::{Node, StickyWrite};
+use crate::metrics::Reject;
+use crate::mqtt::{self, connack_reply, ConnectError, Parse};
+use crate::proxy::ClientCtx;
+use crate::relay::task::{Keep, RelayTask};
+use crate::runtime::{DataPath, ListenerRt, Runtime};
+use crate::sessions::SessionScope;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::timeout_at;
+use tracing::Instrument;
+
+/// A connection's place under `max_connections`. Taken at accept time, before the
+/// PROXY header and the TLS handshake, so that every open client socket counts.
+pub struct Slot {
+    /// Held until the connection closes.
+    pub permit: OwnedSemaphorePermit,
+    /// False when over the limit: the CONNECT is still read (so that the refusal
+    /// speaks the client's protocol version), then answered "server busy". At most
+    /// `MAX_REJECTING` (gateway.rs) such clients are being refused at once.
+    pub granted: bool,
+}
+
+enum ReadError {
+    Reject(Reject, String),
+    /// Protocol level not 3/4/5: answered with CONNACK 0x01.
+    Protocol(u8),
+}
+
+/// Read one complete CONNECT (and whatever follows it in the same reads).
+/// Returns the bytes read and the CONNECT's length.
+async fn read_connect<S: AsyncRead + Unpin>(
+    s: &mut S,
+    max: usize,
+    deadline: Instant,
+) -> Result<(Vec<u8>, usize), ReadError> {
+    let mut buf: Vec<u8> = Vec::with_capacity(256);
+    let total = loop {
+        match mqtt::frame_len(&buf, max) {
+            Ok(Parse::Complete(n)) => break n,
+            Ok(Parse::Incomplete) => {}
+            Err(e) => return Err(map_connect_error(e)),
+        }
+        read_more(s, &mut buf, 256, deadline).await?;
+    };
+    while buf.len() < total {
+        let want = total - buf.len();
+        read_more(s, &mut buf, want, deadline).await?;
+    }
+    Ok((buf, total))
+}
+
+async fn read_more<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    want: usize,
+    deadline: Instant,
+) -> Result<(), ReadError> {
+    if buf.capacity() - buf.len() == 0 {
+        buf.reserve_exact(want.max(64));
+    }
+    match timeout_at(deadline.into(), s.read_buf(buf)).await {
+        Err(_) => Err(ReadError::Reject(
+            Reject::Timeout,
+            format!("CONNECT incomplete after {} bytes", buf.len()),
+        )),
+        Ok(Err(e)) => Err(ReadError::Reject(
+            Reject::Closed,
+            format!("read error before a complete CONNECT: {e}"),
+        )),
+        Ok(Ok(0)) => Err(ReadError::Reject(
+            Reject::Closed,
+            format!("client closed after {} bytes of CONNECT", buf.len()),
+        )),
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
+fn map_connect_error(e: ConnectError) -> ReadError {
+    match e {
+        ConnectError::NotConnect => ReadError::Reject(
+            Reject::Invalid,
+            "first bytes are not an MQTT CONNECT".into(),
+        ),
+        ConnectError::Malformed(why) => {
+            ReadError::Reject(Reject::Malformed, format!("malformed CONNECT: {why}"))
+        }
+        ConnectError::UnsupportedProtocol(level) => ReadError::Protocol(level),
+        ConnectError::TooLarge(n) => ReadError::Reject(
+            Reject::TooLarge,
+            format!("CONNECT of {n} bytes is over max_connect_size"),
+        ),
+    }
+}
+
+/// Everything after transport setup, for plain and TLS streams alike.
+pub async fn serve<S>(
+    data: &Arc<DataPath>,
+    rt: &Runtime,
+    lst: &Arc<ListenerRt>,
+    mut client: S,
+    ctx: ClientCtx,
+    slot: Slot,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &rt.config.limits;
+    let lname = lst.config.name.as_str();
+    let deadline = Instant::now() + limits.connect_timeout;
+    // Set-up futures are boxed so that their state is freed before the relay runs
+    // instead of staying part of every idle connection's task.
+    let reading = Box::pin(read_connect(&mut client, limits.max_connect_size, deadline));
+    let (buf, len) = match reading.await {
+        Ok(x) => x,
+        Err(ReadError::Reject(reason, why)) => {
+            tracing::debug!(reason = reason.as_str(), "refused: {why}");
+            data.metrics.reject(lname, reason);
+            return;
+        }
+        Err(ReadError::Protocol(level)) => {
+            tracing::debug!(level, "refused: unsupported protocol level");
+            data.metrics.reject(lname, Reject::Protocol);
+            Box::pin(refuse(&mut client, false, 0x01)).await;
+            return;
+        }
+    };
+    let connect = match mqtt::parse_connect(&buf[..len]) {
+        Ok(c) => c,
+        Err(e) => {
+            let (reason, why, level) = match map_connect_error(e) {
+                ReadError::Reject(r, w) => (r, w, None),
+                ReadError::Protocol(l) => (
+                    Reject::Protocol,
+                    "unsupported protocol level".to_string(),
+                    Some(l),
+                ),
+            };
+            tracing::debug!(reason = reason.as_str(), "refused: {why}");
+            data.metrics.reject(lname, reason);
+            if level.is_some() {
+                Box::pin(refuse(&mut client, false, 0x01)).await;
+            }
+            return;
+        }
+    };
+    let v5 = connect.version.is_v5();
+    tracing::Span::current().record("client_id", connect.client_id);
+    data.metrics
+        .connect_packets
+        .with_label_values(&[lname, connect.version.as_str()])
+        .inc();
+    if !slot.granted {
+        tracing::debug!("refused: max_connections reached");
+        data.metrics.reject(lname, Reject::Busy);
+        Box::pin(refuse(&mut client, v5, if v5 { 0x89 } else { 0x03 })).await;
+        return;
+    }
+    let cluster = &lst.cluster;
+    let cfg = cluster.config();
+    let route = Box::pin(route(
+        lst,
+        &mut client,
+        &connect,
+        &buf,
+        &ctx,
+        limits.max_connect_size,
+    ));
+    let Routed {
+        node,
+        broker,
+        sticky,
+        closed,
+        started,
+    } = match route.await {
+        Ok(r) => r,
+        Err(Unrouted::ClientGone(why)) => {
+            tracing::debug!(reason = "closed", "client left while held: {why}");
+            data.metrics.reject(lname, Reject::Closed);
+            return;
+        }
+        Err(Unrouted::ListenerClosed) => {
+            tracing::debug!("listener closed while the client was held");
+            return;
+        }
+        Err(Unrouted::NoNode { why }) => {
+            let reply = cfg.no_node_reply;
+            tracing::debug!(reply = reply.as_str(), "refused: {why}");
+            data.metrics.reject(lname, Reject::NoNode);
+            let bytes = if !reply.connack_for(v5) {
+                Vec::new()
+            } else if v5 {
+                mqtt::connack_reply_v5_with_reason(0x88, &format!("mqgate: {why}"))
+            } else {
+                let (b, n) = connack_reply(false, 0x03);
+                b[..n].to_vec()
+            };
+            Box::pin(refuse_with(&mut client, &bytes)).await;
+            return;
+        }
+    };
+    drop(buf);
+    // The relay runs as a task of its own that holds only what relaying needs: this
+    // set-up task (CONNECT buffer, pick, timers, TLS handshake state) ends here and
+    // its memory is freed, which keeps an idle proxied connection small.
+    let labels = [lname, cluster.name.as_str(), node.name.as_str()];
+    data.metrics
+        .connections_total
+        .with_label_values(&labels)
+        .inc();
+    let active = data.metrics.connections_active.with_label_values(&labels);
+    active.inc();
+    let keep = Keep {
+        metrics: data.metrics.clone(),
+        lst: lst.clone(),
+        node: node.connection_guard(),
+        sticky: sticky.map(Box::new),
+        active,
+        v5,
+        permit: slot.permit,
+    };
+    let task = RelayTask::new(client, broker, started, cfg.connack_timeout, &closed, keep);
+    // The connection's span exists only when debug logging is on; otherwise the
+    // task carries no span at all.
+    let span = tracing::Span::current();
+    if span.is_none() {
+        data.tracker.spawn(task);
+    } else {
+        data.tracker.spawn(task.instrument(span));
+    }
+}
+
+/// A client with a node: the broker connection (CONNECT and what followed already
+/// forwarded), the sticky write to do once the broker accepts, and the token that
+/// closes the session.
+struct Routed {
+    node: Arc<Node>,
+    broker: TcpStream,
+    sticky: Option<StickyWrite>,
+    closed: SessionScope,
+    started: Instant,
+}
+
+enum Unrouted {
+    /// No node took the client within `queue_timeout` (or `queue_max` were held).
+    NoNode { why: String },
+    /// The client closed or failed while held.
+    ClientGone(String),
+    /// The listener was removed, or shutdown's grace ended, while the client was held.
+    ListenerClosed,
+}
+
+/// Longest pause between two attempts while held, when a node that the cluster still
+/// counts as usable refuses connections (a leader that just died, before its health
+/// checks notice). Any change of the cluster's state ends a pause at once.
+const HELD_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Pick nodes and connect, holding the client while no node can take it (full-sync
+/// between leaders, dynsec with every node down) up to the cluster's `queue_timeout`,
+/// at most `queue_max` clients at once (HAProxy's `timeout queue` / `maxqueue`). A held
+/// client is routed as soon as a node is usable: every change of the cluster's state
+/// wakes it, and a node that refused is tried again after a short, growing pause.
+/// Bytes the client sends while held (up to `cap`) are kept and forwarded after its
+/// CONNECT; a client that closes while held is let go.
+async fn route<S: AsyncRead + Unpin>(
+    lst: &ListenerRt,
+    client: &mut S,
+    connect: &mqtt::Connect<'_>,
+    buf: &[u8],
+    ctx: &ClientCtx,
+    cap: usize,
+) -> Result<Routed, Unrouted> {
+    let cluster = &lst.cluster;
+    let cfg = cluster.config();
+    let lname = lst.config.name.as_str();
+    let began = Instant::now();
+    let deadline = began + cfg.queue_timeout;
+    let mut extra: Vec<u8> = Vec::new();
+    let mut queued = None;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        // Receives every `notify_waiters` from its creation on, unpolled: no change
+        // between this pick and the wait below is missed, and nothing is locked here
+        // (connect storms take this path for every client).
+        let changed = cluster.changed();
+        tokio::pin!(changed);
+        let pick = cluster.pick(connect);
+        for node in &pick.nodes {
+            let broker = match crate::upstream::connect(node, cfg.connect_timeout).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!(node = %node.name, error = %e, "node refused; trying the next");
+                    continue;
+                }
+            };
+            // Subscribe to the node's session handle before forwarding, so that a
+            // node marked down from now on also closes this session.
+            let closed = node.session_token(lname, &lst.closed);
+            let started = Instant::now();
+            match crate::upstream::forward_first(&cfg, ctx, broker, buf, &extra).await {
+                Ok(broker) => {
+                    node.metrics
+                        .to_broker
+                        .inc_by((buf.len() + extra.len()) as u64);
+                    if queued.is_some() {
+                        cluster.queue_result("routed");
+                        tracing::debug!(node = %node.name, waited = ?began.elapsed(), "held client routed");
+                    }
+                    tracing::Span::current().record("node", node.name.as_str());
+                    return Ok(Routed {
+                        node: node.clone(),
+                        broker,
+                        sticky: pick.sticky,
+                        closed,
+                        started,
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(node = %node.name, error = %e, "forwarding CONNECT to the node failed; trying the next");
+                }
+            }
+        }
+        let why = |held: bool| {
+            let what = match (cfg.mode, pick.nodes.len()) {
+                (crate::config::Mode::FullSync, 0) => "no leader".to_string(),
+                (_, 0) => "no node is up".to_string(),
+                (_, n) => format!("{n} node(s) refused the connection"),
+            };
+            if held {
+                format!(
+                    "{what} after holding the client for {:?}",
+                    cfg.queue_timeout
+                )
+            } else {
+                what
+            }
+        };
+        if Instant::now() >= deadline {
+            if queued.is_some() {
+                cluster.queue_result("timeout");
+            }
+            return Err(Unrouted::NoNode {
+                why: why(!cfg.queue_timeout.is_zero()),
+            });
+        }
+        if queued.is_none() {
+            match cluster.enter_queue() {
+                Some(g) => {
+                    tracing::debug!(reason = %why(false), "no node can take the client: held");
+                    queued = Some(g);
+                }
+                None => {
+                    cluster.queue_result("full");
+                    return Err(Unrouted::NoNode {
+                        why: format!(
+                            "{} and queue_max ({}) clients are held",
+                            why(false),
+                            cfg.queue_max
+                        ),
+                    });
+                }
+            }
+        }
+        // Nothing picked: only a change of state can help. Nodes picked but refusing:
+        // try again after a pause too (their checks may not have noticed yet).
+        let wake = if pick.nodes.is_empty() {
+            deadline
+        } else {
+            deadline.min(Instant::now() + pause)
+        };
+        pause = (pause * 2).min(HELD_RETRY_MAX);
+        tokio::select! {
+            _ = &mut changed => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = lst.closed.closed() => {
+                cluster.queue_result("closed");
+                return Err(Unrouted::ListenerClosed);
+            }
+            r = client.read_buf(&mut extra), if extra.len() < cap => match r {
+                Ok(0) => {
+                    cluster.queue_result("closed");
+                    return Err(Unrouted::ClientGone("client closed".into()));
+                }
+                Err(e) => {
+                    cluster.queue_result("closed");
+                    return Err(Unrouted::ClientGone(format!("read error: {e}")));
+                }
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
+/// Send our own CONNACK and close cleanly: half-close, then drain what the client still
+/// sends for a moment so that the close does not turn into a reset that eats the reply.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, v5: bool, code: u8) {
+    let (reply, n) = connack_reply(v5, code);
+    refuse_with(s, &reply[..n]).await
+}
+
+/// Send `reply` (nothing: a plain close) and close as [`refuse`] does.
+async fn refuse_with<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, reply: &[u8]) {
+    if !reply.is_empty() && s.write_all(reply).await.is_err() {
+        return;
+    }
+    let _ = s.flush().await;
+    let _ = s.shutdown().await;
+    let mut sink = [0u8; 512];
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let mut drained = 0usize;
+    while drained < 64 * 1024 {
+        match timeout_at(deadline.into(), s.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+}
