@@ -8,14 +8,12 @@
 //! sticky tables, listener sockets and their sessions) is kept and reused.
 
 use crate::cluster::Cluster;
-use crate::config::{self, Config, ConfigErrors};
+use crate::config::{self, Config};
 use crate::listener;
 use crate::metrics::Metrics;
 use crate::runtime::DataPath;
 use crate::sessions::SessionScope;
-use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use hickory_resolver::TokioResolver;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,125 +23,16 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use crate::reload::ApplyError;
 pub use crate::runtime::{ListenerRt, Runtime};
-
-/// A bound listener socket and its accept loop.
-struct Slot {
-    bind: SocketAddr,
-    local_addr: SocketAddr,
-    /// A second handle on the listening socket, handed to a successor process
-    /// (`crate::handover`). Dropped with the slot and at the start of shutdown, so
-    /// that the accept loop's close stays the socket's last: a socket kept open here
-    /// would go on queueing connections that nobody accepts.
-    sock: Option<std::net::TcpListener>,
-    stop_accept: CancellationToken,
-    closed: SessionScope,
-}
-
-/// State that lives as long as the process, across reloads.
-pub struct Shared {
-    pub metrics: Arc<Metrics>,
-    /// What the connection path gets (the current view, limits, threads).
-    pub data: Arc<DataPath>,
-    clusters: Mutex<HashMap<String, Arc<Cluster>>>,
-    slots: Mutex<HashMap<String, Slot>>,
-    /// Listening sockets taken over from a previous process, by bind address; used
-    /// instead of binding anew (`crate::handover`).
-    inherited: Mutex<HashMap<SocketAddr, std::net::TcpListener>>,
-    /// Serialises reloads.
-    apply_lock: tokio::sync::Mutex<()>,
-    /// Close every remaining session (end of the shutdown grace).
-    pub hard_stop: SessionScope,
-    /// Stops background tasks (health checks, peers, admin).
-    pub background: CancellationToken,
-    /// Background tasks.
-    pub bg_tracker: TaskTracker,
-    conn_limit_size: AtomicUsize,
-    pub resolver: Arc<TokioResolver>,
-    /// This gateway's name (the `[peers] name`, else the host name).
-    pub instance: String,
-    /// Peer links and the sticky snapshot (`crate::peers`).
-    pub peers: crate::peers::PeersHandle,
-    /// Changes the log filter on reload (set by the binary).
-    pub log_level: Mutex<Option<crate::logging::LevelSetter>>,
-}
-
-impl Shared {
-    /// The current configuration view (one atomic load).
-    pub fn runtime(&self) -> Arc<Runtime> {
-        self.data.runtime()
-    }
-
-    pub fn cluster(&self, name: &str) -> Option<Arc<Cluster>> {
-        self.runtime().clusters.get(name).cloned()
-    }
-
-    /// Current clusters, sorted by name (stable order for syncs and snapshots).
-    pub fn clusters_sorted(&self) -> Vec<Arc<Cluster>> {
-        self.runtime().clusters_sorted()
-    }
-
-    /// Set `mqgate_sticky_entries` from the tables' sizes (counting locks every
-    /// shard, so this runs on scrapes, sweeps and bulk changes, not per connection).
-    pub fn refresh_sticky_gauges(&self) {
-        for c in self.runtime().clusters.values() {
-            self.metrics
-                .sticky_entries
-                .with_label_values(&[&c.name])
-                .set(c.sticky.len() as i64);
-        }
-    }
-
-    /// A second handle on every listening socket, for a successor process.
-    pub fn listening_sockets(&self) -> Vec<(String, SocketAddr, std::net::TcpListener)> {
-        lock(&self.slots)
-            .iter()
-            .filter_map(|(name, s)| match s.sock.as_ref()?.try_clone() {
-                Ok(d) => Some((name.clone(), s.bind, d)),
-                Err(e) => {
-                    tracing::warn!(listener = %name, "handover: cannot duplicate the socket: {e}");
-                    None
-                }
-            })
-            .collect()
-    }
-
-    /// The address a listener is bound to (useful with port 0).
-    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.runtime().listeners.get(name).map(|l| l.local_addr)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    // The cause is part of the message (not a `source`), so that `{:#}` chains do not
-    // print it twice.
-    #[error("listener `{listener}`: cannot bind {bind}: {error}")]
-    Bind {
-        listener: String,
-        bind: SocketAddr,
-        error: std::io::Error,
-    },
-    #[error("listener `{listener}`: {error}")]
-    Tls {
-        listener: String,
-        error: crate::tls::TlsError,
-    },
-    #[error("cannot start the connection threads: {error}")]
-    Threads { error: std::io::Error },
-    #[error("cannot set up the DNS resolver: {error}")]
-    Resolver { error: String },
-    #[error("{0}")]
-    Config(#[from] ConfigErrors),
-    /// A reload panicked (a bug): caught at the reload boundary so that the watcher,
-    /// SIGHUP and the API go on reloading.
-    #[error("internal error, the reload was abandoned: {0}")]
-    Panic(String),
-}
+pub use crate::state::Shared;
+use crate::state::{lock, Slot};
 
 #[derive(Clone)]
 pub struct Gateway {
     pub shared: Arc<Shared>,
+    /// Peer links and the sticky snapshot (`crate::peers`).
+    pub peers: Arc<crate::peers::PeersHandle>,
 }
 
 fn instance_name(cfg: &Config) -> String {
@@ -211,14 +100,16 @@ impl Gateway {
             })?,
             instance: instance_name(&config),
             log_level: Mutex::new(None),
-            peers: Default::default(),
         });
-        let gw = Gateway { shared };
+        let gw = Gateway {
+            shared,
+            peers: Arc::default(),
+        };
         gw.apply(config).await?;
         for (bind, _) in lock(&gw.shared.inherited).drain() {
             tracing::info!(bind = %bind, "handover: socket not in this config; closed");
         }
-        if let Err(e) = crate::peers::start(&gw.shared).await {
+        if let Err(e) = crate::peers::start(&gw.shared, &gw.peers).await {
             let bind = gw.shared.runtime().config.peers.as_ref().map(|p| p.bind);
             return Err(ApplyError::Bind {
                 listener: "peers".into(),
@@ -485,7 +376,7 @@ impl Gateway {
             .metrics
             .config_last_reload_success
             .set(crate::sticky::now_ms() as i64 / 1000);
-        crate::peers::reconfigure(shared);
+        crate::peers::reconfigure(shared, &self.peers);
         for (i, (name, sock, stop)) in to_start.into_iter().enumerate() {
             // On a connection thread (the listeners spread over them), which then keeps
             // the connections of its turns without a hand-off; and on the connection
@@ -568,9 +459,33 @@ impl Gateway {
         shared.background.cancel();
         shared.bg_tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), shared.bg_tracker.wait()).await;
-        crate::peers::save_snapshot(shared).await;
+        crate::peers::save_snapshot(shared, &self.peers).await;
         data.workers.stop();
         tracing::info!("stopped");
+    }
+}
+
+impl Gateway {
+    /// The handle the reload triggers get (file watch, SIGHUP, admin API).
+    pub fn triggers(&self) -> crate::reload::Triggers {
+        crate::reload::Triggers {
+            reload: Arc::new(self.clone()),
+            stop: self.shared.background.clone(),
+            tracker: self.shared.bg_tracker.clone(),
+        }
+    }
+}
+
+impl crate::reload::Reload for Gateway {
+    fn reload(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApplyError>> + Send + '_>>
+    {
+        Box::pin(Gateway::reload(self))
+    }
+
+    fn config_file(&self) -> std::path::PathBuf {
+        self.shared.runtime().config.source.clone()
     }
 }
 
@@ -599,95 +514,6 @@ impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
             Err(panic) => Poll::Ready(Err(panic)),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
-
-/// Run a gateway until `shutdown` is cancelled; SIGHUP reloads the config file.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    run_opts(config, shutdown, RunOptions::default()).await
-}
-
-/// Options of [`run_opts`] beyond the config file.
-#[derive(Default)]
-pub struct RunOptions {
-    /// Changes the log level on reload.
-    pub set_log_level: Option<crate::logging::LevelSetter>,
-    /// `--handover PATH`: take the listening sockets from the process serving PATH,
-    /// then serve them to the next one (`crate::handover`).
-    pub handover: Option<std::path::PathBuf>,
-    /// `--no-watch`: do not reload when the config file changes; only SIGHUP and
-    /// `POST /api/v1/reload` do.
-    pub no_watch: bool,
-}
-
-/// [`run`] with [`RunOptions`].
-pub async fn run_opts(
-    config: Config,
-    shutdown: CancellationToken,
-    opts: RunOptions,
-) -> anyhow::Result<()> {
-    let mut inherited = match &opts.handover {
-        Some(path) => {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || crate::handover::take(&path))
-                .await
-                .context("handover task")??
-        }
-        None => crate::handover::Inherited::none(),
-    };
-    let sockets = std::mem::take(&mut inherited.sockets);
-    let gw = Gateway::start_with(config, sockets)
-        .await
-        .context("starting mqgate")?;
-    inherited.confirm();
-    if let Some(path) = opts.handover {
-        let gw2 = gw.clone();
-        crate::handover::serve(
-            path,
-            move || gw2.shared.listening_sockets(),
-            shutdown.clone(),
-            gw.shared.background.clone(),
-        )
-        .context("serving the handover socket")?;
-    }
-    *lock(&gw.shared.log_level) = opts.set_log_level;
-    crate::admin::spawn(&gw)
-        .await
-        .context("starting the admin server")?;
-    if opts.no_watch {
-        tracing::info!(
-            "not watching the config file (--no-watch); reload with SIGHUP or POST /api/v1/reload"
-        );
-    } else {
-        crate::reload::watch(&gw);
-    }
-    crate::refused::spawn(&gw);
-    #[cfg(unix)]
-    {
-        let gw2 = gw.clone();
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .context("installing the SIGHUP handler")?;
-        let stop = gw.shared.background.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    s = hup.recv() => if s.is_none() { return },
-                    _ = stop.cancelled() => return,
-                }
-                tracing::info!("SIGHUP: reloading configuration");
-                let _ = gw2.reload().await;
-            }
-        });
-    }
-    shutdown.cancelled().await;
-    gw.shutdown().await;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -743,7 +569,7 @@ mod tests {
         std::fs::write(&path, config_text(10)).expect("write config");
         let cfg = config::load(&path).expect("a valid config");
         let gw = Gateway::start(cfg).await.expect("start");
-        crate::reload::watch(&gw);
+        crate::reload::watch(&gw.triggers());
         let count = |result: &str| {
             gw.shared
                 .metrics

@@ -46,13 +46,16 @@ pub mod rate;
 pub mod refused;
 pub mod relay;
 pub mod reload;
+pub mod run;
 pub mod runtime;
 pub mod session;
 pub mod sessions;
+pub mod state;
 pub mod sticky;
 pub mod tls;
 pub mod transport;
 pub mod upstream;
 pub mod workers;
 
-pub use gateway::{run, run_opts, Gateway, RunOptions};
+pub use gateway::Gateway;
+pub use run::{run, run_opts, RunOptions};

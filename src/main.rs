@@ -219,6 +219,9 @@ fn run(path: PathBuf, handover: Option<PathBuf>, no_watch: bool) -> ExitCode {
         )
         .await
     });
+    // Everything is stopped and saved by now: a blocking task still running (a DNS
+    // lookup of the system resolver, say) must not hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -13,11 +13,12 @@
 //! within a second, a steady stream of them once a minute. Nothing is written while no
 //! client is refused.
 
-use crate::gateway::Gateway;
 use crate::metrics::{names, Metrics};
+use crate::state::Shared;
 use prometheus::core::Collector;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -121,9 +122,9 @@ impl Summaries {
 }
 
 /// Start the summary task (stops with the gateway's background tasks).
-pub fn spawn(gw: &Gateway) {
-    let shared = gw.shared.clone();
-    gw.shared.bg_tracker.spawn(async move {
+pub fn spawn(shared: &Arc<Shared>) {
+    let shared = shared.clone();
+    shared.bg_tracker.clone().spawn(async move {
         let stop = shared.background.clone();
         let mut s = Summaries::new(counts(&shared.metrics));
         let mut tick = tokio::time::interval(TICK);

@@ -3,13 +3,14 @@
 //! checked against `client_ca`). Only ECDHE key exchange with AEAD suites is offered
 //! (Mozilla "intermediate"); rustls offers nothing weaker.
 
-use crate::config::{TlsConfig, TlsVersion};
+use crate::config::{PeerTlsConfig, TlsConfig, TlsVersion};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::{self, PemObject};
 use std::path::Path;
 use std::sync::Arc;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -277,4 +278,36 @@ mod tests {
         let e = load_certs(&dir.path().join("missing.pem")).expect_err("missing");
         assert!(matches!(e, TlsError::Read { .. }), "{e}");
     }
+}
+
+/// TLS for peer links: both directions, one CA.
+#[derive(Clone)]
+pub struct PeerTls {
+    pub acceptor: TlsAcceptor,
+    pub connector: TlsConnector,
+}
+
+/// Build the rustls server (client certificates required) and client configurations
+/// of peer links (`[peers.tls]`).
+pub fn peer_configs(t: &PeerTlsConfig) -> Result<PeerTls, TlsError> {
+    let roots = Arc::new(load_roots(&t.ca)?);
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .map_err(|e| TlsError::ClientCa {
+                path: t.ca.display().to_string(),
+                msg: e.to_string(),
+            })?;
+    let server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(&t.cert)?, load_key(&t.key)?)?;
+    let client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(load_certs(&t.cert)?, load_key(&t.key)?)?;
+    Ok(PeerTls {
+        acceptor: TlsAcceptor::from(Arc::new(server)),
+        connector: TlsConnector::from(Arc::new(client)),
+    })
 }

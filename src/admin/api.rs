@@ -6,9 +6,11 @@
 //! ([`Cluster::set_admin_state`], the sticky table, [`Gateway::reload`]), so an API call
 //! has exactly the effect of the equivalent internal event.
 
+use super::Ctx;
 use super::{error, json, Refusal, Resp};
 use crate::cluster::{AdminState, Cluster};
-use crate::gateway::{ApplyError, Gateway, Shared};
+use crate::reload::ApplyError;
+use crate::state::Shared;
 use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -141,13 +143,13 @@ pub(super) fn sticky_del(shared: &Shared, c: &str, key: &str) -> Resp {
     )
 }
 
-pub(super) async fn reload(gw: &Gateway) -> Resp {
-    match gw.reload().await {
+pub(super) async fn reload(gw: &Ctx) -> Resp {
+    match gw.reload.reload().await {
         Ok(()) => json(
             StatusCode::OK,
             &serde_json::json!({
                 "result": "ok",
-                "file": gw.shared.runtime().config.source.display().to_string(),
+                "file": gw.reload.config_file().display().to_string(),
             }),
         ),
         Err(ApplyError::Config(errs)) => {

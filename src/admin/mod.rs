@@ -33,7 +33,8 @@ pub use view::{
     gather_status, ClusterView, ListenerView, NodeView, PeerView, PeersView, StatusView,
 };
 
-use crate::gateway::{Gateway, Shared};
+use crate::reload::Reload;
+use crate::state::Shared;
 use access::Arrival;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -43,6 +44,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Open admin connections at most. A new connection beyond this closes the one idle
@@ -63,8 +65,16 @@ pub type Resp = Response<Full<Bytes>>;
 pub(crate) type Refusal = Box<Resp>;
 
 /// Bind the admin address and serve it in the background until shutdown.
-pub async fn spawn(gw: &Gateway) -> std::io::Result<()> {
-    let shared = gw.shared.clone();
+/// What the admin API works with: the gateway's state to read (and its clusters'
+/// admin states and sticky tables to change), and the reload handle.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) reload: Arc<dyn Reload>,
+}
+
+pub async fn spawn(shared: &Arc<Shared>, reload: Arc<dyn Reload>) -> std::io::Result<()> {
+    let shared = shared.clone();
     let bind = shared.runtime().config.admin.bind;
     // SO_REUSEPORT like the client listeners: during a restart (`--handover` or
     // not) the new process binds the same admin address while the old one drains.
@@ -82,7 +92,10 @@ pub async fn spawn(gw: &Gateway) -> std::io::Result<()> {
     tracing::info!(bind = %bound, "admin API listening");
     let stop = shared.background.clone();
     let tracker = shared.bg_tracker.clone();
-    let gw = gw.clone();
+    let gw = Ctx {
+        shared: shared.clone(),
+        reload,
+    };
     let conns = conns::Conns::new(MAX_CONNECTIONS);
     tracker.spawn(async move {
         loop {
@@ -157,7 +170,7 @@ pub async fn spawn(gw: &Gateway) -> std::io::Result<()> {
 }
 
 /// Route one request.
-async fn handle(gw: &Gateway, arrival: &Arrival, req: Request<Incoming>) -> Resp {
+async fn handle(gw: &Ctx, arrival: &Arrival, req: Request<Incoming>) -> Resp {
     let shared = &gw.shared;
     let path = req.uri().path().to_string();
     let method = req.method().clone();

@@ -8,8 +8,8 @@
 //! shows up here.
 
 use crate::cluster::{Cluster, Health};
-use crate::gateway::Shared;
 use crate::metrics::names;
+use crate::state::Shared;
 use prometheus::proto::MetricFamily;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

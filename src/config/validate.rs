@@ -221,7 +221,7 @@ impl V {
     }
 
     /// Load TLS material exactly as `run` will (`build`: `crate::tls::server_config` or
-    /// `crate::peers::auth::tls`), so that `check` and a reload refuse what `run` would:
+    /// `crate::tls::peer_configs`), so that `check` and a reload refuse what `run` would:
     /// each file on its own first, to name the key that is wrong, then all together
     /// (which also checks that the key belongs to the certificate). `prefix` is the
     /// table's key path; `ca` the CA key's name and file. Files that do not exist are
@@ -835,7 +835,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
                     ca: v.existing_file("peers.tls.ca".into(), &t.ca),
                 };
                 v.tls_material("peers.tls", &t.cert, &t.key, Some(("ca", &t.ca)), || {
-                    crate::peers::auth::tls(&t).map(drop)
+                    crate::tls::peer_configs(&t).map(drop)
                 });
                 t
             }),

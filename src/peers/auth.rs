@@ -29,47 +29,15 @@
 
 use super::frame::{Frame, FrameError, VERSION};
 use super::link::{FrameReader, LinkError};
-use crate::config::{PeerTlsConfig, Secret};
-use crate::tls::{load_certs, load_key, load_roots, provider, TlsError};
+use crate::config::Secret;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
-use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// TLS for peer links: both directions, one CA.
-#[derive(Clone)]
-pub struct PeerTls {
-    pub acceptor: TlsAcceptor,
-    pub connector: TlsConnector,
-}
-
-/// Build the rustls server (client certificates required) and client configurations.
-pub fn tls(t: &PeerTlsConfig) -> Result<PeerTls, TlsError> {
-    let roots = Arc::new(load_roots(&t.ca)?);
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
-            .build()
-            .map_err(|e| TlsError::ClientCa {
-                path: t.ca.display().to_string(),
-                msg: e.to_string(),
-            })?;
-    let server = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(&t.cert)?, load_key(&t.key)?)?;
-    let client = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(load_certs(&t.cert)?, load_key(&t.key)?)?;
-    Ok(PeerTls {
-        acceptor: TlsAcceptor::from(Arc::new(server)),
-        connector: TlsConnector::from(Arc::new(client)),
-    })
-}
+pub use crate::tls::{peer_configs as tls, PeerTls};
 
 fn nonce() -> [u8; 32] {
     let mut n = [0u8; 32];
@@ -188,14 +156,7 @@ fn verify(
     m.verify_slice(mac).is_ok()
 }
 
-/// Keys that seal the frames of a link without TLS, one per direction.
-#[derive(Clone)]
-pub struct FrameKeys {
-    /// Frames this side sends.
-    pub send: [u8; 32],
-    /// Frames this side receives.
-    pub recv: [u8; 32],
-}
+pub use super::seal::FrameKeys;
 
 /// The frame keys of a link, as the dialer sees them (`send` = dialer to acceptor);
 /// the acceptor swaps them. Derived like the proofs, under roles no proof uses.

@@ -14,10 +14,10 @@
 //! Updates for a cluster this gateway does not have, or pointing at a node its cluster
 //! does not have, are dropped and counted (`mqgate_peer_updates_dropped_total`).
 
-use super::auth::FrameKeys;
 use super::frame::{self, Frame, FrameError, Interner};
+use super::seal::FrameKeys;
 use super::seal::{Opener, SealError, Sealer};
-use crate::gateway::Shared;
+use crate::state::Shared;
 use crate::sticky::{Update, SHARDS};
 use bytes::{Buf, BytesMut};
 use std::sync::Arc;

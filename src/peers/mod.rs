@@ -27,7 +27,7 @@ pub mod snapshot;
 
 use crate::cluster::Cluster;
 use crate::config::{PeerConfig, PeersConfig, Secret};
-use crate::gateway::Shared;
+use crate::state::Shared;
 use arc_swap::ArcSwap;
 use link::{Change, FrameReader, LinkError};
 use rand::Rng;
@@ -80,7 +80,7 @@ struct Service {
     peers_changed: Arc<Notify>,
 }
 
-/// Held in [`Shared`]: the service, once started.
+/// Held by the gateway beside [`Shared`]: the service, once started.
 #[derive(Default)]
 pub struct PeersHandle {
     service: Mutex<Option<Service>>,
@@ -170,7 +170,7 @@ impl PeersError {
 
 /// Start-up: load the snapshot (before any link, so peers get it in their full sync),
 /// then start the service per the current config.
-pub async fn start(shared: &Arc<Shared>) -> Result<(), PeersError> {
+pub async fn start(shared: &Arc<Shared>, handle: &PeersHandle) -> Result<(), PeersError> {
     if let Some(path) = shared
         .runtime()
         .config
@@ -180,24 +180,24 @@ pub async fn start(shared: &Arc<Shared>) -> Result<(), PeersError> {
     {
         snapshot::load(shared, &path).await;
     }
-    shared.peers.started.store(true, Ordering::Release);
-    apply(shared)
+    handle.started.store(true, Ordering::Release);
+    apply(shared, handle)
 }
 
 /// After a reload: start, stop or adjust the service. Errors are logged (the rest of
 /// the new config is already in force).
-pub fn reconfigure(shared: &Arc<Shared>) {
-    if !shared.peers.started.load(Ordering::Acquire) {
+pub fn reconfigure(shared: &Arc<Shared>, handle: &PeersHandle) {
+    if !handle.started.load(Ordering::Acquire) {
         return;
     }
-    if let Err(e) = apply(shared) {
+    if let Err(e) = apply(shared, handle) {
         tracing::error!("peers: {e}; peer links keep their previous settings");
     }
 }
 
 /// Shutdown: write the snapshot if one is configured.
-pub async fn save_snapshot(shared: &Arc<Shared>) {
-    if let Some(s) = shared.peers.lock().take() {
+pub async fn save_snapshot(shared: &Arc<Shared>, handle: &PeersHandle) {
+    if let Some(s) = handle.lock().take() {
         s.stop.cancel();
     }
     let Some(path) = shared
@@ -212,9 +212,9 @@ pub async fn save_snapshot(shared: &Arc<Shared>) {
     snapshot::save(shared, &path).await;
 }
 
-fn apply(shared: &Arc<Shared>) -> Result<(), PeersError> {
+fn apply(shared: &Arc<Shared>, handle: &PeersHandle) -> Result<(), PeersError> {
     let cfg = shared.runtime().config.peers.clone();
-    let mut guard = shared.peers.lock();
+    let mut guard = handle.lock();
     let Some(cfg) = cfg else {
         if let Some(s) = guard.take() {
             tracing::info!("peers section removed; closing peer links");

@@ -47,6 +47,16 @@ pub enum SealError {
     Frame(#[from] FrameError),
 }
 
+/// Keys that seal the frames of a link without TLS, one per direction (derived in
+/// `auth`, used by the link's [`Sealer`] and [`Opener`]).
+#[derive(Clone)]
+pub struct FrameKeys {
+    /// Frames this side sends.
+    pub send: [u8; 32],
+    /// Frames this side receives.
+    pub recv: [u8; 32],
+}
+
 /// Adds tags to outgoing frames.
 #[derive(Clone)]
 pub struct Sealer {
