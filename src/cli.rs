@@ -5,16 +5,21 @@
 //! table of `-c FILE` (bind address and token), or `./mqgate.toml`, or else the default
 //! address — the last two said on stderr ([`target`]).
 //!
-//! The client commands speak plain HTTP/1.1 over a blocking `TcpStream` (no async
-//! runtime needed for one request) to the admin API, and print readable tables. Every
-//! failure is one line on stderr and a non-zero exit: the gateway is not running, the
-//! token is wrong or missing, the cluster/node/key is unknown.
+//! The client commands send one HTTP/1.1 request with hyper's client, on a
+//! current-thread tokio runtime of their own, and print readable tables. Every failure
+//! is one line on stderr and a non-zero exit: the gateway is not running, the token is
+//! wrong or missing, the cluster/node/key is unknown. Below [`client`] (which prints)
+//! failures are typed: [`TargetError`] for finding the API and its token,
+//! [`ClientError`] for talking to it; each message is one complete line.
 
 use crate::admin::{ClusterView, StatusView};
 use crate::config::{Config, Mode};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request as HttpRequest};
+use hyper_util::rt::TokioIo;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -23,6 +28,137 @@ use std::time::Duration;
 pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9100";
 /// Environment variable holding the bearer token for mutating commands.
 pub const TOKEN_ENV: &str = "MQGATE_ADMIN_TOKEN";
+/// How long a TCP connect to one address of the admin API may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the admin API may take to answer: the request sent and the answer's head
+/// read, then its body read, each within this.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest answer read (a status of hundreds of nodes is a few hundred KB).
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
+
+/// Why the admin API or its token could not be found from the flags and config file.
+/// Each message is one line that names the file, its cause included.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("cannot read {}: {error}", path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(
+        "{} is not valid TOML ({message}); `mqgate check -c {}` says more",
+        path.display(),
+        path.display()
+    )]
+    Toml { path: PathBuf, message: String },
+    #[error("{}: [admin] bind = {bind:?} is not IP:PORT", path.display())]
+    Bind { path: PathBuf, bind: String },
+    #[error(
+        "cannot read the token file {} ([admin] token_file): {error}; run as a user who may \
+         read it, or set {TOKEN_ENV}",
+        path.display()
+    )]
+    TokenFile {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("the token file {} is not UTF-8 text; set {TOKEN_ENV}", path.display())]
+    TokenNotText { path: PathBuf },
+    #[error("[admin] token_env names {var}, which is not set here; set it or {TOKEN_ENV}")]
+    TokenEnv { var: String },
+}
+
+/// Why a client command failed once it knew where the admin API is. Each message is
+/// one complete line, its cause included (not a `source`), as the CLI prints it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "{base}: the admin API speaks plain HTTP; use http:// (put a TLS proxy in front for \
+         remote access)"
+    )]
+    Https { base: String },
+    #[error("{base}: not an http:// URL")]
+    NotHttpUrl { base: String },
+    #[error("{base}: no host in the admin URL")]
+    NoHost { base: String },
+    #[error("cannot make a request to {base}{target}: {error}")]
+    BadRequest {
+        base: String,
+        target: String,
+        error: hyper::http::Error,
+    },
+    #[error(
+        "the admin token is not a valid HTTP header value (a control character?); check \
+         {TOKEN_ENV} or the token file"
+    )]
+    BadToken,
+    #[error(
+        "cannot reach the admin API at {base} ({error}); is mqgate running? (name it with \
+         -c FILE or --admin URL)"
+    )]
+    Unreachable { base: String, error: std::io::Error },
+    #[error("{base} did not answer with HTTP")]
+    NotHttp { base: String },
+    #[error("talking to the admin API at {base}: {}", chain(error))]
+    Http { base: String, error: hyper::Error },
+    #[error("talking to the admin API at {base}: {}", chain(&**error))]
+    Body {
+        base: String,
+        error: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(
+        "talking to the admin API at {base}: no answer within {:?}",
+        ANSWER_TIMEOUT
+    )]
+    Timeout { base: String },
+    #[error(
+        "talking to the admin API at {base}: the answer is longer than {} MiB",
+        MAX_ANSWER >> 20
+    )]
+    TooLong { base: String },
+    #[error("unexpected answer from {base}: {error}")]
+    Unexpected {
+        base: String,
+        error: serde_json::Error,
+    },
+    /// 401 without a token, and the config's token could not be read.
+    #[error("the admin API needs a token: {problem}")]
+    TokenUnavailable { problem: String },
+    /// 401 without a token, and none configured.
+    #[error(
+        "the admin API needs a token: set {TOKEN_ENV} to the content of [admin] token_file, \
+         or give -c FILE"
+    )]
+    TokenNeeded,
+    /// 401 with a token.
+    #[error("the admin API refused the token in {TOKEN_ENV}: {message}")]
+    TokenRefused { message: String },
+    /// 403.
+    #[error("the admin API refused the change: {message}")]
+    Refused { message: String },
+    /// Any other status outside 2xx: the first line of the API's error.
+    #[error("{message}")]
+    Api { status: u16, message: String },
+    #[error("cannot start the async runtime for the request: {error}")]
+    Runtime { error: std::io::Error },
+    #[error("the client commands run their own runtime: call them outside an async context")]
+    NestedRuntime,
+}
+
+/// An error and its sources on one line, each said once (hyper's `Display` leaves the
+/// cause to `source`).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            let _ = write!(out, ": {text}");
+        }
+        next = cause.source();
+    }
+    out
+}
 
 pub enum Request {
     Status,
@@ -149,12 +285,7 @@ pub fn client(req: Request, admin: Option<String>, config: Option<PathBuf>) -> E
     if let Some(note) = &t.note {
         eprintln!("mqgate: {note}");
     }
-    match run_request(
-        &req,
-        &t.base,
-        t.token.as_deref(),
-        t.token_problem.as_deref(),
-    ) {
+    match run_request(&req, &t.base, t.token.as_deref(), t.token_problem.as_ref()) {
         Ok(out) => {
             print!("{out}");
             ExitCode::SUCCESS
@@ -170,13 +301,13 @@ pub fn client(req: Request, admin: Option<String>, config: Option<PathBuf>) -> E
 pub const LOCAL_CONFIG: &str = "mqgate.toml";
 
 /// Which admin API a client command talks to, and with which token.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Target {
     /// `http://HOST:PORT`.
     pub base: String,
     pub token: Option<String>,
     /// Why the config's token could not be read (said if the API asks for one).
-    pub token_problem: Option<String>,
+    pub token_problem: Option<TargetError>,
     /// Where the address came from, when the user did not name it (printed to stderr).
     pub note: Option<String>,
 }
@@ -195,7 +326,7 @@ pub fn target(
     admin: Option<String>,
     config: Option<&Path>,
     env_token: Option<String>,
-) -> Result<Target, String> {
+) -> Result<Target, TargetError> {
     let env_token = env_token.filter(|t| !t.is_empty());
     let mut note = None;
     let admin_cfg = match config {
@@ -256,22 +387,21 @@ struct AdminSection {
 }
 
 impl AdminSection {
-    fn read(path: &Path) -> Result<AdminSection, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let v: toml::Value = toml::from_str(&text).map_err(|e| {
-            format!(
-                "{} is not valid TOML ({}); `mqgate check -c {}` says more",
-                path.display(),
-                e.message(),
-                path.display()
-            )
+    fn read(path: &Path) -> Result<AdminSection, TargetError> {
+        let text = std::fs::read_to_string(path).map_err(|error| TargetError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let v: toml::Value = toml::from_str(&text).map_err(|e| TargetError::Toml {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
         })?;
         let admin = v.get("admin");
         let field = |k: &str| admin.and_then(|a| a.get(k)).and_then(|x| x.as_str());
         let url = match field("bind") {
-            Some(bind) => admin_url(bind).ok_or_else(|| {
-                format!("{}: [admin] bind = {bind:?} is not IP:PORT", path.display())
+            Some(bind) => admin_url(bind).ok_or_else(|| TargetError::Bind {
+                path: path.to_path_buf(),
+                bind: bind.to_string(),
             })?,
             None => DEFAULT_ADMIN.to_string(),
         };
@@ -284,28 +414,20 @@ impl AdminSection {
     }
 
     /// The token the config gives the gateway, if any.
-    fn token(&self) -> Result<Option<String>, String> {
+    fn token(&self) -> Result<Option<String>, TargetError> {
         if let Some(f) = &self.token_file {
-            let bytes = std::fs::read(f).map_err(|e| {
-                format!(
-                    "cannot read the token file {} ([admin] token_file): {e}; run as a user who may read it, or set {TOKEN_ENV}",
-                    f.display()
-                )
+            let bytes = std::fs::read(f).map_err(|error| TargetError::TokenFile {
+                path: f.clone(),
+                error,
             })?;
-            let text = String::from_utf8(bytes).map_err(|_| {
-                format!(
-                    "the token file {} is not UTF-8 text; set {TOKEN_ENV}",
-                    f.display()
-                )
-            })?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| TargetError::TokenNotText { path: f.clone() })?;
             return Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()));
         }
         if let Some(var) = &self.token_env {
             return match std::env::var(var) {
                 Ok(t) if !t.is_empty() => Ok(Some(t)),
-                _ => Err(format!(
-                    "[admin] token_env names {var}, which is not set here; set it or {TOKEN_ENV}"
-                )),
+                _ => Err(TargetError::TokenEnv { var: var.clone() }),
             };
         }
         Ok(None)
@@ -324,8 +446,9 @@ fn admin_url(bind: &str) -> Option<String> {
     Some(format!("http://{ip}:{}", addr.port()))
 }
 
-/// Everything but the printing, so that it can be tested.
-pub fn run_client(req: &Request, base: &str, token: Option<&str>) -> Result<String, String> {
+/// Everything but the printing, so that it can be tested. Runs its own current-thread
+/// runtime: call it outside an async context.
+pub fn run_client(req: &Request, base: &str, token: Option<&str>) -> Result<String, ClientError> {
     run_request(req, base, token, None)
 }
 
@@ -334,99 +457,42 @@ fn run_request(
     req: &Request,
     base: &str,
     token: Option<&str>,
-    token_problem: Option<&str>,
-) -> Result<String, String> {
+    token_problem: Option<&TargetError>,
+) -> Result<String, ClientError> {
     let mut api = Api::new(base, token)?;
     api.token_problem = token_problem;
-    match req {
-        Request::Status => {
-            let body = api.call("GET", "/api/v1/status", None)?;
-            let s: StatusView = serde_json::from_str(&body)
-                .map_err(|e| format!("unexpected answer from {}: {e}", api.base))?;
-            Ok(status_table(&s))
-        }
-        Request::Node {
-            state,
-            cluster,
-            node,
-        } => {
-            let path = format!(
-                "/api/v1/clusters/{}/nodes/{}/state",
-                encode(cluster),
-                encode(node)
-            );
-            let body = serde_json::json!({ "state": state }).to_string();
-            let out = api.call("PUT", &path, Some(&body))?;
-            let a: crate::admin::NodeStateAnswer = serde_json::from_str(&out)
-                .map_err(|e| format!("unexpected answer from {}: {e}", api.base))?;
-            let mut s = format!(
-                "cluster {} node {}: {} -> {}",
-                a.cluster, a.node, a.previous, a.state
-            );
-            match a.state.as_str() {
-                "drain" => s.push_str(" (new clients avoid it; sticky clients still land there)"),
-                "maint" => {
-                    let _ = write!(
-                        s,
-                        " (takes no clients; closed {} session(s))",
-                        a.sessions_closed
-                    );
-                }
-                _ => {}
-            }
-            s.push('\n');
-            Ok(s)
-        }
-        Request::Sticky {
-            action,
-            cluster,
-            key,
-        } => {
-            let path = format!(
-                "/api/v1/clusters/{}/sticky/{}",
-                encode(cluster),
-                encode(key)
-            );
-            let method = if action == "del" { "DELETE" } else { "GET" };
-            let out = api.call(method, &path, None)?;
-            let a: crate::admin::StickyAnswer = serde_json::from_str(&out)
-                .map_err(|e| format!("unexpected answer from {}: {e}", api.base))?;
-            if method == "DELETE" {
-                Ok(format!(
-                    "removed sticky entry `{}` of cluster {} (was on node {})\n",
-                    a.key, cluster, a.node
-                ))
-            } else {
-                Ok(table(
-                    &["KEY", "NODE", "EXPIRES IN"],
-                    &[vec![a.key, a.node, format!("{}s", a.expires_in_secs)]],
-                    "",
-                ))
-            }
-        }
+    // `block_on` inside another runtime would panic.
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Err(ClientError::NestedRuntime);
     }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| ClientError::Runtime { error })?;
+    rt.block_on(api.run(req))
 }
 
-/// A tiny HTTP/1.1 client for the admin API.
+/// One request to the admin API with hyper's HTTP/1.1 client.
 struct Api<'a> {
+    /// `http://HOST:PORT[/PREFIX]`, for messages.
     base: String,
+    /// `HOST:PORT` (port 80 if the URL has none): where to connect, and the `Host`.
     host: String,
+    /// The URL's path, put before every API path.
     prefix: String,
     token: Option<&'a str>,
-    token_problem: Option<&'a str>,
+    token_problem: Option<&'a TargetError>,
 }
 
 impl<'a> Api<'a> {
-    fn new(base: &str, token: Option<&'a str>) -> Result<Self, String> {
+    fn new(base: &str, token: Option<&'a str>) -> Result<Self, ClientError> {
         let base = base.trim_end_matches('/');
         let rest = if let Some(r) = base.strip_prefix("http://") {
             r
         } else if base.starts_with("https://") {
-            return Err(format!(
-                "{base}: the admin API speaks plain HTTP; use http:// (put a TLS proxy in front for remote access)"
-            ));
+            return Err(ClientError::Https { base: base.into() });
         } else if base.contains("://") {
-            return Err(format!("{base}: not an http:// URL"));
+            return Err(ClientError::NotHttpUrl { base: base.into() });
         } else {
             base
         };
@@ -435,7 +501,7 @@ impl<'a> Api<'a> {
             None => (rest, ""),
         };
         if host.is_empty() {
-            return Err(format!("{base}: no host in the admin URL"));
+            return Err(ClientError::NoHost { base: base.into() });
         }
         let host = if host
             .rsplit_once(':')
@@ -446,7 +512,7 @@ impl<'a> Api<'a> {
             format!("{host}:80")
         };
         Ok(Api {
-            base: format!("http://{}{}", host, prefix),
+            base: format!("http://{host}{prefix}"),
             host,
             prefix: prefix.to_string(),
             token,
@@ -454,104 +520,238 @@ impl<'a> Api<'a> {
         })
     }
 
-    /// Send one request; `Ok(body)` for 2xx, else a one-line explanation.
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Result<String, String> {
-        let unreachable = |e: std::io::Error| {
-            format!(
-                "cannot reach the admin API at {} ({e}); is mqgate running? (name it with -c FILE or --admin URL)",
-                self.base
-            )
-        };
-        let addrs: Vec<_> = self.host.to_socket_addrs().map_err(unreachable)?.collect();
-        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
-        let mut stream = None;
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, Duration::from_secs(5)) {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
+    /// Send `req` and make its answer readable.
+    async fn run(&self, req: &Request) -> Result<String, ClientError> {
+        match req {
+            Request::Status => {
+                let body = self.call(Method::GET, "/api/v1/status", None).await?;
+                let s: StatusView = self.parse(&body)?;
+                Ok(status_table(&s))
+            }
+            Request::Node {
+                state,
+                cluster,
+                node,
+            } => {
+                let path = format!(
+                    "/api/v1/clusters/{}/nodes/{}/state",
+                    encode(cluster),
+                    encode(node)
+                );
+                let body = serde_json::json!({ "state": state }).to_string();
+                let out = self.call(Method::PUT, &path, Some(body)).await?;
+                let a: crate::admin::NodeStateAnswer = self.parse(&out)?;
+                let mut s = format!(
+                    "cluster {} node {}: {} -> {}",
+                    a.cluster, a.node, a.previous, a.state
+                );
+                match a.state.as_str() {
+                    "drain" => {
+                        s.push_str(" (new clients avoid it; sticky clients still land there)")
+                    }
+                    "maint" => {
+                        let _ = write!(
+                            s,
+                            " (takes no clients; closed {} session(s))",
+                            a.sessions_closed
+                        );
+                    }
+                    _ => {}
                 }
-                Err(e) => last = e,
+                s.push('\n');
+                Ok(s)
+            }
+            Request::Sticky {
+                action,
+                cluster,
+                key,
+            } => {
+                let path = format!(
+                    "/api/v1/clusters/{}/sticky/{}",
+                    encode(cluster),
+                    encode(key)
+                );
+                let delete = action == "del";
+                let method = if delete { Method::DELETE } else { Method::GET };
+                let out = self.call(method, &path, None).await?;
+                let a: crate::admin::StickyAnswer = self.parse(&out)?;
+                if delete {
+                    Ok(format!(
+                        "removed sticky entry `{}` of cluster {} (was on node {})\n",
+                        a.key, cluster, a.node
+                    ))
+                } else {
+                    Ok(table(
+                        &["KEY", "NODE", "EXPIRES IN"],
+                        &[vec![a.key, a.node, format!("{}s", a.expires_in_secs)]],
+                        "",
+                    ))
+                }
             }
         }
-        let mut s = stream.ok_or_else(|| unreachable(last))?;
-        let io = |e: std::io::Error| format!("talking to the admin API at {}: {e}", self.base);
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(io)?;
-        s.set_write_timeout(Some(Duration::from_secs(10)))
-            .map_err(io)?;
-        let body = body.unwrap_or("");
-        let mut head = format!(
-            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: mqgate/{}\r\nAccept: application/json\r\n",
-            self.prefix,
-            self.host,
-            env!("CARGO_PKG_VERSION")
-        );
-        if let Some(t) = self.token {
-            let _ = write!(head, "Authorization: Bearer {t}\r\n");
-        }
-        if method != "GET" {
-            let _ = write!(
-                head,
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            );
-        }
-        head.push_str("\r\n");
-        head.push_str(body);
-        s.write_all(head.as_bytes()).map_err(io)?;
-        let mut raw = Vec::new();
-        s.take(16 * 1024 * 1024).read_to_end(&mut raw).map_err(io)?;
-        let text = String::from_utf8_lossy(&raw);
-        let (headers, payload) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| format!("{} did not answer with HTTP", self.base))?;
-        let status: u16 = headers
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("{} did not answer with HTTP", self.base))?;
-        let payload = if headers
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(payload)
-        } else {
-            payload.to_string()
-        };
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self, body: &str) -> Result<T, ClientError> {
+        serde_json::from_str(body).map_err(|error| ClientError::Unexpected {
+            base: self.base.clone(),
+            error,
+        })
+    }
+
+    /// Send one request; `Ok(body)` for 2xx, else why not.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<String, ClientError> {
+        let request = self.request(method, path, body)?;
+        let stream = self.connect().await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.http_error(e))?;
+        // The connection's errors reach us through `send_request` and the body.
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let answer = tokio::time::timeout(ANSWER_TIMEOUT, sender.send_request(request))
+            .await
+            .map_err(|_| self.timeout())?
+            .map_err(|e| self.http_error(e))?;
+        let status = answer.status().as_u16();
+        let body = tokio::time::timeout(
+            ANSWER_TIMEOUT,
+            Limited::new(answer.into_body(), MAX_ANSWER).collect(),
+        )
+        .await
+        .map_err(|_| self.timeout())?
+        .map_err(|error| {
+            if error.is::<LengthLimitError>() {
+                ClientError::TooLong {
+                    base: self.base.clone(),
+                }
+            } else {
+                ClientError::Body {
+                    base: self.base.clone(),
+                    error,
+                }
+            }
+        })?
+        .to_bytes();
+        let payload = String::from_utf8_lossy(&body).into_owned();
         if (200..300).contains(&status) {
             return Ok(payload);
         }
-        let msg = serde_json::from_str::<serde_json::Value>(&payload)
+        Err(self.refusal(status, &payload))
+    }
+
+    /// The request: `Host` as in the URL, `Connection: close`, the bearer token if
+    /// any, and a JSON body for everything but GET.
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<HttpRequest<Full<Bytes>>, ClientError> {
+        let target = format!("{}{path}", self.prefix);
+        let body = body.unwrap_or_default();
+        let mut b = HttpRequest::builder()
+            .uri(target.as_str())
+            .header(header::HOST, self.host.as_str())
+            .header(header::CONNECTION, "close")
+            .header(
+                header::USER_AGENT,
+                concat!("mqgate/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(header::ACCEPT, "application/json");
+        if let Some(t) = self.token {
+            let mut v =
+                HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| ClientError::BadToken)?;
+            v.set_sensitive(true);
+            b = b.header(header::AUTHORIZATION, v);
+        }
+        if method != Method::GET {
+            b = b
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::CONTENT_LENGTH, body.len());
+        }
+        b.method(method)
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|error| ClientError::BadRequest {
+                base: self.base.clone(),
+                target,
+                error,
+            })
+    }
+
+    /// A TCP connection to the first address of the host that takes one within
+    /// [`CONNECT_TIMEOUT`].
+    async fn connect(&self) -> Result<tokio::net::TcpStream, ClientError> {
+        let unreachable = |error| ClientError::Unreachable {
+            base: self.base.clone(),
+            error,
+        };
+        let addrs = tokio::net::lookup_host(self.host.as_str())
+            .await
+            .map_err(unreachable)?;
+        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+        for a in addrs {
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(a)).await {
+                Ok(Ok(s)) => return Ok(s),
+                Ok(Err(e)) => last = e,
+                Err(_) => {
+                    last = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no connection to {a} within {CONNECT_TIMEOUT:?}"),
+                    )
+                }
+            }
+        }
+        Err(unreachable(last))
+    }
+
+    /// An answer that is not HTTP (or none at all) says so; other errors as they are.
+    fn http_error(&self, error: hyper::Error) -> ClientError {
+        if error.is_parse() || error.is_incomplete_message() {
+            ClientError::NotHttp {
+                base: self.base.clone(),
+            }
+        } else {
+            ClientError::Http {
+                base: self.base.clone(),
+                error,
+            }
+        }
+    }
+
+    fn timeout(&self) -> ClientError {
+        ClientError::Timeout {
+            base: self.base.clone(),
+        }
+    }
+
+    /// A status outside 2xx: what the API's JSON `error` (else its text) says, with
+    /// what to do about a missing or refused token.
+    fn refusal(&self, status: u16, payload: &str) -> ClientError {
+        let message = serde_json::from_str::<serde_json::Value>(payload)
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
             .unwrap_or_else(|| payload.trim().to_string());
-        Err(match status {
+        match status {
             401 if self.token.is_none() => match self.token_problem {
-                Some(p) => format!("the admin API needs a token: {p}"),
-                None => format!(
-                    "the admin API needs a token: set {TOKEN_ENV} to the content of [admin] token_file, or give -c FILE"
-                ),
+                Some(p) => ClientError::TokenUnavailable {
+                    problem: p.to_string(),
+                },
+                None => ClientError::TokenNeeded,
             },
-            401 => format!("the admin API refused the token in {TOKEN_ENV}: {msg}"),
-            403 => format!("the admin API refused the change: {msg}"),
-            _ => msg.lines().next().unwrap_or("").to_string(),
-        })
-    }
-}
-
-fn dechunk(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || tail.len() < n {
-            break;
+            401 => ClientError::TokenRefused { message },
+            403 => ClientError::Refused { message },
+            _ => ClientError::Api {
+                status,
+                message: message.lines().next().unwrap_or("").to_string(),
+            },
         }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
     }
-    out
 }
 
 /// Percent-encode a path segment.
@@ -751,13 +951,16 @@ mod tests {
         assert_eq!(t.token, None);
         assert!(t
             .token_problem
+            .map(|p| p.to_string())
             .is_some_and(|p| p.contains("missing.token") && p.contains(TOKEN_ENV)));
         // A -c FILE that is missing or broken is an error naming it.
-        let e = target(None, Some(&dir.join("nope.toml")), None).err();
-        assert!(e.is_some_and(|e| e.contains("nope.toml")));
+        let e = target(None, Some(&dir.join("nope.toml")), None).map_err(|e| e.to_string());
+        assert!(e.err().is_some_and(|e| e.contains("nope.toml")));
         std::fs::write(&cfg, "[admin\n").unwrap_or_else(|e| panic!("{e}"));
-        let e = target(None, Some(&cfg), None).err();
-        assert!(e.is_some_and(|e| e.contains("gw.toml") && e.contains("not valid TOML")));
+        let e = target(None, Some(&cfg), None).map_err(|e| e.to_string());
+        assert!(e
+            .err()
+            .is_some_and(|e| e.contains("gw.toml") && e.contains("not valid TOML")));
     }
 
     #[test]
@@ -790,11 +993,184 @@ mod tests {
         assert_eq!(t, "  A     LONG\n  xxxx  y\n");
     }
 
-    #[test]
-    fn chunked_bodies() {
-        assert_eq!(
-            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
-            "hello world"
+    /// A one-shot HTTP server on loopback: answers the first request with `answer`
+    /// and returns that request (head and body) as it arrived.
+    fn fake_api(answer: &'static str) -> (String, std::thread::JoinHandle<String>) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let base = format!(
+            "http://{}",
+            l.local_addr().unwrap_or_else(|e| panic!("{e}"))
         );
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap_or_else(|e| panic!("{e}"));
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The head, then as many body bytes as it announces.
+            let complete = |got: &[u8]| {
+                let text = String::from_utf8_lossy(got);
+                text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(str::to_string)
+                        })
+                        .and_then(|n| n.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    body.len() >= len
+                })
+            };
+            while !complete(&got) {
+                let n = s.read(&mut buf).unwrap_or_else(|e| panic!("{e}"));
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(answer.as_bytes())
+                .unwrap_or_else(|e| panic!("{e}"));
+            String::from_utf8_lossy(&got).into_owned()
+        });
+        (base, server)
+    }
+
+    fn sticky_get() -> Request {
+        Request::Sticky {
+            action: "get".into(),
+            cluster: "brokers".into(),
+            key: "dev/1".into(),
+        }
+    }
+
+    #[test]
+    fn chunked_answers_and_the_request_sent() {
+        let (base, server) = fake_api(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
+             10\r\n{\"key\":\"dev/1\",\"\r\n\
+             1e\r\nnode\":\"node2\",\"expires_in_secs\r\n\
+             5\r\n\":42}\r\n0\r\n\r\n",
+        );
+        let out = run_client(&sticky_get(), &format!("{base}/gw/"), Some("s3cret"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out, "KEY    NODE   EXPIRES IN\ndev/1  node2  42s\n");
+        let req = server.join().unwrap_or_else(|_| panic!("server"));
+        let host = base.trim_start_matches("http://");
+        assert!(
+            req.starts_with("GET /gw/api/v1/clusters/brokers/sticky/dev%2F1 HTTP/1.1\r\n"),
+            "{req}"
+        );
+        let req = req.to_ascii_lowercase();
+        for h in [
+            format!("host: {host}\r\n"),
+            "connection: close\r\n".to_string(),
+            "authorization: bearer s3cret\r\n".to_string(),
+            "accept: application/json\r\n".to_string(),
+            format!("user-agent: mqgate/{}\r\n", env!("CARGO_PKG_VERSION")),
+        ] {
+            assert!(req.contains(&h), "{h:?} missing in {req}");
+        }
+        assert!(!req.contains("content-type"), "{req}");
+    }
+
+    #[test]
+    fn changes_send_json() {
+        let (base, server) = fake_api(
+            "HTTP/1.1 200 OK\r\nContent-Length: 88\r\n\r\n\
+             {\"cluster\":\"brokers\",\"node\":\"n1\",\"state\":\"maint\",\"previous\":\"ready\",\"sessions_closed\":3}",
+        );
+        let req = Request::Node {
+            state: "maint".into(),
+            cluster: "brokers".into(),
+            node: "n1".into(),
+        };
+        let out = run_client(&req, &base, None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            out,
+            "cluster brokers node n1: ready -> maint (takes no clients; closed 3 session(s))\n"
+        );
+        let req = server.join().unwrap_or_else(|_| panic!("server"));
+        assert!(req.starts_with("PUT /api/v1/clusters/brokers/nodes/n1/state HTTP/1.1\r\n"));
+        let lower = req.to_ascii_lowercase();
+        assert!(
+            lower.contains("content-type: application/json\r\n"),
+            "{req}"
+        );
+        assert!(!lower.contains("authorization"), "{req}");
+        assert!(req.ends_with("\r\n\r\n{\"state\":\"maint\"}"), "{req}");
+    }
+
+    #[test]
+    fn refusals_are_one_line() {
+        let cases: [(&'static str, Option<&str>, &str); 5] = [
+            (
+                "HTTP/1.1 401 Unauthorized\r\nContent-Length: 26\r\n\r\n{\"error\":\"Bearer needed\"}\n",
+                None,
+                "the admin API needs a token: set MQGATE_ADMIN_TOKEN",
+            ),
+            (
+                "HTTP/1.1 401 Unauthorized\r\nContent-Length: 25\r\n\r\n{\"error\":\"wrong token\"}\r\n",
+                Some("x"),
+                "the admin API refused the token in MQGATE_ADMIN_TOKEN: wrong token",
+            ),
+            (
+                "HTTP/1.1 403 Forbidden\r\nContent-Length: 21\r\n\r\n{\"error\":\"bad Host\"}\n",
+                Some("x"),
+                "the admin API refused the change: bad Host",
+            ),
+            (
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 33\r\n\r\n{\"error\":\"no sticky entry\\nmore\"}",
+                Some("x"),
+                "no sticky entry",
+            ),
+            ("SSH-2.0-OpenSSH_9.2\r\n", Some("x"), " did not answer with HTTP"),
+        ];
+        for (answer, token, want) in cases {
+            let (base, server) = fake_api(answer);
+            let e = run_client(&sticky_get(), &base, token)
+                .err()
+                .map(|e| e.to_string());
+            let _ = server.join();
+            assert!(
+                e.as_deref()
+                    .is_some_and(|e| e.contains(want) && !e.contains('\n')),
+                "{e:?}: {want}"
+            );
+        }
+        // The config's token could not be read: that is what the 401 says.
+        let (base, server) = fake_api("HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n");
+        let problem = TargetError::TokenEnv {
+            var: "GW_TOKEN".into(),
+        };
+        let e = run_request(&sticky_get(), &base, None, Some(&problem)).err();
+        let _ = server.join();
+        assert!(e.is_some_and(|e| e.to_string()
+            == format!("the admin API needs a token: [admin] token_env names GW_TOKEN, which is not set here; set it or {TOKEN_ENV}")));
+    }
+
+    #[test]
+    fn nobody_listening() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        drop(l);
+        let e = run_client(&Request::Status, &format!("http://{addr}"), None)
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e
+                .starts_with(&format!("cannot reach the admin API at http://{addr} ("))
+                && e.contains("is mqgate running?")
+                && !e.contains('\n')),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn not_inside_a_runtime() {
+        let e = run_client(&Request::Status, "http://127.0.0.1:1", None).err();
+        assert!(matches!(e, Some(ClientError::NestedRuntime)), "{e:?}");
     }
 }

@@ -35,8 +35,10 @@
 //! ask within [`REQUEST_TIMEOUT`] is dropped, so a stray or stuck connection cannot
 //! hold a restart up. Every process started with `--handover PATH` serves the next one,
 //! so the same command line works for every restart.
+//!
+//! Every failure is a [`HandoverError`] whose message names what was being done and
+//! with which path, listener or process, its cause included.
 
-use anyhow::Context as _;
 use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
@@ -47,6 +49,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustix::io::Errno;
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
@@ -65,6 +68,153 @@ const PROTOCOL: u32 = 2;
 const REQUEST: &[u8] = b"mqgate-handover 2\n";
 /// How long the old process waits for that request before dropping the client.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the new process waits for each read and write of the exchange.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the old process waits for the new one to confirm (its gateway starts:
+/// config, TLS, DNS; normally well under a second).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a handover failed, on either side. The cause is part of each message (not a
+/// `source`), so that `{:#}` chains do not print it twice (as `gateway::ApplyError`).
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    // ---- the new process (`take`) ----
+    #[error("reading the credentials of the process serving {}: {error}", path.display())]
+    ServerCredentials { path: PathBuf, error: Errno },
+    #[error(
+        "the process serving {} (pid {pid}) runs as uid {uid}: only our own user (uid {ours}) \
+         or root may hand sockets over",
+        path.display()
+    )]
+    ServerUser {
+        path: PathBuf,
+        pid: i32,
+        uid: u32,
+        ours: u32,
+    },
+    #[error("asking {} for the listening sockets: {error}", path.display())]
+    Ask {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("receiving sockets from {}: {error}", path.display())]
+    Receive { path: PathBuf, error: Errno },
+    #[error("handover: more than {MAX_FDS} sockets sent by {}; refusing the handover", path.display())]
+    TooManySockets { path: PathBuf },
+    #[error("handover message from {} is longer than {limit} bytes", path.display())]
+    MessageTooLong { path: PathBuf, limit: usize },
+    #[error("reading the handover message from {}: {error}", path.display())]
+    ReadMessage {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("handover: the old process serving {} closed the connection", path.display())]
+    Closed { path: PathBuf },
+    #[error(
+        "handover: the process serving {} is an older mqgate (handover protocol 1, which \
+         sends the sockets unasked); restart once without --handover (SO_REUSEPORT \
+         overlap, docs/hardening.md), then --handover works again",
+        path.display()
+    )]
+    OldProtocol { path: PathBuf },
+    #[error("handover message from {}: {error}", path.display())]
+    BadMessage {
+        path: PathBuf,
+        error: serde_json::Error,
+    },
+    #[error("handover: {} speaks handover protocol {theirs}, this build {PROTOCOL}", path.display())]
+    Protocol { path: PathBuf, theirs: u32 },
+    #[error("handover: {described} listeners described but {received} sockets received")]
+    Count { described: usize, received: usize },
+    #[error(
+        "handover: the socket received for listener `{listener}` ({bind}) is not a listening \
+         TCP socket bound to that address; refusing the handover: {why}"
+    )]
+    NotListening {
+        listener: String,
+        bind: SocketAddr,
+        why: SocketMismatch,
+    },
+
+    // ---- the old process (`serve`) ----
+    #[error("creating the private directory {}: {error}", dir.display())]
+    PrivateDir { dir: PathBuf, error: std::io::Error },
+    #[error("binding {}: {error}", path.display())]
+    Bind {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("chmod 0600 {}: {error}", path.display())]
+    Chmod {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("renaming {} to {}: {error}", from.display(), to.display())]
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("reading the client's credentials: {error}")]
+    ClientCredentials { error: Errno },
+    #[error(
+        "refused a connection from uid {uid} (pid {pid}): only our own user (uid {ours}) or \
+         root may take the listening sockets"
+    )]
+    ClientUser { pid: i32, uid: u32, ours: u32 },
+    #[error("reading the request of pid {pid}: {error}")]
+    ReadRequest { pid: i32, error: std::io::Error },
+    #[error("a client (pid {pid}) sent no request within {REQUEST_TIMEOUT:?}; dropped it")]
+    NoRequest { pid: i32 },
+    #[error("unexpected request from pid {pid}: {request:?}; dropped it")]
+    BadRequest { pid: i32, request: String },
+    #[error("{count} listeners, more than the {MAX_FDS} sockets one handover can carry")]
+    TooManyListeners { count: usize },
+    #[error("encoding the handover message: {error}")]
+    Encode { error: serde_json::Error },
+    #[error("sending the listening sockets: {error}")]
+    Send { error: Errno },
+    #[error("the new process did not confirm (its start failed?); still serving: {error}")]
+    NoConfirmation { error: std::io::Error },
+    #[error("the new process replied {reply:?} instead of confirming; still serving")]
+    BadReply { reply: String },
+    #[error("the handover task failed: {error}")]
+    Task { error: tokio::task::JoinError },
+
+    // ---- either side ----
+    /// Setting up a socket of the exchange (timeouts, blocking mode, TCP_NODELAY).
+    #[error("handover: {what}: {error}")]
+    Socket {
+        what: &'static str,
+        error: std::io::Error,
+    },
+}
+
+/// Why a received descriptor is not the listening socket it was described as.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketMismatch {
+    #[error("not a socket")]
+    NotASocket,
+    #[error("not a stream socket")]
+    NotStream,
+    #[error("not an {0} socket")]
+    Family(&'static str),
+    #[error("not TCP")]
+    NotTcp,
+    #[error("not listening")]
+    NotListening,
+    #[error("bound to {local}, not {bind}")]
+    Address { local: SocketAddr, bind: SocketAddr },
+    #[error("reading {option}: {error}")]
+    Query { option: &'static str, error: Errno },
+    #[error("reading its address: {error}")]
+    LocalAddr { error: std::io::Error },
+}
+
+/// A [`HandoverError::Socket`] for `what`.
+fn socket(what: &'static str) -> impl FnOnce(std::io::Error) -> HandoverError {
+    move |error| HandoverError::Socket { what, error }
+}
 
 #[derive(Serialize, Deserialize)]
 struct Entry {
@@ -109,7 +259,7 @@ impl Inherited {
 /// stale file): no sockets, and the caller binds its own. Anything wrong with what is
 /// there (another user's process, a message or a socket that is not what it should be)
 /// is an error: nothing is confirmed, and the old process keeps serving.
-pub fn take(path: &Path) -> anyhow::Result<Inherited> {
+pub fn take(path: &Path) -> Result<Inherited, HandoverError> {
     let mut conn = match UnixStream::connect(path) {
         Ok(c) => c,
         Err(e) => {
@@ -117,26 +267,33 @@ pub fn take(path: &Path) -> anyhow::Result<Inherited> {
             return Ok(Inherited::none());
         }
     };
-    let server = rustix::net::sockopt::socket_peercred(&conn).with_context(|| {
-        format!(
-            "reading the credentials of the process serving {}",
-            path.display()
-        )
+    let server = rustix::net::sockopt::socket_peercred(&conn).map_err(|error| {
+        HandoverError::ServerCredentials {
+            path: path.to_path_buf(),
+            error,
+        }
     })?;
-    anyhow::ensure!(
-        uid_allowed(server.uid),
-        "the process serving {} (pid {}) runs as uid {}: only our own user (uid {}) or root may hand sockets over",
-        path.display(),
-        server.pid,
-        server.uid.as_raw(),
-        rustix::process::geteuid().as_raw()
-    );
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .context("handover socket timeout")?;
-    conn.set_write_timeout(Some(Duration::from_secs(10)))
-        .context("handover socket timeout")?;
+    if !uid_allowed(server.uid) {
+        return Err(HandoverError::ServerUser {
+            path: path.to_path_buf(),
+            pid: server.pid.as_raw_nonzero().get(),
+            uid: server.uid.as_raw(),
+            ours: rustix::process::geteuid().as_raw(),
+        });
+    }
+    conn.set_read_timeout(Some(EXCHANGE_TIMEOUT))
+        .map_err(socket(
+            "setting the read timeout of the handover connection",
+        ))?;
+    conn.set_write_timeout(Some(EXCHANGE_TIMEOUT))
+        .map_err(socket(
+            "setting the write timeout of the handover connection",
+        ))?;
     conn.write_all(REQUEST)
-        .with_context(|| format!("asking {} for the listening sockets", path.display()))?;
+        .map_err(|error| HandoverError::Ask {
+            path: path.to_path_buf(),
+            error,
+        })?;
     let mut data = vec![0u8; 64 * 1024];
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut cmsg = RecvAncillaryBuffer::new(&mut space);
@@ -146,68 +303,69 @@ pub fn take(path: &Path) -> anyhow::Result<Inherited> {
         &mut cmsg,
         RecvFlags::CMSG_CLOEXEC,
     )
-    .with_context(|| format!("receiving sockets from {}", path.display()))?;
+    .map_err(|error| HandoverError::Receive {
+        path: path.to_path_buf(),
+        error,
+    })?;
     let mut fds = Vec::new();
     for msg in cmsg.drain() {
         if let RecvAncillaryMessage::ScmRights(rights) = msg {
             fds.extend(rights);
         }
     }
-    anyhow::ensure!(
-        !got.flags.contains(ReturnFlags::CTRUNC),
-        "handover: more than {MAX_FDS} sockets sent; refusing the handover"
-    );
+    if got.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(HandoverError::TooManySockets {
+            path: path.to_path_buf(),
+        });
+    }
     // The descriptors come with the first bytes; the JSON line may arrive in pieces.
     let mut len = got.bytes;
     while len == 0 || data[len - 1] != b'\n' {
-        anyhow::ensure!(len < data.len(), "handover message too long");
+        if len >= data.len() {
+            return Err(HandoverError::MessageTooLong {
+                path: path.to_path_buf(),
+                limit: data.len(),
+            });
+        }
         let n = conn
             .read(&mut data[len..])
-            .with_context(|| format!("reading the handover message from {}", path.display()))?;
-        anyhow::ensure!(n > 0, "handover: the old process closed the connection");
+            .map_err(|error| HandoverError::ReadMessage {
+                path: path.to_path_buf(),
+                error,
+            })?;
+        if n == 0 {
+            return Err(HandoverError::Closed {
+                path: path.to_path_buf(),
+            });
+        }
         len += n;
     }
-    let text = &data[..len - 1];
-    let msg: Message = match serde_json::from_slice(text) {
-        Ok(m) => m,
-        Err(_) if serde_json::from_slice::<Vec<Entry>>(text).is_ok() => anyhow::bail!(
-            "handover: the process serving {} is an older mqgate (handover protocol 1, which \
-             sends the sockets unasked); restart once without --handover (SO_REUSEPORT \
-             overlap, docs/hardening.md), then --handover works again",
-            path.display()
-        ),
-        Err(e) => {
-            return Err(e).with_context(|| format!("handover message from {}", path.display()))
-        }
-    };
-    anyhow::ensure!(
-        msg.version == PROTOCOL,
-        "handover: {} speaks handover protocol {}, this build {PROTOCOL}",
-        path.display(),
-        msg.version
-    );
-    anyhow::ensure!(
-        msg.listeners.len() == fds.len(),
-        "handover: {} listeners described but {} sockets received",
-        msg.listeners.len(),
-        fds.len()
-    );
+    let msg = parse_message(path, &data[..len - 1])?;
+    if msg.listeners.len() != fds.len() {
+        return Err(HandoverError::Count {
+            described: msg.listeners.len(),
+            received: fds.len(),
+        });
+    }
     let mut sockets = HashMap::new();
     for (e, fd) in msg.listeners.into_iter().zip(fds) {
-        let sock = listening_socket(fd, e.bind).with_context(|| {
-            format!(
-                "handover: the socket received for listener `{}` ({}) is not a listening TCP \
-                 socket bound to that address; refusing the handover",
-                e.name, e.bind
-            )
-        })?;
+        let sock = match listening_socket(fd, e.bind) {
+            Ok(s) => s,
+            Err(why) => {
+                return Err(HandoverError::NotListening {
+                    listener: e.name,
+                    bind: e.bind,
+                    why,
+                })
+            }
+        };
         sock.set_nonblocking(true)
-            .context("handover: socket to non-blocking")?;
+            .map_err(socket("setting a received socket non-blocking"))?;
         // Accepted sockets inherit TCP_NODELAY from the listener (`listener::bind`);
         // set it again in case the previous process did not.
         socket2::SockRef::from(&sock)
             .set_nodelay(true)
-            .context("handover: TCP_NODELAY")?;
+            .map_err(socket("setting TCP_NODELAY on a received socket"))?;
         tracing::info!(listener = %e.name, bind = %e.bind, "handover: listening socket received");
         sockets.insert(e.bind, sock);
     }
@@ -215,6 +373,31 @@ pub fn take(path: &Path) -> anyhow::Result<Inherited> {
         sockets,
         conn: Some(conn),
     })
+}
+
+/// The old process's message (its JSON line without the newline), of this protocol.
+fn parse_message(path: &Path, text: &[u8]) -> Result<Message, HandoverError> {
+    let msg: Message = match serde_json::from_slice(text) {
+        Ok(m) => m,
+        Err(_) if serde_json::from_slice::<Vec<Entry>>(text).is_ok() => {
+            return Err(HandoverError::OldProtocol {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(error) => {
+            return Err(HandoverError::BadMessage {
+                path: path.to_path_buf(),
+                error,
+            })
+        }
+    };
+    if msg.version != PROTOCOL {
+        return Err(HandoverError::Protocol {
+            path: path.to_path_buf(),
+            theirs: msg.version,
+        });
+    }
+    Ok(msg)
 }
 
 /// Whether a process of user `uid` may take part in a handover with this one: the same
@@ -225,55 +408,60 @@ fn uid_allowed(uid: rustix::process::Uid) -> bool {
 
 /// `fd` as a listener, if it is a listening TCP socket bound to `bind` (to any port if
 /// `bind`'s is 0); else why not.
-fn listening_socket(fd: OwnedFd, bind: SocketAddr) -> anyhow::Result<TcpListener> {
+fn listening_socket(fd: OwnedFd, bind: SocketAddr) -> Result<TcpListener, SocketMismatch> {
     use rustix::net::{ipproto, sockopt, AddressFamily, SocketType};
+    let query = |option| move |error| SocketMismatch::Query { option, error };
     let kind = match sockopt::socket_type(&fd) {
         Ok(t) => t,
-        Err(rustix::io::Errno::NOTSOCK) => anyhow::bail!("not a socket"),
-        Err(e) => return Err(e).context("reading SO_TYPE"),
+        Err(Errno::NOTSOCK) => return Err(SocketMismatch::NotASocket),
+        Err(e) => return Err(query("SO_TYPE")(e)),
     };
-    anyhow::ensure!(kind == SocketType::STREAM, "not a stream socket");
-    let family = sockopt::socket_domain(&fd).context("reading SO_DOMAIN")?;
-    let want = if bind.is_ipv6() {
-        AddressFamily::INET6
+    if kind != SocketType::STREAM {
+        return Err(SocketMismatch::NotStream);
+    }
+    let family = sockopt::socket_domain(&fd).map_err(query("SO_DOMAIN"))?;
+    let (want, name) = if bind.is_ipv6() {
+        (AddressFamily::INET6, "IPv6")
     } else {
-        AddressFamily::INET
+        (AddressFamily::INET, "IPv4")
     };
-    anyhow::ensure!(
-        family == want,
-        "not an {} socket",
-        if bind.is_ipv6() { "IPv6" } else { "IPv4" }
-    );
-    let protocol = sockopt::socket_protocol(&fd).context("reading SO_PROTOCOL")?;
-    anyhow::ensure!(protocol == Some(ipproto::TCP), "not TCP");
-    anyhow::ensure!(
-        sockopt::socket_acceptconn(&fd).context("reading SO_ACCEPTCONN")?,
-        "not listening"
-    );
+    if family != want {
+        return Err(SocketMismatch::Family(name));
+    }
+    let protocol = sockopt::socket_protocol(&fd).map_err(query("SO_PROTOCOL"))?;
+    if protocol != Some(ipproto::TCP) {
+        return Err(SocketMismatch::NotTcp);
+    }
+    if !sockopt::socket_acceptconn(&fd).map_err(query("SO_ACCEPTCONN"))? {
+        return Err(SocketMismatch::NotListening);
+    }
     let sock = TcpListener::from(fd);
-    let local = sock.local_addr().context("reading its address")?;
-    anyhow::ensure!(
-        local.ip() == bind.ip() && (bind.port() == 0 || local.port() == bind.port()),
-        "bound to {local}, not {bind}"
-    );
+    let local = sock
+        .local_addr()
+        .map_err(|error| SocketMismatch::LocalAddr { error })?;
+    if local.ip() != bind.ip() || (bind.port() != 0 && local.port() != bind.port()) {
+        return Err(SocketMismatch::Address { local, bind });
+    }
     Ok(sock)
 }
 
 /// Serve the next process on `path` until `stop`; once one has taken the sockets,
 /// cancel `shutdown` (graceful shutdown, as on SIGTERM). `sockets` gives the current
-/// listeners (name, bind, socket) at the time of the request.
+/// listeners (name, bind, socket) at the time of the request. Must be called within a
+/// tokio runtime.
 pub fn serve(
     path: PathBuf,
     sockets: impl Fn() -> Vec<(String, SocketAddr, TcpListener)> + Send + Sync + 'static,
     shutdown: CancellationToken,
     stop: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), HandoverError> {
     let listener = bind_private(&path)?;
     let ino = std::fs::metadata(&path).map(|m| m.ino()).ok();
     listener
         .set_nonblocking(true)
-        .context("handover listener to non-blocking")?;
-    let listener = tokio::net::UnixListener::from_std(listener).context("handover listener")?;
+        .map_err(socket("setting the handover listener non-blocking"))?;
+    let listener = tokio::net::UnixListener::from_std(listener)
+        .map_err(socket("registering the handover listener with the runtime"))?;
     tracing::info!(path = %path.display(), "handover: serving the listening sockets to the next process");
     tokio::spawn(async move {
         let handed = loop {
@@ -284,7 +472,7 @@ pub fn serve(
             match conn {
                 Ok((c, _)) => match hand_over(c, &sockets).await {
                     Ok(()) => break true,
-                    Err(e) => tracing::warn!("handover: {e:#}"),
+                    Err(e) => tracing::warn!("handover: {e}"),
                 },
                 Err(e) => {
                     tracing::warn!("handover: accept failed: {e}");
@@ -306,7 +494,7 @@ pub fn serve(
 /// Bind a Unix socket at `path` that is never reachable with other permissions than
 /// 0600, whatever the umask: bound in a new directory of mode 0700 next to `path` (a
 /// random name, created exclusively), set to 0600 there, then renamed to `path`.
-fn bind_private(path: &Path) -> anyhow::Result<UnixListener> {
+fn bind_private(path: &Path) -> Result<UnixListener, HandoverError> {
     use std::os::unix::fs::DirBuilderExt;
     let parent = path
         .parent()
@@ -316,17 +504,12 @@ fn bind_private(path: &Path) -> anyhow::Result<UnixListener> {
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&dir)
-        .with_context(|| format!("creating the private directory {}", dir.display()))?;
+        .map_err(|error| HandoverError::PrivateDir {
+            dir: dir.clone(),
+            error,
+        })?;
     let tmp = dir.join("s");
-    let bound = (|| {
-        let listener =
-            UnixListener::bind(&tmp).with_context(|| format!("binding {}", tmp.display()))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("chmod 0600 {}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-        Ok(listener)
-    })();
+    let bound = bind_and_move(&tmp, path);
     if bound.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -336,44 +519,66 @@ fn bind_private(path: &Path) -> anyhow::Result<UnixListener> {
     bound
 }
 
+/// [`bind_private`]'s steps inside the private directory: bind `tmp`, chmod 0600,
+/// rename to `path`.
+fn bind_and_move(tmp: &Path, path: &Path) -> Result<UnixListener, HandoverError> {
+    let listener = UnixListener::bind(tmp).map_err(|error| HandoverError::Bind {
+        path: tmp.to_path_buf(),
+        error,
+    })?;
+    std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o600)).map_err(|error| {
+        HandoverError::Chmod {
+            path: tmp.to_path_buf(),
+            error,
+        }
+    })?;
+    std::fs::rename(tmp, path).map_err(|error| HandoverError::Rename {
+        from: tmp.to_path_buf(),
+        to: path.to_path_buf(),
+        error,
+    })?;
+    Ok(listener)
+}
+
 /// Serve one client: its credentials, its request (within [`REQUEST_TIMEOUT`]), the
 /// sockets, its confirmation. An error leaves the sockets with this process.
 async fn hand_over(
     mut conn: tokio::net::UnixStream,
     sockets: &impl Fn() -> Vec<(String, SocketAddr, TcpListener)>,
-) -> anyhow::Result<()> {
-    let client =
-        rustix::net::sockopt::socket_peercred(&conn).context("reading the client's credentials")?;
-    anyhow::ensure!(
-        uid_allowed(client.uid),
-        "refused a connection from uid {} (pid {}): only our own user (uid {}) or root may \
-         take the listening sockets",
-        client.uid.as_raw(),
-        client.pid,
-        rustix::process::geteuid().as_raw()
-    );
+) -> Result<(), HandoverError> {
+    let client = rustix::net::sockopt::socket_peercred(&conn)
+        .map_err(|error| HandoverError::ClientCredentials { error })?;
+    let pid = client.pid.as_raw_nonzero().get();
+    if !uid_allowed(client.uid) {
+        return Err(HandoverError::ClientUser {
+            pid,
+            uid: client.uid.as_raw(),
+            ours: rustix::process::geteuid().as_raw(),
+        });
+    }
     let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut conn)).await {
-        Ok(r) => r.with_context(|| format!("reading the request of pid {}", client.pid))?,
-        Err(_) => anyhow::bail!(
-            "a client (pid {}) sent no request within {REQUEST_TIMEOUT:?}; dropped it",
-            client.pid
-        ),
+        Ok(r) => r.map_err(|error| HandoverError::ReadRequest { pid, error })?,
+        Err(_) => return Err(HandoverError::NoRequest { pid }),
     };
-    anyhow::ensure!(
-        request == REQUEST,
-        "unexpected request from pid {}: {:?}; dropped it",
-        client.pid,
-        String::from_utf8_lossy(&request)
-    );
-    let conn = conn.into_std().context("handover connection")?;
+    if request != REQUEST {
+        return Err(HandoverError::BadRequest {
+            pid,
+            request: String::from_utf8_lossy(&request).into_owned(),
+        });
+    }
+    let conn = conn
+        .into_std()
+        .map_err(socket("taking the handover connection out of the runtime"))?;
     conn.set_nonblocking(false)
-        .context("handover connection to blocking")?;
-    // The new process confirms once its gateway runs (config, TLS, DNS): normally
-    // well under a second.
-    conn.set_read_timeout(Some(Duration::from_secs(120)))
-        .context("handover socket timeout")?;
+        .map_err(socket("setting the handover connection blocking"))?;
+    conn.set_read_timeout(Some(CONFIRM_TIMEOUT))
+        .map_err(socket(
+            "setting the read timeout of the handover connection",
+        ))?;
     let list = sockets();
-    anyhow::ensure!(list.len() <= MAX_FDS, "more than {MAX_FDS} listeners");
+    if list.len() > MAX_FDS {
+        return Err(HandoverError::TooManyListeners { count: list.len() });
+    }
     let message = Message {
         version: PROTOCOL,
         listeners: list
@@ -385,34 +590,45 @@ async fn hand_over(
             .collect(),
     };
     // One JSON line (serde_json writes no newline of its own).
-    let mut json = serde_json::to_vec(&message).context("handover message")?;
+    let mut json = serde_json::to_vec(&message).map_err(|error| HandoverError::Encode { error })?;
     json.push(b'\n');
-    let conn = tokio::task::spawn_blocking(move || -> anyhow::Result<UnixStream> {
-        use std::os::fd::AsFd;
-        let fds: Vec<_> = list.iter().map(|(_, _, s)| s.as_fd()).collect();
-        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-        let mut cmsg = SendAncillaryBuffer::new(&mut space);
-        anyhow::ensure!(
-            cmsg.push(SendAncillaryMessage::ScmRights(&fds)),
-            "too many sockets for one message"
-        );
-        rustix::net::sendmsg(&conn, &[IoSlice::new(&json)], &mut cmsg, SendFlags::empty())
-            .context("sending the listening sockets")?;
-        tracing::info!(
-            listeners = list.len(),
-            "handover: listening sockets sent; waiting for the new process to confirm"
-        );
-        let mut reply = [0u8; 6];
-        let mut c = &conn;
-        c.read_exact(&mut reply)
-            .context("the new process did not confirm (its start failed?); still serving")?;
-        anyhow::ensure!(reply == TAKEN, "unexpected reply {reply:?}");
-        Ok(conn)
-    })
-    .await
-    .context("handover task")??;
+    let conn = tokio::task::spawn_blocking(move || send_and_confirm(conn, &list, &json))
+        .await
+        .map_err(|error| HandoverError::Task { error })??;
     drop(conn);
     Ok(())
+}
+
+/// Send the message with the sockets attached, then wait for the new process to say
+/// it took them (blocking, within the connection's read timeout).
+fn send_and_confirm(
+    conn: UnixStream,
+    list: &[(String, SocketAddr, TcpListener)],
+    json: &[u8],
+) -> Result<UnixStream, HandoverError> {
+    use std::os::fd::AsFd;
+    let fds: Vec<_> = list.iter().map(|(_, _, s)| s.as_fd()).collect();
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut cmsg = SendAncillaryBuffer::new(&mut space);
+    if !cmsg.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(HandoverError::TooManyListeners { count: fds.len() });
+    }
+    rustix::net::sendmsg(&conn, &[IoSlice::new(json)], &mut cmsg, SendFlags::empty())
+        .map_err(|error| HandoverError::Send { error })?;
+    tracing::info!(
+        listeners = list.len(),
+        "handover: listening sockets sent; waiting for the new process to confirm"
+    );
+    let mut reply = [0u8; TAKEN.len()];
+    (&conn)
+        .read_exact(&mut reply)
+        .map_err(|error| HandoverError::NoConfirmation { error })?;
+    if reply != TAKEN {
+        return Err(HandoverError::BadReply {
+            reply: String::from_utf8_lossy(&reply).into_owned(),
+        });
+    }
+    Ok(conn)
 }
 
 /// The client's request: up to its newline (or 64 bytes).
@@ -431,4 +647,140 @@ async fn read_request(conn: &mut tokio::net::UnixStream) -> std::io::Result<Vec<
         len += n;
     }
     Ok(buf[..len].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bound(addr: &str) -> socket2::Socket {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr: SocketAddr = addr.parse().unwrap_or_else(|e| panic!("{e}"));
+        s.bind(&addr.into()).unwrap_or_else(|e| panic!("{e}"));
+        s
+    }
+
+    #[test]
+    fn only_listening_tcp_sockets_on_their_address_are_taken() {
+        let listening = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let addr = listening.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let sock = listening_socket(listening.into(), addr).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sock.local_addr().ok(), Some(addr));
+        // Port 0 in the description: any port of that address.
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        assert!(listening_socket(sock.into(), any).is_ok());
+
+        let why = |fd: OwnedFd, bind: SocketAddr| match listening_socket(fd, bind) {
+            Ok(_) => panic!("taken"),
+            Err(e) => e.to_string(),
+        };
+        let file = std::fs::File::open("/dev/null").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(why(file.into(), addr), "not a socket");
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(why(udp.into(), addr), "not a stream socket");
+        assert_eq!(why(bound("127.0.0.1:0").into(), any), "not listening");
+        let v6: SocketAddr = "[::1]:0".parse().unwrap_or_else(|e| panic!("{e}"));
+        let other = bound("127.0.0.1:0");
+        other.listen(1).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(why(other.into(), v6), "not an IPv6 socket");
+        let other = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let local = other.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            why(other.into(), addr),
+            format!("bound to {local}, not {addr}")
+        );
+    }
+
+    #[test]
+    fn errors_say_what_and_why_on_one_line() {
+        let e = HandoverError::NotListening {
+            listener: "mqtt".into(),
+            bind: ([127, 0, 0, 1], 1883).into(),
+            why: SocketMismatch::NotListening,
+        };
+        assert_eq!(
+            e.to_string(),
+            "handover: the socket received for listener `mqtt` (127.0.0.1:1883) is not a \
+             listening TCP socket bound to that address; refusing the handover: not listening"
+        );
+        // Through anyhow (as `run` reports it) the cause is not repeated.
+        assert_eq!(
+            format!("{:#}", anyhow::Error::from(e))
+                .matches("not listening")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn messages_of_other_versions_are_refused() {
+        let path = Path::new("/run/mqgate.sock");
+        let old = br#"[{"name":"mqtt","bind":"127.0.0.1:1883"}]"#;
+        assert!(matches!(
+            parse_message(path, old),
+            Err(HandoverError::OldProtocol { .. })
+        ));
+        let newer = br#"{"version":3,"listeners":[]}"#;
+        assert!(matches!(
+            parse_message(path, newer),
+            Err(HandoverError::Protocol { theirs: 3, .. })
+        ));
+        let e = parse_message(path, b"{").err().map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.starts_with("handover message from /run/mqgate.sock: ")),
+            "{e:?}"
+        );
+        let ok = br#"{"version":2,"listeners":[{"name":"mqtt","bind":"127.0.0.1:1883"}]}"#;
+        assert!(parse_message(path, ok).is_ok_and(|m| m.listeners.len() == 1));
+    }
+
+    /// The whole exchange in one process: `serve` hands the listening socket to `take`,
+    /// which confirms; the serving side is then told to shut down.
+    #[tokio::test]
+    async fn sockets_are_handed_over_and_confirmed() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = tmp.path().join("handover.sock");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let shutdown = CancellationToken::new();
+        let stop = CancellationToken::new();
+        serve(
+            path.clone(),
+            move || match listener.try_clone() {
+                Ok(l) => vec![("mqtt".to_string(), addr, l)],
+                Err(_) => Vec::new(),
+            },
+            shutdown.clone(),
+            stop.clone(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mode = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let taker = path.clone();
+        let mut inherited = tokio::task::spawn_blocking(move || take(&taker))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let sock = inherited
+            .sockets
+            .get(&addr)
+            .unwrap_or_else(|| panic!("no socket for {addr}"));
+        assert_eq!(sock.local_addr().ok(), Some(addr));
+        assert!(
+            !shutdown.is_cancelled(),
+            "shut down before the confirmation"
+        );
+        inherited.confirm();
+        tokio::time::timeout(Duration::from_secs(10), shutdown.cancelled())
+            .await
+            .unwrap_or_else(|_| panic!("not told to shut down"));
+        // Nobody serving: no sockets, no error.
+        let none = take(&tmp.path().join("nobody.sock")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(none.sockets.is_empty());
+    }
 }
