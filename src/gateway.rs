@@ -1,11 +1,13 @@
-//! The running gateway: long-lived state ([`Shared`]) beside the current configuration
-//! view ([`Runtime`], swapped atomically on reload), start-up, reload and shutdown.
+//! The gateway's operations on its state ([`Shared`], `crate::state`): start-up,
+//! reload and shutdown.
 //!
-//! Start-up is a reload from nothing: [`Gateway::apply`] parses nothing itself; it takes
-//! a validated [`Config`], prepares everything that can fail (TLS material, new
-//! sockets) before changing anything, then reconciles clusters, nodes and listeners by
-//! name and swaps in the new [`Runtime`]. State that must outlive reloads (node health,
-//! sticky tables, listener sockets and their sessions) is kept and reused.
+//! Start-up is a reload from nothing. [`Gateway::apply`] parses nothing itself: it
+//! takes a validated [`Config`], plans the change as a pure diff of the running state
+//! and the new file (`crate::plan`), prepares everything that can fail (TLS material,
+//! new sockets) before changing anything, then applies the plan (clusters, nodes and
+//! listeners reconciled by name) and swaps in the new [`Runtime`]. State that must
+//! outlive reloads (node health, sticky tables, listener sockets and their sessions)
+//! is kept and reused.
 
 use crate::cluster::Cluster;
 use crate::config::{self, Config};
@@ -200,14 +202,41 @@ impl Gateway {
         }
     }
 
-    /// Apply a validated configuration (start-up and reload).
-    pub async fn apply(&self, cfg: Config) -> Result<(), ApplyError> {
+    /// What is running now, for [`crate::plan::diff`].
+    fn running(&self) -> crate::plan::Running {
         let shared = &self.shared;
-        let _serial = shared.apply_lock.lock().await;
         let old = shared.runtime();
+        crate::plan::Running {
+            clusters: lock(&shared.clusters).keys().cloned().collect(),
+            listeners: lock(&shared.slots)
+                .iter()
+                .map(|(n, s)| (n.clone(), s.bind))
+                .collect(),
+            // At start-up the "old" view holds the new config itself: nothing changes.
+            max_connections: Some(old.config.limits.max_connections),
+            threads: Some(old.config.limits.threads),
+            log_level: Some(old.config.log.level.clone()),
+        }
+    }
 
-        // 1. Everything that can fail, before anything changes.
-        let mut acceptors: HashMap<String, crate::tls::ServerTls> = HashMap::new();
+    /// Apply a validated configuration (start-up and reload): plan (a pure diff of
+    /// the running state and `cfg`), prepare everything that can fail (TLS material,
+    /// sockets for the listeners the plan binds) before anything changes, then apply
+    /// the plan and swap in the new view.
+    pub async fn apply(&self, cfg: Config) -> Result<(), ApplyError> {
+        let _serial = self.shared.apply_lock.lock().await;
+        let plan = crate::plan::diff(&self.running(), &cfg);
+        let prepared = self.prepare(&cfg, &plan)?;
+        self.commit(cfg, plan, prepared);
+        Ok(())
+    }
+
+    /// The steps of a reload that can fail: nothing has changed when one does.
+    fn prepare(&self, cfg: &Config, plan: &crate::plan::Plan) -> Result<Prepared, ApplyError> {
+        let shared = &self.shared;
+        // New certificates apply to new handshakes: every TLS listener gets its
+        // material loaded afresh.
+        let mut acceptors = HashMap::new();
         for l in &cfg.listeners {
             if let Some(t) = &l.tls {
                 let sc = crate::tls::server_config(t).map_err(|error| ApplyError::Tls {
@@ -217,36 +246,28 @@ impl Gateway {
                 acceptors.insert(l.name.clone(), sc);
             }
         }
-        let mut new_sockets: HashMap<String, (std::net::TcpListener, std::net::TcpListener)> =
-            HashMap::new();
-        {
-            let slots = lock(&shared.slots);
-            for l in &cfg.listeners {
-                let keep = slots
-                    .get(&l.name)
-                    .map(|s| s.bind == l.bind)
-                    .unwrap_or(false);
-                if !keep {
-                    let inherited = lock(&shared.inherited).remove(&l.bind);
-                    let sock = match inherited {
-                        Some(s) => s,
-                        None => listener::bind(l.bind).map_err(|error| ApplyError::Bind {
-                            listener: l.name.clone(),
-                            bind: l.bind,
-                            error,
-                        })?,
-                    };
-                    let dup = sock.try_clone().map_err(|error| ApplyError::Bind {
-                        listener: l.name.clone(),
-                        bind: l.bind,
-                        error,
-                    })?;
-                    new_sockets.insert(l.name.clone(), (sock, dup));
-                }
-            }
+        let mut sockets = HashMap::new();
+        for (name, bind) in &plan.listeners_bind {
+            let bind_error = |error| ApplyError::Bind {
+                listener: name.clone(),
+                bind: *bind,
+                error,
+            };
+            let inherited = lock(&shared.inherited).remove(bind);
+            let sock = match inherited {
+                Some(s) => s,
+                None => listener::bind(*bind).map_err(bind_error)?,
+            };
+            let dup = sock.try_clone().map_err(bind_error)?;
+            sockets.insert(name.clone(), (sock, dup));
         }
+        Ok(Prepared { acceptors, sockets })
+    }
 
-        // 2. Clusters and nodes, reconciled by name.
+    /// Apply a plan whose fallible steps are done (`prepared`); cannot fail.
+    fn commit(&self, cfg: Config, plan: crate::plan::Plan, mut prepared: Prepared) {
+        let shared = &self.shared;
+        // Clusters and nodes, reconciled by name.
         let mut clusters_now = HashMap::new();
         {
             let mut clusters = lock(&shared.clusters);
@@ -271,20 +292,15 @@ impl Gateway {
                 };
                 clusters_now.insert(c.name.clone(), cluster);
             }
-            let gone: Vec<String> = clusters
-                .keys()
-                .filter(|k| !clusters_now.contains_key(*k))
-                .cloned()
-                .collect();
-            for name in gone {
-                if let Some(c) = clusters.remove(&name) {
+            for name in &plan.clusters_removed {
+                if let Some(c) = clusters.remove(name) {
                     tracing::info!(cluster = %name, "cluster removed");
                     c.retire();
                 }
             }
         }
 
-        // 3. Listeners: keep sockets whose bind did not change, start new ones.
+        // Listeners: new sockets for those the plan binds, the others keep theirs.
         let mut listeners_now = HashMap::new();
         let mut to_start = Vec::new();
         {
@@ -293,7 +309,7 @@ impl Gateway {
                 let Some(cluster) = clusters_now.get(&l.cluster).cloned() else {
                     continue; // validation guarantees the cluster exists
                 };
-                if let Some((sock, dup)) = new_sockets.remove(&l.name) {
+                if let Some((sock, dup)) = prepared.sockets.remove(&l.name) {
                     let local_addr = sock.local_addr().unwrap_or(l.bind);
                     let closed = match slots.remove(&l.name) {
                         Some(old_slot) => {
@@ -303,9 +319,8 @@ impl Gateway {
                         }
                         None => {
                             tracing::info!(listener = %l.name, bind = %local_addr, tls = l.tls.is_some(), "listening");
-                            // A child of `hard_stop`: relayed sessions wait on this one
-                            // token (through their node's session token) for both
-                            // listener removal and the end of shutdown.
+                            // Relayed sessions wait on one scope (their node's, a child
+                            // of this one) for listener removal and shutdown alike.
                             shared.hard_stop.child()
                         }
                     };
@@ -317,34 +332,31 @@ impl Gateway {
                             local_addr,
                             sock: Some(dup),
                             stop_accept: stop_accept.clone(),
-                            closed: closed.clone(),
+                            closed,
                         },
                     );
                     to_start.push((l.name.clone(), sock, stop_accept));
                 }
-                let slot = match slots.get(&l.name) {
-                    Some(s) => s,
-                    None => continue,
+                let Some(slot) = slots.get(&l.name) else {
+                    continue;
                 };
                 shared.metrics.init_listener(&l.name, l.tls.is_some());
                 listeners_now.insert(
                     l.name.clone(),
                     Arc::new(ListenerRt {
                         config: l.clone(),
-                        tls: acceptors.remove(&l.name).map(ArcSwap::from_pointee),
+                        tls: prepared
+                            .acceptors
+                            .remove(&l.name)
+                            .map(ArcSwap::from_pointee),
                         cluster,
                         closed: slot.closed.clone(),
                         local_addr: slot.local_addr,
                     }),
                 );
             }
-            let gone: Vec<String> = slots
-                .keys()
-                .filter(|k| !listeners_now.contains_key(*k))
-                .cloned()
-                .collect();
-            for name in gone {
-                if let Some(s) = slots.remove(&name) {
+            for name in &plan.listeners_removed {
+                if let Some(s) = slots.remove(name) {
                     tracing::info!(listener = %name, "listener removed; closing its sessions");
                     s.stop_accept.cancel();
                     s.closed.close();
@@ -352,21 +364,23 @@ impl Gateway {
             }
         }
 
-        // 4. Limits and log level.
-        self.resize_conn_limit(cfg.limits.max_connections);
-        if old.config.limits.threads != cfg.limits.threads {
+        // Limits and log level.
+        if let Some(max) = plan.max_connections {
+            self.resize_conn_limit(max);
+        }
+        if plan.threads_changed {
             tracing::warn!(
                 running = shared.data.workers.len(),
                 "limits.threads changed: it takes effect at the next start; the connection threads stay as they are"
             );
         }
-        if old.config.log.level != cfg.log.level {
+        if let Some(level) = &plan.log_level {
             if let Some(f) = lock(&shared.log_level).as_ref() {
-                f(&cfg.log.level);
+                f(level);
             }
         }
 
-        // 5. Swap the view, then start accepting on new sockets.
+        // Swap the view, then start accepting on new sockets.
         shared.data.set_runtime(Runtime {
             config: Arc::new(cfg),
             clusters: clusters_now,
@@ -390,7 +404,6 @@ impl Gateway {
                 .workers
                 .spawn_on(i, &shared.data.tracker, accept);
         }
-        Ok(())
     }
 
     fn start_checks(&self, cluster: &Arc<Cluster>, node: Arc<crate::cluster::Node>) {
@@ -463,6 +476,13 @@ impl Gateway {
         data.workers.stop();
         tracing::info!("stopped");
     }
+}
+
+/// What [`Gateway::prepare`] made: TLS configurations by listener, and the sockets
+/// (and their second handles, for a successor process) of the listeners to bind.
+struct Prepared {
+    acceptors: HashMap<String, crate::tls::ServerTls>,
+    sockets: HashMap<String, (std::net::TcpListener, std::net::TcpListener)>,
 }
 
 impl Gateway {

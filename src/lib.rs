@@ -41,6 +41,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mqtt;
 pub mod peers;
+pub mod plan;
 pub mod proxy;
 pub mod rate;
 pub mod refused;
