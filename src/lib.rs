@@ -3,26 +3,27 @@
 //! Data flow (see `LIFECYCLE.md` for one connection's life in detail):
 //!
 //! ```text
-//!            config file ──watch/SIGHUP/API──▶ config (parse → validate) ─▶ reload (diff → apply)
-//!                                                  │ ArcSwap<Runtime>
+//!            config file ──watch/SIGHUP/API (reload)──▶ config (parse → validate)
+//!                                       ─▶ plan::diff ─▶ gateway: prepare → commit
+//!                                                  │ runtime::DataPath (ArcSwap<Runtime>)
 //!                                                  ▼
-//! client ─▶ listener ─▶ [PROXY header] ─▶ [tls] ─▶ conn: read CONNECT (mqtt::connect, deadline, size cap)
-//!                                                  │ mqtt::Connect { version, client_id, username, … }
+//! transport: listener accept ─▶ [PROXY header in] ─▶ [TLS]      → stream + proxy::ClientCtx
 //!                                                  ▼
-//!                                     cluster::pick  ◀── health (one task per node → node states, leader)
-//!                                       full-sync: the leader   ◀── sticky table ◀──▶ peers
-//!                                       dynsec: sticky → balance      admin states (drain/maint)
-//!                                                  │ Node
+//! session:   read CONNECT (mqtt, deadline, size cap) → cluster::pick, held while no node
+//!              full-sync: the leader   ◀── health (one task per node)
+//!              dynsec: sticky → balance  ◀── sticky table ◀──▶ peers
 //!                                                  ▼
-//!                             upstream connect (timeout, retries, [PROXY header out])
+//! upstream:  connect to the node (timeout, retries), [PROXY header out], first write
 //!                                                  ▼
-//!                             relay: original bytes, then both ways; CONNACK observed
-//!                                                  │
-//!       metrics registry ◀── every stage counts ──┘           admin (hyper): /metrics /status /api
+//! relay:     relay::task: both ways, CONNACK observed and deadlined; closed through
+//!            sessions::SessionScope (node down, maint, listener removed, shutdown)
+//!
+//! beside:    admin (hyper: /metrics /status /api; a reload::Reload handle), peers,
+//!            refused (summary); state: the long-lived Shared; run: the composition root
 //! ```
 //!
-//! The data path (listener → conn → relay) knows nothing about HTTP, peers or files:
-//! it asks [`cluster`] for a node and counts into [`metrics`].
+//! The data path (transport → session → upstream → relay) knows nothing about HTTP,
+//! peers or files: it asks [`cluster`] for a node and counts into [`metrics`].
 // One exception, with its SAFETY argument: `listener::watch`.
 #![deny(unsafe_code)]
 // No `unwrap()` on I/O or input: errors are handled or reported (unit tests may).
