@@ -480,11 +480,9 @@ async fn start_serve_reload(s: &Setup, file: &Path, second: &str) -> Result<(), 
     let gw = mqgate::Gateway::start(cfg)
         .await
         .map_err(|e| format!("an accepted file did not start: {e:#}"))?;
-    mqgate::admin::spawn(&gw)
+    mqgate::run::wire(&gw, true)
         .await
-        .map_err(|e| format!("admin API: {e}"))?;
-    mqgate::reload::watch(&gw);
-    mqgate::refused::spawn(&gw);
+        .map_err(|e| format!("admin API, watch, summary: {e:#}"))?;
     let clients = |s: &Setup| {
         let s = s.clone();
         tokio::task::spawn_blocking(move || poke(&s))
