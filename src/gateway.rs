@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 pub use crate::reload::ApplyError;
 pub use crate::runtime::{ListenerRt, Runtime};
 pub use crate::state::Shared;
-use crate::state::{lock, Slot};
+use crate::state::{lock, ListenerSlot};
 
 #[derive(Clone)]
 pub struct Gateway {
@@ -327,7 +327,7 @@ impl Gateway {
                     let stop_accept = CancellationToken::new();
                     slots.insert(
                         l.name.clone(),
-                        Slot {
+                        ListenerSlot {
                             bind: l.bind,
                             local_addr,
                             sock: Some(dup),

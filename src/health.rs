@@ -111,7 +111,7 @@ async fn run(
         let client_id = format!("{}{suffix}", h.client_id_prefix);
         let result = match timeout(h.timeout, probe(&node, h, &client_id)).await {
             Ok(r) => r,
-            Err(_) => Err(format!("no answer within {:?}", h.timeout)),
+            Err(_) => Err(ProbeError::Timeout(h.timeout)),
         };
         duration.observe(start.elapsed().as_secs_f64());
         if node.health() != seen {
@@ -127,7 +127,7 @@ async fn run(
                 fail_counter.inc();
                 fails += 1;
                 oks = 0;
-                last_error = e.clone();
+                last_error = e.to_string();
             }
         }
         if let Some(n) = transition(node.health(), oks, fails, h.rise, h.fall) {
@@ -212,10 +212,30 @@ pub async fn refresh_dns(resolver: &TokioResolver, node: &Node, a: &NodeAddress)
     }
 }
 
-async fn probe(node: &Node, h: &HealthConfig, client_id: &str) -> Result<(), String> {
+/// Why a probe failed; its text is the `reason` of the "node is down" log line.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("send CONNECT: {0}")]
+    Send(std::io::Error),
+    #[error("read CONNACK: {0}")]
+    Read(std::io::Error),
+    #[error("closed before CONNACK")]
+    Closed,
+    #[error("answer is not a CONNACK")]
+    NotConnack,
+    /// A CONNACK other than "accepted", with what to change (see [`refused`]).
+    #[error("{0}")]
+    Refused(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+async fn probe(node: &Node, h: &HealthConfig, client_id: &str) -> Result<(), ProbeError> {
     let mut s = crate::upstream::connect_node(node)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(ProbeError::Connect)?;
     if h.check == CheckKind::Tcp {
         // Closed with a reset, as HAProxy closes its checks: a FIN would leave one
         // TIME_WAIT socket on an ephemeral port per check.
@@ -230,24 +250,19 @@ async fn probe(node: &Node, h: &HealthConfig, client_id: &str) -> Result<(), Str
         h.password.as_ref().map(|p| p.expose()),
         10,
     );
-    s.write_all(&pkt)
-        .await
-        .map_err(|e| format!("send CONNECT: {e}"))?;
+    s.write_all(&pkt).await.map_err(ProbeError::Send)?;
     let mut buf = [0u8; 8];
     let mut n = 0;
     let info = loop {
-        let r = s
-            .read(&mut buf[n..])
-            .await
-            .map_err(|e| format!("read CONNACK: {e}"))?;
+        let r = s.read(&mut buf[n..]).await.map_err(ProbeError::Read)?;
         if r == 0 {
-            return Err("closed before CONNACK".into());
+            return Err(ProbeError::Closed);
         }
         n += r;
         match observe_connack(&buf[..n]) {
             Ok(Parse::Complete(info)) => break info,
             Ok(Parse::Incomplete) if n < buf.len() => continue,
-            _ => return Err("answer is not a CONNACK".into()),
+            _ => return Err(ProbeError::NotConnack),
         }
     };
     let _ = s.write_all(&mqtt::CONNECT_DISCONNECT).await;
@@ -255,7 +270,11 @@ async fn probe(node: &Node, h: &HealthConfig, client_id: &str) -> Result<(), Str
     if info.code == 0 {
         Ok(())
     } else {
-        Err(refused(info.code, &node.cluster, h.username.as_deref()))
+        Err(ProbeError::Refused(refused(
+            info.code,
+            &node.cluster,
+            h.username.as_deref(),
+        )))
     }
 }
 
@@ -427,7 +446,8 @@ mod tests {
         let node = cluster.node("n1").expect("node");
         let err = probe(&node, &cfg.clusters[0].health, "hc-test")
             .await
-            .expect_err("CONNACK 0x05 is a failed check");
+            .expect_err("CONNACK 0x05 is a failed check")
+            .to_string();
         for want in [
             "CONNACK code 0x05 (not authorized)",
             "[clusters.brokers.health]",

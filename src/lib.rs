@@ -54,6 +54,7 @@ pub mod session;
 pub mod sessions;
 pub mod state;
 pub mod sticky;
+pub mod sync;
 pub mod tls;
 pub mod transport;
 pub mod upstream;

@@ -67,10 +67,7 @@ impl RateLimiter {
     /// [`RateLimiter::allow`] for source `key` at `now` (µs since `start`).
     fn allow_at(&self, key: u128, rate: u32, now: u64) -> bool {
         let shard = (self.hasher.hash_one(key) as usize) & (RATE_SHARDS - 1);
-        let mut g = match self.shards[shard].lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut g = crate::sync::lock(&self.shards[shard]);
         g.allow(key, f64::from(rate), now)
     }
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// A bound listener socket and its accept loop.
-pub(crate) struct Slot {
+pub(crate) struct ListenerSlot {
     pub(crate) bind: SocketAddr,
     pub(crate) local_addr: SocketAddr,
     /// A second handle on the listening socket, handed to a successor process
@@ -34,7 +34,7 @@ pub struct Shared {
     /// What the connection path gets (the current view, limits, threads).
     pub data: Arc<DataPath>,
     pub(crate) clusters: Mutex<HashMap<String, Arc<Cluster>>>,
-    pub(crate) slots: Mutex<HashMap<String, Slot>>,
+    pub(crate) slots: Mutex<HashMap<String, ListenerSlot>>,
     /// Listening sockets taken over from a previous process, by bind address; used
     /// instead of binding anew (`crate::handover`).
     pub(crate) inherited: Mutex<HashMap<SocketAddr, std::net::TcpListener>>,
@@ -100,9 +100,4 @@ impl Shared {
     }
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
-}
+pub(crate) use crate::sync::lock;

@@ -171,10 +171,7 @@ impl Node {
     /// close: when the node's sessions are closed, or when `listener_closed` (the
     /// listener's `closed` token, of which it is a child) is.
     pub fn session_token(&self, listener: &str, listener_closed: &SessionScope) -> SessionScope {
-        let mut g = match self.sessions.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut g = crate::sync::lock(&self.sessions);
         if let Some(t) = g.get(listener) {
             if !t.is_closed() {
                 return t.clone();
@@ -188,10 +185,7 @@ impl Node {
     /// Close every session currently relayed through this node.
     pub fn close_sessions(&self) {
         let old = {
-            let mut g = match self.sessions.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
+            let mut g = crate::sync::lock(&self.sessions);
             std::mem::take(&mut *g)
         };
         for t in old.values() {
@@ -496,10 +490,7 @@ impl Cluster {
     /// when leadership moves (per `on_node_down`).
     fn update_leader(&self) {
         let cfg = self.config();
-        let _g = match self.leader_lock.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let _g = crate::sync::lock(&self.leader_lock);
         let current = self.leader.load_full();
         if cfg.mode != Mode::FullSync {
             if current.is_some() {

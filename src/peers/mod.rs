@@ -89,10 +89,7 @@ pub struct PeersHandle {
 
 impl PeersHandle {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Service>> {
-        match self.service.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::sync::lock(&self.service)
     }
 
     /// The address the peer listener is bound to (useful with port 0).
@@ -121,10 +118,7 @@ struct Links {
 
 impl Links {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, CancellationToken)>> {
-        match self.map.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::sync::lock(&self.map)
     }
 
     fn register(&self, peer: &str, token: CancellationToken) -> u64 {

@@ -189,10 +189,7 @@ impl StickyTable {
     }
 
     fn lock(&self, i: usize) -> MutexGuard<'_, Shard> {
-        match self.shards[i].lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::sync::lock(&self.shards[i])
     }
 
     fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
