@@ -972,3 +972,39 @@ fn sticky_lookups_need_the_token_when_one_is_set() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("secret-id"), "{}", stdout(&out));
 }
+
+/// The status API counts per node from the nodes' own state: connections relayed and
+/// broker answers that were not "accepted" (here: CONNACK 0x02 for an empty client id
+/// that wants a persistent session), the same numbers the metrics show.
+#[test]
+fn status_counts_relayed_connections_and_refused_answers_per_node() {
+    let dir = tempdir();
+    let broker = Mosquitto::start("b1", dir.path());
+    let (listen, admin) = (free_port(), free_port());
+    let toml = basic_config(listen, admin, "dynsec", &[&broker], "");
+    let gate = Gate::start(dir.path(), "gate", &toml, admin);
+    wait_until(Duration::from_secs(10), "node up", || {
+        node_field(&status_json(admin), "b1", "health") == "up"
+    });
+    let mut open = Vec::new();
+    for i in 0..3 {
+        let (s, code) = mqtt_connect(listen, &format!("counted-{i}"), true);
+        assert_eq!(code, 0);
+        open.push(s);
+    }
+    let (_refused, code) = mqtt_connect(listen, "", false);
+    assert_eq!(code, 0x02, "identifier rejected by the broker");
+    wait_until(Duration::from_secs(10), "counted", || {
+        let s = status_json(admin);
+        node_field(&s, "b1", "connections_total") == 4
+            && node_field(&s, "b1", "connack_failures") == 1
+    });
+    assert_eq!(
+        gate.metric("mqgate_connections_total", &[("node", "b1")]),
+        4.0
+    );
+    assert_eq!(
+        gate.metric("mqgate_connack_total", &[("node", "b1"), ("code", "2")]),
+        1.0
+    );
+}

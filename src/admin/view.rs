@@ -1,11 +1,11 @@
 //! The status snapshot shared by `/api/v1/status` (JSON), `/status` (HTML) and the
 //! `mqgate status` command (which deserializes the same types).
 //!
-//! It is read from the live state only: clusters and nodes from the current
-//! [`Runtime`](crate::gateway::Runtime), counters such as CONNACK failures and peer
-//! link state from the metrics registry. Reading peers from the registry keeps this
-//! module independent of the peers implementation: whatever sets `mqgate_peer_up`
-//! shows up here.
+//! It is read from the live state only: clusters and nodes, with their own counters
+//! (connections relayed, CONNACK failures), from the current
+//! [`Runtime`](crate::runtime::Runtime); peer link state from the metrics registry,
+//! which keeps this module independent of the peers implementation: whatever sets
+//! `mqgate_peer_up` shows up here.
 
 use crate::cluster::{Cluster, Health};
 use crate::metrics::names;
@@ -83,13 +83,10 @@ pub struct PeerView {
     pub updates_received: u64,
 }
 
-/// Samples of the registry this view needs, keyed by label values.
+/// Samples of the registry this view needs (peer links report there), keyed by
+/// label values.
 #[derive(Default)]
 struct Counters {
-    /// (cluster, node) → CONNACKs that were not "accepted".
-    connack_failures: HashMap<(String, String), u64>,
-    /// (cluster, node) → connections relayed (all listeners).
-    connections: HashMap<(String, String), u64>,
     peer_up: HashMap<String, bool>,
     /// (peer, direction) → updates.
     peer_updates: HashMap<(String, String), u64>,
@@ -107,22 +104,6 @@ fn read_counters(families: &[MetricFamily]) -> Counters {
     let mut c = Counters::default();
     for f in families {
         match f.get_name() {
-            names::CONNACK_TOTAL => {
-                for m in f.get_metric() {
-                    if label(m, "code") != "0" {
-                        *c.connack_failures
-                            .entry((label(m, "cluster").into(), label(m, "node").into()))
-                            .or_default() += m.get_counter().get_value() as u64;
-                    }
-                }
-            }
-            names::CONNECTIONS_TOTAL => {
-                for m in f.get_metric() {
-                    *c.connections
-                        .entry((label(m, "cluster").into(), label(m, "node").into()))
-                        .or_default() += m.get_counter().get_value() as u64;
-                }
-            }
             names::PEER_UP => {
                 for m in f.get_metric() {
                     c.peer_up
@@ -143,27 +124,24 @@ fn read_counters(families: &[MetricFamily]) -> Counters {
     c
 }
 
-fn cluster_view(c: &Cluster, counters: &Counters) -> ClusterView {
+fn cluster_view(c: &Cluster) -> ClusterView {
     let cfg = c.config();
     let leader = c.leader();
     let nodes = c
         .nodes()
         .iter()
-        .map(|n| {
-            let key = (c.name.clone(), n.name.clone());
-            NodeView {
-                name: n.name.clone(),
-                address: n.address().to_string(),
-                health: n.health().as_str().to_string(),
-                admin_state: n.admin_state().as_str().to_string(),
-                leader: leader
-                    .as_ref()
-                    .map(|l| std::sync::Arc::ptr_eq(l, n))
-                    .unwrap_or(false),
-                active_connections: n.active(),
-                connections_total: counters.connections.get(&key).copied().unwrap_or(0),
-                connack_failures: counters.connack_failures.get(&key).copied().unwrap_or(0),
-            }
+        .map(|n| NodeView {
+            name: n.name.clone(),
+            address: n.address().to_string(),
+            health: n.health().as_str().to_string(),
+            admin_state: n.admin_state().as_str().to_string(),
+            leader: leader
+                .as_ref()
+                .map(|l| std::sync::Arc::ptr_eq(l, n))
+                .unwrap_or(false),
+            active_connections: n.active(),
+            connections_total: n.relayed(),
+            connack_failures: n.connack_failures(),
         })
         .collect();
     ClusterView {
@@ -187,7 +165,7 @@ pub fn gather_status(shared: &Shared) -> StatusView {
         .clusters
         .iter()
         .filter_map(|cc| rt.clusters.get(&cc.name))
-        .map(|c| cluster_view(c, &counters))
+        .map(|c| cluster_view(c))
         .collect();
     let listeners = rt
         .config

@@ -23,7 +23,7 @@ use crate::sticky::{Lookup, StickyTable};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
@@ -83,6 +83,11 @@ pub struct Node {
     health: AtomicU8,
     admin: AtomicU8,
     active: AtomicUsize,
+    /// Connections relayed to this node since it was configured (all listeners).
+    relayed: AtomicU64,
+    /// Broker answers to relayed CONNECTs that were not "accepted" (a refusing code,
+    /// an unreadable first packet, or none within `connack_timeout`).
+    connack_failures: AtomicU64,
     /// One token per listener relaying to this node, each a child of that listener's
     /// `closed` token: a relayed session waits on this single token for node down,
     /// maintenance, listener removal and shutdown alike.
@@ -108,6 +113,8 @@ impl Node {
             health: AtomicU8::new(Health::Unknown as u8),
             admin: AtomicU8::new(AdminState::Ready as u8),
             active: AtomicUsize::new(0),
+            relayed: AtomicU64::new(0),
+            connack_failures: AtomicU64::new(0),
             sessions: Mutex::new(HashMap::new()),
             removed: AtomicBool::new(false),
             connack_misses: AtomicU32::new(0),
@@ -158,6 +165,21 @@ impl Node {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// Connections relayed to this node (for the status page and API).
+    pub fn relayed(&self) -> u64 {
+        self.relayed.load(Ordering::Relaxed)
+    }
+
+    /// Relayed CONNECTs the broker did not accept (for the status page and API).
+    pub fn connack_failures(&self) -> u64 {
+        self.connack_failures.load(Ordering::Relaxed)
+    }
+
+    /// Count a broker answer that was not "accepted".
+    pub fn count_connack_failure(&self) {
+        self.connack_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn is_removed(&self) -> bool {
         self.removed.load(Ordering::Acquire)
     }
@@ -196,6 +218,7 @@ impl Node {
     /// Count a connection for `least-conn`, `/status` and the active gauge; undone on drop.
     pub fn connection_guard(self: &Arc<Self>) -> ActiveGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
+        self.relayed.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(self.clone())
     }
 }

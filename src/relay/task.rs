@@ -177,6 +177,7 @@ fn connack_timed_out<S: AsyncWrite + Unpin>(cx: &mut Context<'_>, client: &mut S
         .with_label_values(&[&cluster.name, &node.name, "timeout"])
         .inc();
     cluster.connack_missed(node);
+    node.count_connack_failure();
     let reply = if keep.v5 {
         mqtt::connack_reply_v5_with_reason(
             0x88,
@@ -212,6 +213,9 @@ struct Observed<'a> {
 impl ConnackSink for Observed<'_> {
     fn connack(&mut self, info: Option<ConnackInfo>, latency: Duration) {
         self.cluster.connack_seen(self.node);
+        if info.is_none_or(|i| i.code != 0) {
+            self.node.count_connack_failure();
+        }
         let code = match info {
             Some(i) => {
                 if i.code == 0 {
