@@ -1,12 +1,13 @@
 //! The admin HTTP API (SPEC section 7) and the CLI commands that use it (SPEC section 1),
 //! against a real mqgate process in front of real Mosquitto brokers.
 
-mod common;
-
-use common::{basic_config, free_port, http, tempdir, wait_until, Gate, Mosquitto};
+use crate::common::admin::{node_field, request, status_json};
+use crate::common::fleet::{mqgate_command, mqgate_in};
+use crate::common::mqtt::connect_and_ack;
+use crate::common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "t0ken-for-tests";
@@ -14,36 +15,8 @@ const TOKEN: &str = "t0ken-for-tests";
 /// Send an MQTT 3.1.1 CONNECT through the gateway; returns the open stream and the
 /// CONNACK return code.
 fn mqtt_connect(port: u16, client_id: &str, clean: bool) -> (TcpStream, u8) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let id = client_id.as_bytes();
-    let flags = if clean { 0x02 } else { 0x00 };
-    let mut pkt = vec![0x10, (10 + 2 + id.len()) as u8];
-    pkt.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 60]);
-    pkt.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    pkt.extend_from_slice(id);
-    s.write_all(&pkt).expect("send CONNECT");
-    let mut ack = [0u8; 4];
-    s.read_exact(&mut ack).expect("read CONNACK");
-    assert_eq!(ack[0], 0x20, "CONNACK expected, got {ack:?}");
-    (s, ack[3])
-}
-
-fn status_json(port: u16) -> serde_json::Value {
-    let (code, body) = http("GET", port, "/api/v1/status", None, None).expect("GET status");
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).expect("status is JSON")
-}
-
-fn node_field(status: &serde_json::Value, node: &str, field: &str) -> serde_json::Value {
-    status["clusters"][0]["nodes"]
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .find(|n| n["name"] == node)
-        .unwrap_or_else(|| panic!("node {node} in {status}"))[field]
-        .clone()
+    connect_and_ack(port, &Connect::new(client_id).clean(clean))
+        .unwrap_or_else(|e| panic!("{client_id} through the gateway: {e}"))
 }
 
 fn json_error(body: &str) -> String {
@@ -54,11 +27,9 @@ fn json_error(body: &str) -> String {
 
 /// Run the mqgate CLI against an admin port.
 fn cli(admin_port: u16, token: Option<&str>, args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mqgate"));
-    c.args(args)
-        .arg("--admin")
-        .arg(format!("http://127.0.0.1:{admin_port}"))
-        .env_remove("MQGATE_ADMIN_TOKEN");
+    let url = format!("http://127.0.0.1:{admin_port}");
+    let mut c = mqgate_command(args);
+    c.args(["--admin", &url]);
     if let Some(t) = token {
         c.env("MQGATE_ADMIN_TOKEN", t);
     }
@@ -82,31 +53,56 @@ fn token_section(dir: &std::path::Path, admin_port: u16) -> String {
     )
 }
 
-/// A dynsec gateway with a token in front of two brokers.
-fn dynsec_with_token(dir: &std::path::Path, a: &Mosquitto, b: &Mosquitto) -> (Gate, u16) {
-    let (listen, admin) = (free_port(), free_port());
-    let toml = basic_config(
-        listen,
-        admin,
-        "dynsec",
-        &[a, b],
-        "balance = \"round-robin\"\n",
-    )
-    .replacen(&Gate::admin_section(admin), &token_section(dir, admin), 1);
-    let gate = Gate::start(dir, "gate", &toml, admin);
-    wait_until(Duration::from_secs(10), "both nodes up", || {
-        let s = status_json(admin);
-        node_field(&s, &a.name, "health") == "up" && node_field(&s, &b.name, "health") == "up"
-    });
-    (gate, listen)
+/// A dynsec gateway (round-robin) with a token, in front of two brokers, node1 and
+/// node2; returned once both are up.
+struct WithToken {
+    // Drop order: the gateway (it prints its log on failure), the brokers, the files.
+    gate: Gate,
+    nodes: Vec<Mosquitto>,
+    dir: tempfile::TempDir,
+    /// The MQTT listener.
+    listen: u16,
+}
+
+impl WithToken {
+    fn start() -> WithToken {
+        let dir = tempdir();
+        let nodes = Mosquitto::start_nodes(dir.path(), 2);
+        let (listen, admin) = (free_port(), free_port());
+        let refs: Vec<&Mosquitto> = nodes.iter().collect();
+        let toml = basic_config(
+            listen,
+            admin,
+            "dynsec",
+            &refs,
+            "balance = \"round-robin\"\n",
+        )
+        .replacen(
+            &Gate::admin_section(admin),
+            &token_section(dir.path(), admin),
+            1,
+        );
+        let gate = Gate::start(dir.path(), "gate", &toml, admin);
+        wait_until(Duration::from_secs(10), "both nodes up", || {
+            let s = status_json(admin);
+            nodes
+                .iter()
+                .all(|n| node_field(&s, &n.name, "health") == "up")
+        });
+        WithToken {
+            gate,
+            nodes,
+            dir,
+            listen,
+        }
+    }
 }
 
 #[test]
 fn mutations_need_the_token_and_bad_requests_get_json_errors() {
-    let dir = tempdir();
-    let a = Mosquitto::start("node1", dir.path());
-    let b = Mosquitto::start("node2", dir.path());
-    let (gate, listen) = dynsec_with_token(dir.path(), &a, &b);
+    let f = WithToken::start();
+    let gate = &f.gate;
+    let listen = f.listen;
     let port = gate.admin_port;
     let put = |body: &str, token: Option<&str>| {
         http(
@@ -134,7 +130,10 @@ fn mutations_need_the_token_and_bad_requests_get_json_errors() {
     assert_eq!(s["clusters"][0]["name"], "brokers");
     assert_eq!(s["clusters"][0]["mode"], "dynsec");
     assert_eq!(s["ready"], true);
-    assert_eq!(node_field(&s, "node1", "address"), a.address().as_str());
+    assert_eq!(
+        node_field(&s, "node1", "address"),
+        f.nodes[0].address().as_str()
+    );
 
     // Changes without the token, or with a wrong one, are refused and change nothing.
     let (code, body) = put(r#"{"state":"drain"}"#, None);
@@ -293,13 +292,8 @@ fn mutations_need_the_token_and_bad_requests_get_json_errors() {
 fn readyz_follows_the_leader() {
     let dir = tempdir();
     let mut a = Mosquitto::start("node1", dir.path());
-    let (listen, admin) = (free_port(), free_port());
-    let gate = Gate::start(
-        dir.path(),
-        "gate",
-        &basic_config(listen, admin, "full-sync", &[&a], ""),
-        admin,
-    );
+    let (gate, _listen) = Gate::basic(dir.path(), "full-sync", &[&a]);
+    let admin = gate.admin_port;
     let ready = || {
         http("GET", gate.admin_port, "/readyz", None, None)
             .expect("readyz")
@@ -320,40 +314,38 @@ fn readyz_follows_the_leader() {
     wait_until(Duration::from_secs(10), "ready again", || ready() == 200);
 }
 
+/// `PUT` state `drain` for node1, without a token: (status, body).
+fn drain_node1(admin: u16) -> (u16, String) {
+    http(
+        "PUT",
+        admin,
+        "/api/v1/clusters/brokers/nodes/node1/state",
+        Some(r#"{"state":"drain"}"#),
+        None,
+    )
+    .expect("PUT")
+}
+
+/// `toml` with its admin API bound to 0.0.0.0 instead of 127.0.0.1.
+fn on_every_interface(toml: &str, admin: u16) -> String {
+    toml.replace(&format!("127.0.0.1:{admin}"), &format!("0.0.0.0:{admin}"))
+}
+
 #[test]
 fn without_a_token_changes_need_a_loopback_bind() {
     let dir = tempdir();
     let a = Mosquitto::start("node1", dir.path());
+    let config = |listen, admin| basic_config(listen, admin, "dynsec", &[&a], "");
     // Loopback bind, no token: allowed.
-    let (listen, admin) = (free_port(), free_port());
-    let gate = Gate::start(
-        dir.path(),
-        "loop",
-        &basic_config(listen, admin, "dynsec", &[&a], ""),
-        admin,
-    );
-    let (code, body) = http(
-        "PUT",
-        gate.admin_port,
-        "/api/v1/clusters/brokers/nodes/node1/state",
-        Some(r#"{"state":"drain"}"#),
-        None,
-    )
-    .expect("PUT");
+    let (gate, _) = Gate::start_with(dir.path(), "loop", config);
+    let (code, body) = drain_node1(gate.admin_port);
     assert_eq!(code, 200, "{body}");
     // Wildcard bind, no token: refused, even from loopback.
-    let (listen2, admin2) = (free_port(), free_port());
-    let toml = basic_config(listen2, admin2, "dynsec", &[&a], "")
-        .replace(&format!("127.0.0.1:{admin2}"), &format!("0.0.0.0:{admin2}"));
-    let open = Gate::start(dir.path(), "open", &toml, admin2);
-    let (code, body) = http(
-        "PUT",
-        open.admin_port,
-        "/api/v1/clusters/brokers/nodes/node1/state",
-        Some(r#"{"state":"drain"}"#),
-        None,
-    )
-    .expect("PUT");
+    let (open, _) = Gate::start_with(dir.path(), "open", |listen, admin| {
+        on_every_interface(&config(listen, admin), admin)
+    });
+    let admin2 = open.admin_port;
+    let (code, body) = drain_node1(admin2);
     assert_eq!(code, 403, "{body}");
     assert!(json_error(&body).contains("token_file"), "{body}");
     assert_eq!(
@@ -366,13 +358,7 @@ fn without_a_token_changes_need_a_loopback_bind() {
 fn slow_clients_do_not_hold_up_the_admin_api() {
     let dir = tempdir();
     let a = Mosquitto::start("node1", dir.path());
-    let (listen, admin) = (free_port(), free_port());
-    let gate = Gate::start(
-        dir.path(),
-        "gate",
-        &basic_config(listen, admin, "dynsec", &[&a], ""),
-        admin,
-    );
+    let (gate, _listen) = Gate::basic(dir.path(), "dynsec", &[&a]);
     // Clients that start a request and never finish it, and one that sends nothing.
     let mut slow: Vec<TcpStream> = (0..8)
         .map(|i| {
@@ -409,10 +395,9 @@ fn slow_clients_do_not_hold_up_the_admin_api() {
 
 #[test]
 fn cli_drain_and_maint_change_routing() {
-    let dir = tempdir();
-    let a = Mosquitto::start("node1", dir.path());
-    let b = Mosquitto::start("node2", dir.path());
-    let (gate, listen) = dynsec_with_token(dir.path(), &a, &b);
+    let f = WithToken::start();
+    let gate = &f.gate;
+    let listen = f.listen;
     let port = gate.admin_port;
     let total = |node: &str| gate.metric("mqgate_connections_total", &[("node", node)]);
 
@@ -504,10 +489,8 @@ fn cli_drain_and_maint_change_routing() {
 
 #[test]
 fn cli_errors_are_one_clear_line() {
-    let dir = tempdir();
-    let a = Mosquitto::start("node1", dir.path());
-    let b = Mosquitto::start("node2", dir.path());
-    let (gate, _listen) = dynsec_with_token(dir.path(), &a, &b);
+    let f = WithToken::start();
+    let gate = &f.gate;
     let port = gate.admin_port;
     let cases: [(Option<&str>, Vec<&str>, u16, &str); 5] = [
         (None, vec!["status"], free_port(), "is mqgate running?"),
@@ -552,39 +535,27 @@ fn cli_errors_are_one_clear_line() {
     );
 }
 
-/// The mqgate CLI run in `cwd` with no token in the environment.
-fn cli_in(cwd: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mqgate"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("MQGATE_ADMIN_TOKEN")
-        .output()
-        .expect("run the mqgate CLI")
-}
-
 #[test]
 fn cli_reads_the_admin_address_and_token_from_the_config() {
-    let dir = tempdir();
-    let a = Mosquitto::start("node1", dir.path());
-    let b = Mosquitto::start("node2", dir.path());
-    let (gate, _listen) = dynsec_with_token(dir.path(), &a, &b);
+    let f = WithToken::start();
+    let gate = &f.gate;
     let config = gate.config.to_str().expect("path");
-    let elsewhere = dir.path().join("elsewhere");
+    let elsewhere = f.dir.path().join("elsewhere");
     std::fs::create_dir_all(&elsewhere).expect("mkdir");
 
     // -c FILE: the gateway of that file, and its token for changes; nothing on stderr.
-    let out = cli_in(&elsewhere, &["status", "-c", config]);
+    let out = mqgate_in(&elsewhere, &["status", "-c", config]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("cluster brokers"), "{}", stdout(&out));
     assert_eq!(stderr(&out), "");
-    let out = cli_in(
+    let out = mqgate_in(
         &elsewhere,
         &["node", "drain", "brokers", "node1", "-c", config],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("ready -> drain"), "{}", stdout(&out));
     // A token_file relative to the config file's directory.
-    let sub = dir.path().join("etc");
+    let sub = f.dir.path().join("etc");
     std::fs::create_dir_all(&sub).expect("mkdir");
     std::fs::write(sub.join("admin.token"), format!("{TOKEN}\n")).expect("token");
     let relative = sub.join("gw.toml");
@@ -597,13 +568,13 @@ fn cli_reads_the_admin_address_and_token_from_the_config() {
     )
     .expect("write config");
     let relative = relative.to_str().expect("path");
-    let out = cli_in(
+    let out = mqgate_in(
         &elsewhere,
         &["node", "ready", "brokers", "node1", "--config", relative],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("drain -> ready"), "{}", stdout(&out));
-    let out = cli_in(
+    let out = mqgate_in(
         &elsewhere,
         &["sticky", "get", "brokers", "nobody", "-c", relative],
     );
@@ -613,13 +584,13 @@ fn cli_reads_the_admin_address_and_token_from_the_config() {
         stderr(&out)
     );
     // A -c FILE that does not exist is an error, not a fallback.
-    let out = cli_in(&elsewhere, &["status", "-c", "missing.toml"]);
+    let out = mqgate_in(&elsewhere, &["status", "-c", "missing.toml"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("missing.toml"), "{}", stderr(&out));
 
     // ./mqgate.toml, when there: used, and said.
     std::fs::copy(&gate.config, elsewhere.join("mqgate.toml")).expect("copy config");
-    let out = cli_in(&elsewhere, &["status"]);
+    let out = mqgate_in(&elsewhere, &["status"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let url = format!("http://127.0.0.1:{}", gate.admin_port);
     assert!(
@@ -629,14 +600,14 @@ fn cli_reads_the_admin_address_and_token_from_the_config() {
     );
     // Neither: the default address, said on stderr.
     std::fs::remove_file(elsewhere.join("mqgate.toml")).expect("rm");
-    let out = cli_in(&elsewhere, &["status"]);
+    let out = mqgate_in(&elsewhere, &["status"]);
     assert!(
         stderr(&out).contains("using the admin API at http://127.0.0.1:9100"),
         "{}",
         stderr(&out)
     );
     // --admin: no note.
-    let out = cli_in(&elsewhere, &["status", "--admin", &url]);
+    let out = mqgate_in(&elsewhere, &["status", "--admin", &url]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stderr(&out), "");
 }
@@ -646,53 +617,23 @@ fn cli_reads_the_admin_address_and_token_from_the_config() {
 /// Send one raw HTTP request: `head` is the request line and headers (no final blank
 /// line); `Connection: close` and `Content-Length` are added. Returns status and body.
 fn raw_request(port: u16, head: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the admin API");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        s,
-        "{head}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send the request");
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).expect("read the answer");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
+    request(port, head, body).expect("an answer from the admin API")
 }
 
 /// The mqgate CLI against the admin API at `url`, no token.
 fn cli_at(url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mqgate"))
-        .args(args)
-        .arg("--admin")
-        .arg(url)
-        .env_remove("MQGATE_ADMIN_TOKEN")
-        .output()
-        .expect("run the mqgate CLI")
+    let mut args = args.to_vec();
+    args.extend(["--admin", url]);
+    mqgate(&args)
 }
 
 #[test]
 fn cross_site_and_rebinding_requests_are_refused_and_the_cli_still_works() {
     let dir = tempdir();
     let a = Mosquitto::start("node1", dir.path());
-    let (listen, admin) = (free_port(), free_port());
     // The default setup: loopback bind, no token.
-    let gate = Gate::start(
-        dir.path(),
-        "gate",
-        &basic_config(listen, admin, "dynsec", &[&a], ""),
-        admin,
-    );
+    let (gate, _) = Gate::basic(dir.path(), "dynsec", &[&a]);
+    let admin = gate.admin_port;
     let reloads = || gate.metric("mqgate_config_reloads_total", &[("result", "ok")]);
     let state = || node_field(&status_json(admin), "node1", "admin_state");
     let drain = r#"{"state":"drain"}"#;
@@ -850,13 +791,8 @@ fn get_within(port: u16, path: &str, limit: Duration) -> std::io::Result<u16> {
 fn idle_connections_do_not_starve_probes_and_scrapes() {
     let dir = tempdir();
     let a = Mosquitto::start("node1", dir.path());
-    let (listen, admin) = (free_port(), free_port());
-    let _gate = Gate::start(
-        dir.path(),
-        "gate",
-        &basic_config(listen, admin, "dynsec", &[&a], ""),
-        admin,
-    );
+    let (gate, _listen) = Gate::basic(dir.path(), "dynsec", &[&a]);
+    let admin = gate.admin_port;
     // 300 connections held open that never complete a request: most send nothing,
     // every third sends half a request header.
     let idle: Vec<TcpStream> = (0..300)
@@ -891,28 +827,19 @@ fn token_free_changes_follow_the_bound_socket_not_a_reloaded_bind() {
     let a = Mosquitto::start("node1", dir.path());
     let (listen, admin) = (free_port(), free_port());
     let loopback = basic_config(listen, admin, "dynsec", &[&a], "");
-    let wildcard = loopback.replace(&format!("127.0.0.1:{admin}"), &format!("0.0.0.0:{admin}"));
     // Started network-facing without a token: changes are refused.
-    let gate = Gate::start(dir.path(), "open", &wildcard, admin);
-    let put = || {
-        http(
-            "PUT",
-            admin,
-            "/api/v1/clusters/brokers/nodes/node1/state",
-            Some(r#"{"state":"drain"}"#),
-            None,
-        )
-        .expect("PUT")
-    };
+    let gate = Gate::start(
+        dir.path(),
+        "open",
+        &on_every_interface(&loopback, admin),
+        admin,
+    );
+    let put = || drain_node1(admin);
     let (code, body) = put();
     assert_eq!(code, 403, "{body}");
     // The file now says loopback; a reload does not move the admin socket (that takes
     // a restart), so it still listens on 0.0.0.0 and changes stay refused.
-    let ok = || gate.metric("mqgate_config_reloads_total", &[("result", "ok")]);
-    let before = ok();
-    std::fs::write(&gate.config, &loopback).expect("write config");
-    gate.signal("HUP");
-    wait_until(Duration::from_secs(10), "the reload", || ok() > before);
+    gate.reload_with(&loopback);
     let (code, body) = put();
     assert_eq!(code, 403, "{body}");
     let msg = json_error(&body);
@@ -928,10 +855,9 @@ fn token_free_changes_follow_the_bound_socket_not_a_reloaded_bind() {
 
 #[test]
 fn sticky_lookups_need_the_token_when_one_is_set() {
-    let dir = tempdir();
-    let a = Mosquitto::start("node1", dir.path());
-    let b = Mosquitto::start("node2", dir.path());
-    let (gate, listen) = dynsec_with_token(dir.path(), &a, &b);
+    let f = WithToken::start();
+    let gate = &f.gate;
+    let listen = f.listen;
     let port = gate.admin_port;
     let (_conn, rc) = mqtt_connect(listen, "secret-id", false);
     assert_eq!(rc, 0);

@@ -4,29 +4,9 @@
 //! without a leader, a cluster with no node up, and a dynsec node down each raise
 //! their alert.
 
-mod common;
-
+use crate::common::tools::PROMTOOL;
+use crate::common::{assert_success, docs, tempdir};
 use std::path::Path;
-use std::process::Command;
-
-/// The YAML block under "## Alerting hints".
-fn rules_from_docs() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md");
-    let text = std::fs::read_to_string(&path).expect("read docs/operations.md");
-    let section = text
-        .split_once("## Alerting hints")
-        .expect("an \"Alerting hints\" section")
-        .1;
-    let block = section
-        .split_once("```yaml\n")
-        .expect("a yaml block in the section")
-        .1;
-    block
-        .split_once("```")
-        .expect("the end of the yaml block")
-        .0
-        .to_string()
-}
 
 /// One gateway `gw:9100` with three clusters, sampled every minute for 15 minutes:
 /// - `fs`, full-sync: node1 leads throughout, node2 and node3 are followers (down);
@@ -102,23 +82,21 @@ tests:
 "#;
 
 fn promtool(dir: &Path, args: &[&str]) {
-    let out = Command::new("promtool")
+    let out = PROMTOOL
+        .command()
         .args(args)
         .current_dir(dir)
         .output()
-        .expect("promtool is required for this test (apt-get install prometheus)");
-    assert!(
-        out.status.success(),
-        "promtool {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .expect("run promtool");
+    assert_success(&out, &format!("promtool {args:?}"));
 }
 
 #[test]
 fn documented_alert_rules_are_valid_and_fit_both_modes() {
-    let dir = common::tempdir();
-    std::fs::write(dir.path().join("rules.yml"), rules_from_docs()).expect("write rules");
+    let dir = tempdir();
+    // The YAML block under "## Alerting hints".
+    let rules = docs::block_after("docs/operations.md", "Alerting hints", "yaml");
+    std::fs::write(dir.path().join("rules.yml"), rules).expect("write rules");
     std::fs::write(dir.path().join("tests.yml"), RULE_TESTS).expect("write rule tests");
     promtool(dir.path(), &["check", "rules", "rules.yml"]);
     promtool(dir.path(), &["test", "rules", "tests.yml"]);

@@ -4,9 +4,8 @@
 //! `mqgate_connections_rejected_total{reason=...}`, that a debug line names the peer
 //! address, and that a legitimate client still gets through afterwards.
 
-mod common;
-
-use common::*;
+use crate::common::mqtt::{connack_v5_with_reason, connect_raw};
+use crate::common::*;
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -29,9 +28,7 @@ fn setup(limits: &str) -> Setup {
     let mut toml = basic_config(port, admin, "dynsec", &[&broker], "");
     toml.push_str(&format!("\n[limits]\n{limits}\n"));
     let gate = Gate::start(dir.path(), "gate", &toml, admin);
-    wait_until(Duration::from_secs(10), "node up", || {
-        gate.metric("mqgate_node_up", &[("node", "b1")]) == 1.0
-    });
+    gate.wait_node_up("b1");
     Setup {
         _dir: dir,
         _broker: broker,
@@ -84,13 +81,9 @@ fn accepted(port: u16, id: &str) -> bool {
     got.starts_with(&[0x20, 0x02, 0x00, 0x00])
 }
 
+/// A CONNECT (keep alive 60 s) with `rest` as given: properties and payload fields.
 fn connect_body(name: &[u8], level: u8, flags: u8, rest: &[&[u8]]) -> Vec<u8> {
-    let mut body = mqtt_field(name);
-    body.extend_from_slice(&[level, flags, 0, 60]);
-    for r in rest {
-        body.extend_from_slice(r);
-    }
-    mqtt_packet(0x10, &body)
+    connect_raw(0x10, name, level, flags, 60, rest)
 }
 
 #[test]
@@ -351,11 +344,7 @@ fn no_node_holds_the_client_then_closes_or_routes() {
     });
 
     // A long queue_timeout: a client held while the broker starts is routed.
-    std::fs::write(&gate.config, toml("60s")).expect("rewrite config");
-    gate.signal("HUP");
-    wait_until(Duration::from_secs(10), "reload applied", || {
-        gate.metric("mqgate_config_reloads_total", &[("result", "ok")]) >= 1.0
-    });
+    gate.reload_with(&toml("60s"));
     let mut held = tcp(port);
     held.write_all(&connect_v311("held")).expect("send");
     wait_until(Duration::from_secs(10), "client held", || {
@@ -417,27 +406,54 @@ fn over_per_ip_connect_rate_is_closed_at_accept() {
     );
 }
 
-#[test]
-fn per_ip_rate_behind_a_proxy_applies_to_the_real_client() {
-    let dir = tempdir();
-    let broker = Mosquitto::start("b1", dir.path());
-    let (port, admin) = (free_port(), free_port());
-    let toml = format!(
-        "{}\n[limits]\nper_ip_connect_rate = 1\n\n[[listeners]]\nname = \"mqtt\"\nbind = \"127.0.0.1:{port}\"\n\
-         cluster = \"brokers\"\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.1/32\"]\n\n\
-         [clusters.brokers]\nmode = \"dynsec\"\nnodes = [ {{ name = \"b1\", address = \"{}\" }} ]\n",
-        Gate::admin_section(admin),
-        broker.address()
-    );
-    let gate = Gate::start(dir.path(), "gate", &toml, admin);
-    let via_proxy = |src: &str, id: &str| {
-        let mut c = tcp(port);
-        let mut bytes = format!("PROXY TCP4 {src} 10.9.9.9 40000 1883\r\n").into_bytes();
+/// A gateway behind a PROXY-protocol balancer on 127.0.0.1 (`per_ip_connect_rate =
+/// 1`), in front of one broker.
+struct Balanced {
+    // Drop order: the gateway (it prints its log on failure), the broker, the files.
+    gate: Gate,
+    _broker: Mosquitto,
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Balanced {
+    fn start() -> Balanced {
+        let dir = tempdir();
+        let broker = Mosquitto::start("b1", dir.path());
+        let (gate, port) = Gate::start_with(dir.path(), "gate", |port, admin| {
+            format!(
+                "{}\n[limits]\nper_ip_connect_rate = 1\n\n[[listeners]]\nname = \"mqtt\"\nbind = \"127.0.0.1:{port}\"\n\
+                 cluster = \"brokers\"\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.1/32\"]\n\n\
+                 [clusters.brokers]\nmode = \"dynsec\"\nnodes = [ {{ name = \"b1\", address = \"{}\" }} ]\n",
+                Gate::admin_section(admin),
+                broker.address()
+            )
+        });
+        Balanced {
+            gate,
+            _broker: broker,
+            _dir: dir,
+            port,
+        }
+    }
+
+    /// A client `id` at `src` (a PROXY v1 header of `family`, from `src` to `dst`),
+    /// then its CONNECT. Answered with CONNACK "accepted"?
+    fn client(&self, family: &str, src: &str, dst: &str, id: &str) -> bool {
+        let mut c = tcp(self.port);
+        let mut bytes = format!("PROXY {family} {src} {dst} 40000 1883\r\n").into_bytes();
         bytes.extend(connect_v311(id));
         let _ = c.write_all(&bytes);
         let mut got = [0u8; 4];
-        std::io::Read::read_exact(&mut c, &mut got).is_ok() && got == [0x20, 0x02, 0x00, 0x00]
-    };
+        std::io::Read::read_exact(&mut c, &mut got).is_ok() && got == CONNACK_ACCEPTED
+    }
+}
+
+#[test]
+fn per_ip_rate_behind_a_proxy_applies_to_the_real_client() {
+    let b = Balanced::start();
+    let gate = &b.gate;
+    let via_proxy = |src: &str, id: &str| b.client("TCP4", src, "10.9.9.9", id);
     wait_until(Duration::from_secs(10), "first client through", || {
         via_proxy("10.0.0.1", "p1")
     });
@@ -483,13 +499,9 @@ fn silent_node_gets_a_connack_deadline_and_is_marked_down() {
         Gate::admin_section(admin)
     );
     let gate = Gate::start(dir.path(), "gate", &toml, admin);
-    wait_until(Duration::from_secs(10), "node up", || {
-        gate.metric("mqgate_node_up", &[("node", "hole")]) == 1.0
-    });
+    gate.wait_node_up("hole");
     let reason = b"mqgate: no CONNACK from the broker within 1s";
-    let mut v5_reply = vec![0x20, (6 + reason.len()) as u8, 0x00, 0x88];
-    v5_reply.extend([(3 + reason.len()) as u8, 0x1F, 0x00, reason.len() as u8]);
-    v5_reply.extend(reason);
+    let v5_reply = connack_v5_with_reason(0x88, reason);
     let mut first = tcp(port);
     first.write_all(&connect_v311("silent3")).expect("send");
     let (got, ended) = read_to_close(&mut first, Duration::from_secs(10));
@@ -537,28 +549,10 @@ fn silent_node_gets_a_connack_deadline_and_is_marked_down() {
 /// next /64 has its own. Sources are given in PROXY headers.
 #[test]
 fn per_ip_rate_counts_ipv6_clients_by_their_slash_64() {
-    let dir = tempdir();
-    let broker = Mosquitto::start("b1", dir.path());
-    let (port, admin) = (free_port(), free_port());
-    let toml = format!(
-        "{}\n[limits]\nper_ip_connect_rate = 1\n\n[[listeners]]\nname = \"mqtt\"\nbind = \"127.0.0.1:{port}\"\n\
-         cluster = \"brokers\"\nproxy_protocol = true\ntrusted_proxies = [\"127.0.0.1/32\"]\n\n\
-         [clusters.brokers]\nmode = \"dynsec\"\nnodes = [ {{ name = \"b1\", address = \"{}\" }} ]\n",
-        Gate::admin_section(admin),
-        broker.address()
-    );
-    let gate = Gate::start(dir.path(), "gate", &toml, admin);
-    let via_proxy = |src: &str, id: &str| {
-        let mut c = tcp(port);
-        let mut bytes = format!("PROXY TCP6 {src} 2001:db8::9 40000 1883\r\n").into_bytes();
-        bytes.extend(connect_v311(id));
-        let _ = c.write_all(&bytes);
-        let mut got = [0u8; 4];
-        std::io::Read::read_exact(&mut c, &mut got).is_ok() && got == [0x20, 0x02, 0x00, 0x00]
-    };
-    wait_until(Duration::from_secs(10), "node up", || {
-        gate.metric("mqgate_node_up", &[("node", "b1")]) == 1.0
-    });
+    let b = Balanced::start();
+    let gate = &b.gate;
+    let via_proxy = |src: &str, id: &str| b.client("TCP6", src, "2001:db8::9", id);
+    gate.wait_node_up("b1");
     assert!(
         via_proxy("2001:db8:1:2::1", "v6-a"),
         "first address of the /64"

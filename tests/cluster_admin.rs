@@ -3,45 +3,15 @@
 //! entry points there and keeps its sessions; `maint` takes none and closes its
 //! sessions; `ready` takes clients again.
 
-mod cluster_util;
-mod common;
-
-use cluster_util::{gate_config, Client, Opts};
-use common::{free_port, tempdir, wait_until, Gate, Mosquitto};
+use crate::common::admin::set_node_state;
+use crate::common::fleet::addresses;
+use crate::common::*;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(15);
 
-fn set_state(admin: u16, node: &str, state: &str) {
-    let (status, body) = common::http(
-        "PUT",
-        admin,
-        &format!("/api/v1/clusters/brokers/nodes/{node}/state"),
-        Some(&format!("{{\"state\":\"{state}\"}}")),
-        None,
-    )
-    .expect("admin API answers");
-    assert_eq!(status, 200, "PUT state {state}: {body}");
-}
-
-fn sticky_node(admin: u16, key: &str) -> Option<String> {
-    let (status, body) = common::http(
-        "GET",
-        admin,
-        &format!("/api/v1/clusters/brokers/sticky/{key}"),
-        None,
-        None,
-    )
-    .ok()?;
-    if status != 200 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    v.get("node")?.as_str().map(str::to_string)
-}
-
-fn persistent(id: &str) -> Opts {
-    Opts::new(id).persistent()
+fn persistent(id: &str) -> Connect {
+    Connect::new(id).persistent()
 }
 
 /// Connect `n` fresh persistent clients named `{prefix}-{i}` and disconnect them;
@@ -58,23 +28,11 @@ fn fresh_clients(listen: u16, admin: u16, prefix: &str, n: usize) -> Vec<String>
 }
 
 fn dynsec_fleet(dir: &std::path::Path) -> (Vec<Mosquitto>, Gate, u16, u16) {
-    let nodes: Vec<Mosquitto> = (1..=3)
-        .map(|i| Mosquitto::start(&format!("node{i}"), dir))
-        .collect();
-    let (listen, admin) = (free_port(), free_port());
-    let cfg = gate_config(
-        listen,
-        admin,
-        "dynsec",
-        &nodes
-            .iter()
-            .map(|m| (m.name.as_str(), m.address()))
-            .collect::<Vec<_>>(),
-        "",
-        "",
-        "",
-    );
-    let gate = Gate::start(dir, "gate", &cfg, admin);
+    let nodes = Mosquitto::start_nodes(dir, 3);
+    let (gate, listen) = Gate::start_with(dir, "gate", |listen, admin| {
+        gate_config(listen, admin, "dynsec", &addresses(&nodes), "", "", "")
+    });
+    let admin = gate.admin_port;
     wait_until(T, "all nodes up", || {
         gate.metric("mqgate_node_up", &[]) == 3.0
     });
@@ -89,7 +47,7 @@ fn drain_keeps_sticky_clients_and_takes_no_new_ones() {
     home_client.subscribe("home/t").expect("subscribe");
     let home = sticky_node(admin, "home").expect("entry for home");
 
-    set_state(admin, &home, "drain");
+    set_node_state(admin, &home, "drain");
     assert_eq!(
         gate.metric(
             "mqgate_node_admin_state",
@@ -116,7 +74,7 @@ fn drain_keeps_sticky_clients_and_takes_no_new_ones() {
     assert_eq!(sticky_node(admin, "home").as_deref(), Some(home.as_str()));
     c.disconnect();
 
-    set_state(admin, &home, "ready");
+    set_node_state(admin, &home, "ready");
     let landed = fresh_clients(listen, admin, "after-ready", 30);
     assert!(
         landed.contains(&home),
@@ -131,7 +89,7 @@ fn maint_closes_sessions_and_takes_none() {
     let (mut c, _) = Client::accepted(listen, &persistent("m-client")).expect("client");
     let home = sticky_node(admin, "m-client").expect("entry");
 
-    set_state(admin, &home, "maint");
+    set_node_state(admin, &home, "maint");
     assert!(
         c.closed_within(T),
         "maint closes the sessions through {home}"
@@ -155,7 +113,7 @@ fn maint_closes_sessions_and_takes_none() {
         1.0
     );
 
-    set_state(admin, &home, "ready");
+    set_node_state(admin, &home, "ready");
     let landed = fresh_clients(listen, admin, "after-maint", 30);
     assert!(
         landed.contains(&home),
@@ -167,48 +125,49 @@ fn maint_closes_sessions_and_takes_none() {
 fn maint_on_the_full_sync_leader() {
     let dir = tempdir();
     let m1 = Mosquitto::start("node1", dir.path());
-    let (listen, admin) = (free_port(), free_port());
-    let cfg = gate_config(
-        listen,
-        admin,
-        "full-sync",
-        &[("node1", m1.address())],
-        "",
-        "",
-        "",
-    );
-    let gate = Gate::start(dir.path(), "gate", &cfg, admin);
+    let (gate, listen) = Gate::start_with(dir.path(), "gate", |listen, admin| {
+        gate_config(
+            listen,
+            admin,
+            "full-sync",
+            &[("node1", m1.address())],
+            "",
+            "",
+            "",
+        )
+    });
+    let admin = gate.admin_port;
     wait_until(T, "node1 leader", || {
         gate.metric("mqgate_node_leader", &[("node", "node1")]) == 1.0
     });
-    let (mut c, _) = Client::accepted(listen, &Opts::new("fs")).expect("client");
+    let (mut c, _) = Client::accepted(listen, &Connect::new("fs")).expect("client");
 
     // drain: the leader keeps its sessions but takes no new client: a new client is
     // held (queue_timeout) and routed as soon as the leader is ready again.
-    set_state(admin, "node1", "drain");
+    set_node_state(admin, "node1", "drain");
     assert!(c.ping());
-    let held = std::thread::spawn(move || Client::connect(listen, &Opts::new("fs-held")));
+    let held = std::thread::spawn(move || Client::connect(listen, &Connect::new("fs-held")));
     wait_until(T, "the new client is held", || {
         gate.metric("mqgate_queued_connections", &[]) == 1.0
     });
-    set_state(admin, "node1", "ready");
+    set_node_state(admin, "node1", "ready");
     let (_, ack) = held.join().expect("client thread").expect("CONNACK");
     assert_eq!(ack.code, 0, "routed once the leader is ready again");
-    set_state(admin, "node1", "drain");
+    set_node_state(admin, "node1", "drain");
 
     // maint: no leader, sessions closed; a new client is held, then closed without a
     // CONNACK when queue_timeout (5 s) runs out.
-    set_state(admin, "node1", "maint");
+    set_node_state(admin, "node1", "maint");
     assert!(c.closed_within(T));
     assert_eq!(gate.metric("mqgate_node_leader", &[]), 0.0);
-    let got = Client::connect(listen, &Opts::new("fs-new"));
+    let got = Client::connect(listen, &Connect::new("fs-new"));
     assert!(got.is_err(), "no CONNACK: {:?}", got.map(|(_, a)| a));
     assert_eq!(
         gate.metric("mqgate_queue_total", &[("result", "timeout")]),
         1.0
     );
 
-    set_state(admin, "node1", "ready");
+    set_node_state(admin, "node1", "ready");
     assert_eq!(gate.metric("mqgate_node_leader", &[("node", "node1")]), 1.0);
-    Client::accepted(listen, &Opts::new("fs-back")).expect("accepted again");
+    Client::accepted(listen, &Connect::new("fs-back")).expect("accepted again");
 }

@@ -7,11 +7,9 @@
 //! `key = "username"` and an authenticated `mqtt` health check. `round-robin` and
 //! `least-conn` are checked against real nodes too.
 
-mod cluster_util;
-mod common;
-
-use cluster_util::{gate_config, Client, Opts};
-use common::{free_port, tempdir, wait_until, Gate, Mosquitto, MosquittoOpts};
+use crate::common::fleet::addresses;
+use crate::common::tools::MOSQUITTO_CTRL;
+use crate::common::*;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -28,28 +26,11 @@ struct Fleet {
     listen: u16,
     admin: u16,
     /// How client `i` connects (through mqgate or directly).
-    opts: fn(usize) -> Opts,
+    opts: fn(usize) -> Connect,
     /// The sticky key of client `i`.
     key: fn(usize) -> String,
     /// Credentials for a direct publisher (plugin runs need one).
     publisher: Option<(&'static str, &'static str)>,
-}
-
-/// The node a sticky key points to, from the admin API.
-fn sticky_node(admin: u16, key: &str) -> Option<String> {
-    let (status, body) = common::http(
-        "GET",
-        admin,
-        &format!("/api/v1/clusters/brokers/sticky/{key}"),
-        None,
-        None,
-    )
-    .ok()?;
-    if status != 200 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    v.get("node")?.as_str().map(str::to_string)
 }
 
 /// Connect clients `ids` through mqgate in parallel (4 threads); each subscribes to its
@@ -91,7 +72,7 @@ fn connect_many(f: &Fleet, ids: &[usize], subscribe: bool) -> Vec<(usize, Client
 /// node holding the client's session queues it.
 fn publish_offline(f: &Fleet, ids: &[usize]) {
     for m in f.nodes.iter().filter(|m| m.is_running()) {
-        let mut o = Opts::new(&format!("direct-pub-{}", m.name));
+        let mut o = Connect::new(&format!("direct-pub-{}", m.name));
         if let Some((u, p)) = f.publisher {
             o = o.login(u, p);
         }
@@ -211,30 +192,26 @@ fn scenario(f: &mut Fleet) {
 }
 
 fn plain_fleet(dir: &Path) -> Fleet {
-    let nodes: Vec<Mosquitto> = (1..=3)
-        .map(|i| Mosquitto::start(&format!("node{i}"), dir))
-        .collect();
-    let (listen, admin) = (free_port(), free_port());
-    let cfg = gate_config(
-        listen,
-        admin,
-        "dynsec",
-        &nodes
-            .iter()
-            .map(|m| (m.name.as_str(), m.address()))
-            .collect::<Vec<_>>(),
-        "balance = \"hash\"",
-        "check = \"mqtt\"",
-        "",
-    );
-    let gate = Gate::start(dir, "gate", &cfg, admin);
+    let nodes = Mosquitto::start_nodes(dir, 3);
+    let (gate, listen) = Gate::start_with(dir, "gate", |listen, admin| {
+        gate_config(
+            listen,
+            admin,
+            "dynsec",
+            &addresses(&nodes),
+            "balance = \"hash\"",
+            "check = \"mqtt\"",
+            "",
+        )
+    });
+    let admin = gate.admin_port;
     Fleet {
         nodes,
         gate,
         listen,
         admin,
         opts: |i| {
-            let o = Opts::new(&format!("dc-{i}")).persistent();
+            let o = Connect::new(&format!("dc-{i}")).persistent();
             o.v5(i % 2 == 1)
         },
         key: |i| format!("dc-{i}"),
@@ -259,13 +236,14 @@ fn start_dynsec_node(dir: &Path, name: &str) -> Mosquitto {
     let ndir = dir.join(name);
     std::fs::create_dir_all(&ndir).expect("node dir");
     let json = ndir.join("dynamic-security.json");
-    let st = std::process::Command::new("mosquitto_ctrl")
+    let st = MOSQUITTO_CTRL
+        .command()
         .args(["dynsec", "init"])
         .arg(&json)
         .args(["admin", ADMIN_PASS])
         .stdout(std::process::Stdio::null())
         .status()
-        .expect("run mosquitto_ctrl (apt-get install mosquitto-clients)");
+        .expect("run mosquitto_ctrl");
     assert!(st.success(), "mosquitto_ctrl dynsec init");
     // Started as root, Mosquitto drops to the `mosquitto` user: the plugin must still be
     // able to save the users it is given (they have to survive a broker restart).
@@ -309,7 +287,7 @@ fn provision(m: &Mosquitto) {
     let body = serde_json::json!({ "commands": cmds }).to_string();
     let (mut admin, _) = Client::accepted(
         port,
-        &Opts::new(&format!("provision-{port}")).login("admin", ADMIN_PASS),
+        &Connect::new(&format!("provision-{port}")).login("admin", ADMIN_PASS),
     )
     .expect("dynsec admin login");
     admin
@@ -343,10 +321,7 @@ fn dynsec_gate_config(
         listen,
         admin,
         "dynsec",
-        &nodes
-            .iter()
-            .map(|m| (m.name.as_str(), m.address()))
-            .collect::<Vec<_>>(),
+        &addresses(nodes),
         "balance = \"hash\"",
         &format!(
             "check = \"{check}\"\nusername = \"mqgate-health\"\npassword_file = \"{}\"",
@@ -363,7 +338,7 @@ fn dynamic_security_plugin_with_username_key() {
         .map(|i| start_dynsec_node(dir.path(), &format!("node{i}")))
         .collect();
     // Anonymous clients are refused by the brokers themselves.
-    let (_, ack) = Client::connect(nodes[0].port, &Opts::new("anon")).expect("CONNACK");
+    let (_, ack) = Client::connect(nodes[0].port, &Connect::new("anon")).expect("CONNACK");
     assert_ne!(ack.code, 0, "anonymous refused");
     let (listen, admin) = (free_port(), free_port());
     let cfg = dynsec_gate_config(dir.path(), &nodes, listen, admin, HEALTH_PASS, "mqtt");
@@ -375,7 +350,7 @@ fn dynamic_security_plugin_with_username_key() {
         admin,
         // The sticky key is the username (the dynsec HAProxy example sticks on it).
         opts: |i| {
-            Opts::new(&format!("uc-{i}"))
+            Connect::new(&format!("uc-{i}"))
                 .persistent()
                 .v5(i % 2 == 0)
                 .login(&format!("user-{i}"), &format!("pw-{i}"))
@@ -429,7 +404,7 @@ fn mqtt_health_check_sends_credentials() {
     );
     // No node is up: a client is held for queue_timeout (5 s), then closed without a
     // CONNACK (no_node_reply = "close").
-    let got = Client::connect(listen, &Opts::new("c").login("user-1", "pw-1"));
+    let got = Client::connect(listen, &Connect::new("c").login("user-1", "pw-1"));
     assert!(got.is_err(), "no CONNACK: {:?}", got.map(|(_, a)| a));
     assert_eq!(
         bad.metric(
@@ -452,7 +427,7 @@ fn mqtt_health_check_sends_credentials() {
         let log = g.log_text();
         assert_eq!(log.matches("node is up").count(), 1, "{log}");
         let (_, ack) =
-            Client::connect(listen, &Opts::new("c").login("user-1", "pw-1")).expect("CONNACK");
+            Client::connect(listen, &Connect::new("c").login("user-1", "pw-1")).expect("CONNACK");
         assert_eq!(ack.code, 0, "client accepted through the {name} gateway");
     }
 }
@@ -462,25 +437,21 @@ fn mqtt_health_check_sends_credentials() {
 #[test]
 fn round_robin_and_least_conn_spread_clients() {
     let dir = tempdir();
-    let nodes: Vec<Mosquitto> = (1..=3)
-        .map(|i| Mosquitto::start(&format!("node{i}"), dir.path()))
-        .collect();
-    let addrs: Vec<(&str, String)> = nodes
-        .iter()
-        .map(|m| (m.name.as_str(), m.address()))
-        .collect();
+    let nodes = Mosquitto::start_nodes(dir.path(), 3);
+    let addrs = addresses(&nodes);
     for balance in ["round-robin", "least-conn"] {
-        let (listen, admin) = (free_port(), free_port());
-        let cfg = gate_config(
-            listen,
-            admin,
-            "dynsec",
-            &addrs,
-            &format!("balance = \"{balance}\""),
-            "",
-            "",
-        );
-        let gate = Gate::start(dir.path(), balance, &cfg, admin);
+        let (gate, listen) = Gate::start_with(dir.path(), balance, |listen, admin| {
+            gate_config(
+                listen,
+                admin,
+                "dynsec",
+                &addrs,
+                &format!("balance = \"{balance}\""),
+                "",
+                "",
+            )
+        });
+        let admin = gate.admin_port;
         wait_until(T, "all nodes up", || {
             gate.metric("mqgate_node_up", &[]) == 3.0
         });
@@ -489,7 +460,7 @@ fn round_robin_and_least_conn_spread_clients() {
         let mut held: Vec<(String, Client)> = (0..6)
             .map(|i| {
                 let id = format!("{balance}-{i}");
-                let c = Client::accepted(listen, &Opts::new(&id).persistent())
+                let c = Client::accepted(listen, &Connect::new(&id).persistent())
                     .expect("client")
                     .0;
                 (id, c)
@@ -516,7 +487,7 @@ fn round_robin_and_least_conn_spread_clients() {
             });
             let _more: Vec<Client> = (0..2)
                 .map(|i| {
-                    Client::accepted(listen, &Opts::new(&format!("lc-new-{i}")))
+                    Client::accepted(listen, &Connect::new(&format!("lc-new-{i}")))
                         .expect("client")
                         .0
                 })
@@ -546,17 +517,13 @@ fn mqtt5_health_check_with_a_client_id_prefix() {
         },
     );
     let addr = [("node1", node.address())];
-    let (listen, admin) = (free_port(), free_port());
-    let cfg = gate_config(
-        listen,
-        admin,
-        "dynsec",
-        &addr,
-        "",
-        "check = \"mqtt5\"\n",
-        "",
-    );
-    let bad = Gate::start(dir.path(), "bad", &cfg, admin);
+    let start = |name: &str, health: &str| {
+        Gate::start_with(dir.path(), name, |listen, admin| {
+            gate_config(listen, admin, "dynsec", &addr, "", health, "")
+        })
+        .0
+    };
+    let bad = start("bad", "check = \"mqtt5\"\n");
     wait_until(T, "node down", || {
         bad.metric("mqgate_health_checks_total", &[("result", "fail")]) >= 1.0
     });
@@ -569,17 +536,7 @@ fn mqtt5_health_check_with_a_client_id_prefix() {
         })
     });
 
-    let (listen, admin) = (free_port(), free_port());
-    let cfg = gate_config(
-        listen,
-        admin,
-        "dynsec",
-        &addr,
-        "",
-        "check = \"mqtt5\"\nclient_id_prefix = \"hc-\"\n",
-        "",
-    );
-    let good = Gate::start(dir.path(), "good", &cfg, admin);
+    let good = start("good", "check = \"mqtt5\"\nclient_id_prefix = \"hc-\"\n");
     wait_until(T, "node up", || good.metric("mqgate_node_up", &[]) == 1.0);
     // The broker saw an MQTT 5 session ("p5") from a client id with the prefix.
     wait_until(T, "broker log", || {

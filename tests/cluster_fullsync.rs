@@ -2,11 +2,8 @@
 //! finds the leader (the one node whose client listener is open), sends every client
 //! there, closes sessions through an old leader, and never shows two leaders.
 
-mod cluster_util;
-mod common;
-
-use cluster_util::{gate_config, Client, Forwarder, Opts};
-use common::{free_port, tempdir, wait_until, Gate, Mosquitto};
+use crate::common::fleet::Forwarder;
+use crate::common::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +14,7 @@ fn leader_of(g: &Gate) -> Option<String> {
     let text = g.metrics();
     ["node1", "node2", "node3"]
         .into_iter()
-        .find(|n| common::metric_value(&text, "mqgate_node_leader", &[("node", n)]) == 1.0)
+        .find(|n| metric_value(&text, "mqgate_node_leader", &[("node", n)]) == 1.0)
         .map(str::to_string)
 }
 
@@ -36,8 +33,8 @@ impl LeaderWatch {
         let (s, m) = (stop.clone(), max.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
-                if let Ok((200, body)) = common::http("GET", admin_port, "/metrics", None, None) {
-                    let sum = common::metric_value(&body, "mqgate_node_leader", &[]);
+                if let Ok((200, body)) = http("GET", admin_port, "/metrics", None, None) {
+                    let sum = metric_value(&body, "mqgate_node_leader", &[]);
                     let mut g = m.lock().unwrap_or_else(|p| p.into_inner());
                     if sum > *g {
                         *g = sum;
@@ -65,14 +62,14 @@ impl LeaderWatch {
 
 /// A subscriber connected straight to a broker (not through mqgate).
 fn direct_sub(port: u16, id: &str, topic: &str) -> Client {
-    let (mut c, _) = Client::accepted(port, &Opts::new(id)).expect("direct subscriber");
+    let (mut c, _) = Client::accepted(port, &Connect::new(id)).expect("direct subscriber");
     c.subscribe(topic).expect("subscribe");
     c
 }
 
 /// Connect through mqgate and publish once; Ok when the broker acknowledged it.
 fn publish_through(gate_port: u16, id: &str, topic: &str, payload: &[u8]) -> Result<(), String> {
-    let (mut c, _) = Client::accepted(gate_port, &Opts::new(id))?;
+    let (mut c, _) = Client::accepted(gate_port, &Connect::new(id))?;
     c.publish(topic, payload)?;
     c.disconnect();
     Ok(())
@@ -87,21 +84,22 @@ fn clients_follow_the_leader() {
     // Followers have their client listener closed.
     m2.stop();
     m3.stop();
-    let (listen, admin) = (free_port(), free_port());
-    let cfg = gate_config(
-        listen,
-        admin,
-        "full-sync",
-        &[
-            ("node1", m1.address()),
-            ("node2", m2.address()),
-            ("node3", m3.address()),
-        ],
-        "",
-        "",
-        "",
-    );
-    let gate = Gate::start(dir.path(), "gate", &cfg, admin);
+    let (gate, listen) = Gate::start_with(dir.path(), "gate", |listen, admin| {
+        gate_config(
+            listen,
+            admin,
+            "full-sync",
+            &[
+                ("node1", m1.address()),
+                ("node2", m2.address()),
+                ("node3", m3.address()),
+            ],
+            "",
+            "",
+            "",
+        )
+    });
+    let admin = gate.admin_port;
     let watch = LeaderWatch::start(admin);
     wait_until(T, "node1 elected leader", || {
         leader_of(&gate).as_deref() == Some("node1")
@@ -111,7 +109,7 @@ fn clients_follow_the_leader() {
     let mut sub1 = direct_sub(m1.port, "sub-on-node1", "fs/#");
     let mut clients: Vec<Client> = (0..5)
         .map(|i| {
-            Client::accepted(listen, &Opts::new(&format!("fs-client-{i}")))
+            Client::accepted(listen, &Connect::new(&format!("fs-client-{i}")))
                 .expect("client through mqgate")
                 .0
         })
@@ -193,24 +191,24 @@ fn old_leader_sessions_are_closed_by_the_gateway() {
     let mut m2 = Mosquitto::start("node2", dir.path());
     m2.stop();
     let mut f1 = Forwarder::start(m1.port);
-    let (listen, admin) = (free_port(), free_port());
-    let cfg = gate_config(
-        listen,
-        admin,
-        "full-sync",
-        &[
-            ("node1", format!("127.0.0.1:{}", f1.port)),
-            ("node2", m2.address()),
-        ],
-        "",
-        "",
-        "",
-    );
-    let gate = Gate::start(dir.path(), "gate", &cfg, admin);
+    let (gate, listen) = Gate::start_with(dir.path(), "gate", |listen, admin| {
+        gate_config(
+            listen,
+            admin,
+            "full-sync",
+            &[
+                ("node1", format!("127.0.0.1:{}", f1.port)),
+                ("node2", m2.address()),
+            ],
+            "",
+            "",
+            "",
+        )
+    });
     wait_until(T, "node1 elected leader", || {
         leader_of(&gate).as_deref() == Some("node1")
     });
-    let (mut c, _) = Client::accepted(listen, &Opts::new("keeper")).expect("client");
+    let (mut c, _) = Client::accepted(listen, &Connect::new("keeper")).expect("client");
     assert!(c.ping(), "session up through node1");
 
     f1.close_listener();
@@ -236,17 +234,17 @@ fn old_leader_sessions_are_closed_by_the_gateway() {
 fn node_address_can_be_a_host_name() {
     let dir = tempdir();
     let m1 = Mosquitto::start("node1", dir.path());
-    let (listen, admin) = (free_port(), free_port());
-    let cfg = gate_config(
-        listen,
-        admin,
-        "full-sync",
-        &[("node1", format!("localhost:{}", m1.port))],
-        "dns_refresh = \"1s\"",
-        "",
-        "",
-    );
-    let gate = Gate::start(dir.path(), "gate", &cfg, admin);
+    let (gate, listen) = Gate::start_with(dir.path(), "gate", |listen, admin| {
+        gate_config(
+            listen,
+            admin,
+            "full-sync",
+            &[("node1", format!("localhost:{}", m1.port))],
+            "dns_refresh = \"1s\"",
+            "",
+            "",
+        )
+    });
     wait_until(T, "node1 (localhost) elected leader", || {
         leader_of(&gate).as_deref() == Some("node1")
     });
@@ -287,12 +285,11 @@ fn changed_node_address_applies_to_new_connections() {
         leader_of(&gate).as_deref() == Some("node1")
     });
     let mut sub_a = direct_sub(a.port, "sub-a", "addr/#");
-    let (mut old, _) = Client::accepted(listen, &Opts::new("old-session")).expect("client");
+    let (mut old, _) = Client::accepted(listen, &Connect::new("old-session")).expect("client");
     old.publish("addr/1", b"to-a").expect("publish");
     assert_eq!(sub_a.next_publish(T).expect("on a").0, "addr/1");
 
-    std::fs::write(&gate.config, cfg_for(b.port)).expect("rewrite config");
-    gate.signal("HUP");
+    gate.reload_with(&cfg_for(b.port));
     let mut sub_b = direct_sub(b.port, "sub-b", "addr/#");
     wait_until(T, "new connections reach broker b", || {
         publish_through(listen, "new-session", "addr/2", b"to-b").is_ok()

@@ -17,13 +17,10 @@
 //!   a running gateway given that file by reload keeps running and counts an error,
 //!   and a later good edit is applied with clients still accepted.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use proptest::prelude::*;
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -51,56 +48,42 @@ impl NumKey {
 
 /// Every `integer` and `duration` row of docs/configuration.md, with its range.
 fn numeric_keys() -> Vec<NumKey> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md");
-    let text = std::fs::read_to_string(&path).expect("read docs/configuration.md");
     let mut out = Vec::new();
-    let mut table: Option<String> = None;
-    for line in text.lines() {
-        if line.starts_with('#') {
-            table = line
-                .split('`')
-                .nth(1)
-                .filter(|s| s.starts_with('['))
-                .map(|s| s.trim_matches(|c| c == '[' || c == ']').to_string());
-            continue;
-        }
-        let Some(t) = &table else { continue };
-        if !line.starts_with("| `") {
-            continue;
-        }
-        let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
-        let (key, kind) = (cells[0].trim_matches('`'), cells[1]);
-        let Some((word, range)) = kind.split_once(' ') else {
-            assert!(
-                kind != "integer" && kind != "duration",
-                "[{t}] `{key}`: a numeric row must give its range, e.g. `integer 1–100`"
-            );
-            continue;
-        };
-        if word != "integer" && word != "duration" {
-            continue;
-        }
-        let (lo, hi) = range.split_once('–').unwrap_or_else(|| {
-            panic!("[{t}] `{key}`: type {kind:?} does not give a range like `{word} A–B`")
-        });
-        let range = if word == "integer" {
-            let n = |s: &str| {
-                s.parse::<i64>()
-                    .unwrap_or_else(|e| panic!("[{t}] `{key}`: bound {s:?}: {e}"))
+    for (t, rows) in docs::config_reference() {
+        for cells in rows {
+            let (key, kind) = (cells[0].trim_matches('`'), cells[1].as_str());
+            let Some((word, range)) = kind.split_once(' ') else {
+                assert!(
+                    kind != "integer" && kind != "duration",
+                    "[{t}] `{key}`: a numeric row must give its range, e.g. `integer 1–100`"
+                );
+                continue;
             };
-            Range::Int(n(lo), n(hi))
-        } else {
-            let d = |s: &str| {
-                humantime::parse_duration(s)
-                    .unwrap_or_else(|e| panic!("[{t}] `{key}`: bound {s:?}: {e}"))
+            if word != "integer" && word != "duration" {
+                continue;
+            }
+            let (lo, hi) = range.split_once('–').unwrap_or_else(|| {
+                panic!("[{t}] `{key}`: type {kind:?} does not give a range like `{word} A–B`")
+            });
+            let range = if word == "integer" {
+                let n = |s: &str| {
+                    s.parse::<i64>()
+                        .unwrap_or_else(|e| panic!("[{t}] `{key}`: bound {s:?}: {e}"))
+                };
+                Range::Int(n(lo), n(hi))
+            } else {
+                let d = |s: &str| {
+                    humantime::parse_duration(s)
+                        .unwrap_or_else(|e| panic!("[{t}] `{key}`: bound {s:?}: {e}"))
+                };
+                Range::Dur(d(lo), d(hi))
             };
-            Range::Dur(d(lo), d(hi))
-        };
-        out.push(NumKey {
-            table: t.clone(),
-            key: key.to_string(),
-            range,
-        });
+            out.push(NumKey {
+                table: t.clone(),
+                key: key.to_string(),
+                range,
+            });
+        }
     }
     assert!(out.len() >= 20, "too few numeric keys found: {out:?}");
     out
@@ -224,17 +207,8 @@ fn check_refuses_an_absurd_max_connections() {
         "[limits]\nmax_connections = 4000000000000000000\n\n{MINIMAL_BODY}\n[clusters.brokers]\n{NODES}"
     );
     std::fs::write(&file, text).expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_mqgate"))
-        .args(["check", "-c"])
-        .arg(&file)
-        .output()
-        .expect("run mqgate check");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "check must refuse it:\n{stderr}"
-    );
+    let (code, _, stderr) = mqgate_check(&file);
+    assert_eq!(code, Some(1), "check must refuse it:\n{stderr}");
     assert!(
         stderr.contains(":2: key `limits.max_connections`: must be at least 1 and at most 100000000, got 4000000000000000000"),
         "{stderr}"
@@ -252,18 +226,11 @@ fn a_reload_with_an_absurd_max_connections_is_refused_and_later_edits_apply() {
     let (listen, admin, more) = (free_port(), free_port(), free_port());
     let good = basic_config(listen, admin, "dynsec", &[&n1], "");
     let gate = Gate::start(d, "gw", &good, admin);
-    wait_until(Duration::from_secs(10), "n1 up", || {
-        gate.metric("mqgate_node_up", &[("node", "n1")]) == 1.0
-    });
+    gate.wait_node_up("n1");
     drop(raw_session(listen, "before"));
 
-    let save = |text: &str| {
-        let tmp = gate.config.with_extension("toml.tmp");
-        std::fs::write(&tmp, text).expect("write temp config");
-        std::fs::rename(&tmp, &gate.config).expect("rename config");
-    };
     let reloads = |result: &str| gate.metric("mqgate_config_reloads_total", &[("result", result)]);
-    save(&format!(
+    gate.save_config(&format!(
         "[limits]\nmax_connections = 4000000000000000000\n{good}"
     ));
     wait_until(
@@ -280,7 +247,7 @@ fn a_reload_with_an_absurd_max_connections_is_refused_and_later_edits_apply() {
     drop(raw_session(listen, "after-refusal"));
 
     // A good edit: a smaller limit and one more listener.
-    save(&format!(
+    gate.save_config(&format!(
         "[limits]\nmax_connections = 1000\n{good}\n[[listeners]]\nname = \"more\"\nbind = \"127.0.0.1:{more}\"\ncluster = \"brokers\"\n"
     ));
     wait_until(Duration::from_secs(10), "the good edit applied", || {
@@ -331,16 +298,25 @@ fn apply_keeps_the_connection_limit_exact_whatever_the_config_says() {
 
 // ---- the property test ----
 
-/// Panics on any thread of this test binary, the gateway's tasks included (tokio would
-/// otherwise swallow a panicking connection or reload task).
+/// Panics on the threads of the gateway under test: its runtime's, named
+/// [`GATEWAY_THREADS`], and the library's own (`mqgate-conn-N`). tokio would otherwise
+/// swallow a panicking connection or reload task. (The other tests of this binary run
+/// meanwhile: their panics are not counted here.)
 static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+/// The name of the in-process gateway's runtime threads.
+const GATEWAY_THREADS: &str = "bounds-gateway";
 
 fn count_panics() {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            PANICS.fetch_add(1, Ordering::SeqCst);
+            let thread = std::thread::current();
+            let name = thread.name().unwrap_or("");
+            if name.starts_with(GATEWAY_THREADS) || name.starts_with("mqgate-") {
+                PANICS.fetch_add(1, Ordering::SeqCst);
+            }
             default(info)
         }));
     });
@@ -448,20 +424,13 @@ fn generated(s: &Setup, keys: &[NumKey], vals: &[Gen]) -> (String, bool) {
     (config_with(&body, &extra), in_range)
 }
 
-/// A CONNECT (3.1.1) that keeps its session, so that it gets a sticky entry.
-fn connect_v311_persistent(id: &str) -> Vec<u8> {
-    let mut body = mqtt_field(b"MQTT");
-    body.extend([4, 0x00, 0, 30]);
-    body.extend(mqtt_field(id.as_bytes()));
-    mqtt_packet(0x10, &body)
-}
-
 /// Clients of each listener: a CONNECT on the plain one (read for a moment: a CONNACK,
 /// a close, or nothing while it is held), the start of a ClientHello on the TLS one,
 /// a few bytes of a header on the PROXY one. Each then goes away.
 fn poke(s: &Setup) {
     if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", s.plain)) {
-        let _ = c.write_all(&connect_v311_persistent("prop"));
+        // A CONNECT (3.1.1) that keeps its session, so that it gets a sticky entry.
+        let _ = c.write_all(&Connect::new("prop").persistent().keep_alive(30).bytes());
         let _ = read_to_close(&mut c, Duration::from_millis(200));
     }
     for port in [s.tls, s.proxy] {
@@ -528,15 +497,8 @@ async fn start_serve_reload(s: &Setup, file: &Path, second: &str) -> Result<(), 
 
 /// Run `mqgate check -c FILE`: did it accept the file?
 fn check_accepts(file: &Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mqgate"))
-        .args(["check", "-c"])
-        .arg(file)
-        .output()
-        .expect("run mqgate check");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, _, stderr) = mqgate_check(file);
+    (code == Some(0), stderr)
 }
 
 #[test]
@@ -592,6 +554,7 @@ fn any_config_check_accepts_starts_and_reloads() {
         let second = if second_ok { second } else { first.clone() };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            .thread_name(GATEWAY_THREADS)
             .enable_all()
             .build()
             .map_err(|e| TestCaseError::fail(format!("runtime: {e}")))?;

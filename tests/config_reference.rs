@@ -9,8 +9,7 @@
 //!   documented default gives the same `Config` as one that leaves them all out;
 //! - every row has a type and a meaning.
 
-mod common;
-
+use crate::common::{docs, tempdir, Pki};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -26,34 +25,18 @@ struct Row {
 
 /// Table path as written in a heading (`listeners`, `clusters.NAME.health`, ...) → rows.
 fn reference() -> BTreeMap<String, Vec<Row>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md");
-    let text = std::fs::read_to_string(&path).expect("read docs/configuration.md");
     let mut out: BTreeMap<String, Vec<Row>> = BTreeMap::new();
-    let mut current: Option<String> = None;
-    for line in text.lines() {
-        if line.starts_with('#') {
-            current = line
-                .split('`')
-                .nth(1)
-                .filter(|s| s.starts_with('['))
-                .map(|s| s.trim_matches(|c| c == '[' || c == ']').to_string());
-            if let Some(c) = &current {
-                out.entry(c.clone()).or_default();
-            }
-            continue;
+    for (table, rows) in docs::config_reference() {
+        let entry = out.entry(table.clone()).or_default();
+        for cells in rows {
+            assert_eq!(cells.len(), 4, "row of [{table}] needs 4 cells: {cells:?}");
+            entry.push(Row {
+                key: cells[0].trim_matches('`').to_string(),
+                kind: cells[1].clone(),
+                default: cells[2].clone(),
+                meaning: cells[3].clone(),
+            });
         }
-        let Some(table) = &current else { continue };
-        if !line.starts_with("| `") {
-            continue;
-        }
-        let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
-        assert_eq!(cells.len(), 4, "row of [{table}] needs 4 cells: {line}");
-        out.get_mut(table).expect("table entry").push(Row {
-            key: cells[0].trim_matches('`').to_string(),
-            kind: cells[1].to_string(),
-            default: cells[2].to_string(),
-            meaning: cells[3].to_string(),
-        });
     }
     out
 }
@@ -98,7 +81,7 @@ ca = "{dir}/ca.pem"
 "#;
 
 fn skeleton(dir: &Path) -> toml_edit::DocumentMut {
-    let pki = common::Pki::new("reference test CA");
+    let pki = Pki::new("reference test CA");
     let (ca, _, _) = pki.write_server(dir, "x");
     std::fs::copy(&ca, dir.join("ca.pem")).expect("ca");
     std::fs::copy(dir.join("x-cert.pem"), dir.join("cert.pem")).expect("cert");
@@ -164,7 +147,7 @@ fn accepted_keys(dir: &Path, path: Option<&str>) -> BTreeSet<String> {
 
 #[test]
 fn every_accepted_key_is_documented_and_every_documented_key_is_accepted() {
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     let doc = reference();
     assert!(
         doc.len() >= 10,
@@ -217,7 +200,7 @@ fn every_accepted_key_is_documented_and_every_documented_key_is_accepted() {
 
 #[test]
 fn documented_defaults_are_the_real_defaults() {
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     let mut spelled = skeleton(tmp.path());
     let mut inserted = 0;
     for (table, rows) in reference() {

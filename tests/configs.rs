@@ -11,18 +11,13 @@
 //! get their environment variable set. Everything else in the file is checked as
 //! written.
 
-mod common;
-
+use crate::common::{docs, free_port, mqgate_check, repo, tempdir, wait_until, Pki};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The examples this repository must ship (SPEC / issue 9); others in `configs/` are
 /// checked too.
 const REQUIRED: &[&str] = &["minimal.toml", "tls-mtls.toml", "proxy-protocol.toml"];
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// All TOML files under `dir` (not recursive), sorted.
 fn toml_files(dir: &Path) -> Vec<PathBuf> {
@@ -72,7 +67,7 @@ fn file_kind(table_name: &str, key: &str) -> Option<FileKind> {
 }
 
 struct Materials {
-    pki: common::Pki,
+    pki: Pki,
     cert: String,
     key: String,
     /// Environment variables named by `*_env` keys, with the value given to them.
@@ -82,7 +77,7 @@ struct Materials {
 
 impl Materials {
     fn new() -> Materials {
-        let pki = common::Pki::new("mqgate example CA");
+        let pki = Pki::new("mqgate example CA");
         let (cert, key) = pki.leaf("mqgate.example", &["mqgate.example", "localhost"]);
         Materials {
             pki,
@@ -201,24 +196,12 @@ fn doc_examples(dir: &Path) -> Vec<PathBuf> {
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or("doc");
-        let mut block: Option<String> = None;
-        for line in text.lines() {
-            match (&mut block, line.trim_end()) {
-                (None, "```toml") => block = Some(String::new()),
-                (Some(b), "```") => {
-                    let n = out.len();
-                    let p = dir.join(format!("{stem}-block{n}.toml"));
-                    std::fs::write(&p, format!("# from {doc}\n# (example)\n# (block {n})\n{b}"))
-                        .expect("write doc block");
-                    out.push(p);
-                    block = None;
-                }
-                (Some(b), l) => {
-                    b.push_str(l);
-                    b.push('\n');
-                }
-                (None, _) => {}
-            }
+        for b in docs::code_blocks(&text, "toml") {
+            let n = out.len();
+            let p = dir.join(format!("{stem}-block{n}.toml"));
+            std::fs::write(&p, format!("# from {doc}\n# (example)\n# (block {n})\n{b}"))
+                .expect("write doc block");
+            out.push(p);
         }
     }
     out
@@ -252,7 +235,7 @@ fn required_examples_exist_and_explain_themselves() {
 
 #[test]
 fn every_example_config_loads_and_passes_mqgate_check() {
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     let mut m = Materials::new();
     let blocks = tmp.path().join("doc-blocks");
     std::fs::create_dir_all(&blocks).expect("mkdir");
@@ -304,13 +287,18 @@ fn every_example_config_loads_and_passes_mqgate_check() {
             ));
         }
     }
+    // They were for `config::load` in this process; every test of this binary starts
+    // its processes with this environment.
+    for (var, _) in &m.env {
+        std::env::remove_var(var);
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 #[test]
 fn a_broken_example_is_caught() {
     // The rewrite must not hide real mistakes: a typo in a key still fails.
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     let mut m = Materials::new();
     let src = tmp.path().join("typo.toml");
     let minimal =
@@ -319,28 +307,8 @@ fn a_broken_example_is_caught() {
     let copy = prepare(&src, tmp.path(), &mut m);
     let e = mqgate::config::load(&copy).expect_err("a misspelt key must be refused");
     assert!(e.to_string().contains("max_conections"), "{e}");
-    let out = Command::new(env!("CARGO_BIN_EXE_mqgate"))
-        .arg("check")
-        .arg("-c")
-        .arg(&copy)
-        .output()
-        .expect("run mqgate check");
-    assert_eq!(out.status.code(), Some(1));
-}
-
-/// Run `mqgate check -c FILE`: (exit code, stdout, stderr).
-fn check(file: &Path) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mqgate"))
-        .arg("check")
-        .arg("-c")
-        .arg(file)
-        .output()
-        .expect("run mqgate check");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, _, _) = mqgate_check(&copy);
+    assert_eq!(code, Some(1));
 }
 
 /// A TLS listener (and optionally TLS peers) over the files `tls` / `peers_tls` name.
@@ -361,7 +329,7 @@ fn tls_config(listen_tls: &str, peers_tls: Option<&str>) -> String {
 /// TLS material in `dir`: `cert.pem` + `key.pem` (a pair), `other-key.pem` (another
 /// key), `ca.pem`, and `garbage.pem` (not PEM at all).
 fn tls_files(dir: &Path) {
-    let pki = common::Pki::new("check test CA");
+    let pki = Pki::new("check test CA");
     let (cert, key) = pki.leaf("localhost", &["localhost"]);
     let (_, other_key) = pki.leaf("other", &["other"]);
     for (name, content) in [
@@ -379,7 +347,7 @@ fn tls_files(dir: &Path) {
 /// exactly as `run` does, and names the key and the file that is wrong.
 #[test]
 fn check_refuses_the_tls_material_run_would_refuse() {
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     let d = tmp.path();
     tls_files(d);
     let f = |n: &str| d.join(n).display().to_string();
@@ -388,7 +356,7 @@ fn check_refuses_the_tls_material_run_would_refuse() {
 
     let good = d.join("good.toml");
     std::fs::write(&good, tls_config(&pair, Some(&peers_pair))).expect("write");
-    let (code, stdout, stderr) = check(&good);
+    let (code, stdout, stderr) = mqgate_check(&good);
     assert_eq!(code, Some(0), "a good pair must pass:\n{stdout}\n{stderr}");
 
     // (what, [listeners.tls], [peers.tls], key named in the error, words in it)
@@ -476,7 +444,7 @@ fn check_refuses_the_tls_material_run_would_refuse() {
     for (what, listen, peers, key, fragments) in cases {
         let file = d.join("case.toml");
         std::fs::write(&file, tls_config(listen, peers.as_deref())).expect("write");
-        let (code, stdout, stderr) = check(&file);
+        let (code, stdout, stderr) = mqgate_check(&file);
         let want_key = format!("key `{key}`: ");
         let ok = code == Some(1)
             && stderr.contains(&want_key)
@@ -494,7 +462,7 @@ fn check_refuses_the_tls_material_run_would_refuse() {
 /// peers' too (which used to be applied after the swap, its error only logged).
 #[test]
 fn reload_refuses_bad_tls_material_before_anything_changes() {
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     let d = tmp.path();
     tls_files(d);
     let f = |n: &str| d.join(n).display().to_string();
@@ -560,9 +528,9 @@ fn reload_refuses_bad_tls_material_before_anything_changes() {
 /// and logs the same warning at start-up.
 #[test]
 fn max_connections_beyond_the_open_file_limit_is_warned_about() {
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     let file = tmp.path().join("mqgate.toml");
-    let admin = common::free_port();
+    let admin = free_port();
     std::fs::write(
         &file,
         format!(
@@ -607,7 +575,7 @@ fn max_connections_beyond_the_open_file_limit_is_warned_about() {
         .spawn()
         .expect("start mqgate run under sh");
     let text = || std::fs::read_to_string(&log).unwrap_or_default();
-    common::wait_until(
+    wait_until(
         std::time::Duration::from_secs(20),
         "the open-file warning in the start-up log",
         || text().contains("needs up to 2001 open files"),
@@ -627,7 +595,7 @@ fn max_connections_beyond_the_open_file_limit_is_warned_about() {
 /// a duration written as a number.
 #[test]
 fn check_shows_the_renamed_key_warning_and_full_key_paths() {
-    let tmp = common::tempdir();
+    let tmp = tempdir();
     let file = tmp.path().join("mqgate.toml");
     let base = "[[listeners]]\nname = \"mqtt\"\nbind = \"127.0.0.1:0\"\ncluster = \"brokers\"\n\n\
                 [clusters.brokers]\nnodes = [ { name = \"n1\", address = \"127.0.0.1:1\" } ]\n";
@@ -636,7 +604,7 @@ fn check_shows_the_renamed_key_warning_and_full_key_paths() {
         format!("[limits]\nconnect_timeout = \"7s\"\n\n{base}"),
     )
     .expect("write");
-    let (code, stdout, stderr) = check(&file);
+    let (code, stdout, stderr) = mqgate_check(&file);
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("CONNECT within 7s"), "{stdout}");
     assert!(
@@ -646,7 +614,7 @@ fn check_shows_the_renamed_key_warning_and_full_key_paths() {
     );
 
     std::fs::write(&file, format!("{base}connect_timeout = 5000\n")).expect("write");
-    let (code, _, stderr) = check(&file);
+    let (code, _, stderr) = mqgate_check(&file);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains(

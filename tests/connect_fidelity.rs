@@ -2,9 +2,8 @@
 //! protocol level: edge-case CONNECTs sent straight to a real Mosquitto and through
 //! mqgate must get the same outcome (accepted, refused with a code, or closed).
 
-mod common;
-
-use common::*;
+use crate::common::mqtt::connect_raw;
+use crate::common::*;
 use std::io::{Read, Write};
 use std::time::Duration;
 
@@ -34,41 +33,25 @@ fn outcome(port: u16, packet: &[u8]) -> Outcome {
     }
 }
 
-fn field(b: &[u8]) -> Vec<u8> {
-    let mut v = (b.len() as u16).to_be_bytes().to_vec();
-    v.extend_from_slice(b);
-    v
-}
-
 /// A CONNECT: first byte, protocol name and level, connect flags, keep alive 10,
 /// [v5: empty properties], then the payload fields.
 fn connect(first: u8, name: &[u8], level: u8, flags: u8, payload: &[&[u8]]) -> Vec<u8> {
-    let mut body = field(name);
-    body.push(level);
-    body.push(flags);
-    body.extend_from_slice(&10u16.to_be_bytes());
+    let mut rest = Vec::new();
     if level == 5 {
-        body.push(0);
+        rest.push(0);
     }
     for p in payload {
-        body.extend_from_slice(&field(p));
+        rest.extend(mqtt_field(p));
     }
-    let mut out = vec![first];
-    put_remaining_len(&mut out, body.len());
-    out.extend(body);
-    out
+    connect_raw(first, name, level, flags, 10, &[&rest])
 }
 
 #[test]
 fn edge_case_connects_get_what_mosquitto_gives_them() {
     let dir = tempdir();
     let broker = Mosquitto::start("b1", dir.path());
-    let (port, admin) = (free_port(), free_port());
-    let toml = basic_config(port, admin, "dynsec", &[&broker], "");
-    let gate = Gate::start(dir.path(), "gate", &toml, admin);
-    wait_until(Duration::from_secs(10), "node up", || {
-        gate.metric("mqgate_node_up", &[("node", "b1")]) == 1.0
-    });
+    let (gate, port) = Gate::basic(dir.path(), "dynsec", &[&broker]);
+    gate.wait_node_up("b1");
     let v31 = b"MQIsdp";
     let v311 = b"MQTT";
     let cases: Vec<(&str, Vec<u8>)> = vec![

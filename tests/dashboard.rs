@@ -2,11 +2,8 @@
 //! variable, whose every query names metrics that mqgate exports and is valid PromQL
 //! that returns data from a real Prometheus scraping a real gateway.
 
-mod common;
-mod obs_util;
-
-use common::{tempdir, Gate, Mosquitto};
-use obs_util::{run_scenario, scenario_config, tls_port, Prometheus};
+use crate::common::observe::{run_scenario, scenario_config, Prometheus};
+use crate::common::{tempdir, Gate, Mosquitto};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -124,10 +121,10 @@ fn every_dashboard_query_runs_against_prometheus() {
     let a = Mosquitto::start("node1", dir.path());
     let b = Mosquitto::start("node2", dir.path());
     let c = Mosquitto::start("solo", dir.path());
-    let (toml, plain, fs, admin) = scenario_config(dir.path(), &a, &b, &c);
-    let gate = Gate::start(dir.path(), "gate", &toml, admin);
+    let (toml, ports) = scenario_config(dir.path(), &a, &b, &c);
+    let gate = Gate::start(dir.path(), "gate", &toml, ports.admin);
     let prom = Prometheus::start(gate.admin_port);
-    run_scenario(&gate, plain, fs, tls_port(&toml));
+    run_scenario(&gate, &ports);
     let exported = gate.metrics();
     let d = dashboard();
     let all = exprs(&d);

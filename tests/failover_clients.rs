@@ -11,13 +11,9 @@
 //! Needs mosquitto-clients, python3 with paho-mqtt, and node with tests/clients'
 //! node_modules (integration/test installs them).
 
-mod cluster_util;
-mod common;
-
-use cluster_util::{gate_config, Client, Opts};
-use common::{free_port, tempdir, wait_until, Gate, Mosquitto};
+use crate::common::tools::{clients_dir, mqtt_js_sub, paho_python};
+use crate::common::*;
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,10 +21,6 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
 const TOPIC: &str = "fo/#";
-
-fn clients_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
-}
 
 /// Append every line `r` yields to `into`.
 fn collect(r: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
@@ -91,7 +83,7 @@ impl Sub {
 
     fn paho(port: u16, version: &str) -> Sub {
         let id = format!("paho-{version}");
-        let mut c = Command::new("python3");
+        let mut c = paho_python();
         c.arg(clients_dir().join("paho_sub.py")).args([
             "127.0.0.1",
             &port.to_string(),
@@ -105,13 +97,7 @@ impl Sub {
     /// MQTT.js's `mqtt sub` command, which ends itself on any client error.
     fn mqtt_js(port: u16, version: u8) -> Sub {
         let id = format!("mqttjs-v{version}");
-        let bin = clients_dir().join("node_modules/mqtt/build/bin/sub.js");
-        assert!(
-            bin.exists(),
-            "{} missing: run `npm ci` in tests/clients (integration/test does)",
-            bin.display()
-        );
-        let mut c = Command::new("node");
+        let (mut c, bin) = mqtt_js_sub();
         c.arg(bin)
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", TOPIC])
             .args(["-i", &id, "-v", "--protocolVersion", &version.to_string()]);
@@ -237,7 +223,7 @@ fn until_every_subscriber_receives(round: &str, ports: &[u16], subs: &mut [Sub])
                 let payload = format!("{round}-{n}");
                 for p in ports {
                     if let Ok((mut c, _)) =
-                        Client::accepted(*p, &Opts::new(&format!("pub-{round}")))
+                        Client::accepted(*p, &Connect::new(&format!("pub-{round}")))
                     {
                         let _ = c.publish("fo/check", payload.as_bytes());
                         c.disconnect();
@@ -272,24 +258,25 @@ fn none_ended(subs: &mut [Sub]) {
     }
 }
 
+/// Clients closed or refused because no node could take them.
+fn refused(gate: &Gate) -> f64 {
+    gate.metric(
+        "mqgate_connections_rejected_total",
+        &[("reason", "no_node")],
+    )
+}
+
 #[test]
 fn full_sync_failover_keeps_every_common_client() {
     let dir = tempdir();
     let mut m1 = Mosquitto::start("node1", dir.path());
     let mut m2 = Mosquitto::start("node2", dir.path());
     m2.stop(); // a follower: its client listener is closed
-    let (listen, admin) = (free_port(), free_port());
-    // queue_timeout and no_node_reply keep their defaults.
-    let cfg = gate_config(
-        listen,
-        admin,
-        "full-sync",
-        &[("node1", m1.address()), ("node2", m2.address())],
-        "",
-        "",
-        "",
-    );
-    let gate = Gate::start(dir.path(), "gate", &cfg, admin);
+               // queue_timeout and no_node_reply keep their defaults.
+    let nodes = &[("node1", m1.address()), ("node2", m2.address())];
+    let (gate, listen) = Gate::start_with(dir.path(), "gate", |listen, admin| {
+        gate_config(listen, admin, "full-sync", nodes, "", "", "")
+    });
     wait_until(T, "node1 elected leader", || {
         gate.metric("mqgate_node_leader", &[("node", "node1")]) == 1.0
     });
@@ -313,14 +300,7 @@ fn full_sync_failover_keeps_every_common_client() {
         gate.metric("mqgate_queue_total", &[("result", "routed")]) >= 1.0,
         "some clients were held and then routed"
     );
-    assert_eq!(
-        gate.metric(
-            "mqgate_connections_rejected_total",
-            &[("reason", "no_node")]
-        ),
-        0.0,
-        "no client had to be refused"
-    );
+    assert_eq!(refused(&gate), 0.0, "no client had to be refused");
 }
 
 #[test]
@@ -328,17 +308,10 @@ fn dynsec_cluster_restarting_every_node_keeps_every_common_client() {
     let dir = tempdir();
     let mut m1 = Mosquitto::start("node1", dir.path());
     let mut m2 = Mosquitto::start("node2", dir.path());
-    let (listen, admin) = (free_port(), free_port());
-    let cfg = gate_config(
-        listen,
-        admin,
-        "dynsec",
-        &[("node1", m1.address()), ("node2", m2.address())],
-        "",
-        "",
-        "",
-    );
-    let gate = Gate::start(dir.path(), "gate", &cfg, admin);
+    let nodes = &[("node1", m1.address()), ("node2", m2.address())];
+    let (gate, listen) = Gate::start_with(dir.path(), "gate", |listen, admin| {
+        gate_config(listen, admin, "dynsec", nodes, "", "", "")
+    });
     for n in ["node1", "node2"] {
         wait_until(T, "both nodes up", || {
             gate.metric("mqgate_node_up", &[("node", n)]) == 1.0
@@ -356,14 +329,7 @@ fn dynsec_cluster_restarting_every_node_keeps_every_common_client() {
     m2.resume();
     until_every_subscriber_receives("after", &ports, &mut subs);
     none_ended(&mut subs);
-    assert_eq!(
-        gate.metric(
-            "mqgate_connections_rejected_total",
-            &[("reason", "no_node")]
-        ),
-        0.0,
-        "no client had to be refused"
-    );
+    assert_eq!(refused(&gate), 0.0, "no client had to be refused");
 }
 
 /// Why `no_node_reply = "close"` is the default, measured: with no node to take them,
@@ -375,17 +341,17 @@ fn refusing_connack_ends_common_clients_and_a_close_does_not() {
     let dir = tempdir();
     let broker_port = free_port(); // nothing listens here yet
     let gate_with = |name: &str, reply: &str| {
-        let (listen, admin) = (free_port(), free_port());
-        let cfg = gate_config(
-            listen,
-            admin,
-            "dynsec",
-            &[("node1", format!("127.0.0.1:{broker_port}"))],
-            &format!("queue_timeout = \"0s\"\nno_node_reply = \"{reply}\"\n"),
-            "",
-            "",
-        );
-        (Gate::start(dir.path(), name, &cfg, admin), listen)
+        Gate::start_with(dir.path(), name, |listen, admin| {
+            gate_config(
+                listen,
+                admin,
+                "dynsec",
+                &[("node1", format!("127.0.0.1:{broker_port}"))],
+                &format!("queue_timeout = \"0s\"\nno_node_reply = \"{reply}\"\n"),
+                "",
+                "",
+            )
+        })
     };
     let ending = |port: u16| {
         vec![
@@ -405,28 +371,15 @@ fn refusing_connack_ends_common_clients_and_a_close_does_not() {
             || !s.running(),
         );
     }
-    assert!(
-        refusing.metric(
-            "mqgate_connections_rejected_total",
-            &[("reason", "no_node")]
-        ) >= 4.0
-    );
+    assert!(refused(&refusing) >= 4.0);
 
     let (closing, port) = gate_with("gate-close", "close");
     let mut subs = ending(port);
     wait_until(T, "each client closed three times or more", || {
-        closing.metric(
-            "mqgate_connections_rejected_total",
-            &[("reason", "no_node")],
-        ) >= 12.0
+        refused(&closing) >= 12.0
     });
     none_ended(&mut subs);
-    let broker = Mosquitto::start_on(
-        "node1",
-        dir.path(),
-        broker_port,
-        common::MosquittoOpts::default(),
-    );
+    let broker = Mosquitto::start_on("node1", dir.path(), broker_port, MosquittoOpts::default());
     until_every_subscriber_receives("node-up", &[broker.port], &mut subs);
     none_ended(&mut subs);
 }

@@ -6,11 +6,12 @@
 //! is replayed by its own test at the end; other corpus directories are ignored.
 //!
 //! The seed files are written by `write_seed_corpus` below, from real encoders:
-//! `cargo test --test fuzz_corpus -- --ignored write_seed_corpus`.
+//! `cargo test --test integration -- --ignored write_seed_corpus`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::common::mqtt::{connect_raw, mqtt_field as s};
 use bytes::{Bytes, BytesMut};
 use mqgate::mqtt::{connack_reply, encode_connect_v311};
 
@@ -56,25 +57,10 @@ fn replay_fuzz_corpora() {
     assert!(failures.is_empty(), "corpus inputs failed: {failures:#?}");
 }
 
-/// A CONNECT built by hand, for what no encoder here writes (MQTT 3.1, bad bytes).
+/// A CONNECT built by hand (keep alive 60 s), for what no encoder here writes (MQTT
+/// 3.1, bad bytes); `rest` is given already encoded (`s`: a length-prefixed field).
 fn raw_connect(name: &[u8], level: u8, flags: u8, rest: &[&[u8]]) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&u16::try_from(name.len()).unwrap().to_be_bytes());
-    body.extend_from_slice(name);
-    body.extend_from_slice(&[level, flags, 0x00, 0x3C]);
-    for part in rest {
-        body.extend_from_slice(part);
-    }
-    assert!(body.len() < 128, "one-byte remaining length only");
-    let mut out = vec![0x10, u8::try_from(body.len()).unwrap()];
-    out.extend(body);
-    out
-}
-
-fn s(bytes: &[u8]) -> Vec<u8> {
-    let mut out = u16::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
-    out.extend_from_slice(bytes);
-    out
+    connect_raw(0x10, name, level, flags, 60, rest)
 }
 
 fn connect_seeds() -> Vec<(&'static str, Vec<u8>)> {

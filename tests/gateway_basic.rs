@@ -6,9 +6,8 @@
 //! `limits.threads` spreads sessions over that many connection threads, and
 //! `mqgate check` reports what an operator needs.
 
-mod common;
-
-use common::*;
+use crate::common::mqtt::connack_v5_with_reason;
+use crate::common::*;
 use std::io::Write;
 use std::net::Shutdown;
 use std::process::Command;
@@ -41,9 +40,7 @@ fn setup(n: usize, cluster_extra: &str, health: Option<&str>) -> Setup {
     }
     let gate = Gate::start(dir.path(), "gate", &toml, admin);
     for b in &brokers {
-        wait_until(Duration::from_secs(10), "node up", || {
-            gate.metric("mqgate_node_up", &[("node", &b.name)]) == 1.0
-        });
+        gate.wait_node_up(&b.name);
     }
     Setup {
         dir,
@@ -392,15 +389,7 @@ fn dead_broker_makes_the_next_node_take_the_client() {
     // reason string that says why).
     s.brokers[1].stop();
     let reason = b"mqgate: 2 node(s) refused the connection after holding the client for 1s";
-    let mut v5_reply = vec![
-        0x20,
-        (6 + reason.len()) as u8,
-        0x00,
-        0x88,
-        (3 + reason.len()) as u8,
-    ];
-    v5_reply.extend([0x1F, 0x00, reason.len() as u8]);
-    v5_reply.extend(reason);
+    let v5_reply = connack_v5_with_reason(0x88, reason);
     for (pkt, want) in [
         (connect_v311("none3"), vec![0x20, 0x02, 0x00, 0x03]),
         (connect_v5("none5"), v5_reply),
@@ -424,13 +413,6 @@ fn dead_broker_makes_the_next_node_take_the_client() {
         2.0
     );
     let _ = &s.dir;
-}
-
-fn mqgate(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_mqgate"))
-        .args(args)
-        .output()
-        .expect("run mqgate")
 }
 
 #[test]
@@ -570,13 +552,9 @@ fn client_reset_is_passed_on_to_the_broker_and_leaves_no_time_wait() {
     assert_eq!(read_exact_n(&mut sub, 5)[0], 0x90, "SUBACK");
 
     // CONNECT 3.1.1 with a will (flags: clean session, will, QoS 0), keep-alive 60.
-    let mut body = mqtt_field(b"MQTT");
-    body.extend([0x04, 0x06, 0x00, 0x3C]);
-    body.extend(mqtt_field(b"resetter"));
-    body.extend(mqtt_field(b"reset/will"));
-    body.extend(mqtt_field(b"gone"));
+    let connect = Connect::new("resetter").will("reset/will", b"gone");
     let mut c = tcp(s.port);
-    c.write_all(&mqtt_packet(0x10, &body)).expect("CONNECT");
+    c.write_all(&connect.bytes()).expect("CONNECT");
     assert_eq!(
         read_exact_n(&mut c, 4),
         [0x20, 0x02, 0x00, 0x00],
@@ -793,9 +771,7 @@ fn connection_threads_take_sessions_in_turn_with_both_sockets_on_one_thread() {
             basic_config(port, admin, "dynsec", &[&broker], "")
         );
         let gate = Gate::start(dir.path(), "gate", &toml, admin);
-        wait_until(Duration::from_secs(10), "node up", || {
-            gate.metric("mqgate_node_up", &[("node", "b1")]) == 1.0
-        });
+        gate.wait_node_up("b1");
         let pid = gate.pid().expect("gateway pid");
         let names = connection_threads(pid);
         assert_eq!(names.len(), threads, "connection threads: {names:?}");

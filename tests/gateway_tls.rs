@@ -3,9 +3,9 @@
 //! listener, mutual TLS with a client certificate accepted and refused, and handshakes
 //! that fail or never happen — each refusal counted as `tls`.
 
-mod common;
-
-use common::*;
+use crate::common::pki::write;
+use crate::common::tools::OPENSSL;
+use crate::common::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,12 +28,6 @@ struct Setup {
     client_key: PathBuf,
     rogue_cert: PathBuf,
     rogue_key: PathBuf,
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).expect("write PEM");
-    p
 }
 
 fn setup() -> Setup {
@@ -62,9 +56,7 @@ fn setup() -> Setup {
         addr = broker.address(),
     );
     let gate = Gate::start(d, "gate", &toml, admin);
-    wait_until(Duration::from_secs(10), "node up", || {
-        gate.metric("mqgate_node_up", &[("node", "b1")]) == 1.0
-    });
+    gate.wait_node_up("b1");
     Setup {
         client_cert: write(d, "client.pem", &cc),
         client_key: write(d, "client.key", &ck),
@@ -335,7 +327,8 @@ fn cipher_suite_is_aes_128_gcm_unless_the_client_puts_chacha20_first() {
     }
     // A real OpenSSL client, default suites: AES-128-GCM too.
     let ca = s.ca.to_str().expect("path");
-    let out = Command::new("openssl")
+    let out = OPENSSL
+        .command()
         .args(["s_client", "-connect", &format!("127.0.0.1:{}", s.tls)])
         .args(["-CAfile", ca, "-servername", "localhost", "-brief"])
         .stdin(std::process::Stdio::null())

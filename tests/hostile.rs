@@ -7,20 +7,20 @@
 //! meanwhile. (Single refusals, `max_connections` and `per_ip_connect_rate` are in
 //! `tests/bad_input.rs`.)
 
-mod common;
-
-use common::*;
-use std::io::{ErrorKind, Read, Write};
+use crate::common::mqtt::{closed_within, session, DISCONNECT};
+use crate::common::tools::PRLIMIT;
+use crate::common::*;
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const REJECTED: &str = "mqgate_connections_rejected_total";
-const CONNACK_OK: [u8; 4] = [0x20, 0x02, 0x00, 0x00];
 
+/// An MQTT 3.1.1 CONNECT (clean session, keep alive 30 s).
 fn connect(id: &str) -> Vec<u8> {
-    mqgate::mqtt::encode_connect_v311(id, None, None, 30)
+    Connect::new(id).keep_alive(30).bytes()
 }
 
 fn status_field(pid: u32, field: &str) -> u64 {
@@ -38,16 +38,7 @@ fn rss_mb(gate: &Gate) -> u64 {
 
 /// A well-behaved client: CONNECT, CONNACK, QoS 1 PUBLISH, PUBACK, DISCONNECT.
 fn good_session(port: u16, id: &str) -> Result<(), String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(&connect(id))
-        .map_err(|e| format!("write: {e}"))?;
-    let mut ack = [0u8; 4];
-    s.read_exact(&mut ack)
-        .map_err(|e| format!("CONNACK: {e}"))?;
-    if ack != CONNACK_OK {
-        return Err(format!("CONNACK {ack:02x?}"));
-    }
+    let mut s = session(port, &Connect::new(id).keep_alive(30))?;
     // PUBLISH QoS 1 "h/t" id 7 "x"
     s.write_all(&[0x32, 0x08, 0x00, 0x03, b'h', b'/', b't', 0x00, 0x07, b'x'])
         .map_err(|e| format!("publish: {e}"))?;
@@ -57,25 +48,8 @@ fn good_session(port: u16, id: &str) -> Result<(), String> {
     if puback != [0x40, 0x02, 0x00, 0x07] {
         return Err(format!("PUBACK {puback:02x?}"));
     }
-    let _ = s.write_all(&[0xe0, 0x00]);
+    let _ = s.write_all(&DISCONNECT);
     Ok(())
-}
-
-/// Did the peer close `s` (EOF or reset) within `within`?
-fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-    let end = Instant::now() + within;
-    let mut buf = [0u8; 1024];
-    while Instant::now() < end {
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => return true,
-        }
-    }
-    false
 }
 
 fn gate_over(dir: &std::path::Path, broker: &Mosquitto, limits: &str) -> (Gate, u16) {
@@ -85,9 +59,7 @@ fn gate_over(dir: &std::path::Path, broker: &Mosquitto, limits: &str) -> (Gate, 
         basic_config(port, admin, "dynsec", &[broker], "")
     );
     let gate = Gate::start(dir, "gate", &toml, admin);
-    wait_until(Duration::from_secs(10), "node up", || {
-        gate.metric("mqgate_node_up", &[("node", &broker.name)]) == 1.0
-    });
+    gate.wait_node_up(&broker.name);
     (gate, port)
 }
 
@@ -178,7 +150,8 @@ fn declared_256mb_connect_is_closed_without_buffering() {
             let sent = sent.clone();
             std::thread::spawn(move || {
                 let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-                s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.set_write_timeout(Some(Duration::from_secs(5)))
+                    .expect("write timeout");
                 let mut head = vec![0x10, 0xff, 0xff, 0xff, 0x7f, 0x00, 0x04];
                 head.extend_from_slice(b"MQTT\x04\x02\x00\x3c");
                 if s.write_all(&head).is_err() {
@@ -270,7 +243,7 @@ fn connect_flood_is_served_and_junk_on_the_plain_port_is_refused() {
 /// CONNACK and then resets the connection on the first packet after it.
 fn fake_broker(reset_after_connack: bool) -> (u16, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind fake broker");
-    let port = l.local_addr().unwrap().port();
+    let port = l.local_addr().expect("fake broker address").port();
     let accepted = Arc::new(AtomicUsize::new(0));
     let acc = accepted.clone();
     std::thread::spawn(move || {
@@ -288,7 +261,8 @@ fn fake_broker(reset_after_connack: bool) -> (u16, Arc<AtomicUsize>) {
                         continue;
                     }
                     if !answered {
-                        answered = c.write_all(&CONNACK_OK).is_ok();
+                        let (connack, len) = mqgate::mqtt::connack_reply(false, 0);
+                        answered = c.write_all(&connack[..len]).is_ok();
                     } else {
                         // SO_LINGER 0: close with RST.
                         let s2 = socket2::SockRef::from(&c);
@@ -361,12 +335,13 @@ fn silent_broker_and_resetting_broker_do_not_hurt_other_clients() {
 
     // A broker resetting mid-stream: the client is closed promptly.
     let mut s = TcpStream::connect(("127.0.0.1", reset)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
     s.write_all(&connect("victim")).expect("write");
     let mut ack = [0u8; 4];
     s.read_exact(&mut ack)
         .expect("CONNACK from the fake broker");
-    assert_eq!(ack, CONNACK_OK);
+    assert_eq!(ack, CONNACK_ACCEPTED);
     s.write_all(&[0xc0, 0x00]).expect("PINGREQ");
     assert!(
         closed_within(&mut s, Duration::from_secs(5)),
@@ -401,11 +376,12 @@ fn out_of_file_descriptors_backs_off_and_recovers() {
         .expect("fds")
         .count();
     let limit = open + 16;
-    let st = std::process::Command::new("prlimit")
+    let st = PRLIMIT
+        .command()
         .arg(format!("--pid={pid}"))
         .arg(format!("--nofile={limit}:{limit}"))
         .status()
-        .expect("prlimit (util-linux)");
+        .expect("run prlimit");
     assert!(st.success(), "prlimit");
 
     // Far more idle connections than descriptors left: the kernel queues them.
@@ -456,26 +432,19 @@ fn long_client_ids_do_not_grow_the_sticky_table_without_bound() {
         basic_config(port, admin, "dynsec", &[&broker], "")
     );
     let gate = Gate::start(dir.path(), "gate", &toml, admin);
-    wait_until(Duration::from_secs(10), "node up", || {
-        gate.metric("mqgate_node_up", &[("node", "b1")]) == 1.0
-    });
-    let session = |id: &str| {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        s.write_all(&connect(id)).expect("send CONNECT");
-        let mut ack = [0u8; 4];
-        s.read_exact(&mut ack).expect("CONNACK");
-        assert_eq!(ack, CONNACK_OK, "accepted");
-        let _ = s.write_all(&[0xe0, 0x00]);
+    gate.wait_node_up("b1");
+    let one_session = |id: &str| {
+        let mut s = session(port, &Connect::new(id).keep_alive(30))
+            .unwrap_or_else(|e| panic!("CONNACK accepted: {e}"));
+        let _ = s.write_all(&DISCONNECT);
     };
     for i in 0..20 {
-        session(&format!("warm-up-{i}"));
+        one_session(&format!("warm-up-{i}"));
     }
     let base = rss_mb(&gate);
     let tail = "x".repeat(60_000);
     for i in 0..1000 {
-        session(&format!("{i:05}{tail}"));
+        one_session(&format!("{i:05}{tail}"));
     }
     wait_until(Duration::from_secs(10), "an entry per client", || {
         gate.metric("mqgate_sticky_entries", &[]) == 1020.0
@@ -497,7 +466,7 @@ fn long_client_ids_do_not_grow_the_sticky_table_without_bound() {
     let entry = gate
         .metric("mqgate_sticky_lookups_total", &[("result", "hit")])
         .max(0.0);
-    session(&key);
+    one_session(&key);
     assert_eq!(
         gate.metric("mqgate_sticky_lookups_total", &[("result", "hit")]),
         entry + 1.0,

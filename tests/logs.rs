@@ -4,9 +4,7 @@
 //! leader is an error, while a full-sync follower (down by design) and a node coming
 //! up are info; refused clients are summed up in an info line.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::io::Write;
 use std::time::Duration;
 
@@ -53,9 +51,7 @@ fn a_tls_client_connecting_by_ip_address_writes_no_warning() {
         broker.address(),
     );
     let gate = Gate::start(d, "gate", &toml, admin);
-    wait_until(T, "node up", || {
-        gate.metric("mqgate_node_up", &[("node", "b1")]) == 1.0
-    });
+    gate.wait_node_up("b1");
     let before = gate.log_text().len();
 
     // mosquitto_pub/sub -h 127.0.0.1 put the IP address in the SNI extension, which
@@ -90,9 +86,7 @@ fn losing_the_full_sync_leader_is_a_warning_and_no_leader_an_error() {
     let mut m1 = Mosquitto::start("node1", dir.path());
     let mut m2 = Mosquitto::start("node2", dir.path());
     m2.stop(); // a follower: its client listener is closed
-    let (listen, admin) = (free_port(), free_port());
-    let cfg = basic_config(listen, admin, "full-sync", &[&m1, &m2], "");
-    let gate = Gate::start(dir.path(), "gate", &cfg, admin);
+    let (gate, _listen) = Gate::basic(dir.path(), "full-sync", &[&m1, &m2]);
     wait_until(T, "node1 leads", || {
         gate.metric("mqgate_node_leader", &[("node", "node1")]) == 1.0
     });
@@ -124,9 +118,7 @@ fn a_dynsec_node_going_down_is_a_warning() {
     let dir = tempdir();
     let m1 = Mosquitto::start("node1", dir.path());
     let mut m2 = Mosquitto::start("node2", dir.path());
-    let (listen, admin) = (free_port(), free_port());
-    let cfg = basic_config(listen, admin, "dynsec", &[&m1, &m2], "");
-    let gate = Gate::start(dir.path(), "gate", &cfg, admin);
+    let (gate, _listen) = Gate::basic(dir.path(), "dynsec", &[&m1, &m2]);
     wait_until(T, "both nodes up", || {
         gate.metric("mqgate_node_up", &[]) == 2.0
     });
@@ -141,9 +133,7 @@ fn a_dynsec_node_going_down_is_a_warning() {
 fn refused_clients_are_summed_up_at_info() {
     let dir = tempdir();
     let m1 = Mosquitto::start("node1", dir.path());
-    let (listen, admin) = (free_port(), free_port());
-    let cfg = basic_config(listen, admin, "dynsec", &[&m1], "");
-    let gate = Gate::start(dir.path(), "gate", &cfg, admin);
+    let (gate, listen) = Gate::basic(dir.path(), "dynsec", &[&m1]);
     wait_until(T, "node up", || gate.metric("mqgate_node_up", &[]) == 1.0);
     assert!(
         lines_with(&gate.log_text(), &["clients refused"]).is_empty(),

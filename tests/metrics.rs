@@ -2,14 +2,40 @@
 //! after a scenario that exercises it, `promtool check metrics` accepts the exposition,
 //! and a real Prometheus server scrapes mqgate.
 
-mod common;
-mod obs_util;
-
-use common::{basic_config, free_port, http, metric_value, tempdir, wait_until, Gate, Mosquitto};
-use obs_util::{mqtt_connect, run_scenario, scenario_config, tls_port, Prometheus, SPEC_METRICS};
+use crate::common::observe::{run_scenario, scenario_config, Prometheus};
+use crate::common::tools::PROMTOOL;
+use crate::common::*;
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
+
+/// Every metric of SPEC section 8 with its Prometheus type.
+const SPEC_METRICS: &[(&str, &str)] = &[
+    ("mqgate_build_info", "gauge"),
+    ("mqgate_connections_active", "gauge"),
+    ("mqgate_connections_total", "counter"),
+    ("mqgate_connections_rejected_total", "counter"),
+    ("mqgate_connect_packets_total", "counter"),
+    ("mqgate_bytes_total", "counter"),
+    ("mqgate_connack_total", "counter"),
+    ("mqgate_connack_latency_seconds", "histogram"),
+    ("mqgate_node_up", "gauge"),
+    ("mqgate_node_admin_state", "gauge"),
+    ("mqgate_node_leader", "gauge"),
+    ("mqgate_leader_changes_total", "counter"),
+    ("mqgate_health_checks_total", "counter"),
+    ("mqgate_health_check_duration_seconds", "histogram"),
+    ("mqgate_sticky_entries", "gauge"),
+    ("mqgate_sticky_lookups_total", "counter"),
+    ("mqgate_peer_up", "gauge"),
+    ("mqgate_peer_updates_total", "counter"),
+    ("mqgate_tls_handshake_failures_total", "counter"),
+    ("mqgate_config_reloads_total", "counter"),
+    (
+        "mqgate_config_last_reload_success_timestamp_seconds",
+        "gauge",
+    ),
+];
 
 #[test]
 fn every_metric_moves_and_promtool_accepts_the_exposition() {
@@ -17,9 +43,9 @@ fn every_metric_moves_and_promtool_accepts_the_exposition() {
     let a = Mosquitto::start("node1", dir.path());
     let b = Mosquitto::start("node2", dir.path());
     let c = Mosquitto::start("solo", dir.path());
-    let (toml, plain, fs, admin) = scenario_config(dir.path(), &a, &b, &c);
-    let gate = Gate::start(dir.path(), "gate", &toml, admin);
-    run_scenario(&gate, plain, fs, tls_port(&toml));
+    let (toml, ports) = scenario_config(dir.path(), &a, &b, &c);
+    let gate = Gate::start(dir.path(), "gate", &toml, ports.admin);
+    run_scenario(&gate, &ports);
     let text = gate.metrics();
 
     for (name, kind) in SPEC_METRICS {
@@ -165,13 +191,14 @@ fn every_metric_moves_and_promtool_accepts_the_exposition() {
     );
 
     // promtool lints the exposition format.
-    let mut child = Command::new("promtool")
+    let mut child = PROMTOOL
+        .command()
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("promtool is required for this test (apt-get install prometheus)");
+        .expect("start promtool");
     child
         .stdin
         .take()
@@ -179,12 +206,7 @@ fn every_metric_moves_and_promtool_accepts_the_exposition() {
         .write_all(text.as_bytes())
         .expect("feed promtool");
     let out = child.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "promtool check metrics");
 }
 
 #[test]
@@ -193,8 +215,8 @@ fn prometheus_scrapes_node_up_for_every_node() {
     let a = Mosquitto::start("node1", dir.path());
     let b = Mosquitto::start("node2", dir.path());
     let c = Mosquitto::start("solo", dir.path());
-    let (toml, _plain, _fs, admin) = scenario_config(dir.path(), &a, &b, &c);
-    let gate = Gate::start(dir.path(), "gate", &toml, admin);
+    let (toml, ports) = scenario_config(dir.path(), &a, &b, &c);
+    let gate = Gate::start(dir.path(), "gate", &toml, ports.admin);
     wait_until(Duration::from_secs(10), "nodes up", || {
         gate.metric("mqgate_node_up", &[]) == 3.0
     });
@@ -255,7 +277,8 @@ fn peer_metrics_follow_the_links() {
         });
     }
     // A persistent client through gate-a: its entry is sent to gate-b.
-    let _c = mqtt_connect(listens[0], 4, "replicated-1", false);
+    let _c = crate::common::mqtt::session(listens[0], &Connect::new("replicated-1").persistent())
+        .expect("CONNACK accepted");
     wait_until(Duration::from_secs(20), "update replicated", || {
         gates[0].metric(
             "mqgate_peer_updates_total",
@@ -279,14 +302,11 @@ fn peer_metrics_follow_the_links() {
     assert_eq!(v["peers"]["peers"][0]["name"], "gate-b");
     assert_eq!(v["peers"]["peers"][0]["up"], true);
     assert!(v["peers"]["peers"][0]["updates_sent"].as_u64().unwrap_or(0) >= 1);
-    let out = Command::new(env!("CARGO_BIN_EXE_mqgate"))
-        .args([
-            "status",
-            "--admin",
-            &format!("http://127.0.0.1:{}", gates[0].admin_port),
-        ])
-        .output()
-        .expect("mqgate status");
+    let out = mqgate(&[
+        "status",
+        "--admin",
+        &format!("http://127.0.0.1:{}", gates[0].admin_port),
+    ]);
     let table = String::from_utf8_lossy(&out.stdout);
     let row = table
         .lines()

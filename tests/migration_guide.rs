@@ -5,30 +5,16 @@
 //! another working directory, and the "edit a copy, check, move it over" recipe
 //! applies the change to a running gateway.
 
-mod common;
-
-use common::*;
+use crate::common::fleet::mqgate_in;
+use crate::common::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// The first ```sh block after the heading `## {section}`.
+/// The first ```sh block after the heading `## {section}` of docs/migration.md.
 fn sh_block(section: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/migration.md");
-    let text = std::fs::read_to_string(&path).expect("read docs/migration.md");
-    let after = text
-        .split_once(&format!("\n## {section}\n"))
-        .unwrap_or_else(|| panic!("a section {section:?}"))
-        .1;
-    after
-        .split_once("```sh\n")
-        .expect("a sh block")
-        .1
-        .split_once("```")
-        .expect("the end of the sh block")
-        .0
-        .to_string()
+    docs::block_after("docs/migration.md", section, "sh")
 }
 
 /// Run `block` line by line with `sh -e`, adapted to this machine.
@@ -53,12 +39,7 @@ fn run(block: &str, etc: &Path, edit: &str) {
         .args(["-e", "-c", &script])
         .output()
         .expect("sh");
-    assert!(
-        out.status.success(),
-        "{script}\nfailed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, &script);
 }
 
 #[test]
@@ -100,12 +81,8 @@ fn secret_files_relative_paths_and_the_save_recipe_work_as_written() {
     std::fs::create_dir_all(&elsewhere).expect("mkdir");
     let config = etc.join("mqgate.toml");
     std::fs::write(&config, &toml).expect("write config");
-    let check = Command::new(env!("CARGO_BIN_EXE_mqgate"))
-        .args(["check", "-c"])
-        .arg(&config)
-        .current_dir(&elsewhere)
-        .output()
-        .expect("mqgate check");
+    let config_arg = config.to_str().expect("path");
+    let check = mqgate_in(&elsewhere, &["check", "-c", config_arg]);
     assert!(
         check.status.success(),
         "relative paths resolve from the config's directory:\n{}",
@@ -113,13 +90,10 @@ fn secret_files_relative_paths_and_the_save_recipe_work_as_written() {
     );
     let gate = Gate::start(&etc, "mqgate", &toml, admin);
     // The CLI finds the token through the config file.
-    let drain = Command::new(env!("CARGO_BIN_EXE_mqgate"))
-        .args(["node", "drain", "brokers", "n1", "-c"])
-        .arg(&config)
-        .current_dir(&elsewhere)
-        .env_remove("MQGATE_ADMIN_TOKEN")
-        .output()
-        .expect("mqgate node drain");
+    let drain = mqgate_in(
+        &elsewhere,
+        &["node", "drain", "brokers", "n1", "-c", config_arg],
+    );
     assert!(
         drain.status.success(),
         "{}",

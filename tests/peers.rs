@@ -5,9 +5,8 @@
 //! client that reconnects through another gateway lands on the node that holds its
 //! session only if the sticky entry reached that gateway.
 
-mod common;
-
-use common::*;
+use crate::common::mqtt::closed_within;
+use crate::common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -42,17 +41,18 @@ fn config(
     spec: &GateSpec,
     bind_port: u16,
     peers: &[(&str, u16)],
-    nodes: &[&Mosquitto],
+    nodes: &[Mosquitto],
     sessions: &str,
     snapshot: Option<&Path>,
     secret: &str,
 ) -> String {
+    let nodes: Vec<&Mosquitto> = nodes.iter().collect();
     let secret_file = dir.join(format!("{}.secret", spec.name));
     std::fs::write(&secret_file, secret).expect("write secret");
     let extra = format!(
         "balance = \"round-robin\"\n[clusters.brokers.sticky]\nsessions = \"{sessions}\"\n"
     );
-    let mut s = basic_config(spec.listen, spec.admin, "dynsec", nodes, &extra);
+    let mut s = basic_config(spec.listen, spec.admin, "dynsec", &nodes, &extra);
     let list: Vec<String> = peers
         .iter()
         .map(|(n, p)| format!("{{ name = \"{n}\", address = \"127.0.0.1:{p}\" }}"))
@@ -70,9 +70,24 @@ fn config(
 }
 
 fn start_nodes(dir: &Path) -> Vec<Mosquitto> {
-    (1..=3)
-        .map(|i| Mosquitto::start(&format!("node{i}"), dir))
-        .collect()
+    Mosquitto::start_nodes(dir, 3)
+}
+
+/// gate-b alone over `nodes` (sticky sessions "all", plus `sticky_extra` lines),
+/// with `peers` configured.
+fn gate_b(
+    dir: &Path,
+    nodes: &[Mosquitto],
+    peers: &[(&str, u16)],
+    sticky_extra: &str,
+) -> (GateSpec, Gate) {
+    let sb = GateSpec::new("gate-b");
+    let tb = config(dir, &sb, sb.peer, peers, nodes, "all", None, SECRET).replace(
+        "sessions = \"all\"\n",
+        &format!("sessions = \"all\"\n{sticky_extra}"),
+    );
+    let b = Gate::start(dir, "gate-b", &tb, sb.admin);
+    (sb, b)
 }
 
 fn wait_nodes_up(g: &Gate) {
@@ -92,19 +107,17 @@ fn wait_peer_up(g: &Gate, peer: &str, up: bool) {
 
 /// The node of a sticky entry, from `GET /api/v1/clusters/brokers/sticky/{key}`.
 fn sticky(g: &Gate, key: &str) -> Option<String> {
-    let (status, body) = http(
-        "GET",
-        g.admin_port,
-        &format!("/api/v1/clusters/brokers/sticky/{key}"),
-        None,
-        None,
-    )
-    .ok()?;
-    if status != 200 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    v.get("node")?.as_str().map(str::to_string)
+    sticky_node(g.admin_port, key)
+}
+
+/// A client `key` through gateway `a` (client port `a_listen`) makes a sticky entry
+/// there, which then reaches gateway `b` with the same node.
+fn replicated(a: &Gate, a_listen: u16, b: &Gate, key: &str, what: &str) {
+    drop(raw_session(a_listen, key));
+    let node = sticky(a, key).expect("entry on gate-a");
+    wait_until(Duration::from_secs(10), what, || {
+        sticky(b, key).as_deref() == Some(node.as_str())
+    });
 }
 
 fn port_of(nodes: &[Mosquitto], name: &str) -> u16 {
@@ -154,7 +167,6 @@ fn fleet(sessions: &str) -> Fleet {
         GateSpec::new("gate-b"),
         GateSpec::new("gate-c"),
     ];
-    let refs: Vec<&Mosquitto> = nodes.iter().collect();
     let gates: Vec<Gate> = specs
         .iter()
         .map(|s| {
@@ -168,7 +180,7 @@ fn fleet(sessions: &str) -> Fleet {
                 s,
                 s.peer,
                 &others,
-                &refs,
+                &nodes,
                 sessions,
                 None,
                 SECRET,
@@ -269,7 +281,6 @@ fn an_entry_made_through_one_gateway_is_used_by_the_others_and_survives_a_restar
 fn a_partition_with_conflicting_writes_converges_everywhere() {
     let dir = tempdir();
     let nodes = start_nodes(dir.path());
-    let refs: Vec<&Mosquitto> = nodes.iter().collect();
     let specs = [
         GateSpec::new("gate-a"),
         GateSpec::new("gate-b"),
@@ -289,7 +300,7 @@ fn a_partition_with_conflicting_writes_converges_everywhere() {
             &specs[i],
             bind,
             &peers_of(specs[i].name),
-            &refs,
+            &nodes,
             "all",
             (i == 2).then_some(snap.as_path()),
             SECRET,
@@ -364,14 +375,13 @@ fn a_partition_with_conflicting_writes_converges_everywhere() {
 fn wrong_secret_is_refused_and_logged() {
     let dir = tempdir();
     let nodes = start_nodes(dir.path());
-    let refs: Vec<&Mosquitto> = nodes.iter().collect();
     let (sa, sb) = (GateSpec::new("gate-a"), GateSpec::new("gate-b"));
     let ta = config(
         dir.path(),
         &sa,
         sa.peer,
         &[("gate-b", sb.peer)],
-        &refs,
+        &nodes,
         "all",
         None,
         "one secret",
@@ -381,7 +391,7 @@ fn wrong_secret_is_refused_and_logged() {
         &sb,
         sb.peer,
         &[("gate-a", sa.peer)],
-        &refs,
+        &nodes,
         "all",
         None,
         "another secret",
@@ -428,17 +438,7 @@ fn encode(f: &mqgate::peers::frame::Frame) -> Vec<u8> {
 
 /// Until the other side closes (or 10 s pass): true if it closed.
 fn closed_by_peer(s: &mut TcpStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
-        }
-    }
+    closed_within(s, Duration::from_secs(10))
 }
 
 /// The test speaking the peer protocol by hand: dialer `name`, authenticated to the
@@ -512,14 +512,13 @@ fn garbage_or_truncated_frames_close_only_that_link() {
     use mqgate::peers::frame::{Frame, VERSION};
     let dir = tempdir();
     let nodes = start_nodes(dir.path());
-    let refs: Vec<&Mosquitto> = nodes.iter().collect();
     let (sa, sb) = (GateSpec::new("gate-a"), GateSpec::new("gate-b"));
     let ta = config(
         dir.path(),
         &sa,
         sa.peer,
         &[("gate-b", sb.peer)],
-        &refs,
+        &nodes,
         "all",
         None,
         SECRET,
@@ -530,7 +529,7 @@ fn garbage_or_truncated_frames_close_only_that_link() {
         &sb,
         sb.peer,
         &[("gate-a", sa.peer), ("gate-0", free_port())],
-        &refs,
+        &nodes,
         "all",
         None,
         SECRET,
@@ -540,18 +539,19 @@ fn garbage_or_truncated_frames_close_only_that_link() {
     wait_peer_up(&b, "gate-a", true);
 
     // Not the protocol at all.
-    let mut s = TcpStream::connect(("127.0.0.1", sb.peer)).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", sb.peer)).expect("connect to the peers port");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send HTTP");
     assert!(closed_by_peer(&mut s), "HTTP on the peers port is closed");
     // Another protocol version: a clear error, then closed.
-    let mut s = TcpStream::connect(("127.0.0.1", sb.peer)).unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", sb.peer)).expect("connect to the peers port");
     let mut hello = encode(&Frame::Hello {
         version: VERSION,
         name: "gate-0".into(),
         nonce: [1; 32],
     });
     hello[9..11].copy_from_slice(&(VERSION + 1).to_be_bytes());
-    s.write_all(&hello).unwrap();
+    s.write_all(&hello).expect("send HELLO");
     match read_frame(&mut s) {
         Some(Frame::Error { reason }) => {
             let theirs = format!("version {}", VERSION + 1);
@@ -592,12 +592,12 @@ fn garbage_or_truncated_frames_close_only_that_link() {
     // The link between the real gateways never moved.
     assert_eq!(b.metric("mqgate_peer_up", &[("peer", "gate-a")]), 1.0);
     wait_nodes_up(&a);
-    drop(raw_session(sa.listen, "after-garbage"));
-    let node = sticky(&a, "after-garbage").expect("entry on gate-a");
-    wait_until(
-        Duration::from_secs(10),
+    replicated(
+        &a,
+        sa.listen,
+        &b,
+        "after-garbage",
         "replicated after the garbage",
-        || sticky(&b, "after-garbage").as_deref() == Some(node.as_str()),
     );
 }
 
@@ -606,26 +606,15 @@ fn a_flooding_peer_cannot_grow_the_table_past_its_capacity() {
     use mqgate::peers::frame::Frame;
     let dir = tempdir();
     let nodes = start_nodes(dir.path());
-    let refs: Vec<&Mosquitto> = nodes.iter().collect();
-    let sb = GateSpec::new("gate-b");
-    let tb = config(
+    let (sb, b) = gate_b(
         dir.path(),
-        &sb,
-        sb.peer,
+        &nodes,
         &[("gate-0", free_port())],
-        &refs,
-        "all",
-        None,
-        SECRET,
-    )
-    .replace(
-        "sessions = \"all\"\n",
-        "sessions = \"all\"\ncapacity = 1000\n",
+        "capacity = 1000\n",
     );
-    let b = Gate::start(dir.path(), "gate-b", &tb, sb.admin);
     let mut p = RawPeer::handshake(sb.peer, "gate-0", "gate-b", SECRET);
     // Drain what gate-b sends, so only the flood matters.
-    let mut r = p.s.try_clone().unwrap();
+    let mut r = p.s.try_clone().expect("clone the link");
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while matches!(r.read(&mut buf), Ok(n) if n > 0) {}
@@ -666,7 +655,6 @@ fn a_flooding_peer_cannot_grow_the_table_past_its_capacity() {
 fn snapshot_round_trip_keeps_entries_across_a_restart() {
     let dir = tempdir();
     let nodes = start_nodes(dir.path());
-    let refs: Vec<&Mosquitto> = nodes.iter().collect();
     let spec = GateSpec::new("solo");
     let snap: PathBuf = dir.path().join("state").join("sticky.bin");
     let toml = config(
@@ -674,7 +662,7 @@ fn snapshot_round_trip_keeps_entries_across_a_restart() {
         &spec,
         spec.peer,
         &[],
-        &refs,
+        &nodes,
         "all",
         Some(&snap),
         SECRET,
@@ -687,7 +675,9 @@ fn snapshot_round_trip_keeps_entries_across_a_restart() {
     assert_eq!(g.stop(), Some(0), "graceful exit");
     assert!(g.log_text().contains("sticky snapshot written"));
     assert!(snap.exists());
-    let leftovers: Vec<_> = std::fs::read_dir(snap.parent().unwrap()).unwrap().collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("state"))
+        .expect("list the snapshot's directory")
+        .collect();
     assert_eq!(leftovers.len(), 1, "no temporary files left: {leftovers:?}");
 
     g.resume();
@@ -706,8 +696,8 @@ fn snapshot_round_trip_keeps_entries_across_a_restart() {
 
     // A damaged snapshot does not stop the gateway from starting.
     assert_eq!(g.stop(), Some(0));
-    let bytes = std::fs::read(&snap).unwrap();
-    std::fs::write(&snap, &bytes[..bytes.len() - 3]).unwrap();
+    let bytes = std::fs::read(&snap).expect("read the snapshot");
+    std::fs::write(&snap, &bytes[..bytes.len() - 3]).expect("cut the snapshot short");
     g.resume();
     assert!(g.log_text().contains("sticky snapshot partly loaded"));
 }
@@ -716,22 +706,8 @@ fn snapshot_round_trip_keeps_entries_across_a_restart() {
 fn mutual_tls_links_replicate_and_refuse_foreign_certificates() {
     let dir = tempdir();
     let nodes = start_nodes(dir.path());
-    let refs: Vec<&Mosquitto> = nodes.iter().collect();
     let pki = Pki::new("peers-ca");
     let stranger = Pki::new("other-ca");
-    let write = |name: &str, ca: &Pki, issuer: &Pki| -> String {
-        let (cert, key) = issuer.leaf(name, &[name, "localhost", "127.0.0.1"]);
-        let p = |f: &str| dir.path().join(format!("{name}-{f}"));
-        std::fs::write(p("cert.pem"), cert).unwrap();
-        std::fs::write(p("key.pem"), key).unwrap();
-        std::fs::write(p("ca.pem"), &ca.ca_pem).unwrap();
-        format!(
-            "[peers.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
-            p("cert.pem").display(),
-            p("key.pem").display(),
-            p("ca.pem").display()
-        )
-    };
     let (sa, sb, sc) = (
         GateSpec::new("gate-a"),
         GateSpec::new("gate-b"),
@@ -739,12 +715,8 @@ fn mutual_tls_links_replicate_and_refuse_foreign_certificates() {
     );
     // TLS only: no shared secret line at all; the own certificate comes from `issuer`.
     let tls_config = |spec: &GateSpec, peers: &[(&str, u16)], issuer: &Pki| -> String {
-        let plain = config(dir.path(), spec, spec.peer, peers, &refs, "all", None, "");
-        let kept: Vec<&str> = plain
-            .lines()
-            .filter(|l| !l.starts_with("secret_file"))
-            .collect();
-        kept.join("\n") + "\n" + &write(spec.name, &pki, issuer)
+        let tls = peer_tls_section(dir.path(), spec.name, &pki, issuer, spec.name);
+        tls_only_config(dir.path(), spec, peers, &nodes, &tls)
     };
     let ta = tls_config(&sa, &[("gate-b", sb.peer)], &pki);
     let tb = tls_config(&sb, &[("gate-a", sa.peer), ("gate-c", sc.peer)], &pki);
@@ -755,11 +727,7 @@ fn mutual_tls_links_replicate_and_refuse_foreign_certificates() {
     let _c = Gate::start(dir.path(), "gate-c", &tc, sc.admin);
     wait_peer_up(&a, "gate-b", true);
     wait_nodes_up(&a);
-    drop(raw_session(sa.listen, "over-tls"));
-    let node = sticky(&a, "over-tls").expect("entry on gate-a");
-    wait_until(Duration::from_secs(10), "replicated over TLS", || {
-        sticky(&b, "over-tls").as_deref() == Some(node.as_str())
-    });
+    replicated(&a, sa.listen, &b, "over-tls", "replicated over TLS");
     // gate-b dials gate-c; gate-c's certificate is not from the peers CA.
     wait_until(
         Duration::from_secs(20),
@@ -795,7 +763,7 @@ fn tls_only_config(
     dir: &Path,
     spec: &GateSpec,
     peers: &[(&str, u16)],
-    nodes: &[&Mosquitto],
+    nodes: &[Mosquitto],
     tls: &str,
 ) -> String {
     let plain = config(dir, spec, spec.peer, peers, nodes, "all", None, "unused");
@@ -826,7 +794,6 @@ fn a_certificate_for_another_name_cannot_claim_a_configured_peer() {
     let dir = tempdir();
     let d = dir.path();
     let nodes = start_nodes(d);
-    let refs: Vec<&Mosquitto> = nodes.iter().collect();
     let pki = Pki::new("peers-ca");
     let sa = GateSpec::new("gate-a");
     let sb = GateSpec::new("gate-b");
@@ -837,28 +804,28 @@ fn a_certificate_for_another_name_cannot_claim_a_configured_peer() {
         d,
         &sa,
         &[("gate-b", sb.peer)],
-        &refs,
+        &nodes,
         &peer_tls_section(d, "real-a", &pki, &pki, "gate-a"),
     );
     let tb = tls_only_config(
         d,
         &sb,
         &[("gate-a", sa.peer), ("gate-c", fake_c.peer)],
-        &refs,
+        &nodes,
         &peer_tls_section(d, "real-b", &pki, &pki, "gate-b"),
     );
     let tfa = tls_only_config(
         d,
         &fake_a,
         &[("gate-b", sb.peer)],
-        &refs,
+        &nodes,
         &peer_tls_section(d, "fake-a", &pki, &pki, "gate-x"),
     );
     let tfc = tls_only_config(
         d,
         &fake_c,
         &[("gate-b", sb.peer)],
-        &refs,
+        &nodes,
         &peer_tls_section(d, "fake-c", &pki, &pki, "gate-x"),
     );
     let b = Gate::start(d, "gate-b", &tb, sb.admin);
@@ -904,11 +871,7 @@ fn a_certificate_for_another_name_cannot_claim_a_configured_peer() {
         "the real gate-a's link was never replaced"
     );
     assert_eq!(b.metric("mqgate_peer_up", &[("peer", "gate-a")]), 1.0);
-    drop(raw_session(sa.listen, "real-entry"));
-    let node = sticky(&a, "real-entry").expect("entry on gate-a");
-    wait_until(Duration::from_secs(10), "real gate-a replicates", || {
-        sticky(&b, "real-entry").as_deref() == Some(node.as_str())
-    });
+    replicated(&a, sa.listen, &b, "real-entry", "real gate-a replicates");
     // The impostors were told nothing that names gate-b's peers.
     for f in [&fa, &fc] {
         assert!(!f.log_text().contains("not a configured peer"));
@@ -934,28 +897,15 @@ fn with_tls_peer_names_must_be_dns_names() {
     assert!(toml.contains("node1"), "{toml}");
     let path = d.join("bad-name.toml");
     std::fs::write(&path, &toml).expect("write config");
-    let out = Command::new(env!("CARGO_BIN_EXE_mqgate"))
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run mqgate check");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "check must fail:\n{text}");
+    let (code, stdout, stderr) = mqgate_check(&path);
+    let text = stdout + &stderr;
+    assert!(code != Some(0), "check must fail:\n{text}");
     assert!(text.contains("peers.peers[0].name"), "{text}");
     assert!(text.contains("must be DNS names"), "{text}");
     // The same file with a DNS name passes.
     std::fs::write(&path, toml.replace("gate b", "gate-b")).expect("write config");
-    let out = Command::new(env!("CARGO_BIN_EXE_mqgate"))
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run mqgate check");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, _, stderr) = mqgate_check(&path);
+    assert_eq!(code, Some(0), "{stderr}");
 }
 
 /// Item 1: a peer's updates for a cluster or node this gateway does not have are
@@ -965,19 +915,7 @@ fn updates_for_unknown_clusters_or_nodes_are_dropped_and_counted() {
     use mqgate::peers::frame::Frame;
     let dir = tempdir();
     let nodes = start_nodes(dir.path());
-    let refs: Vec<&Mosquitto> = nodes.iter().collect();
-    let sb = GateSpec::new("gate-b");
-    let tb = config(
-        dir.path(),
-        &sb,
-        sb.peer,
-        &[("gate-0", free_port())],
-        &refs,
-        "all",
-        None,
-        SECRET,
-    );
-    let b = Gate::start(dir.path(), "gate-b", &tb, sb.admin);
+    let (sb, b) = gate_b(dir.path(), &nodes, &[("gate-0", free_port())], "");
     let mut p = RawPeer::handshake(sb.peer, "gate-0", "gate-b", SECRET);
     let u = |key: &str, node: &str| mqgate::sticky::Update {
         key: key.into(),
@@ -1082,7 +1020,6 @@ impl Drop for IdleSockets {
 fn idle_connections_on_the_peer_port_do_not_lock_out_real_peers() {
     let dir = tempdir();
     let nodes = start_nodes(dir.path());
-    let refs: Vec<&Mosquitto> = nodes.iter().collect();
     let (sa, sb) = (GateSpec::new("gate-a"), GateSpec::new("gate-b"));
     let mk = |s: &GateSpec, o: &GateSpec| {
         config(
@@ -1090,7 +1027,7 @@ fn idle_connections_on_the_peer_port_do_not_lock_out_real_peers() {
             s,
             s.peer,
             &[(o.name, o.peer)],
-            &refs,
+            &nodes,
             "all",
             None,
             SECRET,
@@ -1112,11 +1049,7 @@ fn idle_connections_on_the_peer_port_do_not_lock_out_real_peers() {
     );
     // Still linked and replicating while the idle sockets are held (and reopened).
     wait_nodes_up(&a);
-    drop(raw_session(sa.listen, "through-the-crowd"));
-    let node = sticky(&a, "through-the-crowd").expect("entry on gate-a");
-    wait_until(Duration::from_secs(10), "replicated", || {
-        sticky(&b, "through-the-crowd").as_deref() == Some(node.as_str())
-    });
+    replicated(&a, sa.listen, &b, "through-the-crowd", "replicated");
     // Sockets that send nothing are closed after the first-byte deadline (and
     // reopened by the holder); the link is not affected.
     wait_until(
@@ -1134,19 +1067,7 @@ fn injected_or_altered_frames_after_authentication_are_refused_and_counted() {
     use mqgate::peers::frame::Frame;
     let dir = tempdir();
     let nodes = start_nodes(dir.path());
-    let refs: Vec<&Mosquitto> = nodes.iter().collect();
-    let sb = GateSpec::new("gate-b");
-    let tb = config(
-        dir.path(),
-        &sb,
-        sb.peer,
-        &[("gate-0", free_port())],
-        &refs,
-        "all",
-        None,
-        SECRET,
-    );
-    let b = Gate::start(dir.path(), "gate-b", &tb, sb.admin);
+    let (sb, b) = gate_b(dir.path(), &nodes, &[("gate-0", free_port())], "");
     let upd = |key: &str| Frame::Updates {
         cluster: "brokers".into(),
         updates: vec![mqgate::sticky::Update {
@@ -1216,19 +1137,12 @@ fn refusals_before_authentication_reveal_no_names() {
     use mqgate::peers::frame::{Frame, VERSION};
     let dir = tempdir();
     let nodes = start_nodes(dir.path());
-    let refs: Vec<&Mosquitto> = nodes.iter().collect();
-    let sb = GateSpec::new("gate-b");
-    let tb = config(
+    let (sb, b) = gate_b(
         dir.path(),
-        &sb,
-        sb.peer,
+        &nodes,
         &[("gate-a", free_port()), ("gate-z", free_port())],
-        &refs,
-        "all",
-        None,
-        SECRET,
+        "",
     );
-    let b = Gate::start(dir.path(), "gate-b", &tb, sb.admin);
     let mut answers = Vec::new();
     for claimed in ["gate-a", "gate-z", "stranger"] {
         let mut s = TcpStream::connect(("127.0.0.1", sb.peer)).expect("connect");
@@ -1290,13 +1204,14 @@ fn peer_frame_corpus_replays() {
 mod peer_frame_check_mod;
 use peer_frame_check_mod::peer_frame_check;
 
-/// Writes the seed corpus (run by hand): `cargo test --test peers -- --ignored write_peer_frame_seeds`.
+/// Writes the seed corpus (run by hand):
+/// `cargo test --test integration -- --ignored write_peer_frame_seeds`.
 #[test]
 #[ignore = "writes fuzz/corpus/peer_frame"]
 fn write_peer_frame_seeds() {
     use mqgate::peers::frame::{Frame, VERSION};
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/peer_frame");
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).expect("create the corpus directory");
     let u = |k: &str, n: Option<&str>| mqgate::sticky::Update {
         key: k.into(),
         node: n.map(Into::into),
@@ -1357,6 +1272,6 @@ fn write_peer_frame_seeds() {
         ("bad-http", b"GET / HTTP/1.1\r\n\r\n".to_vec()),
     ];
     for (name, bytes) in seeds {
-        std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
+        std::fs::write(dir.join(format!("seed-{name}")), bytes).expect("write a seed");
     }
 }

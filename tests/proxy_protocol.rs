@@ -8,12 +8,12 @@
 //! to a real Mosquitto, so that clients still get a real CONNACK. The v2 TLS TLVs are
 //! compared with those of HAProxy 2.6 (`send-proxy-v2-ssl-cn`) for the same client.
 
-mod common;
-
-use common::*;
+use crate::common::pki::write;
+use crate::common::tools::HAPROXY;
+use crate::common::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Command;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,12 +51,17 @@ impl Recorder {
     }
 
     fn headers(&self) -> Vec<Vec<u8>> {
-        self.headers.lock().unwrap().clone()
+        self.headers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
 fn serve(mut c: TcpStream, upstream: u16, headers: Arc<Mutex<Vec<Vec<u8>>>>) {
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    if c.set_read_timeout(Some(Duration::from_secs(5))).is_err() {
+        return;
+    }
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     // Health checks (check = "tcp") connect and close without a byte.
@@ -72,13 +77,19 @@ fn serve(mut c: TcpStream, upstream: u16, headers: Arc<Mutex<Vec<Vec<u8>>>>) {
             break 0;
         }
     };
-    headers.lock().unwrap().push(buf[..hl].to_vec());
+    headers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(buf[..hl].to_vec());
     let Ok(mut b) = TcpStream::connect(("127.0.0.1", upstream)) else {
         return;
     };
-    c.set_read_timeout(None).unwrap();
-    b.write_all(&buf[hl..]).unwrap();
-    let (mut c2, mut b2) = (c.try_clone().unwrap(), b.try_clone().unwrap());
+    let ready = c
+        .set_read_timeout(None)
+        .and_then(|()| b.write_all(&buf[hl..]));
+    let (Ok(()), Ok(mut c2), Ok(mut b2)) = (ready, c.try_clone(), b.try_clone()) else {
+        return;
+    };
     std::thread::spawn(move || {
         let _ = std::io::copy(&mut b2, &mut c2);
         let _ = c2.shutdown(std::net::Shutdown::Write);
@@ -101,7 +112,8 @@ fn config(admin: u16, listen: u16, node: u16, out: &str, trusted: &str) -> Strin
 /// Connect, send `prefix` + a CONNECT, return the CONNACK bytes (empty if closed).
 fn mqtt_through(port: u16, prefix: &[u8], id: &str) -> Vec<u8> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
     let mut out = prefix.to_vec();
     out.extend(mqgate::mqtt::encode_connect_v311(id, None, None, 30));
     s.write_all(&out).expect("write");
@@ -132,10 +144,34 @@ fn setup(out: &str, trusted: &str) -> (tempfile::TempDir, Mosquitto, Recorder, G
         &config(admin, listen, rec.port, out, trusted),
         admin,
     );
-    wait_until(Duration::from_secs(10), "node up", || {
-        gate.metric("mqgate_node_up", &[("node", "rec")]) == 1.0
-    });
+    gate.wait_node_up("rec");
     (dir, broker, rec, gate, listen)
+}
+
+/// A gateway on an mTLS listener (clients' certificates from `client_ca`) that sends
+/// PROXY v2 headers to the recorder on `rec_port`; returns it and the listener's port.
+fn mtls_v2_out(
+    dir: &Path,
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+    rec_port: u16,
+) -> (Gate, u16) {
+    let (admin, listen) = (free_port(), free_port());
+    let toml = format!(
+        "{}\n[[listeners]]\nname = \"mqtts\"\nbind = \"127.0.0.1:{listen}\"\ncluster = \"brokers\"\n\
+         [listeners.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n\n\
+         [clusters.brokers]\nmode = \"dynsec\"\nsend_proxy_protocol = \"v2\"\n\
+         nodes = [ {{ name = \"rec\", address = \"127.0.0.1:{rec_port}\" }} ]\n\
+         [clusters.brokers.health]\ncheck = \"tcp\"\ninterval = \"200ms\"\nrise = 1\nfall = 1\n",
+        Gate::admin_section(admin),
+        cert.display(),
+        key.display(),
+        client_ca.display(),
+    );
+    let gate = Gate::start(dir, "gate", &toml, admin);
+    gate.wait_node_up("rec");
+    (gate, listen)
 }
 
 #[test]
@@ -250,28 +286,12 @@ fn v2_out_carries_tls_version_cipher_and_client_cn() {
     let pki = Pki::new("server CA");
     let (ca, cert, key) = pki.write_server(d, "server");
     let clients = Pki::new("client CA");
-    std::fs::write(d.join("client-ca.pem"), &clients.ca_pem).unwrap();
+    let client_ca = write(d, "client-ca.pem", &clients.ca_pem);
     let (cc, ck) = clients.leaf("device-42", &["device-42"]);
-    std::fs::write(d.join("client.pem"), cc).unwrap();
-    std::fs::write(d.join("client.key"), ck).unwrap();
-    let (admin, listen) = (free_port(), free_port());
-    let toml = format!(
-        "{}\n[[listeners]]\nname = \"mqtts\"\nbind = \"127.0.0.1:{listen}\"\ncluster = \"brokers\"\n\
-         [listeners.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n\n\
-         [clusters.brokers]\nmode = \"dynsec\"\nsend_proxy_protocol = \"v2\"\n\
-         nodes = [ {{ name = \"rec\", address = \"127.0.0.1:{}\" }} ]\n\
-         [clusters.brokers.health]\ncheck = \"tcp\"\ninterval = \"200ms\"\nrise = 1\nfall = 1\n",
-        Gate::admin_section(admin),
-        cert.display(),
-        key.display(),
-        d.join("client-ca.pem").display(),
-        rec.port
-    );
-    let gate = Gate::start(d, "gate", &toml, admin);
-    wait_until(Duration::from_secs(10), "node up", || {
-        gate.metric("mqgate_node_up", &[("node", "rec")]) == 1.0
-    });
-    let out = Command::new("mosquitto_pub")
+    write(d, "client.pem", &cc);
+    write(d, "client.key", &ck);
+    let (_gate, listen) = mtls_v2_out(d, &cert, &key, &client_ca, rec.port);
+    let out = std::process::Command::new("mosquitto_pub")
         .args([
             "-h",
             "localhost",
@@ -465,24 +485,21 @@ impl Haproxy {
         );
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, cfg).expect("write haproxy.cfg");
-        let missing = "haproxy not found: this test compares mqgate's PROXY v2 header with \
-                       HAProxy 2.6's; install it (apt-get install -y haproxy, as integration/test does)";
-        let check = match Command::new("haproxy")
+        // This test compares mqgate's PROXY v2 header with HAProxy 2.6's.
+        let check = HAPROXY
+            .command()
             .arg("-c")
             .arg("-f")
             .arg(&path)
             .output()
-        {
-            Ok(o) => o,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{missing}"),
-            Err(e) => panic!("running haproxy -c: {e}"),
-        };
+            .unwrap_or_else(|e| panic!("running haproxy -c: {e}"));
         assert!(
             check.status.success(),
             "haproxy -c rejects the config: {check:?}"
         );
         let log = std::fs::File::create(dir.join("haproxy.log")).expect("haproxy log");
-        let child = Command::new("haproxy")
+        let child = HAPROXY
+            .command()
             .arg("-db")
             .arg("-f")
             .arg(&path)
@@ -603,23 +620,7 @@ fn v2_out_ssl_tlv_matches_haproxy_send_proxy_v2_ssl_cn() {
     let (cc, ck) = clients.leaf("device-42", &["device-42"]);
 
     let haproxy = Haproxy::start(d, &crt, &client_ca, cn_rec.port, full_rec.port);
-    let (admin, listen) = (free_port(), free_port());
-    let toml = format!(
-        "{}\n[[listeners]]\nname = \"mqtts\"\nbind = \"127.0.0.1:{listen}\"\ncluster = \"brokers\"\n\
-         [listeners.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n\n\
-         [clusters.brokers]\nmode = \"dynsec\"\nsend_proxy_protocol = \"v2\"\n\
-         nodes = [ {{ name = \"rec\", address = \"127.0.0.1:{}\" }} ]\n\
-         [clusters.brokers.health]\ncheck = \"tcp\"\ninterval = \"200ms\"\nrise = 1\nfall = 1\n",
-        Gate::admin_section(admin),
-        cert.display(),
-        key.display(),
-        client_ca.display(),
-        gate_rec.port
-    );
-    let gate = Gate::start(d, "gate", &toml, admin);
-    wait_until(Duration::from_secs(10), "node up", || {
-        gate.metric("mqgate_node_up", &[("node", "rec")]) == 1.0
-    });
+    let (_gate, listen) = mtls_v2_out(d, &cert, &key, &client_ca, gate_rec.port);
 
     let ca_pem = std::fs::read(&ca).expect("read server CA");
     let targets = [

@@ -3,9 +3,7 @@
 //! acknowledged message was lost; invalid files change nothing; a rotated TLS
 //! certificate is what new TLS clients see.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashSet;
 use std::path::Path;
@@ -146,9 +144,7 @@ fall = 2
 /// and wait until the gateway counted one more reload with `result`.
 fn edit(gate: &Gate, text: &str, result: &str) {
     let before = gate.metric("mqgate_config_reloads_total", &[("result", result)]);
-    let tmp = gate.config.with_extension("toml.tmp");
-    std::fs::write(&tmp, text).expect("write temp config");
-    std::fs::rename(&tmp, &gate.config).expect("rename config");
+    gate.save_config(text);
     wait_until(
         Duration::from_secs(10),
         &format!("a reload counted as {result}"),
@@ -443,9 +439,7 @@ fn no_watch_reloads_on_sighup_only() {
 
     // Save both files the way an editor does, the --no-watch one first.
     for (g, text) in [(&quiet, &quiet_more), (&watching, &watching_more)] {
-        let tmp = g.config.with_extension("toml.tmp");
-        std::fs::write(&tmp, text).expect("write temp config");
-        std::fs::rename(&tmp, &g.config).expect("rename config");
+        g.save_config(text);
     }
     wait_until(
         Duration::from_secs(10),

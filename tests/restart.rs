@@ -13,36 +13,20 @@
 //! sockets themselves (SCM_RIGHTS over a Unix socket): the accept queue outlives the
 //! old process, and that test requires zero failures whatever the sysctl says.
 
-mod common;
-
-use common::*;
+use crate::common::fleet::wait_exit;
+use crate::common::mqtt::DISCONNECT;
+use crate::common::*;
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// CONNECT, CONNACK, DISCONNECT. `persistent` sends clean session = 0.
+/// CONNECT (keep alive 30 s), CONNACK, DISCONNECT. `persistent` sends clean session = 0.
 fn session(port: u16, id: &str, persistent: bool) -> Result<(), String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut body = b"\x00\x04MQTT\x04".to_vec();
-    body.push(if persistent { 0x00 } else { 0x02 });
-    body.extend_from_slice(&[0x00, 0x1e]);
-    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    body.extend_from_slice(id.as_bytes());
-    let mut pkt = vec![0x10, body.len() as u8];
-    pkt.extend(body);
-    s.write_all(&pkt).map_err(|e| format!("write: {e}"))?;
-    let mut ack = [0u8; 4];
-    s.read_exact(&mut ack)
-        .map_err(|e| format!("CONNACK: {e}"))?;
-    if ack[0] != 0x20 || ack[3] != 0 {
-        return Err(format!("CONNACK {ack:02x?}"));
-    }
-    s.write_all(&[0xe0, 0x00])
-        .map_err(|e| format!("DISCONNECT: {e}"))?;
-    Ok(())
+    let connect = Connect::new(id).keep_alive(30).clean(!persistent);
+    let mut s = crate::common::mqtt::session(port, &connect)?;
+    s.write_all(&DISCONNECT)
+        .map_err(|e| format!("DISCONNECT: {e}"))
 }
 
 struct Traffic {
@@ -266,19 +250,48 @@ fn new_process_takes_the_sticky_table_over_from_the_old_one_as_a_peer() {
 /// The handover socket file of the `--handover` tests, in their temporary directory.
 const HANDOVER_SOCK: &str = "handover.sock";
 
-/// A gateway started with `--handover dir/HANDOVER_SOCK`; returned once its node is up
-/// and the socket file exists.
-fn start_with_handover(dir: &std::path::Path, name: &str, toml: &str, admin: u16) -> Gate {
-    let sock = dir.join(HANDOVER_SOCK);
-    let sock_arg = sock.display().to_string();
-    let g = Gate::start_args(dir, name, toml, admin, &["--handover", &sock_arg]);
-    wait_until(Duration::from_secs(10), "node up", || {
-        g.metric("mqgate_node_up", &[]) == 1.0
-    });
-    wait_until(Duration::from_secs(10), "handover socket file", || {
-        sock.exists()
-    });
-    g
+/// What the `--handover` tests share: a broker, one client port, and the handover
+/// socket's path, in a temporary directory.
+struct Handover {
+    broker: Mosquitto,
+    dir: tempfile::TempDir,
+    sock: std::path::PathBuf,
+    listen: u16,
+}
+
+impl Handover {
+    fn new() -> Handover {
+        let dir = tempdir();
+        let broker = Mosquitto::start("b1", dir.path());
+        let sock = dir.path().join(HANDOVER_SOCK);
+        Handover {
+            broker,
+            dir,
+            sock,
+            listen: free_port(),
+        }
+    }
+
+    /// A gateway on [`config`] (the client port, admin API `admin`) started as `name`
+    /// with `--handover SOCK`; returned once its node is up and the socket file exists.
+    fn start(&self, name: &str, admin: u16) -> Gate {
+        let sock_arg = self.sock.display().to_string();
+        let toml = config(admin, self.listen, &self.broker, "");
+        let g = Gate::start_args(
+            self.dir.path(),
+            name,
+            &toml,
+            admin,
+            &["--handover", &sock_arg],
+        );
+        wait_until(Duration::from_secs(10), "node up", || {
+            g.metric("mqgate_node_up", &[]) == 1.0
+        });
+        wait_until(Duration::from_secs(10), "handover socket file", || {
+            self.sock.exists()
+        });
+        g
+    }
 }
 
 /// `--handover`: each new process takes the listening socket from the running one,
@@ -286,18 +299,9 @@ fn start_with_handover(dir: &std::path::Path, name: &str, toml: &str, admin: u16
 /// one connect may fail, whatever `tcp_migrate_req` says.
 #[test]
 fn handover_of_listening_sockets_loses_no_connects() {
-    let dir = tempdir();
-    let broker = Mosquitto::start("b1", dir.path());
-    let sock = dir.path().join(HANDOVER_SOCK);
-    let listen = free_port();
-    let admin = free_port();
-    let mut old = start_with_handover(
-        dir.path(),
-        "gate-1",
-        &config(admin, listen, &broker, ""),
-        admin,
-    );
-    let traffic = Traffic::start(listen, 4);
+    let h = Handover::new();
+    let mut old = h.start("gate-1", free_port());
+    let traffic = Traffic::start(h.listen, 4);
     for i in 2..=3 {
         let base = traffic.ok();
         wait_until(Duration::from_secs(10), "steady traffic", || {
@@ -307,12 +311,7 @@ fn handover_of_listening_sockets_loses_no_connects() {
         // bound with SO_REUSEPORT next to the old one's): one command line for every
         // restart.
         let admin = if i == 2 { free_port() } else { old.admin_port };
-        let new = start_with_handover(
-            dir.path(),
-            &format!("gate-{i}"),
-            &config(admin, listen, &broker, ""),
-            admin,
-        );
+        let new = h.start(&format!("gate-{i}"), admin);
         assert_eq!(
             old.wait_exit(Duration::from_secs(20)),
             Some(0),
@@ -342,7 +341,7 @@ fn handover_of_listening_sockets_loses_no_connects() {
     );
     assert_eq!(old.stop(), Some(0));
     assert!(
-        !sock.exists(),
+        !h.sock.exists(),
         "the last process removes its handover socket file"
     );
 }
@@ -352,16 +351,14 @@ fn handover_of_listening_sockets_loses_no_connects() {
 /// sockets and clients, and still hands over to the next, correct, process.
 #[test]
 fn failed_handover_leaves_the_old_process_serving() {
-    let dir = tempdir();
-    let broker = Mosquitto::start("b1", dir.path());
-    let sock = dir.path().join(HANDOVER_SOCK);
-    let (listen, admin) = (free_port(), free_port());
-    let good = config(admin, listen, &broker, "");
-    let mut old = start_with_handover(dir.path(), "gate-old", &good, admin);
+    let h = Handover::new();
+    let (dir, sock, listen, admin) = (h.dir.path(), &h.sock, h.listen, free_port());
+    let mut old = h.start("gate-old", admin);
+    let good = config(admin, listen, &h.broker, "");
 
     let blocker = std::net::TcpListener::bind("127.0.0.1:0").expect("bind blocker");
     let taken = blocker.local_addr().expect("blocker addr").port();
-    let bad_toml = dir.path().join("bad.toml");
+    let bad_toml = dir.join("bad.toml");
     std::fs::write(
         &bad_toml,
         format!(
@@ -373,7 +370,7 @@ fn failed_handover_leaves_the_old_process_serving() {
         .args(["run", "-c"])
         .arg(&bad_toml)
         .arg("--handover")
-        .arg(&sock)
+        .arg(sock)
         .output()
         .expect("run the failing process");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -391,13 +388,7 @@ fn failed_handover_leaves_the_old_process_serving() {
         "the old process still serves the handover socket"
     );
 
-    let admin2 = free_port();
-    let _new = start_with_handover(
-        dir.path(),
-        "gate-new",
-        &config(admin2, listen, &broker, ""),
-        admin2,
-    );
+    let _new = h.start("gate-new", free_port());
     assert_eq!(old.wait_exit(Duration::from_secs(20)), Some(0));
     session(listen, "after-handover", false).expect("the new process serves clients");
     drop(blocker);
@@ -413,43 +404,16 @@ fn brokerless_config(admin: u16, listen: u16) -> String {
     )
 }
 
-/// Wait up to `timeout` for `child` to exit; its exit code, or None (it is still running).
-fn exit_within(child: &mut std::process::Child, timeout: Duration) -> Option<i32> {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if let Ok(Some(st)) = child.try_wait() {
-            return st.code();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
 /// A client that connects to the handover socket and says nothing used to receive the
 /// listening sockets at once and hold the old process for two minutes, so the real new
 /// process timed out and failed. Now the old process sends nothing until a client asks,
 /// drops one that does not ask within a couple of seconds, and hands over to the real one.
 #[test]
 fn silent_client_on_the_handover_socket_does_not_block_a_handover() {
-    let dir = tempdir();
-    let broker = Mosquitto::start("b1", dir.path());
-    let sock = dir.path().join(HANDOVER_SOCK);
-    let listen = free_port();
-    let admin = free_port();
-    let mut old = start_with_handover(
-        dir.path(),
-        "gate-1",
-        &config(admin, listen, &broker, ""),
-        admin,
-    );
-    let mut silent = std::os::unix::net::UnixStream::connect(&sock).expect("silent client");
-    let admin2 = free_port();
-    let new = start_with_handover(
-        dir.path(),
-        "gate-2",
-        &config(admin2, listen, &broker, ""),
-        admin2,
-    );
+    let h = Handover::new();
+    let mut old = h.start("gate-1", free_port());
+    let mut silent = std::os::unix::net::UnixStream::connect(&h.sock).expect("silent client");
+    let new = h.start("gate-2", free_port());
     assert_eq!(
         old.wait_exit(Duration::from_secs(20)),
         Some(0),
@@ -462,7 +426,7 @@ fn silent_client_on_the_handover_socket_does_not_block_a_handover() {
         old.log_text().contains("sent no request"),
         "the silent client is logged as dropped"
     );
-    session(listen, "after-handover", false).expect("the new process serves clients");
+    session(h.listen, "after-handover", false).expect("the new process serves clients");
     // The silent client was given nothing, descriptors included: just the end.
     silent
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -588,7 +552,7 @@ fn handover_refuses_descriptors_that_are_not_the_listening_tcp_sockets_described
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start mqgate");
-        let code = exit_within(&mut new, Duration::from_secs(20));
+        let code = wait_exit(&mut new, Duration::from_secs(20));
         if code.is_none() {
             let _ = new.kill();
             let _ = new.wait();
@@ -743,7 +707,7 @@ fn handover_refuses_a_process_of_another_user() {
         }
         Err(e) => panic!("start the intruder: {e}"),
     };
-    let code = exit_within(&mut intruder, Duration::from_secs(20));
+    let code = wait_exit(&mut intruder, Duration::from_secs(20));
     if code.is_none() {
         let _ = intruder.kill();
         let _ = intruder.wait();

@@ -5,12 +5,9 @@
 //! access is not warned about: owner root, group mqgate, mode 0640 is the layout the
 //! systemd unit and docs/migration.md ("Secret files") recommend.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 /// The secret files of [`config`], by the key that names them.
@@ -82,20 +79,6 @@ fn config(d: &Path, admin: u16) -> String {
     )
 }
 
-/// `mqgate check -c FILE`: (exit code, stdout, stderr).
-fn check(file: &Path) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mqgate"))
-        .args(["check", "-c"])
-        .arg(file)
-        .output()
-        .expect("run mqgate check");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// The warning a user sees for the file of `key` at `mode` (`access`: "readable", ...).
 fn warning(s: &Secrets, key: &str, access: &str, mode: &str) -> String {
     let what = if key.ends_with(".key") {
@@ -119,7 +102,7 @@ fn check_warns_about_secret_files_every_user_can_read() {
 
     // World-readable (the umask 022 default): one warning per file, with the fix.
     s.chmod_all(0o644);
-    let (code, stdout, stderr) = check(&file);
+    let (code, stdout, stderr) = mqgate_check(&file);
     assert_eq!(code, Some(0), "a warning is not an error:\n{stderr}");
     assert!(stdout.contains("OK"), "{stdout}");
     for (key, path) in &s.files {
@@ -133,7 +116,7 @@ fn check_warns_about_secret_files_every_user_can_read() {
     // The recommended layouts: no warning.
     for mode in [0o640, 0o600, 0o660, 0o400] {
         s.chmod_all(mode);
-        let (code, _, stderr) = check(&file);
+        let (code, _, stderr) = mqgate_check(&file);
         assert_eq!(code, Some(0), "{stderr}");
         assert!(
             !stderr.contains("warning"),
@@ -144,7 +127,7 @@ fn check_warns_about_secret_files_every_user_can_read() {
     // Writable (not readable) by others is warned about too.
     s.chmod("admin.token_file", 0o602);
     s.chmod("peers.tls.key", 0o606);
-    let (_, _, stderr) = check(&file);
+    let (_, _, stderr) = mqgate_check(&file);
     for want in [
         warning(&s, "admin.token_file", "writable", "0602"),
         warning(&s, "peers.tls.key", "readable and writable", "0606"),

@@ -2,9 +2,7 @@
 //! accepting, keeps relaying open sessions for up to `shutdown_grace`, then closes what
 //! is left and exits 0; if the sessions end sooner, it exits sooner.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::{Duration, Instant};
 
 fn start(grace: &str) -> (tempfile::TempDir, Mosquitto, Gate, u16) {
@@ -14,9 +12,7 @@ fn start(grace: &str) -> (tempfile::TempDir, Mosquitto, Gate, u16) {
     let mut toml = basic_config(port, admin, "dynsec", &[&broker], "");
     toml.push_str(&format!("\n[limits]\nshutdown_grace = \"{grace}\"\n"));
     let gate = Gate::start(dir.path(), "gate", &toml, admin);
-    wait_until(Duration::from_secs(10), "node up", || {
-        gate.metric("mqgate_node_up", &[("node", "b1")]) == 1.0
-    });
+    gate.wait_node_up("b1");
     (dir, broker, gate, port)
 }
 

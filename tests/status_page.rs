@@ -2,12 +2,11 @@
 //! their health and the leader, follows a leader change, and needs nothing from the
 //! network. The screenshot is saved under `target/test-artifacts/`.
 
-mod common;
-
-use common::{basic_config, free_port, http, tempdir, wait_until, Gate, Mosquitto};
+use crate::common::tools::CHROMIUM;
+use crate::common::{http, tempdir, wait_until, Gate, Mosquitto};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 fn artifacts_dir() -> PathBuf {
@@ -21,9 +20,10 @@ fn artifacts_dir() -> PathBuf {
 }
 
 /// Run headless Chromium with `args` + `url`; returns stdout. Fails clearly when
-/// Chromium is not installed (CI installs it), and kills it if it hangs.
+/// Chromium is not installed (integration/test installs it), and kills it if it hangs.
 fn chromium(profile: &Path, args: &[String], url: &str) -> String {
-    let mut child = Command::new("chromium")
+    let mut child = CHROMIUM
+        .command()
         .args([
             "--headless",
             "--no-sandbox",
@@ -42,7 +42,7 @@ fn chromium(profile: &Path, args: &[String], url: &str) -> String {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("chromium is required for this test (apt-get install -y chromium)");
+        .expect("start chromium");
     let mut out = child.stdout.take().expect("stdout");
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
@@ -89,13 +89,8 @@ fn status_page_renders_in_chromium_and_follows_the_leader() {
     let dir = tempdir();
     let mut a = Mosquitto::start("node1", dir.path());
     let b = Mosquitto::start("node2", dir.path());
-    let (listen, admin) = (free_port(), free_port());
-    let gate = Gate::start(
-        dir.path(),
-        "gate",
-        &basic_config(listen, admin, "full-sync", &[&a, &b], ""),
-        admin,
-    );
+    let (gate, _listen) = Gate::basic(dir.path(), "full-sync", &[&a, &b]);
+    let admin = gate.admin_port;
     wait_until(Duration::from_secs(10), "both nodes up", || {
         gate.metric("mqgate_node_up", &[]) == 2.0
     });
