@@ -90,6 +90,17 @@ impl DataPath {
         self.runtime.load_full()
     }
 
+    /// Set `mqgate_sticky_entries` from the tables' sizes (counting locks every
+    /// shard, so this runs on scrapes, sweeps and bulk changes, not per connection).
+    pub fn refresh_sticky_gauges(&self) {
+        for c in self.runtime().clusters.values() {
+            self.metrics
+                .sticky_entries
+                .with_label_values(&[&c.name])
+                .set(c.sticky.len() as i64);
+        }
+    }
+
     /// Swap in a new view (the gateway, at the end of a reload).
     pub fn set_runtime(&self, rt: Runtime) {
         self.runtime.store(Arc::new(rt));

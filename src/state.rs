@@ -72,12 +72,7 @@ impl Shared {
     /// Set `mqgate_sticky_entries` from the tables' sizes (counting locks every
     /// shard, so this runs on scrapes, sweeps and bulk changes, not per connection).
     pub fn refresh_sticky_gauges(&self) {
-        for c in self.runtime().clusters.values() {
-            self.metrics
-                .sticky_entries
-                .with_label_values(&[&c.name])
-                .set(c.sticky.len() as i64);
-        }
+        self.data.refresh_sticky_gauges();
     }
 
     /// A second handle on every listening socket, for a successor process.

@@ -15,9 +15,9 @@
 //! does not have, are dropped and counted (`mqgate_peer_updates_dropped_total`).
 
 use super::frame::{self, Frame, FrameError, Interner};
+use super::host::Host;
 use super::seal::FrameKeys;
 use super::seal::{Opener, SealError, Sealer};
-use crate::state::Shared;
 use crate::sticky::{Update, SHARDS};
 use bytes::{Buf, BytesMut};
 use std::sync::Arc;
@@ -185,7 +185,7 @@ impl<W: AsyncWrite + Unpin> Out<W> {
 /// Run an authenticated link until it fails or `stop` is cancelled. `sealing`: the
 /// frame keys of a link without TLS (every frame is then sealed both ways).
 pub async fn run<R, W>(
-    shared: Arc<Shared>,
+    host: Arc<Host>,
     hub: broadcast::Sender<Change>,
     peer: Arc<str>,
     mut r: FrameReader<R>,
@@ -208,8 +208,8 @@ where
     // Subscribe before the full sync, so no change made during it is missed (what is
     // sent twice merges as a no-op).
     let rx = hub.subscribe();
-    let sending = send_loop(&shared, &peer, rx, &hub, &mut w);
-    let receiving = receive_loop(&shared, &peer, &mut r);
+    let sending = send_loop(&host, &peer, rx, &hub, &mut w);
+    let receiving = receive_loop(&host, &peer, &mut r);
     let result = tokio::select! {
         r = sending => r,
         r = receiving => r,
@@ -220,17 +220,14 @@ where
 }
 
 async fn send_loop<W: AsyncWrite + Unpin>(
-    shared: &Shared,
+    host: &Host,
     peer: &str,
     mut rx: broadcast::Receiver<Change>,
     hub: &broadcast::Sender<Change>,
     w: &mut Out<W>,
 ) -> Result<(), LinkError> {
-    let sent = shared
-        .metrics
-        .peer_updates
-        .with_label_values(&[peer, "sent"]);
-    let n = full_sync(shared, w).await?;
+    let sent = host.metrics.peer_updates.with_label_values(&[peer, "sent"]);
+    let n = full_sync(host, w).await?;
     sent.inc_by(n);
     tracing::info!(peer, entries = n, "full sticky table sent to peer");
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -256,7 +253,7 @@ async fn send_loop<W: AsyncWrite + Unpin>(
                     "peer link fell behind; sending the full table again"
                 );
                 rx = hub.subscribe();
-                let n = full_sync(shared, w).await?;
+                let n = full_sync(host, w).await?;
                 sent.inc_by(n);
                 continue;
             }
@@ -288,13 +285,10 @@ async fn send_loop<W: AsyncWrite + Unpin>(
 }
 
 /// Send every table, shard by shard; returns how many updates went.
-async fn full_sync<W: AsyncWrite + Unpin>(
-    shared: &Shared,
-    w: &mut Out<W>,
-) -> Result<u64, LinkError> {
+async fn full_sync<W: AsyncWrite + Unpin>(host: &Host, w: &mut Out<W>) -> Result<u64, LinkError> {
     let mut buf = Vec::with_capacity(256 * 1024);
     frame::encode(&Frame::SyncBegin, &mut buf);
-    let clusters = shared.clusters_sorted();
+    let clusters = host.clusters_sorted();
     let mut total = 0u64;
     for c in clusters {
         for shard in 0..SHARDS {
@@ -317,17 +311,16 @@ async fn full_sync<W: AsyncWrite + Unpin>(
 }
 
 async fn receive_loop<R: AsyncRead + Unpin>(
-    shared: &Shared,
+    host: &Host,
     peer: &str,
     r: &mut FrameReader<R>,
 ) -> Result<(), LinkError> {
-    let received = shared
+    let received = host
         .metrics
         .peer_updates
         .with_label_values(&[peer, "received"]);
     let dropped = |reason: &str| {
-        shared
-            .metrics
+        host.metrics
             .peer_updates_dropped
             .with_label_values(&[peer, reason])
     };
@@ -345,8 +338,7 @@ async fn receive_loop<R: AsyncRead + Unpin>(
                     _ => None,
                 };
                 if let Some(reason) = reason {
-                    shared
-                        .metrics
+                    host.metrics
                         .peer_frames_rejected
                         .with_label_values(&[peer, reason])
                         .inc();
@@ -362,7 +354,7 @@ async fn receive_loop<R: AsyncRead + Unpin>(
                 if let Some(n) = syncing.as_mut() {
                     *n += updates.len() as u64;
                 }
-                match shared.cluster(&cluster) {
+                match host.cluster(&cluster) {
                     Some(c) => {
                         let nodes = c.nodes();
                         let mut unknown = 0u64;
@@ -415,7 +407,7 @@ async fn receive_loop<R: AsyncRead + Unpin>(
                     received = got,
                     "full sticky table received from peer"
                 );
-                shared.refresh_sticky_gauges();
+                host.refresh_sticky_gauges();
             }
             Some(Frame::Heartbeat) => {}
             Some(Frame::Error { reason }) => return Err(LinkError::Refused(reason)),

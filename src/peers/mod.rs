@@ -21,14 +21,15 @@
 pub mod admission;
 pub mod auth;
 pub mod frame;
+pub mod host;
 pub mod link;
 pub mod seal;
 pub mod snapshot;
 
 use crate::cluster::Cluster;
 use crate::config::{PeerConfig, PeersConfig, Secret};
-use crate::state::Shared;
 use arc_swap::ArcSwap;
+use host::Host;
 use link::{Change, FrameReader, LinkError};
 use rand::Rng;
 use std::collections::{HashMap, HashSet};
@@ -80,7 +81,7 @@ struct Service {
     peers_changed: Arc<Notify>,
 }
 
-/// Held by the gateway beside [`Shared`]: the service, once started.
+/// Held by the gateway beside [`Host`]: the service, once started.
 #[derive(Default)]
 pub struct PeersHandle {
     service: Mutex<Option<Service>>,
@@ -164,37 +165,37 @@ impl PeersError {
 
 /// Start-up: load the snapshot (before any link, so peers get it in their full sync),
 /// then start the service per the current config.
-pub async fn start(shared: &Arc<Shared>, handle: &PeersHandle) -> Result<(), PeersError> {
-    if let Some(path) = shared
+pub async fn start(host: &Arc<Host>, handle: &PeersHandle) -> Result<(), PeersError> {
+    if let Some(path) = host
         .runtime()
         .config
         .peers
         .as_ref()
         .and_then(|p| p.snapshot.clone())
     {
-        snapshot::load(shared, &path).await;
+        snapshot::load(host, &path).await;
     }
     handle.started.store(true, Ordering::Release);
-    apply(shared, handle)
+    apply(host, handle)
 }
 
 /// After a reload: start, stop or adjust the service. Errors are logged (the rest of
 /// the new config is already in force).
-pub fn reconfigure(shared: &Arc<Shared>, handle: &PeersHandle) {
+pub fn reconfigure(host: &Arc<Host>, handle: &PeersHandle) {
     if !handle.started.load(Ordering::Acquire) {
         return;
     }
-    if let Err(e) = apply(shared, handle) {
+    if let Err(e) = apply(host, handle) {
         tracing::error!("peers: {e}; peer links keep their previous settings");
     }
 }
 
 /// Shutdown: write the snapshot if one is configured.
-pub async fn save_snapshot(shared: &Arc<Shared>, handle: &PeersHandle) {
+pub async fn save_snapshot(host: &Arc<Host>, handle: &PeersHandle) {
     if let Some(s) = handle.lock().take() {
         s.stop.cancel();
     }
-    let Some(path) = shared
+    let Some(path) = host
         .runtime()
         .config
         .peers
@@ -203,11 +204,11 @@ pub async fn save_snapshot(shared: &Arc<Shared>, handle: &PeersHandle) {
     else {
         return;
     };
-    snapshot::save(shared, &path).await;
+    snapshot::save(host, &path).await;
 }
 
-fn apply(shared: &Arc<Shared>, handle: &PeersHandle) -> Result<(), PeersError> {
-    let cfg = shared.runtime().config.peers.clone();
+fn apply(host: &Arc<Host>, handle: &PeersHandle) -> Result<(), PeersError> {
+    let cfg = host.runtime().config.peers.clone();
     let mut guard = handle.lock();
     let Some(cfg) = cfg else {
         if let Some(s) = guard.take() {
@@ -216,16 +217,16 @@ fn apply(shared: &Arc<Shared>, handle: &PeersHandle) -> Result<(), PeersError> {
         }
         return Ok(());
     };
-    if cfg.name != shared.instance {
+    if cfg.name != host.instance {
         tracing::warn!(
-            running = %shared.instance,
+            running = %host.instance,
             configured = %cfg.name,
             "peers.name changed; the new name takes effect after a restart"
         );
     }
     let tls = cfg.tls.as_ref().map(auth::tls).transpose()?;
     let settings = Settings {
-        own: Arc::from(shared.instance.as_str()),
+        own: Arc::from(host.instance.as_str()),
         secret: cfg.secret.clone(),
         peers: cfg.peers.clone(),
         tls,
@@ -235,7 +236,7 @@ fn apply(shared: &Arc<Shared>, handle: &PeersHandle) -> Result<(), PeersError> {
         let (hub, _) = broadcast::channel(HUB_CAPACITY);
         *guard = Some(Service {
             settings: Arc::new(ArcSwap::from_pointee(settings)),
-            stop: shared.background.child_token(),
+            stop: host.background.child_token(),
             bind: cfg.bind,
             local_addr: cfg.bind,
             acceptor_stop: CancellationToken::new(),
@@ -247,7 +248,7 @@ fn apply(shared: &Arc<Shared>, handle: &PeersHandle) -> Result<(), PeersError> {
             peers_changed: Arc::new(Notify::new()),
         });
         if let Some(s) = guard.as_ref() {
-            shared.bg_tracker.spawn(resolve_peer_addresses(
+            host.bg_tracker.spawn(resolve_peer_addresses(
                 s.settings.clone(),
                 s.peer_addresses.clone(),
                 s.peers_changed.clone(),
@@ -260,7 +261,7 @@ fn apply(shared: &Arc<Shared>, handle: &PeersHandle) -> Result<(), PeersError> {
     }
     if let Some(s) = guard.as_mut() {
         if fresh || s.bind != cfg.bind {
-            if let Err(e) = rebind(shared, s, &cfg) {
+            if let Err(e) = rebind(host, s, &cfg) {
                 if fresh {
                     *guard = None;
                 }
@@ -271,12 +272,12 @@ fn apply(shared: &Arc<Shared>, handle: &PeersHandle) -> Result<(), PeersError> {
     let Some(s) = guard.as_mut() else {
         return Ok(());
     };
-    reconcile_dialers(shared, s, &cfg);
-    ensure_forwarders(shared, s);
+    reconcile_dialers(host, s, &cfg);
+    ensure_forwarders(host, s);
     Ok(())
 }
 
-fn rebind(shared: &Arc<Shared>, s: &mut Service, cfg: &PeersConfig) -> Result<(), PeersError> {
+fn rebind(host: &Arc<Host>, s: &mut Service, cfg: &PeersConfig) -> Result<(), PeersError> {
     let sock = crate::listener::bind(cfg.bind).map_err(|source| PeersError::Bind {
         bind: cfg.bind,
         source,
@@ -290,15 +291,15 @@ fn rebind(shared: &Arc<Shared>, s: &mut Service, cfg: &PeersConfig) -> Result<()
     s.acceptor_stop = s.stop.child_token();
     s.bind = cfg.bind;
     s.local_addr = local;
-    tracing::info!(bind = %local, name = %shared.instance, "peers listening");
-    let ctx = Ctx::new(shared, s);
+    tracing::info!(bind = %local, name = %host.instance, "peers listening");
+    let ctx = Ctx::new(host, s);
     let stop = s.acceptor_stop.clone();
-    shared.bg_tracker.spawn(accept_loop(ctx, listener, stop));
+    host.bg_tracker.spawn(accept_loop(ctx, listener, stop));
     Ok(())
 }
 
-fn reconcile_dialers(shared: &Arc<Shared>, s: &mut Service, cfg: &PeersConfig) {
-    let own = shared.instance.as_str();
+fn reconcile_dialers(host: &Arc<Host>, s: &mut Service, cfg: &PeersConfig) {
+    let own = host.instance.as_str();
     let want: HashMap<&str, &str> = cfg
         .peers
         .iter()
@@ -322,22 +323,17 @@ fn reconcile_dialers(shared: &Arc<Shared>, s: &mut Service, cfg: &PeersConfig) {
     }
     drop(links);
     for p in &cfg.peers {
-        shared.metrics.peer_up.with_label_values(&[&p.name]);
+        host.metrics.peer_up.with_label_values(&[&p.name]);
         for dir in ["sent", "received"] {
-            shared
-                .metrics
-                .peer_updates
-                .with_label_values(&[&p.name, dir]);
+            host.metrics.peer_updates.with_label_values(&[&p.name, dir]);
         }
         for reason in ["unknown_cluster", "unknown_node"] {
-            shared
-                .metrics
+            host.metrics
                 .peer_updates_dropped
                 .with_label_values(&[&p.name, reason]);
         }
         for reason in ["mac", "malformed"] {
-            shared
-                .metrics
+            host.metrics
                 .peer_frames_rejected
                 .with_label_values(&[&p.name, reason]);
         }
@@ -349,9 +345,8 @@ fn reconcile_dialers(shared: &Arc<Shared>, s: &mut Service, cfg: &PeersConfig) {
         let stop = s.stop.child_token();
         s.dialers
             .insert(name.to_string(), (addr.to_string(), stop.clone()));
-        let ctx = Ctx::new(shared, s);
-        shared
-            .bg_tracker
+        let ctx = Ctx::new(host, s);
+        host.bg_tracker
             .spawn(dial_loop(ctx, Arc::from(name), addr.to_string(), stop));
     }
 }
@@ -380,8 +375,8 @@ async fn resolve_peer_addresses(
 }
 
 /// Copy each cluster's change feed into the hub, tagged with the cluster name.
-fn ensure_forwarders(shared: &Arc<Shared>, s: &mut Service) {
-    let clusters = shared.runtime().clusters.clone();
+fn ensure_forwarders(host: &Arc<Host>, s: &mut Service) {
+    let clusters = host.runtime().clusters.clone();
     s.forwarders
         .retain(|name, w| clusters.contains_key(name) && w.strong_count() > 0);
     for (name, c) in clusters {
@@ -398,7 +393,7 @@ fn ensure_forwarders(shared: &Arc<Shared>, s: &mut Service) {
         let hub = s.hub.clone();
         let stop = s.stop.clone();
         let name: Arc<str> = Arc::from(name.as_str());
-        shared.bg_tracker.spawn(async move {
+        host.bg_tracker.spawn(async move {
             loop {
                 let r = tokio::select! {
                     r = rx.recv() => r,
@@ -423,7 +418,7 @@ fn ensure_forwarders(shared: &Arc<Shared>, s: &mut Service) {
 /// What a link task needs from the service.
 #[derive(Clone)]
 struct Ctx {
-    shared: Arc<Shared>,
+    host: Arc<Host>,
     settings: Arc<ArcSwap<Settings>>,
     links: Arc<Links>,
     hub: broadcast::Sender<Change>,
@@ -432,9 +427,9 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn new(shared: &Arc<Shared>, s: &Service) -> Ctx {
+    fn new(host: &Arc<Host>, s: &Service) -> Ctx {
         Ctx {
-            shared: shared.clone(),
+            host: host.clone(),
             settings: s.settings.clone(),
             links: s.links.clone(),
             hub: s.hub.clone(),
@@ -458,11 +453,11 @@ impl Ctx {
     {
         let token = self.stop.child_token();
         let id = self.links.register(&peer, token.clone());
-        let up = self.shared.metrics.peer_up.with_label_values(&[&peer]);
+        let up = self.host.metrics.peer_up.with_label_values(&[&peer]);
         up.set(1);
         tracing::info!(peer = %peer, "peer link established");
         let result = link::run(
-            self.shared.clone(),
+            self.host.clone(),
             self.hub.clone(),
             peer.clone(),
             r,
@@ -496,7 +491,7 @@ async fn accept_loop(ctx: Ctx, listener: tokio::net::TcpListener, stop: Cancella
         let waiting = admission.arrive();
         let admission = admission.clone();
         let ctx = ctx.clone();
-        let tracker = ctx.shared.bg_tracker.clone();
+        let tracker = ctx.host.bg_tracker.clone();
         tracker.spawn(async move {
             // The first byte, without holding a handshake slot.
             let mut first = [0u8; 1];

@@ -10,7 +10,7 @@
 //! a damaged one is logged and what could be read before the damage is kept.
 
 use super::frame::{self, Frame, Interner};
-use crate::state::Shared;
+use super::host::Host;
 use crate::sticky::SHARDS;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -40,12 +40,12 @@ pub enum SnapshotError {
 }
 
 /// Encode every table of the gateway.
-pub fn encode(shared: &Shared) -> (Vec<u8>, u64) {
+pub fn encode(host: &Host) -> (Vec<u8>, u64) {
     let mut out = Vec::with_capacity(HEADER + 1024);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT.to_be_bytes());
     out.extend_from_slice(&crate::sticky::now_ms().to_be_bytes());
-    let clusters = shared.clusters_sorted();
+    let clusters = host.clusters_sorted();
     let mut total = 0u64;
     for c in clusters {
         for shard in 0..SHARDS {
@@ -131,11 +131,11 @@ fn create_temp(dir: &Path, path: &Path) -> std::io::Result<(PathBuf, std::fs::Fi
 }
 
 /// Write the snapshot (shutdown). Errors are logged: shutdown goes on.
-pub async fn save(shared: &Arc<Shared>, path: &Path) {
-    let shared2 = shared.clone();
+pub async fn save(host: &Arc<Host>, path: &Path) {
+    let host2 = host.clone();
     let path2 = path.to_path_buf();
     let done = tokio::task::spawn_blocking(move || {
-        let (bytes, n) = encode(&shared2);
+        let (bytes, n) = encode(&host2);
         write_atomic(&path2, &bytes).map(|()| (n, bytes.len()))
     })
     .await;
@@ -150,7 +150,7 @@ pub async fn save(shared: &Arc<Shared>, path: &Path) {
 
 /// Merge a snapshot's bytes into the gateway's tables; returns how many entries were
 /// read. Entries of clusters the config no longer has are skipped.
-pub fn decode_into(shared: &Shared, path: &Path, bytes: &[u8]) -> Result<u64, SnapshotError> {
+pub fn decode_into(host: &Host, path: &Path, bytes: &[u8]) -> Result<u64, SnapshotError> {
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
         return Err(SnapshotError::Magic(path.to_path_buf()));
     }
@@ -177,7 +177,7 @@ pub fn decode_into(shared: &Shared, path: &Path, bytes: &[u8]) -> Result<u64, Sn
             Ok(Some((Frame::Updates { cluster, updates }, n))) => {
                 rest = &rest[n..];
                 entries += updates.len() as u64;
-                if let Some(c) = shared.cluster(&cluster) {
+                if let Some(c) = host.cluster(&cluster) {
                     for mut u in updates {
                         u.idle_ms = u.idle_ms.saturating_add(since);
                         c.sticky.merge(&u);
@@ -204,7 +204,7 @@ pub fn decode_into(shared: &Shared, path: &Path, bytes: &[u8]) -> Result<u64, Sn
 }
 
 /// Load the snapshot at start. A missing file is normal; a damaged one is logged.
-pub async fn load(shared: &Arc<Shared>, path: &Path) {
+pub async fn load(host: &Arc<Host>, path: &Path) {
     let bytes = match tokio::fs::read(path).await {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -216,11 +216,11 @@ pub async fn load(shared: &Arc<Shared>, path: &Path) {
             return;
         }
     };
-    match decode_into(shared, path, &bytes) {
+    match decode_into(host, path, &bytes) {
         Ok(entries) => tracing::info!(file = %path.display(), entries, "sticky snapshot loaded"),
         Err(e) => tracing::warn!("sticky snapshot partly loaded: {e}"),
     }
-    shared.refresh_sticky_gauges();
+    host.refresh_sticky_gauges();
 }
 
 #[cfg(test)]

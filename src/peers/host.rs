@@ -1,0 +1,55 @@
+//! What the peers service gets from the gateway, and nothing more: the current view
+//! (clusters, their sticky tables, the `[peers]` settings) through the data path's
+//! handle, the metrics, this instance's name and the background task set.
+
+use crate::cluster::Cluster;
+use crate::metrics::Metrics;
+use crate::runtime::{DataPath, Runtime};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub struct Host {
+    data: Arc<DataPath>,
+    pub metrics: Arc<Metrics>,
+    /// This gateway's name (the `[peers] name` at start-up).
+    pub instance: String,
+    /// Stops the service's tasks (shutdown).
+    pub background: CancellationToken,
+    /// Where the service's tasks run.
+    pub bg_tracker: TaskTracker,
+}
+
+impl Host {
+    pub fn new(
+        data: Arc<DataPath>,
+        instance: String,
+        background: CancellationToken,
+        bg_tracker: TaskTracker,
+    ) -> Self {
+        Host {
+            metrics: data.metrics.clone(),
+            data,
+            instance,
+            background,
+            bg_tracker,
+        }
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.data.runtime()
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<Arc<Cluster>> {
+        self.runtime().clusters.get(name).cloned()
+    }
+
+    pub fn clusters_sorted(&self) -> Vec<Arc<Cluster>> {
+        self.runtime().clusters_sorted()
+    }
+
+    /// After bulk changes to the sticky tables (a full sync, a snapshot).
+    pub fn refresh_sticky_gauges(&self) {
+        self.data.refresh_sticky_gauges();
+    }
+}
