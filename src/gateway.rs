@@ -35,8 +35,8 @@ pub struct Gateway {
     pub shared: Arc<Shared>,
     /// Peer links and the sticky snapshot (`crate::peers`).
     pub peers: Arc<crate::peers::PeersHandle>,
-    /// What the peers service sees of the gateway (`crate::peers::host`).
-    peers_host: Arc<crate::peers::host::Host>,
+    /// What the side services (peers, admin, the refusal summary) see of the gateway.
+    pub host: Arc<crate::host::Host>,
 }
 
 fn instance_name(cfg: &Config) -> String {
@@ -105,7 +105,7 @@ impl Gateway {
             instance: instance_name(&config),
             log_level: Mutex::new(None),
         });
-        let peers_host = Arc::new(crate::peers::host::Host::new(
+        let host = Arc::new(crate::host::Host::new(
             shared.data.clone(),
             shared.instance.clone(),
             shared.background.clone(),
@@ -114,13 +114,13 @@ impl Gateway {
         let gw = Gateway {
             shared,
             peers: Arc::default(),
-            peers_host,
+            host,
         };
         gw.apply(config).await?;
         for (bind, _) in lock(&gw.shared.inherited).drain() {
             tracing::info!(bind = %bind, "handover: socket not in this config; closed");
         }
-        if let Err(e) = crate::peers::start(&gw.peers_host, &gw.peers).await {
+        if let Err(e) = crate::peers::start(&gw.host, &gw.peers).await {
             let bind = gw.shared.runtime().config.peers.as_ref().map(|p| p.bind);
             return Err(ApplyError::Bind {
                 listener: "peers".into(),
@@ -399,7 +399,7 @@ impl Gateway {
             .metrics
             .config_last_reload_success
             .set(crate::sticky::now_ms() as i64 / 1000);
-        crate::peers::reconfigure(&self.peers_host, &self.peers);
+        crate::peers::reconfigure(&self.host, &self.peers);
         for (i, (name, sock, stop)) in to_start.into_iter().enumerate() {
             // On a connection thread (the listeners spread over them), which then keeps
             // the connections of its turns without a hand-off; and on the connection
@@ -481,7 +481,7 @@ impl Gateway {
         shared.background.cancel();
         shared.bg_tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), shared.bg_tracker.wait()).await;
-        crate::peers::save_snapshot(&self.peers_host, &self.peers).await;
+        crate::peers::save_snapshot(&self.host, &self.peers).await;
         data.workers.stop();
         tracing::info!("stopped");
     }

@@ -19,7 +19,8 @@
 //!            sessions::SessionScope (node down, maint, listener removed, shutdown)
 //!
 //! beside:    admin (hyper: /metrics /status /api; a reload::Reload handle), peers,
-//!            refused (summary); state: the long-lived Shared; run: the composition root
+//!            refused (summary), each with a host::Host handle; state: the gateway's
+//!            own wiring (Shared); run: the composition root
 //! ```
 //!
 //! The data path (transport → session → upstream → relay) knows nothing about HTTP,
@@ -37,6 +38,7 @@ pub mod fdlimit;
 pub mod gateway;
 pub mod handover;
 pub mod health;
+pub mod host;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

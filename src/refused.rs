@@ -13,8 +13,8 @@
 //! within a second, a steady stream of them once a minute. Nothing is written while no
 //! client is refused.
 
+use crate::host::Host;
 use crate::metrics::{names, Metrics};
-use crate::state::Shared;
 use prometheus::core::Collector;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -122,11 +122,11 @@ impl Summaries {
 }
 
 /// Start the summary task (stops with the gateway's background tasks).
-pub fn spawn(shared: &Arc<Shared>) {
-    let shared = shared.clone();
-    shared.bg_tracker.clone().spawn(async move {
-        let stop = shared.background.clone();
-        let mut s = Summaries::new(counts(&shared.metrics));
+pub fn spawn(host: &Arc<Host>) {
+    let host = host.clone();
+    host.bg_tracker.clone().spawn(async move {
+        let stop = host.background.clone();
+        let mut s = Summaries::new(counts(&host.metrics));
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -134,7 +134,7 @@ pub fn spawn(shared: &Arc<Shared>) {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            if let Some((total, refused)) = s.tick(counts(&shared.metrics), Instant::now()) {
+            if let Some((total, refused)) = s.tick(counts(&host.metrics), Instant::now()) {
                 tracing::info!(
                     total,
                     refused = refused.as_str(),

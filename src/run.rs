@@ -31,7 +31,7 @@ pub struct RunOptions {
 /// (unless `watch` is false) and the refusal summary. Returns the reload handle.
 pub async fn wire(gw: &Gateway, watch: bool) -> anyhow::Result<Triggers> {
     let triggers = gw.triggers();
-    crate::admin::spawn(&gw.shared, triggers.reload.clone())
+    crate::admin::spawn(&gw.host, triggers.reload.clone())
         .await
         .context("starting the admin server")?;
     if watch {
@@ -41,7 +41,7 @@ pub async fn wire(gw: &Gateway, watch: bool) -> anyhow::Result<Triggers> {
             "not watching the config file (--no-watch); reload with SIGHUP or POST /api/v1/reload"
         );
     }
-    crate::refused::spawn(&gw.shared);
+    crate::refused::spawn(&gw.host);
     Ok(triggers)
 }
 

@@ -9,8 +9,8 @@
 use super::Ctx;
 use super::{error, json, Refusal, Resp};
 use crate::cluster::{AdminState, Cluster};
+use crate::host::Host;
 use crate::reload::ApplyError;
-use crate::state::Shared;
 use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -41,8 +41,8 @@ pub struct StickyAnswer {
     pub expires_in_secs: u64,
 }
 
-fn cluster(shared: &Shared, name: &str) -> Result<Arc<Cluster>, Refusal> {
-    shared.cluster(name).ok_or_else(|| {
+fn cluster(host: &Host, name: &str) -> Result<Arc<Cluster>, Refusal> {
+    host.cluster(name).ok_or_else(|| {
         Box::new(error(
             StatusCode::NOT_FOUND,
             &format!("no cluster named `{name}`"),
@@ -50,8 +50,8 @@ fn cluster(shared: &Shared, name: &str) -> Result<Arc<Cluster>, Refusal> {
     })
 }
 
-pub(super) fn node_state(shared: &Shared, c: &str, n: &str, body: &[u8]) -> Resp {
-    let cl = match cluster(shared, c) {
+pub(super) fn node_state(host: &Host, c: &str, n: &str, body: &[u8]) -> Resp {
+    let cl = match cluster(host, c) {
         Ok(c) => c,
         Err(r) => return *r,
     };
@@ -94,8 +94,8 @@ pub(super) fn node_state(shared: &Shared, c: &str, n: &str, body: &[u8]) -> Resp
     )
 }
 
-pub(super) fn sticky_get(shared: &Shared, c: &str, key: &str) -> Resp {
-    let cl = match cluster(shared, c) {
+pub(super) fn sticky_get(host: &Host, c: &str, key: &str) -> Resp {
+    let cl = match cluster(host, c) {
         Ok(c) => c,
         Err(r) => return *r,
     };
@@ -115,8 +115,8 @@ pub(super) fn sticky_get(shared: &Shared, c: &str, key: &str) -> Resp {
     }
 }
 
-pub(super) fn sticky_del(shared: &Shared, c: &str, key: &str) -> Resp {
-    let cl = match cluster(shared, c) {
+pub(super) fn sticky_del(host: &Host, c: &str, key: &str) -> Resp {
+    let cl = match cluster(host, c) {
         Ok(c) => c,
         Err(r) => return *r,
     };
@@ -127,8 +127,7 @@ pub(super) fn sticky_del(shared: &Shared, c: &str, key: &str) -> Resp {
             &format!("no sticky entry for `{key}` in cluster `{c}`"),
         );
     }
-    shared
-        .metrics
+    host.metrics
         .sticky_entries
         .with_label_values(&[&cl.name])
         .set(cl.sticky.len() as i64);

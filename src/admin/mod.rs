@@ -3,7 +3,7 @@
 //! the `mqgate status|node|sticky` commands).
 //!
 //! It exists so that operators can see and steer a running gateway without touching
-//! the data path: every handler only reads the in-memory state (`Shared`, `Runtime`,
+//! the data path: every handler only reads the in-memory state (`Host`, `Runtime`,
 //! the metrics registry) or calls the same entry points a reload or health check uses.
 //!
 //! Robustness: the server is bounded on every side so that a slow or hostile HTTP
@@ -33,8 +33,8 @@ pub use view::{
     gather_status, ClusterView, ListenerView, NodeView, PeerView, PeersView, StatusView,
 };
 
+use crate::host::Host;
 use crate::reload::Reload;
-use crate::state::Shared;
 use access::Arrival;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -69,13 +69,13 @@ pub(crate) type Refusal = Box<Resp>;
 /// admin states and sticky tables to change), and the reload handle.
 #[derive(Clone)]
 pub(crate) struct Ctx {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) host: Arc<Host>,
     pub(crate) reload: Arc<dyn Reload>,
 }
 
-pub async fn spawn(shared: &Arc<Shared>, reload: Arc<dyn Reload>) -> std::io::Result<()> {
-    let shared = shared.clone();
-    let bind = shared.runtime().config.admin.bind;
+pub async fn spawn(host: &Arc<Host>, reload: Arc<dyn Reload>) -> std::io::Result<()> {
+    let host = host.clone();
+    let bind = host.runtime().config.admin.bind;
     // SO_REUSEPORT like the client listeners: during a restart (`--handover` or
     // not) the new process binds the same admin address while the old one drains.
     let listener = crate::listener::bind(bind)
@@ -90,10 +90,10 @@ pub async fn spawn(shared: &Arc<Shared>, reload: Arc<dyn Reload>) -> std::io::Re
     // a later reload says `[admin] bind` is (changing it takes a restart).
     let bound = listener.local_addr()?;
     tracing::info!(bind = %bound, "admin API listening");
-    let stop = shared.background.clone();
-    let tracker = shared.bg_tracker.clone();
+    let stop = host.background.clone();
+    let tracker = host.bg_tracker.clone();
     let gw = Ctx {
-        shared: shared.clone(),
+        host: host.clone(),
         reload,
     };
     let conns = conns::Conns::new(MAX_CONNECTIONS);
@@ -171,48 +171,48 @@ pub async fn spawn(shared: &Arc<Shared>, reload: Arc<dyn Reload>) -> std::io::Re
 
 /// Route one request.
 async fn handle(gw: &Ctx, arrival: &Arrival, req: Request<Incoming>) -> Resp {
-    let shared = &gw.shared;
+    let host = &gw.host;
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let resp = match (&method, segments.as_slice()) {
-        (&Method::GET | &Method::HEAD, ["metrics"]) => metrics(shared),
+        (&Method::GET | &Method::HEAD, ["metrics"]) => metrics(host),
         (&Method::GET | &Method::HEAD, ["healthz"]) => text(StatusCode::OK, "ok\n"),
-        (&Method::GET | &Method::HEAD, ["readyz"]) => readyz(shared),
+        (&Method::GET | &Method::HEAD, ["readyz"]) => readyz(host),
         (&Method::GET | &Method::HEAD, ["status"]) => {
             let refresh = query_param(req.uri().query(), "refresh")
                 .and_then(|v| v.parse::<u32>().ok())
                 .unwrap_or(5);
-            html(status_page::render(&gather_status(shared), refresh))
+            html(status_page::render(&gather_status(host), refresh))
         }
         (&Method::GET | &Method::HEAD, ["api", "v1", "status"]) => {
-            json(StatusCode::OK, &gather_status(shared))
+            json(StatusCode::OK, &gather_status(host))
         }
         (&Method::GET, ["api", "v1", "clusters", c, "sticky", key]) => {
             // Whether a client id exists is not for anyone who can reach the port.
-            match require_token(shared, &req) {
+            match require_token(host, &req) {
                 Err(r) => *r,
-                Ok(()) => api::sticky_get(shared, &decode(c), &decode(key)),
+                Ok(()) => api::sticky_get(host, &decode(c), &decode(key)),
             }
         }
         (&Method::DELETE, ["api", "v1", "clusters", c, "sticky", key]) => {
             let (c, key) = (decode(c), decode(key));
-            match authorize(shared, arrival, &req) {
+            match authorize(host, arrival, &req) {
                 Err(r) => *r,
-                Ok(()) => api::sticky_del(shared, &c, &key),
+                Ok(()) => api::sticky_del(host, &c, &key),
             }
         }
         (&Method::PUT, ["api", "v1", "clusters", c, "nodes", n, "state"]) => {
             let (c, n) = (decode(c), decode(n));
-            match authorize(shared, arrival, &req) {
+            match authorize(host, arrival, &req) {
                 Err(r) => *r,
                 Ok(()) => match read_body(req).await {
                     Err(r) => *r,
-                    Ok(body) => api::node_state(shared, &c, &n, &body),
+                    Ok(body) => api::node_state(host, &c, &n, &body),
                 },
             }
         }
-        (&Method::POST, ["api", "v1", "reload"]) => match authorize(shared, arrival, &req) {
+        (&Method::POST, ["api", "v1", "reload"]) => match authorize(host, arrival, &req) {
             Err(r) => *r,
             Ok(()) => api::reload(gw).await,
         },
@@ -248,12 +248,12 @@ fn allowed(segments: &[&str]) -> &'static str {
     }
 }
 
-fn metrics(shared: &Shared) -> Resp {
+fn metrics(host: &Host) -> Resp {
     // The sticky gauge is also refreshed by the sweeper; refresh it here so that a
     // scrape always sees the table's current size (entries removed by the API or
     // peers, or expired, included).
-    shared.refresh_sticky_gauges();
-    let mut r = Response::new(Full::new(Bytes::from(shared.metrics.render())));
+    host.refresh_sticky_gauges();
+    let mut r = Response::new(Full::new(Bytes::from(host.metrics.render())));
     r.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -261,8 +261,8 @@ fn metrics(shared: &Shared) -> Resp {
     r
 }
 
-fn readyz(shared: &Shared) -> Resp {
-    let rt = shared.runtime();
+fn readyz(host: &Host) -> Resp {
+    let rt = host.runtime();
     let mut not_ready: Vec<&str> = rt
         .clusters
         .values()
@@ -270,7 +270,7 @@ fn readyz(shared: &Shared) -> Resp {
         .map(|c| c.name.as_str())
         .collect();
     not_ready.sort_unstable();
-    if shared.data.stopping.is_cancelled() {
+    if host.stopping() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
     if not_ready.is_empty() {
@@ -286,8 +286,8 @@ fn readyz(shared: &Shared) -> Resp {
 /// May this request change things? (SPEC section 7.) Not if a browser may have been
 /// made to send it ([`access`]); then the token decides, or without a token whether the
 /// admin socket — as bound, not as a reloaded `[admin] bind` says — is on loopback.
-fn authorize(shared: &Shared, arrival: &Arrival, req: &Request<Incoming>) -> Result<(), Refusal> {
-    let rt = shared.runtime();
+fn authorize(host: &Host, arrival: &Arrival, req: &Request<Incoming>) -> Result<(), Refusal> {
+    let rt = host.runtime();
     let admin = &rt.config.admin;
     if let Err(msg) =
         access::check_browser_safety(req.uri(), req.headers(), arrival, &admin.allowed_hosts)
@@ -296,7 +296,7 @@ fn authorize(shared: &Shared, arrival: &Arrival, req: &Request<Incoming>) -> Res
         return Err(Box::new(error(StatusCode::FORBIDDEN, &msg)));
     }
     if admin.token.is_some() {
-        return require_token(shared, req);
+        return require_token(host, req);
     }
     if arrival.bound.ip().to_canonical().is_loopback() {
         return Ok(());
@@ -315,8 +315,8 @@ fn authorize(shared: &Shared, arrival: &Arrival, req: &Request<Incoming>) -> Res
 }
 
 /// The bearer token, when `[admin]` sets one (401 without it or with a wrong one).
-fn require_token(shared: &Shared, req: &Request<Incoming>) -> Result<(), Refusal> {
-    let rt = shared.runtime();
+fn require_token(host: &Host, req: &Request<Incoming>) -> Result<(), Refusal> {
+    let rt = host.runtime();
     let Some(token) = &rt.config.admin.token else {
         return Ok(());
     };

@@ -8,8 +8,8 @@
 //! `mqgate_peer_up` shows up here.
 
 use crate::cluster::{Cluster, Health};
+use crate::host::Host;
 use crate::metrics::names;
-use crate::state::Shared;
 use prometheus::proto::MetricFamily;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -156,9 +156,9 @@ fn cluster_view(c: &Cluster) -> ClusterView {
 }
 
 /// Take a snapshot of the gateway's state.
-pub fn gather_status(shared: &Shared) -> StatusView {
-    let rt = shared.runtime();
-    let counters = read_counters(&shared.metrics.registry.gather());
+pub fn gather_status(host: &Host) -> StatusView {
+    let rt = host.runtime();
+    let counters = read_counters(&host.metrics.registry.gather());
     // Config order, so that the page and the table read like the file.
     let clusters: Vec<ClusterView> = rt
         .config
@@ -200,10 +200,10 @@ pub fn gather_status(shared: &Shared) -> StatusView {
             .collect(),
     });
     StatusView {
-        instance: shared.instance.clone(),
+        instance: host.instance.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
-        ready: clusters.iter().all(|c| c.ready) && !shared.data.stopping.is_cancelled(),
-        config_loaded_at: shared.metrics.config_last_reload_success.get(),
+        ready: clusters.iter().all(|c| c.ready) && !host.stopping(),
+        config_loaded_at: host.metrics.config_last_reload_success.get(),
         config_file: rt.config.source.display().to_string(),
         clusters,
         listeners,

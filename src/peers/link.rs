@@ -15,9 +15,9 @@
 //! does not have, are dropped and counted (`mqgate_peer_updates_dropped_total`).
 
 use super::frame::{self, Frame, FrameError, Interner};
-use super::host::Host;
 use super::seal::FrameKeys;
 use super::seal::{Opener, SealError, Sealer};
+use crate::host::Host;
 use crate::sticky::{Update, SHARDS};
 use bytes::{Buf, BytesMut};
 use std::sync::Arc;

@@ -21,15 +21,14 @@
 pub mod admission;
 pub mod auth;
 pub mod frame;
-pub mod host;
 pub mod link;
 pub mod seal;
 pub mod snapshot;
 
 use crate::cluster::Cluster;
 use crate::config::{PeerConfig, PeersConfig, Secret};
+use crate::host::Host;
 use arc_swap::ArcSwap;
-use host::Host;
 use link::{Change, FrameReader, LinkError};
 use rand::Rng;
 use std::collections::{HashMap, HashSet};

@@ -10,7 +10,7 @@
 //! a damaged one is logged and what could be read before the damage is kept.
 
 use super::frame::{self, Frame, Interner};
-use super::host::Host;
+use crate::host::Host;
 use crate::sticky::SHARDS;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
-//! What the peers service gets from the gateway, and nothing more: the current view
-//! (clusters, their sticky tables, the `[peers]` settings) through the data path's
-//! handle, the metrics, this instance's name and the background task set.
+//! What the services beside the data path (peers, the admin API, the refusal
+//! summary) get from the gateway, and nothing more: the current view (clusters, their
+//! sticky tables and admin states, the configuration) through the data path's handle,
+//! the metrics, this instance's name and the background task set. The gateway keeps
+//! its own wiring (`crate::state::Shared`) to itself.
 
 use crate::cluster::Cluster;
 use crate::metrics::Metrics;
@@ -36,6 +38,11 @@ impl Host {
         }
     }
 
+    /// Shutdown has begun (no new connections are accepted).
+    pub fn stopping(&self) -> bool {
+        self.data.stopping.is_cancelled()
+    }
+
     pub fn runtime(&self) -> Arc<Runtime> {
         self.data.runtime()
     }
@@ -48,7 +55,8 @@ impl Host {
         self.runtime().clusters_sorted()
     }
 
-    /// After bulk changes to the sticky tables (a full sync, a snapshot).
+    /// Set `mqgate_sticky_entries` (scrapes, and after bulk changes to the sticky
+    /// tables: a full sync, a snapshot).
     pub fn refresh_sticky_gauges(&self) {
         self.data.refresh_sticky_gauges();
     }
