@@ -69,7 +69,7 @@ async fn gateway(
 }
 
 fn table(gw: &Gateway) -> anyhow::Result<Arc<mqgate::cluster::Cluster>> {
-    gw.shared
+    gw.host
         .cluster("brokers")
         .ok_or_else(|| anyhow::anyhow!("no cluster"))
 }

@@ -144,7 +144,7 @@ impl Gateway {
                 for c in shared.runtime().clusters.values() {
                     c.sticky.sweep();
                 }
-                shared.refresh_sticky_gauges();
+                shared.data.refresh_sticky_gauges();
             }
         });
     }

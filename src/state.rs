@@ -60,21 +60,6 @@ impl Shared {
         self.data.runtime()
     }
 
-    pub fn cluster(&self, name: &str) -> Option<Arc<Cluster>> {
-        self.runtime().clusters.get(name).cloned()
-    }
-
-    /// Current clusters, sorted by name (stable order for syncs and snapshots).
-    pub fn clusters_sorted(&self) -> Vec<Arc<Cluster>> {
-        self.runtime().clusters_sorted()
-    }
-
-    /// Set `mqgate_sticky_entries` from the tables' sizes (counting locks every
-    /// shard, so this runs on scrapes, sweeps and bulk changes, not per connection).
-    pub fn refresh_sticky_gauges(&self) {
-        self.data.refresh_sticky_gauges();
-    }
-
     /// A second handle on every listening socket, for a successor process.
     pub fn listening_sockets(&self) -> Vec<(String, SocketAddr, std::net::TcpListener)> {
         lock(&self.slots)
