@@ -168,6 +168,7 @@ pub async fn serve<S>(
     let cfg = cluster.config();
     let route = Box::pin(route(
         lst,
+        &cfg,
         &mut client,
         &connect,
         &buf,
@@ -272,6 +273,7 @@ const HELD_RETRY_MAX: Duration = Duration::from_secs(1);
 /// CONNECT; a client that closes while held is let go.
 async fn route<S: AsyncRead + Unpin>(
     lst: &ListenerRt,
+    cfg: &crate::config::ClusterConfig,
     client: &mut S,
     connect: &mqtt::Connect<'_>,
     buf: &[u8],
@@ -279,7 +281,6 @@ async fn route<S: AsyncRead + Unpin>(
     cap: usize,
 ) -> Result<Routed, Unrouted> {
     let cluster = &lst.cluster;
-    let cfg = cluster.config();
     let lname = lst.config.name.as_str();
     let began = Instant::now();
     let deadline = began + cfg.queue_timeout;
@@ -305,7 +306,7 @@ async fn route<S: AsyncRead + Unpin>(
             // node marked down from now on also closes this session.
             let closed = node.session_token(lname, &lst.closed);
             let started = Instant::now();
-            match crate::upstream::forward_first(&cfg, ctx, broker, buf, &extra).await {
+            match crate::upstream::forward_first(cfg, ctx, broker, buf, &extra).await {
                 Ok(broker) => {
                     node.metrics
                         .to_broker
