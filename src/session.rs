@@ -196,13 +196,10 @@ pub async fn serve<S>(
             let reply = cfg.no_node_reply;
             tracing::debug!(reply = reply.as_str(), "refused: {why}");
             data.metrics.reject(lname, Reject::NoNode);
-            let bytes = if !reply.connack_for(v5) {
-                Vec::new()
-            } else if v5 {
-                mqtt::connack_reply_v5_with_reason(0x88, &format!("mqgate: {why}"))
+            let bytes = if reply.connack_for(v5) {
+                mqtt::unavailable_reply(v5, &format!("mqgate: {why}"))
             } else {
-                let (b, n) = connack_reply(false, 0x03);
-                b[..n].to_vec()
+                Vec::new()
             };
             Box::pin(refuse_with(&mut client, &bytes)).await;
             return;

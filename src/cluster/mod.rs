@@ -676,6 +676,7 @@ impl Cluster {
     /// misses in a row mark the node down (HAProxy's `observe layer7` with
     /// `on-error mark-down`); its health checks bring it back up after `rise` passes.
     pub fn connack_missed(&self, node: &Arc<Node>) {
+        node.count_connack_failure();
         let cfg = self.config();
         let misses = node.connack_misses.fetch_add(1, Ordering::Relaxed) + 1;
         if misses >= cfg.health.fall && node.health() == Health::Up {

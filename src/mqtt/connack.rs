@@ -95,6 +95,17 @@ pub fn connack_reply_v5_with_reason(code: u8, reason: &str) -> Vec<u8> {
     out
 }
 
+/// The CONNACK "server unavailable" mqgate sends itself: return code 0x03 (3.x), or
+/// reason code 0x88 with `reason` as its reason string (MQTT 5).
+pub fn unavailable_reply(v5: bool, reason: &str) -> Vec<u8> {
+    if v5 {
+        connack_reply_v5_with_reason(0x88, reason)
+    } else {
+        let (b, n) = connack_reply(false, 0x03);
+        b[..n].to_vec()
+    }
+}
+
 /// A DISCONNECT packet (v3.x; also valid v5, reason "normal disconnection").
 pub const CONNECT_DISCONNECT: [u8; 2] = [0xE0, 0x00];
 

@@ -24,7 +24,8 @@ mod properties;
 mod wire;
 
 pub use connack::{
-    connack_reply, connack_reply_v5_with_reason, observe_connack, ConnackInfo, CONNECT_DISCONNECT,
+    connack_reply, connack_reply_v5_with_reason, observe_connack, unavailable_reply, ConnackInfo,
+    CONNECT_DISCONNECT,
 };
 pub use connect::{
     encode_connect_v311, frame_len, parse_connect, Connect, ConnectError, ProtocolVersion, Will,

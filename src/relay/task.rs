@@ -5,7 +5,7 @@
 use super::{ConnackSink, Pipe, Side};
 use crate::cluster::{ActiveGuard, Cluster, Node, StickyWrite};
 use crate::metrics::Metrics;
-use crate::mqtt::{self, connack_reply, ConnackInfo};
+use crate::mqtt::{self, ConnackInfo};
 use crate::runtime::ListenerRt;
 use crate::sessions::SessionScope;
 use std::future::Future;
@@ -177,15 +177,10 @@ fn connack_timed_out<S: AsyncWrite + Unpin>(cx: &mut Context<'_>, client: &mut S
         .with_label_values(&[&cluster.name, &node.name, "timeout"])
         .inc();
     cluster.connack_missed(node);
-    node.count_connack_failure();
-    let reply = if keep.v5 {
-        mqtt::connack_reply_v5_with_reason(
-            0x88,
-            &format!("mqgate: no CONNACK from the broker within {timeout:?}"),
-        )
-    } else {
-        connack_reply(false, 0x03).0[..4].to_vec()
-    };
+    let reply = mqtt::unavailable_reply(
+        keep.v5,
+        &format!("mqgate: no CONNACK from the broker within {timeout:?}"),
+    );
     let mut client = Pin::new(client);
     if let Poll::Ready(Ok(_)) = client.as_mut().poll_write(cx, &reply) {
         let _ = client.as_mut().poll_flush(cx);
