@@ -7,7 +7,10 @@
 use crate::cluster::Cluster;
 use crate::metrics::Metrics;
 use crate::runtime::{DataPath, Runtime};
-use std::sync::Arc;
+use crate::sync::lock;
+use prometheus::{IntCounter, IntGauge};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -20,6 +23,8 @@ pub struct Host {
     pub background: CancellationToken,
     /// Where the service's tasks run.
     pub bg_tracker: TaskTracker,
+    /// The peer links as the peers service keeps them, for the status page and API.
+    pub peer_board: PeerBoard,
 }
 
 impl Host {
@@ -35,6 +40,7 @@ impl Host {
             instance,
             background,
             bg_tracker,
+            peer_board: PeerBoard::default(),
         }
     }
 
@@ -59,5 +65,43 @@ impl Host {
     /// tables: a full sync, a snapshot).
     pub fn refresh_sticky_gauges(&self) {
         self.data.refresh_sticky_gauges();
+    }
+}
+
+/// The peer links the peers service knows, by peer name: its address and the very
+/// counters it reports to Prometheus, so that the status page reads typed state, not
+/// the metrics text.
+#[derive(Default)]
+pub struct PeerBoard {
+    links: Mutex<BTreeMap<String, PeerStats>>,
+}
+
+#[derive(Clone)]
+pub struct PeerStats {
+    pub address: String,
+    /// `mqgate_peer_up` of this peer.
+    pub up: IntGauge,
+    /// `mqgate_peer_updates_total` of this peer, direction `sent` and `received`.
+    pub sent: IntCounter,
+    pub received: IntCounter,
+}
+
+impl PeerBoard {
+    /// Add or update a peer.
+    pub fn set(&self, name: &str, stats: PeerStats) {
+        lock(&self.links).insert(name.to_string(), stats);
+    }
+
+    /// Keep only the peers `keep` accepts.
+    pub fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
+        lock(&self.links).retain(|name, _| keep(name));
+    }
+
+    /// The peers in name order.
+    pub fn list(&self) -> Vec<(String, PeerStats)> {
+        lock(&self.links)
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect()
     }
 }

@@ -3,16 +3,13 @@
 //!
 //! It is read from the live state only: clusters and nodes, with their own counters
 //! (connections relayed, CONNACK failures), from the current
-//! [`Runtime`](crate::runtime::Runtime); peer link state from the metrics registry,
-//! which keeps this module independent of the peers implementation: whatever sets
-//! `mqgate_peer_up` shows up here.
+//! [`Runtime`](crate::runtime::Runtime); peer links from the board the peers service
+//! keeps on the host handle ([`crate::host::PeerBoard`]), the same counters it reports
+//! to Prometheus, read as typed values.
 
 use crate::cluster::{Cluster, Health};
 use crate::host::Host;
-use crate::metrics::names;
-use prometheus::proto::MetricFamily;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusView {
@@ -77,51 +74,10 @@ pub struct PeersView {
 pub struct PeerView {
     pub name: String,
     pub address: String,
-    /// From `mqgate_peer_up`; `None` until the peer link has reported anything.
+    /// `mqgate_peer_up` of the link; `None` while the peers service does not know it.
     pub up: Option<bool>,
     pub updates_sent: u64,
     pub updates_received: u64,
-}
-
-/// Samples of the registry this view needs (peer links report there), keyed by
-/// label values.
-#[derive(Default)]
-struct Counters {
-    peer_up: HashMap<String, bool>,
-    /// (peer, direction) → updates.
-    peer_updates: HashMap<(String, String), u64>,
-}
-
-fn label<'a>(m: &'a prometheus::proto::Metric, name: &str) -> &'a str {
-    m.get_label()
-        .iter()
-        .find(|l| l.get_name() == name)
-        .map(|l| l.get_value())
-        .unwrap_or("")
-}
-
-fn read_counters(families: &[MetricFamily]) -> Counters {
-    let mut c = Counters::default();
-    for f in families {
-        match f.get_name() {
-            names::PEER_UP => {
-                for m in f.get_metric() {
-                    c.peer_up
-                        .insert(label(m, "peer").into(), m.get_gauge().get_value() > 0.0);
-                }
-            }
-            names::PEER_UPDATES_TOTAL => {
-                for m in f.get_metric() {
-                    c.peer_updates.insert(
-                        (label(m, "peer").into(), label(m, "direction").into()),
-                        m.get_counter().get_value() as u64,
-                    );
-                }
-            }
-            _ => {}
-        }
-    }
-    c
 }
 
 fn cluster_view(c: &Cluster) -> ClusterView {
@@ -158,7 +114,6 @@ fn cluster_view(c: &Cluster) -> ClusterView {
 /// Take a snapshot of the gateway's state.
 pub fn gather_status(host: &Host) -> StatusView {
     let rt = host.runtime();
-    let counters = read_counters(&host.metrics.registry.gather());
     // Config order, so that the page and the table read like the file.
     let clusters: Vec<ClusterView> = rt
         .config
@@ -187,15 +142,16 @@ pub fn gather_status(host: &Host) -> StatusView {
     let peers = rt.config.peers.as_ref().map(|p| PeersView {
         name: p.name.clone(),
         bind: p.bind.to_string(),
-        peers: p
-            .peers
-            .iter()
-            .map(|peer| PeerView {
-                name: peer.name.clone(),
-                address: peer.address.clone(),
-                up: counters.peer_up.get(&peer.name).copied(),
-                updates_sent: updates(&counters, &peer.name, "sent"),
-                updates_received: updates(&counters, &peer.name, "received"),
+        peers: host
+            .peer_board
+            .list()
+            .into_iter()
+            .map(|(name, s)| PeerView {
+                name,
+                address: s.address,
+                up: Some(s.up.get() > 0),
+                updates_sent: s.sent.get(),
+                updates_received: s.received.get(),
             })
             .collect(),
     });
@@ -209,13 +165,6 @@ pub fn gather_status(host: &Host) -> StatusView {
         listeners,
         peers,
     }
-}
-
-fn updates(c: &Counters, peer: &str, dir: &str) -> u64 {
-    c.peer_updates
-        .get(&(peer.to_string(), dir.to_string()))
-        .copied()
-        .unwrap_or(0)
 }
 
 impl NodeView {

@@ -321,11 +321,17 @@ fn reconcile_dialers(host: &Arc<Host>, s: &mut Service, cfg: &PeersConfig) {
         }
     }
     drop(links);
+    host.peer_board
+        .retain(|name| cfg.peers.iter().any(|p| p.name == name));
     for p in &cfg.peers {
-        host.metrics.peer_up.with_label_values(&[&p.name]);
-        for dir in ["sent", "received"] {
-            host.metrics.peer_updates.with_label_values(&[&p.name, dir]);
-        }
+        let updates = |dir: &str| host.metrics.peer_updates.with_label_values(&[&p.name, dir]);
+        let stats = crate::host::PeerStats {
+            address: p.address.clone(),
+            up: host.metrics.peer_up.with_label_values(&[&p.name]),
+            sent: updates("sent"),
+            received: updates("received"),
+        };
+        host.peer_board.set(&p.name, stats);
         for reason in ["unknown_cluster", "unknown_node"] {
             host.metrics
                 .peer_updates_dropped
