@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::Instant;
+use tokio::time::Instant;
 
 /// Shards of the [`RateLimiter`] (a power of two), each with its own lock.
 const RATE_SHARDS: usize = 64;

@@ -12,11 +12,12 @@ use crate::relay::task::{Keep, RelayTask};
 use crate::runtime::{DataPath, ListenerRt, Runtime};
 use crate::sessions::SessionScope;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout_at;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 /// A connection's place under `max_connections`. Taken at accept time, before the

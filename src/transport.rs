@@ -12,9 +12,9 @@ use crate::runtime::{DataPath, ListenerRt, Runtime};
 use crate::session::Slot;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
+use tokio::time::Instant;
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::{field, Instrument};
 

@@ -24,6 +24,7 @@ mod fuzz_corpus;
 mod gateway_basic;
 mod gateway_tls;
 mod hostile;
+mod in_process;
 mod logs;
 mod metrics;
 mod migration_guide;

@@ -21,10 +21,11 @@ pub use parse::{parse, HeaderError, Parsed, ProxyInfo};
 
 use ipnet::IpNet;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
+use tokio::time::Instant;
 
 /// What the gateway knows about a client beyond its bytes: its addresses (the real
 /// source behind a PROXY header) and the TLS details of its connection, for PROXY

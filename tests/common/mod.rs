@@ -4,6 +4,8 @@
 //!
 //! - [`fleet`]: Mosquitto brokers, mqgate gateways (`mqgate run`) and their config
 //!   files, the `mqgate` command line, the Mosquitto client programs;
+//! - [`inproc`]: the gateway started from the library in the test's runtime (paused
+//!   clock: deadlines in virtual time);
 //! - [`mqtt`]: MQTT packets (the library's own encoders where it has them, one
 //!   hand-written CONNECT builder for everything else) and raw sessions on a socket;
 //! - [`client`]: a small blocking MQTT client (persistent sessions, QoS 1, credentials);
@@ -20,6 +22,7 @@ pub mod admin;
 pub mod client;
 pub mod docs;
 pub mod fleet;
+pub mod inproc;
 pub mod mqtt;
 pub mod observe;
 pub mod pki;
