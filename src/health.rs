@@ -154,7 +154,7 @@ async fn run(
             cfg.mode == Mode::FullSync && cluster.leader().is_none(),
         );
         tokio::select! {
-            _ = sleep_until((start + wait).into()) => {}
+            _ = sleep_until(start + wait) => {}
             _ = node.recheck.notified() => {}
             _ = node.tasks.cancelled() => return,
             _ = shutdown.cancelled() => return,

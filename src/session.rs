@@ -69,7 +69,7 @@ async fn read_more<S: AsyncRead + Unpin>(
     if buf.capacity() - buf.len() == 0 {
         buf.reserve_exact(want.max(64));
     }
-    match timeout_at(deadline.into(), s.read_buf(buf)).await {
+    match timeout_at(deadline, s.read_buf(buf)).await {
         Err(_) => Err(ReadError::Reject(
             Reject::Timeout,
             format!("CONNECT incomplete after {} bytes", buf.len()),
@@ -378,7 +378,7 @@ async fn route<S: AsyncRead + Unpin>(
         pause = (pause * 2).min(HELD_RETRY_MAX);
         tokio::select! {
             _ = &mut changed => {}
-            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = tokio::time::sleep_until(wake) => {}
             _ = lst.closed.closed() => {
                 cluster.queue_result("closed");
                 return Err(Unrouted::ListenerClosed);
@@ -416,7 +416,7 @@ async fn refuse_with<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, reply: &[u8])
     let deadline = Instant::now() + Duration::from_millis(500);
     let mut drained = 0usize;
     while drained < 64 * 1024 {
-        match timeout_at(deadline.into(), s.read(&mut sink)).await {
+        match timeout_at(deadline, s.read(&mut sink)).await {
             Ok(Ok(n)) if n > 0 => drained += n,
             _ => break,
         }

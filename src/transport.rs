@@ -110,7 +110,7 @@ async fn handshake_then_serve(
         let config = server_tls.config_for(start.client_hello().cipher_suites());
         start.into_stream(config).await
     };
-    match timeout_at(deadline.into(), handshake).await {
+    match timeout_at(deadline, handshake).await {
         Ok(Ok(stream)) => {
             if lst.cluster.config().send_proxy_protocol != ProxyProtocolOut::Off {
                 ctx.tls_info = Some(crate::proxy::TlsInfo::from_server_conn(stream.get_ref().1));

@@ -128,7 +128,7 @@ pub async fn accept_header(
         return Err(ProxyError::Untrusted(peer));
     }
     let until = Instant::now() + deadline;
-    match timeout_at(until.into(), read_header(tcp)).await {
+    match timeout_at(until, read_header(tcp)).await {
         Ok(r) => r,
         Err(_) => Err(ProxyError::Timeout),
     }

@@ -87,7 +87,7 @@ impl<S> RelayTask<S> {
             pipe: Pipe::new(started),
             linger: None,
             connack_deadline: (!connack_timeout.is_zero())
-                .then(|| Box::pin(tokio::time::sleep_until((started + connack_timeout).into()))),
+                .then(|| Box::pin(tokio::time::sleep_until(started + connack_timeout))),
             seen_epoch: u64::MAX,
             closed: scope.wait(),
             keep,
