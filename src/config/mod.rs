@@ -3,13 +3,15 @@
 //! located by file, line and key ([`ConfigError`]). `mqgate check`, start-up and every
 //! reload go through [`load`] / [`parse`], so they accept and refuse exactly the same files.
 
+mod address;
+mod checker;
 mod errors;
 mod raw;
 mod validate;
 
+pub use address::host_name;
+pub use checker::bounds;
 pub use raw::RawConfig;
-pub use validate::bounds;
-pub use validate::host_name;
 pub use validate::validate;
 
 use ipnet::IpNet;

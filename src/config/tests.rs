@@ -82,7 +82,7 @@ fn secrets_do_not_show_in_debug() {
 
 #[test]
 fn host_port_forms() {
-    use super::validate::parse_host_port;
+    use super::address::parse_host_port;
     assert_eq!(
         parse_host_port("10.0.0.1:1883").unwrap().literal(),
         Some("10.0.0.1:1883".parse().unwrap())
