@@ -4,6 +4,7 @@
 use super::*;
 use crate::config::{self, ClusterConfig};
 use crate::mqtt::{parse_connect, Connect};
+use crate::sessions::SessionScope;
 use std::path::Path;
 
 fn cluster_cfg(mode: &str, extra: &str, sticky: &str) -> ClusterConfig {
