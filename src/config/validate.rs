@@ -4,6 +4,9 @@ use super::raw::*;
 use super::*;
 use std::collections::HashSet;
 
+#[path = "tls_checks.rs"]
+mod tls_checks;
+
 struct V {
     errors: Vec<ConfigError>,
     warnings: Vec<ConfigError>,
@@ -661,6 +664,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
                 ],
             ),
             dns_refresh: v.positive_duration(k("dns_refresh"), &c.dns_refresh),
+            tls: tls_checks::broker_tls(&mut v, &k("tls"), c.tls.as_ref(), &nodes),
             nodes,
             health,
             sticky,
@@ -729,6 +733,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
                 &t.min_version,
                 &[("1.2", TlsVersion::V1_2), ("1.3", TlsVersion::V1_3)],
             ),
+            crl: tls_checks::crl_files(&mut v, &format!("listeners[{i}].tls"), t),
         });
         if let Some(t) = &tls {
             v.tls_material(
@@ -736,7 +741,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
                 &t.cert,
                 &t.key,
                 t.client_ca.as_deref().map(|c| ("client_ca", c)),
-                || crate::tls::server_config(t).map(drop),
+                || crate::tls::server_config(t, &rl.name).map(drop),
             );
         }
         listeners.push(ListenerConfig {

@@ -1,0 +1,136 @@
+//! Client-certificate revocation on TLS listeners (`[listeners.tls] crl`): certificate
+//! revocation lists read from PEM or DER files, given to rustls' client-certificate
+//! verifier, and a wrapper around that verifier that names the serial number and
+//! subject of a revoked certificate in the log (rustls only says "revoked").
+//!
+//! CRLs are read with the rest of a listener's TLS material, so a reload (file watch,
+//! SIGHUP, API) picks up a changed CRL for new handshakes, as it does certificates.
+
+use crate::tls::TlsError;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Every CRL of `path`: each `X509 CRL` section of a PEM file, or the whole file as
+/// one DER-encoded CRL when it is not PEM.
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let crl_err = |msg: String| TlsError::Crl {
+        path: path.display().to_string(),
+        msg,
+    };
+    let crls: Vec<_> = if bytes.starts_with(b"-----") || bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<_, _>>()
+            .map_err(|e| crl_err(format!("not valid PEM: {e}")))?
+    } else {
+        vec![CertificateRevocationListDer::from(bytes)]
+    };
+    if crls.is_empty() {
+        return Err(crl_err(
+            "no \"-----BEGIN X509 CRL-----\" section found".into(),
+        ));
+    }
+    for c in &crls {
+        if let Err(e) = x509_parser::parse_x509_crl(c.as_ref()) {
+            return Err(crl_err(format!("not a certificate revocation list: {e}")));
+        }
+    }
+    Ok(crls)
+}
+
+/// The CRLs of every file in `paths`, in order.
+pub fn load_all(
+    paths: &[std::path::PathBuf],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let mut all = Vec::new();
+    for p in paths {
+        all.extend(load_crls(p)?);
+    }
+    Ok(all)
+}
+
+/// A certificate's serial number as OpenSSL prints it (`openssl x509 -serial`:
+/// upper-case hex) and its subject; `None` if it cannot be parsed.
+pub fn serial_and_subject(der: &[u8]) -> Option<(String, String)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let serial: String = cert
+        .tbs_certificate
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    Some((serial, cert.subject().to_string()))
+}
+
+/// A client-certificate verifier that logs the serial number and subject of a
+/// revoked certificate, then fails the handshake as the inner verifier did.
+#[derive(Debug)]
+pub struct LogRevoked {
+    pub inner: Arc<dyn ClientCertVerifier>,
+    pub listener: String,
+}
+
+impl ClientCertVerifier for LogRevoked {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let r = self.inner.verify_client_cert(end_entity, intermediates, now);
+        if let Err(rustls::Error::InvalidCertificate(CertificateError::Revoked)) = &r {
+            let (serial, subject) = serial_and_subject(end_entity.as_ref())
+                .unwrap_or_else(|| ("?".into(), "?".into()));
+            // At debug level the connection's span (client address) is current too:
+            // the handshake runs in the connection's task.
+            tracing::info!(listener = %self.listener, %serial, %subject, "refused: client certificate is revoked (listed in a crl file)");
+        }
+        r
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
+    }
+}
