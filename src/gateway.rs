@@ -248,10 +248,11 @@ impl Gateway {
         let mut acceptors = HashMap::new();
         for l in &cfg.listeners {
             if let Some(t) = &l.tls {
-                let sc = crate::tls::server_config(t, &l.name).map_err(|error| ApplyError::Tls {
-                    listener: l.name.clone(),
-                    error,
-                })?;
+                let sc =
+                    crate::tls::server_config(t, &l.name).map_err(|error| ApplyError::Tls {
+                        listener: l.name.clone(),
+                        error,
+                    })?;
                 acceptors.insert(l.name.clone(), sc);
             }
         }

@@ -26,13 +26,14 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
         path: path.display().to_string(),
         msg,
     };
-    let crls: Vec<_> = if bytes.starts_with(b"-----") || bytes.windows(11).any(|w| w == b"-----BEGIN ") {
-        CertificateRevocationListDer::pem_slice_iter(&bytes)
-            .collect::<Result<_, _>>()
-            .map_err(|e| crl_err(format!("not valid PEM: {e}")))?
-    } else {
-        vec![CertificateRevocationListDer::from(bytes)]
-    };
+    let crls: Vec<_> =
+        if bytes.starts_with(b"-----") || bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+            CertificateRevocationListDer::pem_slice_iter(&bytes)
+                .collect::<Result<_, _>>()
+                .map_err(|e| crl_err(format!("not valid PEM: {e}")))?
+        } else {
+            vec![CertificateRevocationListDer::from(bytes)]
+        };
     if crls.is_empty() {
         return Err(crl_err(
             "no \"-----BEGIN X509 CRL-----\" section found".into(),
@@ -97,10 +98,12 @@ impl ClientCertVerifier for LogRevoked {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let r = self.inner.verify_client_cert(end_entity, intermediates, now);
+        let r = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now);
         if let Err(rustls::Error::InvalidCertificate(CertificateError::Revoked)) = &r {
-            let (serial, subject) = serial_and_subject(end_entity.as_ref())
-                .unwrap_or_else(|| ("?".into(), "?".into()));
+            let (serial, subject) =
+                serial_and_subject(end_entity.as_ref()).unwrap_or_else(|| ("?".into(), "?".into()));
             // At debug level the connection's span (client address) is current too:
             // the handshake runs in the connection's task.
             tracing::info!(listener = %self.listener, %serial, %subject, "refused: client certificate is revoked (listed in a crl file)");

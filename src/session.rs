@@ -321,15 +321,8 @@ async fn route<S: AsyncRead + Unpin>(
             // node marked down from now on also closes this session.
             let closed = node.session_token(lname, &lst.closed);
             let started = Instant::now();
-            let first = crate::upstream::forward_first(
-                cfg,
-                tls.as_deref(),
-                node,
-                ctx,
-                broker,
-                buf,
-                &extra,
-            );
+            let first =
+                crate::upstream::forward_first(cfg, tls.as_deref(), node, ctx, broker, buf, &extra);
             match first.await {
                 Ok(broker) => {
                     node.metrics

@@ -125,17 +125,16 @@ pub async fn forward_first(
             broker.write_all(&header).await?;
         }
         let host = node.address().host.clone();
-        let mut s = match tokio::time::timeout(cfg.connect_timeout, tls.handshake(broker, &host))
-            .await
-        {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "TLS handshake timed out",
-                ))
-            }
-        };
+        let mut s =
+            match tokio::time::timeout(cfg.connect_timeout, tls.handshake(broker, &host)).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "TLS handshake timed out",
+                    ))
+                }
+            };
         if extra.is_empty() {
             s.write_all(buf).await?;
         } else {

@@ -11,6 +11,7 @@ mod common;
 mod admin_api;
 mod alert_rules;
 mod bad_input;
+mod broker_tls;
 mod cluster_admin;
 mod cluster_dynsec;
 mod cluster_fullsync;

@@ -100,7 +100,10 @@ pub(super) fn crl_files(v: &mut V, prefix: &str, t: &RawTls) -> Vec<PathBuf> {
         );
     }
     if list.is_empty() {
-        v.err(format!("{prefix}.crl"), "an empty list: name at least one CRL file, or remove the key");
+        v.err(
+            format!("{prefix}.crl"),
+            "an empty list: name at least one CRL file, or remove the key",
+        );
     }
     let mut paths = Vec::new();
     for (j, p) in list.iter().enumerate() {
