@@ -464,7 +464,7 @@ mod tests {
         };
         let cluster = Cluster::new(&cfg.clusters[0], Arc::new(Metrics::new()), "t");
         let node = cluster.node("n1").expect("node");
-        let err = probe(&node, &cfg.clusters[0].health, "hc-test")
+        let err = probe(&node, &cfg.clusters[0].health, None, "hc-test")
             .await
             .expect_err("CONNACK 0x05 is a failed check")
             .to_string();

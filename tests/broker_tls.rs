@@ -196,12 +196,14 @@ fn a_broker_that_requires_client_certificates_gets_mqgates() {
     });
 }
 
+/// Per connection: (PROXY header seen first, first decrypted byte).
+type Seen = Arc<Mutex<Vec<(bool, Option<u8>)>>>;
+
 /// A broker stand-in that records whether a PROXY v2 header came before the TLS
 /// handshake, then answers the CONNECT over TLS with a CONNACK.
 struct Recorder {
     port: u16,
-    /// (PROXY header seen first, first decrypted byte) per connection.
-    seen: Arc<Mutex<Vec<(bool, Option<u8>)>>>,
+    seen: Seen,
 }
 
 fn recorder(cert: &Path, key: &Path) -> Recorder {
@@ -223,7 +225,7 @@ fn recorder(cert: &Path, key: &Path) -> Recorder {
     );
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen: Seen = Arc::default();
     let rec = seen.clone();
     std::thread::spawn(move || {
         for s in listener.incoming() {

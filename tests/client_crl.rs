@@ -286,9 +286,11 @@ fn a_revoked_client_certificate_is_refused_counted_and_logged_and_a_new_crl_appl
         !pub_with(port, &server_ca, &bad, &bad_key),
         "revoked dev2 got in"
     );
-    wait_until(std::time::Duration::from_secs(5), "the refusal counted", || {
-        tls_failures(&gate) == (1.0, 1.0)
-    });
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "the refusal counted",
+        || tls_failures(&gate) == (1.0, 1.0),
+    );
     let serial = ca.serial(&bad);
     let logged = |serial: &str| {
         gate.log_text().lines().any(|l| {
@@ -317,9 +319,11 @@ fn a_revoked_client_certificate_is_refused_counted_and_logged_and_a_new_crl_appl
         !pub_with(port, &server_ca, &good, &good_key),
         "dev1 revoked now"
     );
-    wait_until(std::time::Duration::from_secs(5), "the refusal counted", || {
-        tls_failures(&gate) == (2.0, 2.0)
-    });
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "the refusal counted",
+        || tls_failures(&gate) == (2.0, 2.0),
+    );
     let serial = ca.serial(&good);
     wait_until(
         std::time::Duration::from_secs(5),
