@@ -71,6 +71,17 @@ fn messages_flow_over_tls_to_the_broker_and_its_checks_mark_it_up() {
         "the broker's CONNACKs were read through TLS: {}",
         gate.metrics()
     );
+    // A reload re-reads the files: the CA file now holds another CA, the broker's
+    // certificate no longer verifies and the node goes down (the config is unchanged).
+    std::fs::write(&ca, Pki::new("another CA").ca_pem).expect("rewrite CA");
+    let text = std::fs::read_to_string(&gate.config).expect("config");
+    gate.reload_with(&text);
+    wait_until(Duration::from_secs(10), "node down with the new CA", || {
+        gate.metric("mqgate_node_up", &[("node", "b1")]) == 0.0
+    });
+    assert!(gate
+        .log_text()
+        .contains("invalid peer certificate: UnknownIssuer"));
 }
 
 #[test]

@@ -2,8 +2,8 @@
 //! (`openssl ca`: two client certificates, `-revoke`, `-gencrl`), real clients
 //! (`mosquitto_pub`/`mosquitto_sub`) and a real Mosquitto behind mqgate: the good
 //! certificate gets through, the revoked one fails the handshake (counted as `tls`,
-//! logged with its serial), and a new CRL (PEM or DER, one file or a list) applies on
-//! reload without a restart. `mqgate check` reads CRLs as `run` does.
+//! logged with its serial), and a new CRL written over the old file applies on reload
+//! without a restart, as does a DER CRL given as a list. `mqgate check` reads CRLs as `run` does.
 
 use crate::common::pki::write;
 use crate::common::tools::OPENSSL;
@@ -256,6 +256,7 @@ fn a_revoked_client_certificate_is_refused_counted_and_logged_and_a_new_crl_appl
     let ca = OpensslCa::new(d);
     let (good, good_key) = ca.client("dev1");
     let (bad, bad_key) = ca.client("dev2");
+    let (other, other_key) = ca.client("dev3");
     ca.revoke(&bad);
     let crl = d.join("clients.crl.pem");
     ca.crl(&crl, false);
@@ -306,14 +307,13 @@ fn a_revoked_client_certificate_is_refused_counted_and_logged_and_a_new_crl_appl
         gate.log_text()
     );
 
-    // Revoke dev1 too; the new CRL (DER this time, as a list) applies on reload,
-    // without a restart.
+    // Revoke dev1 too and write the new CRL over the old file: the next reload (the
+    // config unchanged) applies it, without a restart.
     ca.revoke(&good);
-    let crl_der = d.join("clients.crl.der");
-    ca.crl(&crl_der, true);
+    ca.crl(&crl, false);
     let pid = gate.pid();
     let text = std::fs::read_to_string(&gate.config).expect("config");
-    gate.reload_with(&text.replace(&crl_value, &format!("[ \"{}\" ]", crl_der.display())));
+    gate.reload_with(&text);
     assert_eq!(gate.pid(), pid, "no restart");
     assert!(
         !pub_with(port, &server_ca, &good, &good_key),
@@ -329,6 +329,23 @@ fn a_revoked_client_certificate_is_refused_counted_and_logged_and_a_new_crl_appl
         std::time::Duration::from_secs(5),
         "dev1's serial logged",
         || logged(&serial),
+    );
+    // The same CRL as DER, given as a list: dev3 (never revoked) gets in, dev1 not.
+    let crl_der = d.join("clients.crl.der");
+    ca.crl(&crl_der, true);
+    gate.reload_with(&text.replace(&crl_value, &format!("[ \"{}\" ]", crl_der.display())));
+    assert!(
+        pub_with(port, &server_ca, &other, &other_key),
+        "dev3 is not revoked"
+    );
+    assert!(
+        !pub_with(port, &server_ca, &good, &good_key),
+        "dev1 still revoked"
+    );
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "the refusal counted",
+        || tls_failures(&gate) == (3.0, 3.0),
     );
 }
 
