@@ -137,3 +137,82 @@ impl ClientCertVerifier for LogRevoked {
         self.inner.requires_raw_public_keys()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crl(number: u64) -> (rcgen::CertificateRevocationList, rcgen::Certificate) {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let ca_cert = ca.self_signed(&key).expect("CA");
+        let list = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2026, 1, 1),
+            next_update: rcgen::date_time_ymd(2036, 1, 1),
+            crl_number: rcgen::SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: vec![rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(vec![0x10, 0x01]),
+                revocation_time: rcgen::date_time_ymd(2026, 1, 2),
+                reason_code: None,
+                invalidity_date: None,
+            }],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&ca_cert, &key)
+        .expect("CRL");
+        (list, ca_cert)
+    }
+
+    /// PEM files with several CRLs, DER files with one; anything else is an error
+    /// that names the file.
+    #[test]
+    fn crls_are_read_from_pem_or_der_and_their_faults_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, bytes: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).expect("write");
+            p
+        };
+        let (a, ca) = (crl(1), crl(2));
+        let pem = format!("{}{}", a.0.pem().expect("pem"), ca.0.pem().expect("pem"));
+        let two = load_crls(&write("two.pem", pem.as_bytes())).expect("two PEM CRLs");
+        assert_eq!(two.len(), 2);
+        assert_eq!(two[0].as_ref(), a.0.der().as_ref());
+        let der = load_crls(&write("one.der", a.0.der())).expect("a DER CRL");
+        assert_eq!(der.len(), 1);
+        let all = load_all(&[dir.path().join("two.pem"), dir.path().join("one.der")])
+            .expect("both files");
+        assert_eq!(all.len(), 3);
+
+        let cert_pem = write("cert.pem", ca.1.pem().as_bytes());
+        let e = load_crls(&cert_pem).expect_err("a certificate is no CRL");
+        assert!(
+            e.to_string().contains("no \"-----BEGIN X509 CRL-----\""),
+            "{e}"
+        );
+        let e = load_crls(&write("junk.der", b"\x30\x03junk")).expect_err("junk");
+        assert!(matches!(e, TlsError::Crl { .. }), "{e}");
+        assert!(e.to_string().contains("junk.der"), "{e}");
+        let e = load_crls(&dir.path().join("missing.crl")).expect_err("missing");
+        assert!(matches!(e, TlsError::Read { .. }), "{e}");
+    }
+
+    #[test]
+    fn the_serial_is_printed_as_openssl_prints_it() {
+        let mut p = rcgen::CertificateParams::new(vec!["dev1".to_string()]).expect("params");
+        p.serial_number = Some(rcgen::SerialNumber::from(vec![0x10, 0x0a]));
+        p.distinguished_name.push(rcgen::DnType::CommonName, "dev1");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = p.self_signed(&key).expect("cert");
+        let (serial, subject) = serial_and_subject(cert.der()).expect("parsed");
+        assert_eq!(serial, "100A");
+        assert_eq!(subject, "CN=dev1");
+        assert!(serial_and_subject(b"not a certificate").is_none());
+    }
+}
