@@ -320,11 +320,13 @@ async fn route<S: AsyncRead + Unpin>(
             // Subscribe to the node's session handle before forwarding, so that a
             // node marked down from now on also closes this session.
             let closed = node.session_token(lname, &lst.closed);
-            let started = Instant::now();
             let first =
                 crate::upstream::forward_first(cfg, tls.as_deref(), node, ctx, broker, buf, &extra);
             match first.await {
                 Ok(broker) => {
+                    // After the TLS handshake to the broker, if any: CONNECT→CONNACK
+                    // latency and `connack_timeout` count from the CONNECT's write.
+                    let started = Instant::now();
                     node.metrics
                         .to_broker
                         .inc_by((buf.len() + extra.len()) as u64);
