@@ -248,12 +248,27 @@ impl Gateway {
         let mut acceptors = HashMap::new();
         for l in &cfg.listeners {
             if let Some(t) = &l.tls {
-                let sc = crate::tls::server_config(t).map_err(|error| ApplyError::Tls {
-                    listener: l.name.clone(),
-                    error,
-                })?;
+                let sc =
+                    crate::tls::server_config(t, &l.name).map_err(|error| ApplyError::Tls {
+                        listener: l.name.clone(),
+                        error,
+                    })?;
                 acceptors.insert(l.name.clone(), sc);
             }
+        }
+        // TLS to the brokers: every cluster's material is loaded afresh too.
+        let mut broker_tls = HashMap::new();
+        for c in &cfg.clusters {
+            let t = match &c.tls {
+                Some(t) => Some(Arc::new(crate::broker_tls::client_config(t).map_err(
+                    |error| ApplyError::BrokerTls {
+                        cluster: c.name.clone(),
+                        error,
+                    },
+                )?)),
+                None => None,
+            };
+            broker_tls.insert(c.name.clone(), t);
         }
         let mut sockets = HashMap::new();
         for (name, bind) in &plan.listeners_bind {
@@ -270,7 +285,11 @@ impl Gateway {
             let dup = sock.try_clone().map_err(bind_error)?;
             sockets.insert(name.clone(), (sock, dup));
         }
-        Ok(Prepared { acceptors, sockets })
+        Ok(Prepared {
+            acceptors,
+            broker_tls,
+            sockets,
+        })
     }
 
     /// Apply a plan whose fallible steps are done (`prepared`); cannot fail.
@@ -281,8 +300,10 @@ impl Gateway {
         {
             let mut clusters = lock(&shared.clusters);
             for c in &cfg.clusters {
+                let tls = prepared.broker_tls.remove(&c.name).flatten();
                 let cluster = match clusters.get(&c.name) {
                     Some(existing) => {
+                        existing.set_tls(tls);
                         let (added, _removed) = existing.reconfigure(c);
                         for n in added {
                             self.start_checks(existing, n);
@@ -292,6 +313,7 @@ impl Gateway {
                     None => {
                         let cl =
                             Arc::new(Cluster::new(c, shared.metrics.clone(), &shared.instance));
+                        cl.set_tls(tls);
                         for n in cl.nodes().iter() {
                             self.start_checks(&cl, n.clone());
                         }
@@ -487,10 +509,12 @@ impl Gateway {
     }
 }
 
-/// What [`Gateway::prepare`] made: TLS configurations by listener, and the sockets
+/// What [`Gateway::prepare`] made: TLS configurations by listener and cluster, and the sockets
 /// (and their second handles, for a successor process) of the listeners to bind.
 struct Prepared {
     acceptors: HashMap<String, crate::tls::ServerTls>,
+    /// Cluster name → its TLS to the brokers (`None`: plain TCP).
+    broker_tls: HashMap<String, Option<Arc<crate::broker_tls::BrokerTls>>>,
     sockets: HashMap<String, (std::net::TcpListener, std::net::TcpListener)>,
 }
 

@@ -110,7 +110,8 @@ async fn run(
             next_dns = Instant::now() + cfg.dns_refresh;
         }
         let client_id = format!("{}{suffix}", h.client_id_prefix);
-        let result = match timeout(h.timeout, probe(&node, h, &client_id)).await {
+        let tls = cluster.tls();
+        let result = match timeout(h.timeout, probe(&node, h, tls.as_deref(), &client_id)).await {
             Ok(r) => r,
             Err(_) => Err(ProbeError::Timeout(h.timeout)),
         };
@@ -218,6 +219,9 @@ pub async fn refresh_dns(resolver: &TokioResolver, node: &Node, a: &NodeAddress)
 enum ProbeError {
     #[error("connect: {0}")]
     Connect(std::io::Error),
+    /// The TLS handshake failed (`[clusters.X.tls]`): the name checked and why.
+    #[error("{0}")]
+    Tls(crate::broker_tls::HandshakeError),
     #[error("send CONNECT: {0}")]
     Send(std::io::Error),
     #[error("read CONNACK: {0}")]
@@ -233,17 +237,33 @@ enum ProbeError {
     Timeout(Duration),
 }
 
-async fn probe(node: &Node, h: &HealthConfig, client_id: &str) -> Result<(), ProbeError> {
-    let mut s = crate::upstream::connect_node(node)
+/// One check of `node`: connect (with `tls`: and the TLS handshake, as HAProxy's
+/// checks of an `ssl` server do), then for `mqtt` checks a CONNECT and its CONNACK.
+async fn probe(
+    node: &Node,
+    h: &HealthConfig,
+    tls: Option<&crate::broker_tls::BrokerTls>,
+    client_id: &str,
+) -> Result<(), ProbeError> {
+    let tcp = crate::upstream::connect_node(node)
         .await
         .map_err(ProbeError::Connect)?;
+    let mut s = match tls {
+        None => crate::upstream::Broker::Plain(tcp),
+        Some(t) => {
+            let _ = tcp.set_nodelay(true);
+            let host = node.address().host.clone();
+            let tls = t.handshake(tcp, &host).await.map_err(ProbeError::Tls)?;
+            crate::upstream::Broker::Tls(Box::new(tls))
+        }
+    };
     if h.check == CheckKind::Tcp {
         // Closed with a reset, as HAProxy closes its checks: a FIN would leave one
         // TIME_WAIT socket on an ephemeral port per check.
-        let _ = s.set_zero_linger();
+        let _ = s.tcp().set_zero_linger();
         return Ok(());
     }
-    let _ = s.set_nodelay(true);
+    let _ = s.tcp().set_nodelay(true);
     let pkt = mqtt::connect::encode_connect(
         h.check == CheckKind::Mqtt5,
         client_id,
@@ -445,7 +465,7 @@ mod tests {
         };
         let cluster = Cluster::new(&cfg.clusters[0], Arc::new(Metrics::new()), "t");
         let node = cluster.node("n1").expect("node");
-        let err = probe(&node, &cfg.clusters[0].health, "hc-test")
+        let err = probe(&node, &cfg.clusters[0].health, None, "hc-test")
             .await
             .expect_err("CONNACK 0x05 is a failed check")
             .to_string();

@@ -13,7 +13,8 @@
 //!              full-sync: the leader   ◀── health (one task per node)
 //!              dynsec: sticky → balance  ◀── sticky table ◀──▶ peers
 //!                                                  ▼
-//! upstream:  connect to the node (timeout, retries), [PROXY header out], first write
+//! upstream:  connect to the node (timeout, retries), [PROXY header out], [TLS to the
+//!            broker: broker_tls], first write
 //!                                                  ▼
 //! relay:     relay::task: both ways, CONNACK observed and deadlined; closed through
 //!            sessions::SessionScope (node down, maint, listener removed, shutdown)
@@ -31,6 +32,7 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod admin;
+pub mod broker_tls;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -50,6 +52,7 @@ pub mod rate;
 pub mod refused;
 pub mod relay;
 pub mod reload;
+pub mod revocation;
 pub mod run;
 pub mod runtime;
 pub mod session;

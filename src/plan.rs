@@ -4,6 +4,11 @@
 //! the plan binds) and applies the plan (`crate::gateway`).
 //!
 //! Start-up is a reload from nothing: [`Running::nothing`].
+//!
+//! TLS material is not part of the plan: every apply loads all of it afresh (the
+//! listeners' certificates, keys, client CAs and CRLs; the clusters' `[tls]` CA and
+//! client certificates), so a reload picks up changed files even when the config
+//! text is the same.
 
 use crate::config::Config;
 use std::collections::{BTreeMap, BTreeSet};

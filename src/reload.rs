@@ -51,6 +51,11 @@ pub enum ApplyError {
         listener: String,
         error: crate::tls::TlsError,
     },
+    #[error("cluster `{cluster}`: TLS to the brokers: {error}")]
+    BrokerTls {
+        cluster: String,
+        error: crate::tls::TlsError,
+    },
     #[error("cannot start the connection threads: {error}")]
     Threads { error: std::io::Error },
     #[error("cannot set up the DNS resolver: {error}")]

@@ -11,10 +11,10 @@ use crate::proxy::ClientCtx;
 use crate::relay::task::{Keep, RelayTask};
 use crate::runtime::{DataPath, ListenerRt, Runtime};
 use crate::sessions::SessionScope;
+use crate::upstream::Broker;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout_at;
 use tokio::time::Instant;
@@ -226,9 +226,26 @@ pub async fn serve<S>(
         v5,
         permit: slot.permit,
     };
-    let task = RelayTask::new(client, broker, started, cfg.connack_timeout, &closed, keep);
-    // The connection's span exists only when debug logging is on; otherwise the
-    // task carries no span at all.
+    // One relay instance per broker stream type: plain TCP is relayed as before, with
+    // no indirection.
+    match broker {
+        Broker::Plain(tcp) => spawn_relay(
+            data,
+            RelayTask::new(client, tcp, started, cfg.connack_timeout, &closed, keep),
+        ),
+        Broker::Tls(tls) => spawn_relay(
+            data,
+            RelayTask::new(client, tls, started, cfg.connack_timeout, &closed, keep),
+        ),
+    }
+}
+
+/// Run a relay as a task of its own. The connection's span exists only when debug
+/// logging is on; otherwise the task carries no span at all.
+fn spawn_relay<F>(data: &DataPath, task: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let span = tracing::Span::current();
     if span.is_none() {
         data.tracker.spawn(task);
@@ -242,7 +259,7 @@ pub async fn serve<S>(
 /// closes the session.
 struct Routed {
     node: Arc<Node>,
-    broker: TcpStream,
+    broker: Broker,
     sticky: Option<StickyWrite>,
     closed: SessionScope,
     started: Instant,
@@ -285,6 +302,7 @@ async fn route<S: AsyncRead + Unpin>(
     let mut extra: Vec<u8> = Vec::new();
     let mut queued = None;
     let mut pause = Duration::from_millis(50);
+    let tls = cluster.tls();
     loop {
         // Receives every `notify_waiters` from its creation on, unpolled: no change
         // between this pick and the wait below is missed, and nothing is locked here
@@ -303,9 +321,13 @@ async fn route<S: AsyncRead + Unpin>(
             // Subscribe to the node's session handle before forwarding, so that a
             // node marked down from now on also closes this session.
             let closed = node.session_token(lname, &lst.closed);
-            let started = Instant::now();
-            match crate::upstream::forward_first(cfg, ctx, broker, buf, &extra).await {
+            let first =
+                crate::upstream::forward_first(cfg, tls.as_deref(), node, ctx, broker, buf, &extra);
+            match first.await {
                 Ok(broker) => {
+                    // After the TLS handshake to the broker, if any: CONNECT→CONNACK
+                    // latency and `connack_timeout` count from the CONNECT's write.
+                    let started = Instant::now();
                     node.metrics
                         .to_broker
                         .inc_by((buf.len() + extra.len()) as u64);

@@ -29,6 +29,10 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("client CA {path}: {msg}")]
     ClientCa { path: String, msg: String },
+    #[error("CRL {path}: {msg}")]
+    Crl { path: String, msg: String },
+    #[error("broker CA {path}: {msg}")]
+    BrokerCa { path: String, msg: String },
 }
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -162,8 +166,14 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// Build the server configurations for one TLS listener.
-pub fn server_config(t: &TlsConfig) -> Result<ServerTls, TlsError> {
+fn paths_text(paths: &[std::path::PathBuf]) -> String {
+    let v: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    v.join(", ")
+}
+
+/// Build the server configurations for one TLS listener (`listener`: its name, for
+/// the log line of a revoked client certificate).
+pub fn server_config(t: &TlsConfig, listener: &str) -> Result<ServerTls, TlsError> {
     let versions: &[&'static rustls::SupportedProtocolVersion] = match t.min_version {
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
@@ -173,13 +183,31 @@ pub fn server_config(t: &TlsConfig) -> Result<ServerTls, TlsError> {
     let builder = match &t.client_ca {
         Some(ca) => {
             let roots = load_roots(ca)?;
+            // Revocation as HAProxy's and NGINX's `crl-file` / `ssl_crl` check it: every
+            // certificate of the chain, and one whose issuer has no CRL is refused.
+            let crls = crate::revocation::load_all(&t.crl)?;
+            let with_crls = !crls.is_empty();
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .with_crls(crls)
                 .build()
-                .map_err(|e| TlsError::ClientCa {
-                    path: ca.display().to_string(),
-                    msg: e.to_string(),
+                .map_err(|e| match e {
+                    rustls::server::VerifierBuilderError::InvalidCrl(_) => TlsError::Crl {
+                        path: paths_text(&t.crl),
+                        msg: e.to_string(),
+                    },
+                    e => TlsError::ClientCa {
+                        path: ca.display().to_string(),
+                        msg: e.to_string(),
+                    },
                 })?;
-            builder.with_client_cert_verifier(verifier)
+            if with_crls {
+                builder.with_client_cert_verifier(Arc::new(crate::revocation::LogRevoked {
+                    inner: verifier,
+                    listener: listener.to_string(),
+                }))
+            } else {
+                builder.with_client_cert_verifier(verifier)
+            }
         }
         None => builder.with_no_client_auth(),
     };

@@ -64,6 +64,8 @@ address = "127.0.0.1:1883"
 
 [clusters.b.health]
 [clusters.b.sticky]
+[clusters.b.tls]
+ca = "{dir}/ca.pem"
 
 [peers]
 name = "gate-a"

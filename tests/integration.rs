@@ -11,6 +11,8 @@ mod common;
 mod admin_api;
 mod alert_rules;
 mod bad_input;
+mod broker_tls;
+mod client_crl;
 mod cluster_admin;
 mod cluster_dynsec;
 mod cluster_fullsync;

@@ -101,7 +101,7 @@ class Env:
         p = self.ports = {k: free_port() for k in [
             "broker_port", "broker_tls_port", "haproxy_port", "haproxy_tls_port",
             "mqgate_port", "mqgate_tls_port", "admin_port",
-            "mqgate_b_port", "mqgate_b_tls_port", "admin_b_port"]}
+            "mqgate_b_port", "mqgate_b_tls_port", "admin_b_port", "mqgate_tlsup_port"]}
         self.files = dict(
             cert=os.path.join(work, "server.pem"), key=os.path.join(work, "server.key"),
             cert_full=os.path.join(work, "server-full.pem"), ca=os.path.join(work, "ca.pem"))
@@ -117,6 +117,11 @@ class Env:
 
         for name in ["mosquitto.conf", "mqgate.toml"]:
             render(name, name, fill)
+        if a.broker_tls:
+            # --broker-tls: a second TLS listener whose cluster reaches the same broker
+            # over TLS ([clusters.X.tls]), for the `tlsup` scenario (TLS on both sides).
+            with open(os.path.join(work, "mqgate.toml"), "a") as f:
+                f.write(render_template("mqgate-tlsup.toml", fill))
         hap_global = None
         if a.haproxy_global:
             hap_global = "\n".join("    " + line.strip()
@@ -140,6 +145,7 @@ class Env:
             "mqgate": f"127.0.0.1:{p['mqgate_tls_port']}",
             "mqgate-b": f"127.0.0.1:{p['mqgate_b_tls_port']}",
         }
+        self.tlsup_addr = f"127.0.0.1:{p['mqgate_tlsup_port']}"
         run(["haproxy", "-c", "-q", "-f", os.path.join(work, "haproxy.cfg")])
         run([a.mqgate, "check", "-c", os.path.join(work, "mqgate.toml")])
         if a.ab is not None:
@@ -162,6 +168,9 @@ class Env:
 
     def wait_ready(self, name):
         end = time.time() + 30
+        probes = [(self.addr[name], []), (self.tls_addr[name], ["--tls-ca", self.files["ca"]])]
+        if name == "mqgate" and self.a.broker_tls:
+            probes.append((self.tlsup_addr, ["--tls-ca", self.files["ca"]]))
         while time.time() < end:
             pr = self.procs[name]
             if pr.poll() is not None:
@@ -169,8 +178,7 @@ class Env:
             ok = all(subprocess.run(
                 [self.loadgen, "probe", "--addr", addr] + extra,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
-                for addr, extra in [(self.addr[name], []),
-                                    (self.tls_addr[name], ["--tls-ca", self.files["ca"]])])
+                for addr, extra in probes)
             if ok:
                 return
             time.sleep(0.1)
@@ -233,6 +241,46 @@ def scenario_throughput(env, p, target, qos, size):
     if target != "direct":
         r["proxy_cpu_s_per_M"] = (c1 - c0) * per_m
     return r
+
+
+def scenario_tlsup(env, p, variant):
+    """--broker-tls: QoS 0 100 B throughput through mqgate, client→mqgate→broker plain
+    (`plain`), TLS to mqgate only (`tls-in`) or TLS on both sides (`tls-both`), with
+    mqgate's CPU per million messages delivered."""
+    addr, extra = {
+        "plain": (env.addr["mqgate"], []),
+        "tls-in": (env.tls_addr["mqgate"], ["--tls-ca", env.files["ca"]]),
+        "tls-both": (env.tlsup_addr, ["--tls-ca", env.files["ca"]]),
+    }[variant]
+    pid = env.pid("mqgate")
+    c0 = proc_cpu_secs(pid)
+    r = loadgen(env, ["throughput", "--addr", addr, "--qos", 0, "--size", 100,
+                      "--secs", p["tp_secs"], "--warmup", p["warmup"]] + extra)
+    c1 = proc_cpu_secs(pid)
+    if r["delivered"] == 0:
+        raise HarnessError(f"tlsup {variant} delivered nothing: {r}")
+    r["proxy_cpu_s_per_M"] = (c1 - c0) * 1e6 / max(r["delivered_total"], 1)
+    return r
+
+
+TLSUP_VARIANTS = ["plain", "tls-in", "tls-both"]
+
+
+def print_tlsup(raw):
+    print()
+    print("TLS to the brokers (--broker-tls): mqgate, QoS 0 100 B, medians of rounds")
+    base = None
+    for var in TLSUP_VARIANTS:
+        rs = [r["result"] for r in raw if r["scenario"] == "tlsup" and r["variant"] == var]
+        if not rs:
+            continue
+        mps = med([r.get("msgs_per_sec") for r in rs])
+        cpu = med([r.get("proxy_cpu_s_per_M") for r in rs])
+        if base is None:
+            base = cpu
+        q = cpu / base if base and cpu is not None else None
+        print(f"  {var:10s} msgs/s {fmt(mps):>11s}   mqgate CPU s per M msgs {fmt(cpu):>8s}"
+              f"   x plain {fmt(q)}")
 
 
 def scenario_latency(env, p, target):
@@ -499,6 +547,8 @@ def main():
     ap.add_argument("--ab", metavar="TOML", help="A/B run: a fourth target, mqgate-b, whose config"
                     " has these [limits] lines added (';' separates lines), e.g. 'threads = 0'")
     ap.add_argument("--ab-bin", metavar="PATH", help="the mqgate-b binary (default: --mqgate)")
+    ap.add_argument("--broker-tls", action="store_true", help="add the `tlsup` scenario: mqgate"
+                    " throughput with TLS on both sides (client and broker) vs plain")
     ap.add_argument("--haproxy-global", metavar="CFG", help="lines added to HAProxy's global"
                     " section (';' separates lines), e.g. 'nbthread 1'")
     a = ap.parse_args()
@@ -510,6 +560,8 @@ def main():
     if a.rounds:
         p["rounds"] = a.rounds
     only = set(a.only.split(",")) if a.only else {"throughput", "latency", "connect", "idle"}
+    if a.broker_tls:
+        only.add("tlsup")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     outdir = os.path.join(ROOT, "integration", "out")
     work = os.path.join(outdir, f"bench-{stamp}.d")
@@ -536,6 +588,9 @@ def main():
             if "connect" in only:
                 jobs.append(("connect", "plain", lambda t: scenario_connect(env, p, t, False), targets))
                 jobs.append(("connect", "tls", lambda t: scenario_connect(env, p, t, True), targets))
+            if "tlsup" in only and a.broker_tls:
+                for var in TLSUP_VARIANTS:
+                    jobs.append(("tlsup", var, lambda t, v=var: scenario_tlsup(env, p, v), ["mqgate"]))
             if "idle" in only:
                 for n in p["idle"]:
                     jobs.append(("idle", f"{n}", lambda t, n=n: scenario_idle(env, t, n), proxies))
@@ -553,6 +608,8 @@ def main():
     ab = summarise_ab(raw) if a.ab is not None else []
     if ab:
         print_ab(ab, a)
+    if a.broker_tls:
+        print_tlsup(raw)
     info["load_after"] = os.getloadavg()
     out = os.path.join(outdir, f"bench-{stamp}.json")
     with open(out, "w") as f:

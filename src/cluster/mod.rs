@@ -53,6 +53,9 @@ pub struct Cluster {
     changed: Notify,
     /// Clients held right now (bounded by `queue_max`).
     queued: AtomicUsize,
+    /// TLS to the brokers (`[tls]`), loaded by the gateway at start-up and on every
+    /// reload; empty: plain TCP.
+    tls: ArcSwapOption<crate::broker_tls::BrokerTls>,
 }
 
 /// A client's place among those held while no node can take them; released on drop.
@@ -86,6 +89,7 @@ impl Cluster {
             metrics,
             changed: Notify::new(),
             queued: AtomicUsize::new(0),
+            tls: ArcSwapOption::empty(),
         };
         for n in c.nodes().iter() {
             c.publish_node_metrics(n);
@@ -146,6 +150,16 @@ impl Cluster {
 
     pub fn config(&self) -> Arc<ClusterConfig> {
         self.config.load_full()
+    }
+
+    /// TLS to the brokers, if the cluster has `[tls]`.
+    pub fn tls(&self) -> Option<Arc<crate::broker_tls::BrokerTls>> {
+        self.tls.load_full()
+    }
+
+    /// New TLS material for new connections to the brokers (start-up and reload).
+    pub fn set_tls(&self, tls: Option<Arc<crate::broker_tls::BrokerTls>>) {
+        self.tls.store(tls);
     }
 
     pub fn nodes(&self) -> Arc<Vec<Arc<Node>>> {

@@ -7,6 +7,7 @@ mod address;
 mod checker;
 mod errors;
 mod raw;
+mod tls_checks;
 mod validate;
 
 pub use address::host_name;
@@ -104,6 +105,21 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    pub min_version: TlsVersion,
+    /// Certificate revocation lists for client certificates (PEM or DER files).
+    pub crl: Vec<PathBuf>,
+}
+
+/// `[clusters.X.tls]`: mqgate connects to the cluster's brokers over TLS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerTlsConfig {
+    /// CA certificates the brokers' certificates must chain to.
+    pub ca: PathBuf,
+    /// mqgate's client certificate and key (both or neither).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The name the brokers' certificates must be valid for; default: each node's host.
+    pub server_name: Option<String>,
     pub min_version: TlsVersion,
 }
 
@@ -220,6 +236,8 @@ pub struct ClusterConfig {
     pub nodes: Vec<NodeConfig>,
     pub health: HealthConfig,
     pub sticky: StickyConfig,
+    /// TLS to the brokers (`[clusters.X.tls]`); `None`: plain TCP.
+    pub tls: Option<BrokerTlsConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -123,6 +123,37 @@ pub struct RawTls {
     pub client_ca: Option<String>,
     #[serde(default = "d_tls_min")]
     pub min_version: String,
+    /// Certificate revocation lists (PEM or DER): one path or a list of paths.
+    pub crl: Option<RawPaths>,
+}
+
+/// One path, or a list of paths.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawPaths {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl RawPaths {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            RawPaths::One(p) => vec![p.clone()],
+            RawPaths::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `[clusters.X.tls]`: TLS from mqgate to the cluster's brokers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBrokerTls {
+    pub ca: String,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub server_name: Option<String>,
+    #[serde(default = "d_tls_min")]
+    pub min_version: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,6 +186,7 @@ pub struct RawCluster {
     #[serde(default)]
     pub health: RawHealth,
     pub sticky: Option<RawSticky>,
+    pub tls: Option<RawBrokerTls>,
 }
 
 #[derive(Debug, Deserialize)]

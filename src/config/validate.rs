@@ -3,6 +3,7 @@
 use super::address::{parse_cidr, parse_host_port};
 use super::checker::*;
 use super::raw::*;
+use super::tls_checks;
 use super::*;
 use std::collections::HashSet;
 
@@ -282,6 +283,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
                 ],
             ),
             dns_refresh: v.positive_duration(k("dns_refresh"), &c.dns_refresh),
+            tls: tls_checks::broker_tls(&mut v, &k("tls"), c.tls.as_ref(), &nodes),
             nodes,
             health,
             sticky,
@@ -350,6 +352,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
                 &t.min_version,
                 &[("1.2", TlsVersion::V1_2), ("1.3", TlsVersion::V1_3)],
             ),
+            crl: tls_checks::crl_files(&mut v, &format!("listeners[{i}].tls"), t),
         });
         if let Some(t) = &tls {
             v.tls_material(
@@ -357,7 +360,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
                 &t.cert,
                 &t.key,
                 t.client_ca.as_deref().map(|c| ("client_ca", c)),
-                || crate::tls::server_config(t).map(drop),
+                || crate::tls::server_config(t, &rl.name).map(drop),
             );
         }
         listeners.push(ListenerConfig {

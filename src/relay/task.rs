@@ -54,9 +54,9 @@ pin_project_lite::pin_project! {
     /// shared locks on every wake-up of every connection, so it is polled again only
     /// after the close epoch moved (`crate::sessions`: closing bumps it before it
     /// cancels, and the cancel wakes this task).
-    pub struct RelayTask<S> {
+    pub struct RelayTask<S, B = TcpStream> {
         client: S,
-        broker: TcpStream,
+        broker: B,
         pipe: Pipe,
         // Allocated only once a side has closed: an open connection carries no timer.
         linger: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -69,13 +69,33 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<S> RelayTask<S> {
+/// The broker side of a relay: plain TCP, or TLS over it (`[clusters.X.tls]`). Each
+/// is its own instance of [`RelayTask`], so a plain broker connection is relayed with
+/// no indirection at all.
+pub trait BrokerStream: AsyncRead + AsyncWrite + Unpin {
+    /// The TCP socket under the stream.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl BrokerStream for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl BrokerStream for Box<tokio_rustls::client::TlsStream<TcpStream>> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+impl<S, B> RelayTask<S, B> {
     /// The relay of a connection whose CONNECT (and what followed) has been forwarded
     /// at `started`; it ends when `scope` closes. With `connack_timeout` (non-zero) the
     /// broker must answer by `started + connack_timeout`.
     pub fn new(
         client: S,
-        broker: TcpStream,
+        broker: B,
         started: Instant,
         connack_timeout: Duration,
         scope: &SessionScope,
@@ -95,7 +115,7 @@ impl<S> RelayTask<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Future for RelayTask<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> Future for RelayTask<S, B> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -138,7 +158,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for RelayTask<S> {
                     // it from a directly connected client. A FIN instead would leave
                     // this side in TIME_WAIT on an ephemeral port for every aborted
                     // client, and connect() slows down as they pile up (port search).
-                    let _ = this.broker.set_zero_linger();
+                    let _ = this.broker.tcp().set_zero_linger();
                 }
                 return Poll::Ready(());
             }
