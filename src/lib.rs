@@ -61,6 +61,7 @@ pub mod tls;
 pub mod transport;
 pub mod upstream;
 pub mod workers;
+pub mod ws;
 
 pub use gateway::Gateway;
 pub use run::{run, run_opts, RunOptions};

@@ -60,6 +60,21 @@ pub enum Reject {
     Proxy,
     /// The client went away (or its socket failed) before a complete CONNECT.
     Closed,
+    /// WebSocket listeners (`src/ws/`): a malformed HTTP request (400).
+    WsRequest,
+    /// Not a WebSocket upgrade, or not version 13 (426).
+    WsUpgrade,
+    /// Upgrade to another path than `websocket.path` (404).
+    WsPath,
+    /// `Origin` not in `websocket.allowed_origins` (403).
+    WsOrigin,
+    /// `Sec-WebSocket-Protocol` does not offer `mqtt` / `mqttv3.1` (400).
+    WsSubprotocol,
+    /// A frame RFC 6455 forbids (unmasked, reserved bits, unknown opcode, bad
+    /// fragmentation) before the CONNECT: close frame 1002.
+    WsFrame,
+    /// A text frame before the CONNECT: close frame 1003.
+    WsText,
 }
 
 impl Reject {
@@ -76,6 +91,13 @@ impl Reject {
             Reject::Rate => "rate",
             Reject::Proxy => "proxy",
             Reject::Closed => "closed",
+            Reject::WsRequest => "ws_request",
+            Reject::WsUpgrade => "ws_upgrade",
+            Reject::WsPath => "ws_path",
+            Reject::WsOrigin => "ws_origin",
+            Reject::WsSubprotocol => "ws_subprotocol",
+            Reject::WsFrame => "ws_frame",
+            Reject::WsText => "ws_text",
         }
     }
 }
