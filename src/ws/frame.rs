@@ -72,8 +72,10 @@ pub enum FrameError {
     Unmasked,
     #[error("fragmented or oversized control frame")]
     Control,
-    #[error("payload length with the top bit set or not minimally encoded")]
+    #[error("payload length not minimally encoded")]
     Length,
+    #[error("payload length with the top bit set (2^63 bytes or more)")]
+    TooLong,
 }
 
 /// Parse a client frame header from the start of `b`: `Ok(None)` when more bytes are
@@ -119,7 +121,10 @@ pub fn parse_header(b: &[u8]) -> Result<Option<Header>, FrameError> {
             let mut a = [0u8; 8];
             a.copy_from_slice(x);
             let n = u64::from_be_bytes(a);
-            if n >> 63 != 0 || n <= u64::from(u16::MAX) {
+            if n >> 63 != 0 {
+                return Err(FrameError::TooLong);
+            }
+            if n <= u64::from(u16::MAX) {
                 return Err(FrameError::Length);
             }
             (n, 8)
@@ -219,7 +224,7 @@ mod tests {
         assert_eq!(parse_header(&[0x89, 0xFE]), Err(FrameError::Control));
         let mut huge = vec![0x82, 0xFF];
         huge.extend_from_slice(&(1u64 << 63).to_be_bytes());
-        assert_eq!(parse_header(&huge), Err(FrameError::Length));
+        assert_eq!(parse_header(&huge), Err(FrameError::TooLong));
         assert_eq!(parse_header(&[0x82, 0xFE, 0, 5]), Err(FrameError::Length));
     }
 

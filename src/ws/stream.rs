@@ -45,7 +45,7 @@ impl WsError {
     pub fn reject(self) -> Reject {
         match self {
             WsError::Frame(FrameError::Text) => Reject::WsText,
-            WsError::TooLarge(_) => Reject::TooLarge,
+            WsError::TooLarge(_) | WsError::Frame(FrameError::TooLong) => Reject::TooLarge,
             _ => Reject::WsFrame,
         }
     }
@@ -53,7 +53,7 @@ impl WsError {
     fn close_code(self) -> u16 {
         match self {
             WsError::Frame(FrameError::Text) => 1003,
-            WsError::TooLarge(_) => 1009,
+            WsError::TooLarge(_) | WsError::Frame(FrameError::TooLong) => 1009,
             _ => 1002,
         }
     }
