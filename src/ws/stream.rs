@@ -287,6 +287,37 @@ impl ReadState {
     }
 }
 
+/// The read side alone, for the fuzz target and tests: de-frame `data` delivered in
+/// pieces cut at `cuts` (offsets), with `max_connect` as the CONNECT-time cap. Returns
+/// the MQTT bytes, and whether a close frame ended the stream or the error that did.
+pub fn deframe(
+    data: &[u8],
+    cuts: &[usize],
+    max_connect: usize,
+) -> (Vec<u8>, Result<bool, WsError>) {
+    let mut ws = WsStream::new((), Vec::new(), max_connect);
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut ends: Vec<usize> = cuts.iter().map(|&c| c.min(data.len())).collect();
+    ends.sort_unstable();
+    ends.push(data.len());
+    for end in ends {
+        if end <= start {
+            continue;
+        }
+        let mut chunk = data[start..end].to_vec();
+        start = end;
+        match ws.rd.deframe(&mut chunk, &mut ws.wr) {
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) => return (out, Err(e)),
+        }
+        if ws.rd.eof {
+            break;
+        }
+    }
+    (out, Ok(ws.rd.eof))
+}
+
 impl<S: AsyncWrite + Unpin> WsStream<S> {
     /// Write what is committed (`out`), then, at a frame boundary, a queued control
     /// frame.
