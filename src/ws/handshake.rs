@@ -72,6 +72,20 @@ pub fn head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
+/// A refusal decided before the head is complete: bytes that cannot start an HTTP
+/// request (an MQTT CONNECT or a TLS hello on a WebSocket port) are answered at once
+/// instead of waiting for a blank line that will never come.
+pub fn early_refusal(buf: &[u8]) -> Option<Refusal> {
+    let first = *buf.first()?;
+    (!first.is_ascii_uppercase()).then(|| {
+        Refusal::new(
+            400,
+            Reject::WsRequest,
+            "not an HTTP request (MQTT over WebSocket is expected here)",
+        )
+    })
+}
+
 /// Check a complete request head; the `101` response on success.
 pub fn respond(head: &[u8], policy: &Policy<'_>) -> Result<Vec<u8>, Refusal> {
     let bad = |why: &str| Refusal::new(400, Reject::WsRequest, why);
@@ -386,6 +400,12 @@ mod tests {
             respond(&req("/mqtt", p), &policy(&o)).is_ok(),
             "no Origin: not a browser"
         );
+    }
+
+    #[test]
+    fn bytes_that_cannot_start_a_request_are_refused_at_once() {
+        assert_eq!(early_refusal(&[0x10, 0x0c]).map(|r| r.status), Some(400));
+        assert!(early_refusal(b"GE").is_none() && early_refusal(b"").is_none());
     }
 
     #[test]

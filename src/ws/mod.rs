@@ -42,6 +42,10 @@ where
         if let Some(end) = handshake::head_end(&buf) {
             break end;
         }
+        if let Some(r) = handshake::early_refusal(&buf) {
+            answer(&mut s, &r.response(), deadline).await;
+            return Err(fail(r.reason, format!("HTTP {}: {}", r.status, r.why)));
+        }
         if buf.len() > handshake::MAX_HEAD {
             let r = handshake::Refusal {
                 status: 431,
