@@ -27,6 +27,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The most raw bytes one read takes (the relay reads 16 KB at a time).
 const READ_MAX: usize = 16 * 1024;
+/// The first read's size. The part of the caller's buffer a read may fill must be
+/// zeroed first (safe code cannot read into uninitialised memory), so the size
+/// follows what reads return: doubled when a read fills it, halved when it is mostly
+/// unused. Small messages then cost a small memset, bulk transfers full reads.
+const READ_START: u16 = 2048;
+const READ_MIN: u16 = 512;
 
 /// Why a client's frames were refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -118,6 +124,8 @@ struct ReadState {
     eof: bool,
     failed: Option<WsError>,
     cap: Option<Box<ConnectCap>>,
+    /// How many bytes the next read asks for (see [`READ_START`]).
+    hint: u16,
 }
 
 #[derive(Default)]
@@ -162,6 +170,7 @@ impl<S> WsStream<S> {
                     end: None,
                     seen: 0,
                 })),
+                hint: READ_START,
                 ..ReadState::default()
             },
             wr: WriteState::default(),
@@ -376,7 +385,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
                 // if the socket is full. Errors show on the write side.
                 let _ = this.poll_out(cx);
             }
-            let want = buf.remaining().min(READ_MAX);
+            let want = buf.remaining().min(usize::from(this.rd.hint.max(READ_MIN)));
             let dst = buf.initialize_unfilled_to(want);
             let n = match this.early.take() {
                 Some(early) => {
@@ -396,6 +405,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
             if n == 0 {
                 this.rd.eof = true;
                 return Poll::Ready(Ok(()));
+            }
+            let hint = usize::from(this.rd.hint);
+            if n == want && hint < READ_MAX {
+                this.rd.hint = (hint * 2).min(READ_MAX) as u16;
+            } else if n < want / 4 && this.rd.hint > READ_MIN {
+                this.rd.hint /= 2;
             }
             let w = match this.rd.deframe(&mut dst[..n], &mut this.wr) {
                 Ok(w) => w,

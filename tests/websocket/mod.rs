@@ -372,6 +372,22 @@ fn every_bad_input_has_its_answer_and_counter_and_another_client_carries_on() {
         });
     }
 
+    // MQTT straight onto the WebSocket port: 400 at once, not a wait for a blank line.
+    let before = rejected("ws_request");
+    let mut s = tcp(ws);
+    s.write_all(&Connect::new("tcp-on-ws").bytes())
+        .expect("send CONNECT");
+    let (bytes, end) = read_to_close(&mut s, Duration::from_secs(10));
+    assert!(
+        bytes.starts_with(b"HTTP/1.1 400 "),
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    assert_ne!(end, Ended::Open);
+    wait_until(Duration::from_secs(5), "ws_request counted", || {
+        rejected("ws_request") == before + 1.0
+    });
+
     // Frames refused before the CONNECT: a close frame with its code, then the close.
     let mut huge = vec![0x82, 0xFF];
     huge.extend_from_slice(&(1u64 << 63).to_be_bytes());
