@@ -529,6 +529,54 @@ mod tests {
         );
     }
 
+    /// Server frames back to bytes (test side: unmasked, FIN set).
+    fn unframe(mut wire: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        while !wire.is_empty() {
+            assert_eq!(wire[0], 0x82);
+            let (len, at) = match wire[1] {
+                126 => (usize::from(u16::from_be_bytes([wire[2], wire[3]])), 4),
+                127 => (
+                    usize::try_from(u64::from_be_bytes(wire[2..10].try_into().unwrap())).unwrap(),
+                    10,
+                ),
+                n => (usize::from(n), 2),
+            };
+            out.extend_from_slice(&wire[at..at + len]);
+            wire = &wire[at + len..];
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn short_writes_finish_their_frame_and_a_queued_pong_goes_first() {
+        // A pipe of 7 bytes: headers and payloads are cut everywhere.
+        let (mut client, server) = tokio::io::duplex(7);
+        let mut ws = WsStream::new(server, client_frame(0x89, b"p"), 1024);
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut buf = [0u8; 8];
+        // The ping is read (nothing to return yet: the read waits), its pong queued.
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(50), ws.read(&mut buf));
+        assert!(pending.await.is_err());
+        for chunk in data.chunks(300).chain(std::iter::once(&data[..])) {
+            ws.write_all(chunk).await.unwrap();
+        }
+        ws.shutdown().await.unwrap();
+        drop(ws);
+        let wire = reader.await.unwrap();
+        assert_eq!(&wire[..3], &[0x8A, 1, b'p'], "the pong first");
+        let close = &wire[wire.len() - 4..];
+        assert_eq!(close, &[0x88, 2, 3, 232]);
+        let mut want = data.clone();
+        want.extend_from_slice(&data);
+        assert_eq!(unframe(&wire[3..wire.len() - 4]), want);
+    }
+
     #[tokio::test]
     async fn bad_frames_fail_with_their_reason() {
         let cases: [(Vec<u8>, Reject); 4] = [
