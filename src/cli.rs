@@ -198,10 +198,14 @@ pub fn summary(c: &Config) -> String {
         } else {
             ""
         };
+        let ws = match &l.websocket {
+            Some(w) => format!(", MQTT over WebSocket at {}", w.path),
+            None => String::new(),
+        };
         let _ = writeln!(
             s,
-            "  listener {:<12} {}{}{} -> cluster {}",
-            l.name, l.bind, tls, pp, l.cluster
+            "  listener {:<12} {}{}{}{} -> cluster {}",
+            l.name, l.bind, tls, ws, pp, l.cluster
         );
     }
     for cl in &c.clusters {

@@ -371,7 +371,7 @@ impl Gateway {
                 let Some(slot) = slots.get(&l.name) else {
                     continue;
                 };
-                shared.metrics.init_listener(&l.name, l.tls.is_some());
+                shared.metrics.init_listener(&l.name, l.transport());
                 listeners_now.insert(
                     l.name.clone(),
                     Arc::new(ListenerRt {
@@ -391,6 +391,7 @@ impl Gateway {
                     tracing::info!(listener = %name, "listener removed; closing its sessions");
                     s.stop_accept.cancel();
                     s.closed.close();
+                    shared.metrics.forget_listener(name, "");
                 }
             }
         }

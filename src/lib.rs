@@ -7,7 +7,8 @@
 //!                                       ─▶ plan::diff ─▶ gateway: prepare → commit
 //!                                                  │ runtime::DataPath (ArcSwap<Runtime>)
 //!                                                  ▼
-//! transport: listener accept ─▶ [PROXY header in] ─▶ [TLS]      → stream + proxy::ClientCtx
+//! transport: listener accept ─▶ [PROXY header in] ─▶ [TLS] ─▶ [WebSocket (ws)]
+//!                                                  → stream + proxy::ClientCtx
 //!                                                  ▼
 //! session:   read CONNECT (mqtt, deadline, size cap) → cluster::pick, held while no node
 //!              full-sync: the leader   ◀── health (one task per node)
@@ -64,6 +65,7 @@ pub mod tls;
 pub mod transport;
 pub mod upstream;
 pub mod workers;
+pub mod ws;
 
 pub use gateway::Gateway;
 pub use run::{run, run_opts, RunOptions};

@@ -31,6 +31,7 @@ pub mod names {
     pub const PEER_UPDATES_DROPPED_TOTAL: &str = "mqgate_peer_updates_dropped_total";
     pub const PEER_FRAMES_REJECTED_TOTAL: &str = "mqgate_peer_frames_rejected_total";
     pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "mqgate_tls_handshake_failures_total";
+    pub const LISTENER_INFO: &str = "mqgate_listener_info";
     pub const CONFIG_RELOADS_TOTAL: &str = "mqgate_config_reloads_total";
     pub const QUEUED_CONNECTIONS: &str = "mqgate_queued_connections";
     pub const QUEUE_TOTAL: &str = "mqgate_queue_total";
@@ -42,6 +43,17 @@ pub mod names {
 /// node, answered after `queue_timeout`, refused at once because `queue_max` clients
 /// were held, or the client left while held.
 pub const QUEUE_RESULTS: [&str; 4] = ["routed", "timeout", "full", "closed"];
+
+/// The reasons only WebSocket listeners count.
+pub const WS_REJECTS: [Reject; 7] = [
+    Reject::WsRequest,
+    Reject::WsUpgrade,
+    Reject::WsPath,
+    Reject::WsOrigin,
+    Reject::WsSubprotocol,
+    Reject::WsFrame,
+    Reject::WsText,
+];
 
 /// Why a client connection was refused (`reason` label of the rejected counter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +72,21 @@ pub enum Reject {
     Proxy,
     /// The client went away (or its socket failed) before a complete CONNECT.
     Closed,
+    /// WebSocket listeners (`src/ws/`): a malformed HTTP request (400).
+    WsRequest,
+    /// Not a WebSocket upgrade, or not version 13 (426).
+    WsUpgrade,
+    /// Upgrade to another path than `websocket.path` (404).
+    WsPath,
+    /// `Origin` not in `websocket.allowed_origins` (403).
+    WsOrigin,
+    /// `Sec-WebSocket-Protocol` does not offer `mqtt` / `mqttv3.1` (400).
+    WsSubprotocol,
+    /// A frame RFC 6455 forbids (unmasked, reserved bits, unknown opcode, bad
+    /// fragmentation) before the CONNECT: close frame 1002.
+    WsFrame,
+    /// A text frame before the CONNECT: close frame 1003.
+    WsText,
 }
 
 impl Reject {
@@ -76,6 +103,13 @@ impl Reject {
             Reject::Rate => "rate",
             Reject::Proxy => "proxy",
             Reject::Closed => "closed",
+            Reject::WsRequest => "ws_request",
+            Reject::WsUpgrade => "ws_upgrade",
+            Reject::WsPath => "ws_path",
+            Reject::WsOrigin => "ws_origin",
+            Reject::WsSubprotocol => "ws_subprotocol",
+            Reject::WsFrame => "ws_frame",
+            Reject::WsText => "ws_text",
         }
     }
 }
@@ -104,6 +138,7 @@ pub struct Metrics {
     pub peer_updates_dropped: IntCounterVec,
     pub peer_frames_rejected: IntCounterVec,
     pub tls_handshake_failures: IntCounterVec,
+    pub listener_info: IntGaugeVec,
     pub queued: IntGaugeVec,
     pub queue_results: IntCounterVec,
     pub config_reloads: IntCounterVec,
@@ -280,6 +315,12 @@ impl Metrics {
                 "TLS handshakes that failed or timed out.",
                 &["listener"],
             ),
+            listener_info: gauge(
+                &r,
+                LISTENER_INFO,
+                "1 per listener; transport: what clients speak there (tcp, tls, ws, wss).",
+                &["listener", "transport"],
+            ),
             queued: gauge(
                 &r,
                 QUEUED_CONNECTIONS,
@@ -319,12 +360,22 @@ impl Metrics {
         m
     }
 
-    /// Pre-create the reject counters of a listener so that they show as 0.
-    pub fn init_listener(&self, listener: &str, tls: bool) {
-        if tls {
+    /// Pre-create the reject counters of a listener so that they show as 0, and set
+    /// its `mqgate_listener_info` (`transport`: [`crate::config::ListenerConfig::transport`]).
+    pub fn init_listener(&self, listener: &str, transport: &str) {
+        if transport == "tls" || transport == "wss" {
             self.tls_handshake_failures.with_label_values(&[listener]);
         }
-        for r in [
+        self.forget_listener(listener, transport);
+        self.listener_info
+            .with_label_values(&[listener, transport])
+            .set(1);
+        let ws: &[Reject] = if transport.starts_with("ws") {
+            &WS_REJECTS
+        } else {
+            &[]
+        };
+        for &r in [
             Reject::Invalid,
             Reject::Malformed,
             Reject::Protocol,
@@ -333,9 +384,21 @@ impl Metrics {
             Reject::Busy,
             Reject::NoNode,
             Reject::Tls,
-        ] {
+        ]
+        .iter()
+        .chain(ws)
+        {
             self.connections_rejected
                 .with_label_values(&[listener, r.as_str()]);
+        }
+    }
+
+    /// Drop a listener's `mqgate_listener_info` series (all but `keep`).
+    pub fn forget_listener(&self, listener: &str, keep: &str) {
+        for t in ["tcp", "tls", "ws", "wss"] {
+            if t != keep {
+                let _ = self.listener_info.remove_label_values(&[listener, t]);
+            }
         }
     }
 

@@ -193,6 +193,22 @@ mod tests {
     }
 
     #[test]
+    fn turning_a_listener_into_websocket_keeps_its_socket() {
+        let old = cfg(&[("a", 1883)], &["x"], "");
+        let mut new = old.clone();
+        new.listeners[0].websocket = Some(crate::config::WebSocketConfig {
+            path: "/mqtt".into(),
+            allowed_origins: Vec::new(),
+        });
+        let p = diff(&after(&old), &new);
+        // Kept: the gateway builds its ListenerRt from the new settings, so new
+        // connections speak WebSocket and open ones keep their stream.
+        assert_eq!(p.listeners_kept, ["a"]);
+        assert!(p.listeners_bind.is_empty() && p.listeners_removed.is_empty());
+        assert_eq!(new.listeners[0].transport(), "ws");
+    }
+
+    #[test]
     fn clusters_limits_and_log_level() {
         let old = cfg(&[("a", 1883)], &["x", "y"], "");
         let new = cfg(

@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn only_what_moved_is_summarised() {
         let m = Metrics::new();
-        m.init_listener("mqtt", false);
+        m.init_listener("mqtt", "tcp");
         let start = counts(&m);
         assert_eq!(summary(&start, &counts(&m)), None, "zeros are not reported");
         for _ in 0..5 {

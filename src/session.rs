@@ -75,7 +75,8 @@ async fn read_more<S: AsyncRead + Unpin>(
             format!("CONNECT incomplete after {} bytes", buf.len()),
         )),
         Ok(Err(e)) => Err(ReadError::Reject(
-            Reject::Closed,
+            // A WebSocket client's bad frame has a reason of its own.
+            crate::ws::reject_of(&e).unwrap_or(Reject::Closed),
             format!("read error before a complete CONNECT: {e}"),
         )),
         Ok(Ok(0)) => Err(ReadError::Reject(

@@ -2,8 +2,9 @@
 //!
 //! `max_connections` slot → [PROXY header in, only from `trusted_proxies`; then
 //! `per_ip_connect_rate` on the real source] → [TLS handshake under
-//! `tls_handshake_timeout`] → [`crate::session::serve`]. (A WebSocket layer would sit
-//! after TLS.) Every refusal here is counted once and logged once at debug.
+//! `tls_handshake_timeout`] → [WebSocket upgrade (`crate::ws`) under
+//! `connect_timeout`] → [`crate::session::serve`]. Every refusal here is counted once
+//! and logged once at debug.
 
 use crate::config::ProxyProtocolOut;
 use crate::metrics::Reject;
@@ -12,6 +13,7 @@ use crate::runtime::{DataPath, ListenerRt, Runtime};
 use crate::session::Slot;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::timeout_at;
 use tokio::time::Instant;
@@ -82,7 +84,7 @@ pub async fn handle(
         // Boxed: the task keeps only the future of the transport in use, not the
         // largest of plain, TLS handshake and TLS serve (idle memory per connection).
         match lst.tls.as_ref().map(|t| t.load_full()) {
-            None => Box::pin(crate::session::serve(&data, &rt, &lst, tcp, ctx, slot)).await,
+            None => Box::pin(serve(&data, &rt, &lst, tcp, ctx, slot)).await,
             Some(server_tls) => {
                 let tls = handshake_then_serve(&data, &rt, &lst, server_tls, tcp, ctx, slot);
                 Box::pin(tls).await
@@ -115,7 +117,7 @@ async fn handshake_then_serve(
             if lst.cluster.config().send_proxy_protocol != ProxyProtocolOut::Off {
                 ctx.tls_info = Some(crate::proxy::TlsInfo::from_server_conn(stream.get_ref().1));
             }
-            Box::pin(crate::session::serve(data, rt, lst, stream, ctx, slot)).await
+            Box::pin(serve(data, rt, lst, stream, ctx, slot)).await
         }
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "refused: TLS handshake failed");
@@ -124,6 +126,40 @@ async fn handshake_then_serve(
         Err(_) => {
             tracing::debug!("refused: TLS handshake timed out");
             tls_failed(data, lst);
+        }
+    }
+}
+
+/// The session, behind the WebSocket upgrade on listeners that have one.
+async fn serve<S>(
+    data: &Arc<DataPath>,
+    rt: &Runtime,
+    lst: &Arc<ListenerRt>,
+    stream: S,
+    ctx: ClientCtx,
+    slot: Slot,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(ws) = lst.config.websocket.as_ref() else {
+        return crate::session::serve(data, rt, lst, stream, ctx, slot).await;
+    };
+    let limits = &rt.config.limits;
+    let policy = crate::ws::handshake::Policy {
+        path: &ws.path,
+        allowed_origins: &ws.allowed_origins,
+    };
+    let deadline = Instant::now() + limits.connect_timeout;
+    let upgrade = crate::ws::accept(stream, policy, deadline, limits.max_connect_size);
+    match Box::pin(upgrade).await {
+        Ok(ws) => Box::pin(crate::session::serve(data, rt, lst, ws, ctx, slot)).await,
+        Err(f) => {
+            tracing::debug!(
+                reason = f.reason.as_str(),
+                "refused: WebSocket upgrade: {}",
+                f.why
+            );
+            data.metrics.reject(&lst.config.name, f.reason);
         }
     }
 }

@@ -55,6 +55,7 @@ cluster = "b"
 [listeners.tls]
 cert = "{dir}/cert.pem"
 key = "{dir}/key.pem"
+[listeners.websocket]
 
 [clusters.b]
 

@@ -3,7 +3,9 @@
 //! Every file in `fuzz/corpus/connect/` and `fuzz/corpus/connack/` goes through the
 //! same checks as the cargo-fuzz targets (`fuzz/fuzz_targets/checks.rs`), so a
 //! regression is caught without a nightly toolchain. `fuzz/corpus/proxy_header/`
-//! is replayed by its own test at the end; other corpus directories are ignored.
+//! and `fuzz/corpus/websocket/` are replayed by their own tests at the end (the
+//! WebSocket checks also run on mutated seeds through proptest); other corpus
+//! directories are ignored.
 //!
 //! The seed files are written by `write_seed_corpus` below, from real encoders:
 //! `cargo test --test integration -- --ignored write_seed_corpus`.
@@ -350,4 +352,143 @@ fn replay_proxy_header_corpus() {
         .map(|file| file.display().to_string())
         .collect();
     assert!(failures.is_empty(), "corpus inputs failed: {failures:#?}");
+}
+
+#[path = "../fuzz/fuzz_targets/ws_checks.rs"]
+mod ws_checks;
+
+/// Seeds of the `websocket` target: upgrade requests (good and each refusal) and
+/// client frame sequences (split CONNECT, ping, close, and each refused frame).
+fn websocket_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let req = |extra: &str| {
+        format!(
+            "GET /mqtt HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+        .into_bytes()
+    };
+    let frame = |b0: u8, payload: &[u8]| {
+        let mask = [1u8, 2, 3, 4];
+        let mut v = vec![b0, 0x80 | payload.len() as u8];
+        v.extend_from_slice(&mask);
+        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        v
+    };
+    let connect = encode_connect_v311("ws", None, None, 60);
+    let mut split = frame(0x02, &connect[..4]);
+    split.extend(frame(0x89, b"ping"));
+    split.extend(frame(0x80, &connect[4..]));
+    split.extend(frame(0x88, &[3, 232]));
+    let mut huge = vec![0x82, 0xFF];
+    huge.extend_from_slice(&(1u64 << 63).to_be_bytes());
+    huge.extend_from_slice(&[0; 4]);
+    vec![
+        ("upgrade-ok", req("Sec-WebSocket-Protocol: mqtt\r\n")),
+        (
+            "upgrade-mqttv31",
+            req("Sec-WebSocket-Protocol: mqttv3.1\r\n"),
+        ),
+        ("upgrade-no-protocol", req("")),
+        (
+            "upgrade-origin",
+            req("Origin: https://evil.example\r\nSec-WebSocket-Protocol: mqtt\r\n"),
+        ),
+        (
+            "plain-get",
+            b"GET /mqtt HTTP/1.1\r\nHost: gw\r\n\r\n".to_vec(),
+        ),
+        (
+            "wrong-path",
+            b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n".to_vec(),
+        ),
+        ("frames-connect", frame(0x82, &connect)),
+        ("frames-split-ping-close", split),
+        (
+            "frame-unmasked",
+            [&[0x82, connect.len() as u8][..], &connect].concat(),
+        ),
+        ("frame-text", frame(0x81, b"{}")),
+        ("frame-len-2-63", huge),
+        (
+            "frames-16-bit-length",
+            [&[0x82, 0xFE, 0x01, 0x00, 0, 0, 0, 0][..], &[0; 256]].concat(),
+        ),
+        ("frame-continuation-first", frame(0x80, b"x")),
+        (
+            "frame-long-ping",
+            [&[0x89, 0xFE, 0, 126, 0, 0, 0, 0][..], &[0; 126]].concat(),
+        ),
+    ]
+}
+
+/// The `websocket` target's corpus (`fuzz/corpus/websocket/`), replayed through the
+/// same checks as `fuzz/fuzz_targets/websocket.rs`.
+#[test]
+fn replay_websocket_corpus() {
+    let dir = corpus_root().join("websocket");
+    let files = corpus_files(&dir);
+    assert!(
+        files.len() >= websocket_seeds().len(),
+        "fuzz/corpus/websocket: seeds missing"
+    );
+    let failures: Vec<String> = files
+        .iter()
+        .filter(|file| {
+            let data = fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            std::panic::catch_unwind(|| ws_checks::websocket(&data)).is_err()
+        })
+        .map(|file| file.display().to_string())
+        .collect();
+    assert!(failures.is_empty(), "corpus inputs failed: {failures:#?}");
+}
+
+/// Regenerates `fuzz/corpus/websocket/` (run by hand, like `write_seed_corpus`).
+#[test]
+#[ignore = "writes fuzz/corpus/websocket; run by hand to regenerate the seeds"]
+fn write_websocket_seed_corpus() {
+    let dir = corpus_root().join("websocket");
+    fs::create_dir_all(&dir).expect("create corpus dir");
+    for (name, bytes) in websocket_seeds() {
+        fs::write(dir.join(format!("seed-{name}")), bytes).expect("write seed");
+    }
+}
+
+#[test]
+fn websocket_seeds_are_what_they_claim() {
+    use mqgate::ws::stream::deframe;
+    for (name, bytes) in websocket_seeds() {
+        if let Some(frames) = name.strip_prefix("frame") {
+            let (out, end) = deframe(&bytes, &[], 65_536);
+            let ok = frames.starts_with("s-");
+            assert_eq!(end.is_ok(), ok, "{name}: {end:?}");
+            if ok && name != "frames-16-bit-length" {
+                assert_eq!(out, encode_connect_v311("ws", None, None, 60), "{name}");
+            }
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// The `websocket` checks on seeds with bytes overwritten, cut or extended: what
+    /// a short fuzzing run would try first, on every `cargo test`.
+    #[test]
+    fn websocket_checks_hold_on_mutated_seeds(
+        seed in 0usize..64,
+        edits in proptest::collection::vec((0usize..512, proptest::num::u8::ANY), 0..6),
+        cut in 0usize..600,
+        tail in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+    ) {
+        let seeds = websocket_seeds();
+        let mut data = seeds[seed % seeds.len()].1.clone();
+        for (at, b) in edits {
+            if !data.is_empty() {
+                let i = at % data.len();
+                data[i] = b;
+            }
+        }
+        data.truncate(cut);
+        data.extend(tail);
+        ws_checks::websocket(&data);
+    }
 }

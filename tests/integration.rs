@@ -38,6 +38,7 @@ mod restart;
 mod secret_files;
 mod shutdown;
 mod status_page;
+mod websocket;
 
 /// Cargo builds only this file's modules from `tests/` (`autotests = false`): a test
 /// file added there but not declared above would silently never run.

@@ -5,7 +5,11 @@ and raises the open-files limit first).
 Starts one stock Mosquitto, HAProxy 2.6 (configured as the Mosquitto HA documentation
 does) and mqgate (equivalent config) on free ports, then measures every scenario
 directly, through HAProxy and through mqgate, alternating the order each round, and
-prints the medians over rounds and the ratios against the targets of issue 7. Writes
+prints the medians over rounds and the ratios against the targets of issue 7. MQTT over
+WebSocket through mqgate (`mqgate-ws`: the same process, its `ws` listener) runs the
+throughput, latency and idle scenarios beside mqgate over TCP, against the targets of
+issue 25 (Debian's Mosquitto cannot open a WebSocket listener, so there is no broker
+figure to set beside it). Writes
 every raw figure and the summary to integration/out/bench-<time>.json.
 
 Nothing here asserts on speed: the exit status is 1 only if the harness itself fails
@@ -17,6 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 TARGETS = ["direct", "haproxy", "mqgate"]
 PROXIES = ["haproxy", "mqgate"]
+WS = "mqgate-ws"  # mqgate's WebSocket listener: a pseudo-target of the mqgate process
 
 
 class HarnessError(Exception):
@@ -100,8 +105,9 @@ class Env:
         self.procs = {}
         p = self.ports = {k: free_port() for k in [
             "broker_port", "broker_tls_port", "haproxy_port", "haproxy_tls_port",
-            "mqgate_port", "mqgate_tls_port", "admin_port",
-            "mqgate_b_port", "mqgate_b_tls_port", "admin_b_port", "mqgate_tlsup_port"]}
+            "mqgate_port", "mqgate_tls_port", "mqgate_ws_port", "admin_port",
+            "mqgate_b_port", "mqgate_b_tls_port", "mqgate_b_ws_port", "admin_b_port",
+            "mqgate_tlsup_port"]}
         self.files = dict(
             cert=os.path.join(work, "server.pem"), key=os.path.join(work, "server.key"),
             cert_full=os.path.join(work, "server-full.pem"), ca=os.path.join(work, "ca.pem"))
@@ -131,13 +137,15 @@ class Env:
             # The A/B variant: the same template on its own ports, with the --ab lines
             # added to [limits].
             fill_b = dict(fill, mqgate_port=p["mqgate_b_port"],
-                          mqgate_tls_port=p["mqgate_b_tls_port"], admin_port=p["admin_b_port"])
+                          mqgate_tls_port=p["mqgate_b_tls_port"], admin_port=p["admin_b_port"],
+                          mqgate_ws_port=p["mqgate_b_ws_port"])
             render("mqgate.toml", "mqgate-b.toml", fill_b, "[limits]\n", a.ab.replace(";", "\n"))
         self.addr = {
             "direct": f"127.0.0.1:{p['broker_port']}",
             "haproxy": f"127.0.0.1:{p['haproxy_port']}",
             "mqgate": f"127.0.0.1:{p['mqgate_port']}",
             "mqgate-b": f"127.0.0.1:{p['mqgate_b_port']}",
+            WS: f"127.0.0.1:{p['mqgate_ws_port']}",
         }
         self.tls_addr = {
             "direct": f"127.0.0.1:{p['broker_tls_port']}",
@@ -150,6 +158,16 @@ class Env:
         run([a.mqgate, "check", "-c", os.path.join(work, "mqgate.toml")])
         if a.ab is not None:
             run([a.ab_bin or a.mqgate, "check", "-c", os.path.join(work, "mqgate-b.toml")])
+
+    @staticmethod
+    def proc_name(target):
+        """The process behind a target (mqgate-ws is mqgate's WebSocket listener)."""
+        return "mqgate" if target == WS else target
+
+    @staticmethod
+    def extra(target):
+        """Extra loadgen arguments for a target."""
+        return ["--ws", "/mqtt"] if target == WS else []
 
     def cmd(self, name):
         w = self.work
@@ -175,6 +193,9 @@ class Env:
             pr = self.procs[name]
             if pr.poll() is not None:
                 raise HarnessError(f"{name} exited with {pr.returncode}; see {self.work}/{name}.log")
+            probes = [(self.addr[name], []), (self.tls_addr[name], ["--tls-ca", self.files["ca"]])]
+            if name == "mqgate":
+                probes.append((self.addr[WS], self.extra(WS)))
             ok = all(subprocess.run(
                 [self.loadgen, "probe", "--addr", addr] + extra,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
@@ -195,11 +216,12 @@ class Env:
                 pr.wait()
 
     def restart(self, name):
+        name = self.proc_name(name)
         self.stop(name)
         self.start(name)
 
     def pid(self, name):
-        return self.procs[name].pid
+        return self.procs[self.proc_name(name)].pid
 
     def stop_all(self):
         for n in list(self.procs):
@@ -232,7 +254,7 @@ def scenario_throughput(env, p, target, qos, size):
     bpid = env.pid("direct")
     c0, b0 = proc_cpu_secs(pid), proc_cpu_secs(bpid)
     r = loadgen(env, ["throughput", "--addr", env.addr[target], "--qos", qos, "--size", size,
-                      "--secs", p["tp_secs"], "--warmup", p["warmup"]])
+                      "--secs", p["tp_secs"], "--warmup", p["warmup"]] + env.extra(target))
     c1, b1 = proc_cpu_secs(pid), proc_cpu_secs(bpid)
     if r["delivered"] == 0:
         raise HarnessError(f"throughput through {target} delivered nothing: {r}")
@@ -285,7 +307,7 @@ def print_tlsup(raw):
 
 def scenario_latency(env, p, target):
     r = loadgen(env, ["latency", "--addr", env.addr[target], "--rate", p["lat_rate"],
-                      "--secs", p["lat_secs"], "--warmup", p["warmup"]])
+                      "--secs", p["lat_secs"], "--warmup", p["warmup"]] + env.extra(target))
     if r["samples"] == 0:
         raise HarnessError(f"latency through {target}: no message delivered: {r}")
     return r
@@ -328,7 +350,8 @@ def scenario_idle(env, target, n):
     env.restart(target)
     pid = env.pid(target)
     before = wait_rss_stable(pid)
-    lg = subprocess.Popen([env.loadgen, "idle", "--addr", env.addr[target], "--clients", str(n)],
+    lg = subprocess.Popen([env.loadgen, "idle", "--addr", env.addr[target], "--clients", str(n)]
+                          + env.extra(target),
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         line = lg.stdout.readline()
@@ -458,6 +481,46 @@ def summarise(raw, p):
     return rows, checks
 
 
+def summarise_ws(raw, p):
+    """MQTT over WebSocket through mqgate against TCP through mqgate (issue 25): rows
+    (figure, tcp, ws, ws/tcp or ws-tcp) and target lines."""
+    def pick(scn, var, target, key):
+        return med([r["result"].get(key) for r in raw
+                    if r["scenario"] == scn and r["variant"] == var and r["target"] == target])
+
+    rows, checks = [], []
+    for qos, size in p["tp"]:
+        var = f"qos{qos}-{size}B"
+        t, w = (pick("throughput", var, x, "msgs_per_sec") for x in ("mqgate", WS))
+        q = w / t if None not in (t, w) and t else None
+        rows.append((f"throughput {var} msg/s", t, w, q))
+        checks.append((f"websocket throughput {var}: ws/tcp >= 0.9", q, ">=", 0.9))
+        t, w = (pick("throughput", var, x, "proxy_cpu_s_per_M") for x in ("mqgate", WS))
+        rows.append((f"  CPU s per M msgs {var}", t, w, w / t if None not in (t, w) and t else None))
+    for key in ["p50_us", "p99_us"]:
+        d, t, w = (pick("latency", "qos0-100B", x, key) for x in ("direct", "mqgate", WS))
+        ta, wa = (x - d if None not in (x, d) else None for x in (t, w))
+        diff = wa - ta if None not in (ta, wa) else None
+        rows.append((f"added latency {key[:-3]} µs (ws-tcp)", ta, wa, diff))
+        if key == "p50_us":
+            checks.append(("websocket added latency p50: ws - tcp <= 20 µs", diff, "<=", 20))
+    for n in p["idle"]:
+        t, w = (pick("idle", f"{n}", x, "bytes_per_conn") for x in ("mqgate", WS))
+        q = w / t if None not in (t, w) and t else None
+        rows.append((f"idle memory B/conn @{n}", t, w, q))
+        checks.append((f"websocket idle memory @{n}: ws/tcp <= 1.5", q, "<=", 1.5))
+    return rows, checks
+
+
+def print_ws(rows):
+    print()
+    print("MQTT over WebSocket through mqgate vs TCP through mqgate (medians; no broker"
+          " figure: Debian's Mosquitto has no WebSocket listener)")
+    print(f"  {'figure':44s} {'tcp':>11s} {'ws':>11s}   ws/tcp (latency: ws-tcp)")
+    for name, t, w, q in rows:
+        print(f"  {name:44s} {fmt(t):>11s} {fmt(w):>11s}   {fmt(q)}")
+
+
 AB_KEYS = {"throughput": ["msgs_per_sec", "proxy_cpu_s_per_M"],
            "latency": ["p50_us", "p99_us", "p999_us"],
            "connect": ["connects_per_sec", "p99_us", "proxy_cpu_us_per_connect"],
@@ -541,7 +604,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int)
-    ap.add_argument("--only", help="comma list: throughput,latency,connect,idle")
+    ap.add_argument("--only", help="comma list: throughput,latency,connect,idle,ws (ws: the"
+                    " WebSocket target beside the others in throughput, latency and idle)")
     ap.add_argument("--mqgate", required=True)
     ap.add_argument("--loadgen", required=True)
     ap.add_argument("--ab", metavar="TOML", help="A/B run: a fourth target, mqgate-b, whose config"
@@ -559,9 +623,10 @@ def main():
     p = plan(a.quick)
     if a.rounds:
         p["rounds"] = a.rounds
-    only = set(a.only.split(",")) if a.only else {"throughput", "latency", "connect", "idle"}
+    only = set(a.only.split(",")) if a.only else {"throughput", "latency", "connect", "idle", "ws"}
     if a.broker_tls:
         only.add("tlsup")
+    ws = [WS] if "ws" in only else []
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     outdir = os.path.join(ROOT, "integration", "out")
     work = os.path.join(outdir, f"bench-{stamp}.d")
@@ -577,14 +642,20 @@ def main():
         for rnd in range(p["rounds"]):
             k = rnd % len(targets)
             order = targets[k:] + targets[:k]
+            if ws:
+                # The WebSocket target right before or after mqgate, alternating.
+                i = order.index("mqgate") + rnd % 2
+                order = order[:i] + ws + order[i:]
             log(f"== round {rnd + 1}/{p['rounds']}, order {order}")
             jobs = []
             if "throughput" in only:
                 for qos, size in p["tp"]:
                     jobs.append(("throughput", f"qos{qos}-{size}B",
-                                 lambda t, q=qos, s=size: scenario_throughput(env, p, t, q, s), targets))
+                                 lambda t, q=qos, s=size: scenario_throughput(env, p, t, q, s),
+                                 targets + ws))
             if "latency" in only:
-                jobs.append(("latency", "qos0-100B", lambda t: scenario_latency(env, p, t), targets))
+                jobs.append(("latency", "qos0-100B", lambda t: scenario_latency(env, p, t),
+                             targets + ws))
             if "connect" in only:
                 jobs.append(("connect", "plain", lambda t: scenario_connect(env, p, t, False), targets))
                 jobs.append(("connect", "tls", lambda t: scenario_connect(env, p, t, True), targets))
@@ -593,7 +664,8 @@ def main():
                     jobs.append(("tlsup", var, lambda t, v=var: scenario_tlsup(env, p, v), ["mqgate"]))
             if "idle" in only:
                 for n in p["idle"]:
-                    jobs.append(("idle", f"{n}", lambda t, n=n: scenario_idle(env, t, n), proxies))
+                    jobs.append(("idle", f"{n}", lambda t, n=n: scenario_idle(env, t, n),
+                                 proxies + ws))
             for scn, var, fn, job_targets in jobs:
                 for t in [x for x in order if x in job_targets]:
                     r = fn(t)
@@ -602,7 +674,11 @@ def main():
     finally:
         env.stop_all()
     rows, checks = summarise(raw, p)
+    ws_rows, ws_checks = summarise_ws(raw, p) if ws else ([], [])
+    checks += ws_checks
     print_table(rows, checks)
+    if ws_rows:
+        print_ws(ws_rows)
     paired = summarise_paired(raw, p)
     print_paired(paired)
     ab = summarise_ab(raw) if a.ab is not None else []
@@ -617,6 +693,7 @@ def main():
                    "command": " ".join(sys.argv), "raw": raw,
                    "table": [list(r) for r in rows],
                    "ab": [list(r) for r in ab],
+                   "websocket": [list(r) for r in ws_rows],
                    "paired": [{"name": n, "value": v} for n, v in paired],
                    "targets": [{"name": n, "value": v, "op": o, "want": w} for n, v, o, w in checks]},
                   f, indent=1)

@@ -21,9 +21,57 @@ pub struct Opts {
     pub secs: Duration,
 }
 
-fn session(addr: SocketAddr, id: &str) -> Result<TcpStream, String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_nodelay(true).map_err(|e| e.to_string())?;
+/// Plain TCP, or MQTT over WebSocket (`--ws PATH`).
+enum Conn {
+    Tcp(TcpStream),
+    Ws(crate::ws::WsSync<TcpStream>),
+}
+
+impl Conn {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Tcp(s) => s,
+            Conn::Ws(w) => &w.inner,
+        }
+    }
+
+    fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        self.tcp().set_read_timeout(d)
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.read(b),
+            Conn::Ws(w) => w.read(b),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.write(b),
+            Conn::Ws(w) => w.write(b),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn session(addr: SocketAddr, ws: Option<&str>, id: &str) -> Result<Conn, String> {
+    let mut tcp = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut s = match ws {
+        None => Conn::Tcp(tcp),
+        Some(path) => {
+            crate::ws::upgrade_sync(&mut tcp, path).map_err(|e| e.to_string())?;
+            Conn::Ws(crate::ws::WsSync::new(tcp))
+        }
+    };
     s.write_all(&mqtt::connect(id, 0))
         .map_err(|e| e.to_string())?;
     let mut ack = [0u8; 4];
@@ -35,16 +83,16 @@ fn session(addr: SocketAddr, id: &str) -> Result<TcpStream, String> {
     Ok(s)
 }
 
-pub fn run(addr: SocketAddr, o: Opts) -> Result<serde_json::Value, String> {
+pub fn run(addr: SocketAddr, ws: Option<&str>, o: Opts) -> Result<serde_json::Value, String> {
     let tag = std::process::id();
     let topic = format!("lat/{tag}");
-    let mut sub = session(addr, &format!("lat-sub-{tag}"))?;
+    let mut sub = session(addr, ws, &format!("lat-sub-{tag}"))?;
     sub.write_all(&mqtt::subscribe(1, &topic, 0))
         .map_err(|e| e.to_string())?;
     let mut ack = [0u8; 5];
     sub.read_exact(&mut ack)
         .map_err(|e| format!("SUBACK: {e}"))?;
-    let mut publ = session(addr, &format!("lat-pub-{tag}"))?;
+    let mut publ = session(addr, ws, &format!("lat-pub-{tag}"))?;
     let base = Instant::now();
     let warm_ns = o.warmup.as_nanos() as u64;
     let end_ns = warm_ns + o.secs.as_nanos() as u64;

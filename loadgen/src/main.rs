@@ -1,6 +1,7 @@
 //! `loadgen`: the load generator of mqgate's benchmark harness (`integration/bench`).
 //!
-//! Raw MQTT 3.1.1 over TCP or TLS (rustls, ECDSA P-256 certificates from rcgen), so that
+//! Raw MQTT 3.1.1 over TCP or TLS (rustls, ECDSA P-256 certificates from rcgen), and
+//! over WebSocket with `--ws PATH` (every command; `ws.rs`), so that
 //! what is measured is the broker and the proxy in front of it, not a client library.
 //! Every measuring command prints one JSON object on stdout.
 //!
@@ -18,6 +19,7 @@ mod mqtt;
 mod net;
 mod storm;
 mod throughput;
+mod ws;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -64,7 +66,11 @@ impl Args {
     }
 
     fn target(&self) -> Result<net::Target, String> {
-        net::Target::new(self.addr()?, self.kv.get("tls-ca").map(|s| s.as_str()))
+        net::Target::new(
+            self.addr()?,
+            self.kv.get("tls-ca").map(|s| s.as_str()),
+            self.kv.get("ws").map(|s| s.as_str()),
+        )
     }
 }
 
@@ -145,6 +151,7 @@ fn real_main() -> Result<(), String> {
         }
         "latency" => latency::run(
             a.addr()?,
+            a.kv.get("ws").map(|s| s.as_str()),
             latency::Opts {
                 rate: a.get("rate", 20_000)?,
                 size: a.get("size", 100)?,

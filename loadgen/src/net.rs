@@ -17,12 +17,14 @@ pub type Stream = Box<dyn Io>;
 pub struct Target {
     pub addr: SocketAddr,
     pub tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// MQTT over WebSocket on this request path (`--ws PATH`).
+    pub ws: Option<String>,
 }
 
 impl Target {
     /// `ca`: PEM file of the CA that signed the server's certificate (TLS), or None.
     /// TLS session resumption is off: every connection pays a full handshake.
-    pub fn new(addr: SocketAddr, ca: Option<&str>) -> Result<Target, String> {
+    pub fn new(addr: SocketAddr, ca: Option<&str>, ws: Option<&str>) -> Result<Target, String> {
         let tls = match ca {
             None => None,
             Some(path) => {
@@ -43,7 +45,11 @@ impl Target {
                 Some((TlsConnector::from(Arc::new(cfg)), name))
             }
         };
-        Ok(Target { addr, tls })
+        Ok(Target {
+            addr,
+            tls,
+            ws: ws.map(str::to_string),
+        })
     }
 
     pub async fn connect(&self, linger0: bool) -> io::Result<Stream> {
@@ -53,10 +59,15 @@ impl Target {
             // Close with a reset: thousands of short connections leave no TIME_WAIT.
             tcp.set_zero_linger()?;
         }
-        match &self.tls {
-            None => Ok(Box::new(tcp)),
-            Some((c, name)) => Ok(Box::new(c.connect(name.clone(), tcp).await?)),
+        let mut s: Stream = match &self.tls {
+            None => Box::new(tcp),
+            Some((c, name)) => Box::new(c.connect(name.clone(), tcp).await?),
+        };
+        if let Some(path) = &self.ws {
+            crate::ws::upgrade(&mut s, path).await?;
+            s = Box::new(crate::ws::WsStream::new(s));
         }
+        Ok(s)
     }
 
     /// Connect, send CONNECT, wait for a CONNACK that accepts the session.

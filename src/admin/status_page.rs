@@ -192,7 +192,7 @@ fn listeners(h: &mut String, s: &StatusView) {
     }
     h.push_str(
         "<h2>listeners</h2><table><thead><tr><th>listener</th><th>bind</th><th>cluster</th>\
-         <th>TLS</th><th>PROXY header</th></tr></thead><tbody>",
+         <th>transport</th><th>PROXY header</th></tr></thead><tbody>",
     );
     for l in &s.listeners {
         let _ = write!(
@@ -201,7 +201,7 @@ fn listeners(h: &mut String, s: &StatusView) {
             escape(&l.name),
             escape(&l.bind),
             escape(&l.cluster),
-            if l.tls { "yes" } else { "no" },
+            escape(&l.transport),
             if l.proxy_protocol { "expected" } else { "no" },
         );
     }
@@ -275,6 +275,7 @@ mod tests {
                 bind: "0.0.0.0:1883".into(),
                 cluster: "c&1".into(),
                 tls: false,
+                transport: "ws".into(),
                 proxy_protocol: false,
             }],
             peers: None,
@@ -288,6 +289,7 @@ mod tests {
         assert!(page.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"));
         assert!(page.contains("gate&lt;1&gt;"));
         assert!(page.contains("c&amp;1"));
+        assert!(page.contains("<td>ws</td>"), "the listener's transport");
     }
 
     #[test]

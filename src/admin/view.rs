@@ -60,6 +60,9 @@ pub struct ListenerView {
     pub bind: String,
     pub cluster: String,
     pub tls: bool,
+    /// `tcp` | `tls` | `ws` | `wss`
+    #[serde(default)]
+    pub transport: String,
     pub proxy_protocol: bool,
 }
 
@@ -136,6 +139,7 @@ pub fn gather_status(host: &Host) -> StatusView {
                 .to_string(),
             cluster: l.cluster.clone(),
             tls: l.tls.is_some(),
+            transport: l.transport().to_string(),
             proxy_protocol: l.proxy_protocol,
         })
         .collect();

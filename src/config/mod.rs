@@ -9,6 +9,7 @@ mod errors;
 mod raw;
 mod tls_checks;
 mod validate;
+mod websocket;
 
 pub use address::host_name;
 pub use checker::bounds;
@@ -98,6 +99,30 @@ pub struct ListenerConfig {
     pub proxy_protocol: bool,
     pub trusted_proxies: Vec<IpNet>,
     pub tls: Option<TlsConfig>,
+    /// MQTT over WebSocket on this listener (`[listeners.websocket]`).
+    pub websocket: Option<WebSocketConfig>,
+}
+
+/// `[listeners.websocket]`, checked by `websocket::typed`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebSocketConfig {
+    /// The request path upgrades are accepted on (others: 404).
+    pub path: String,
+    /// Lower-case `scheme://host[:port]` origins; empty: any origin, and none.
+    pub allowed_origins: Vec<String>,
+}
+
+impl ListenerConfig {
+    /// What clients speak on this listener: `tcp`, `tls`, `ws` or `wss` (the
+    /// `transport` label of `mqgate_listener_info`, the status page).
+    pub fn transport(&self) -> &'static str {
+        match (self.tls.is_some(), self.websocket.is_some()) {
+            (false, false) => "tcp",
+            (true, false) => "tls",
+            (false, true) => "ws",
+            (true, true) => "wss",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -113,6 +113,20 @@ pub struct RawListener {
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
     pub tls: Option<RawTls>,
+    pub websocket: Option<RawWebSocket>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebSocket {
+    #[serde(default = "d_ws_path")]
+    pub path: String,
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+}
+
+fn d_ws_path() -> String {
+    "/mqtt".into()
 }
 
 #[derive(Debug, Deserialize)]

@@ -363,7 +363,12 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
                 || crate::tls::server_config(t, &rl.name).map(drop),
             );
         }
+        let websocket = rl
+            .websocket
+            .as_ref()
+            .map(|w| super::websocket::typed(w, &k("websocket"), &mut |key, m| v.err(key, m)));
         listeners.push(ListenerConfig {
+            websocket,
             name: rl.name.clone(),
             bind,
             cluster: rl.cluster.clone(),

@@ -23,7 +23,7 @@ rounds = int(os.environ.get("ROUNDS", "3"))
 
 P = {k: bench.free_port() for k in [
     "broker_port", "broker_tls_port", "haproxy_port", "haproxy_tls_port",
-    "mqgate_port", "mqgate_tls_port", "admin_port", "sockmap", "user", "splice"]}
+    "mqgate_port", "mqgate_tls_port", "mqgate_ws_port", "admin_port", "sockmap", "user", "splice"]}
 subprocess.run([lg, "pki", work], check=True, capture_output=True)
 os.chmod(work, 0o755)  # Mosquitto drops to its own user and must read the certificate
 for name in os.listdir(work):
