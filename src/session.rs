@@ -1,13 +1,15 @@
 //! Session: read the client's CONNECT (deadline, size cap), decide where it goes
 //! (`cluster.pick`, holding it while no node can take it), connect upstream, and hand
 //! both sockets to the relay. The relay is chosen here, per connection, after routing:
-//! today always the byte relay ([`crate::relay::task`]); a packet-aware relay for the
-//! clients that need one would be chosen at the same point.
+//! the byte relay ([`crate::relay::task`]) for every client, except persistent clients
+//! of a dynsec cluster with `[sessions] restore_subscriptions`, which get the
+//! packet-aware relay ([`crate::relay::packets`]).
 
 use crate::cluster::{Node, StickyWrite};
 use crate::metrics::Reject;
 use crate::mqtt::{self, connack_reply, ConnectError, Parse};
 use crate::proxy::ClientCtx;
+use crate::relay::packets::PacketRelay;
 use crate::relay::task::{Keep, RelayTask};
 use crate::runtime::{DataPath, ListenerRt, Runtime};
 use crate::sessions::SessionScope;
@@ -166,14 +168,25 @@ pub async fn serve<S>(
     }
     let cluster = &lst.cluster;
     let cfg = cluster.config();
+    let packet = packet_aware(&cfg, &connect);
+    if cfg.sessions.restore_subscriptions
+        && !packet
+        && !connect.keeps_session()
+        && !connect.client_id.is_empty()
+        && cluster.subs.total() > 0
+    {
+        // A clean session: the broker drops the client's subscriptions, and so do we.
+        cluster.subs.forget(connect.client_id);
+    }
     let route = Box::pin(route(
         lst,
         &cfg,
         &mut client,
         &connect,
-        &buf,
+        if packet { &buf[..len] } else { &buf },
         &ctx,
         limits.max_connect_size,
+        packet,
     ));
     let Routed {
         node,
@@ -181,6 +194,7 @@ pub async fn serve<S>(
         sticky,
         closed,
         started,
+        held,
     } = match route.await {
         Ok(r) => r,
         Err(Unrouted::ClientGone(why)) => {
@@ -205,6 +219,17 @@ pub async fn serve<S>(
             return;
         }
     };
+    let mut rest = Vec::new();
+    if packet {
+        rest.extend_from_slice(&buf[len..]);
+        rest.extend_from_slice(&held);
+    }
+    let client_id = if packet {
+        connect.client_id.to_string()
+    } else {
+        String::new()
+    };
+    let clean_start = connect.clean_session;
     drop(buf);
     // The relay runs as a task of its own that holds only what relaying needs: this
     // set-up task (CONNECT buffer, pick, timers, TLS handshake state) ends here and
@@ -225,10 +250,38 @@ pub async fn serve<S>(
         v5,
         permit: slot.permit,
     };
-    let task = RelayTask::new(client, broker, started, cfg.connack_timeout, &closed, keep);
+    data.metrics
+        .relay_connections
+        .with_label_values(&[
+            cluster.name.as_str(),
+            if packet { "packet" } else { "byte" },
+        ])
+        .inc();
     // The connection's span exists only when debug logging is on; otherwise the
     // task carries no span at all.
     let span = tracing::Span::current();
+    if packet {
+        let task = PacketRelay {
+            client,
+            broker,
+            held: rest,
+            hold_cap: limits.max_connect_size,
+            client_id,
+            clean_start,
+            started,
+            scope: closed,
+            cfg,
+            keep,
+        }
+        .run();
+        if span.is_none() {
+            data.tracker.spawn(task);
+        } else {
+            data.tracker.spawn(task.instrument(span));
+        }
+        return;
+    }
+    let task = RelayTask::new(client, broker, started, cfg.connack_timeout, &closed, keep);
     if span.is_none() {
         data.tracker.spawn(task);
     } else {
@@ -245,6 +298,17 @@ struct Routed {
     sticky: Option<StickyWrite>,
     closed: SessionScope,
     started: Instant,
+    /// Packet-aware relay: what the client sent while held, not forwarded yet.
+    held: Vec<u8>,
+}
+
+/// Does this client take the packet-aware relay? Persistent clients with a client id
+/// in a dynsec cluster with `[sessions] restore_subscriptions`.
+fn packet_aware(cfg: &crate::config::ClusterConfig, connect: &mqtt::Connect<'_>) -> bool {
+    cfg.mode == crate::config::Mode::Dynsec
+        && cfg.sessions.restore_subscriptions
+        && connect.keeps_session()
+        && !connect.client_id.is_empty()
 }
 
 enum Unrouted {
@@ -267,7 +331,9 @@ const HELD_RETRY_MAX: Duration = Duration::from_secs(1);
 /// client is routed as soon as a node is usable: every change of the cluster's state
 /// wakes it, and a node that refused is tried again after a short, growing pause.
 /// Bytes the client sends while held (up to `cap`) are kept and forwarded after its
-/// CONNECT; a client that closes while held is let go.
+/// CONNECT (`hold`: kept for the packet-aware relay instead); a client that closes
+/// while held is let go.
+#[allow(clippy::too_many_arguments)]
 async fn route<S: AsyncRead + Unpin>(
     lst: &ListenerRt,
     cfg: &crate::config::ClusterConfig,
@@ -276,6 +342,7 @@ async fn route<S: AsyncRead + Unpin>(
     buf: &[u8],
     ctx: &ClientCtx,
     cap: usize,
+    hold: bool,
 ) -> Result<Routed, Unrouted> {
     let cluster = &lst.cluster;
     let lname = lst.config.name.as_str();
@@ -303,11 +370,12 @@ async fn route<S: AsyncRead + Unpin>(
             // node marked down from now on also closes this session.
             let closed = node.session_token(lname, &lst.closed);
             let started = Instant::now();
-            match crate::upstream::forward_first(cfg, ctx, broker, buf, &extra).await {
+            let extra_now: &[u8] = if hold { &[] } else { &extra };
+            match crate::upstream::forward_first(cfg, ctx, broker, buf, extra_now).await {
                 Ok(broker) => {
                     node.metrics
                         .to_broker
-                        .inc_by((buf.len() + extra.len()) as u64);
+                        .inc_by((buf.len() + extra_now.len()) as u64);
                     if queued.is_some() {
                         cluster.queue_result("routed");
                         tracing::debug!(node = %node.name, waited = ?began.elapsed(), "held client routed");
@@ -319,6 +387,11 @@ async fn route<S: AsyncRead + Unpin>(
                         sticky: pick.sticky,
                         closed,
                         started,
+                        held: if hold {
+                            std::mem::take(&mut extra)
+                        } else {
+                            Vec::new()
+                        },
                     });
                 }
                 Err(e) => {

@@ -19,6 +19,7 @@ use crate::config::{
 use crate::metrics::{Metrics, NodeMetrics};
 use crate::mqtt::Connect;
 use crate::sessions::SessionScope;
+use crate::sticky::subs::{Bounds, SubStore};
 use crate::sticky::{Lookup, StickyTable};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use std::collections::HashMap;
@@ -258,6 +259,8 @@ pub struct Cluster {
     leader_lock: Mutex<()>,
     rr: AtomicUsize,
     pub sticky: StickyTable,
+    /// Persistent clients' subscriptions (`[sessions] restore_subscriptions`).
+    pub subs: SubStore,
     metrics: Arc<Metrics>,
     /// Woken on every change that can make a node usable (health, admin state, leader,
     /// reload): clients held while no node can take them wait on it.
@@ -294,6 +297,7 @@ impl Cluster {
             leader_lock: Mutex::new(()),
             rr: AtomicUsize::new(0),
             sticky: StickyTable::new(cfg.sticky.capacity, cfg.sticky.expire, origin),
+            subs: SubStore::new(sub_bounds(cfg)),
             metrics,
             changed: Notify::new(),
             queued: AtomicUsize::new(0),
@@ -310,6 +314,23 @@ impl Cluster {
             c.metrics.sticky_lookups.with_label_values(&[&c.name, r]);
         }
         c.metrics.queued.with_label_values(&[&c.name]).set(0);
+        if cfg.mode == Mode::Dynsec {
+            c.metrics
+                .session_subscriptions
+                .with_label_values(&[&c.name])
+                .set(0);
+            for r in crate::sticky::subs::REFUSED_REASONS {
+                c.metrics
+                    .session_subscriptions_dropped
+                    .with_label_values(&[&c.name, r]);
+            }
+            for r in ["done", "failed"] {
+                c.metrics.session_replays.with_label_values(&[&c.name, r]);
+            }
+            for m in ["byte", "packet"] {
+                c.metrics.relay_connections.with_label_values(&[&c.name, m]);
+            }
+        }
         for r in crate::metrics::QUEUE_RESULTS {
             c.metrics.queue_results.with_label_values(&[&c.name, r]);
         }
@@ -407,6 +428,7 @@ impl Cluster {
         self.config.store(Arc::new(cfg.clone()));
         self.sticky
             .set_limits(cfg.sticky.capacity, cfg.sticky.expire);
+        self.subs.set_bounds(sub_bounds(cfg));
         self.nodes.store(Arc::new(next));
         for r in &removed {
             r.removed.store(true, Ordering::Release);
@@ -729,6 +751,16 @@ fn first_leader_candidate(nodes: &[Arc<Node>]) -> Option<Arc<Node>> {
         .find(|n| n.health() != Health::Down)
         .filter(|n| n.health() == Health::Up)
         .cloned()
+}
+
+/// The subscription store's bounds from a cluster's configuration.
+fn sub_bounds(cfg: &ClusterConfig) -> Bounds {
+    Bounds {
+        per_client: cfg.sessions.max_per_client,
+        bytes_per_client: cfg.sessions.max_bytes_per_client,
+        total: cfg.sessions.max_total,
+        expire: cfg.sticky.expire,
+    }
 }
 
 /// The sticky key of a client: the client id or the username per config; an empty

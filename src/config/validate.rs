@@ -625,6 +625,8 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
             expire: v.positive_duration(sk("expire"), &s.expire),
             capacity: v.int(sk("capacity"), s.capacity, bounds::STICKY_CAPACITY, 1),
         };
+        let (sessions, errs) = super::sessions::sessions(cname, mode, c.sessions.as_ref());
+        v.errors.extend(errs);
         clusters.push(ClusterConfig {
             name: cname.clone(),
             mode,
@@ -664,6 +666,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
             nodes,
             health,
             sticky,
+            sessions,
         });
     }
 
