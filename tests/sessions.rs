@@ -1,0 +1,288 @@
+//! Packet-aware sessions in dynsec mode (`[clusters.X.sessions] restore_subscriptions`):
+//! subscriptions survive a node's death. Three real Mosquitto nodes, 12 paho-mqtt
+//! devices (half MQTT 3.1.1 clean session 0, half MQTT 5 with a session expiry) that
+//! subscribe once and auto-reconnect. The node holding most of them is killed
+//! (SIGKILL) — or put in `maint` — and after they have reconnected through mqgate to
+//! nodes that never saw them, a backend publishes at QoS 1 on every live node directly:
+//! every device must receive its command. Clients that keep no session stay on the
+//! byte relay.
+//!
+//! Needs python3 with paho-mqtt (integration/test installs it).
+
+use crate::common::admin::set_node_state;
+use crate::common::fleet::addresses;
+use crate::common::tools::{clients_dir, paho_python};
+use crate::common::*;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+const DEVICES: usize = 12;
+
+const SESSIONS: &str = "[clusters.brokers.sessions]\nrestore_subscriptions = true\n";
+
+/// A paho device process (tests/clients/paho_device.py) and what it printed.
+struct Device {
+    id: String,
+    child: Child,
+    out: Arc<Mutex<String>>,
+}
+
+impl Device {
+    fn start(port: u16, i: usize) -> Device {
+        let id = format!("dev-{i}");
+        let version = if i % 2 == 0 { "3.1.1" } else { "5" };
+        let mut c = paho_python();
+        c.arg(clients_dir().join("paho_device.py"))
+            .args([
+                "127.0.0.1",
+                &port.to_string(),
+                &id,
+                &format!("cmd/{id}"),
+                version,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap_or_else(|e| panic!("start {id}: {e}"));
+        let out: Arc<Mutex<String>> = Arc::default();
+        if let Some(o) = child.stdout.take() {
+            collect(o, Arc::clone(&out));
+        }
+        if let Some(e) = child.stderr.take() {
+            collect(e, Arc::clone(&out));
+        }
+        Device { id, child, out }
+    }
+
+    fn output(&self) -> String {
+        self.out.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn count(&self, prefix: &str) -> usize {
+        self.output()
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .count()
+    }
+
+    fn received(&self, payload: &str) -> bool {
+        self.output()
+            .lines()
+            .any(|l| l.starts_with("MSG ") && l.split_whitespace().last() == Some(payload))
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(r: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            let mut g = into.lock().unwrap_or_else(|p| p.into_inner());
+            g.push_str(&line);
+            g.push('\n');
+        }
+    });
+}
+
+fn transcripts(devices: &[Device]) -> String {
+    devices
+        .iter()
+        .map(|d| format!("--- {}:\n{}", d.id, d.output()))
+        .collect()
+}
+
+/// How the node holding most devices leaves.
+#[derive(Clone, Copy, Debug)]
+enum Leave {
+    Killed,
+    Maint,
+}
+
+fn survive(leave: Leave) {
+    let dir = tempdir();
+    let mut nodes = Mosquitto::start_nodes(dir.path(), 3);
+    let (gate, listen) = Gate::start_with(dir.path(), "gate", |listen, admin| {
+        gate_config(
+            listen,
+            admin,
+            "dynsec",
+            &addresses(&nodes),
+            "",
+            "",
+            SESSIONS,
+        )
+    });
+    for n in ["node1", "node2", "node3"] {
+        gate.wait_node_up(n);
+    }
+    let admin = gate.admin_port;
+
+    // 1. The devices connect through mqgate and subscribe once.
+    let devices: Vec<Device> = (0..DEVICES).map(|i| Device::start(listen, i)).collect();
+    wait_until(T, "every device subscribed", || {
+        devices.iter().all(|d| d.count("SUBSCRIBED") == 1)
+    });
+    wait_until(T, "mqgate stores the 12 subscriptions", || {
+        gate.metric("mqgate_session_subscriptions", &[("cluster", "brokers")]) == DEVICES as f64
+    });
+    assert_eq!(
+        gate.metric(
+            "mqgate_relay_connections_total",
+            &[("cluster", "brokers"), ("mode", "packet")]
+        ),
+        DEVICES as f64,
+        "persistent clients take the packet-aware relay"
+    );
+    // The admin API shows a device's stored subscription.
+    let (status, body) = http(
+        "GET",
+        admin,
+        "/api/v1/clusters/brokers/sticky/dev-1",
+        None,
+        None,
+    )
+    .expect("admin");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["subscriptions"][0]["topic"], "cmd/dev-1", "{body}");
+    assert_eq!(v["subscriptions"][0]["qos"], 1, "{body}");
+
+    // 2. The node with the most devices leaves.
+    let home: HashMap<String, String> = devices
+        .iter()
+        .map(|d| {
+            let n = sticky_node(admin, &d.id).unwrap_or_else(|| panic!("sticky entry {}", d.id));
+            (d.id.clone(), n)
+        })
+        .collect();
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for n in home.values() {
+        *counts.entry(n.as_str()).or_default() += 1;
+    }
+    let (victim, moved) = counts
+        .iter()
+        .max_by_key(|(_, c)| **c)
+        .map(|(n, c)| (n.to_string(), *c))
+        .unwrap_or_default();
+    assert!(moved > 0);
+    let vi = nodes.iter().position(|m| m.name == victim).unwrap_or(0);
+    match leave {
+        Leave::Killed => nodes[vi].stop(),
+        Leave::Maint => set_node_state(admin, &victim, "maint"),
+    }
+
+    // 3. Its devices reconnect through mqgate to nodes that have no session for them;
+    // mqgate replays their subscriptions before letting their traffic through.
+    wait_until(T, "moved devices reconnected and restored", || {
+        gate.metric(
+            "mqgate_session_replays_total",
+            &[("cluster", "brokers"), ("result", "done")],
+        ) >= moved as f64
+    });
+    for d in &devices {
+        if home[&d.id] == victim {
+            assert!(
+                d.count("CONNECTED") >= 2,
+                "{} reconnected:\n{}",
+                d.id,
+                d.output()
+            );
+            assert_eq!(d.count("SUBSCRIBED"), 1, "{} subscribed only once", d.id);
+            let now = sticky_node(admin, &d.id).unwrap_or_default();
+            assert!(
+                !now.is_empty() && now != victim,
+                "{} moved off {victim}",
+                d.id
+            );
+        }
+    }
+    assert_eq!(
+        gate.metric(
+            "mqgate_session_replays_total",
+            &[("cluster", "brokers"), ("result", "failed")]
+        ),
+        0.0
+    );
+
+    // 4. The backend publishes each device's command at QoS 1 on every live node.
+    for m in nodes.iter().filter(|m| m.is_running() && m.name != victim) {
+        let (mut c, _) = Client::accepted(m.port, &Connect::new(&format!("backend-{}", m.name)))
+            .expect("backend");
+        for d in &devices {
+            c.publish(&format!("cmd/{}", d.id), format!("go-{}", d.id).as_bytes())
+                .expect("backend publish");
+        }
+        c.disconnect();
+    }
+    wait_until(T, "every device received its command", || {
+        devices.iter().all(|d| d.received(&format!("go-{}", d.id)))
+    });
+    let _ = transcripts(&devices);
+}
+
+#[test]
+fn subscriptions_survive_a_killed_node() {
+    survive(Leave::Killed);
+}
+
+#[test]
+fn subscriptions_survive_a_node_put_in_maint() {
+    survive(Leave::Maint);
+}
+
+/// Clients that keep no session never take the packet layer: the byte relay carries
+/// them, and a persistent client's clean restart drops what mqgate stored for it.
+#[test]
+fn clean_session_clients_keep_the_byte_relay() {
+    let dir = tempdir();
+    let nodes = Mosquitto::start_nodes(dir.path(), 2);
+    let (gate, listen) = Gate::start_with(dir.path(), "gate", |listen, admin| {
+        gate_config(
+            listen,
+            admin,
+            "dynsec",
+            &addresses(&nodes),
+            "",
+            "",
+            SESSIONS,
+        )
+    });
+    gate.wait_node_up("node1");
+    gate.wait_node_up("node2");
+    let (mut c, _) = Client::accepted(listen, &Connect::new("plain")).expect("clean client");
+    c.subscribe("x/plain").expect("subscribe");
+    c.disconnect();
+    let (mut p, _) =
+        Client::accepted(listen, &Connect::new("keeper").clean(false)).expect("persistent client");
+    p.subscribe("x/keeper").expect("subscribe");
+    wait_until(T, "the persistent client's subscription stored", || {
+        gate.metric("mqgate_session_subscriptions", &[("cluster", "brokers")]) == 1.0
+    });
+    p.disconnect();
+    let byte = |mode: &str| {
+        gate.metric(
+            "mqgate_relay_connections_total",
+            &[("cluster", "brokers"), ("mode", mode)],
+        )
+    };
+    assert_eq!(byte("byte"), 1.0);
+    assert_eq!(byte("packet"), 1.0);
+    // The same id with a clean session: the broker drops the session, so does mqgate.
+    let (c, _) = Client::accepted(listen, &Connect::new("keeper")).expect("clean restart");
+    c.disconnect();
+    assert_eq!(
+        gate.metric("mqgate_session_subscriptions", &[("cluster", "brokers")]),
+        0.0
+    );
+    assert_eq!(byte("byte"), 2.0);
+}
