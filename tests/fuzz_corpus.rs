@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use mqgate::mqtt::{connack_reply, encode_connect_v311};
 
 #[path = "../fuzz/fuzz_targets/checks.rs"]
-mod checks;
+pub(crate) mod checks;
 
 fn corpus_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

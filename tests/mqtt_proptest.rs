@@ -435,9 +435,7 @@ fn check_connack(packet: &[u8], ready: usize, want: ConnackInfo) {
     }
 }
 
-#[path = "../fuzz/fuzz_targets/checks.rs"]
-#[allow(dead_code)]
-mod fuzz_checks;
+use crate::fuzz_corpus::checks as fuzz_checks;
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]

@@ -34,7 +34,7 @@ struct Device {
 impl Device {
     fn start(port: u16, i: usize) -> Device {
         let id = format!("dev-{i}");
-        let version = if i % 2 == 0 { "3.1.1" } else { "5" };
+        let version = if i.is_multiple_of(2) { "3.1.1" } else { "5" };
         let mut c = paho_python();
         c.arg(clients_dir().join("paho_device.py"))
             .args([

@@ -82,7 +82,7 @@ fn push_bounded<T>(v: &mut Vec<(u16, T)>, id: u16, x: T) {
     v.push((id, x));
 }
 
-fn take(v: &mut Vec<(u16, impl Sized)>, id: u16) -> Option<usize> {
+fn take(v: &[(u16, impl Sized)], id: u16) -> Option<usize> {
     v.iter().position(|(i, _)| *i == id)
 }
 
@@ -455,7 +455,7 @@ impl Learner<'_> {
                 Ok(a) => {
                     let subs = {
                         let mut pd = self.pending();
-                        take(&mut pd.subs, a.id).map(|i| pd.subs.remove(i).1)
+                        take(&pd.subs, a.id).map(|i| pd.subs.remove(i).1)
                     };
                     for (s, code) in subs.into_iter().flatten().zip(a.codes) {
                         if !sp::granted(*code) {
@@ -480,7 +480,7 @@ impl Learner<'_> {
                 Ok(a) => {
                     let topics = {
                         let mut pd = self.pending();
-                        take(&mut pd.unsubs, a.id).map(|i| pd.unsubs.remove(i).1)
+                        take(&pd.unsubs, a.id).map(|i| pd.unsubs.remove(i).1)
                     };
                     for (i, t) in topics.into_iter().flatten().enumerate() {
                         // MQTT 3: no codes, every filter is gone. v5: success or
