@@ -64,6 +64,7 @@ address = "127.0.0.1:1883"
 
 [clusters.b.health]
 [clusters.b.sticky]
+[clusters.b.sessions]
 
 [peers]
 name = "gate-a"
