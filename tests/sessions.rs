@@ -11,10 +11,11 @@
 
 use crate::common::admin::set_node_state;
 use crate::common::fleet::addresses;
+use crate::common::mqtt::read_packet;
 use crate::common::tools::{clients_dir, paho_python};
 use crate::common::*;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -285,4 +286,133 @@ fn clean_session_clients_keep_the_byte_relay() {
         0.0
     );
     assert_eq!(byte("byte"), 2.0);
+}
+
+/// Two nodes and a gateway with `sessions` (plus `extra` lines in that table).
+fn two_nodes(dir: &std::path::Path, extra: &str) -> (Vec<Mosquitto>, Gate, u16) {
+    let nodes = Mosquitto::start_nodes(dir, 2);
+    let (gate, listen) = Gate::start_with(dir, "gate", |listen, admin| {
+        gate_config(
+            listen,
+            admin,
+            "dynsec",
+            &addresses(&nodes),
+            "",
+            "",
+            &format!("{SESSIONS}{extra}"),
+        )
+    });
+    gate.wait_node_up("node1");
+    gate.wait_node_up("node2");
+    (nodes, gate, listen)
+}
+
+/// What the client sends right behind its CONNECT is held while mqgate replays, then
+/// forwarded: the client sees the broker's CONNACK, then the SUBACK of its own packet
+/// id, and never a SUBACK of the replay; both the replayed and the new subscription
+/// deliver on the new node.
+#[test]
+fn a_pipelined_subscribe_waits_for_the_replay() {
+    let dir = tempdir();
+    let (nodes, gate, listen) = two_nodes(dir.path(), "");
+    let admin = gate.admin_port;
+    let (mut c, _) =
+        Client::accepted(listen, &Connect::new("pipe").clean(false)).expect("first connection");
+    c.subscribe("old/topic").expect("subscribe");
+    wait_until(T, "subscription stored", || {
+        gate.metric("mqgate_session_subscriptions", &[("cluster", "brokers")]) == 1.0
+    });
+    c.disconnect();
+    let home = sticky_node(admin, "pipe").expect("sticky entry");
+    set_node_state(admin, &home, "maint");
+    let other = nodes.iter().find(|m| m.name != home).expect("another node");
+
+    let mut s = tcp(listen);
+    let mut first = Connect::new("pipe").clean(false).bytes();
+    first.extend(subscribe_v311(7, "new/topic", 1));
+    s.write_all(&first)
+        .expect("CONNECT + SUBSCRIBE in one write");
+    let (t, body) = read_packet(&mut s).expect("CONNACK");
+    assert_eq!(
+        (t, body.as_slice()),
+        (0x20, &[0u8, 0][..]),
+        "the broker's CONNACK, session-present 0"
+    );
+    let (t, body) = read_packet(&mut s).expect("SUBACK");
+    assert_eq!(t, 0x90);
+    assert_eq!(
+        &body[..2],
+        &7u16.to_be_bytes(),
+        "the client's own packet id"
+    );
+    assert_eq!(
+        gate.metric(
+            "mqgate_session_replays_total",
+            &[("cluster", "brokers"), ("result", "done")]
+        ),
+        1.0
+    );
+    let (mut p, _) = Client::accepted(other.port, &Connect::new("backend")).expect("backend");
+    p.publish("old/topic", b"one").expect("publish");
+    p.publish("new/topic", b"two").expect("publish");
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (t, body) = read_packet(&mut s).expect("PUBLISH");
+        assert_eq!(
+            t >> 4,
+            3,
+            "only PUBLISHes follow (no replay SUBACK): {t:#x}"
+        );
+        got.push(body);
+    }
+    let text: Vec<String> = got
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert!(text.iter().any(|t| t.contains("old/topic")), "{text:?}");
+    assert!(text.iter().any(|t| t.contains("new/topic")), "{text:?}");
+}
+
+/// A client flooding SUBSCRIBEs fills only its own share: beyond
+/// `max_subscriptions_per_client` the broker still gets them, mqgate stores no more.
+/// A malformed SUBSCRIBE is passed to the broker (which closes that client), counted,
+/// and nothing is learnt from it.
+#[test]
+fn floods_hit_the_bound_and_malformed_packets_are_passed_on() {
+    let dir = tempdir();
+    let (_nodes, gate, listen) = two_nodes(dir.path(), "max_subscriptions_per_client = 5\n");
+    let (mut c, _) =
+        Client::accepted(listen, &Connect::new("flood").clean(false)).expect("connect");
+    for i in 0..20 {
+        c.subscribe(&format!("f/{i}"))
+            .expect("the broker grants every one");
+    }
+    wait_until(T, "bound reached", || {
+        gate.metric(
+            "mqgate_session_subscriptions_dropped_total",
+            &[("cluster", "brokers"), ("reason", "client_count")],
+        ) == 15.0
+    });
+    assert_eq!(
+        gate.metric("mqgate_session_subscriptions", &[("cluster", "brokers")]),
+        5.0
+    );
+    // QoS 3 in the options byte: malformed.
+    let bad = mqtt_packet(0x82, &[0, 9, 0, 1, b'x', 3]);
+    c.s.write_all(&bad).expect("send malformed SUBSCRIBE");
+    assert!(c.closed_within(T), "the broker closes the client");
+    assert_eq!(
+        gate.metric(
+            "mqgate_session_packets_malformed_total",
+            &[("cluster", "brokers"), ("packet", "subscribe")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        gate.metric("mqgate_session_subscriptions", &[("cluster", "brokers")]),
+        5.0
+    );
+    // Other clients are not disturbed.
+    let (mut o, _) = Client::accepted(listen, &Connect::new("other").clean(false)).expect("other");
+    o.subscribe("o/1").expect("subscribe");
 }

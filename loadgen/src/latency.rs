@@ -24,7 +24,7 @@ pub struct Opts {
 fn session(addr: SocketAddr, id: &str) -> Result<TcpStream, String> {
     let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
-    s.write_all(&mqtt::connect(id, 0))
+    s.write_all(&mqtt::connect(id, 0, true))
         .map_err(|e| e.to_string())?;
     let mut ack = [0u8; 4];
     s.read_exact(&mut ack)

@@ -17,6 +17,9 @@ pub type Stream = Box<dyn Io>;
 pub struct Target {
     pub addr: SocketAddr,
     pub tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// Sessions with clean session 0 (`--persistent 1`): mqgate's packet-aware relay
+    /// takes them when the cluster has `[sessions] restore_subscriptions`.
+    pub persistent: bool,
 }
 
 impl Target {
@@ -43,7 +46,11 @@ impl Target {
                 Some((TlsConnector::from(Arc::new(cfg)), name))
             }
         };
-        Ok(Target { addr, tls })
+        Ok(Target {
+            addr,
+            tls,
+            persistent: false,
+        })
     }
 
     pub async fn connect(&self, linger0: bool) -> io::Result<Stream> {
@@ -62,7 +69,8 @@ impl Target {
     /// Connect, send CONNECT, wait for a CONNACK that accepts the session.
     pub async fn session(&self, client_id: &str, linger0: bool) -> io::Result<Stream> {
         let mut s = self.connect(linger0).await?;
-        s.write_all(&mqtt::connect(client_id, 0)).await?;
+        s.write_all(&mqtt::connect(client_id, 0, !self.persistent))
+            .await?;
         s.flush().await?;
         let mut ack = [0u8; 4];
         s.read_exact(&mut ack).await?;
