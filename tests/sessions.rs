@@ -9,7 +9,7 @@
 //!
 //! Needs python3 with paho-mqtt (integration/test installs it).
 
-use crate::common::admin::set_node_state;
+use crate::common::admin::{set_node_state, status_json};
 use crate::common::fleet::addresses;
 use crate::common::mqtt::read_packet;
 use crate::common::tools::{clients_dir, paho_python};
@@ -144,6 +144,7 @@ fn survive(leave: Leave) {
         DEVICES as f64,
         "persistent clients take the packet-aware relay"
     );
+    assert_eq!(status_json(admin)["clusters"][0]["subscriptions"], DEVICES);
     // The admin API shows a device's stored subscription.
     let (status, body) = http(
         "GET",
@@ -415,4 +416,58 @@ fn floods_hit_the_bound_and_malformed_packets_are_passed_on() {
     // Other clients are not disturbed.
     let (mut o, _) = Client::accepted(listen, &Connect::new("other").clean(false)).expect("other");
     o.subscribe("o/1").expect("subscribe");
+}
+
+/// `[sessions]` is reloaded like every cluster setting: turned on, the next persistent
+/// client takes the packet-aware relay; `check` refuses the table in full-sync.
+#[test]
+fn sessions_are_reloaded_and_refused_in_full_sync() {
+    let dir = tempdir();
+    let nodes = Mosquitto::start_nodes(dir.path(), 1);
+    let (listen, admin) = (free_port(), free_port());
+    let config = |sections: &str| {
+        gate_config(
+            listen,
+            admin,
+            "dynsec",
+            &addresses(&nodes),
+            "",
+            "",
+            sections,
+        )
+    };
+    let gate = Gate::start(dir.path(), "gate", &config(""), admin);
+    gate.wait_node_up("node1");
+    let relayed = |mode: &str| {
+        gate.metric(
+            "mqgate_relay_connections_total",
+            &[("cluster", "brokers"), ("mode", mode)],
+        )
+    };
+    let (c, _) = Client::accepted(listen, &Connect::new("r").clean(false)).expect("connect");
+    c.disconnect();
+    assert_eq!((relayed("byte"), relayed("packet")), (1.0, 0.0));
+    gate.reload_with(&config(SESSIONS));
+    let (c, _) = Client::accepted(listen, &Connect::new("r").clean(false)).expect("connect");
+    c.disconnect();
+    assert_eq!((relayed("byte"), relayed("packet")), (1.0, 1.0));
+
+    let full = dir.path().join("full.toml");
+    std::fs::write(
+        &full,
+        gate_config(
+            listen,
+            admin,
+            "full-sync",
+            &addresses(&nodes),
+            "",
+            "",
+            SESSIONS,
+        ),
+    )
+    .expect("write");
+    let (code, _, err) = mqgate_check(&full);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("clusters.brokers.sessions"), "{err}");
+    assert!(err.contains("dynsec clusters only"), "{err}");
 }
