@@ -261,6 +261,9 @@ pub struct Cluster {
     pub sticky: StickyTable,
     /// Persistent clients' subscriptions (`[sessions] restore_subscriptions`).
     pub subs: SubStore,
+    /// `mqgate_relay_connections_total{cluster, mode="byte"|"packet"}`, resolved once.
+    pub relayed_byte: prometheus::IntCounter,
+    pub relayed_packet: prometheus::IntCounter,
     metrics: Arc<Metrics>,
     /// Woken on every change that can make a node usable (health, admin state, leader,
     /// reload): clients held while no node can take them wait on it.
@@ -298,6 +301,12 @@ impl Cluster {
             rr: AtomicUsize::new(0),
             sticky: StickyTable::new(cfg.sticky.capacity, cfg.sticky.expire, origin),
             subs: SubStore::new(sub_bounds(cfg)),
+            relayed_byte: metrics
+                .relay_connections
+                .with_label_values(&[&cfg.name, "byte"]),
+            relayed_packet: metrics
+                .relay_connections
+                .with_label_values(&[&cfg.name, "packet"]),
             metrics,
             changed: Notify::new(),
             queued: AtomicUsize::new(0),
@@ -326,9 +335,6 @@ impl Cluster {
             }
             for r in ["done", "failed"] {
                 c.metrics.session_replays.with_label_values(&[&c.name, r]);
-            }
-            for m in ["byte", "packet"] {
-                c.metrics.relay_connections.with_label_values(&[&c.name, m]);
             }
         }
         for r in crate::metrics::QUEUE_RESULTS {
