@@ -471,3 +471,90 @@ fn sessions_are_reloaded_and_refused_in_full_sync() {
     assert!(err.contains("clusters.brokers.sessions"), "{err}");
     assert!(err.contains("dynsec clusters only"), "{err}");
 }
+
+/// Stored subscriptions are replicated to peers: a client that subscribed through one
+/// gateway, whose node dies, comes back through a second gateway and is restored there.
+#[test]
+fn a_second_gateway_restores_what_the_first_learnt() {
+    let dir = tempdir();
+    let mut nodes = Mosquitto::start_nodes(dir.path(), 2);
+    let names = ["gate-a", "gate-b"];
+    let peer_ports = [free_port(), free_port()];
+    let secret = dir.path().join("peers.secret");
+    std::fs::write(&secret, "sessions-secret\n").expect("secret");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let gates: Vec<(Gate, u16)> = (0..2)
+        .map(|i| {
+            let peers = format!(
+                "\n[peers]\nname = \"{}\"\nbind = \"127.0.0.1:{}\"\nsecret_file = \"{}\"\npeers = [ {{ name = \"{}\", address = \"127.0.0.1:{}\" }} ]\n",
+                names[i],
+                peer_ports[i],
+                secret.display(),
+                names[1 - i],
+                peer_ports[1 - i]
+            );
+            Gate::start_with(dir.path(), names[i], |listen, admin| {
+                gate_config(
+                    listen,
+                    admin,
+                    "dynsec",
+                    &addresses(&nodes),
+                    "",
+                    "",
+                    &format!("{SESSIONS}{peers}"),
+                )
+            })
+        })
+        .collect();
+    let ((a, a_listen), (b, b_listen)) = (&gates[0], &gates[1]);
+    for (g, other) in [(a, "gate-b"), (b, "gate-a")] {
+        g.wait_node_up("node1");
+        g.wait_node_up("node2");
+        wait_until(T, "peer link up", || {
+            g.metric("mqgate_peer_up", &[("peer", other)]) == 1.0
+        });
+    }
+    let (mut c, _) =
+        Client::accepted(*a_listen, &Connect::new("roam").clean(false)).expect("via gate-a");
+    c.subscribe("roam/cmd").expect("subscribe");
+    wait_until(T, "gate-b knows the subscription", || {
+        http(
+            "GET",
+            b.admin_port,
+            "/api/v1/clusters/brokers/sticky/roam",
+            None,
+            None,
+        )
+        .is_ok_and(|(s, body)| s == 200 && body.contains("roam/cmd"))
+    });
+    let home = sticky_node(a.admin_port, "roam").expect("sticky entry");
+    let hi = nodes
+        .iter()
+        .position(|m| m.name == home)
+        .expect("home node");
+    nodes[hi].stop();
+    assert!(c.closed_within(T), "the client is cut off with its node");
+    wait_until(T, "gate-b sees the node down", || {
+        b.metric("mqgate_node_up", &[("node", &home)]) == 0.0
+    });
+    let (mut c, ack) =
+        Client::accepted(*b_listen, &Connect::new("roam").clean(false)).expect("via gate-b");
+    assert!(!ack.session_present, "the new node has no session for it");
+    wait_until(T, "gate-b replayed the subscription", || {
+        b.metric(
+            "mqgate_session_replays_total",
+            &[("cluster", "brokers"), ("result", "done")],
+        ) == 1.0
+    });
+    let other = nodes.iter().find(|m| m.name != home).expect("other node");
+    let (mut p, _) = Client::accepted(other.port, &Connect::new("backend")).expect("backend");
+    p.publish("roam/cmd", b"found").expect("publish");
+    let (topic, payload) = c.next_publish(T).expect("the command arrives");
+    assert_eq!(
+        (topic.as_str(), payload.as_slice()),
+        ("roam/cmd", &b"found"[..])
+    );
+}

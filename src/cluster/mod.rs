@@ -300,7 +300,7 @@ impl Cluster {
             leader_lock: Mutex::new(()),
             rr: AtomicUsize::new(0),
             sticky: StickyTable::new(cfg.sticky.capacity, cfg.sticky.expire, origin),
-            subs: SubStore::new(sub_bounds(cfg)),
+            subs: SubStore::new(&cfg.name, sub_bounds(cfg)),
             relayed_byte: metrics
                 .relay_connections
                 .with_label_values(&[&cfg.name, "byte"]),

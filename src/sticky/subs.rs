@@ -16,12 +16,35 @@
 //! the broker drops them. A client unused for the sticky table's `expire` is forgotten.
 //!
 //! Keys are client ids in the sticky table's stored form (`super::stored_key`).
+//!
+//! Replication: every local change publishes the client's whole set on [`changes`]
+//! (empty: forgotten); peer links send it on (`crate::peers`) and peers apply it with
+//! [`SubStore::apply_remote`], which publishes nothing. The last set received wins:
+//! a client lives on one connection at a time, so concurrent writers are rare.
 
 use super::stored_key;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+
+/// A client's whole set of subscriptions after a local change (empty: none left).
+#[derive(Debug, Clone)]
+pub struct SubsChange {
+    pub cluster: Arc<str>,
+    pub key: Arc<str>,
+    pub subs: Arc<[Sub]>,
+}
+
+/// Changes buffered for replication; a peer link that falls further behind resyncs.
+const CHANGES_CAPACITY: usize = 4096;
+
+/// The process's subscription changes, for peer links.
+pub fn changes() -> &'static broadcast::Sender<SubsChange> {
+    static CHANGES: std::sync::OnceLock<broadcast::Sender<SubsChange>> = std::sync::OnceLock::new();
+    CHANGES.get_or_init(|| broadcast::channel(CHANGES_CAPACITY).0)
+}
 
 /// One stored subscription: what the replay sends back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,14 +101,16 @@ struct Client {
 }
 
 pub struct SubStore {
+    cluster: Arc<str>,
     clients: Mutex<HashMap<Arc<str>, Client>>,
     total: AtomicUsize,
     bounds: Mutex<Bounds>,
 }
 
 impl SubStore {
-    pub fn new(bounds: Bounds) -> Self {
+    pub fn new(cluster: &str, bounds: Bounds) -> Self {
         SubStore {
+            cluster: Arc::from(cluster),
             clients: Mutex::new(HashMap::new()),
             total: AtomicUsize::new(0),
             bounds: Mutex::new(bounds),
@@ -127,6 +152,7 @@ impl SubStore {
                 }
                 c.bytes = bytes;
                 *old = sub;
+                self.publish(key.as_ref(), &c.subs);
                 return Ok(());
             }
             if c.subs.len() >= b.per_client {
@@ -154,6 +180,7 @@ impl SubStore {
         c.bytes += sub.cost();
         c.subs.push(sub);
         self.total.fetch_add(1, Ordering::Relaxed);
+        self.publish(key.as_ref(), &c.subs);
         Ok(())
     }
 
@@ -170,6 +197,7 @@ impl SubStore {
         let s = c.subs.swap_remove(i);
         c.bytes -= s.cost();
         self.total.fetch_sub(1, Ordering::Relaxed);
+        self.publish(key.as_ref(), &c.subs);
         if c.subs.is_empty() {
             map.remove(key.as_ref());
         }
@@ -181,7 +209,57 @@ impl SubStore {
         let key = stored_key(client);
         if let Some(c) = self.lock().remove(key.as_ref()) {
             self.total.fetch_sub(c.subs.len(), Ordering::Relaxed);
+            self.publish(key.as_ref(), &[]);
         }
+    }
+
+    fn publish(&self, key: &str, subs: &[Sub]) {
+        let tx = changes();
+        if tx.receiver_count() > 0 {
+            let _ = tx.send(SubsChange {
+                cluster: self.cluster.clone(),
+                key: Arc::from(key),
+                subs: Arc::from(subs),
+            });
+        }
+    }
+
+    /// A client's whole set from a peer (or a snapshot): replaces what is stored,
+    /// within this gateway's bounds (what does not fit is left out). Publishes nothing.
+    pub fn apply_remote(&self, key: &str, subs: &[Sub]) {
+        let b = self.bounds();
+        let key = stored_key(key);
+        let mut map = self.lock();
+        if let Some(old) = map.remove(key.as_ref()) {
+            self.total.fetch_sub(old.subs.len(), Ordering::Relaxed);
+        }
+        let mut c = Client {
+            subs: Vec::new(),
+            bytes: 0,
+            used: Instant::now(),
+        };
+        for s in subs {
+            if c.subs.len() >= b.per_client
+                || c.bytes + s.cost() > b.bytes_per_client
+                || self.total() + c.subs.len() >= b.total
+            {
+                break;
+            }
+            c.bytes += s.cost();
+            c.subs.push(s.clone());
+        }
+        if !c.subs.is_empty() {
+            self.total.fetch_add(c.subs.len(), Ordering::Relaxed);
+            map.insert(Arc::from(key.as_ref()), c);
+        }
+    }
+
+    /// Every client's set (full sync to a peer, snapshot).
+    pub fn export(&self) -> Vec<(Arc<str>, Vec<Sub>)> {
+        self.lock()
+            .iter()
+            .map(|(k, c)| (k.clone(), c.subs.clone()))
+            .collect()
     }
 
     /// A client's stored subscriptions (a copy, to replay or show), marking it used.
@@ -238,12 +316,15 @@ mod tests {
     }
 
     fn store(per_client: usize, bytes: usize, total: usize) -> SubStore {
-        SubStore::new(Bounds {
-            per_client,
-            bytes_per_client: bytes,
-            total,
-            expire: Duration::from_secs(60),
-        })
+        SubStore::new(
+            "c",
+            Bounds {
+                per_client,
+                bytes_per_client: bytes,
+                total,
+                expire: Duration::from_secs(60),
+            },
+        )
     }
 
     #[test]
