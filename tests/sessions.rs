@@ -558,3 +558,56 @@ fn a_second_gateway_restores_what_the_first_learnt() {
         ("roam/cmd", &b"found"[..])
     );
 }
+
+/// Stored subscriptions are in the sticky snapshot: a gateway restarted gracefully
+/// still knows them.
+#[test]
+fn stored_subscriptions_survive_a_restart_in_the_snapshot() {
+    let dir = tempdir();
+    let nodes = Mosquitto::start_nodes(dir.path(), 1);
+    let secret = dir.path().join("peers.secret");
+    std::fs::write(&secret, "sessions-secret\n").expect("secret");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let snapshot = dir.path().join("sticky.bin");
+    let peers = format!(
+        "\n[peers]\nname = \"gate-a\"\nbind = \"127.0.0.1:{}\"\nsecret_file = \"{}\"\nsnapshot = \"{}\"\npeers = [ {{ name = \"gate-b\", address = \"127.0.0.1:{}\" }} ]\n",
+        free_port(),
+        secret.display(),
+        snapshot.display(),
+        free_port()
+    );
+    let (mut gate, listen) = Gate::start_with(dir.path(), "gate", |listen, admin| {
+        gate_config(
+            listen,
+            admin,
+            "dynsec",
+            &addresses(&nodes),
+            "",
+            "",
+            &format!("{SESSIONS}{peers}"),
+        )
+    });
+    gate.wait_node_up("node1");
+    let (mut c, _) =
+        Client::accepted(listen, &Connect::new("keep").v5(true).clean(false)).expect("connect");
+    c.subscribe("keep/me").expect("subscribe");
+    c.disconnect();
+    wait_until(T, "stored", || {
+        gate.metric("mqgate_session_subscriptions", &[("cluster", "brokers")]) == 1.0
+    });
+    assert_eq!(gate.stop(), Some(0));
+    gate.resume();
+    let (status, body) = http(
+        "GET",
+        gate.admin_port,
+        "/api/v1/clusters/brokers/sticky/keep",
+        None,
+        None,
+    )
+    .expect("admin");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("keep/me"), "{body}");
+}
