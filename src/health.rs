@@ -214,7 +214,7 @@ pub async fn refresh_dns(resolver: &TokioResolver, node: &Node, a: &NodeAddress)
 
 /// Why a probe failed; its text is the `reason` of the "node is down" log line.
 #[derive(Debug, thiserror::Error)]
-enum ProbeError {
+pub(crate) enum ProbeError {
     #[error("connect: {0}")]
     Connect(std::io::Error),
     #[error("send CONNECT: {0}")]
@@ -232,7 +232,11 @@ enum ProbeError {
     Timeout(Duration),
 }
 
-async fn probe(node: &Node, h: &HealthConfig, client_id: &str) -> Result<(), ProbeError> {
+pub(crate) async fn probe(
+    node: &Node,
+    h: &HealthConfig,
+    client_id: &str,
+) -> Result<(), ProbeError> {
     let mut s = crate::upstream::connect_node(node)
         .await
         .map_err(ProbeError::Connect)?;

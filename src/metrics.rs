@@ -30,6 +30,7 @@ pub mod names {
     pub const SESSION_SUBSCRIPTIONS_DROPPED_TOTAL: &str =
         "mqgate_session_subscriptions_dropped_total";
     pub const SESSION_REPLAYS_TOTAL: &str = "mqgate_session_replays_total";
+    pub const SESSION_ORPHANS_TOTAL: &str = "mqgate_session_orphans_total";
     pub const SESSION_PACKETS_MALFORMED_TOTAL: &str = "mqgate_session_packets_malformed_total";
     pub const RELAY_CONNECTIONS_TOTAL: &str = "mqgate_relay_connections_total";
     pub const PEER_UP: &str = "mqgate_peer_up";
@@ -108,6 +109,7 @@ pub struct Metrics {
     pub session_subscriptions: IntGaugeVec,
     pub session_subscriptions_dropped: IntCounterVec,
     pub session_replays: IntCounterVec,
+    pub session_orphans: IntCounterVec,
     pub session_packets_malformed: IntCounterVec,
     pub relay_connections: IntCounterVec,
     pub peer_up: IntGaugeVec,
@@ -277,6 +279,12 @@ impl Metrics {
                 &r,
                 SESSION_REPLAYS_TOTAL,
                 "Subscription replays on a node that had no session, by result.",
+                &["cluster", "result"],
+            ),
+            session_orphans: counter(
+                &r,
+                SESSION_ORPHANS_TOTAL,
+                "Attempts to remove the session a client left on its previous node, by result.",
                 &["cluster", "result"],
             ),
             session_packets_malformed: counter(

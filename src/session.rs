@@ -303,10 +303,10 @@ struct Routed {
 }
 
 /// Does this client take the packet-aware relay? Persistent clients with a client id
-/// in a dynsec cluster with `[sessions] restore_subscriptions`.
+/// in a dynsec cluster with `[sessions] restore_subscriptions` or `clean_orphans`.
 fn packet_aware(cfg: &crate::config::ClusterConfig, connect: &mqtt::Connect<'_>) -> bool {
     cfg.mode == crate::config::Mode::Dynsec
-        && cfg.sessions.restore_subscriptions
+        && cfg.sessions.packet_aware()
         && connect.keeps_session()
         && !connect.client_id.is_empty()
 }

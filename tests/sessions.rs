@@ -24,6 +24,8 @@ const T: Duration = Duration::from_secs(60);
 const DEVICES: usize = 12;
 
 const SESSIONS: &str = "[clusters.brokers.sessions]\nrestore_subscriptions = true\n";
+const WITH_ORPHANS: &str =
+    "[clusters.brokers.sessions]\nrestore_subscriptions = true\nclean_orphans = true\n";
 
 /// A paho device process (tests/clients/paho_device.py) and what it printed.
 struct Device {
@@ -120,7 +122,7 @@ fn survive(leave: Leave) {
             &addresses(&nodes),
             "",
             "",
-            SESSIONS,
+            WITH_ORPHANS,
         )
     });
     for n in ["node1", "node2", "node3"] {
@@ -230,6 +232,34 @@ fn survive(leave: Leave) {
         devices.iter().all(|d| d.received(&format!("go-{}", d.id)))
     });
     let _ = transcripts(&devices);
+
+    // 5. clean_orphans: the sessions the moved devices left on a node that is still
+    // reachable (maint) are removed there.
+    if let Leave::Maint = leave {
+        wait_until(T, "orphaned sessions removed", || {
+            gate.metric(
+                "mqgate_session_orphans_total",
+                &[("cluster", "brokers"), ("result", "done")],
+            ) >= moved as f64
+        });
+        let old = &nodes[vi];
+        for d in devices.iter().filter(|d| home[&d.id] == victim) {
+            let v5 =
+                d.id.trim_start_matches("dev-")
+                    .parse::<usize>()
+                    .unwrap_or(0)
+                    % 2
+                    == 1;
+            let (c, ack) = Client::accepted(old.port, &Connect::new(&d.id).v5(v5).clean(false))
+                .expect("direct connect to the old node");
+            assert!(
+                !ack.session_present,
+                "{}: no session left on {victim}",
+                d.id
+            );
+            c.disconnect();
+        }
+    }
 }
 
 #[test]

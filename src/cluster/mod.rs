@@ -10,6 +10,7 @@
 //! keyed by name, so health, sticky entries and live sessions carry over.
 
 mod balance;
+pub mod orphans;
 #[cfg(test)]
 mod tests;
 
@@ -264,6 +265,8 @@ pub struct Cluster {
     /// `mqgate_relay_connections_total{cluster, mode="byte"|"packet"}`, resolved once.
     pub relayed_byte: prometheus::IntCounter,
     pub relayed_packet: prometheus::IntCounter,
+    /// Sessions left on nodes clients no longer use (`[sessions] clean_orphans`).
+    orphans: orphans::Orphans,
     metrics: Arc<Metrics>,
     /// Woken on every change that can make a node usable (health, admin state, leader,
     /// reload): clients held while no node can take them wait on it.
@@ -307,6 +310,7 @@ impl Cluster {
             relayed_packet: metrics
                 .relay_connections
                 .with_label_values(&[&cfg.name, "packet"]),
+            orphans: orphans::Orphans::default(),
             metrics,
             changed: Notify::new(),
             queued: AtomicUsize::new(0),
@@ -335,6 +339,9 @@ impl Cluster {
             }
             for r in ["done", "failed"] {
                 c.metrics.session_replays.with_label_values(&[&c.name, r]);
+            }
+            for r in ["done", "retried", "dropped"] {
+                c.metrics.session_orphans.with_label_values(&[&c.name, r]);
             }
         }
         for r in crate::metrics::QUEUE_RESULTS {

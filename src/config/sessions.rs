@@ -57,15 +57,6 @@ pub fn sessions(
             Some("remove [clusters.X.sessions] or set mode = \"dynsec\""),
         ));
     }
-    if s.clean_orphans {
-        errors.push(err(
-            k("clean_orphans"),
-            "not implemented yet: mqgate does not remove the session a client left on \
-             its old node"
-                .into(),
-            Some("remove clean_orphans or set it to false"),
-        ));
-    }
     let replay_timeout = match parse_duration(&s.replay_timeout) {
         Some(d) if d >= Duration::from_millis(1) && d <= super::bounds::MAX_DURATION => d,
         _ => {

@@ -161,6 +161,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketRelay<S> {
                                 Ok(Parse::Complete(i)) => Some(i),
                                 _ => None,
                             };
+                            if info.is_some_and(|i| i.code == 0) {
+                                self.left_behind();
+                            }
                             self.observe(info);
                             connack = Some(info);
                             out.extend_from_slice(p);
@@ -220,6 +223,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketRelay<S> {
         }
     }
 
+    /// `clean_orphans`: the client was accepted on another node than the one its
+    /// sticky entry named; that node's session for it is removed (paced, retried).
+    fn left_behind(&self) {
+        if !self.cfg.sessions.clean_orphans {
+            return;
+        }
+        let node = self.keep.node.node();
+        if let Some(old) = self.keep.sticky.as_ref().and_then(|w| w.current.clone()) {
+            if *old != *node.name {
+                self.keep.lst.cluster.orphan(old, &self.client_id);
+            }
+        }
+    }
+
     fn observe(&mut self, info: Option<ConnackInfo>) {
         let keep = &mut self.keep;
         let node = keep.node.node();
@@ -234,6 +251,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketRelay<S> {
 
     /// The SUBSCRIBEs restoring this client's stored subscriptions (empty if none).
     fn replay_packets(&self, v5: bool, ids: &mut Vec<u16>) -> Vec<u8> {
+        if !self.cfg.sessions.restore_subscriptions {
+            return Vec::new();
+        }
         let subs = self.keep.lst.cluster.subs.get(&self.client_id);
         let mut out = Vec::new();
         let mut id = REPLAY_FIRST_ID;
@@ -270,6 +290,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketRelay<S> {
 
     /// Step 3: both directions, learning from (UN)SUBSCRIBE and their acknowledgements.
     async fn relay(self, cap: usize, mut down: Scanner) {
+        let self_cfg_restore = self.cfg.sessions.restore_subscriptions;
         let PacketRelay {
             client,
             mut broker,
@@ -284,6 +305,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketRelay<S> {
         let cluster = keep.lst.cluster.clone();
         let metrics = keep.metrics.clone();
         let learn = Learner {
+            on: self_cfg_restore,
             pending: Mutex::new(Pending::default()),
             client_id: &client_id,
             v5,
@@ -402,6 +424,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketRelay<S> {
 /// What the relay learns from, shared by its two directions (one task: the lock is
 /// never contended).
 struct Learner<'a> {
+    /// `restore_subscriptions` (a `clean_orphans`-only cluster learns nothing).
+    on: bool,
     pending: Mutex<Pending>,
     client_id: &'a str,
     v5: bool,
@@ -423,6 +447,9 @@ impl Learner<'_> {
     }
 
     fn client_packet(&self, p: &[u8]) {
+        if !self.on {
+            return;
+        }
         match p[0] >> 4 {
             SUBSCRIBE => match sp::parse_subscribe(p, self.v5) {
                 Ok(s) => {
@@ -450,6 +477,9 @@ impl Learner<'_> {
     }
 
     fn broker_packet(&self, p: &[u8]) {
+        if !self.on {
+            return;
+        }
         match p[0] >> 4 {
             SUBACK => match sp::parse_suback(p, self.v5) {
                 Ok(a) => {
