@@ -168,16 +168,14 @@ pub async fn serve<S>(
     }
     let cluster = &lst.cluster;
     let cfg = cluster.config();
-    let packet = packet_aware(&cfg, &connect);
-    if cfg.sessions.restore_subscriptions
-        && !packet
-        && !connect.keeps_session()
-        && !connect.client_id.is_empty()
-        && cluster.subs.total() > 0
-    {
-        // A clean session: the broker drops the client's subscriptions, and so do we.
-        cluster.subs.forget(connect.client_id);
-    }
+    // A clean session of a client whose subscriptions are stored takes the packet
+    // path once too: the broker drops its session, and so does mqgate once the broker
+    // has accepted the login (not before: a refused login must not wipe them).
+    let packet = packet_aware(&cfg, &connect)
+        || (cfg.sessions.restore_subscriptions
+            && !connect.client_id.is_empty()
+            && cluster.subs.total() > 0
+            && cluster.subs.contains(connect.client_id));
     let route = Box::pin(route(
         lst,
         &cfg,
@@ -230,6 +228,7 @@ pub async fn serve<S>(
         String::new()
     };
     let clean_start = connect.clean_session;
+    let persistent = connect.keeps_session();
     drop(buf);
     // The relay runs as a task of its own that holds only what relaying needs: this
     // set-up task (CONNECT buffer, pick, timers, TLS handshake state) ends here and
@@ -268,6 +267,7 @@ pub async fn serve<S>(
             hold_cap: limits.max_connect_size,
             client_id,
             clean_start,
+            persistent,
             started,
             scope: closed,
             cfg,

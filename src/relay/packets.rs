@@ -61,6 +61,9 @@ pub struct PacketRelay<S> {
     /// The CONNECT asked for a clean start: stored subscriptions are dropped once the
     /// broker accepts.
     pub clean_start: bool,
+    /// The client keeps a session (else it is here only to have its stored
+    /// subscriptions dropped: nothing is replayed or learnt).
+    pub persistent: bool,
     pub started: Instant,
     pub scope: SessionScope,
     pub cfg: Arc<ClusterConfig>,
@@ -168,7 +171,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketRelay<S> {
                             connack = Some(info);
                             out.extend_from_slice(p);
                             if let Some(i) = info.filter(|i| i.code == 0) {
-                                if self.clean_start {
+                                if self.clean_start || !self.persistent {
                                     self.keep.lst.cluster.subs.forget(&self.client_id);
                                 }
                                 if !i.session_present {
@@ -226,7 +229,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketRelay<S> {
     /// `clean_orphans`: the client was accepted on another node than the one its
     /// sticky entry named; that node's session for it is removed (paced, retried).
     fn left_behind(&self) {
-        if !self.cfg.sessions.clean_orphans {
+        if !self.cfg.sessions.clean_orphans || !self.persistent {
             return;
         }
         let node = self.keep.node.node();
@@ -251,7 +254,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketRelay<S> {
 
     /// The SUBSCRIBEs restoring this client's stored subscriptions (empty if none).
     fn replay_packets(&self, v5: bool, ids: &mut Vec<u16>) -> Vec<u8> {
-        if !self.cfg.sessions.restore_subscriptions {
+        if !self.cfg.sessions.restore_subscriptions || !self.persistent {
             return Vec::new();
         }
         let subs = self.keep.lst.cluster.subs.get(&self.client_id);
@@ -290,7 +293,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketRelay<S> {
 
     /// Step 3: both directions, learning from (UN)SUBSCRIBE and their acknowledgements.
     async fn relay(self, cap: usize, mut down: Scanner) {
-        let self_cfg_restore = self.cfg.sessions.restore_subscriptions;
+        let self_cfg_restore = self.cfg.sessions.restore_subscriptions && self.persistent;
         let PacketRelay {
             client,
             mut broker,

@@ -280,6 +280,11 @@ impl SubStore {
         c.subs.clone()
     }
 
+    /// Does the store hold subscriptions for this client?
+    pub fn contains(&self, client: &str) -> bool {
+        self.lock().contains_key(stored_key(client).as_ref())
+    }
+
     /// A client's stored subscriptions without marking it used (admin API).
     pub fn peek(&self, client: &str) -> Vec<Sub> {
         let key = stored_key(client);
