@@ -216,7 +216,7 @@ pub async fn refresh_dns(resolver: &TokioResolver, node: &Node, a: &NodeAddress)
 
 /// Why a probe failed; its text is the `reason` of the "node is down" log line.
 #[derive(Debug, thiserror::Error)]
-enum ProbeError {
+pub(crate) enum ProbeError {
     #[error("connect: {0}")]
     Connect(std::io::Error),
     /// The TLS handshake failed (`[clusters.X.tls]`): the name checked and why.
@@ -239,7 +239,7 @@ enum ProbeError {
 
 /// One check of `node`: connect (with `tls`: and the TLS handshake, as HAProxy's
 /// checks of an `ssl` server do), then for `mqtt` checks a CONNECT and its CONNACK.
-async fn probe(
+pub(crate) async fn probe(
     node: &Node,
     h: &HealthConfig,
     tls: Option<&crate::broker_tls::BrokerTls>,

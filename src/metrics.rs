@@ -26,6 +26,13 @@ pub mod names {
     pub const NODE_STATE_CHANGES_TOTAL: &str = "mqgate_node_state_changes_total";
     pub const STICKY_ENTRIES: &str = "mqgate_sticky_entries";
     pub const STICKY_LOOKUPS_TOTAL: &str = "mqgate_sticky_lookups_total";
+    pub const SESSION_SUBSCRIPTIONS: &str = "mqgate_session_subscriptions";
+    pub const SESSION_SUBSCRIPTIONS_DROPPED_TOTAL: &str =
+        "mqgate_session_subscriptions_dropped_total";
+    pub const SESSION_REPLAYS_TOTAL: &str = "mqgate_session_replays_total";
+    pub const SESSION_ORPHANS_TOTAL: &str = "mqgate_session_orphans_total";
+    pub const SESSION_PACKETS_MALFORMED_TOTAL: &str = "mqgate_session_packets_malformed_total";
+    pub const RELAY_CONNECTIONS_TOTAL: &str = "mqgate_relay_connections_total";
     pub const PEER_UP: &str = "mqgate_peer_up";
     pub const PEER_UPDATES_TOTAL: &str = "mqgate_peer_updates_total";
     pub const PEER_UPDATES_DROPPED_TOTAL: &str = "mqgate_peer_updates_dropped_total";
@@ -133,6 +140,12 @@ pub struct Metrics {
     pub node_state_changes: IntCounterVec,
     pub sticky_entries: IntGaugeVec,
     pub sticky_lookups: IntCounterVec,
+    pub session_subscriptions: IntGaugeVec,
+    pub session_subscriptions_dropped: IntCounterVec,
+    pub session_replays: IntCounterVec,
+    pub session_orphans: IntCounterVec,
+    pub session_packets_malformed: IntCounterVec,
+    pub relay_connections: IntCounterVec,
     pub peer_up: IntGaugeVec,
     pub peer_updates: IntCounterVec,
     pub peer_updates_dropped: IntCounterVec,
@@ -284,6 +297,42 @@ impl Metrics {
                 STICKY_LOOKUPS_TOTAL,
                 "Sticky table lookups, by result.",
                 &["cluster", "result"],
+            ),
+            session_subscriptions: gauge(
+                &r,
+                SESSION_SUBSCRIPTIONS,
+                "Subscriptions of persistent clients stored for replay.",
+                &["cluster"],
+            ),
+            session_subscriptions_dropped: counter(
+                &r,
+                SESSION_SUBSCRIPTIONS_DROPPED_TOTAL,
+                "Granted subscriptions not stored because a bound was reached, by bound.",
+                &["cluster", "reason"],
+            ),
+            session_replays: counter(
+                &r,
+                SESSION_REPLAYS_TOTAL,
+                "Subscription replays on a node that had no session, by result.",
+                &["cluster", "result"],
+            ),
+            session_orphans: counter(
+                &r,
+                SESSION_ORPHANS_TOTAL,
+                "Attempts to remove the session a client left on its previous node, by result.",
+                &["cluster", "result"],
+            ),
+            session_packets_malformed: counter(
+                &r,
+                SESSION_PACKETS_MALFORMED_TOTAL,
+                "SUBSCRIBE/UNSUBSCRIBE/SUBACK/UNSUBACK that did not parse (passed on unlearnt), by packet.",
+                &["cluster", "packet"],
+            ),
+            relay_connections: counter(
+                &r,
+                RELAY_CONNECTIONS_TOTAL,
+                "Connections relayed, by relay mode (byte or packet).",
+                &["cluster", "mode"],
             ),
             peer_up: gauge(
                 &r,

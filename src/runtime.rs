@@ -98,6 +98,12 @@ impl DataPath {
                 .sticky_entries
                 .with_label_values(&[&c.name])
                 .set(c.sticky.len() as i64);
+            if c.config().mode == crate::config::Mode::Dynsec {
+                self.metrics
+                    .session_subscriptions
+                    .with_label_values(&[&c.name])
+                    .set(c.subs.total() as i64);
+            }
         }
     }
 

@@ -1,13 +1,15 @@
 //! Session: read the client's CONNECT (deadline, size cap), decide where it goes
 //! (`cluster.pick`, holding it while no node can take it), connect upstream, and hand
 //! both sockets to the relay. The relay is chosen here, per connection, after routing:
-//! today always the byte relay ([`crate::relay::task`]); a packet-aware relay for the
-//! clients that need one would be chosen at the same point.
+//! the byte relay ([`crate::relay::task`]) for every client, except persistent clients
+//! of a dynsec cluster with `[sessions] restore_subscriptions`, which get the
+//! packet-aware relay ([`crate::relay::packets`]).
 
 use crate::cluster::{Node, StickyWrite};
 use crate::metrics::Reject;
 use crate::mqtt::{self, connack_reply, ConnectError, Parse};
 use crate::proxy::ClientCtx;
+use crate::relay::packets::PacketRelay;
 use crate::relay::task::{Keep, RelayTask};
 use crate::runtime::{DataPath, ListenerRt, Runtime};
 use crate::sessions::SessionScope;
@@ -168,14 +170,23 @@ pub async fn serve<S>(
     }
     let cluster = &lst.cluster;
     let cfg = cluster.config();
+    // A clean session of a client whose subscriptions are stored takes the packet
+    // path once too: the broker drops its session, and so does mqgate once the broker
+    // has accepted the login (not before: a refused login must not wipe them).
+    let packet = packet_aware(&cfg, &connect)
+        || (cfg.sessions.restore_subscriptions
+            && !connect.client_id.is_empty()
+            && cluster.subs.total() > 0
+            && cluster.subs.contains(connect.client_id));
     let route = Box::pin(route(
         lst,
         &cfg,
         &mut client,
         &connect,
-        &buf,
+        if packet { &buf[..len] } else { &buf },
         &ctx,
         limits.max_connect_size,
+        packet,
     ));
     let Routed {
         node,
@@ -183,6 +194,7 @@ pub async fn serve<S>(
         sticky,
         closed,
         started,
+        held,
     } = match route.await {
         Ok(r) => r,
         Err(Unrouted::ClientGone(why)) => {
@@ -207,6 +219,18 @@ pub async fn serve<S>(
             return;
         }
     };
+    let mut rest = Vec::new();
+    if packet {
+        rest.extend_from_slice(&buf[len..]);
+        rest.extend_from_slice(&held);
+    }
+    let client_id = if packet {
+        connect.client_id.to_string()
+    } else {
+        String::new()
+    };
+    let clean_start = connect.clean_session;
+    let persistent = connect.keeps_session();
     drop(buf);
     // The relay runs as a task of its own that holds only what relaying needs: this
     // set-up task (CONNECT buffer, pick, timers, TLS handshake state) ends here and
@@ -227,8 +251,40 @@ pub async fn serve<S>(
         v5,
         permit: slot.permit,
     };
+    data.metrics
+        .relay_connections
+        .with_label_values(&[
+            cluster.name.as_str(),
+            if packet { "packet" } else { "byte" },
+        ])
+        .inc();
     // One relay instance per broker stream type: plain TCP is relayed as before, with
     // no indirection.
+    if packet {
+        macro_rules! packet_relay {
+            ($broker:expr) => {
+                PacketRelay {
+                    client,
+                    broker: $broker,
+                    held: rest,
+                    hold_cap: limits.max_connect_size,
+                    client_id,
+                    clean_start,
+                    persistent,
+                    started,
+                    scope: closed,
+                    cfg,
+                    keep,
+                }
+                .run()
+            };
+        }
+        match broker {
+            Broker::Plain(tcp) => spawn_relay(data, packet_relay!(tcp)),
+            Broker::Tls(tls) => spawn_relay(data, packet_relay!(tls)),
+        }
+        return;
+    }
     match broker {
         Broker::Plain(tcp) => spawn_relay(
             data,
@@ -264,6 +320,17 @@ struct Routed {
     sticky: Option<StickyWrite>,
     closed: SessionScope,
     started: Instant,
+    /// Packet-aware relay: what the client sent while held, not forwarded yet.
+    held: Vec<u8>,
+}
+
+/// Does this client take the packet-aware relay? Persistent clients with a client id
+/// in a dynsec cluster with `[sessions] restore_subscriptions` or `clean_orphans`.
+fn packet_aware(cfg: &crate::config::ClusterConfig, connect: &mqtt::Connect<'_>) -> bool {
+    cfg.mode == crate::config::Mode::Dynsec
+        && cfg.sessions.packet_aware()
+        && connect.keeps_session()
+        && !connect.client_id.is_empty()
 }
 
 enum Unrouted {
@@ -286,7 +353,9 @@ const HELD_RETRY_MAX: Duration = Duration::from_secs(1);
 /// client is routed as soon as a node is usable: every change of the cluster's state
 /// wakes it, and a node that refused is tried again after a short, growing pause.
 /// Bytes the client sends while held (up to `cap`) are kept and forwarded after its
-/// CONNECT; a client that closes while held is let go.
+/// CONNECT (`hold`: kept for the packet-aware relay instead); a client that closes
+/// while held is let go.
+#[allow(clippy::too_many_arguments)]
 async fn route<S: AsyncRead + Unpin>(
     lst: &ListenerRt,
     cfg: &crate::config::ClusterConfig,
@@ -295,6 +364,7 @@ async fn route<S: AsyncRead + Unpin>(
     buf: &[u8],
     ctx: &ClientCtx,
     cap: usize,
+    hold: bool,
 ) -> Result<Routed, Unrouted> {
     let cluster = &lst.cluster;
     let lname = lst.config.name.as_str();
@@ -322,8 +392,16 @@ async fn route<S: AsyncRead + Unpin>(
             // Subscribe to the node's session handle before forwarding, so that a
             // node marked down from now on also closes this session.
             let closed = node.session_token(lname, &lst.closed);
-            let first =
-                crate::upstream::forward_first(cfg, tls.as_deref(), node, ctx, broker, buf, &extra);
+            let extra_now: &[u8] = if hold { &[] } else { &extra };
+            let first = crate::upstream::forward_first(
+                cfg,
+                tls.as_deref(),
+                node,
+                ctx,
+                broker,
+                buf,
+                extra_now,
+            );
             match first.await {
                 Ok(broker) => {
                     // After the TLS handshake to the broker, if any: CONNECT→CONNACK
@@ -331,7 +409,7 @@ async fn route<S: AsyncRead + Unpin>(
                     let started = Instant::now();
                     node.metrics
                         .to_broker
-                        .inc_by((buf.len() + extra.len()) as u64);
+                        .inc_by((buf.len() + extra_now.len()) as u64);
                     if queued.is_some() {
                         cluster.queue_result("routed");
                         tracing::debug!(node = %node.name, waited = ?began.elapsed(), "held client routed");
@@ -343,6 +421,11 @@ async fn route<S: AsyncRead + Unpin>(
                         sticky: pick.sticky,
                         closed,
                         started,
+                        held: if hold {
+                            std::mem::take(&mut extra)
+                        } else {
+                            Vec::new()
+                        },
                     });
                 }
                 Err(e) => {

@@ -67,6 +67,7 @@ address = "127.0.0.1:1883"
 [clusters.b.sticky]
 [clusters.b.tls]
 ca = "{dir}/ca.pem"
+[clusters.b.sessions]
 
 [peers]
 name = "gate-a"

@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 use mqgate::mqtt::{connack_reply, encode_connect_v311};
 
 #[path = "../fuzz/fuzz_targets/checks.rs"]
-mod checks;
+pub(crate) mod checks;
 
 fn corpus_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -30,7 +30,11 @@ fn corpus_root() -> PathBuf {
 type Check = fn(&[u8]);
 
 /// The corpus directories this test knows, with the check each one gets.
-const TARGETS: &[(&str, Check)] = &[("connect", checks::connect), ("connack", checks::connack)];
+const TARGETS: &[(&str, Check)] = &[
+    ("connect", checks::connect),
+    ("connack", checks::connack),
+    ("subscribe", checks::subscribe),
+];
 
 fn corpus_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
@@ -293,12 +297,64 @@ fn connack_seeds() -> Vec<(&'static str, Vec<u8>)> {
     seeds
 }
 
+/// Streams for the `subscribe` target: byte 0 = MQTT 5 flag and split point, then
+/// relayed packets (SUBSCRIBE, UNSUBSCRIBE, SUBACK, UNSUBACK among others).
+fn subscribe_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use mqgate::mqtt::subscribe::encode_subscribe;
+    let p = |first: u8, body: &[u8]| crate::common::mqtt::mqtt_packet(first, body);
+    let v311_sub = encode_subscribe(1, false, &[], "a/+/c", 1);
+    let v5_sub = encode_subscribe(
+        2,
+        true,
+        &[0x0B, 7, 0x26, 0, 1, b'k', 0, 1, b'v'],
+        "d/#",
+        0x25,
+    );
+    let publish = p(0x32, &[0, 3, b'a', b'/', b'b', 0, 9, b'x']);
+    let unsub = p(0xA2, &[0, 3, 0, 5, b'a', b'/', b'+', b'/', b'c']);
+    let suback = p(0x90, &[0, 1, 1]);
+    let unsuback_v5 = p(0xB0, &[0, 3, 0, 0x11]);
+    let cat = |head: u8, parts: &[&[u8]]| {
+        let mut v = vec![head];
+        for x in parts {
+            v.extend_from_slice(x);
+        }
+        v
+    };
+    vec![
+        ("v311-sub", cat(0x08, &[&v311_sub])),
+        ("v5-sub-props", cat(0x0B, &[&v5_sub])),
+        (
+            "v311-stream",
+            cat(
+                0x10,
+                &[&publish, &v311_sub, &suback, &unsub, &p(0xB0, &[0, 3])],
+            ),
+        ),
+        ("v5-unsuback", cat(0x05, &[&unsuback_v5, &publish])),
+        ("bad-suback-code", cat(0x04, &[&p(0x90, &[0, 1, 0x42])])),
+        (
+            "bad-five-byte-length",
+            cat(0x06, &[&[0x82, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]]),
+        ),
+        (
+            "bad-sub-qos3",
+            cat(0x02, &[&p(0x82, &[0, 1, 0, 1, b'a', 3])]),
+        ),
+        ("cut-sub", cat(0x00, &[&v311_sub[..5]])),
+    ]
+}
+
 /// Regenerates the seed corpora (run by hand, see the module doc).
 #[test]
 #[ignore = "writes fuzz/corpus/; run by hand to regenerate the seeds"]
 fn write_seed_corpus() {
     let root = corpus_root();
-    for (target, seeds) in [("connect", connect_seeds()), ("connack", connack_seeds())] {
+    for (target, seeds) in [
+        ("connect", connect_seeds()),
+        ("connack", connack_seeds()),
+        ("subscribe", subscribe_seeds()),
+    ] {
         let dir = root.join(target);
         fs::create_dir_all(&dir).expect("create corpus dir");
         for (name, bytes) in seeds {

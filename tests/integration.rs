@@ -36,6 +36,7 @@ mod proxy_protocol;
 mod reload;
 mod restart;
 mod secret_files;
+mod sessions;
 mod shutdown;
 mod status_page;
 mod websocket;

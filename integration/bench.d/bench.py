@@ -140,6 +140,11 @@ class Env:
                           mqgate_tls_port=p["mqgate_b_tls_port"], admin_port=p["admin_b_port"],
                           mqgate_ws_port=p["mqgate_b_ws_port"])
             render("mqgate.toml", "mqgate-b.toml", fill_b, "[limits]\n", a.ab.replace(";", "\n"))
+            if a.ab_sessions:
+                # Packet-aware relay for mqgate-b: persistent clients (--persistent) of a
+                # cluster with restore_subscriptions; mqgate (A) keeps the byte relay.
+                with open(os.path.join(work, "mqgate-b.toml"), "a") as f:
+                    f.write("\n[clusters.brokers.sessions]\nrestore_subscriptions = true\n")
         self.addr = {
             "direct": f"127.0.0.1:{p['broker_port']}",
             "haproxy": f"127.0.0.1:{p['haproxy_port']}",
@@ -254,7 +259,8 @@ def scenario_throughput(env, p, target, qos, size):
     bpid = env.pid("direct")
     c0, b0 = proc_cpu_secs(pid), proc_cpu_secs(bpid)
     r = loadgen(env, ["throughput", "--addr", env.addr[target], "--qos", qos, "--size", size,
-                      "--secs", p["tp_secs"], "--warmup", p["warmup"]] + env.extra(target))
+                      "--secs", p["tp_secs"], "--warmup", p["warmup"]] + env.extra(target)
+                + (["--persistent", 1] if env.a.ab_sessions else []))
     c1, b1 = proc_cpu_secs(pid), proc_cpu_secs(bpid)
     if r["delivered"] == 0:
         raise HarnessError(f"throughput through {target} delivered nothing: {r}")
@@ -615,8 +621,11 @@ def main():
                     " throughput with TLS on both sides (client and broker) vs plain")
     ap.add_argument("--haproxy-global", metavar="CFG", help="lines added to HAProxy's global"
                     " section (';' separates lines), e.g. 'nbthread 1'")
+    ap.add_argument("--ab-sessions", action="store_true", help="A/B run of the packet-aware"
+                    " relay: throughput clients keep a session (clean session 0) on every target,"
+                    " and mqgate-b has [clusters.brokers.sessions] restore_subscriptions = true")
     a = ap.parse_args()
-    if a.ab_bin and a.ab is None:
+    if (a.ab_bin or a.ab_sessions) and a.ab is None:
         a.ab = ""
     targets = TARGETS + (["mqgate-b"] if a.ab is not None else [])
     proxies = PROXIES + (["mqgate-b"] if a.ab is not None else [])

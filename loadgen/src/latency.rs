@@ -72,7 +72,7 @@ fn session(addr: SocketAddr, ws: Option<&str>, id: &str) -> Result<Conn, String>
             Conn::Ws(crate::ws::WsSync::new(tcp))
         }
     };
-    s.write_all(&mqtt::connect(id, 0))
+    s.write_all(&mqtt::connect(id, 0, true))
         .map_err(|e| e.to_string())?;
     let mut ack = [0u8; 4];
     s.read_exact(&mut ack)

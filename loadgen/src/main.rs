@@ -8,7 +8,7 @@
 //! ```text
 //! loadgen pki DIR                                   write ca.pem, server.pem, server.key, server-full.pem
 //! loadgen probe      --addr A [--tls-ca CA]         one session; exit 0 if CONNACK accepted
-//! loadgen throughput --addr A [--pairs 4] [--qos 0] [--size 100] [--window 400] [--warmup 1] [--secs 5]
+//! loadgen throughput --addr A [--pairs 4] [--qos 0] [--size 100] [--window 400] [--warmup 1] [--secs 5] [--persistent 1]
 //! loadgen latency    --addr A [--rate 20000] [--size 100] [--warmup 1] [--secs 5]
 //! loadgen connect    --addr A [--tls-ca CA] [--clients 5000] [--conc 50] [--secs 10]
 //! loadgen idle       --addr A [--clients 1000] [--conc 64]   (holds them until a line on stdin)
@@ -66,11 +66,13 @@ impl Args {
     }
 
     fn target(&self) -> Result<net::Target, String> {
-        net::Target::new(
+        let mut t = net::Target::new(
             self.addr()?,
             self.kv.get("tls-ca").map(|s| s.as_str()),
             self.kv.get("ws").map(|s| s.as_str()),
-        )
+        )?;
+        t.persistent = self.get("persistent", 0u8)? == 1;
+        Ok(t)
     }
 }
 

@@ -21,12 +21,12 @@ fn put_str(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
-/// CONNECT, MQTT 3.1.1, clean session, no credentials.
-pub fn connect(client_id: &str, keep_alive: u16) -> Vec<u8> {
+/// CONNECT, MQTT 3.1.1, clean session (or not), no credentials.
+pub fn connect(client_id: &str, keep_alive: u16, clean: bool) -> Vec<u8> {
     let mut body = Vec::with_capacity(16 + client_id.len());
     put_str(&mut body, b"MQTT");
     body.push(4);
-    body.push(0x02);
+    body.push(if clean { 0x02 } else { 0x00 });
     body.extend_from_slice(&keep_alive.to_be_bytes());
     put_str(&mut body, client_id.as_bytes());
     let mut out = vec![0x10];

@@ -19,6 +19,9 @@ pub struct Target {
     pub tls: Option<(TlsConnector, ServerName<'static>)>,
     /// MQTT over WebSocket on this request path (`--ws PATH`).
     pub ws: Option<String>,
+    /// Sessions with clean session 0 (`--persistent 1`): mqgate's packet-aware relay
+    /// takes them when the cluster has `[sessions] restore_subscriptions`.
+    pub persistent: bool,
 }
 
 impl Target {
@@ -49,6 +52,7 @@ impl Target {
             addr,
             tls,
             ws: ws.map(str::to_string),
+            persistent: false,
         })
     }
 
@@ -73,7 +77,8 @@ impl Target {
     /// Connect, send CONNECT, wait for a CONNACK that accepts the session.
     pub async fn session(&self, client_id: &str, linger0: bool) -> io::Result<Stream> {
         let mut s = self.connect(linger0).await?;
-        s.write_all(&mqtt::connect(client_id, 0)).await?;
+        s.write_all(&mqtt::connect(client_id, 0, !self.persistent))
+            .await?;
         s.flush().await?;
         let mut ack = [0u8; 4];
         s.read_exact(&mut ack).await?;

@@ -39,6 +39,35 @@ pub struct StickyAnswer {
     pub key: String,
     pub node: String,
     pub expires_in_secs: u64,
+    /// The client's stored subscriptions (`[sessions] restore_subscriptions`; the key
+    /// is then the client id); absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<SubscriptionView>,
+}
+
+/// One stored subscription as the admin API shows it.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SubscriptionView {
+    pub topic: String,
+    pub qos: u8,
+    /// The Subscription Options byte as the client sent it (v5: no local, retain as
+    /// published, retain handling).
+    pub options: u8,
+    /// Bytes of v5 properties (Subscription Identifier, User Properties) replayed with it.
+    pub properties_len: usize,
+}
+
+fn subscriptions(cl: &Cluster, key: &str) -> Vec<SubscriptionView> {
+    cl.subs
+        .peek(key)
+        .into_iter()
+        .map(|s| SubscriptionView {
+            topic: s.topic.to_string(),
+            qos: s.options & 0x03,
+            options: s.options,
+            properties_len: s.properties.len(),
+        })
+        .collect()
 }
 
 fn cluster(host: &Host, name: &str) -> Result<Arc<Cluster>, Refusal> {
@@ -106,6 +135,7 @@ pub(super) fn sticky_get(host: &Host, c: &str, key: &str) -> Resp {
                 key: e.key,
                 node: e.node,
                 expires_in_secs: e.expires_in.as_secs(),
+                subscriptions: subscriptions(&cl, key),
             },
         ),
         None => error(
@@ -138,6 +168,7 @@ pub(super) fn sticky_del(host: &Host, c: &str, key: &str) -> Resp {
             key: key.to_string(),
             node: entry.map(|e| e.node).unwrap_or_default(),
             expires_in_secs: 0,
+            subscriptions: Vec::new(),
         },
     )
 }

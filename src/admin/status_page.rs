@@ -148,6 +148,13 @@ fn cluster(h: &mut String, c: &ClusterView) {
             escape(&c.balance),
             c.sticky_entries
         );
+        if c.subscriptions > 0 {
+            let _ = write!(
+                h,
+                " · stored subscriptions <span class=\"subscriptions\">{}</span>",
+                c.subscriptions
+            );
+        }
     }
     h.push_str(
         "</div><table><thead><tr><th>node</th><th>address</th><th>health</th><th>admin state</th>\
@@ -259,6 +266,7 @@ mod tests {
                 ready: true,
                 leader: Some(name.into()),
                 sticky_entries: 0,
+                subscriptions: 0,
                 nodes: vec![NodeView {
                     name: name.into(),
                     address: "127.0.0.1:1883".into(),

@@ -36,6 +36,9 @@ pub struct ClusterView {
     /// full-sync: the current leader (none while no node is up).
     pub leader: Option<String>,
     pub sticky_entries: usize,
+    /// Persistent clients' subscriptions stored for replay (`[sessions]`).
+    #[serde(default)]
+    pub subscriptions: usize,
     pub nodes: Vec<NodeView>,
 }
 
@@ -110,6 +113,7 @@ fn cluster_view(c: &Cluster) -> ClusterView {
         ready: c.ready(),
         leader: leader.map(|l| l.name.clone()),
         sticky_entries: c.sticky.len(),
+        subscriptions: c.subs.total(),
         nodes,
     }
 }

@@ -11,12 +11,14 @@
 
 mod balance;
 mod node;
+pub mod orphans;
 #[cfg(test)]
 mod tests;
 
 use crate::config::{Balance, ClusterConfig, Mode, OnNodeDown, StickyKey, StickySessions};
 use crate::metrics::Metrics;
 use crate::mqtt::Connect;
+use crate::sticky::subs::{Bounds, SubStore};
 use crate::sticky::{Lookup, StickyTable};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,6 +49,13 @@ pub struct Cluster {
     leader_lock: Mutex<()>,
     rr: AtomicUsize,
     pub sticky: StickyTable,
+    /// Persistent clients' subscriptions (`[sessions] restore_subscriptions`).
+    pub subs: SubStore,
+    /// `mqgate_relay_connections_total{cluster, mode="byte"|"packet"}`, resolved once.
+    pub relayed_byte: prometheus::IntCounter,
+    pub relayed_packet: prometheus::IntCounter,
+    /// Sessions left on nodes clients no longer use (`[sessions] clean_orphans`).
+    orphans: orphans::Orphans,
     metrics: Arc<Metrics>,
     /// Woken on every change that can make a node usable (health, admin state, leader,
     /// reload): clients held while no node can take them wait on it.
@@ -86,6 +95,14 @@ impl Cluster {
             leader_lock: Mutex::new(()),
             rr: AtomicUsize::new(0),
             sticky: StickyTable::new(cfg.sticky.capacity, cfg.sticky.expire, origin),
+            subs: SubStore::new(&cfg.name, sub_bounds(cfg)),
+            relayed_byte: metrics
+                .relay_connections
+                .with_label_values(&[&cfg.name, "byte"]),
+            relayed_packet: metrics
+                .relay_connections
+                .with_label_values(&[&cfg.name, "packet"]),
+            orphans: orphans::Orphans::default(),
             metrics,
             changed: Notify::new(),
             queued: AtomicUsize::new(0),
@@ -103,6 +120,23 @@ impl Cluster {
             c.metrics.sticky_lookups.with_label_values(&[&c.name, r]);
         }
         c.metrics.queued.with_label_values(&[&c.name]).set(0);
+        if cfg.mode == Mode::Dynsec {
+            c.metrics
+                .session_subscriptions
+                .with_label_values(&[&c.name])
+                .set(0);
+            for r in crate::sticky::subs::REFUSED_REASONS {
+                c.metrics
+                    .session_subscriptions_dropped
+                    .with_label_values(&[&c.name, r]);
+            }
+            for r in ["done", "failed"] {
+                c.metrics.session_replays.with_label_values(&[&c.name, r]);
+            }
+            for r in ["done", "retried", "dropped"] {
+                c.metrics.session_orphans.with_label_values(&[&c.name, r]);
+            }
+        }
         for r in crate::metrics::QUEUE_RESULTS {
             c.metrics.queue_results.with_label_values(&[&c.name, r]);
         }
@@ -210,6 +244,7 @@ impl Cluster {
         self.config.store(Arc::new(cfg.clone()));
         self.sticky
             .set_limits(cfg.sticky.capacity, cfg.sticky.expire);
+        self.subs.set_bounds(sub_bounds(cfg));
         self.nodes.store(Arc::new(next));
         for r in &removed {
             r.removed.store(true, Ordering::Release);
@@ -532,6 +567,16 @@ fn first_leader_candidate(nodes: &[Arc<Node>]) -> Option<Arc<Node>> {
         .find(|n| n.health() != Health::Down)
         .filter(|n| n.health() == Health::Up)
         .cloned()
+}
+
+/// The subscription store's bounds from a cluster's configuration.
+fn sub_bounds(cfg: &ClusterConfig) -> Bounds {
+    Bounds {
+        per_client: cfg.sessions.max_per_client,
+        bytes_per_client: cfg.sessions.max_bytes_per_client,
+        total: cfg.sessions.max_total,
+        expire: cfg.sticky.expire,
+    }
 }
 
 /// The sticky key of a client: the client id or the username per config; an empty

@@ -7,6 +7,7 @@ mod address;
 mod checker;
 mod errors;
 mod raw;
+mod sessions;
 mod tls_checks;
 mod validate;
 mod websocket;
@@ -263,6 +264,7 @@ pub struct ClusterConfig {
     pub sticky: StickyConfig,
     /// TLS to the brokers (`[clusters.X.tls]`); `None`: plain TCP.
     pub tls: Option<BrokerTlsConfig>,
+    pub sessions: SessionsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -370,6 +372,45 @@ pub struct StickyConfig {
     pub sessions: StickySessions,
     pub expire: Duration,
     pub capacity: usize,
+}
+
+/// `[clusters.X.sessions]`: packet-aware sessions of a dynsec cluster
+/// (`crate::relay::packets`). All off by default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionsConfig {
+    /// Learn persistent clients' subscriptions and replay them on a node that
+    /// answers session-present 0.
+    pub restore_subscriptions: bool,
+    /// Remove the session a client left on a node it no longer uses.
+    pub clean_orphans: bool,
+    /// Subscriptions stored per client; more are forwarded but not stored.
+    pub max_per_client: usize,
+    /// Bytes of topic filters and v5 properties stored per client.
+    pub max_bytes_per_client: usize,
+    /// Subscriptions stored in the cluster, all clients together.
+    pub max_total: usize,
+    /// How long the new node has to answer the replayed SUBSCRIBEs.
+    pub replay_timeout: Duration,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            restore_subscriptions: false,
+            clean_orphans: false,
+            max_per_client: 100,
+            max_bytes_per_client: 16 * 1024,
+            max_total: 1_000_000,
+            replay_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl SessionsConfig {
+    /// Does this cluster send persistent clients through the packet-aware relay?
+    pub fn packet_aware(&self) -> bool {
+        self.restore_subscriptions || self.clean_orphans
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -201,6 +201,7 @@ pub struct RawCluster {
     pub health: RawHealth,
     pub sticky: Option<RawSticky>,
     pub tls: Option<RawBrokerTls>,
+    pub sessions: Option<RawSessions>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -275,6 +276,47 @@ impl Default for RawSticky {
             capacity: d_capacity(),
         }
     }
+}
+
+/// `[clusters.X.sessions]` (dynsec only): packet-aware sessions.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSessions {
+    #[serde(default)]
+    pub restore_subscriptions: bool,
+    #[serde(default)]
+    pub clean_orphans: bool,
+    #[serde(default = "d_max_subs")]
+    pub max_subscriptions_per_client: i64,
+    #[serde(default = "d_max_sub_bytes")]
+    pub max_subscription_bytes_per_client: i64,
+    #[serde(default = "d_max_subs_total")]
+    pub max_subscriptions_total: i64,
+    #[serde(default = "d_10s")]
+    pub replay_timeout: String,
+}
+
+impl Default for RawSessions {
+    fn default() -> Self {
+        Self {
+            restore_subscriptions: false,
+            clean_orphans: false,
+            max_subscriptions_per_client: d_max_subs(),
+            max_subscription_bytes_per_client: d_max_sub_bytes(),
+            max_subscriptions_total: d_max_subs_total(),
+            replay_timeout: d_10s(),
+        }
+    }
+}
+
+fn d_max_subs() -> i64 {
+    100
+}
+fn d_max_sub_bytes() -> i64 {
+    16 * 1024
+}
+fn d_max_subs_total() -> i64 {
+    1_000_000
 }
 
 #[derive(Debug, Deserialize)]

@@ -247,6 +247,8 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
             expire: v.positive_duration(sk("expire"), &s.expire),
             capacity: v.int(sk("capacity"), s.capacity, bounds::STICKY_CAPACITY, 1),
         };
+        let (sessions, errs) = super::sessions::sessions(cname, mode, c.sessions.as_ref());
+        v.errors.extend(errs);
         clusters.push(ClusterConfig {
             name: cname.clone(),
             mode,
@@ -287,6 +289,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
             nodes,
             health,
             sticky,
+            sessions,
         });
     }
 

@@ -16,11 +16,15 @@
 //! - [`connect`]: CONNECT framing, validation (MQTT 3.1, 3.1.1, 5.0) and the health
 //!   check's CONNECT encoder.
 //! - [`connack`]: CONNACK observation and the CONNACKs mqgate sends itself.
+//! - [`scanner`]: packet boundaries in a relayed stream (packet-aware relay).
+//! - [`subscribe`]: SUBSCRIBE/UNSUBSCRIBE/SUBACK/UNSUBACK views and the replay encoder.
 
 pub mod connack;
 pub mod connect;
 mod error;
 mod properties;
+pub mod scanner;
+pub mod subscribe;
 mod wire;
 
 pub use connack::{

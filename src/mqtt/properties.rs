@@ -18,12 +18,20 @@ pub(crate) enum Context {
     Connect,
     /// The will properties in the CONNECT payload.
     Will,
+    /// SUBSCRIBE: Subscription Identifier, User Property.
+    Subscribe,
+    /// UNSUBSCRIBE: User Property.
+    Unsubscribe,
+    /// SUBACK and UNSUBACK: Reason String, User Property.
+    Ack,
 }
 
 /// What a property block told us.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Props {
     pub(crate) session_expiry: Option<u32>,
+    /// SUBSCRIBE's Subscription Identifier (1..=268,435,455).
+    pub(crate) subscription_id: Option<usize>,
 }
 
 /// The wire type of a property value.
@@ -43,12 +51,14 @@ const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
 const CONTENT_TYPE: u8 = 0x03;
 const RESPONSE_TOPIC: u8 = 0x08;
 const CORRELATION_DATA: u8 = 0x09;
+const SUBSCRIPTION_IDENTIFIER: u8 = 0x0B;
 const SESSION_EXPIRY_INTERVAL: u8 = 0x11;
 const AUTHENTICATION_METHOD: u8 = 0x15;
 const AUTHENTICATION_DATA: u8 = 0x16;
 const REQUEST_PROBLEM_INFORMATION: u8 = 0x17;
 const WILL_DELAY_INTERVAL: u8 = 0x18;
 const REQUEST_RESPONSE_INFORMATION: u8 = 0x19;
+const REASON_STRING: u8 = 0x1F;
 const RECEIVE_MAXIMUM: u8 = 0x21;
 const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
 const USER_PROPERTY: u8 = 0x26;
@@ -112,6 +122,9 @@ fn allowed(ctx: Context, id: u8) -> bool {
                 | CORRELATION_DATA
                 | USER_PROPERTY
         ),
+        Context::Subscribe => matches!(id, SUBSCRIPTION_IDENTIFIER | USER_PROPERTY),
+        Context::Unsubscribe => id == USER_PROPERTY,
+        Context::Ack => matches!(id, REASON_STRING | USER_PROPERTY),
     }
 }
 
@@ -135,6 +148,9 @@ pub(crate) fn walk(r: &mut Reader<'_>, ctx: Context) -> Result<Props, ConnectErr
             return Err(ConnectError::Malformed(match ctx {
                 Context::Connect => "property not allowed in CONNECT",
                 Context::Will => "property not allowed in will",
+                Context::Subscribe => "property not allowed in SUBSCRIBE",
+                Context::Unsubscribe => "property not allowed in UNSUBSCRIBE",
+                Context::Ack => "property not allowed in SUBACK/UNSUBACK",
             }));
         }
         if id != USER_PROPERTY {
@@ -169,7 +185,13 @@ pub(crate) fn walk(r: &mut Reader<'_>, ctx: Context) -> Result<Props, ConnectErr
                 }
             }
             Kind::Varint => {
-                block.varint()?;
+                // The only Varint property is the Subscription Identifier; 0 is a
+                // Protocol Error (MQTT 5.0 3.8.2.1.2).
+                let v = block.varint()?;
+                if v == 0 {
+                    return Err(ConnectError::Malformed(OUT_OF_RANGE));
+                }
+                props.subscription_id = Some(v);
             }
             Kind::Utf8 => {
                 block.utf8(BAD_UTF8)?;
@@ -236,7 +258,8 @@ mod tests {
         assert_eq!(
             walk_bytes(&block, Context::Connect),
             Ok(Props {
-                session_expiry: Some(3600)
+                session_expiry: Some(3600),
+                subscription_id: None,
             })
         );
     }

@@ -104,6 +104,11 @@ impl<'a> Reader<'a> {
         self.buf.is_empty()
     }
 
+    /// Everything not read yet.
+    pub(crate) fn rest(self) -> &'a [u8] {
+        self.buf
+    }
+
     /// The next `n` bytes, or `Malformed("length past end")`.
     pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], ConnectError> {
         if n > self.buf.len() {

@@ -13,8 +13,16 @@
 //! SYNC_END   5  entries:u64                the full table has been sent
 //! HEARTBEAT  6
 //! ERROR      7  reason:str                 the sender closes the link after it
+//! SUBS       8  cluster:str count:u32 client*     (packet-aware sessions)
+//!            client := key:str n:u16 sub*    (n = 0: the client has none left)
+//!            sub := topic:str options:u8 properties:bin
 //! str     := length:u16be UTF-8 bytes
+//! bin     := length:u16be bytes
 //! ```
+//!
+//! SUBS is only sent for clusters with `[sessions] restore_subscriptions = true`: a
+//! build from before it closes the link on this unknown frame type, so that setting is
+//! turned on only once every gateway of the mesh knows SUBS (docs/peers.md).
 //!
 //! The HELLO magic and version sit at fixed offsets so that any future version can
 //! still be told apart and refused with a clear error.
@@ -26,6 +34,7 @@
 //! changed (see `super::auth`) and frames after AUTH are sealed without TLS. Version 1
 //! peers are refused with the version error.
 
+use crate::sticky::subs::Sub;
 use crate::sticky::Update;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -48,6 +57,11 @@ const T_SYNC_BEGIN: u8 = 4;
 const T_SYNC_END: u8 = 5;
 const T_HEARTBEAT: u8 = 6;
 const T_ERROR: u8 = 7;
+const T_SUBS: u8 = 8;
+
+/// Most subscriptions of one client in a SUBS frame (the largest
+/// `max_subscriptions_per_client`).
+pub const MAX_SUBS_PER_CLIENT: usize = 10_000;
 
 /// Smallest encoded update: flags, empty key, stamp, empty origin, idle.
 const MIN_UPDATE: usize = 1 + 2 + 8 + 2 + 8;
@@ -73,6 +87,10 @@ pub enum Frame {
     Heartbeat,
     Error {
         reason: String,
+    },
+    Subs {
+        cluster: String,
+        clients: Vec<(Arc<str>, Vec<Sub>)>,
     },
 }
 
@@ -245,6 +263,34 @@ fn decode_body(body: &[u8], interner: &mut Interner) -> Result<Frame, FrameError
         T_ERROR => Frame::Error {
             reason: r.str("reason")?.to_string(),
         },
+        T_SUBS => {
+            let cluster = r.str("cluster")?.to_string();
+            let count = r.u32("count")? as usize;
+            // Smallest client: empty key, n = 0.
+            let mut clients = Vec::with_capacity(count.min(r.buf.len() / 4));
+            for _ in 0..count {
+                let key: Arc<str> = Arc::from(r.str("client key")?);
+                let n = r.u16("subscription count")? as usize;
+                if n > MAX_SUBS_PER_CLIENT {
+                    return Err(FrameError::Truncated("too many subscriptions"));
+                }
+                // Smallest subscription: empty topic, options, empty properties.
+                let mut subs = Vec::with_capacity(n.min(r.buf.len() / 5));
+                for _ in 0..n {
+                    let topic: Box<str> = r.str("topic")?.into();
+                    let options = r.u8("options")?;
+                    let len = r.u16("properties")? as usize;
+                    let properties: Box<[u8]> = r.take(len, "properties")?.into();
+                    subs.push(Sub {
+                        topic,
+                        options,
+                        properties,
+                    });
+                }
+                clients.push((key, subs));
+            }
+            Frame::Subs { cluster, clients }
+        }
         t => return Err(FrameError::UnknownType(t)),
     };
     if !r.buf.is_empty() {
@@ -316,6 +362,42 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             let at = begin(out, T_ERROR);
             put_str(out, reason);
             finish(out, at);
+        }
+        Frame::Subs { cluster, clients } => encode_subs(cluster, clients, out),
+    }
+}
+
+/// Append SUBS frames for `clients` to `out`, cutting a new frame when one passes half
+/// of [`MAX_FRAME`] (a client's set is never split).
+pub fn encode_subs(cluster: &str, clients: &[(Arc<str>, Vec<Sub>)], out: &mut Vec<u8>) {
+    let mut rest = clients;
+    loop {
+        let at = begin(out, T_SUBS);
+        put_str(out, cluster);
+        let count_at = out.len();
+        out.extend_from_slice(&[0, 0, 0, 0]);
+        let mut n: u32 = 0;
+        while let Some(((key, subs), tail)) = rest.split_first() {
+            if n > 0 && out.len() - at > MAX_FRAME / 2 {
+                break;
+            }
+            put_str(out, key);
+            let subs = &subs[..subs.len().min(MAX_SUBS_PER_CLIENT)];
+            out.extend_from_slice(&(subs.len() as u16).to_be_bytes());
+            for s in subs {
+                put_str(out, &s.topic);
+                out.push(s.options);
+                let p = &s.properties[..s.properties.len().min(u16::MAX as usize)];
+                out.extend_from_slice(&(p.len() as u16).to_be_bytes());
+                out.extend_from_slice(p);
+            }
+            n += 1;
+            rest = tail;
+        }
+        out[count_at..count_at + 4].copy_from_slice(&n.to_be_bytes());
+        finish(out, at);
+        if rest.is_empty() {
+            return;
         }
     }
 }

@@ -18,6 +18,7 @@ use super::frame::{self, Frame, FrameError, Interner};
 use super::seal::FrameKeys;
 use super::seal::{Opener, SealError, Sealer};
 use crate::host::Host;
+use crate::sticky::subs::SubsChange;
 use crate::sticky::{Update, SHARDS};
 use bytes::{Buf, BytesMut};
 use std::sync::Arc;
@@ -80,6 +81,7 @@ impl LinkError {
             Frame::SyncEnd { .. } => "SYNC_END",
             Frame::Heartbeat => "HEARTBEAT",
             Frame::Error { .. } => "ERROR",
+            Frame::Subs { .. } => "SUBS",
         };
         LinkError::Protocol(format!("unexpected {name} frame"))
     }
@@ -208,7 +210,8 @@ where
     // Subscribe before the full sync, so no change made during it is missed (what is
     // sent twice merges as a no-op).
     let rx = hub.subscribe();
-    let sending = send_loop(&host, &peer, rx, &hub, &mut w);
+    let srx = crate::sticky::subs::changes().subscribe();
+    let sending = send_loop(&host, &peer, rx, srx, &hub, &mut w);
     let receiving = receive_loop(&host, &peer, &mut r);
     let result = tokio::select! {
         r = sending => r,
@@ -223,6 +226,7 @@ async fn send_loop<W: AsyncWrite + Unpin>(
     host: &Host,
     peer: &str,
     mut rx: broadcast::Receiver<Change>,
+    mut srx: broadcast::Receiver<SubsChange>,
     hub: &broadcast::Sender<Change>,
     w: &mut Out<W>,
 ) -> Result<(), LinkError> {
@@ -241,6 +245,20 @@ async fn send_loop<W: AsyncWrite + Unpin>(
                 buf.clear();
                 frame::encode(&Frame::Heartbeat, &mut buf);
                 w.write(&buf).await?;
+                continue;
+            }
+            s = srx.recv() => {
+                match s {
+                    Ok(ch) => send_subs(host, ch, &mut srx, &mut buf, w).await?,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::info!(peer, missed, "peer link fell behind on subscriptions; sending them all again");
+                        srx = crate::sticky::subs::changes().subscribe();
+                        buf.clear();
+                        encode_all_subs(host, &mut buf);
+                        w.write(&buf).await?;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {}
+                }
                 continue;
             }
         };
@@ -284,6 +302,48 @@ async fn send_loop<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Send a local subscription change (and those queued behind it) for clusters that
+/// restore subscriptions.
+async fn send_subs<W: AsyncWrite + Unpin>(
+    host: &Host,
+    first: SubsChange,
+    srx: &mut broadcast::Receiver<SubsChange>,
+    buf: &mut Vec<u8>,
+    w: &mut Out<W>,
+) -> Result<(), LinkError> {
+    buf.clear();
+    let mut next = Some(first);
+    let mut n = 0;
+    while let Some(ch) = next.take() {
+        let on = host
+            .cluster(&ch.cluster)
+            .is_some_and(|c| c.config().sessions.restore_subscriptions);
+        if on {
+            frame::encode_subs(&ch.cluster, &[(ch.key, ch.subs.to_vec())], buf);
+        }
+        n += 1;
+        if n < DRAIN {
+            next = srx.try_recv().ok();
+        }
+    }
+    if !buf.is_empty() {
+        w.write(buf).await?;
+    }
+    Ok(())
+}
+
+/// Every stored subscription of the clusters that restore them, as SUBS frames.
+pub(super) fn encode_all_subs(host: &Host, buf: &mut Vec<u8>) {
+    for c in host.clusters_sorted() {
+        if c.config().sessions.restore_subscriptions {
+            let all = c.subs.export();
+            if !all.is_empty() {
+                frame::encode_subs(&c.name, &all, buf);
+            }
+        }
+    }
+}
+
 /// Send every table, shard by shard; returns how many updates went.
 async fn full_sync<W: AsyncWrite + Unpin>(host: &Host, w: &mut Out<W>) -> Result<u64, LinkError> {
     let mut buf = Vec::with_capacity(256 * 1024);
@@ -304,6 +364,7 @@ async fn full_sync<W: AsyncWrite + Unpin>(host: &Host, w: &mut Out<W>) -> Result
             }
         }
     }
+    encode_all_subs(host, &mut buf);
     frame::encode(&Frame::SyncEnd { entries: total }, &mut buf);
     w.write(&buf).await?;
     w.w.flush().await?;
@@ -408,6 +469,18 @@ async fn receive_loop<R: AsyncRead + Unpin>(
                     "full sticky table received from peer"
                 );
                 host.refresh_sticky_gauges();
+            }
+            Some(Frame::Subs { cluster, clients }) => {
+                // Applied only where this gateway restores subscriptions too.
+                if let Some(c) = host
+                    .cluster(&cluster)
+                    .filter(|c| c.config().sessions.restore_subscriptions)
+                {
+                    for (key, subs) in &clients {
+                        c.subs.apply_remote(key, subs);
+                    }
+                }
+                tokio::task::yield_now().await;
             }
             Some(Frame::Heartbeat) => {}
             Some(Frame::Error { reason }) => return Err(LinkError::Refused(reason)),

@@ -56,6 +56,9 @@ pub fn encode(host: &Host) -> (Vec<u8>, u64) {
             }
         }
     }
+    // Stored subscriptions after every sticky entry: a build that does not know SUBS
+    // frames still loads all the entries, then reports the snapshot as damaged.
+    super::link::encode_all_subs(host, &mut out);
     frame::encode(&Frame::SyncEnd { entries: total }, &mut out);
     (out, total)
 }
@@ -181,6 +184,14 @@ pub fn decode_into(host: &Host, path: &Path, bytes: &[u8]) -> Result<u64, Snapsh
                     for mut u in updates {
                         u.idle_ms = u.idle_ms.saturating_add(since);
                         c.sticky.merge(&u);
+                    }
+                }
+            }
+            Ok(Some((Frame::Subs { cluster, clients }, n))) => {
+                rest = &rest[n..];
+                if let Some(c) = host.cluster(&cluster) {
+                    for (key, subs) in &clients {
+                        c.subs.apply_remote(key, subs);
                     }
                 }
             }

@@ -7,6 +7,7 @@
 //! soon as it has been written). Counting uses pre-resolved counter handles: no label
 //! lookups or allocation per chunk.
 
+pub mod packets;
 pub mod task;
 
 use crate::metrics::NodeMetrics;

@@ -189,6 +189,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> Future for RelayTask<S,
 /// the node, answer the client "server unavailable" (3.x: CONNACK 0x03; 5: 0x88 with a
 /// reason string) as far as its socket takes it right now, and close both sides.
 fn connack_timed_out<S: AsyncWrite + Unpin>(cx: &mut Context<'_>, client: &mut S, keep: &Keep) {
+    let reply = connack_timeout_reply(keep);
+    let mut client = Pin::new(client);
+    if let Poll::Ready(Ok(_)) = client.as_mut().poll_write(cx, &reply) {
+        let _ = client.as_mut().poll_flush(cx);
+        let _ = client.as_mut().poll_shutdown(cx);
+    }
+}
+
+/// Count a missed CONNACK against the node and build the client's "server
+/// unavailable" reply (shared with the packet-aware relay).
+pub(super) fn connack_timeout_reply(keep: &Keep) -> Vec<u8> {
     let node = keep.node.node();
     let cluster = &keep.lst.cluster;
     let timeout = cluster.config().connack_timeout;
@@ -198,15 +209,10 @@ fn connack_timed_out<S: AsyncWrite + Unpin>(cx: &mut Context<'_>, client: &mut S
         .with_label_values(&[&cluster.name, &node.name, "timeout"])
         .inc();
     cluster.connack_missed(node);
-    let reply = mqtt::unavailable_reply(
+    mqtt::unavailable_reply(
         keep.v5,
         &format!("mqgate: no CONNACK from the broker within {timeout:?}"),
-    );
-    let mut client = Pin::new(client);
-    if let Poll::Ready(Ok(_)) = client.as_mut().poll_write(cx, &reply) {
-        let _ = client.as_mut().poll_flush(cx);
-        let _ = client.as_mut().poll_shutdown(cx);
-    }
+    )
 }
 
 /// How long a relayed connection stays half-closed. Once one side's close has been
@@ -217,13 +223,13 @@ fn connack_timed_out<S: AsyncWrite + Unpin>(cx: &mut Context<'_>, client: &mut S
 /// which would otherwise hold their `max_connections` slot forever.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
-struct Observed<'a> {
-    metrics: &'a Metrics,
-    cluster: &'a Cluster,
-    node: &'a Node,
+pub(super) struct Observed<'a> {
+    pub(super) metrics: &'a Metrics,
+    pub(super) cluster: &'a Cluster,
+    pub(super) node: &'a Node,
     /// Written only once the broker accepted the client (CONNACK code 0), so that
     /// clients that fail to log in cannot fill the table and push real entries out.
-    sticky: &'a mut Option<Box<StickyWrite>>,
+    pub(super) sticky: &'a mut Option<Box<StickyWrite>>,
 }
 
 impl ConnackSink for Observed<'_> {

@@ -17,6 +17,8 @@
 //! - **idle time** travels with every update, so a peer that receives an entry in a full
 //!   sync (or a snapshot that is loaded) gives it the remaining lifetime, not a new one.
 
+pub mod subs;
+
 use lru::LruCache;
 use std::hash::BuildHasher;
 use std::num::NonZeroUsize;

@@ -33,6 +33,20 @@ fn all_frames() -> Vec<Frame> {
         Frame::Error {
             reason: "nope ✓".into(),
         },
+        Frame::Subs {
+            cluster: "brokers".into(),
+            clients: vec![
+                (
+                    "dev-1".into(),
+                    vec![crate::sticky::subs::Sub {
+                        topic: "cmd/dev-1".into(),
+                        options: 0x25,
+                        properties: vec![0x0B, 7].into(),
+                    }],
+                ),
+                ("gone".into(), vec![]),
+            ],
+        },
     ]
 }
 
