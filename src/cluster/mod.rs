@@ -18,7 +18,7 @@ use crate::config::{
 };
 use crate::metrics::{Metrics, NodeMetrics};
 use crate::mqtt::Connect;
-use crate::sessions::SessionScope;
+use crate::sessions::{CloseCause, SessionScope};
 use crate::sticky::{Lookup, StickyTable};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use std::collections::HashMap;
@@ -92,6 +92,8 @@ pub struct Node {
     /// `closed` token: a relayed session waits on this single token for node down,
     /// maintenance, listener removal and shutdown alike.
     sessions: Mutex<HashMap<String, SessionScope>>,
+    /// Why its sessions were last closed (`CloseCause`), for the access log.
+    close_cause: AtomicU8,
     removed: AtomicBool,
     /// Forwarded CONNECTs in a row that got no CONNACK within `connack_timeout`.
     connack_misses: AtomicU32,
@@ -116,6 +118,7 @@ impl Node {
             relayed: AtomicU64::new(0),
             connack_failures: AtomicU64::new(0),
             sessions: Mutex::new(HashMap::new()),
+            close_cause: AtomicU8::new(0),
             removed: AtomicBool::new(false),
             connack_misses: AtomicU32::new(0),
             recheck: Notify::new(),
@@ -204,10 +207,20 @@ impl Node {
         t
     }
 
+    /// Why this node's sessions were last closed.
+    pub fn close_cause(&self) -> Option<CloseCause> {
+        CloseCause::from_u8(self.close_cause.load(Ordering::Acquire))
+    }
+
     /// Close every session currently relayed through this node.
-    pub fn close_sessions(&self) {
+    pub fn close_sessions(&self, cause: CloseCause) {
         let old = {
             let mut g = crate::sync::lock(&self.sessions);
+            // The first cause wins: a leader marked down is then no longer leader,
+            // and its sessions were closed for the first reason.
+            if !g.is_empty() {
+                self.close_cause.store(cause as u8, Ordering::Release);
+            }
             std::mem::take(&mut *g)
         };
         for t in old.values() {
@@ -412,7 +425,7 @@ impl Cluster {
             r.removed.store(true, Ordering::Release);
             r.tasks.cancel();
             if cfg.on_node_down == OnNodeDown::Disconnect {
-                r.close_sessions();
+                r.close_sessions(CloseCause::Removed);
             }
             self.forget_node_metrics(r);
         }
@@ -426,7 +439,7 @@ impl Cluster {
         for n in self.nodes().iter() {
             n.removed.store(true, Ordering::Release);
             n.tasks.cancel();
-            n.close_sessions();
+            n.close_sessions(CloseCause::Removed);
             self.forget_node_metrics(n);
         }
     }
@@ -446,7 +459,7 @@ impl Cluster {
             .with_label_values(&[&self.name, &node.name, h.as_str()])
             .inc();
         if h == Health::Down && self.config().on_node_down == OnNodeDown::Disconnect {
-            node.close_sessions();
+            node.close_sessions(CloseCause::NodeDown);
         }
         self.update_leader();
         self.changed.notify_waiters();
@@ -464,7 +477,7 @@ impl Cluster {
                 .set((st == s) as i64);
         }
         if s == AdminState::Maint {
-            node.close_sessions();
+            node.close_sessions(CloseCause::Maint);
         }
         self.update_leader();
         self.changed.notify_waiters();
@@ -541,7 +554,7 @@ impl Cluster {
                 .with_label_values(&[&self.name, &old.name])
                 .set(0);
             if cfg.on_node_down == OnNodeDown::Disconnect {
-                old.close_sessions();
+                old.close_sessions(CloseCause::LeaderChange);
             }
         }
         if let Some(new) = &next {

@@ -4,8 +4,11 @@
 //! reload go through [`load`] / [`parse`], so they accept and refuse exactly the same files.
 
 mod errors;
+mod ops;
 mod raw;
 mod validate;
+
+pub use ops::{AccessTarget, CertField, IdentityPolicy};
 
 pub use raw::RawConfig;
 pub use validate::bounds;
@@ -52,6 +55,9 @@ impl Config {
 pub struct LogConfig {
     pub level: String,
     pub format: LogFormat,
+    /// Where the access log goes (`crate::access`); off by default.
+    pub access: AccessTarget,
+    pub access_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +100,8 @@ pub struct ListenerConfig {
     pub cluster: String,
     pub proxy_protocol: bool,
     pub trusted_proxies: Vec<IpNet>,
+    /// This listener's own connection limit, within `limits.max_connections`.
+    pub max_connections: Option<usize>,
     pub tls: Option<TlsConfig>,
 }
 
@@ -103,6 +111,8 @@ pub struct TlsConfig {
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
     pub min_version: TlsVersion,
+    /// Username / client id from the client certificate (rewritten or checked).
+    pub identity: IdentityPolicy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -415,6 +415,12 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
             &raw.log.format,
             &[("text", LogFormat::Text), ("json", LogFormat::Json)],
         ),
+        access: super::ops::access_target(&raw.log, &v.base, &mut v.errors),
+        access_format: v.one_of(
+            "log.access_format".into(),
+            &raw.log.access_format,
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        ),
     };
 
     let l = &raw.limits;
@@ -729,6 +735,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
                 &t.min_version,
                 &[("1.2", TlsVersion::V1_2), ("1.3", TlsVersion::V1_3)],
             ),
+            identity: super::ops::identity(i, t, &mut v.errors),
         });
         if let Some(t) = &tls {
             v.tls_material(
@@ -745,6 +752,12 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
             cluster: rl.cluster.clone(),
             proxy_protocol: rl.proxy_protocol,
             trusted_proxies: trusted,
+            max_connections: super::ops::listener_max_connections(
+                i,
+                rl.max_connections,
+                raw.limits.max_connections,
+                &mut v.errors,
+            ),
             tls,
         });
     }

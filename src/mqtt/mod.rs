@@ -21,6 +21,7 @@ pub mod connack;
 pub mod connect;
 mod error;
 mod properties;
+pub mod rewrite;
 mod wire;
 
 pub use connack::{
