@@ -8,9 +8,11 @@
 
 mod common;
 
+mod access_log;
 mod admin_api;
 mod alert_rules;
 mod bad_input;
+mod cert_identity;
 mod cluster_admin;
 mod cluster_dynsec;
 mod cluster_fullsync;
