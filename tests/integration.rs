@@ -30,6 +30,7 @@ mod logs;
 mod metrics;
 mod migration_guide;
 mod mqtt_proptest;
+mod ops_cli;
 mod peers;
 mod proxy_protocol;
 mod reload;

@@ -13,6 +13,7 @@ pub use ops::{AccessTarget, CertField, IdentityPolicy};
 pub use raw::RawConfig;
 pub use validate::bounds;
 pub use validate::host_name;
+pub use validate::parse_duration;
 pub use validate::validate;
 
 use ipnet::IpNet;
