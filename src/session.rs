@@ -32,20 +32,29 @@ pub struct Slot {
     pub listener: ListenerCount,
 }
 
-/// One connection counted in its listener's `active`; uncounted on drop.
-pub struct ListenerCount(Arc<std::sync::atomic::AtomicUsize>);
+/// One connection counted in its listener's `active`; uncounted on drop, or by the
+/// relay task's `Keep` once [`ListenerCount::hand_over`] gave the count to it (so that
+/// an idle relayed connection does not carry a second pointer to the counter).
+pub struct ListenerCount(Option<Arc<std::sync::atomic::AtomicUsize>>);
 
 impl ListenerCount {
     /// Count a connection; answers the count with it.
     pub fn new(active: &Arc<std::sync::atomic::AtomicUsize>) -> (Self, usize) {
         let n = active.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        (ListenerCount(active.clone()), n)
+        (ListenerCount(Some(active.clone())), n)
+    }
+
+    /// The count is now the relay's to undo (`ListenerRt::active`, the same counter).
+    pub fn hand_over(mut self) {
+        self.0 = None;
     }
 }
 
 impl Drop for ListenerCount {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(a) = &self.0 {
+            a.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -284,9 +293,10 @@ pub async fn serve<S>(
         active,
         v5,
         permit: slot.permit,
-        listener_slot: slot.listener,
         access,
     };
+    // `Keep` uncounts the connection from `lst.active` when it ends.
+    slot.listener.hand_over();
     let task = RelayTask::new(client, broker, started, cfg.connack_timeout, &closed, keep);
     // The connection's span exists only when debug logging is on; otherwise the
     // task carries no span at all.

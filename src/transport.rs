@@ -119,7 +119,7 @@ async fn handshake_then_serve(
         Ok(Ok(stream)) => {
             let conn = stream.get_ref().1;
             if lst.cluster.config().send_proxy_protocol != ProxyProtocolOut::Off
-                || data.access.sink().is_some()
+                || data.access.is_on()
             {
                 ctx.tls_info = Some(crate::proxy::TlsInfo::from_server_conn(conn));
             }

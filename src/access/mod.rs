@@ -186,6 +186,12 @@ impl AccessLog {
         self.state.reopen();
     }
 
+    /// The access log is on (one relaxed atomic load).
+    #[inline]
+    pub fn is_on(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
     /// The sink a connection logs through, `None` when the access log is off.
     #[inline]
     pub fn sink(&self) -> Option<Sink> {

@@ -35,8 +35,6 @@ pub struct Keep {
     pub v5: bool,
     /// The connection's place under `max_connections`, held until it closes.
     pub permit: OwnedSemaphorePermit,
-    /// Its place under its listener's `max_connections`.
-    pub listener_slot: crate::session::ListenerCount,
     /// The access-log line in the making; `None` (8 bytes) when the log is off.
     pub access: Option<Box<crate::access::Entry>>,
 }
@@ -52,6 +50,11 @@ impl Keep {
 impl Drop for Keep {
     fn drop(&mut self) {
         self.active.dec();
+        // The connection's count under its listener's `max_connections`
+        // (`session::ListenerCount::hand_over`).
+        self.lst
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
