@@ -162,7 +162,7 @@ pub fn apply(packet: &[u8], c: &Connect<'_>, policy: &IdentityPolicy, ids: &Cert
     }
 }
 
-/// The session step: on a listener with an identity policy, decide on the CONNECT in
+/// The session step, on a listener with an active identity `policy`: decide on the CONNECT in
 /// `buf[..len]` (followed by whatever the client sent after it). Answers the buffer to
 /// forward and its CONNECT length, or `None` when the client was refused (CONNACK
 /// "not authorized", counted as `reason="identity"`, logged).
@@ -173,22 +173,17 @@ pub(crate) async fn enforce<S>(
     client: &mut S,
     buf: Vec<u8>,
     len: usize,
+    policy: &IdentityPolicy,
 ) -> Option<(Vec<u8>, usize)>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let Some(policy) = lst.config.tls.as_ref().map(|t| t.identity) else {
-        return Some((buf, len));
-    };
-    if !policy.is_active() {
-        return Some((buf, len));
-    }
     let Ok(c) = crate::mqtt::parse_connect(&buf[..len]) else {
         return Some((buf, len)); // refused by the caller's parse, as any malformed CONNECT
     };
     let ids = ctx.cert_ids.as_deref().cloned().unwrap_or_default();
     let lname = lst.config.name.as_str();
-    match apply(&buf[..len], &c, &policy, &ids) {
+    match apply(&buf[..len], &c, policy, &ids) {
         Decision::Unchanged => Some((buf, len)),
         Decision::Rewritten(mut packet, fields) => {
             tracing::debug!(?fields, "CONNECT rewritten from the client certificate");

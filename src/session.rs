@@ -165,18 +165,17 @@ pub async fn serve<S>(
     };
     // Client-certificate identity: the CONNECT forwarded (and routed on) may be a
     // rewritten one (`crate::identity`).
-    let (buf, len) = match Box::pin(crate::identity::enforce(
-        data,
-        lst,
-        &ctx,
-        &mut client,
-        buf,
-        len,
-    ))
-    .await
-    {
-        Some(x) => x,
-        None => return,
+    // (Checked here, so that other listeners' connections box nothing for it.)
+    let policy = lst.config.tls.as_ref().map(|t| t.identity);
+    let (buf, len) = match policy.filter(|p| p.is_active()) {
+        None => (buf, len),
+        Some(policy) => {
+            let step = crate::identity::enforce(data, lst, &ctx, &mut client, buf, len, &policy);
+            match Box::pin(step).await {
+                Some(x) => x,
+                None => return,
+            }
+        }
     };
     let connect = match mqtt::parse_connect(&buf[..len]) {
         Ok(c) => c,
