@@ -53,24 +53,37 @@ fn check_json_lists_listeners_and_nodes_and_refuses_bad_new_keys() {
     assert!(stdout.contains("node b1") && stdout.contains("broker-1.internal:1883"));
     assert!(stdout.contains("access   log to stderr (text)"), "{stdout}");
 
-    // A listener's limit beyond the global one, and identity without client_ca.
-    let bad = text.replace(
-        "max_connections = 10\n",
-        "max_connections = 60000\n[listeners.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nusername_from = \"cn\"\n",
-    );
-    std::fs::write(&file, bad).expect("write");
+    // A listener's limit beyond the global one: a warning.
+    let over = text.replace("max_connections = 10\n", "max_connections = 60000\n");
+    std::fs::write(&file, &over).expect("write");
     let (code, _, stderr) = mqgate_check(&file);
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("listeners[0].max_connections"), "{stderr}");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: key `listeners[0].max_connections`"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("more than [limits] max_connections (50000)"),
         "{stderr}"
     );
+
+    // Identity without client_ca, and rewrite and check of the same field: errors.
+    let bad = text.replace(
+        "max_connections = 10\n",
+        "max_connections = 10\n[listeners.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nusername_from = \"cn\"\nrequire_username_match = \"san_dns\"\n",
+    );
+    std::fs::write(&file, bad).expect("write");
+    let (code, _, stderr) = mqgate_check(&file);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("listeners[0].tls.username_from"),
         "{stderr}"
     );
     assert!(stderr.contains("set client_ca"), "{stderr}");
+    assert!(
+        stderr.contains("both username_from and require_username_match"),
+        "{stderr}"
+    );
 }
 
 #[test]

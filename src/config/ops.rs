@@ -240,27 +240,30 @@ pub fn identity(i: usize, t: &RawTls, errors: &mut Vec<ConfigError>) -> Identity
     p
 }
 
-/// `[[listeners]] max_connections` of listener `i`: 1–100000000, within the global one.
+/// `[[listeners]] max_connections` of listener `i`: 1–100000000. Above the global
+/// `[limits] max_connections` it has no effect (the global limit is reached first):
+/// a warning, as for HAProxy's `maxconn` on a `bind` above the global one.
 pub fn listener_max_connections(
     i: usize,
     v: Option<i64>,
     global: i64,
     errors: &mut Vec<ConfigError>,
+    warnings: &mut Vec<ConfigError>,
 ) -> Option<usize> {
     let v = v?;
     let (lo, hi) = super::bounds::MAX_CONNECTIONS;
     if v < lo || v > hi {
         errors.push(error(
             format!("listeners[{i}].max_connections"),
-            format!("{v} is out of range; expected an integer from {lo} to {hi}"),
+            format!("must be at least {lo} and at most {hi}, got {v}"),
             None,
         ));
         return None;
     }
     if v > global {
-        errors.push(error(
+        warnings.push(error(
             format!("listeners[{i}].max_connections"),
-            format!("{v} is more than [limits] max_connections ({global})"),
+            format!("{v} is more than [limits] max_connections ({global}): the global limit is reached first"),
             Some("a listener's limit counts within the global one; raise [limits] max_connections or lower this"),
         ));
     }

@@ -757,6 +757,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
                 rl.max_connections,
                 raw.limits.max_connections,
                 &mut v.errors,
+                &mut v.warnings,
             ),
             tls,
         });
