@@ -334,6 +334,24 @@ fn rewritten_connects_of_every_protocol_level_decode_with_their_new_identity() {
         }
         other => panic!("not a CONNECT: {other:?}"),
     }
+    // The sticky key is the rewritten client id (a persistent session is recorded once
+    // the broker accepted it), not the claimed one.
+    let sticky = |key: &str| {
+        http(
+            "GET",
+            s.gate.admin_port,
+            &format!("/api/v1/clusters/rec/sticky/{key}"),
+            None,
+            None,
+        )
+        .map(|(status, body)| (status, body))
+        .unwrap_or((0, String::new()))
+    };
+    wait_until(Duration::from_secs(10), "sticky entry of dev1", || {
+        let (status, body) = sticky("dev1");
+        status == 200 && body.contains("rec1")
+    });
+    assert_eq!(sticky("v5-claimed").0, 404);
     // 3.1 (MQIsdp): mqttbytes has no 3.1; mqgate's own parser reads it back.
     let c = Connect::new("old").level(3).login("dev2", "pw");
     exchange(&s, s.record, &c.bytes());
