@@ -344,7 +344,6 @@ fn rewritten_connects_of_every_protocol_level_decode_with_their_new_identity() {
             None,
             None,
         )
-        .map(|(status, body)| (status, body))
         .unwrap_or((0, String::new()))
     };
     wait_until(Duration::from_secs(10), "sticky entry of dev1", || {
