@@ -342,10 +342,12 @@ impl Gateway {
                 };
                 if let Some((sock, dup)) = prepared.sockets.remove(&l.name) {
                     let local_addr = sock.local_addr().unwrap_or(l.bind);
+                    let mut old_active = None;
                     let closed = match slots.remove(&l.name) {
                         Some(old_slot) => {
                             tracing::info!(listener = %l.name, from = %old_slot.bind, to = %l.bind, "listener re-bound");
                             old_slot.stop_accept.cancel();
+                            old_active = Some(old_slot.active);
                             old_slot.closed
                         }
                         None => {
@@ -356,6 +358,10 @@ impl Gateway {
                         }
                     };
                     let stop_accept = CancellationToken::new();
+                    let active = match &old_active {
+                        Some(a) => a.clone(),
+                        None => Arc::default(),
+                    };
                     slots.insert(
                         l.name.clone(),
                         ListenerSlot {
@@ -364,6 +370,7 @@ impl Gateway {
                             sock: Some(dup),
                             stop_accept: stop_accept.clone(),
                             closed,
+                            active,
                         },
                     );
                     to_start.push((l.name.clone(), sock, stop_accept));
@@ -383,6 +390,7 @@ impl Gateway {
                         cluster,
                         closed: slot.closed.clone(),
                         local_addr: slot.local_addr,
+                        active: slot.active.clone(),
                     }),
                 );
             }
@@ -411,6 +419,11 @@ impl Gateway {
                 f(level);
             }
         }
+        // The access log's target and format, reopened at every reload (logrotate).
+        shared
+            .data
+            .access
+            .configure(&cfg.log.access, cfg.log.access_format);
 
         // Swap the view, then start accepting on new sockets.
         shared.data.set_runtime(Runtime {

@@ -32,6 +32,7 @@
 // No `unwrap()` on I/O or input: errors are handled or reported (unit tests may).
 #![warn(clippy::unwrap_used)]
 
+pub mod access;
 pub mod admin;
 pub mod broker_tls;
 pub mod cli;
@@ -42,6 +43,7 @@ pub mod gateway;
 pub mod handover;
 pub mod health;
 pub mod host;
+pub mod identity;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

@@ -167,6 +167,8 @@ fn admit(
     if !lst.config.proxy_protocol
         && crate::transport::over_rate(data, name, peer, rt.config.limits.per_ip_connect_rate)
     {
+        let now = tokio::time::Instant::now();
+        crate::transport::log_early(data, &lst, peer, now, crate::metrics::Reject::Rate);
         return None;
     }
     let data = data.clone();

@@ -46,11 +46,21 @@ enum Cmd {
         /// The config file to check (TOML).
         #[arg(short, long, value_name = "FILE", default_value = "mqgate.toml")]
         config: PathBuf,
+        /// Print the result as one JSON object (listeners, clusters and their nodes,
+        /// admin, peers, limits, access log, warnings); errors stay text on stderr.
+        #[arg(long)]
+        json: bool,
     },
     /// Table of clusters, nodes, states, leader, connections and peers.
     Status {
         #[command(flatten)]
         target: AdminTarget,
+        /// Redraw the table in place every --interval until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// Time between two redraws of --watch, e.g. "2s", "500ms".
+        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_interval)]
+        interval: std::time::Duration,
     },
     /// Change a node's admin state.
     Node {
@@ -88,6 +98,17 @@ struct AdminTarget {
     config: Option<PathBuf>,
 }
 
+/// `--interval`: a duration as the config file writes them, at least 100 ms.
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    match mqgate::config::parse_duration(s) {
+        Some(d) if d >= std::time::Duration::from_millis(100) => Ok(d),
+        Some(_) => Err("at least 100ms".into()),
+        None => Err(format!(
+            "{s:?} is not a duration such as \"2s\" or \"500ms\""
+        )),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
@@ -96,9 +117,13 @@ fn main() -> ExitCode {
             handover,
             no_watch,
         } => run(config, handover, no_watch),
-        Cmd::Check { config } => match mqgate::config::load(&config) {
+        Cmd::Check { config, json } => match mqgate::config::load(&config) {
             Ok(cfg) => {
-                print!("{}", mqgate::cli::summary(&cfg));
+                if json {
+                    println!("{}", mqgate::cli::summary_json(&cfg));
+                } else {
+                    print!("{}", mqgate::cli::summary(&cfg));
+                }
                 for w in cfg.warning_lines() {
                     eprintln!("{w}");
                 }
@@ -118,7 +143,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Status { target } => {
+        Cmd::Status {
+            target,
+            watch: true,
+            interval,
+        } => mqgate::cli::watch(target.admin, target.config, interval),
+        Cmd::Status { target, .. } => {
             mqgate::cli::client(mqgate::cli::Request::Status, target.admin, target.config)
         }
         Cmd::Node {

@@ -42,6 +42,8 @@ pub mod names {
     pub const CONFIG_RELOADS_TOTAL: &str = "mqgate_config_reloads_total";
     pub const QUEUED_CONNECTIONS: &str = "mqgate_queued_connections";
     pub const QUEUE_TOTAL: &str = "mqgate_queue_total";
+    pub const ACCESS_LOG_DROPPED_TOTAL: &str = "mqgate_access_log_dropped_total";
+    pub const IDENTITY_REWRITES_TOTAL: &str = "mqgate_identity_rewrites_total";
     pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
         "mqgate_config_last_reload_success_timestamp_seconds";
 }
@@ -94,6 +96,10 @@ pub enum Reject {
     WsFrame,
     /// A text frame before the CONNECT: close frame 1003.
     WsText,
+    /// The CONNECT claims another identity than the client certificate's
+    /// (`require_username_match` / `require_client_id_match`), or the certificate
+    /// lacks the field the listener takes the identity from.
+    Identity,
 }
 
 impl Reject {
@@ -117,6 +123,7 @@ impl Reject {
             Reject::WsSubprotocol => "ws_subprotocol",
             Reject::WsFrame => "ws_frame",
             Reject::WsText => "ws_text",
+            Reject::Identity => "identity",
         }
     }
 }
@@ -156,6 +163,10 @@ pub struct Metrics {
     pub queue_results: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: IntGauge,
+    /// Access-log lines lost because the writer fell behind or its target failed.
+    pub access_log_dropped: IntCounter,
+    /// CONNECTs whose username / client id mqgate rewrote from the client certificate.
+    pub identity_rewrites: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -398,6 +409,22 @@ impl Metrics {
                     .expect("metric registered once");
                 g
             },
+            access_log_dropped: {
+                let c = IntCounter::new(
+                    ACCESS_LOG_DROPPED_TOTAL,
+                    "Access-log lines dropped (writer behind, or its target failing).",
+                )
+                .expect("valid metric definition");
+                r.register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
+            identity_rewrites: counter(
+                &r,
+                IDENTITY_REWRITES_TOTAL,
+                "CONNECT fields rewritten from the client certificate, by field.",
+                &["listener", "field"],
+            ),
             registry: r,
         };
         m.build_info

@@ -79,7 +79,27 @@ pub async fn run_opts(
     let triggers = wire(&gw, !opts.no_watch).await?;
     #[cfg(unix)]
     crate::reload::on_sighup(&triggers).context("installing the SIGHUP handler")?;
+    on_sigusr1(&gw).context("installing the SIGUSR1 handler")?;
     shutdown.cancelled().await;
     gw.shutdown().await;
+    Ok(())
+}
+
+/// SIGUSR1 reopens the access log file (after logrotate renamed it).
+fn on_sigusr1(gw: &Gateway) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let data = gw.shared.data.clone();
+    let stop = gw.shared.background.clone();
+    gw.shared.bg_tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                s = usr1.recv() => if s.is_none() { return },
+                _ = stop.cancelled() => return,
+            }
+            tracing::info!("SIGUSR1: reopening the access log");
+            data.access.reopen();
+        }
+    });
     Ok(())
 }

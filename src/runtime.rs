@@ -43,6 +43,9 @@ pub struct ListenerRt {
     /// its sessions close.
     pub closed: SessionScope,
     pub local_addr: SocketAddr,
+    /// Connections of this listener now (kept across reloads, for its own
+    /// `max_connections`).
+    pub active: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// How many over-limit clients may be in the middle of being refused at once.
@@ -64,6 +67,8 @@ pub struct DataPath {
     pub workers: Workers,
     /// Stop accepting (start of graceful shutdown).
     pub stopping: CancellationToken,
+    /// The access log (`[log] access`); off unless configured.
+    pub access: crate::access::AccessLog,
 }
 
 impl DataPath {
@@ -75,11 +80,12 @@ impl DataPath {
     ) -> Self {
         DataPath {
             runtime: ArcSwap::from_pointee(runtime),
-            metrics,
             conn_limit: Arc::new(Semaphore::new(conn_permits)),
             rejecting: Arc::new(Semaphore::new(MAX_REJECTING)),
             rate: RateLimiter::default(),
             tracker: TaskTracker::new(),
+            access: crate::access::AccessLog::new(metrics.access_log_dropped.clone()),
+            metrics,
             workers,
             stopping: CancellationToken::new(),
         }

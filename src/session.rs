@@ -31,6 +31,34 @@ pub struct Slot {
     /// speaks the client's protocol version), then answered "server busy". At most
     /// `MAX_REJECTING` (gateway.rs) such clients are being refused at once.
     pub granted: bool,
+    /// Its count in its listener's connections (for the listener's `max_connections`).
+    pub listener: ListenerCount,
+}
+
+/// One connection counted in its listener's `active`; uncounted on drop, or by the
+/// relay task's `Keep` once [`ListenerCount::hand_over`] gave the count to it (so that
+/// an idle relayed connection does not carry a second pointer to the counter).
+pub struct ListenerCount(Option<Arc<std::sync::atomic::AtomicUsize>>);
+
+impl ListenerCount {
+    /// Count a connection; answers the count with it.
+    pub fn new(active: &Arc<std::sync::atomic::AtomicUsize>) -> (Self, usize) {
+        let n = active.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        (ListenerCount(Some(active.clone())), n)
+    }
+
+    /// The count is now the relay's to undo (`ListenerRt::active`, the same counter).
+    pub fn hand_over(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ListenerCount {
+    fn drop(&mut self) {
+        if let Some(a) = &self.0 {
+            a.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 enum ReadError {
@@ -128,13 +156,29 @@ pub async fn serve<S>(
         Err(ReadError::Reject(reason, why)) => {
             tracing::debug!(reason = reason.as_str(), "refused: {why}");
             data.metrics.reject(lname, reason);
+            log_refusal(data, lst, &ctx, None, reason, None);
             return;
         }
         Err(ReadError::Protocol(level)) => {
             tracing::debug!(level, "refused: unsupported protocol level");
             data.metrics.reject(lname, Reject::Protocol);
+            log_refusal(data, lst, &ctx, None, Reject::Protocol, Some(0x01));
             Box::pin(refuse(&mut client, false, 0x01)).await;
             return;
+        }
+    };
+    // Client-certificate identity: the CONNECT forwarded (and routed on) may be a
+    // rewritten one (`crate::identity`).
+    // (Checked here, so that other listeners' connections box nothing for it.)
+    let policy = lst.config.tls.as_ref().map(|t| t.identity);
+    let (buf, len) = match policy.filter(|p| p.is_active()) {
+        None => (buf, len),
+        Some(policy) => {
+            let step = crate::identity::enforce(data, lst, &ctx, &mut client, buf, len, &policy);
+            match Box::pin(step).await {
+                Some(x) => x,
+                None => return,
+            }
         }
     };
     let connect = match mqtt::parse_connect(&buf[..len]) {
@@ -150,6 +194,7 @@ pub async fn serve<S>(
             };
             tracing::debug!(reason = reason.as_str(), "refused: {why}");
             data.metrics.reject(lname, reason);
+            log_refusal(data, lst, &ctx, None, reason, level.map(|_| 0x01));
             if level.is_some() {
                 Box::pin(refuse(&mut client, false, 0x01)).await;
             }
@@ -165,7 +210,9 @@ pub async fn serve<S>(
     if !slot.granted {
         tracing::debug!("refused: max_connections reached");
         data.metrics.reject(lname, Reject::Busy);
-        Box::pin(refuse(&mut client, v5, if v5 { 0x89 } else { 0x03 })).await;
+        let code = if v5 { 0x89 } else { 0x03 };
+        log_refusal(data, lst, &ctx, Some(&connect), Reject::Busy, Some(code));
+        Box::pin(refuse(&mut client, v5, code)).await;
         return;
     }
     let cluster = &lst.cluster;
@@ -195,11 +242,13 @@ pub async fn serve<S>(
         closed,
         started,
         held,
+        forwarded,
     } = match route.await {
         Ok(r) => r,
         Err(Unrouted::ClientGone(why)) => {
             tracing::debug!(reason = "closed", "client left while held: {why}");
             data.metrics.reject(lname, Reject::Closed);
+            log_refusal(data, lst, &ctx, Some(&connect), Reject::Closed, None);
             return;
         }
         Err(Unrouted::ListenerClosed) => {
@@ -215,6 +264,8 @@ pub async fn serve<S>(
             } else {
                 Vec::new()
             };
+            let code = (!bytes.is_empty()).then_some(if v5 { 0x88 } else { 0x03 });
+            log_refusal(data, lst, &ctx, Some(&connect), Reject::NoNode, code);
             Box::pin(refuse_with(&mut client, &bytes)).await;
             return;
         }
@@ -231,6 +282,23 @@ pub async fn serve<S>(
     };
     let clean_start = connect.clean_session;
     let persistent = connect.keeps_session();
+    let access = data.access.sink().map(|sink| {
+        let mut e = crate::access::Entry::new(
+            sink,
+            data.stopping.clone(),
+            crate::access::Started {
+                listener: lname,
+                cluster: &cluster.name,
+                node: &node.name,
+                peer: ctx.peer,
+                accepted: ctx.accepted,
+                tls: ctx.tls_info.as_ref(),
+                connect: &connect,
+            },
+        );
+        e.forwarded(forwarded);
+        e
+    });
     drop(buf);
     // The relay runs as a task of its own that holds only what relaying needs: this
     // set-up task (CONNECT buffer, pick, timers, TLS handshake state) ends here and
@@ -250,7 +318,10 @@ pub async fn serve<S>(
         active,
         v5,
         permit: slot.permit,
+        access,
     };
+    // `Keep` uncounts the connection from `lst.active` when it ends.
+    slot.listener.hand_over();
     data.metrics
         .relay_connections
         .with_label_values(&[
@@ -311,6 +382,27 @@ where
     }
 }
 
+/// Write the access-log line of a connection refused here (nothing when the log is off).
+pub(crate) fn log_refusal(
+    data: &DataPath,
+    lst: &ListenerRt,
+    ctx: &ClientCtx,
+    connect: Option<&mqtt::Connect<'_>>,
+    reason: Reject,
+    connack: Option<u8>,
+) {
+    data.access.refused(crate::access::Refusal {
+        listener: &lst.config.name,
+        cluster: &lst.cluster.name,
+        peer: ctx.peer,
+        accepted: ctx.accepted,
+        tls: ctx.tls_info.as_ref(),
+        connect,
+        reason,
+        connack,
+    });
+}
+
 /// A client with a node: the broker connection (CONNECT and what followed already
 /// forwarded), the sticky write to do once the broker accepts, and the token that
 /// closes the session.
@@ -320,6 +412,8 @@ struct Routed {
     sticky: Option<StickyWrite>,
     closed: SessionScope,
     started: Instant,
+    /// Bytes forwarded before the relay (the CONNECT and what followed it).
+    forwarded: u64,
     /// Packet-aware relay: what the client sent while held, not forwarded yet.
     held: Vec<u8>,
 }
@@ -421,6 +515,7 @@ async fn route<S: AsyncRead + Unpin>(
                         sticky: pick.sticky,
                         closed,
                         started,
+                        forwarded: (buf.len() + extra_now.len()) as u64,
                         held: if hold {
                             std::mem::take(&mut extra)
                         } else {
@@ -506,7 +601,7 @@ async fn route<S: AsyncRead + Unpin>(
 
 /// Send our own CONNACK and close cleanly: half-close, then drain what the client still
 /// sends for a moment so that the close does not turn into a reset that eats the reply.
-async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, v5: bool, code: u8) {
+pub(crate) async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, v5: bool, code: u8) {
     let (reply, n) = connack_reply(v5, code);
     refuse_with(s, &reply[..n]).await
 }

@@ -15,6 +15,29 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+/// Why a node's sessions were closed, kept on the node for the access log (the relay
+/// reads it once its scope closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseCause {
+    NodeDown = 1,
+    Maint = 2,
+    LeaderChange = 3,
+    Removed = 4,
+}
+
+impl CloseCause {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(CloseCause::NodeDown),
+            2 => Some(CloseCause::Maint),
+            3 => Some(CloseCause::LeaderChange),
+            4 => Some(CloseCause::Removed),
+            _ => None,
+        }
+    }
+}
+
 /// Bumped before any scope is closed.
 static EPOCH: AtomicU64 = AtomicU64::new(0);
 

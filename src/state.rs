@@ -26,6 +26,8 @@ pub(crate) struct ListenerSlot {
     pub(crate) sock: Option<std::net::TcpListener>,
     pub(crate) stop_accept: CancellationToken,
     pub(crate) closed: SessionScope,
+    /// Connections of this listener now (its own `max_connections`).
+    pub(crate) active: Arc<AtomicUsize>,
 }
 
 /// State that lives as long as the process, across reloads.

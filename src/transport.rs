@@ -38,7 +38,8 @@ pub async fn handle(
     async move {
         // TCP_NODELAY is inherited from the listening socket (`listener::bind`).
         let limits = &rt.config.limits;
-        let Some(slot) = take_slot(&data, &lst.config.name) else {
+        let accepted = Instant::now();
+        let Some(slot) = take_slot(&data, &lst, peer, accepted) else {
             return;
         };
         let mut tcp = tcp;
@@ -62,12 +63,14 @@ pub async fn handle(
                     proxied = Some(info);
                     let rate = limits.per_ip_connect_rate;
                     if over_rate(&data, &lst.config.name, peer, rate) {
+                        log_early(&data, &lst, peer, accepted, Reject::Rate);
                         return;
                     }
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "refused: PROXY header");
                     data.metrics.reject(&lst.config.name, Reject::Proxy);
+                    log_early(&data, &lst, peer, accepted, Reject::Proxy);
                     return;
                 }
             }
@@ -80,6 +83,8 @@ pub async fn handle(
             local: if send_pp { tcp.local_addr().ok() } else { None },
             proxied,
             tls_info: None,
+            accepted,
+            cert_ids: None,
         };
         // Boxed: the task keeps only the future of the transport in use, not the
         // largest of plain, TLS handshake and TLS serve (idle memory per connection).
@@ -114,18 +119,29 @@ async fn handshake_then_serve(
     };
     match timeout_at(deadline, handshake).await {
         Ok(Ok(stream)) => {
-            if lst.cluster.config().send_proxy_protocol != ProxyProtocolOut::Off {
-                ctx.tls_info = Some(crate::proxy::TlsInfo::from_server_conn(stream.get_ref().1));
+            let conn = stream.get_ref().1;
+            if lst.cluster.config().send_proxy_protocol != ProxyProtocolOut::Off
+                || data.access.is_on()
+            {
+                ctx.tls_info = Some(crate::proxy::TlsInfo::from_server_conn(conn));
+            }
+            let policy = lst.config.tls.as_ref().map(|t| t.identity);
+            if let Some(p) = policy.filter(|p| p.is_active()) {
+                let leaf = conn.peer_certificates().and_then(|c| c.first());
+                ctx.cert_ids =
+                    leaf.map(|der| Box::new(crate::identity::CertIds::from_der(der.as_ref(), &p)));
             }
             Box::pin(serve(data, rt, lst, stream, ctx, slot)).await
         }
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "refused: TLS handshake failed");
             tls_failed(data, lst);
+            log_early(data, lst, ctx.peer, ctx.accepted, Reject::Tls);
         }
         Err(_) => {
             tracing::debug!("refused: TLS handshake timed out");
             tls_failed(data, lst);
+            log_early(data, lst, ctx.peer, ctx.accepted, Reject::Tls);
         }
     }
 }
@@ -164,24 +180,64 @@ async fn serve<S>(
     }
 }
 
-fn take_slot(data: &DataPath, listener: &str) -> Option<Slot> {
-    if let Ok(p) = data.conn_limit.clone().try_acquire_owned() {
-        return Some(Slot {
-            permit: p,
-            granted: true,
-        });
+/// A place under `max_connections`, global and the listener's own; over either, a
+/// "refusing" place (the CONNECT is read, then answered "server busy"), and with 1,024
+/// refusals already running, none.
+fn take_slot(
+    data: &DataPath,
+    lst: &ListenerRt,
+    peer: SocketAddr,
+    accepted: Instant,
+) -> Option<Slot> {
+    let (listener, n) = crate::session::ListenerCount::new(&lst.active);
+    let listener_full = lst.config.max_connections.is_some_and(|max| n > max);
+    if !listener_full {
+        if let Ok(p) = data.conn_limit.clone().try_acquire_owned() {
+            return Some(Slot {
+                permit: p,
+                granted: true,
+                listener,
+            });
+        }
     }
     match data.rejecting.clone().try_acquire_owned() {
-        Ok(p) => Some(Slot {
-            permit: p,
-            granted: false,
-        }),
+        Ok(p) => {
+            if listener_full {
+                tracing::debug!("listener max_connections reached: refusing");
+            }
+            Some(Slot {
+                permit: p,
+                granted: false,
+                listener,
+            })
+        }
         Err(_) => {
             tracing::debug!("refused: max_connections reached (closed without reading)");
-            data.metrics.reject(listener, Reject::Busy);
+            data.metrics.reject(&lst.config.name, Reject::Busy);
+            log_early(data, lst, peer, accepted, Reject::Busy);
             None
         }
     }
+}
+
+/// The access-log line of a connection refused before its CONNECT was read.
+pub fn log_early(
+    data: &DataPath,
+    lst: &ListenerRt,
+    peer: SocketAddr,
+    accepted: Instant,
+    r: Reject,
+) {
+    data.access.refused(crate::access::Refusal {
+        listener: &lst.config.name,
+        cluster: &lst.cluster.name,
+        peer,
+        accepted,
+        tls: None,
+        connect: None,
+        reason: r,
+        connack: None,
+    });
 }
 
 fn tls_failed(data: &DataPath, lst: &ListenerRt) {

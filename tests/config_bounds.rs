@@ -42,7 +42,12 @@ struct NumKey {
 
 impl NumKey {
     fn path(&self) -> String {
-        format!("{}.{}", self.table.replace("NAME", "brokers"), self.key)
+        // A `[[listeners]]` key is the test file's first (only) listener's.
+        let table = match self.table.as_str() {
+            "listeners" => "listeners[0]".to_string(),
+            t => t.replace("NAME", "brokers"),
+        };
+        format!("{table}.{}", self.key)
     }
 }
 
@@ -114,13 +119,15 @@ fn config_with(body: &str, extra: &[(String, String)]) -> String {
         ("clusters.brokers.sticky", String::new()),
         ("clusters.brokers.sessions", String::new()),
     ];
+    let mut out = body.to_string();
     for (t, line) in extra {
         match tables.iter_mut().find(|(name, _)| name == t) {
             Some((_, lines)) => lines.push_str(line),
+            // `[[listeners]]` keys go to the body's last listener, the last table in it.
+            None if t == "listeners" => out.push_str(line),
             None => panic!("no table {t} in the test's base file"),
         }
     }
-    let mut out = body.to_string();
     for (t, lines) in tables {
         out.push_str(&format!("\n[{t}]\n{lines}"));
     }

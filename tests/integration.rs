@@ -8,10 +8,12 @@
 
 mod common;
 
+mod access_log;
 mod admin_api;
 mod alert_rules;
 mod bad_input;
 mod broker_tls;
+mod cert_identity;
 mod client_crl;
 mod cluster_admin;
 mod cluster_dynsec;
@@ -31,6 +33,7 @@ mod logs;
 mod metrics;
 mod migration_guide;
 mod mqtt_proptest;
+mod ops_cli;
 mod peers;
 mod proxy_protocol;
 mod reload;

@@ -139,7 +139,8 @@ class Env:
             fill_b = dict(fill, mqgate_port=p["mqgate_b_port"],
                           mqgate_tls_port=p["mqgate_b_tls_port"], admin_port=p["admin_b_port"],
                           mqgate_ws_port=p["mqgate_b_ws_port"])
-            render("mqgate.toml", "mqgate-b.toml", fill_b, "[limits]\n", a.ab.replace(";", "\n"))
+            render("mqgate.toml", "mqgate-b.toml", fill_b, a.ab_section + "\n",
+                   a.ab.replace(";", "\n"))
             if a.ab_sessions:
                 # Packet-aware relay for mqgate-b: persistent clients (--persistent) of a
                 # cluster with restore_subscriptions; mqgate (A) keeps the byte relay.
@@ -555,7 +556,7 @@ def summarise_ab(raw):
 
 def print_ab(rows, a):
     print()
-    print(f"A/B: mqgate vs mqgate-b ({a.ab_bin or 'same binary'}; [limits] + {a.ab!r}), medians")
+    print(f"A/B: mqgate vs mqgate-b ({a.ab_bin or 'same binary'}; {a.ab_section} + {a.ab!r}), medians")
     for name, x, y, q in rows:
         print(f"  {name:44s} {fmt(x):>11s} {fmt(y):>11s}   b/a {fmt(q)}")
 
@@ -616,6 +617,8 @@ def main():
     ap.add_argument("--loadgen", required=True)
     ap.add_argument("--ab", metavar="TOML", help="A/B run: a fourth target, mqgate-b, whose config"
                     " has these [limits] lines added (';' separates lines), e.g. 'threads = 0'")
+    ap.add_argument("--ab-section", metavar="TABLE", default="[limits]",
+                    help="the table the --ab lines go to, e.g. '[log]' (default [limits])")
     ap.add_argument("--ab-bin", metavar="PATH", help="the mqgate-b binary (default: --mqgate)")
     ap.add_argument("--broker-tls", action="store_true", help="add the `tlsup` scenario: mqgate"
                     " throughput with TLS on both sides (client and broker) vs plain")

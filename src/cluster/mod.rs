@@ -18,6 +18,7 @@ mod tests;
 use crate::config::{Balance, ClusterConfig, Mode, OnNodeDown, StickyKey, StickySessions};
 use crate::metrics::Metrics;
 use crate::mqtt::Connect;
+use crate::sessions::CloseCause;
 use crate::sticky::subs::{Bounds, SubStore};
 use crate::sticky::{Lookup, StickyTable};
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -250,7 +251,7 @@ impl Cluster {
             r.removed.store(true, Ordering::Release);
             r.tasks.cancel();
             if cfg.on_node_down == OnNodeDown::Disconnect {
-                r.close_sessions();
+                r.close_sessions(CloseCause::Removed);
             }
             self.forget_node_metrics(r);
         }
@@ -264,7 +265,7 @@ impl Cluster {
         for n in self.nodes().iter() {
             n.removed.store(true, Ordering::Release);
             n.tasks.cancel();
-            n.close_sessions();
+            n.close_sessions(CloseCause::Removed);
             self.forget_node_metrics(n);
         }
     }
@@ -284,7 +285,7 @@ impl Cluster {
             .with_label_values(&[&self.name, &node.name, h.as_str()])
             .inc();
         if h == Health::Down && self.config().on_node_down == OnNodeDown::Disconnect {
-            node.close_sessions();
+            node.close_sessions(CloseCause::NodeDown);
         }
         self.update_leader();
         self.changed.notify_waiters();
@@ -302,7 +303,7 @@ impl Cluster {
                 .set((st == s) as i64);
         }
         if s == AdminState::Maint {
-            node.close_sessions();
+            node.close_sessions(CloseCause::Maint);
         }
         self.update_leader();
         self.changed.notify_waiters();
@@ -379,7 +380,7 @@ impl Cluster {
                 .with_label_values(&[&self.name, &old.name])
                 .set(0);
             if cfg.on_node_down == OnNodeDown::Disconnect {
-                old.close_sessions();
+                old.close_sessions(CloseCause::LeaderChange);
             }
         }
         if let Some(new) = &next {

@@ -3,7 +3,7 @@
 
 use crate::config::NodeAddress;
 use crate::metrics::{Metrics, NodeMetrics};
-use crate::sessions::SessionScope;
+use crate::sessions::{CloseCause, SessionScope};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -75,6 +75,8 @@ pub struct Node {
     /// `closed` token: a relayed session waits on this single token for node down,
     /// maintenance, listener removal and shutdown alike.
     pub(super) sessions: Mutex<HashMap<String, SessionScope>>,
+    /// Why its sessions were last closed (`CloseCause`), for the access log.
+    pub(super) close_cause: AtomicU8,
     pub(super) removed: AtomicBool,
     /// Forwarded CONNECTs in a row that got no CONNACK within `connack_timeout`.
     pub(super) connack_misses: AtomicU32,
@@ -99,6 +101,7 @@ impl Node {
             relayed: AtomicU64::new(0),
             connack_failures: AtomicU64::new(0),
             sessions: Mutex::new(HashMap::new()),
+            close_cause: AtomicU8::new(0),
             removed: AtomicBool::new(false),
             connack_misses: AtomicU32::new(0),
             recheck: Notify::new(),
@@ -187,10 +190,20 @@ impl Node {
         t
     }
 
+    /// Why this node's sessions were last closed.
+    pub fn close_cause(&self) -> Option<CloseCause> {
+        CloseCause::from_u8(self.close_cause.load(Ordering::Acquire))
+    }
+
     /// Close every session currently relayed through this node.
-    pub fn close_sessions(&self) {
+    pub fn close_sessions(&self, cause: CloseCause) {
         let old = {
             let mut g = crate::sync::lock(&self.sessions);
+            // The first cause wins: a leader marked down is then no longer leader,
+            // and its sessions were closed for the first reason.
+            if !g.is_empty() {
+                self.close_cause.store(cause as u8, Ordering::Release);
+            }
             std::mem::take(&mut *g)
         };
         for t in old.values() {

@@ -6,6 +6,7 @@
 mod address;
 mod checker;
 mod errors;
+mod ops;
 mod raw;
 mod sessions;
 mod tls_checks;
@@ -14,6 +15,8 @@ mod websocket;
 
 pub use address::host_name;
 pub use checker::bounds;
+pub use checker::parse_duration;
+pub use ops::{AccessTarget, CertField, IdentityPolicy};
 pub use raw::RawConfig;
 pub use validate::validate;
 
@@ -57,6 +60,9 @@ impl Config {
 pub struct LogConfig {
     pub level: String,
     pub format: LogFormat,
+    /// Where the access log goes (`crate::access`); off by default.
+    pub access: AccessTarget,
+    pub access_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +105,8 @@ pub struct ListenerConfig {
     pub cluster: String,
     pub proxy_protocol: bool,
     pub trusted_proxies: Vec<IpNet>,
+    /// This listener's own connection limit, within `limits.max_connections`.
+    pub max_connections: Option<usize>,
     pub tls: Option<TlsConfig>,
     /// MQTT over WebSocket on this listener (`[listeners.websocket]`).
     pub websocket: Option<WebSocketConfig>,
@@ -134,6 +142,8 @@ pub struct TlsConfig {
     pub min_version: TlsVersion,
     /// Certificate revocation lists for client certificates (PEM or DER files).
     pub crl: Vec<PathBuf>,
+    /// Username / client id from the client certificate (rewritten or checked).
+    pub identity: IdentityPolicy,
 }
 
 /// `[clusters.X.tls]`: mqgate connects to the cluster's brokers over TLS.

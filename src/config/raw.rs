@@ -29,6 +29,14 @@ pub struct RawLog {
     pub level: String,
     #[serde(default = "d_log_format")]
     pub format: String,
+    /// Access log target: "off", "stderr", "syslog" or a file path (`crate::access`).
+    #[serde(default = "d_off")]
+    pub access: String,
+    #[serde(default = "d_log_format")]
+    pub access_format: String,
+    /// The local syslog socket (`access = "syslog"`); tests point it elsewhere.
+    #[serde(default = "d_syslog_socket")]
+    pub access_syslog_socket: String,
 }
 
 impl Default for RawLog {
@@ -36,8 +44,15 @@ impl Default for RawLog {
         Self {
             level: d_log_level(),
             format: d_log_format(),
+            access: d_off(),
+            access_format: d_log_format(),
+            access_syslog_socket: d_syslog_socket(),
         }
     }
+}
+
+fn d_syslog_socket() -> String {
+    "/dev/log".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +127,8 @@ pub struct RawListener {
     pub proxy_protocol: bool,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// This listener's own connection limit (besides `[limits] max_connections`).
+    pub max_connections: Option<i64>,
     pub tls: Option<RawTls>,
     pub websocket: Option<RawWebSocket>,
 }
@@ -139,6 +156,12 @@ pub struct RawTls {
     pub min_version: String,
     /// Certificate revocation lists (PEM or DER): one path or a list of paths.
     pub crl: Option<RawPaths>,
+    /// Client-certificate identity (`crate::identity`): "cn", "subject", "san_dns",
+    /// "san_email".
+    pub username_from: Option<String>,
+    pub client_id_from: Option<String>,
+    pub require_username_match: Option<String>,
+    pub require_client_id_match: Option<String>,
 }
 
 /// One path, or a list of paths.

@@ -37,6 +37,12 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
             &raw.log.format,
             &[("text", LogFormat::Text), ("json", LogFormat::Json)],
         ),
+        access: super::ops::access_target(&raw.log, &v.base, &mut v.errors),
+        access_format: v.one_of(
+            "log.access_format".into(),
+            &raw.log.access_format,
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        ),
     };
 
     let l = &raw.limits;
@@ -356,6 +362,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
                 &[("1.2", TlsVersion::V1_2), ("1.3", TlsVersion::V1_3)],
             ),
             crl: tls_checks::crl_files(&mut v, &format!("listeners[{i}].tls"), t),
+            identity: super::ops::identity(i, t, &mut v.errors),
         });
         if let Some(t) = &tls {
             v.tls_material(
@@ -377,6 +384,13 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
             cluster: rl.cluster.clone(),
             proxy_protocol: rl.proxy_protocol,
             trusted_proxies: trusted,
+            max_connections: super::ops::listener_max_connections(
+                i,
+                rl.max_connections,
+                raw.limits.max_connections,
+                &mut v.errors,
+                &mut v.warnings,
+            ),
             tls,
         });
     }

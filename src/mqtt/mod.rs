@@ -1,6 +1,8 @@
 //! Read-only views of the few MQTT packets mqgate has to understand.
 //!
-//! mqgate is a layer-4 proxy: it never re-encodes client traffic. It only needs to
+//! mqgate is a layer-4 proxy: it re-encodes no client traffic, except the CONNECT of
+//! a listener that puts the client certificate's identity into it ([`rewrite`]). It
+//! only needs to
 //! *look at* the client's first packet (CONNECT) to pick a broker node, and at the
 //! broker's first packet (CONNACK) to count return codes and latency. So this module
 //! is a set of pure functions over borrowed bytes — no I/O, no allocation on the
@@ -18,11 +20,13 @@
 //! - [`connack`]: CONNACK observation and the CONNACKs mqgate sends itself.
 //! - [`scanner`]: packet boundaries in a relayed stream (packet-aware relay).
 //! - [`subscribe`]: SUBSCRIBE/UNSUBSCRIBE/SUBACK/UNSUBACK views and the replay encoder.
+//! - [`rewrite`]: a CONNECT with another client id / username (lengths re-encoded).
 
 pub mod connack;
 pub mod connect;
 mod error;
 mod properties;
+pub mod rewrite;
 pub mod scanner;
 pub mod subscribe;
 mod wire;

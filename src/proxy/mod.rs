@@ -35,7 +35,13 @@ pub struct ClientCtx {
     /// The address the client connected to (our listener side of its socket).
     pub local: Option<SocketAddr>,
     pub proxied: Option<ProxyInfo>,
+    /// Made when a PROXY header out or the access log needs it.
     pub tls_info: Option<TlsInfo>,
+    /// When the connection was accepted (access log durations).
+    pub accepted: tokio::time::Instant,
+    /// The client certificate's identity fields, on a listener with an identity
+    /// policy (`crate::identity`).
+    pub cert_ids: Option<Box<crate::identity::CertIds>>,
 }
 
 /// TLS details of a connection mqgate terminated, for PROXY v2 TLVs (PP2_TYPE_SSL).

@@ -131,6 +131,8 @@ pub struct Pipe {
     down: Direction,
     observer: ConnackObserver,
     totals: RelayTotals,
+    /// The side whose close was passed on first (for the access log).
+    first_close: Option<Side>,
 }
 
 impl Pipe {
@@ -140,7 +142,18 @@ impl Pipe {
             down: Direction::default(),
             observer: ConnackObserver::new(started),
             totals: RelayTotals::default(),
+            first_close: None,
         }
+    }
+
+    /// Bytes relayed so far, each way.
+    pub fn totals(&self) -> RelayTotals {
+        self.totals
+    }
+
+    /// The side that closed first, once one has.
+    pub fn first_close(&self) -> Option<Side> {
+        self.first_close
     }
 
     /// The broker's first packet has been seen (a CONNACK or not).
@@ -173,13 +186,17 @@ impl Pipe {
             down,
             observer,
             totals,
+            first_close,
         } = self;
         if !up.done {
             match poll_direction(cx, &mut *client, &mut *broker, up, &mut |d| {
                 totals.to_broker += d.len() as u64;
                 metrics.to_broker.inc_by(d.len() as u64);
             }) {
-                Poll::Ready(Ok(())) => up.done = true,
+                Poll::Ready(Ok(())) => {
+                    up.done = true;
+                    first_close.get_or_insert(Side::Client);
+                }
                 Poll::Ready(Err(f)) => return Poll::Ready(Err(f.on(Side::Client, Side::Broker))),
                 Poll::Pending => {}
             }
@@ -190,7 +207,10 @@ impl Pipe {
                 metrics.to_client.inc_by(d.len() as u64);
                 observer.feed(d, sink);
             }) {
-                Poll::Ready(Ok(())) => down.done = true,
+                Poll::Ready(Ok(())) => {
+                    down.done = true;
+                    first_close.get_or_insert(Side::Broker);
+                }
                 Poll::Ready(Err(f)) => return Poll::Ready(Err(f.on(Side::Broker, Side::Client))),
                 Poll::Pending => {}
             }

@@ -249,6 +249,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> PacketRelay<S, B> {
             cluster: &keep.lst.cluster,
             node,
             sticky: &mut keep.sticky,
+            access: &mut keep.access,
         };
         sink.connack(info, self.started.elapsed());
     }

@@ -3,11 +3,12 @@
 //! what is released at the end.
 
 use super::{ConnackSink, Pipe, Side};
+use crate::access::{Close, ConnackSeen};
 use crate::cluster::{ActiveGuard, Cluster, Node, StickyWrite};
 use crate::metrics::Metrics;
 use crate::mqtt::{self, ConnackInfo};
 use crate::runtime::ListenerRt;
-use crate::sessions::SessionScope;
+use crate::sessions::{CloseCause, SessionScope};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,11 +36,26 @@ pub struct Keep {
     pub v5: bool,
     /// The connection's place under `max_connections`, held until it closes.
     pub permit: OwnedSemaphorePermit,
+    /// The access-log line in the making; `None` (8 bytes) when the log is off.
+    pub access: Option<Box<crate::access::Entry>>,
+}
+
+impl Keep {
+    fn set_close(&mut self, close: Close) {
+        if let Some(e) = self.access.as_mut() {
+            e.close.get_or_insert(close);
+        }
+    }
 }
 
 impl Drop for Keep {
     fn drop(&mut self) {
         self.active.dec();
+        // The connection's count under its listener's `max_connections`
+        // (`session::ListenerCount::hand_over`).
+        self.lst
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -127,6 +143,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> Future for RelayTask<S,
                 tracing::debug!(
                     "session closed by the gateway (node down, maintenance, removal or shutdown)"
                 );
+                let keep = &mut *this.keep;
+                if let Some(e) = keep.access.as_mut() {
+                    let cause = keep.node.node().close_cause().map(|c| match c {
+                        CloseCause::NodeDown => Close::NodeDown,
+                        CloseCause::Maint => Close::Maint,
+                        CloseCause::LeaderChange => Close::LeaderChange,
+                        CloseCause::Removed => Close::NodeRemoved,
+                    });
+                    e.closed_by_gateway(keep.lst.closed.is_closed(), cause);
+                }
+                finish(this.pipe, keep);
                 return Poll::Ready(());
             }
         }
@@ -137,6 +164,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> Future for RelayTask<S,
             cluster: &keep.lst.cluster,
             node,
             sticky: &mut keep.sticky,
+            access: &mut keep.access,
         };
         match this
             .pipe
@@ -148,6 +176,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> Future for RelayTask<S,
                     to_client = t.to_client,
                     "connection closed"
                 );
+                let close = match this.pipe.first_close() {
+                    Some(Side::Broker) => Close::Broker,
+                    _ => Close::Client,
+                };
+                keep.set_close(close);
+                finish(this.pipe, keep);
                 return Poll::Ready(());
             }
             Poll::Ready(Err(e)) => {
@@ -160,6 +194,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> Future for RelayTask<S,
                     // client, and connect() slows down as they pile up (port search).
                     let _ = this.broker.tcp().set_zero_linger();
                 }
+                keep.set_close(match e.side {
+                    Side::Client => Close::ClientError,
+                    Side::Broker => Close::BrokerError,
+                });
+                finish(this.pipe, keep);
                 return Poll::Ready(());
             }
             Poll::Pending => {}
@@ -169,6 +208,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> Future for RelayTask<S,
                 *this.connack_deadline = None;
             } else if deadline.as_mut().poll(cx).is_ready() {
                 connack_timed_out(cx, this.client, keep);
+                if let Some(e) = keep.access.as_mut() {
+                    e.connack(ConnackSeen::Timeout);
+                }
+                keep.set_close(Close::ConnackTimeout);
+                finish(this.pipe, keep);
                 return Poll::Ready(());
             }
         }
@@ -178,10 +222,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> Future for RelayTask<S,
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(CLOSE_LINGER)));
             if t.as_mut().poll(cx).is_ready() {
                 tracing::debug!(linger = ?CLOSE_LINGER, "one side closed and the other did not follow; closing");
+                keep.set_close(Close::Linger);
+                finish(this.pipe, keep);
                 return Poll::Ready(());
             }
         }
         Poll::Pending
+    }
+}
+
+/// Send the access-log line, if the log is on (bytes relayed so far, each way).
+fn finish(pipe: &Pipe, keep: &mut Keep) {
+    if let Some(e) = keep.access.take() {
+        let t = pipe.totals();
+        e.finish(t.to_broker, t.to_client);
     }
 }
 
@@ -230,6 +284,7 @@ pub(super) struct Observed<'a> {
     /// Written only once the broker accepted the client (CONNACK code 0), so that
     /// clients that fail to log in cannot fill the table and push real entries out.
     pub(super) sticky: &'a mut Option<Box<StickyWrite>>,
+    pub(super) access: &'a mut Option<Box<crate::access::Entry>>,
 }
 
 impl ConnackSink for Observed<'_> {
@@ -237,6 +292,12 @@ impl ConnackSink for Observed<'_> {
         self.cluster.connack_seen(self.node);
         if info.is_none_or(|i| i.code != 0) {
             self.node.count_connack_failure();
+        }
+        if let Some(e) = self.access.as_mut() {
+            e.connack(match info {
+                Some(i) => ConnackSeen::Code(i.code),
+                None => ConnackSeen::Invalid,
+            });
         }
         let code = match info {
             Some(i) => {
