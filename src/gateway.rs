@@ -110,6 +110,7 @@ impl Gateway {
             shared.instance.clone(),
             shared.background.clone(),
             shared.bg_tracker.clone(),
+            shared.resolver.clone(),
         ));
         let gw = Gateway {
             shared,

@@ -1,12 +1,13 @@
 //! What the services beside the data path (peers, the admin API, the refusal
 //! summary) get from the gateway, and nothing more: the current view (clusters, their
 //! sticky tables and admin states, the configuration) through the data path's handle,
-//! the metrics, this instance's name and the background task set. The gateway keeps
+//! the metrics, this instance's name, the background task set and the DNS resolver. The gateway keeps
 //! its own wiring (`crate::state::Shared`) to itself.
 
 use crate::cluster::Cluster;
 use crate::metrics::Metrics;
 use crate::runtime::{DataPath, Runtime};
+use hickory_resolver::TokioResolver;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,6 +21,8 @@ pub struct Host {
     pub background: CancellationToken,
     /// Where the service's tasks run.
     pub bg_tracker: TaskTracker,
+    /// The gateway's DNS resolver (peer discovery).
+    pub resolver: Arc<TokioResolver>,
 }
 
 impl Host {
@@ -28,6 +31,7 @@ impl Host {
         instance: String,
         background: CancellationToken,
         bg_tracker: TaskTracker,
+        resolver: Arc<TokioResolver>,
     ) -> Self {
         Host {
             metrics: data.metrics.clone(),
@@ -35,6 +39,7 @@ impl Host {
             instance,
             background,
             bg_tracker,
+            resolver,
         }
     }
 

@@ -29,6 +29,7 @@ mod metrics;
 mod migration_guide;
 mod mqtt_proptest;
 mod peers;
+mod peers_discovery;
 mod proxy_protocol;
 mod reload;
 mod restart;

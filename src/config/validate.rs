@@ -4,6 +4,9 @@ use super::raw::*;
 use super::*;
 use std::collections::HashSet;
 
+#[path = "peers_discovery.rs"]
+mod peers_discovery;
+
 struct V {
     errors: Vec<ConfigError>,
     warnings: Vec<ConfigError>,
@@ -750,6 +753,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
     }
 
     let peers = raw.peers.as_ref().map(|p| {
+        let own_name = peers_discovery::name(&mut v, p);
         let secret = v.secret(
             "peers.secret_file".into(),
             p.secret_file.as_deref(),
@@ -771,7 +775,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
         };
         let mut pnames = HashSet::new();
         for (i, peer) in p.peers.iter().enumerate() {
-            if peer.name == p.name {
+            if peer.name == own_name {
                 v.err(
                     format!("peers.peers[{i}].name"),
                     "a peer cannot have this instance's own name",
@@ -793,7 +797,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
         // With TLS, each side's certificate must name it (a subjectAltName DNS entry
         // equal to its `name`), so every name must be a DNS name.
         if p.tls.is_some() {
-            let names = std::iter::once(("peers.name".to_string(), &p.name)).chain(
+            let names = std::iter::once(("peers.name".to_string(), &own_name)).chain(
                 p.peers
                     .iter()
                     .enumerate()
@@ -816,7 +820,8 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
             }
         }
         PeersConfig {
-            name: p.name.clone(),
+            discover: peers_discovery::discovery(&mut v, p),
+            name: own_name.clone(),
             bind: v.socket("peers.bind".into(), &p.bind),
             secret,
             peers: p

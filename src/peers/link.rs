@@ -59,6 +59,9 @@ pub enum LinkError {
     /// A sealed frame's tag did not match (see `super::seal`).
     #[error("frame failed its integrity check (injected, altered or replayed)")]
     Integrity,
+    /// A discovered address led to a peer that is linked already.
+    #[error("already linked to this peer")]
+    Duplicate,
 }
 
 impl From<SealError> for LinkError {

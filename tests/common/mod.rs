@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod dns;
 pub mod docs;
 pub mod fleet;
 pub mod mqtt;

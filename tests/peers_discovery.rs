@@ -1,0 +1,153 @@
+//! `[peers] discover`: gateways find each other through DNS (issue 30). Three real
+//! mqgate processes on 127.0.0.1, 127.0.0.2 and 127.0.0.3 (same peers port), each in
+//! its own mount namespace whose `/etc/resolv.conf` names a DNS server this test runs
+//! on loopback (`common::dns`); the test changes that server's answer.
+
+use crate::common::dns::Dns;
+use crate::common::*;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+const SECRET: &str = "discovered peers share this secret";
+const NAME: &str = "mqgate-peers.test.internal";
+
+/// A port free on 127.0.0.1, .2 and .3 (the gateways' peers port, as on Kubernetes
+/// every pod listens on the same one).
+fn port_free_on_three() -> Option<u16> {
+    (0..50).find_map(|_| {
+        let p = free_port();
+        let ok =
+            (1..=3).all(|i| std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, i), p)).is_ok());
+        ok.then_some(p)
+    })
+}
+
+fn ip(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, i)
+}
+
+fn config(
+    dir: &Path,
+    name: &str,
+    i: u8,
+    listen: u16,
+    admin: u16,
+    peer_port: u16,
+    nodes: &[Mosquitto],
+) -> String {
+    let nodes: Vec<&Mosquitto> = nodes.iter().collect();
+    let secret_file = dir.join(format!("{name}.secret"));
+    std::fs::write(&secret_file, SECRET).expect("write secret");
+    let mut s = basic_config(
+        listen,
+        admin,
+        "dynsec",
+        &nodes,
+        "balance = \"round-robin\"\n[clusters.brokers.sticky]\nsessions = \"all\"\n",
+    );
+    s.push_str(&format!(
+        "\n[peers]\nname = \"{name}\"\nbind = \"127.0.0.{i}:{peer_port}\"\nsecret_file = \"{}\"\n\
+         discover = \"{NAME}:{peer_port}\"\ndiscover_interval = \"1s\"\n",
+        secret_file.display()
+    ));
+    s
+}
+
+fn peer_up(g: &Gate, peer: &str) -> f64 {
+    g.metric("mqgate_peer_up", &[("peer", peer)])
+}
+
+fn wait_link(g: &Gate, peer: &str, up: bool) {
+    let want = if up { 1.0 } else { 0.0 };
+    wait_until(
+        Duration::from_secs(30),
+        &format!("link to {peer} up={up}"),
+        || peer_up(g, peer) == want,
+    );
+}
+
+#[test]
+fn gateways_found_through_dns_link_and_follow_the_answer() {
+    let dir = tempdir();
+    let Some(peer_port) = port_free_on_three() else {
+        eprintln!("127.0.0.2/127.0.0.3 not bindable here; skipping");
+        return;
+    };
+    let Some(dns) = Dns::start(dir.path(), &[ip(1), ip(2)]) else {
+        eprintln!("cannot bind UDP port 53 on loopback (not root?); skipping");
+        return;
+    };
+    let nodes = Mosquitto::start_nodes(dir.path(), 2);
+    let start = |name: &str, i: u8| {
+        let (listen, admin) = (free_port(), free_port());
+        let toml = config(dir.path(), name, i, listen, admin, peer_port, &nodes);
+        let g = Gate::start_resolving(dir.path(), name, &toml, admin, &dns.resolv_conf);
+        wait_until(Duration::from_secs(20), "nodes up", || {
+            g.metric("mqgate_node_up", &[]) == 2.0
+        });
+        (g, listen)
+    };
+    // Two gateways in the answer link with each other, names unknown in advance.
+    let (a, a_listen) = start("gate-a", 1);
+    let (b, _) = start("gate-b", 2);
+    wait_link(&a, "gate-b", true);
+    wait_link(&b, "gate-a", true);
+    assert!(
+        !a.log_text().contains("claims this gateway's own name"),
+        "a gateway dialed itself"
+    );
+    // A table made through gate-a.
+    let keys: Vec<String> = (0..20).map(|i| format!("disc-{i}")).collect();
+    for k in &keys {
+        drop(raw_session(a_listen, k));
+    }
+    for k in &keys {
+        let node = sticky_node(a.admin_port, k).expect("entry on gate-a");
+        wait_until(Duration::from_secs(10), "entry on gate-b", || {
+            sticky_node(b.admin_port, k).as_deref() == Some(node.as_str())
+        });
+    }
+
+    // gate-c runs, but is not in the answer yet: nobody links with it.
+    let (c, c_listen) = start("gate-c", 3);
+    // Added to the answer: it joins and gets the full table.
+    dns.set(&[ip(1), ip(2), ip(3)]);
+    wait_link(&c, "gate-a", true);
+    wait_link(&c, "gate-b", true);
+    wait_link(&a, "gate-c", true);
+    for k in &keys {
+        let node = sticky_node(a.admin_port, k).expect("entry on gate-a");
+        wait_until(Duration::from_secs(10), "full table on gate-c", || {
+            sticky_node(c.admin_port, k).as_deref() == Some(node.as_str())
+        });
+    }
+    // Changes made through the newcomer reach the others.
+    drop(raw_session(c_listen, "disc-from-c"));
+    let node = sticky_node(c.admin_port, "disc-from-c").expect("entry on gate-c");
+    wait_until(Duration::from_secs(10), "gate-c's entry on gate-a", || {
+        sticky_node(a.admin_port, "disc-from-c").as_deref() == Some(node.as_str())
+    });
+
+    // gate-b removed from the answer: its links close and stay closed.
+    dns.set(&[ip(1), ip(3)]);
+    wait_link(&a, "gate-b", false);
+    wait_link(&c, "gate-b", false);
+    drop(raw_session(a_listen, "disc-after-b"));
+    let node = sticky_node(a.admin_port, "disc-after-b").expect("entry on gate-a");
+    wait_until(Duration::from_secs(10), "new entry on gate-c", || {
+        sticky_node(c.admin_port, "disc-after-b").as_deref() == Some(node.as_str())
+    });
+    assert_eq!(
+        sticky_node(b.admin_port, "disc-after-b"),
+        None,
+        "gate-b, dropped from the answer, still receives updates"
+    );
+    assert_eq!(peer_up(&a, "gate-b"), 0.0);
+    assert!(
+        a.log_text().contains("not in the discovery answer")
+            || a.log_text().contains("no longer configured nor discovered"),
+        "gate-a should say why gate-b's link closed:\n{}",
+        a.log_text()
+    );
+}
