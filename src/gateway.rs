@@ -103,6 +103,7 @@ impl Gateway {
                 error: e.to_string(),
             })?,
             instance: instance_name(&config),
+            changes: crate::sticky::feed(),
             log_level: Mutex::new(None),
         });
         let host = Arc::new(crate::host::Host::new(
@@ -111,6 +112,7 @@ impl Gateway {
             shared.background.clone(),
             shared.bg_tracker.clone(),
             shared.resolver.clone(),
+            shared.changes.clone(),
         ));
         let gw = Gateway {
             shared,
@@ -291,8 +293,12 @@ impl Gateway {
                         existing.clone()
                     }
                     None => {
-                        let cl =
-                            Arc::new(Cluster::new(c, shared.metrics.clone(), &shared.instance));
+                        let cl = Arc::new(Cluster::with_feed(
+                            c,
+                            shared.metrics.clone(),
+                            &shared.instance,
+                            shared.changes.clone(),
+                        ));
                         for n in cl.nodes().iter() {
                             self.start_checks(&cl, n.clone());
                         }

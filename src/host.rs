@@ -7,8 +7,10 @@
 use crate::cluster::Cluster;
 use crate::metrics::Metrics;
 use crate::runtime::{DataPath, Runtime};
+use crate::sticky::Change;
 use hickory_resolver::TokioResolver;
 use std::sync::Arc;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,6 +25,8 @@ pub struct Host {
     pub bg_tracker: TaskTracker,
     /// The gateway's DNS resolver (peer discovery).
     pub resolver: Arc<TokioResolver>,
+    /// The change feed of every sticky table (what peer links send).
+    pub changes: broadcast::Sender<Change>,
 }
 
 impl Host {
@@ -32,6 +36,7 @@ impl Host {
         background: CancellationToken,
         bg_tracker: TaskTracker,
         resolver: Arc<TokioResolver>,
+        changes: broadcast::Sender<Change>,
     ) -> Self {
         Host {
             metrics: data.metrics.clone(),
@@ -40,6 +45,7 @@ impl Host {
             background,
             bg_tracker,
             resolver,
+            changes,
         }
     }
 

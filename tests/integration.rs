@@ -24,6 +24,7 @@ mod fuzz_corpus;
 mod gateway_basic;
 mod gateway_tls;
 mod hostile;
+mod kubernetes;
 mod logs;
 mod metrics;
 mod migration_guide;

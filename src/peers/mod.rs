@@ -10,9 +10,11 @@
 //! ([`link`]). Only changes made locally are sent on: the peers form a full mesh, and
 //! every instance must list every other one.
 //!
-//! Changes reach the links through one hub per gateway: a forwarder task per cluster
-//! copies the table's change feed (tagged with the cluster name) into a bounded broadcast
-//! channel that every link reads.
+//! Changes reach the links in one hop: every sticky table of the gateway sends its
+//! changes, tagged with the cluster name, into one bounded broadcast channel
+//! (`crate::sticky::feed`, held by [`Host`]) that every link reads. No task sits in
+//! between, and a gateway without peer links pays only a receiver-count check per
+//! change.
 //!
 //! Life cycle: [`start`] (after the first apply) loads the snapshot, then starts the
 //! service; [`reconfigure`] (after every later apply) starts, stops or adjusts it;
@@ -29,7 +31,6 @@ pub mod link;
 pub mod seal;
 pub mod snapshot;
 
-use crate::cluster::Cluster;
 use crate::config::{PeerConfig, PeerDiscovery, PeersConfig, Secret};
 use crate::host::Host;
 use arc_swap::ArcSwap;
@@ -37,7 +38,7 @@ use link::{Change, FrameReader, LinkError};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{broadcast, Notify};
@@ -51,8 +52,6 @@ const PEER_ADDRESSES_REFRESH: Duration = Duration::from_secs(60);
 /// Reconnect backoff: doubles from the first value up to the second, with jitter.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Changes buffered in the hub; a link further behind resyncs.
-const HUB_CAPACITY: usize = 16 * 1024;
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -79,7 +78,6 @@ struct Service {
     dialers: HashMap<String, (String, CancellationToken)>,
     links: Arc<Links>,
     hub: broadcast::Sender<Change>,
-    forwarders: HashMap<String, Weak<Cluster>>,
     /// The configured peers' addresses (resolved), for [`admission`].
     peer_addresses: Arc<ArcSwap<HashSet<IpAddr>>>,
     /// Wakes the task that resolves them (after a reload).
@@ -274,7 +272,7 @@ fn apply(host: &Arc<Host>, handle: &PeersHandle) -> Result<(), PeersError> {
     };
     let fresh = guard.is_none();
     if fresh {
-        let (hub, _) = broadcast::channel(HUB_CAPACITY);
+        let hub = host.changes.clone();
         *guard = Some(Service {
             settings: Arc::new(ArcSwap::from_pointee(settings)),
             stop: host.background.child_token(),
@@ -284,7 +282,6 @@ fn apply(host: &Arc<Host>, handle: &PeersHandle) -> Result<(), PeersError> {
             dialers: HashMap::new(),
             links: Arc::default(),
             hub,
-            forwarders: HashMap::new(),
             peer_addresses: Arc::default(),
             peers_changed: Arc::new(Notify::new()),
             discovered: Arc::default(),
@@ -318,7 +315,6 @@ fn apply(host: &Arc<Host>, handle: &PeersHandle) -> Result<(), PeersError> {
         return Ok(());
     };
     reconcile_dialers(host, s, &cfg);
-    ensure_forwarders(host, s);
     if fresh {
         // After binding: the loop excludes the bound address from the answer.
         host.bg_tracker
@@ -428,47 +424,6 @@ async fn resolve_peer_addresses(
             _ = changed.notified() => {}
             _ = stop.cancelled() => return,
         }
-    }
-}
-
-/// Copy each cluster's change feed into the hub, tagged with the cluster name.
-fn ensure_forwarders(host: &Arc<Host>, s: &mut Service) {
-    let clusters = host.runtime().clusters.clone();
-    s.forwarders
-        .retain(|name, w| clusters.contains_key(name) && w.strong_count() > 0);
-    for (name, c) in clusters {
-        let same = s
-            .forwarders
-            .get(&name)
-            .map(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&c)))
-            .unwrap_or(false);
-        if same {
-            continue;
-        }
-        s.forwarders.insert(name.clone(), Arc::downgrade(&c));
-        let mut rx = c.sticky.subscribe();
-        let hub = s.hub.clone();
-        let stop = s.stop.clone();
-        let name: Arc<str> = Arc::from(name.as_str());
-        host.bg_tracker.spawn(async move {
-            loop {
-                let r = tokio::select! {
-                    r = rx.recv() => r,
-                    _ = stop.cancelled() => return,
-                };
-                match r {
-                    Ok(u) => {
-                        let _ = hub.send((name.clone(), u));
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        // Cannot happen in practice (this task only copies); links
-                        // that miss changes catch up at their next full sync.
-                        tracing::warn!(cluster = %name, missed = n, "peer change feed overflowed");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
     }
 }
 

@@ -170,6 +170,21 @@ impl Gate {
         g
     }
 
+    /// Start `mqgate run` on an existing config file (which may be a symlink, as in a
+    /// ConfigMap volume); the log goes to `dir/name.log`.
+    pub fn start_at(dir: &Path, name: &str, config: &Path, admin_port: u16) -> Gate {
+        let mut g = Gate {
+            config: config.to_path_buf(),
+            admin_port,
+            log: dir.join(format!("{name}.log")),
+            args: Vec::new(),
+            resolv_conf: None,
+            child: None,
+        };
+        g.resume();
+        g
+    }
+
     /// [`Gate::start`] with `resolv_conf` bind-mounted over `/etc/resolv.conf` in a
     /// mount namespace of its own (the host's file is untouched).
     pub fn start_resolving(
