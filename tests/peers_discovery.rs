@@ -58,13 +58,21 @@ fn peer_up(g: &Gate, peer: &str) -> f64 {
     g.metric("mqgate_peer_up", &[("peer", peer)])
 }
 
+/// Wait until `g`'s link to `peer` is up (or down); on timeout, fail with `g`'s log.
 fn wait_link(g: &Gate, peer: &str, up: bool) {
     let want = if up { 1.0 } else { 0.0 };
-    wait_until(
-        Duration::from_secs(30),
-        &format!("link to {peer} up={up}"),
-        || peer_up(g, peer) == want,
-    );
+    let t0 = std::time::Instant::now();
+    while peer_up(g, peer) != want {
+        if t0.elapsed() > Duration::from_secs(30) {
+            let log = g.log_text();
+            let tail: Vec<&str> = log.lines().filter(|l| l.contains("peer")).collect();
+            panic!(
+                "link to {peer} not up={up} after 30 s; the gateway's last peer log lines:\n{}",
+                tail[tail.len().saturating_sub(60)..].join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

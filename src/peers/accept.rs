@@ -53,7 +53,9 @@ pub(super) async fn accept_loop(
                 }
             }
             let source = addr.ip().to_canonical();
-            let peer_address = ctx.peer_addresses.load().contains(&source);
+            // Configured peers' addresses and those of the discovery answer.
+            let peer_address = ctx.peer_addresses.load().contains(&source)
+                || ctx.discovered.load().contains(&source);
             let Some(slot) = admission.handshake(source, peer_address) else {
                 tracing::debug!(%addr, "too many peer handshakes in progress; connection dropped");
                 return;
