@@ -112,6 +112,7 @@ fn config_with(body: &str, extra: &[(String, String)]) -> String {
         ("clusters.brokers", String::new()),
         ("clusters.brokers.health", String::new()),
         ("clusters.brokers.sticky", String::new()),
+        ("peers", String::new()),
     ];
     for (t, line) in extra {
         match tables.iter_mut().find(|(name, _)| name == t) {
@@ -121,6 +122,17 @@ fn config_with(body: &str, extra: &[(String, String)]) -> String {
     }
     let mut out = body.to_string();
     for (t, lines) in tables {
+        if t == "peers" {
+            if lines.is_empty() {
+                continue;
+            }
+            // The required keys; the secret is any variable that is set (its value
+            // does not matter here).
+            out.push_str(&format!(
+                "\n[{t}]\nname = \"bounds\"\nbind = \"127.0.0.1:0\"\nsecret_env = \"PATH\"\n{lines}"
+            ));
+            continue;
+        }
         out.push_str(&format!("\n[{t}]\n{lines}"));
     }
     out

@@ -36,9 +36,30 @@ fn config(
     peer_port: u16,
     nodes: &[Mosquitto],
 ) -> String {
-    let nodes: Vec<&Mosquitto> = nodes.iter().collect();
     let secret_file = dir.join(format!("{name}.secret"));
     std::fs::write(&secret_file, SECRET).expect("write secret");
+    config_with(
+        name,
+        i,
+        listen,
+        admin,
+        peer_port,
+        nodes,
+        &format!("secret_file = \"{}\"\n", secret_file.display()),
+    )
+}
+
+/// A gateway on 127.0.0.`i` that discovers its peers; `auth`: its secret or TLS lines.
+fn config_with(
+    name: &str,
+    i: u8,
+    listen: u16,
+    admin: u16,
+    peer_port: u16,
+    nodes: &[Mosquitto],
+    auth: &str,
+) -> String {
+    let nodes: Vec<&Mosquitto> = nodes.iter().collect();
     let mut s = basic_config(
         listen,
         admin,
@@ -47,9 +68,8 @@ fn config(
         "balance = \"round-robin\"\n[clusters.brokers.sticky]\nsessions = \"all\"\n",
     );
     s.push_str(&format!(
-        "\n[peers]\nname = \"{name}\"\nbind = \"127.0.0.{i}:{peer_port}\"\nsecret_file = \"{}\"\n\
-         discover = \"{NAME}:{peer_port}\"\ndiscover_interval = \"1s\"\n",
-        secret_file.display()
+        "\n[peers]\nname = \"{name}\"\nbind = \"127.0.0.{i}:{peer_port}\"\n\
+         discover = \"{NAME}:{peer_port}\"\ndiscover_interval = \"1s\"\n{auth}"
     ));
     s
 }
@@ -65,7 +85,10 @@ fn wait_link(g: &Gate, peer: &str, up: bool) {
     while peer_up(g, peer) != want {
         if t0.elapsed() > Duration::from_secs(30) {
             let log = g.log_text();
-            let tail: Vec<&str> = log.lines().filter(|l| l.contains("peer")).collect();
+            let tail: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("mqgate::peers"))
+                .collect();
             panic!(
                 "link to {peer} not up={up} after 30 s; the gateway's last peer log lines:\n{}",
                 tail[tail.len().saturating_sub(60)..].join("\n")
@@ -158,4 +181,66 @@ fn gateways_found_through_dns_link_and_follow_the_answer() {
         "gate-a should say why gate-b's link closed:\n{}",
         a.log_text()
     );
+}
+
+/// With `[peers.tls]` and no secret, discovered peers are identified by their
+/// certificates (one peers CA): a gateway whose certificate does not name the name it
+/// claims links with nobody, in either direction.
+#[test]
+fn discovered_peers_with_tls_are_named_by_their_certificates() {
+    let dir = tempdir();
+    let d = dir.path();
+    let Some(peer_port) = port_free_on_three() else {
+        eprintln!("127.0.0.2/127.0.0.3 not bindable here; skipping");
+        return;
+    };
+    let Some(dns) = Dns::start(d, &[ip(1), ip(2), ip(3)]) else {
+        eprintln!("cannot bind UDP port 53 on loopback (not root?); skipping");
+        return;
+    };
+    let ca = Pki::new("peers-ca");
+    let nodes = Mosquitto::start_nodes(d, 1);
+    let start = |name: &str, i: u8, cert_name: &str| {
+        let (cert, key) = ca.leaf(cert_name, &[cert_name]);
+        let p = |f: &str| d.join(format!("{name}-{f}"));
+        std::fs::write(p("cert.pem"), cert).expect("write cert");
+        std::fs::write(p("key.pem"), key).expect("write key");
+        std::fs::write(p("ca.pem"), &ca.ca_pem).expect("write ca");
+        let tls = format!(
+            "[peers.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+            p("cert.pem").display(),
+            p("key.pem").display(),
+            p("ca.pem").display()
+        );
+        let (listen, admin) = (free_port(), free_port());
+        let toml = config_with(name, i, listen, admin, peer_port, &nodes, &tls);
+        (
+            Gate::start_resolving(d, name, &toml, admin, &dns.resolv_conf),
+            listen,
+        )
+    };
+    let (a, a_listen) = start("gate-a", 1, "gate-a");
+    let (b, _) = start("gate-b", 2, "gate-b");
+    // gate-c's certificate, from the same CA, names another gateway.
+    let (c, _) = start("gate-c", 3, "gate-x");
+    wait_link(&a, "gate-b", true);
+    wait_link(&b, "gate-a", true);
+    drop(raw_session(a_listen, "tls-disc"));
+    let node = sticky_node(a.admin_port, "tls-disc").expect("entry on gate-a");
+    wait_until(Duration::from_secs(10), "entry on gate-b", || {
+        sticky_node(b.admin_port, "tls-disc").as_deref() == Some(node.as_str())
+    });
+    // gate-a dials gate-c, which proves the name gate-c with a certificate for gate-x.
+    wait_until(
+        Duration::from_secs(30),
+        "gate-a refuses gate-c's certificate",
+        || {
+            a.log_text()
+                .contains("does not name `gate-c`, the name it proved")
+        },
+    );
+    for g in [&a, &b] {
+        assert_eq!(peer_up(g, "gate-c"), 0.0, "a peer linked with gate-c");
+    }
+    assert_eq!(sticky_node(c.admin_port, "tls-disc"), None);
 }

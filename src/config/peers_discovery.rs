@@ -53,7 +53,7 @@ pub(super) fn discovery(v: &mut V, p: &RawPeers) -> Option<PeerDiscovery> {
             if d < MIN_INTERVAL {
                 v.err_hint(
                     "peers.discover_interval",
-                    format!("{s:?} is shorter than 1s"),
+                    format!("{s:?} is shorter than 1s (it must be at least 1s and at most 1y)"),
                     "discover_interval = \"5s\"",
                 );
             }

@@ -427,6 +427,23 @@ async fn resolve_peer_addresses(
     }
 }
 
+/// An established link's place in [`Links`] and `mqgate_peer_up`, given up when the
+/// link ends or its task is dropped.
+struct Registered {
+    links: Arc<Links>,
+    peer: Arc<str>,
+    id: u64,
+    up: prometheus::IntGauge,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if self.links.unregister(&self.peer, self.id) {
+            self.up.set(0);
+        }
+    }
+}
+
 /// What a link task needs from the service.
 #[derive(Clone)]
 struct Ctx {
@@ -487,7 +504,14 @@ impl Ctx {
         let up = self.host.metrics.peer_up.with_label_values(&[&peer]);
         up.set(1);
         tracing::info!(peer = %peer, "peer link established");
-        let result = link::run(
+        // Also when this future is dropped (its dialer stopped: peer removed).
+        let _registered = Registered {
+            links: self.links.clone(),
+            peer: peer.clone(),
+            id,
+            up,
+        };
+        link::run(
             self.host.clone(),
             self.hub.clone(),
             peer.clone(),
@@ -496,11 +520,7 @@ impl Ctx {
             sealing,
             token,
         )
-        .await;
-        if self.links.unregister(&peer, id) {
-            up.set(0);
-        }
-        result
+        .await
     }
 }
 
