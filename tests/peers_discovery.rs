@@ -244,3 +244,62 @@ fn discovered_peers_with_tls_are_named_by_their_certificates() {
     }
     assert_eq!(sticky_node(c.admin_port, "tls-disc"), None);
 }
+
+/// Static peers and discovery combine: gate-a discovers gate-b and also lists gate-s,
+/// which does not discover anything and lists gate-a.
+#[test]
+fn static_peers_and_discovered_peers_combine() {
+    let dir = tempdir();
+    let d = dir.path();
+    let Some(peer_port) = port_free_on_three() else {
+        eprintln!("127.0.0.2/127.0.0.3 not bindable here; skipping");
+        return;
+    };
+    let Some(dns) = Dns::start(d, &[ip(1), ip(2)]) else {
+        eprintln!("cannot bind UDP port 53 on loopback (not root?); skipping");
+        return;
+    };
+    let nodes = Mosquitto::start_nodes(d, 1);
+    let secret_file = d.join("peers.secret");
+    std::fs::write(&secret_file, SECRET).expect("write secret");
+    let secret = format!("secret_file = \"{}\"\n", secret_file.display());
+    let s_port = free_port();
+    let (a_listen, a_admin) = (free_port(), free_port());
+    let a_toml = config_with("gate-a", 1, a_listen, a_admin, peer_port, &nodes, &secret)
+        + &format!("peers = [ {{ name = \"gate-s\", address = \"127.0.0.1:{s_port}\" }} ]\n");
+    let a = Gate::start_resolving(d, "gate-a", &a_toml, a_admin, &dns.resolv_conf);
+    let (b_listen, b_admin) = (free_port(), free_port());
+    let b_toml = config_with("gate-b", 2, b_listen, b_admin, peer_port, &nodes, &secret);
+    let b = Gate::start_resolving(d, "gate-b", &b_toml, b_admin, &dns.resolv_conf);
+    // gate-s: static only, no discovery.
+    let (s_listen, s_admin) = (free_port(), free_port());
+    let nodes_ref: Vec<&Mosquitto> = nodes.iter().collect();
+    let s_toml = basic_config(
+        s_listen,
+        s_admin,
+        "dynsec",
+        &nodes_ref,
+        "balance = \"round-robin\"\n[clusters.brokers.sticky]\nsessions = \"all\"\n",
+    ) + &format!(
+        "\n[peers]\nname = \"gate-s\"\nbind = \"127.0.0.1:{s_port}\"\n{secret}\
+         peers = [ {{ name = \"gate-a\", address = \"127.0.0.1:{peer_port}\" }} ]\n"
+    );
+    let s = Gate::start(d, "gate-s", &s_toml, s_admin);
+    wait_link(&a, "gate-b", true);
+    wait_link(&a, "gate-s", true);
+    wait_link(&s, "gate-a", true);
+    // Through gate-a, an entry reaches both its static and its discovered peer.
+    drop(raw_session(a_listen, "combined-a"));
+    let node = sticky_node(a.admin_port, "combined-a").expect("entry on gate-a");
+    for g in [&b, &s] {
+        wait_until(Duration::from_secs(10), "gate-a's entry everywhere", || {
+            sticky_node(g.admin_port, "combined-a").as_deref() == Some(node.as_str())
+        });
+    }
+    // Through gate-s, an entry reaches gate-a (its only peer).
+    drop(raw_session(s_listen, "combined-s"));
+    let node = sticky_node(s.admin_port, "combined-s").expect("entry on gate-s");
+    wait_until(Duration::from_secs(10), "gate-s's entry on gate-a", || {
+        sticky_node(a.admin_port, "combined-s").as_deref() == Some(node.as_str())
+    });
+}
