@@ -175,7 +175,124 @@ async fn static_addresses(peers: &[crate::config::PeerConfig]) -> HashSet<Socket
 
 #[cfg(test)]
 mod tests {
-    use super::is_own;
+    use super::*;
+    use hickory_resolver::config::{
+        LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+    };
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+
+    /// A DNS server on loopback: `_peers._tcp.mesh.test` SRV → `gate-b.mesh.test`
+    /// port 7401 and `gate-c.mesh.test` port 7402; those names (and `mesh.test`) A →
+    /// 127.0.0.2 / .3.
+    async fn srv_dns() -> SocketAddr {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake DNS");
+        let addr = sock.local_addr().expect("addr");
+        fn name(n: &str) -> Vec<u8> {
+            let mut out = Vec::new();
+            for l in n.split('.') {
+                out.push(l.len() as u8);
+                out.extend_from_slice(l.as_bytes());
+            }
+            out.push(0);
+            out
+        }
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                let q = &buf[..n];
+                let mut i = 12;
+                let mut labels = Vec::new();
+                while i < n && q[i] != 0 {
+                    let l = q[i] as usize;
+                    labels.push(String::from_utf8_lossy(&q[i + 1..(i + 1 + l).min(n)]).to_string());
+                    i += 1 + l;
+                }
+                let qname = labels.join(".").to_ascii_lowercase();
+                let qend = (i + 5).min(n);
+                let qtype = u16::from_be_bytes([q[qend - 4], q[qend - 3]]);
+                let mut answers: Vec<(u16, Vec<u8>)> = Vec::new();
+                match (qtype, qname.as_str()) {
+                    (33, "_peers._tcp.mesh.test") => {
+                        for (target, port) in
+                            [("gate-b.mesh.test", 7401u16), ("gate-c.mesh.test", 7402)]
+                        {
+                            let mut rd = vec![0, 10, 0, 50];
+                            rd.extend_from_slice(&port.to_be_bytes());
+                            rd.extend_from_slice(&name(target));
+                            answers.push((33, rd));
+                        }
+                    }
+                    (1, "gate-b.mesh.test") => answers.push((1, vec![127, 0, 0, 2])),
+                    (1, "gate-c.mesh.test") => answers.push((1, vec![127, 0, 0, 3])),
+                    (1, "mesh.test") => {
+                        answers.push((1, vec![127, 0, 0, 2]));
+                        answers.push((1, vec![127, 0, 0, 3]));
+                    }
+                    _ => {}
+                }
+                let mut r = Vec::with_capacity(128);
+                r.extend_from_slice(&q[..2]);
+                r.extend_from_slice(&[0x81, 0x80, 0, 1]);
+                r.extend_from_slice(&(answers.len() as u16).to_be_bytes());
+                r.extend_from_slice(&[0, 0, 0, 0]);
+                r.extend_from_slice(&q[12..qend]);
+                for (t, rd) in answers {
+                    r.extend_from_slice(&[0xc0, 0x0c]);
+                    r.extend_from_slice(&t.to_be_bytes());
+                    r.extend_from_slice(&[0, 1, 0, 0, 0, 0]);
+                    r.extend_from_slice(&(rd.len() as u16).to_be_bytes());
+                    r.extend_from_slice(&rd);
+                }
+                let _ = sock.send_to(&r, from).await;
+            }
+        });
+        addr
+    }
+
+    /// A/AAAA targets use the configured port; SRV targets their own ports.
+    #[tokio::test]
+    async fn a_records_and_srv_records_give_the_peer_addresses() {
+        let dns = srv_dns().await;
+        let mut ns = NameServerConfig::udp(dns.ip());
+        for c in &mut ns.connections {
+            c.port = dns.port();
+        }
+        let mut opts = ResolverOpts::default();
+        opts.cache_size = 0;
+        opts.use_hosts_file = ResolveHosts::Never;
+        opts.ip_strategy = LookupIpStrategy::Ipv4Only;
+        opts.timeout = Duration::from_secs(2);
+        let resolver = TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(vec![ns]),
+            TokioRuntimeProvider::default(),
+        )
+        .with_options(opts)
+        .build()
+        .expect("resolver");
+        let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let srv = PeerDiscovery {
+            name: "_peers._tcp.mesh.test".into(),
+            port: None,
+            interval: Duration::from_secs(5),
+        };
+        let got = lookup(&resolver, &srv).await.expect("SRV lookup");
+        assert_eq!(
+            got,
+            BTreeSet::from([a("127.0.0.2:7401"), a("127.0.0.3:7402")])
+        );
+        let plain = PeerDiscovery {
+            name: "mesh.test".into(),
+            port: Some(7400),
+            interval: Duration::from_secs(5),
+        };
+        let got = lookup(&resolver, &plain).await.expect("A lookup");
+        assert_eq!(
+            got,
+            BTreeSet::from([a("127.0.0.2:7400"), a("127.0.0.3:7400")])
+        );
+    }
 
     #[test]
     fn own_address_is_the_bound_one_or_a_local_one_with_the_same_port() {
