@@ -103,6 +103,7 @@ impl Gateway {
                 error: e.to_string(),
             })?,
             instance: instance_name(&config),
+            changes: crate::sticky::feed(),
             log_level: Mutex::new(None),
         });
         let host = Arc::new(crate::host::Host::new(
@@ -110,6 +111,8 @@ impl Gateway {
             shared.instance.clone(),
             shared.background.clone(),
             shared.bg_tracker.clone(),
+            shared.resolver.clone(),
+            shared.changes.clone(),
         ));
         let gw = Gateway {
             shared,
@@ -311,8 +314,12 @@ impl Gateway {
                         existing.clone()
                     }
                     None => {
-                        let cl =
-                            Arc::new(Cluster::new(c, shared.metrics.clone(), &shared.instance));
+                        let cl = Arc::new(Cluster::with_feed(
+                            c,
+                            shared.metrics.clone(),
+                            &shared.instance,
+                            shared.changes.clone(),
+                        ));
                         cl.set_tls(tls);
                         for n in cl.nodes().iter() {
                             self.start_checks(&cl, n.clone());

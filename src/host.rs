@@ -1,16 +1,19 @@
 //! What the services beside the data path (peers, the admin API, the refusal
 //! summary) get from the gateway, and nothing more: the current view (clusters, their
 //! sticky tables and admin states, the configuration) through the data path's handle,
-//! the metrics, this instance's name and the background task set. The gateway keeps
+//! the metrics, this instance's name, the background task set and the DNS resolver. The gateway keeps
 //! its own wiring (`crate::state::Shared`) to itself.
 
 use crate::cluster::Cluster;
 use crate::metrics::Metrics;
 use crate::runtime::{DataPath, Runtime};
+use crate::sticky::Change;
 use crate::sync::lock;
+use hickory_resolver::TokioResolver;
 use prometheus::{IntCounter, IntGauge};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -25,6 +28,10 @@ pub struct Host {
     pub bg_tracker: TaskTracker,
     /// The peer links as the peers service keeps them, for the status page and API.
     pub peer_board: PeerBoard,
+    /// The gateway's DNS resolver (peer discovery).
+    pub resolver: Arc<TokioResolver>,
+    /// The change feed of every sticky table (what peer links send).
+    pub changes: broadcast::Sender<Change>,
 }
 
 impl Host {
@@ -33,6 +40,8 @@ impl Host {
         instance: String,
         background: CancellationToken,
         bg_tracker: TaskTracker,
+        resolver: Arc<TokioResolver>,
+        changes: broadcast::Sender<Change>,
     ) -> Self {
         Host {
             metrics: data.metrics.clone(),
@@ -41,6 +50,8 @@ impl Host {
             background,
             bg_tracker,
             peer_board: PeerBoard::default(),
+            resolver,
+            changes,
         }
     }
 

@@ -6,7 +6,8 @@
 //!
 //! The watcher watches the file's directory rather than the file: an editor that
 //! writes a new file and renames it over the old one replaces the inode, which a
-//! watch on the file itself would lose.
+//! watch on the file itself would lose. A config file reached through symlinks (a
+//! Kubernetes ConfigMap volume) is followed across the `..data` swap ([`watch`]).
 
 use crate::config::ConfigErrors;
 use notify::{EventKind, RecursiveMode, Watcher};
@@ -73,25 +74,40 @@ const DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// Start watching the gateway's config file. Errors (e.g. no inotify) are logged and
 /// leave SIGHUP and the API as the reload triggers.
+///
+/// The file is read by the name the config gives it. When that name is a symlink (a
+/// Kubernetes ConfigMap volume: `mqgate.toml -> ..data/mqgate.toml`, `..data ->
+/// ..2026_…`), both its own directory and the directory of the file it points to are
+/// watched, and an update that swaps `..data` to a new directory (the old one is
+/// deleted) is followed: the new target's directory is watched from then on.
 pub fn watch(t: &Triggers) {
-    let path = t.reload.config_file();
-    let path = std::fs::canonicalize(&path).unwrap_or(path);
+    let named = t.reload.config_file();
+    let named = if named.is_relative() {
+        std::env::current_dir()
+            .map(|d| d.join(&named))
+            .unwrap_or(named)
+    } else {
+        named
+    };
     let (tx, rx) = mpsc::unbounded_channel::<()>();
-    let Some(dir) = path.parent().map(Path::to_path_buf) else {
-        tracing::warn!(file = %path.display(), "config file has no parent directory; not watching it");
+    let Some(named_dir) = named.parent().map(Path::to_path_buf) else {
+        tracing::warn!(file = %named.display(), "config file has no parent directory; not watching it");
         return;
     };
-    let file_name = path.file_name().map(|f| f.to_os_string());
-    let watched = path.clone();
+    let file_name = named.file_name().map(|f| f.to_os_string());
+    let dir = named_dir.clone();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(ev) = res else { return };
         if matches!(ev.kind, EventKind::Access(_)) {
             return;
         }
-        let ours = ev
-            .paths
-            .iter()
-            .any(|p| p == &watched || (p.file_name().map(|f| f.to_os_string()) == file_name));
+        let ours = ev.paths.iter().any(|p| {
+            let name = p.file_name().map(|f| f.to_os_string());
+            // The file itself (in either directory), or a ConfigMap's `..data` swap.
+            name == file_name
+                || (p.parent() == Some(dir.as_path())
+                    && name.is_some_and(|n| n.to_string_lossy().starts_with("..")))
+        });
         if ours {
             let _ = tx.send(());
         }
@@ -103,19 +119,56 @@ pub fn watch(t: &Triggers) {
             return;
         }
     };
-    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; reload with SIGHUP or the API");
+    if let Err(e) = watcher.watch(&named_dir, RecursiveMode::NonRecursive) {
+        tracing::warn!(dir = %named_dir.display(), error = %e, "cannot watch the config directory; reload with SIGHUP or the API");
         return;
     }
-    tracing::info!(file = %path.display(), "watching the config file for changes");
-    t.tracker.spawn(debounce_loop(t.clone(), rx, watcher, path));
+    let mut target = Target {
+        named_dir,
+        dir: None,
+    };
+    target.follow(&mut watcher, &named);
+    tracing::info!(file = %named.display(), "watching the config file for changes");
+    t.tracker
+        .spawn(debounce_loop(t.clone(), rx, watcher, named, target));
+}
+
+/// The directory of the file the config's name points to, when it is another one.
+struct Target {
+    named_dir: PathBuf,
+    dir: Option<PathBuf>,
+}
+
+impl Target {
+    /// Watch the directory the name now resolves to (and no longer the previous one).
+    fn follow(&mut self, watcher: &mut notify::RecommendedWatcher, named: &Path) {
+        let Some(dir) = std::fs::canonicalize(named)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+        else {
+            return;
+        };
+        if self.dir.as_ref() == Some(&dir) || dir == self.named_dir {
+            return;
+        }
+        if let Some(old) = self.dir.take() {
+            let _ = watcher.unwatch(&old); // gone already after a ConfigMap swap
+        }
+        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => self.dir = Some(dir),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config file's target directory")
+            }
+        }
+    }
 }
 
 async fn debounce_loop(
     t: Triggers,
     mut rx: mpsc::UnboundedReceiver<()>,
-    _watcher: notify::RecommendedWatcher,
+    mut watcher: notify::RecommendedWatcher,
     path: PathBuf,
+    mut target: Target,
 ) {
     let stop = t.stop.clone();
     let mut last = std::fs::read(&path).ok();
@@ -135,6 +188,7 @@ async fn debounce_loop(
                 _ = stop.cancelled() => return,
             }
         }
+        target.follow(&mut watcher, &path);
         let now = std::fs::read(&path).ok();
         if now.is_none() {
             // Mid-rename or deleted: the next event (the new file) triggers the reload.

@@ -31,9 +31,8 @@ pub struct RunOptions {
 /// (unless `watch` is false) and the refusal summary. Returns the reload handle.
 pub async fn wire(gw: &Gateway, watch: bool) -> anyhow::Result<Triggers> {
     let triggers = gw.triggers();
-    crate::admin::spawn(&gw.host, triggers.reload.clone())
-        .await
-        .context("starting the admin server")?;
+    // The watch first: once the admin API answers (/healthz, what deployments wait
+    // for), a saved file is seen.
     if watch {
         crate::reload::watch(&triggers);
     } else {
@@ -41,6 +40,9 @@ pub async fn wire(gw: &Gateway, watch: bool) -> anyhow::Result<Triggers> {
             "not watching the config file (--no-watch); reload with SIGHUP or POST /api/v1/reload"
         );
     }
+    crate::admin::spawn(&gw.host, triggers.reload.clone())
+        .await
+        .context("starting the admin server")?;
     crate::refused::spawn(&gw.host);
     Ok(triggers)
 }

@@ -52,6 +52,8 @@ pub struct Shared {
     pub resolver: Arc<TokioResolver>,
     /// This gateway's name (the `[peers] name`, else the host name).
     pub instance: String,
+    /// The change feed of every sticky table (`crate::sticky::feed`), read by peer links.
+    pub changes: tokio::sync::broadcast::Sender<crate::sticky::Change>,
     /// Changes the log filter on reload (set by the binary).
     pub log_level: Mutex<Option<crate::logging::LevelSetter>>,
 }

@@ -313,6 +313,10 @@ mod tests {
 pub struct PeerTls {
     pub acceptor: TlsAcceptor,
     pub connector: TlsConnector,
+    /// For discovered peers, whose names are learned in the handshake: accepts a
+    /// certificate of the CA for any DNS name it carries (the name is checked after the
+    /// handshake against the one the peer proves, `crate::peers::auth`).
+    pub discover_connector: TlsConnector,
 }
 
 /// Build the rustls server (client certificates required) and client configurations
@@ -330,12 +334,23 @@ pub fn peer_configs(t: &PeerTlsConfig) -> Result<PeerTls, TlsError> {
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(load_certs(&t.cert)?, load_key(&t.key)?)?;
+    let any_name =
+        crate::peers::any_name::verifier(roots.clone()).map_err(|e| TlsError::ClientCa {
+            path: t.ca.display().to_string(),
+            msg: e.to_string(),
+        })?;
     let client = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_client_auth_cert(load_certs(&t.cert)?, load_key(&t.key)?)?;
+    let discover = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(any_name)
+        .with_client_auth_cert(load_certs(&t.cert)?, load_key(&t.key)?)?;
     Ok(PeerTls {
         acceptor: TlsAcceptor::from(Arc::new(server)),
         connector: TlsConnector::from(Arc::new(client)),
+        discover_connector: TlsConnector::from(Arc::new(discover)),
     })
 }

@@ -118,6 +118,7 @@ fn config_with(body: &str, extra: &[(String, String)]) -> String {
         ("clusters.brokers.health", String::new()),
         ("clusters.brokers.sticky", String::new()),
         ("clusters.brokers.sessions", String::new()),
+        ("peers", String::new()),
     ];
     let mut out = body.to_string();
     for (t, line) in extra {
@@ -129,6 +130,17 @@ fn config_with(body: &str, extra: &[(String, String)]) -> String {
         }
     }
     for (t, lines) in tables {
+        if t == "peers" {
+            if lines.is_empty() {
+                continue;
+            }
+            // The required keys; the secret is any variable that is set (its value
+            // does not matter here).
+            out.push_str(&format!(
+                "\n[{t}]\nname = \"bounds\"\nbind = \"127.0.0.1:0\"\nsecret_env = \"PATH\"\n{lines}"
+            ));
+            continue;
+        }
         out.push_str(&format!("\n[{t}]\n{lines}"));
     }
     out

@@ -83,6 +83,17 @@ impl Drop for QueueGuard<'_> {
 
 impl Cluster {
     pub fn new(cfg: &ClusterConfig, metrics: Arc<Metrics>, origin: &str) -> Self {
+        Self::with_feed(cfg, metrics, origin, crate::sticky::feed())
+    }
+
+    /// A cluster whose sticky table sends its changes into the gateway's feed
+    /// (`crate::sticky::feed`, read by the peer links).
+    pub fn with_feed(
+        cfg: &ClusterConfig,
+        metrics: Arc<Metrics>,
+        origin: &str,
+        feed: tokio::sync::broadcast::Sender<crate::sticky::Change>,
+    ) -> Self {
         let nodes: Vec<Arc<Node>> = cfg
             .nodes
             .iter()
@@ -95,7 +106,13 @@ impl Cluster {
             leader: ArcSwapOption::empty(),
             leader_lock: Mutex::new(()),
             rr: AtomicUsize::new(0),
-            sticky: StickyTable::new(cfg.sticky.capacity, cfg.sticky.expire, origin),
+            sticky: StickyTable::with_feed(
+                cfg.sticky.capacity,
+                cfg.sticky.expire,
+                origin,
+                &cfg.name,
+                feed,
+            ),
             subs: SubStore::new(&cfg.name, sub_bounds(cfg)),
             relayed_byte: metrics
                 .relay_connections

@@ -7,6 +7,7 @@ mod address;
 mod checker;
 mod errors;
 mod ops;
+mod peers_discovery;
 mod raw;
 mod sessions;
 mod tls_checks;
@@ -431,6 +432,20 @@ pub struct PeersConfig {
     pub peers: Vec<PeerConfig>,
     pub snapshot: Option<PathBuf>,
     pub tls: Option<PeerTlsConfig>,
+    /// Peers found through DNS, besides (or instead of) `peers`.
+    pub discover: Option<PeerDiscovery>,
+}
+
+/// `[peers] discover`: every address the name resolves to, except this instance's own,
+/// is a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerDiscovery {
+    /// The name looked up (without the port).
+    pub name: String,
+    /// `Some(port)`: A/AAAA records, this port. `None`: SRV records (their ports).
+    pub port: Option<u16>,
+    /// Looked up again this often (and when a discovered link fails).
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

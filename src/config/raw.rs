@@ -345,7 +345,11 @@ fn d_max_subs_total() -> i64 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPeers {
+    /// Required unless `name_env` names it.
+    #[serde(default)]
     pub name: String,
+    /// Extension: name of an environment variable holding this instance's name (a pod name).
+    pub name_env: Option<String>,
     pub bind: String,
     pub secret_file: Option<String>,
     /// Extension: name of an environment variable holding the shared secret.
@@ -354,6 +358,9 @@ pub struct RawPeers {
     pub peers: Vec<RawPeer>,
     pub snapshot: Option<String>,
     pub tls: Option<RawPeerTls>,
+    /// Extension: peers found through DNS (`host:port` for A/AAAA, `_service._proto.host` for SRV).
+    pub discover: Option<String>,
+    pub discover_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

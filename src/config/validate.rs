@@ -2,6 +2,7 @@
 
 use super::address::{parse_cidr, parse_host_port};
 use super::checker::*;
+use super::peers_discovery;
 use super::raw::*;
 use super::tls_checks;
 use super::*;
@@ -396,6 +397,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
     }
 
     let peers = raw.peers.as_ref().map(|p| {
+        let own_name = peers_discovery::name(&mut v, p);
         let secret = v.secret(
             "peers.secret_file".into(),
             p.secret_file.as_deref(),
@@ -417,7 +419,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
         };
         let mut pnames = HashSet::new();
         for (i, peer) in p.peers.iter().enumerate() {
-            if peer.name == p.name {
+            if peer.name == own_name {
                 v.err(
                     format!("peers.peers[{i}].name"),
                     "a peer cannot have this instance's own name",
@@ -439,7 +441,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
         // With TLS, each side's certificate must name it (a subjectAltName DNS entry
         // equal to its `name`), so every name must be a DNS name.
         if p.tls.is_some() {
-            let names = std::iter::once(("peers.name".to_string(), &p.name)).chain(
+            let names = std::iter::once(("peers.name".to_string(), &own_name)).chain(
                 p.peers
                     .iter()
                     .enumerate()
@@ -462,7 +464,8 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
             }
         }
         PeersConfig {
-            name: p.name.clone(),
+            discover: peers_discovery::discovery(&mut v, p),
+            name: own_name.clone(),
             bind: v.socket("peers.bind".into(), &p.bind),
             secret,
             peers: p

@@ -204,16 +204,19 @@ async fn expect<R: AsyncRead + Unpin>(r: &mut FrameReader<R>) -> Result<Frame, L
     }
 }
 
-/// Dialer side: returns once both sides have proven themselves; with `seal` (a link
-/// without TLS) also the keys that seal its frames.
+/// Dialer side: returns the acceptor's name once both sides have proven themselves;
+/// with `seal` (a link without TLS) also the keys that seal its frames. `peer`: the
+/// name dialed, or `None` for a discovered address whose name is not known yet (the
+/// dialer's MAC then names no acceptor, and the acceptor, once the dialer has proven
+/// itself, sends a HELLO with its name, which its own MAC and the frame keys bind).
 pub async fn dial<R, W>(
     r: &mut FrameReader<R>,
     w: &mut W,
     own: &str,
-    peer: &str,
+    peer: Option<&str>,
     keys: &Keys,
     seal: bool,
-) -> Result<Option<FrameKeys>, LinkError>
+) -> Result<(String, Option<FrameKeys>), LinkError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -241,13 +244,28 @@ where
     send(
         w,
         &Frame::Auth {
-            mac: prove(keys, b"dialer", &nd, &na, own, peer),
+            mac: prove(keys, b"dialer", &nd, &na, own, peer.unwrap_or("")),
         },
     )
     .await?;
+    let peer = match peer {
+        Some(p) => p.to_string(),
+        None => match expect(r).await? {
+            Frame::Hello { name, .. } if !name.is_empty() && name != own => name,
+            Frame::Hello { name, .. } => {
+                return Err(refuse(
+                    w,
+                    LinkError::Protocol(format!("the discovered peer names itself {name:?}")),
+                )
+                .await)
+            }
+            f => return Err(refuse(w, LinkError::unexpected(&f)).await),
+        },
+    };
     match expect(r).await? {
-        Frame::Auth { mac } if verify(keys, b"acceptor", &nd, &na, own, peer, &mac) => {
-            Ok(seal.then(|| frame_keys(keys, &nd, &na, own, peer)))
+        Frame::Auth { mac } if verify(keys, b"acceptor", &nd, &na, own, &peer, &mac) => {
+            let sealing = seal.then(|| frame_keys(keys, &nd, &na, own, &peer));
+            Ok((peer, sealing))
         }
         Frame::Auth { .. } => Err(refuse(
             w,
@@ -282,6 +300,8 @@ pub enum Claim {
 /// without TLS), the keys that seal its frames. `judge` says whether the name the
 /// dialer claims may dial in. Until the dialer's AUTH has been checked, nothing said
 /// depends on the name: every failure up to then is answered with [`REFUSED`].
+/// `discovered`: also accept a dialer that did not know this gateway's name (it found
+/// the address through DNS); once it has proven itself, it is told the name.
 pub async fn accept<R, W>(
     r: &mut FrameReader<R>,
     w: &mut W,
@@ -289,6 +309,7 @@ pub async fn accept<R, W>(
     judge: impl Fn(&str) -> Claim,
     keys: &Keys,
     seal: bool,
+    discovered: bool,
 ) -> Result<(String, Option<FrameKeys>), LinkError>
 where
     R: AsyncRead + Unpin,
@@ -318,7 +339,9 @@ where
         Err(e) => return Err(e),
     };
     // Checked whatever the claim, so that the answer takes the same path.
-    let proven = verify(keys, b"dialer", &nd, &na, &name, own, &mac);
+    let named = verify(keys, b"dialer", &nd, &na, &name, own, &mac);
+    let unnamed = discovered && verify(keys, b"dialer", &nd, &na, &name, "", &mac);
+    let proven = named || unnamed;
     match claim {
         Claim::Denied(why) => {
             return Err(refuse_saying(w, REFUSED, LinkError::Auth(why)).await);
@@ -339,6 +362,17 @@ where
         }
         Claim::WrongWay(why) => return Err(refuse(w, LinkError::Auth(why)).await),
         Claim::Ok => {}
+    }
+    if unnamed && !named {
+        send(
+            w,
+            &Frame::Hello {
+                version: VERSION,
+                name: own.to_string(),
+                nonce: na,
+            },
+        )
+        .await?;
     }
     send(
         w,
@@ -436,18 +470,32 @@ mod tests {
     );
 
     async fn run(sd: &[u8], sa: &[u8], dialed: &str, claim: fn(&str) -> Claim) -> Outcome {
+        let (d, a) = run_as(sd, sa, Some(dialed), claim, false).await;
+        (d.map(|(_, k)| k), a)
+    }
+
+    async fn run_as(
+        sd: &[u8],
+        sa: &[u8],
+        dialed: Option<&str>,
+        claim: fn(&str) -> Claim,
+        discovered: bool,
+    ) -> (
+        Result<(String, Option<FrameKeys>), LinkError>,
+        Result<(String, Option<FrameKeys>), LinkError>,
+    ) {
         let (d, a) = tokio::io::duplex(4096);
         let (dr, mut dw) = tokio::io::split(d);
         let (ar, mut aw) = tokio::io::split(a);
         let (kd, ka) = (keys(sd), keys(sa));
-        let dialed = dialed.to_string();
+        let dialed = dialed.map(str::to_string);
         let dial = async move {
             let mut r = FrameReader::new(dr);
-            dial(&mut r, &mut dw, "gate-a", &dialed, &kd, true).await
+            dial(&mut r, &mut dw, "gate-a", dialed.as_deref(), &kd, true).await
         };
         let acc = async move {
             let mut r = FrameReader::new(ar);
-            accept(&mut r, &mut aw, "gate-b", claim, &ka, true).await
+            accept(&mut r, &mut aw, "gate-b", claim, &ka, true, discovered).await
         };
         tokio::join!(dial, acc)
     }
@@ -478,6 +526,28 @@ mod tests {
         // Dialing the right secret under the wrong name for the acceptor fails too.
         let (d, _) = run(b"same", b"same", "gate-c", |_| Claim::Ok).await;
         refused_uniformly(&d);
+    }
+
+    /// A dialer that found the address through DNS learns the acceptor's name only
+    /// after proving itself, and only from an acceptor that accepts discovered peers.
+    #[tokio::test]
+    async fn a_discovered_dialer_learns_the_name_after_proving_itself() {
+        let (d, a) = run_as(b"s", b"s", None, |_| Claim::Ok, true).await;
+        let (name, dk) = d.expect("dialer linked");
+        assert_eq!(name, "gate-b");
+        let (name, ak) = a.expect("acceptor linked");
+        assert_eq!(name, "gate-a");
+        let (dk, ak) = (dk.expect("keys"), ak.expect("keys"));
+        assert_eq!((dk.send, dk.recv), (ak.recv, ak.send));
+        // Wrong secret: the uniform refusal, no name.
+        let (d, _) = run_as(b"x", b"s", None, |_| Claim::Ok, true).await;
+        refused_uniformly(&d.map(|(_, k)| k));
+        // An acceptor without discovery refuses unnamed dials.
+        let (d, _) = run_as(b"s", b"s", None, |_| Claim::Ok, false).await;
+        refused_uniformly(&d.map(|(_, k)| k));
+        // A dialer that knows the name still links with a discovering acceptor.
+        let (d, a) = run_as(b"s", b"s", Some("gate-b"), |_| Claim::Ok, true).await;
+        assert!(d.is_ok() && a.is_ok());
     }
 
     #[tokio::test]

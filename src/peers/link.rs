@@ -3,8 +3,8 @@
 //!
 //! Memory stays bounded whatever the peer does: frames are at most `MAX_FRAME` bytes and
 //! are merged one at a time before the next is read (TCP backpressure slows a flooding
-//! peer down; the table's capacity bounds what it can add). Outgoing changes come from a
-//! bounded broadcast queue; a peer too slow to keep up falls behind the queue and gets a
+//! peer down; the table's capacity bounds what it can add). Outgoing changes come straight from
+//! the gateway's bounded change feed (every sticky table writes into it); a peer too slow to keep up falls behind the queue and gets a
 //! fresh full sync instead of an ever-growing buffer. A full sync copies one table shard
 //! at a time (the lock is held only for the copy), then writes it at the peer's pace.
 //!
@@ -36,8 +36,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Changes drained from the queue into one write.
 const DRAIN: usize = 4096;
 
-/// A change of one cluster's table, as carried by the peers hub.
-pub type Change = (Arc<str>, Update);
+/// A change of one cluster's table, as the gateway's feed carries it.
+pub use crate::sticky::Change;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -60,6 +60,9 @@ pub enum LinkError {
     /// A sealed frame's tag did not match (see `super::seal`).
     #[error("frame failed its integrity check (injected, altered or replayed)")]
     Integrity,
+    /// A discovered address led to a peer that is linked already.
+    #[error("already linked to this peer")]
+    Duplicate,
 }
 
 impl From<SealError> for LinkError {

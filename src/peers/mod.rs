@@ -10,32 +10,36 @@
 //! ([`link`]). Only changes made locally are sent on: the peers form a full mesh, and
 //! every instance must list every other one.
 //!
-//! Changes reach the links through one hub per gateway: a forwarder task per cluster
-//! copies the table's change feed (tagged with the cluster name) into a bounded broadcast
-//! channel that every link reads.
+//! Changes reach the links in one hop: every sticky table of the gateway sends its
+//! changes, tagged with the cluster name, into one bounded broadcast channel
+//! (`crate::sticky::feed`, held by [`Host`]) that every link reads. No task sits in
+//! between, and a gateway without peer links pays only a receiver-count check per
+//! change.
 //!
 //! Life cycle: [`start`] (after the first apply) loads the snapshot, then starts the
 //! service; [`reconfigure`] (after every later apply) starts, stops or adjusts it;
 //! [`save_snapshot`] (at shutdown) writes the tables.
 
+mod accept;
 pub mod admission;
+pub mod any_name;
 pub mod auth;
+mod dial;
+pub mod discover;
 pub mod frame;
 pub mod link;
 pub mod seal;
 pub mod snapshot;
 
-use crate::cluster::Cluster;
-use crate::config::{PeerConfig, PeersConfig, Secret};
+use crate::config::{PeerConfig, PeerDiscovery, PeersConfig, Secret};
 use crate::host::Host;
 use arc_swap::ArcSwap;
 use link::{Change, FrameReader, LinkError};
-use rand::Rng;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
@@ -48,8 +52,6 @@ const PEER_ADDRESSES_REFRESH: Duration = Duration::from_secs(60);
 /// Reconnect backoff: doubles from the first value up to the second, with jitter.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Changes buffered in the hub; a link further behind resyncs.
-const HUB_CAPACITY: usize = 16 * 1024;
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -61,6 +63,9 @@ struct Settings {
     secret: Secret,
     peers: Vec<PeerConfig>,
     tls: Option<auth::PeerTls>,
+    /// `[peers] discover` (accept any proven name from an address in its answer).
+    discover: bool,
+    discovery: Option<PeerDiscovery>,
 }
 
 /// The running peer service of one gateway.
@@ -73,11 +78,16 @@ struct Service {
     dialers: HashMap<String, (String, CancellationToken)>,
     links: Arc<Links>,
     hub: broadcast::Sender<Change>,
-    forwarders: HashMap<String, Weak<Cluster>>,
     /// The configured peers' addresses (resolved), for [`admission`].
     peer_addresses: Arc<ArcSwap<HashSet<IpAddr>>>,
     /// Wakes the task that resolves them (after a reload).
     peers_changed: Arc<Notify>,
+    /// The addresses in the current discovery answer ([`discover`]).
+    discovered: Arc<ArcSwap<HashSet<IpAddr>>>,
+    /// Wakes the discovery loop (reload, a failed discovered link, an unknown dialer).
+    rediscover: Arc<Notify>,
+    /// The peers listener's address (after binding).
+    bound: Arc<ArcSwap<SocketAddr>>,
 }
 
 /// Held by the gateway beside [`Host`]: the service, once started.
@@ -109,31 +119,59 @@ impl PeersHandle {
     }
 }
 
+/// One established link: its id, what closes it, the peer's address.
+type LinkEntry = (u64, CancellationToken, Option<IpAddr>);
+
 /// The established link per peer name (a newer link replaces an older one).
 #[derive(Default)]
 struct Links {
-    map: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    map: Mutex<HashMap<String, LinkEntry>>,
     next: AtomicU64,
 }
 
 impl Links {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, CancellationToken)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LinkEntry>> {
         crate::sync::lock(&self.map)
     }
 
-    fn register(&self, peer: &str, token: CancellationToken) -> u64 {
+    /// Record a new link; `None` if `exclusive` and the peer is linked already (a
+    /// discovered address of a gateway linked through another one).
+    fn register(
+        &self,
+        peer: &str,
+        token: CancellationToken,
+        remote: Option<IpAddr>,
+        exclusive: bool,
+    ) -> Option<u64> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        if let Some((_, old)) = self.lock().insert(peer.to_string(), (id, token)) {
+        let mut m = self.lock();
+        if exclusive && m.contains_key(peer) {
+            return None;
+        }
+        if let Some((_, old, _)) = m.insert(peer.to_string(), (id, token, remote)) {
             tracing::info!(peer, "peer reconnected; closing its previous link");
             old.cancel();
         }
-        id
+        Some(id)
+    }
+
+    /// Close the links of peers that are neither configured nor at an address of the
+    /// discovery answer.
+    fn close_unlisted(&self, statics: &[PeerConfig], answer: &HashSet<IpAddr>) {
+        for (name, (_, token, remote)) in self.lock().iter() {
+            let listed = statics.iter().any(|p| &p.name == name)
+                || remote.is_some_and(|ip| answer.contains(&ip));
+            if !listed && !token.is_cancelled() {
+                tracing::info!(peer = %name, "peer no longer configured nor discovered; closing its link");
+                token.cancel();
+            }
+        }
     }
 
     /// Forget the link if it is still the current one; true if it was.
     fn unregister(&self, peer: &str, id: u64) -> bool {
         let mut m = self.lock();
-        if m.get(peer).map(|(i, _)| *i == id).unwrap_or(false) {
+        if m.get(peer).map(|(i, _, _)| *i == id).unwrap_or(false) {
             m.remove(peer);
             true
         } else {
@@ -229,10 +267,12 @@ fn apply(host: &Arc<Host>, handle: &PeersHandle) -> Result<(), PeersError> {
         secret: cfg.secret.clone(),
         peers: cfg.peers.clone(),
         tls,
+        discover: cfg.discover.is_some(),
+        discovery: cfg.discover.clone(),
     };
     let fresh = guard.is_none();
     if fresh {
-        let (hub, _) = broadcast::channel(HUB_CAPACITY);
+        let hub = host.changes.clone();
         *guard = Some(Service {
             settings: Arc::new(ArcSwap::from_pointee(settings)),
             stop: host.background.child_token(),
@@ -242,9 +282,11 @@ fn apply(host: &Arc<Host>, handle: &PeersHandle) -> Result<(), PeersError> {
             dialers: HashMap::new(),
             links: Arc::default(),
             hub,
-            forwarders: HashMap::new(),
             peer_addresses: Arc::default(),
             peers_changed: Arc::new(Notify::new()),
+            discovered: Arc::default(),
+            rediscover: Arc::new(Notify::new()),
+            bound: Arc::new(ArcSwap::from_pointee(cfg.bind)),
         });
         if let Some(s) = guard.as_ref() {
             host.bg_tracker.spawn(resolve_peer_addresses(
@@ -257,6 +299,7 @@ fn apply(host: &Arc<Host>, handle: &PeersHandle) -> Result<(), PeersError> {
     } else if let Some(s) = guard.as_mut() {
         s.settings.store(Arc::new(settings));
         s.peers_changed.notify_one();
+        s.rediscover.notify_one();
     }
     if let Some(s) = guard.as_mut() {
         if fresh || s.bind != cfg.bind {
@@ -272,7 +315,11 @@ fn apply(host: &Arc<Host>, handle: &PeersHandle) -> Result<(), PeersError> {
         return Ok(());
     };
     reconcile_dialers(host, s, &cfg);
-    ensure_forwarders(host, s);
+    if fresh {
+        // After binding: the loop excludes the bound address from the answer.
+        host.bg_tracker
+            .spawn(discover::run(Ctx::new(host, s), s.stop.clone()));
+    }
     Ok(())
 }
 
@@ -290,10 +337,12 @@ fn rebind(host: &Arc<Host>, s: &mut Service, cfg: &PeersConfig) -> Result<(), Pe
     s.acceptor_stop = s.stop.child_token();
     s.bind = cfg.bind;
     s.local_addr = local;
+    s.bound.store(Arc::new(local));
     tracing::info!(bind = %local, name = %host.instance, "peers listening");
     let ctx = Ctx::new(host, s);
     let stop = s.acceptor_stop.clone();
-    host.bg_tracker.spawn(accept_loop(ctx, listener, stop));
+    host.bg_tracker
+        .spawn(accept::accept_loop(ctx, listener, stop));
     Ok(())
 }
 
@@ -312,10 +361,11 @@ fn reconcile_dialers(host: &Arc<Host>, s: &mut Service, cfg: &PeersConfig) {
         }
         keep
     });
-    // Links to peers that are no longer configured at all close too.
+    // Links to peers that are no longer configured at all close too (with discovery,
+    // the discovery loop decides, after its next lookup).
     let links = s.links.lock();
-    for (name, (_, token)) in links.iter() {
-        if !cfg.peers.iter().any(|p| &p.name == name) {
+    for (name, (_, token, _)) in links.iter() {
+        if cfg.discover.is_none() && !cfg.peers.iter().any(|p| &p.name == name) {
             tracing::info!(peer = %name, "peer removed from the config; closing its link");
             token.cancel();
         }
@@ -351,8 +401,12 @@ fn reconcile_dialers(host: &Arc<Host>, s: &mut Service, cfg: &PeersConfig) {
         s.dialers
             .insert(name.to_string(), (addr.to_string(), stop.clone()));
         let ctx = Ctx::new(host, s);
-        host.bg_tracker
-            .spawn(dial_loop(ctx, Arc::from(name), addr.to_string(), stop));
+        host.bg_tracker.spawn(dial::dial_loop(
+            ctx,
+            Some(Arc::from(name)),
+            addr.to_string(),
+            stop,
+        ));
     }
 }
 
@@ -379,44 +433,20 @@ async fn resolve_peer_addresses(
     }
 }
 
-/// Copy each cluster's change feed into the hub, tagged with the cluster name.
-fn ensure_forwarders(host: &Arc<Host>, s: &mut Service) {
-    let clusters = host.runtime().clusters.clone();
-    s.forwarders
-        .retain(|name, w| clusters.contains_key(name) && w.strong_count() > 0);
-    for (name, c) in clusters {
-        let same = s
-            .forwarders
-            .get(&name)
-            .map(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&c)))
-            .unwrap_or(false);
-        if same {
-            continue;
+/// An established link's place in [`Links`] and `mqgate_peer_up`, given up when the
+/// link ends or its task is dropped.
+struct Registered {
+    links: Arc<Links>,
+    peer: Arc<str>,
+    id: u64,
+    up: prometheus::IntGauge,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if self.links.unregister(&self.peer, self.id) {
+            self.up.set(0);
         }
-        s.forwarders.insert(name.clone(), Arc::downgrade(&c));
-        let mut rx = c.sticky.subscribe();
-        let hub = s.hub.clone();
-        let stop = s.stop.clone();
-        let name: Arc<str> = Arc::from(name.as_str());
-        host.bg_tracker.spawn(async move {
-            loop {
-                let r = tokio::select! {
-                    r = rx.recv() => r,
-                    _ = stop.cancelled() => return,
-                };
-                match r {
-                    Ok(u) => {
-                        let _ = hub.send((name.clone(), u));
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        // Cannot happen in practice (this task only copies); links
-                        // that miss changes catch up at their next full sync.
-                        tracing::warn!(cluster = %name, missed = n, "peer change feed overflowed");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
     }
 }
 
@@ -429,6 +459,11 @@ struct Ctx {
     hub: broadcast::Sender<Change>,
     stop: CancellationToken,
     peer_addresses: Arc<ArcSwap<HashSet<IpAddr>>>,
+    discovered: Arc<ArcSwap<HashSet<IpAddr>>>,
+    rediscover: Arc<Notify>,
+    bound: Arc<ArcSwap<SocketAddr>>,
+    /// Where dials come from (the bind address, unless unspecified).
+    local_ip: Option<IpAddr>,
 }
 
 impl Ctx {
@@ -440,28 +475,49 @@ impl Ctx {
             hub: s.hub.clone(),
             stop: s.stop.clone(),
             peer_addresses: s.peer_addresses.clone(),
+            discovered: s.discovered.clone(),
+            rediscover: s.rediscover.clone(),
+            bound: s.bound.clone(),
+            local_ip: Some(s.bind.ip()).filter(|ip| !ip.is_unspecified()),
         }
     }
 
+    fn bound(&self) -> SocketAddr {
+        **self.bound.load()
+    }
+
     /// Run an authenticated link until it ends; keeps `mqgate_peer_up` true.
-    /// `sealing`: the frame keys of a link without TLS.
+    /// `sealing`: the frame keys of a link without TLS; `remote`: the peer's address;
+    /// `exclusive`: fail with [`LinkError::Duplicate`] if the peer is linked already.
     async fn serve<R, W>(
         &self,
         peer: Arc<str>,
+        remote: Option<IpAddr>,
         r: FrameReader<R>,
         w: W,
         sealing: Option<auth::FrameKeys>,
+        exclusive: bool,
     ) -> Result<(), LinkError>
     where
         R: AsyncRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send,
     {
         let token = self.stop.child_token();
-        let id = self.links.register(&peer, token.clone());
+        let remote = remote.map(|ip| ip.to_canonical());
+        let Some(id) = self.links.register(&peer, token.clone(), remote, exclusive) else {
+            return Err(LinkError::Duplicate);
+        };
         let up = self.host.metrics.peer_up.with_label_values(&[&peer]);
         up.set(1);
         tracing::info!(peer = %peer, "peer link established");
-        let result = link::run(
+        // Also when this future is dropped (its dialer stopped: peer removed).
+        let _registered = Registered {
+            links: self.links.clone(),
+            peer: peer.clone(),
+            id,
+            up,
+        };
+        link::run(
             self.host.clone(),
             self.hub.clone(),
             peer.clone(),
@@ -470,255 +526,7 @@ impl Ctx {
             sealing,
             token,
         )
-        .await;
-        if self.links.unregister(&peer, id) {
-            up.set(0);
-        }
-        result
-    }
-}
-
-async fn accept_loop(ctx: Ctx, listener: tokio::net::TcpListener, stop: CancellationToken) {
-    let admission = admission::Admission::new(admission::Limits::DEFAULT);
-    loop {
-        let (tcp, addr) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::debug!("peers accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => return,
-        };
-        let _ = tcp.set_nodelay(true);
-        let waiting = admission.arrive();
-        let admission = admission.clone();
-        let ctx = ctx.clone();
-        let tracker = ctx.host.bg_tracker.clone();
-        tracker.spawn(async move {
-            // The first byte, without holding a handshake slot.
-            let mut first = [0u8; 1];
-            let got = tokio::select! {
-                r = tokio::time::timeout(admission::FIRST_BYTE_TIMEOUT, tcp.peek(&mut first)) => r,
-                _ = waiting.evicted() => {
-                    tracing::debug!(%addr, "peers port: closed a connection that had sent nothing, to make room");
-                    return;
-                }
-            };
-            drop(waiting);
-            match got {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => return, // closed, or failed, before sending anything
-                Err(_) => {
-                    tracing::debug!(%addr, "peers port: nothing received within {:?}; closed", admission::FIRST_BYTE_TIMEOUT);
-                    return;
-                }
-            }
-            let source = addr.ip().to_canonical();
-            let peer_address = ctx.peer_addresses.load().contains(&source);
-            let Some(slot) = admission.handshake(source, peer_address) else {
-                tracing::debug!(%addr, "too many peer handshakes in progress; connection dropped");
-                return;
-            };
-            let settings = ctx.settings.load_full();
-            let hs = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_one(&settings, tcp)).await;
-            drop(slot);
-            let (peer, (r, w, sealing)) = match hs {
-                Ok(Ok(x)) => x,
-                Ok(Err(e @ LinkError::Auth(_))) => {
-                    tracing::warn!(%addr, "peer refused: {e}");
-                    return;
-                }
-                Ok(Err(e @ LinkError::Frame(_))) => {
-                    tracing::warn!(%addr, "peer connection refused: {e}");
-                    return;
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(%addr, "peer handshake failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%addr, "peer handshake timed out");
-                    return;
-                }
-            };
-            let peer: Arc<str> = Arc::from(peer.as_str());
-            if let Err(e) = ctx.serve(peer.clone(), r, w, sealing).await {
-                log_link_end(&peer, &e);
-            }
-        });
-    }
-}
-
-type Halves = (
-    FrameReader<tokio::io::ReadHalf<Stream>>,
-    tokio::io::WriteHalf<Stream>,
-    Option<auth::FrameKeys>,
-);
-
-/// The end-entity certificate the other side presented, as DER.
-fn peer_certificate(c: &rustls::CommonState) -> Option<&[u8]> {
-    c.peer_certificates()
-        .and_then(|certs| certs.first())
-        .map(|c| c.as_ref())
-}
-
-async fn accept_one(
-    settings: &Settings,
-    tcp: tokio::net::TcpStream,
-) -> Result<(String, Halves), LinkError> {
-    let (stream, cert, binding): (Stream, Option<Vec<u8>>, Option<[u8; 32]>) = match &settings.tls {
-        Some(t) => {
-            let s = t
-                .acceptor
-                .accept(tcp)
-                .await
-                .map_err(|e| LinkError::Auth(format!("TLS handshake failed: {e}")))?;
-            let conn = s.get_ref().1;
-            let cert = peer_certificate(conn).map(<[u8]>::to_vec);
-            let binding = auth::tls_binding(conn.export_keying_material(
-                [0u8; 32],
-                auth::TLS_EXPORTER_LABEL,
-                None,
-            ))?;
-            (Box::new(s), cert, Some(binding))
-        }
-        None => (Box::new(tcp), None, None),
-    };
-    let keys = auth::Keys::new(&settings.secret, binding)?;
-    let tls = settings.tls.is_some();
-    let (r, mut w) = tokio::io::split(stream);
-    let mut r = FrameReader::new(r);
-    let own = settings.own.clone();
-    // Decided before AUTH, told after it (uniformly, unless the dialer proved itself).
-    let judge = |name: &str| -> auth::Claim {
-        if !settings.peers.iter().any(|p| p.name == name) {
-            return auth::Claim::Denied(format!("`{name}` is not a configured peer of `{own}`"));
-        }
-        if tls
-            && !cert
-                .as_deref()
-                .is_some_and(|c| auth::certificate_names(c, name))
-        {
-            return auth::Claim::Denied(format!(
-                "the certificate presented for `{name}` does not name it (a subjectAltName \
-                 DNS entry `{name}` is required)"
-            ));
-        }
-        if name > &*own {
-            return auth::Claim::WrongWay(format!(
-                "`{own}` dials `{name}`, not the other way round (the name that sorts first dials)"
-            ));
-        }
-        auth::Claim::Ok
-    };
-    let (name, sealing) = auth::accept(&mut r, &mut w, &settings.own, judge, &keys, !tls).await?;
-    Ok((name, (r, w, sealing)))
-}
-
-async fn dial_one(settings: &Settings, peer: &str, addr: &str) -> Result<Halves, LinkError> {
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let _ = tcp.set_nodelay(true);
-    let (stream, binding): (Stream, Option<[u8; 32]>) = match &settings.tls {
-        Some(t) => {
-            // The acceptor's certificate must name the peer dialed, as ours must name us.
-            let name = rustls::pki_types::ServerName::try_from(peer.to_string()).map_err(|e| {
-                LinkError::Auth(format!(
-                    "peer name `{peer}` cannot be named by a certificate: {e}"
-                ))
-            })?;
-            let s = t
-                .connector
-                .connect(name, tcp)
-                .await
-                .map_err(|e| LinkError::Auth(format!("TLS handshake failed: {e}")))?;
-            let conn = s.get_ref().1;
-            if !peer_certificate(conn).is_some_and(|c| auth::certificate_names(c, peer)) {
-                return Err(LinkError::Auth(format!(
-                    "the certificate of `{addr}` does not name `{peer}` (a subjectAltName DNS \
-                     entry `{peer}` is required)"
-                )));
-            }
-            let binding = auth::tls_binding(conn.export_keying_material(
-                [0u8; 32],
-                auth::TLS_EXPORTER_LABEL,
-                None,
-            ))?;
-            (Box::new(s), Some(binding))
-        }
-        None => (Box::new(tcp), None),
-    };
-    let keys = auth::Keys::new(&settings.secret, binding)?;
-    let (r, mut w) = tokio::io::split(stream);
-    let mut r = FrameReader::new(r);
-    let sealing = auth::dial(
-        &mut r,
-        &mut w,
-        &settings.own,
-        peer,
-        &keys,
-        settings.tls.is_none(),
-    )
-    .await?;
-    Ok((r, w, sealing))
-}
-
-async fn dial_loop(ctx: Ctx, peer: Arc<str>, addr: String, stop: CancellationToken) {
-    let mut attempt: u32 = 0;
-    let mut failing_logged = false;
-    loop {
-        if stop.is_cancelled() {
-            return;
-        }
-        let started = Instant::now();
-        let settings = ctx.settings.load_full();
-        let dialed = tokio::select! {
-            r = tokio::time::timeout(HANDSHAKE_TIMEOUT, dial_one(&settings, &peer, &addr)) => r,
-            _ = stop.cancelled() => return,
-        };
-        match dialed {
-            Ok(Ok((r, w, sealing))) => {
-                failing_logged = false;
-                let served = tokio::select! {
-                    r = ctx.serve(peer.clone(), r, w, sealing) => r,
-                    _ = stop.cancelled() => Ok(()),
-                };
-                if let Err(e) = served {
-                    log_link_end(&peer, &e);
-                }
-            }
-            Ok(Err(e)) => {
-                let loud = matches!(
-                    e,
-                    LinkError::Auth(_) | LinkError::Refused(_) | LinkError::Frame(_)
-                );
-                if loud {
-                    tracing::warn!(peer = %peer, %addr, "cannot link to peer: {e}");
-                } else if !failing_logged {
-                    tracing::info!(peer = %peer, %addr, "cannot reach peer (retrying): {e}");
-                } else {
-                    tracing::debug!(peer = %peer, %addr, "cannot reach peer: {e}");
-                }
-                failing_logged = true;
-            }
-            Err(_) => {
-                tracing::debug!(peer = %peer, %addr, "peer handshake timed out");
-            }
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            attempt = 0;
-        }
-        let backoff = BACKOFF_MIN
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(BACKOFF_MAX);
-        attempt = attempt.saturating_add(1);
-        let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
-        tokio::select! {
-            _ = tokio::time::sleep(jittered) => {}
-            _ = stop.cancelled() => return,
-        }
+        .await
     }
 }
 

@@ -30,8 +30,19 @@ use tokio::sync::broadcast;
 /// Number of independently locked parts of a table (also the unit of a full sync).
 pub const SHARDS: usize = 16;
 
-/// Changes buffered for replication; a peer link that falls further behind resyncs.
-const CHANGES_CAPACITY: usize = 16 * 1024;
+/// Changes buffered for replication, for all of a gateway's tables together (one
+/// feed, [`feed`]); a peer link that falls further behind resyncs.
+pub const FEED_CAPACITY: usize = 16 * 1024;
+
+/// A change of one cluster's table, tagged with the cluster's name: what the peer
+/// links read, straight from the tables (no task in between).
+pub type Change = (Arc<str>, Update);
+
+/// A gateway's change feed: every table of the gateway sends into it, every peer link
+/// subscribes to it. Sending with no subscriber (no peers) costs nothing but the check.
+pub fn feed() -> broadcast::Sender<Change> {
+    broadcast::channel(FEED_CAPACITY).0
+}
 
 /// Updates stamped further in the future than this are refused (a peer with a broken
 /// clock, or a hostile one, must not pin entries forever).
@@ -108,7 +119,9 @@ pub struct StickyTable {
     expire_ms: AtomicU64,
     capacity: AtomicUsize,
     origin: Arc<str>,
-    changes: broadcast::Sender<Update>,
+    /// This table's cluster, as its changes are tagged.
+    cluster: Arc<str>,
+    changes: broadcast::Sender<Change>,
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
@@ -166,8 +179,19 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl StickyTable {
+    /// A table with a change feed of its own (tests, tools).
     pub fn new(capacity: usize, expire: Duration, origin: &str) -> Self {
-        let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
+        Self::with_feed(capacity, expire, origin, "", feed())
+    }
+
+    /// A table of cluster `cluster` that sends its changes into the gateway's `changes`.
+    pub fn with_feed(
+        capacity: usize,
+        expire: Duration,
+        origin: &str,
+        cluster: &str,
+        changes: broadcast::Sender<Change>,
+    ) -> Self {
         let per = per_shard(capacity);
         Self {
             shards: (0..SHARDS)
@@ -182,6 +206,7 @@ impl StickyTable {
             expire_ms: AtomicU64::new(millis(expire)),
             capacity: AtomicUsize::new(capacity),
             origin: Arc::from(origin),
+            cluster: Arc::from(cluster),
             changes,
         }
     }
@@ -244,7 +269,7 @@ impl StickyTable {
         };
         drop(g);
         if let Some((node, stamp, origin)) = announce {
-            let _ = self.changes.send(Update {
+            self.publish(Update {
                 key: Arc::from(key),
                 node: Some(node),
                 stamp,
@@ -282,7 +307,7 @@ impl StickyTable {
                 },
             );
         }
-        let _ = self.changes.send(Update {
+        self.publish(Update {
             key,
             node: Some(node),
             stamp,
@@ -310,7 +335,7 @@ impl StickyTable {
             );
             stamp
         };
-        let _ = self.changes.send(Update {
+        self.publish(Update {
             key,
             node: None,
             stamp,
@@ -474,9 +499,16 @@ impl StickyTable {
         (0..SHARDS).flat_map(|i| self.export_shard(i)).collect()
     }
 
-    /// Changes made to this table (local writes, deletions and touches), for replication.
-    pub fn subscribe(&self) -> broadcast::Receiver<Update> {
+    /// Changes made to this table (local writes, deletions and touches), for
+    /// replication; with a shared feed, those of the other tables on it too.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
+    }
+
+    /// Publish a change of this table.
+    fn publish(&self, u: Update) {
+        // No subscriber (no peer link): nothing to do.
+        let _ = self.changes.send((self.cluster.clone(), u));
     }
 }
 

@@ -56,7 +56,7 @@ fn changes_are_published() {
     let t = StickyTable::new(100, Duration::from_secs(60), "gate-a");
     let mut rx = t.subscribe();
     t.record("k", "n1");
-    let u = rx.try_recv().expect("update published");
+    let (_, u) = rx.try_recv().expect("update published");
     assert_eq!(&*u.key, "k");
     assert_eq!(u.node.as_deref(), Some("n1"));
     assert_eq!(&*u.origin, "gate-a");
@@ -100,7 +100,7 @@ fn local_write_supersedes_what_was_seen_even_with_a_skewed_clock() {
     assert!(t.merge(&upd("k", Some("n1"), ahead, "gate-z", 0)));
     let mut rx = t.subscribe();
     t.record("k", "n2");
-    let u = rx.try_recv().expect("published");
+    let (_, u) = rx.try_recv().expect("published");
     assert!(u.stamp > ahead, "stamp {} must beat {ahead}", u.stamp);
     // a peer holding the gate-z entry accepts it
     let peer = StickyTable::new(100, Duration::from_secs(60), "gate-z");

@@ -139,6 +139,9 @@ pub struct Gate {
     pub log: PathBuf,
     /// Extra `mqgate run` arguments (e.g. `--handover PATH`).
     pub args: Vec<String>,
+    /// Run mqgate in its own mount namespace with this file as `/etc/resolv.conf`
+    /// (`unshare --mount`; see `common::dns`).
+    pub resolv_conf: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -160,6 +163,45 @@ impl Gate {
             admin_port,
             log,
             args: args.iter().map(|a| a.to_string()).collect(),
+            resolv_conf: None,
+            child: None,
+        };
+        g.resume();
+        g
+    }
+
+    /// Start `mqgate run` on an existing config file (which may be a symlink, as in a
+    /// ConfigMap volume); the log goes to `dir/name.log`.
+    pub fn start_at(dir: &Path, name: &str, config: &Path, admin_port: u16) -> Gate {
+        let mut g = Gate {
+            config: config.to_path_buf(),
+            admin_port,
+            log: dir.join(format!("{name}.log")),
+            args: Vec::new(),
+            resolv_conf: None,
+            child: None,
+        };
+        g.resume();
+        g
+    }
+
+    /// [`Gate::start`] with `resolv_conf` bind-mounted over `/etc/resolv.conf` in a
+    /// mount namespace of its own (the host's file is untouched).
+    pub fn start_resolving(
+        dir: &Path,
+        name: &str,
+        toml: &str,
+        admin_port: u16,
+        resolv_conf: &Path,
+    ) -> Gate {
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, toml).expect("write config");
+        let mut g = Gate {
+            config,
+            admin_port,
+            log: dir.join(format!("{name}.log")),
+            args: Vec::new(),
+            resolv_conf: Some(resolv_conf.to_path_buf()),
             child: None,
         };
         g.resume();
@@ -195,7 +237,18 @@ impl Gate {
             .append(true)
             .open(&self.log)
             .expect("gate log");
-        let child = Command::new(env!("CARGO_BIN_EXE_mqgate"))
+        let mut cmd = match &self.resolv_conf {
+            None => Command::new(env!("CARGO_BIN_EXE_mqgate")),
+            Some(conf) => {
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                    .arg("mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"")
+                    .arg(conf)
+                    .arg(env!("CARGO_BIN_EXE_mqgate"));
+                c
+            }
+        };
+        let child = cmd
             .arg("run")
             .arg("-c")
             .arg(&self.config)

@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod dns;
 pub mod docs;
 pub mod fleet;
 pub mod inproc;
