@@ -54,6 +54,7 @@ pub mod run;
 pub mod runtime;
 pub mod session;
 pub mod sessions;
+pub mod shaping;
 pub mod state;
 pub mod sticky;
 pub mod sync;

@@ -40,6 +40,7 @@ pub mod names {
     pub const CONFIG_RELOADS_TOTAL: &str = "mqgate_config_reloads_total";
     pub const QUEUED_CONNECTIONS: &str = "mqgate_queued_connections";
     pub const QUEUE_TOTAL: &str = "mqgate_queue_total";
+    pub const ADMISSIONS_REFUSED_TOTAL: &str = "mqgate_admissions_refused_total";
     pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
         "mqgate_config_last_reload_success_timestamp_seconds";
 }
@@ -66,6 +67,8 @@ pub enum Reject {
     Proxy,
     /// The client went away (or its socket failed) before a complete CONNECT.
     Closed,
+    /// Over the cluster's `connect_rate` or its nodes' `node_connect_rate`.
+    ConnectRate,
 }
 
 impl Reject {
@@ -82,12 +85,14 @@ impl Reject {
             Reject::Rate => "rate",
             Reject::Proxy => "proxy",
             Reject::Closed => "closed",
+            Reject::ConnectRate => "connect_rate",
         }
     }
 }
 
 pub struct Metrics {
     pub registry: Registry,
+    pub shaping: crate::shaping::ShapingMetrics,
     pub build_info: IntGaugeVec,
     pub connections_active: IntGaugeVec,
     pub connections_total: IntCounterVec,
@@ -157,6 +162,7 @@ impl Metrics {
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ];
         let m = Metrics {
+            shaping: crate::shaping::ShapingMetrics::new(&r),
             build_info: gauge(
                 &r,
                 BUILD_INFO,

@@ -168,6 +168,18 @@ pub async fn serve<S>(
     }
     let cluster = &lst.cluster;
     let cfg = cluster.config();
+    if !cluster.admission.allow(cfg.shaping.connect_rate) {
+        Box::pin(crate::shaping::refuse_busy(
+            data,
+            lname,
+            &cluster.name,
+            crate::shaping::Refused::ClusterRate,
+            &mut client,
+            v5,
+        ))
+        .await;
+        return;
+    }
     let packet = packet_aware(&cfg, &connect);
     if cfg.sessions.restore_subscriptions
         && !packet
@@ -204,6 +216,18 @@ pub async fn serve<S>(
         }
         Err(Unrouted::ListenerClosed) => {
             tracing::debug!("listener closed while the client was held");
+            return;
+        }
+        Err(Unrouted::Busy) => {
+            Box::pin(crate::shaping::refuse_busy(
+                data,
+                lname,
+                &cluster.name,
+                crate::shaping::Refused::NodeRate,
+                &mut client,
+                v5,
+            ))
+            .await;
             return;
         }
         Err(Unrouted::NoNode { why }) => {
@@ -318,6 +342,8 @@ enum Unrouted {
     ClientGone(String),
     /// The listener was removed, or shutdown's grace ended, while the client was held.
     ListenerClosed,
+    /// Every node picked is over `node_connect_rate` (`crate::shaping`).
+    Busy,
 }
 
 /// Longest pause between two attempts while held, when a node that the cluster still
@@ -358,7 +384,13 @@ async fn route<S: AsyncRead + Unpin>(
         let changed = cluster.changed();
         tokio::pin!(changed);
         let pick = cluster.pick(connect);
+        let mut over_rate = 0;
         for node in &pick.nodes {
+            if !node.admission.allow(cfg.shaping.node_connect_rate) {
+                tracing::debug!(node = %node.name, "node over node_connect_rate; trying the next");
+                over_rate += 1;
+                continue;
+            }
             let broker = match crate::upstream::connect(node, cfg.connect_timeout).await {
                 Ok(b) => b,
                 Err(e) => {
@@ -398,6 +430,12 @@ async fn route<S: AsyncRead + Unpin>(
                     tracing::debug!(node = %node.name, error = %e, "forwarding CONNECT to the node failed; trying the next");
                 }
             }
+        }
+        if over_rate > 0 && over_rate == pick.nodes.len() {
+            if queued.is_some() {
+                cluster.queue_result("closed");
+            }
+            return Err(Unrouted::Busy);
         }
         let why = |held: bool| {
             let what = match (cfg.mode, pick.nodes.len()) {
@@ -470,9 +508,9 @@ async fn route<S: AsyncRead + Unpin>(
     }
 }
 
-/// Send our own CONNACK and close cleanly: half-close, then drain what the client still
+/// Send our own CONNACK and close cleanly (also `crate::shaping`'s "server busy"): half-close, then drain what the client still
 /// sends for a moment so that the close does not turn into a reset that eats the reply.
-async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, v5: bool, code: u8) {
+pub(crate) async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, v5: bool, code: u8) {
     let (reply, n) = connack_reply(v5, code);
     refuse_with(s, &reply[..n]).await
 }

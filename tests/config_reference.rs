@@ -65,6 +65,7 @@ address = "127.0.0.1:1883"
 [clusters.b.health]
 [clusters.b.sticky]
 [clusters.b.sessions]
+[clusters.b.shaping]
 
 [peers]
 name = "gate-a"

@@ -34,6 +34,7 @@ mod reload;
 mod restart;
 mod secret_files;
 mod sessions;
+mod shaping;
 mod shutdown;
 mod status_page;
 

@@ -101,6 +101,8 @@ pub struct Node {
     pub metrics: NodeMetrics,
     /// Stops this node's background tasks (health checks) when it is removed.
     pub tasks: CancellationToken,
+    /// `node_connect_rate` admissions (`crate::shaping`).
+    pub admission: crate::shaping::ConnectBucket,
 }
 
 impl Node {
@@ -122,6 +124,7 @@ impl Node {
             recheck: Notify::new(),
             metrics: metrics.node(cluster, name),
             tasks: CancellationToken::new(),
+            admission: Default::default(),
         }
     }
 
@@ -267,6 +270,8 @@ pub struct Cluster {
     changed: Notify,
     /// Clients held right now (bounded by `queue_max`).
     queued: AtomicUsize,
+    /// `connect_rate` admissions (`crate::shaping`).
+    pub admission: crate::shaping::ConnectBucket,
 }
 
 /// A client's place among those held while no node can take them; released on drop.
@@ -301,6 +306,7 @@ impl Cluster {
             metrics,
             changed: Notify::new(),
             queued: AtomicUsize::new(0),
+            admission: Default::default(),
         };
         for n in c.nodes().iter() {
             c.publish_node_metrics(n);

@@ -6,6 +6,7 @@
 mod errors;
 mod raw;
 mod sessions;
+mod shaping;
 mod validate;
 
 pub use raw::RawConfig;
@@ -220,6 +221,7 @@ pub struct ClusterConfig {
     pub health: HealthConfig,
     pub sticky: StickyConfig,
     pub sessions: SessionsConfig,
+    pub shaping: ShapingConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -327,6 +329,15 @@ pub struct StickyConfig {
     pub sessions: StickySessions,
     pub expire: Duration,
     pub capacity: usize,
+}
+
+/// `[clusters.X.shaping]`: CONNECT admission rates (`crate::shaping`); 0 = no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShapingConfig {
+    /// CONNECTs admitted per second in the cluster (bursts of one second's worth).
+    pub connect_rate: u32,
+    /// CONNECTs admitted per second per node.
+    pub node_connect_rate: u32,
 }
 
 /// `[clusters.X.sessions]`: packet-aware sessions of a dynsec cluster

@@ -156,6 +156,7 @@ pub struct RawCluster {
     pub health: RawHealth,
     pub sticky: Option<RawSticky>,
     pub sessions: Option<RawSessions>,
+    pub shaping: Option<RawShaping>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,6 +231,16 @@ impl Default for RawSticky {
             capacity: d_capacity(),
         }
     }
+}
+
+/// `[clusters.X.shaping]`: reconnect-storm shaping (0 = no limit).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShaping {
+    #[serde(default)]
+    pub connect_rate: i64,
+    #[serde(default)]
+    pub node_connect_rate: i64,
 }
 
 /// `[clusters.X.sessions]` (dynsec only): packet-aware sessions.
