@@ -475,6 +475,8 @@ impl Gateway {
                 open_connections = data.tracker.len(),
                 "shutdown grace over; closing remaining sessions"
             );
+            // MQTT 5 clients on the boundary-tracking relay are told 0x8B first.
+            crate::pacing::set_shutting_down();
             shared.hard_stop.close();
             let _ = tokio::time::timeout(Duration::from_secs(5), data.tracker.wait()).await;
         }

@@ -43,6 +43,7 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod mqtt;
+pub mod pacing;
 pub mod peers;
 pub mod plan;
 pub mod proxy;

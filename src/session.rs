@@ -305,6 +305,17 @@ pub async fn serve<S>(
         }
         return;
     }
+    if v5 && cfg.shaping.close_rate > 0 {
+        // MQTT 5 clients of a cluster with a close_rate are told why they are closed.
+        let task =
+            crate::relay::polite::run(client, broker, started, cfg.connack_timeout, closed, keep);
+        if span.is_none() {
+            data.tracker.spawn(task);
+        } else {
+            data.tracker.spawn(task.instrument(span));
+        }
+        return;
+    }
     let task = RelayTask::new(client, broker, started, cfg.connack_timeout, &closed, keep);
     if span.is_none() {
         data.tracker.spawn(task);
@@ -400,7 +411,9 @@ async fn route<S: AsyncRead + Unpin>(
             };
             // Subscribe to the node's session handle before forwarding, so that a
             // node marked down from now on also closes this session.
-            let closed = node.session_token(lname, &lst.closed);
+            let closed = node
+                .pacing
+                .lane(lname, &node.session_token(lname, &lst.closed));
             let started = Instant::now();
             let extra_now: &[u8] = if hold { &[] } else { &extra };
             match crate::upstream::forward_first(cfg, ctx, broker, buf, extra_now).await {

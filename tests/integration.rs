@@ -19,6 +19,7 @@ mod config_reference;
 mod configs;
 mod connect_fidelity;
 mod dashboard;
+mod evacuate;
 mod failover_clients;
 mod fuzz_corpus;
 mod gateway_basic;

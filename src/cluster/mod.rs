@@ -103,6 +103,8 @@ pub struct Node {
     pub tasks: CancellationToken,
     /// `node_connect_rate` admissions (`crate::shaping`).
     pub admission: crate::shaping::ConnectBucket,
+    /// Lanes of sessions for paced closes (`crate::pacing`).
+    pub pacing: crate::pacing::Pacing,
 }
 
 impl Node {
@@ -125,6 +127,7 @@ impl Node {
             metrics: metrics.node(cluster, name),
             tasks: CancellationToken::new(),
             admission: Default::default(),
+            pacing: Default::default(),
         }
     }
 
@@ -492,7 +495,7 @@ impl Cluster {
                 .set((st == s) as i64);
         }
         if s == AdminState::Maint {
-            node.close_sessions();
+            crate::pacing::close_node(node, self.config().shaping.close_rate);
         }
         self.update_leader();
         self.changed.notify_waiters();
@@ -569,7 +572,7 @@ impl Cluster {
                 .with_label_values(&[&self.name, &old.name])
                 .set(0);
             if cfg.on_node_down == OnNodeDown::Disconnect {
-                old.close_sessions();
+                crate::pacing::close_node(old, cfg.shaping.close_rate);
             }
         }
         if let Some(new) = &next {

@@ -338,6 +338,9 @@ pub struct ShapingConfig {
     pub connect_rate: u32,
     /// CONNECTs admitted per second per node.
     pub node_connect_rate: u32,
+    /// Sessions closed per second per node when it goes to maint or loses leadership
+    /// while its broker still serves (`crate::pacing`); 0 = all at once.
+    pub close_rate: u32,
 }
 
 /// `[clusters.X.sessions]`: packet-aware sessions of a dynsec cluster

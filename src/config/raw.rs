@@ -241,6 +241,8 @@ pub struct RawShaping {
     pub connect_rate: i64,
     #[serde(default)]
     pub node_connect_rate: i64,
+    #[serde(default)]
+    pub close_rate: i64,
 }
 
 /// `[clusters.X.sessions]` (dynsec only): packet-aware sessions.

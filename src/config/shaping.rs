@@ -6,7 +6,7 @@
 use super::raw::RawShaping;
 use super::{ConfigError, ShapingConfig};
 
-/// `connect_rate` and `node_connect_rate`, per second; 0 = no limit.
+/// `connect_rate`, `node_connect_rate` and `close_rate`, per second; 0 = no limit.
 pub const RATE: (i64, i64) = (0, 1_000_000);
 
 fn rate(errors: &mut Vec<ConfigError>, key: String, v: i64) -> u32 {
@@ -33,6 +33,7 @@ pub fn shaping(cname: &str, raw: Option<&RawShaping>) -> (ShapingConfig, Vec<Con
     let cfg = ShapingConfig {
         connect_rate: rate(&mut errors, k("connect_rate"), s.connect_rate),
         node_connect_rate: rate(&mut errors, k("node_connect_rate"), s.node_connect_rate),
+        close_rate: rate(&mut errors, k("close_rate"), s.close_rate),
     };
     (cfg, errors)
 }
@@ -49,6 +50,7 @@ mod tests {
         let bad = RawShaping {
             connect_rate: -1,
             node_connect_rate: 2_000_000,
+            close_rate: 0,
         };
         let (_, errors) = shaping("b", Some(&bad));
         let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
@@ -62,6 +64,7 @@ mod tests {
         let ok = RawShaping {
             connect_rate: 500,
             node_connect_rate: 100,
+            close_rate: 10,
         };
         let (cfg, errors) = shaping("b", Some(&ok));
         assert!(errors.is_empty());

@@ -1,0 +1,199 @@
+//! Paced closing of a node's sessions (`[clusters.X.shaping] close_rate`, evacuation).
+//!
+//! A relayed session waits on one scope (`crate::sessions`). To close a node's sessions
+//! a few at a time without a handle per session, each node spreads its sessions over
+//! [`LANES`] lanes per listener: a lane is a child scope of the node's listener scope
+//! (so node down, listener removal and shutdown still close everything at once), and a
+//! new session takes the next lane round-robin. A paced close closes one lane at a
+//! time, the pause between two lanes set so that about `rate` sessions close per second
+//! (each pause jittered by ±25 %), then closes the node's scopes for good.
+//!
+//! MQTT 5 clients on the boundary-tracking relay ([`crate::relay::polite`]) get a
+//! DISCONNECT first, with the node's [`close_reason`](Pacing::close_reason): 0x9C "use
+//! another server" for a paced close, 0x8B "server shutting down" when the gateway
+//! itself stops ([`set_shutting_down`]).
+
+use crate::cluster::{Health, Node};
+use crate::sessions::SessionScope;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Lanes per node and listener.
+pub const LANES: usize = 64;
+
+/// DISCONNECT reason codes (MQTT 5, 3.14.2.1).
+pub const USE_ANOTHER_SERVER: u8 = 0x9C;
+pub const SERVER_SHUTTING_DOWN: u8 = 0x8B;
+
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// The gateway is stopping: sessions closed from now on are told 0x8B.
+pub fn set_shutting_down() {
+    SHUTTING_DOWN.store(true, Ordering::SeqCst);
+}
+
+/// A node's lanes and the state of its paced close.
+#[derive(Default)]
+pub struct Pacing {
+    lanes: Mutex<HashMap<String, Lanes>>,
+    next: AtomicUsize,
+    /// The reason a polite relay sends before closing (0 = none: plain close).
+    reason: AtomicU8,
+    /// Sessions closed by paced closes so far, and lanes left in the one running.
+    pub closed_paced: AtomicU64,
+    pub lanes_left: AtomicUsize,
+    /// The rate of the next paced close (an evacuation's), instead of `close_rate`.
+    rate_override: AtomicU32,
+    /// Set to stop the running paced close (evacuation cancelled).
+    cancel: AtomicBool,
+    /// A paced close is running.
+    pub running: AtomicBool,
+}
+
+struct Lanes {
+    parent: SessionScope,
+    lanes: Vec<SessionScope>,
+}
+
+impl Pacing {
+    /// The scope a new session through listener `listener` waits on: a lane under
+    /// `parent` (the node's scope for that listener).
+    pub fn lane(&self, listener: &str, parent: &SessionScope) -> SessionScope {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % LANES;
+        let mut g = crate::sync::lock(&self.lanes);
+        let entry = g.entry(listener.to_string()).or_insert_with(|| Lanes {
+            parent: parent.clone(),
+            lanes: Vec::new(),
+        });
+        // The node hands out one scope per listener until it is closed: a closed
+        // parent means a new one.
+        if entry.parent.is_closed() {
+            entry.parent = parent.clone();
+            entry.lanes.clear();
+        }
+        if entry.lanes.is_empty() {
+            entry.lanes = (0..LANES).map(|_| parent.child()).collect();
+        }
+        if entry.lanes[i].is_closed() {
+            entry.lanes[i] = parent.child();
+        }
+        entry.lanes[i].clone()
+    }
+
+    /// What a session closed right now should be told (MQTT 5), if anything.
+    pub fn close_reason(&self) -> Option<u8> {
+        if SHUTTING_DOWN.load(Ordering::SeqCst) {
+            return Some(SERVER_SHUTTING_DOWN);
+        }
+        match self.reason.load(Ordering::Acquire) {
+            0 => None,
+            r => Some(r),
+        }
+    }
+
+    /// Close every lane of every listener, `rate` sessions a second (`active` live
+    /// now), then call `done` (which closes the node's scopes for good).
+    pub async fn close_paced(&self, rate: u32, active: usize, done: impl FnOnce()) {
+        self.cancel.store(false, Ordering::SeqCst);
+        self.running.store(true, Ordering::SeqCst);
+        self.reason.store(USE_ANOTHER_SERVER, Ordering::Release);
+        let all: Vec<SessionScope> = {
+            let g = crate::sync::lock(&self.lanes);
+            g.values().flat_map(|l| l.lanes.iter().cloned()).collect()
+        };
+        let per_lane = active as f64 / all.len().max(1) as f64;
+        let pause = if rate == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(per_lane / f64::from(rate))
+        };
+        self.lanes_left.store(all.len(), Ordering::Relaxed);
+        for (i, lane) in all.iter().enumerate() {
+            if self.cancel.load(Ordering::SeqCst) {
+                self.lanes_left.store(0, Ordering::Relaxed);
+                self.reason.store(0, Ordering::Release);
+                self.running.store(false, Ordering::SeqCst);
+                return;
+            }
+            lane.close();
+            self.lanes_left.fetch_sub(1, Ordering::Relaxed);
+            self.closed_paced
+                .fetch_add(per_lane.round() as u64, Ordering::Relaxed);
+            if i + 1 < all.len() && !pause.is_zero() {
+                tokio::time::sleep(jitter(pause, i)).await;
+            }
+        }
+        done();
+        self.reason.store(0, Ordering::Release);
+        self.running.store(false, Ordering::SeqCst);
+    }
+
+    /// The next paced close of this node runs at `rate` (an evacuation).
+    pub fn override_rate(&self, rate: u32) {
+        self.rate_override.store(rate, Ordering::SeqCst);
+    }
+
+    /// Stop the running paced close after the lane being closed now.
+    pub fn cancel(&self) -> bool {
+        self.cancel.store(true, Ordering::SeqCst);
+        self.running.load(Ordering::SeqCst)
+    }
+}
+
+/// `d` ± 25 %, spread by a cheap hash of `i`.
+fn jitter(d: Duration, i: usize) -> Duration {
+    let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58; // 0..63
+    let f = 0.75 + (h as f64) / 126.0; // 0.75 ..= 1.25
+    d.mul_f64(f)
+}
+
+/// Close `node`'s sessions: at once when `rate` is 0 or the broker is not up (nothing
+/// to protect: its clients are gone already), else paced in a task of its own.
+pub fn close_node(node: &Arc<Node>, rate: u32) {
+    let rate = match node.pacing.rate_override.swap(0, Ordering::SeqCst) {
+        0 => rate,
+        r => r,
+    };
+    let handle = tokio::runtime::Handle::try_current();
+    match handle {
+        Ok(h) if rate > 0 && node.health() == Health::Up => {
+            let node = node.clone();
+            h.spawn(async move {
+                let n = node.clone();
+                let active = node.active();
+                tracing::info!(cluster = %node.cluster, node = %node.name, rate, active, "closing the node's sessions, paced");
+                node.pacing
+                    .close_paced(rate, active, move || n.close_sessions())
+                    .await;
+            });
+        }
+        _ => node.close_sessions(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lanes_are_children_of_the_node_scope_and_jitter_stays_within_a_quarter() {
+        let p = Pacing::default();
+        let parent = SessionScope::root();
+        let a = p.lane("mqtt", &parent);
+        let b = p.lane("mqtt", &parent);
+        b.close();
+        assert!(!a.is_closed());
+        parent.close();
+        assert!(a.is_closed() && b.is_closed());
+        let fresh = SessionScope::root();
+        assert!(!p.lane("mqtt", &fresh).is_closed());
+        for i in 0..200 {
+            let j = jitter(Duration::from_millis(100), i);
+            assert!(j >= Duration::from_millis(75) && j <= Duration::from_millis(125));
+        }
+        assert_eq!(p.close_reason(), None);
+    }
+}
