@@ -93,7 +93,7 @@ fn idle(c: &mut Client, d: Duration) -> Result<(), Option<u8>> {
 }
 
 fn device(port: u16, i: usize, ready: Arc<Barrier>) -> Seen {
-    let v5 = i % 2 == 0;
+    let v5 = i.is_multiple_of(2);
     let id = format!("evac-{i}");
     let topic = format!("evac/{id}");
     let connect = Connect::new(&id).v5(v5).persistent();

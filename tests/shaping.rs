@@ -17,7 +17,7 @@ const T: Duration = Duration::from_secs(60);
 fn storm(port: u16, prefix: &str, n: usize) -> Vec<(bool, u8, TcpStream)> {
     let mut open = Vec::new();
     for i in 0..n {
-        let v5 = i % 2 == 0;
+        let v5 = i.is_multiple_of(2);
         let c = Connect::new(&format!("{prefix}-{i}")).v5(v5);
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to mqgate");
         s.set_read_timeout(Some(T)).expect("read timeout");

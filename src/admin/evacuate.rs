@@ -4,10 +4,11 @@
 //! MQTT 5 clients on the boundary-tracking relay told 0x9C "use another server".
 
 use super::{error, json, Resp};
-use crate::cluster::AdminState;
+use crate::cluster::{AdminState, Cluster, Node};
 use crate::host::Host;
 use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Body of the evacuate request.
 #[derive(Debug, Deserialize)]
@@ -30,28 +31,20 @@ pub struct EvacuateAnswer {
     pub cancelled: bool,
 }
 
-fn find(
-    host: &Host,
-    c: &str,
-    n: &str,
-) -> Result<
-    (
-        std::sync::Arc<crate::cluster::Cluster>,
-        std::sync::Arc<crate::cluster::Node>,
-    ),
-    Resp,
-> {
+type Found = (Arc<Cluster>, Arc<Node>);
+
+fn find(host: &Host, c: &str, n: &str) -> Result<Found, Box<Resp>> {
     let Some(cl) = host.cluster(c) else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::NOT_FOUND,
             &format!("no cluster named `{c}`"),
-        ));
+        )));
     };
     let Some(node) = cl.node(n) else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::NOT_FOUND,
             &format!("cluster `{c}` has no node named `{n}`"),
-        ));
+        )));
     };
     Ok((cl, node))
 }
@@ -59,7 +52,7 @@ fn find(
 pub(super) fn evacuate(host: &Host, c: &str, n: &str, body: &[u8]) -> Resp {
     let (cl, node) = match find(host, c, n) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let parsed: EvacuateBody = if body.iter().all(u8::is_ascii_whitespace) {
         EvacuateBody { rate: None }
@@ -106,7 +99,7 @@ pub(super) fn evacuate(host: &Host, c: &str, n: &str, body: &[u8]) -> Resp {
 pub(super) fn cancel(host: &Host, c: &str, n: &str) -> Resp {
     let (cl, node) = match find(host, c, n) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let cancelled = node.pacing.cancel();
     if cancelled {
