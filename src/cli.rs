@@ -172,6 +172,13 @@ pub enum Request {
         cluster: String,
         key: String,
     },
+    /// `mqgate node evacuate CLUSTER NODE [--rate N] [--cancel]` (`crate::admin::evacuate`).
+    Evacuate {
+        cluster: String,
+        node: String,
+        rate: Option<u32>,
+        cancel: bool,
+    },
 }
 
 pub fn version() -> String {
@@ -588,6 +595,47 @@ impl<'a> Api<'a> {
                     ))
                 }
             }
+            Request::Evacuate {
+                cluster,
+                node,
+                rate,
+                cancel,
+            } => {
+                let path = format!(
+                    "/api/v1/clusters/{}/nodes/{}/evacuate",
+                    encode(cluster),
+                    encode(node)
+                );
+                let (method, body) = if *cancel {
+                    (Method::DELETE, None)
+                } else {
+                    let body = match rate {
+                        Some(r) => serde_json::json!({ "rate": r }),
+                        None => serde_json::json!({}),
+                    };
+                    (Method::POST, Some(body.to_string()))
+                };
+                let out = self.call(method, &path, body).await?;
+                let a: crate::admin::EvacuateAnswer = self.parse(&out)?;
+                Ok(if *cancel {
+                    format!(
+                        "cluster {} node {}: evacuation {}; {} session(s) left on it\n",
+                        a.cluster,
+                        a.node,
+                        if a.cancelled {
+                            "cancelled, node ready again"
+                        } else {
+                            "was not running"
+                        },
+                        a.sessions
+                    )
+                } else {
+                    format!(
+                        "cluster {} node {}: maint, closing {} session(s) at {}/s (progress: mqgate status)\n",
+                        a.cluster, a.node, a.sessions, a.rate
+                    )
+                })
+            }
         }
     }
 
@@ -830,7 +878,7 @@ fn cluster_block(out: &mut String, c: &ClusterView) {
                 n.name.clone(),
                 n.address.clone(),
                 n.health.clone(),
-                n.admin_state.clone(),
+                crate::pacing::state_label(&n.admin_state, n.paced_close_lanes_left),
                 role.to_string(),
                 n.active_connections.to_string(),
                 n.connections_total.to_string(),

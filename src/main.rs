@@ -52,12 +52,18 @@ enum Cmd {
         #[command(flatten)]
         target: AdminTarget,
     },
-    /// Change a node's admin state.
+    /// Change a node's admin state, or evacuate it (maint, sessions closed at a rate).
     Node {
-        #[arg(value_parser = ["ready", "drain", "maint"])]
+        #[arg(value_parser = ["ready", "drain", "maint", "evacuate"])]
         state: String,
         cluster: String,
         node: String,
+        /// evacuate: sessions closed per second (default: the cluster's close_rate).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// evacuate: stop a running evacuation (the node is set ready again).
+        #[arg(long)]
+        cancel: bool,
         #[command(flatten)]
         target: AdminTarget,
     },
@@ -125,7 +131,25 @@ fn main() -> ExitCode {
             state,
             cluster,
             node,
+            rate,
+            cancel,
             target,
+        } if state == "evacuate" => mqgate::cli::client(
+            mqgate::cli::Request::Evacuate {
+                cluster,
+                node,
+                rate,
+                cancel,
+            },
+            target.admin,
+            target.config,
+        ),
+        Cmd::Node {
+            state,
+            cluster,
+            node,
+            target,
+            ..
         } => mqgate::cli::client(
             mqgate::cli::Request::Node {
                 state,

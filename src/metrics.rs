@@ -41,6 +41,8 @@ pub mod names {
     pub const QUEUED_CONNECTIONS: &str = "mqgate_queued_connections";
     pub const QUEUE_TOTAL: &str = "mqgate_queue_total";
     pub const ADMISSIONS_REFUSED_TOTAL: &str = "mqgate_admissions_refused_total";
+    pub const PACED_CLOSE_LANES_LEFT: &str = "mqgate_paced_close_lanes_left";
+    pub const DISCONNECTS_SENT_TOTAL: &str = "mqgate_disconnects_sent_total";
     pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
         "mqgate_config_last_reload_success_timestamp_seconds";
 }

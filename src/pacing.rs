@@ -14,6 +14,7 @@
 //! itself stops ([`set_shutting_down`]).
 
 use crate::cluster::{Health, Node};
+use crate::metrics::Metrics;
 use crate::sessions::SessionScope;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -33,6 +34,25 @@ static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
 /// The gateway is stopping: sessions closed from now on are told 0x8B.
 pub fn set_shutting_down() {
     SHUTTING_DOWN.store(true, Ordering::SeqCst);
+}
+
+/// A node's admin state as `mqgate status` and the status page show it: with the
+/// progress of a running paced close.
+pub fn state_label(state: &str, lanes_left: usize) -> String {
+    if lanes_left == 0 {
+        state.to_string()
+    } else {
+        format!("{state}, closing sessions ({lanes_left} lane(s) left)")
+    }
+}
+
+/// The `reason` label of `mqgate_disconnects_sent_total`.
+pub fn reason_label(code: u8) -> &'static str {
+    match code {
+        USE_ANOTHER_SERVER => "use_another_server",
+        SERVER_SHUTTING_DOWN => "server_shutting_down",
+        _ => "other",
+    }
 }
 
 /// A node's lanes and the state of its paced close.
@@ -64,10 +84,18 @@ impl Pacing {
     pub fn lane(&self, listener: &str, parent: &SessionScope) -> SessionScope {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % LANES;
         let mut g = crate::sync::lock(&self.lanes);
-        let entry = g.entry(listener.to_string()).or_insert_with(|| Lanes {
-            parent: parent.clone(),
-            lanes: Vec::new(),
-        });
+        if !g.contains_key(listener) {
+            g.insert(
+                listener.to_string(),
+                Lanes {
+                    parent: parent.clone(),
+                    lanes: Vec::new(),
+                },
+            );
+        }
+        let Some(entry) = g.get_mut(listener) else {
+            return parent.clone();
+        };
         // The node hands out one scope per listener until it is closed: a closed
         // parent means a new one.
         if entry.parent.is_closed() {
@@ -96,7 +124,13 @@ impl Pacing {
 
     /// Close every lane of every listener, `rate` sessions a second (`active` live
     /// now), then call `done` (which closes the node's scopes for good).
-    pub async fn close_paced(&self, rate: u32, active: usize, done: impl FnOnce()) {
+    pub async fn close_paced(
+        &self,
+        rate: u32,
+        active: usize,
+        gauge: &prometheus::IntGauge,
+        done: impl FnOnce(),
+    ) {
         self.cancel.store(false, Ordering::SeqCst);
         self.running.store(true, Ordering::SeqCst);
         self.reason.store(USE_ANOTHER_SERVER, Ordering::Release);
@@ -111,6 +145,7 @@ impl Pacing {
             Duration::from_secs_f64(per_lane / f64::from(rate))
         };
         self.lanes_left.store(all.len(), Ordering::Relaxed);
+        gauge.set(all.len() as i64);
         for (i, lane) in all.iter().enumerate() {
             if self.cancel.load(Ordering::SeqCst) {
                 self.lanes_left.store(0, Ordering::Relaxed);
@@ -120,6 +155,7 @@ impl Pacing {
             }
             lane.close();
             self.lanes_left.fetch_sub(1, Ordering::Relaxed);
+            gauge.dec();
             self.closed_paced
                 .fetch_add(per_lane.round() as u64, Ordering::Relaxed);
             if i + 1 < all.len() && !pause.is_zero() {
@@ -129,6 +165,15 @@ impl Pacing {
         done();
         self.reason.store(0, Ordering::Release);
         self.running.store(false, Ordering::SeqCst);
+    }
+
+    /// Lanes the running paced close has still to close (0: none runs).
+    pub fn lanes_left(&self) -> usize {
+        if self.running.load(Ordering::SeqCst) {
+            self.lanes_left.load(Ordering::Relaxed)
+        } else {
+            0
+        }
     }
 
     /// The next paced close of this node runs at `rate` (an evacuation).
@@ -152,7 +197,7 @@ fn jitter(d: Duration, i: usize) -> Duration {
 
 /// Close `node`'s sessions: at once when `rate` is 0 or the broker is not up (nothing
 /// to protect: its clients are gone already), else paced in a task of its own.
-pub fn close_node(node: &Arc<Node>, rate: u32) {
+pub fn close_node(metrics: &Arc<Metrics>, node: &Arc<Node>, rate: u32) {
     let rate = match node.pacing.rate_override.swap(0, Ordering::SeqCst) {
         0 => rate,
         r => r,
@@ -161,13 +206,19 @@ pub fn close_node(node: &Arc<Node>, rate: u32) {
     match handle {
         Ok(h) if rate > 0 && node.health() == Health::Up => {
             let node = node.clone();
+            let gauge = metrics
+                .shaping
+                .paced_lanes_left
+                .with_label_values(&[&node.cluster, &node.name]);
             h.spawn(async move {
                 let n = node.clone();
                 let active = node.active();
                 tracing::info!(cluster = %node.cluster, node = %node.name, rate, active, "closing the node's sessions, paced");
                 node.pacing
-                    .close_paced(rate, active, move || n.close_sessions())
+                    .close_paced(rate, active, &gauge, move || n.close_sessions())
                     .await;
+                gauge.set(0);
+                tracing::info!(cluster = %node.cluster, node = %node.name, left = node.active(), "paced close over");
             });
         }
         _ => node.close_sessions(),

@@ -12,7 +12,7 @@
 //! so a reload changes it at once; the bucket itself outlives reloads.
 
 use crate::metrics::names;
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -100,6 +100,12 @@ pub const ADMISSIONS_REFUSED_TOTAL: &str = names::ADMISSIONS_REFUSED_TOTAL;
 /// The shaping metrics, registered with the process's other metrics.
 pub struct ShapingMetrics {
     pub admissions_refused: IntCounterVec,
+    /// `mqgate_paced_close_lanes_left{cluster,node}`: lanes of sessions a running paced
+    /// close (evacuation, maint, leader change) has still to close; 0 when none runs.
+    pub paced_lanes_left: IntGaugeVec,
+    /// `mqgate_disconnects_sent_total{cluster,reason}`: DISCONNECTs sent to MQTT 5
+    /// clients before a close by the gateway.
+    pub disconnects_sent: IntCounterVec,
 }
 
 impl ShapingMetrics {
@@ -114,7 +120,31 @@ impl ShapingMetrics {
         .expect("valid metric definition");
         r.register(Box::new(admissions_refused.clone()))
             .expect("metric registered once");
-        ShapingMetrics { admissions_refused }
+        let paced_lanes_left = IntGaugeVec::new(
+            Opts::new(
+                names::PACED_CLOSE_LANES_LEFT,
+                "Lanes of sessions a running paced close has still to close (64 per node and listener).",
+            ),
+            &["cluster", "node"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(paced_lanes_left.clone()))
+            .expect("metric registered once");
+        let disconnects_sent = IntCounterVec::new(
+            Opts::new(
+                names::DISCONNECTS_SENT_TOTAL,
+                "DISCONNECTs sent to MQTT 5 clients before a close by the gateway, by reason.",
+            ),
+            &["cluster", "reason"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(disconnects_sent.clone()))
+            .expect("metric registered once");
+        ShapingMetrics {
+            admissions_refused,
+            paced_lanes_left,
+            disconnects_sent,
+        }
     }
 
     pub fn refused(&self, cluster: &str, why: Refused) {

@@ -174,17 +174,23 @@ fn evacuation_closes_paced_tells_v5_clients_and_loses_no_qos1_message() {
     set_node_state(gate.admin_port, "node2", "ready");
     set_node_state(gate.admin_port, "node3", "ready");
 
-    let (status, body) = http(
-        "POST",
-        gate.admin_port,
-        "/api/v1/clusters/brokers/nodes/node1/evacuate",
-        Some("{\"rate\": 100}"),
-        None,
-    )
-    .expect("admin API answers");
-    assert_eq!(status, 200, "{body}");
-    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON answer");
-    assert_eq!(answer["sessions"], 300, "{body}");
+    // The command line's evacuate (POST .../nodes/node1/evacuate {"rate":100}).
+    let admin = format!("http://127.0.0.1:{}", gate.admin_port);
+    let out = mqgate(&[
+        "node", "evacuate", "brokers", "node1", "--rate", "100", "--admin", &admin,
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("closing 300 session(s) at 100/s"), "{said}");
+    // Progress shows in `mqgate status` while it runs.
+    wait_until(T, "the evacuation's progress in mqgate status", || {
+        let out = mqgate(&["status", "--admin", &admin]);
+        String::from_utf8_lossy(&out.stdout).contains("maint, closing sessions")
+    });
 
     let seen: Vec<Seen> = devices
         .into_iter()
@@ -229,6 +235,17 @@ fn evacuation_closes_paced_tells_v5_clients_and_loses_no_qos1_message() {
     assert_eq!(
         gate.metric("mqgate_connections_total", &[("node", "node1")]),
         CLIENTS as f64
+    );
+    assert_eq!(
+        gate.metric(
+            "mqgate_disconnects_sent_total",
+            &[("reason", "use_another_server")]
+        ),
+        (CLIENTS / 2) as f64
+    );
+    assert_eq!(
+        gate.metric("mqgate_paced_close_lanes_left", &[("node", "node1")]),
+        0.0
     );
     // A second evacuation of a node in maint is refused; cancel answers.
     let (status, _) = http(

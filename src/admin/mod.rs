@@ -30,6 +30,7 @@ mod status_page;
 mod view;
 
 pub use api::{NodeStateAnswer, StickyAnswer};
+pub use evacuate::EvacuateAnswer;
 pub use view::{
     gather_status, ClusterView, ListenerView, NodeView, PeerView, PeersView, StatusView,
 };

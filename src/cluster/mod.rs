@@ -495,7 +495,7 @@ impl Cluster {
                 .set((st == s) as i64);
         }
         if s == AdminState::Maint {
-            crate::pacing::close_node(node, self.config().shaping.close_rate);
+            crate::pacing::close_node(&self.metrics, node, self.config().shaping.close_rate);
         }
         self.update_leader();
         self.changed.notify_waiters();
@@ -572,7 +572,7 @@ impl Cluster {
                 .with_label_values(&[&self.name, &old.name])
                 .set(0);
             if cfg.on_node_down == OnNodeDown::Disconnect {
-                crate::pacing::close_node(old, cfg.shaping.close_rate);
+                crate::pacing::close_node(&self.metrics, old, cfg.shaping.close_rate);
             }
         }
         if let Some(new) = &next {

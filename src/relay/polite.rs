@@ -75,6 +75,14 @@ pub async fn run<S>(
                 if close_by.is_some() && scan.at_boundary() {
                     if let Some(reason) = node.pacing.close_reason() {
                         tracing::debug!(reason, "DISCONNECT sent before the gateway's close");
+                        keep.metrics
+                            .shaping
+                            .disconnects_sent
+                            .with_label_values(&[
+                                &keep.lst.cluster.name,
+                                crate::pacing::reason_label(reason),
+                            ])
+                            .inc();
                         let _ = cw.write_all(&disconnect_v5(reason)).await;
                         let _ = cw.flush().await;
                         let _ = cw.shutdown().await;
