@@ -467,6 +467,7 @@ impl Gateway {
         data.tracker.close();
         let open = data.tracker.len();
         tracing::info!(open_connections = open, grace = ?grace, "shutting down: no new connections");
+        crate::pacing::shutdown_paced(&self.host, &data.metrics, grace);
         if tokio::time::timeout(grace, data.tracker.wait())
             .await
             .is_err()

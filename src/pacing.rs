@@ -101,6 +101,9 @@ impl Pacing {
         if entry.parent.is_closed() {
             entry.parent = parent.clone();
             entry.lanes.clear();
+            // A new generation of sessions: a later close has a reason only if it is
+            // paced again.
+            self.reason.store(0, Ordering::Release);
         }
         if entry.lanes.is_empty() {
             entry.lanes = (0..LANES).map(|_| parent.child()).collect();
@@ -163,7 +166,8 @@ impl Pacing {
             }
         }
         done();
-        self.reason.store(0, Ordering::Release);
+        // The reason stays: the sessions of the lanes closed last may not have read
+        // it yet. It is cleared when the node's sessions start over (`lane`).
         self.running.store(false, Ordering::SeqCst);
     }
 
@@ -193,6 +197,35 @@ fn jitter(d: Duration, i: usize) -> Duration {
     let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58; // 0..63
     let f = 0.75 + (h as f64) / 126.0; // 0.75 ..= 1.25
     d.mul_f64(f)
+}
+
+/// At the start of a graceful shutdown: in clusters with a `close_rate`, close every
+/// node's sessions paced so that they are all closed within 80 % of `grace` (at
+/// `close_rate`, or faster when that would take longer), MQTT 5 clients told 0x8B.
+/// Clusters without `close_rate` keep relaying until the grace ends, as before.
+pub fn shutdown_paced(host: &crate::host::Host, metrics: &Arc<Metrics>, grace: Duration) {
+    set_shutting_down();
+    let spread = grace.mul_f64(0.8).as_secs_f64();
+    for c in host.clusters_sorted() {
+        let configured = c.config().shaping.close_rate;
+        if configured == 0 {
+            continue;
+        }
+        for n in c.nodes().iter() {
+            let needed = if spread > 0.0 {
+                (n.active() as f64 / spread).ceil() as u32
+            } else {
+                0
+            };
+            // 0 (no grace): close at once.
+            let rate = if spread > 0.0 {
+                configured.max(needed)
+            } else {
+                0
+            };
+            close_node(metrics, n, rate);
+        }
+    }
 }
 
 /// Close `node`'s sessions: at once when `rate` is 0 or the broker is not up (nothing

@@ -271,23 +271,55 @@ fn evacuation_closes_paced_tells_v5_clients_and_loses_no_qos1_message() {
 }
 
 #[test]
-fn sigterm_tells_v5_clients_server_shutting_down() {
+fn sigterm_closes_paced_over_the_grace_and_tells_v5_clients_server_shutting_down() {
     let dir = tempdir();
     let nodes = Mosquitto::start_nodes(dir.path(), 1);
     let sections =
-        "[clusters.brokers.shaping]\nclose_rate = 50\n\n[limits]\nshutdown_grace = \"1s\"\n";
+        "[clusters.brokers.shaping]\nclose_rate = 1\n\n[limits]\nshutdown_grace = \"3s\"\n";
     let (mut gate, port) = Gate::start_with(dir.path(), "gate", |l, a| {
         gate_config(l, a, "dynsec", &addresses(&nodes), "", "", sections)
     });
     gate.wait_node_up("node1");
-    let (mut v5, _) = Client::accepted(port, &Connect::new("v5").v5(true)).expect("v5 client");
-    let (mut v3, _) = Client::accepted(port, &Connect::new("v3")).expect("3.1.1 client");
+    let clients: Vec<Client> = (0..40)
+        .map(|i| {
+            let c = Connect::new(&format!("bye-{i}")).v5(i % 4 != 3);
+            Client::accepted(port, &c)
+                .unwrap_or_else(|e| panic!("client {i}: {e}"))
+                .0
+        })
+        .collect();
     gate.signal("TERM");
-    match v5.read_packet(T) {
-        Ok((0xE0, b)) => assert_eq!(b.first(), Some(&0x8B)),
-        other => panic!("DISCONNECT 0x8B expected, got {other:?}"),
+    let watchers: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            std::thread::spawn(move || {
+                let said = match c.read_packet(T) {
+                    Ok((0xE0, b)) => b.first().copied(),
+                    _ => None,
+                };
+                assert!(c.closed_within(T), "closed at shutdown");
+                (c.v5, said, Instant::now())
+            })
+        })
+        .collect();
+    let seen: Vec<_> = watchers
+        .into_iter()
+        .map(|h| h.join().expect("watcher"))
+        .collect();
+    for (v5, said, _) in &seen {
+        if *v5 {
+            assert_eq!(*said, Some(0x8B), "MQTT 5: DISCONNECT 0x8B first");
+        } else {
+            assert_eq!(*said, None, "3.1.1: plain close");
+        }
     }
-    assert!(v5.closed_within(T));
-    assert!(v3.closed_within(T), "3.1.1: plain close");
+    // Paced: 40 sessions over about 2.4 s of the 3 s grace, not all at once.
+    let first = seen.iter().map(|s| s.2).min().expect("clients");
+    let last = seen.iter().map(|s| s.2).max().expect("clients");
+    assert!(
+        last - first >= Duration::from_secs(1),
+        "closes spread over {:?} only",
+        last - first
+    );
     assert_eq!(gate.wait_exit(T), Some(0));
 }
