@@ -172,6 +172,12 @@ pub enum Request {
         cluster: String,
         key: String,
     },
+    /// `mqgate cluster rebalance CLUSTER [--rate N] [--tolerance F]`.
+    Rebalance {
+        cluster: String,
+        rate: Option<u32>,
+        tolerance: f64,
+    },
     /// `mqgate node evacuate CLUSTER NODE [--rate N] [--cancel]` (`crate::admin::evacuate`).
     Evacuate {
         cluster: String,
@@ -594,6 +600,37 @@ impl<'a> Api<'a> {
                         "",
                     ))
                 }
+            }
+            Request::Rebalance {
+                cluster,
+                rate,
+                tolerance,
+            } => {
+                let path = format!("/api/v1/clusters/{}/rebalance", encode(cluster));
+                let mut body = serde_json::json!({ "tolerance": tolerance });
+                if let Some(r) = rate {
+                    body["rate"] = serde_json::json!(r);
+                }
+                let out = self
+                    .call(Method::POST, &path, Some(body.to_string()))
+                    .await?;
+                let a: crate::admin::RebalanceAnswer = self.parse(&out)?;
+                let mut s = format!("cluster {}: ", a.cluster);
+                if a.moves.is_empty() {
+                    s.push_str("balanced within the tolerance; nothing to move\n");
+                } else {
+                    let _ = writeln!(
+                        s,
+                        "moving clients at {}/s per node from {}",
+                        a.rate,
+                        a.moves
+                            .iter()
+                            .map(|m| format!("{} (~{})", m.node, m.sessions))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                Ok(s)
             }
             Request::Evacuate {
                 cluster,

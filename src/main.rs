@@ -67,6 +67,20 @@ enum Cmd {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Cluster-wide actions: `rebalance` moves clients from fuller to emptier nodes.
+    Cluster {
+        #[arg(value_parser = ["rebalance"])]
+        action: String,
+        cluster: String,
+        /// Sessions closed per second per node (default: the cluster's close_rate).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Spread allowed above the mean, as a fraction.
+        #[arg(long, default_value_t = 0.1)]
+        tolerance: f64,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// Inspect or remove a sticky entry.
     Sticky {
         #[arg(value_parser = ["get", "del"])]
@@ -155,6 +169,21 @@ fn main() -> ExitCode {
                 state,
                 cluster,
                 node,
+            },
+            target.admin,
+            target.config,
+        ),
+        Cmd::Cluster {
+            cluster,
+            rate,
+            tolerance,
+            target,
+            ..
+        } => mqgate::cli::client(
+            mqgate::cli::Request::Rebalance {
+                cluster,
+                rate,
+                tolerance,
             },
             target.admin,
             target.config,

@@ -171,6 +171,26 @@ impl Pacing {
         self.running.store(false, Ordering::SeqCst);
     }
 
+    /// Close `lanes` of this node's lanes (the fullest first), one every `pause`
+    /// (jittered), MQTT 5 clients told 0x9C: a rebalance moving about `lanes` × (live
+    /// sessions / lanes) clients away. Returns the sessions those lanes held roughly.
+    pub async fn close_some(&self, lanes: usize, pause: Duration) {
+        self.reason.store(USE_ANOTHER_SERVER, Ordering::Release);
+        let picked: Vec<SessionScope> = {
+            let g = crate::sync::lock(&self.lanes);
+            g.values()
+                .flat_map(|l| l.lanes.iter().filter(|s| !s.is_closed()).cloned())
+                .take(lanes)
+                .collect()
+        };
+        for (i, lane) in picked.iter().enumerate() {
+            lane.close();
+            if i + 1 < picked.len() && !pause.is_zero() {
+                tokio::time::sleep(jitter(pause, i)).await;
+            }
+        }
+    }
+
     /// Lanes the running paced close has still to close (0: none runs).
     pub fn lanes_left(&self) -> usize {
         if self.running.load(Ordering::SeqCst) {
@@ -256,6 +276,60 @@ pub fn close_node(metrics: &Arc<Metrics>, node: &Arc<Node>, rate: u32) {
         }
         _ => node.close_sessions(),
     }
+}
+
+/// Move clients from fuller to emptier nodes of `cluster`: every ready node that is up
+/// and holds more than `(1 + tolerance)` × the mean closes enough of its lanes to come
+/// down to about the mean, `rate` sessions a second, MQTT 5 clients told 0x9C; the
+/// clients reconnect and the cluster's balance places them. Returns (node, sessions to
+/// move) per node it acts on. Clients with a sticky entry come back to the same node:
+/// rebalancing moves clients that keep no session (or `balance` without sticky).
+pub fn rebalance(
+    cluster: &Arc<crate::cluster::Cluster>,
+    rate: u32,
+    tolerance: f64,
+) -> Vec<(String, usize)> {
+    let nodes: Vec<Arc<Node>> = cluster
+        .nodes()
+        .iter()
+        .filter(|n| {
+            n.health() == Health::Up && n.admin_state() == crate::cluster::AdminState::Ready
+        })
+        .cloned()
+        .collect();
+    if nodes.is_empty() {
+        return Vec::new();
+    }
+    let total: usize = nodes.iter().map(|n| n.active()).sum();
+    let mean = total as f64 / nodes.len() as f64;
+    let mut plan = Vec::new();
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return plan;
+    };
+    for n in nodes {
+        let active = n.active();
+        if (active as f64) <= mean * (1.0 + tolerance) || active == 0 {
+            continue;
+        }
+        let excess = active - mean.round() as usize;
+        let lanes_held = crate::sync::lock(&n.pacing.lanes)
+            .values()
+            .map(|l| l.lanes.len())
+            .sum::<usize>()
+            .max(1);
+        let per_lane = active as f64 / lanes_held as f64;
+        let lanes = ((excess as f64 / per_lane).round() as usize).max(1);
+        let pause = if rate == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(per_lane / f64::from(rate))
+        };
+        plan.push((n.name.clone(), (lanes as f64 * per_lane).round() as usize));
+        handle.spawn(async move {
+            n.pacing.close_some(lanes, pause).await;
+        });
+    }
+    plan
 }
 
 #[cfg(test)]

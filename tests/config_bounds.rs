@@ -112,6 +112,7 @@ fn config_with(body: &str, extra: &[(String, String)]) -> String {
         ("clusters.brokers", String::new()),
         ("clusters.brokers.health", String::new()),
         ("clusters.brokers.sticky", String::new()),
+        ("clusters.brokers.shaping", String::new()),
     ];
     for (t, line) in extra {
         match tables.iter_mut().find(|(name, _)| name == t) {

@@ -323,3 +323,96 @@ fn sigterm_closes_paced_over_the_grace_and_tells_v5_clients_server_shutting_down
     );
     assert_eq!(gate.wait_exit(T), Some(0));
 }
+
+#[test]
+fn rebalance_moves_clients_to_a_node_added_by_reload() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempdir();
+    let nodes = Mosquitto::start_nodes(dir.path(), 4);
+    let cluster = "balance = \"least-conn\"";
+    let listen = free_port();
+    let admin = free_port();
+    let text = |n: usize| {
+        gate_config(
+            listen,
+            admin,
+            "dynsec",
+            &addresses(&nodes[..n]),
+            cluster,
+            "",
+            "[clusters.brokers.shaping]\nclose_rate = 100\n",
+        )
+    };
+    let gate = Gate::start(dir.path(), "gate", &text(3), admin);
+    for n in ["node1", "node2", "node3"] {
+        gate.wait_node_up(n);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(Barrier::new(CLIENTS + 1));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let (stop, ready) = (Arc::clone(&stop), Arc::clone(&ready));
+            std::thread::spawn(move || {
+                let connect = Connect::new(&format!("rb-{i}")).v5(i.is_multiple_of(2));
+                let (mut c, _) = Client::accepted(listen, &connect).expect("client");
+                ready.wait();
+                let mut moved = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    if idle(&mut c, Duration::from_millis(200)).is_err() {
+                        let _ = c.closed_within(Duration::from_secs(10));
+                        moved += 1;
+                        let deadline = Instant::now() + T;
+                        c = loop {
+                            assert!(Instant::now() < deadline, "rb-{i} could not reconnect");
+                            if let Ok((c, _)) = Client::accepted(listen, &connect) {
+                                break c;
+                            }
+                            std::thread::sleep(Duration::from_millis(100));
+                        };
+                    }
+                }
+                c.disconnect();
+                moved
+            })
+        })
+        .collect();
+    ready.wait();
+    gate.reload_with(&text(4));
+    gate.wait_node_up("node4");
+    assert_eq!(
+        gate.metric("mqgate_connections_active", &[("node", "node4")]),
+        0.0,
+        "a node added later starts empty"
+    );
+    let out = mqgate(&[
+        "cluster",
+        "rebalance",
+        "brokers",
+        "--rate",
+        "100",
+        "--admin",
+        &format!("http://127.0.0.1:{admin}"),
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("moving clients at 100/s"), "{said}");
+    // Converged: every node within 20 % of the mean (75), everyone connected.
+    wait_until(T, "per-node counts within the tolerance", || {
+        let counts: Vec<f64> = ["node1", "node2", "node3", "node4"]
+            .iter()
+            .map(|n| gate.metric("mqgate_connections_active", &[("node", n)]))
+            .collect();
+        counts.iter().sum::<f64>() == CLIENTS as f64
+            && counts.iter().all(|c| (*c - 75.0).abs() <= 15.0)
+    });
+    stop.store(true, Ordering::SeqCst);
+    let moved: usize = clients
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .sum();
+    assert!(moved > 0 && moved < CLIENTS, "{moved} clients moved");
+}

@@ -26,11 +26,13 @@ mod access;
 mod api;
 mod conns;
 mod evacuate;
+mod rebalance;
 mod status_page;
 mod view;
 
 pub use api::{NodeStateAnswer, StickyAnswer};
 pub use evacuate::EvacuateAnswer;
+pub use rebalance::RebalanceAnswer;
 pub use view::{
     gather_status, ClusterView, ListenerView, NodeView, PeerView, PeersView, StatusView,
 };
@@ -224,6 +226,16 @@ async fn handle(gw: &Ctx, arrival: &Arrival, req: Request<Incoming>) -> Resp {
                 },
             }
         }
+        (&Method::POST, ["api", "v1", "clusters", c, "rebalance"]) => {
+            let c = decode(c);
+            match authorize(host, arrival, &req) {
+                Err(r) => *r,
+                Ok(()) => match read_body(req).await {
+                    Err(r) => *r,
+                    Ok(body) => rebalance::rebalance(host, &c, &body),
+                },
+            }
+        }
         (&Method::DELETE, ["api", "v1", "clusters", c, "nodes", n, "evacuate"]) => {
             let (c, n) = (decode(c), decode(n));
             match authorize(host, arrival, &req) {
@@ -238,6 +250,7 @@ async fn handle(gw: &Ctx, arrival: &Arrival, req: Request<Incoming>) -> Resp {
         (_, ["metrics" | "healthz" | "readyz" | "status"])
         | (_, ["api", "v1", "status" | "reload"])
         | (_, ["api", "v1", "clusters", _, "sticky", _])
+        | (_, ["api", "v1", "clusters", _, "rebalance"])
         | (_, ["api", "v1", "clusters", _, "nodes", _, "state" | "evacuate"]) => {
             let mut r = error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -264,6 +277,7 @@ fn allowed(segments: &[&str]) -> &'static str {
         ["api", "v1", "clusters", _, "sticky", _] => "GET, DELETE",
         ["api", "v1", "clusters", _, "nodes", _, "state"] => "PUT",
         ["api", "v1", "clusters", _, "nodes", _, "evacuate"] => "POST, DELETE",
+        ["api", "v1", "clusters", _, "rebalance"] => "POST",
         _ => "GET, HEAD",
     }
 }
