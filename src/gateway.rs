@@ -510,6 +510,7 @@ impl Gateway {
         data.tracker.close();
         let open = data.tracker.len();
         tracing::info!(open_connections = open, grace = ?grace, "shutting down: no new connections");
+        crate::pacing::shutdown_paced(&self.host, &data.metrics, grace);
         if tokio::time::timeout(grace, data.tracker.wait())
             .await
             .is_err()
@@ -518,6 +519,8 @@ impl Gateway {
                 open_connections = data.tracker.len(),
                 "shutdown grace over; closing remaining sessions"
             );
+            // MQTT 5 clients on the boundary-tracking relay are told 0x8B first.
+            crate::pacing::set_shutting_down();
             shared.hard_stop.close();
             let _ = tokio::time::timeout(Duration::from_secs(5), data.tracker.wait()).await;
         }

@@ -62,12 +62,32 @@ enum Cmd {
         #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_interval)]
         interval: std::time::Duration,
     },
-    /// Change a node's admin state.
+    /// Change a node's admin state, or evacuate it (maint, sessions closed at a rate).
     Node {
-        #[arg(value_parser = ["ready", "drain", "maint"])]
+        #[arg(value_parser = ["ready", "drain", "maint", "evacuate"])]
         state: String,
         cluster: String,
         node: String,
+        /// evacuate: sessions closed per second (default: the cluster's close_rate).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// evacuate: stop a running evacuation (the node is set ready again).
+        #[arg(long)]
+        cancel: bool,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Cluster-wide actions: `rebalance` moves clients from fuller to emptier nodes.
+    Cluster {
+        #[arg(value_parser = ["rebalance"])]
+        action: String,
+        cluster: String,
+        /// Sessions closed per second per node (default: the cluster's close_rate).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Spread allowed above the mean, as a fraction.
+        #[arg(long, default_value_t = 0.1)]
+        tolerance: f64,
         #[command(flatten)]
         target: AdminTarget,
     },
@@ -155,12 +175,45 @@ fn main() -> ExitCode {
             state,
             cluster,
             node,
+            rate,
+            cancel,
             target,
+        } if state == "evacuate" => mqgate::cli::client(
+            mqgate::cli::Request::Evacuate {
+                cluster,
+                node,
+                rate,
+                cancel,
+            },
+            target.admin,
+            target.config,
+        ),
+        Cmd::Node {
+            state,
+            cluster,
+            node,
+            target,
+            ..
         } => mqgate::cli::client(
             mqgate::cli::Request::Node {
                 state,
                 cluster,
                 node,
+            },
+            target.admin,
+            target.config,
+        ),
+        Cmd::Cluster {
+            cluster,
+            rate,
+            tolerance,
+            target,
+            ..
+        } => mqgate::cli::client(
+            mqgate::cli::Request::Rebalance {
+                cluster,
+                rate,
+                tolerance,
             },
             target.admin,
             target.config,

@@ -44,6 +44,9 @@ pub mod names {
     pub const QUEUE_TOTAL: &str = "mqgate_queue_total";
     pub const ACCESS_LOG_DROPPED_TOTAL: &str = "mqgate_access_log_dropped_total";
     pub const IDENTITY_REWRITES_TOTAL: &str = "mqgate_identity_rewrites_total";
+    pub const ADMISSIONS_REFUSED_TOTAL: &str = "mqgate_admissions_refused_total";
+    pub const PACED_CLOSE_LANES_LEFT: &str = "mqgate_paced_close_lanes_left";
+    pub const DISCONNECTS_SENT_TOTAL: &str = "mqgate_disconnects_sent_total";
     pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
         "mqgate_config_last_reload_success_timestamp_seconds";
 }
@@ -100,6 +103,8 @@ pub enum Reject {
     /// (`require_username_match` / `require_client_id_match`), or the certificate
     /// lacks the field the listener takes the identity from.
     Identity,
+    /// Over the cluster's `connect_rate` or its nodes' `node_connect_rate`.
+    ConnectRate,
 }
 
 impl Reject {
@@ -124,12 +129,14 @@ impl Reject {
             Reject::WsFrame => "ws_frame",
             Reject::WsText => "ws_text",
             Reject::Identity => "identity",
+            Reject::ConnectRate => "connect_rate",
         }
     }
 }
 
 pub struct Metrics {
     pub registry: Registry,
+    pub shaping: crate::shaping::ShapingMetrics,
     pub build_info: IntGaugeVec,
     pub connections_active: IntGaugeVec,
     pub connections_total: IntCounterVec,
@@ -205,6 +212,7 @@ impl Metrics {
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ];
         let m = Metrics {
+            shaping: crate::shaping::ShapingMetrics::new(&r),
             build_info: gauge(
                 &r,
                 BUILD_INFO,

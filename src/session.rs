@@ -217,6 +217,18 @@ pub async fn serve<S>(
     }
     let cluster = &lst.cluster;
     let cfg = cluster.config();
+    if !cluster.admission.allow(cfg.shaping.connect_rate) {
+        Box::pin(crate::shaping::refuse_busy(
+            data,
+            lname,
+            &cluster.name,
+            crate::shaping::Refused::ClusterRate,
+            &mut client,
+            v5,
+        ))
+        .await;
+        return;
+    }
     // A clean session of a client whose subscriptions are stored takes the packet
     // path once too: the broker drops its session, and so does mqgate once the broker
     // has accepted the login (not before: a refused login must not wipe them).
@@ -253,6 +265,18 @@ pub async fn serve<S>(
         }
         Err(Unrouted::ListenerClosed) => {
             tracing::debug!("listener closed while the client was held");
+            return;
+        }
+        Err(Unrouted::Busy) => {
+            Box::pin(crate::shaping::refuse_busy(
+                data,
+                lname,
+                &cluster.name,
+                crate::shaping::Refused::NodeRate,
+                &mut client,
+                v5,
+            ))
+            .await;
             return;
         }
         Err(Unrouted::NoNode { why }) => {
@@ -356,6 +380,16 @@ pub async fn serve<S>(
         }
         return;
     }
+    if v5 && cfg.shaping.close_rate > 0 {
+        if let Broker::Plain(tcp) = broker {
+            // MQTT 5 clients of a cluster with a close_rate are told why they are
+            // closed (brokers over TLS: a plain close, see docs/operations.md).
+            let task =
+                crate::relay::polite::run(client, tcp, started, cfg.connack_timeout, closed, keep);
+            spawn_relay(data, task);
+            return;
+        }
+    }
     match broker {
         Broker::Plain(tcp) => spawn_relay(
             data,
@@ -434,6 +468,8 @@ enum Unrouted {
     ClientGone(String),
     /// The listener was removed, or shutdown's grace ended, while the client was held.
     ListenerClosed,
+    /// Every node picked is over `node_connect_rate` (`crate::shaping`).
+    Busy,
 }
 
 /// Longest pause between two attempts while held, when a node that the cluster still
@@ -475,7 +511,13 @@ async fn route<S: AsyncRead + Unpin>(
         let changed = cluster.changed();
         tokio::pin!(changed);
         let pick = cluster.pick(connect);
+        let mut over_rate = 0;
         for node in &pick.nodes {
+            if !node.admission.allow(cfg.shaping.node_connect_rate) {
+                tracing::debug!(node = %node.name, "node over node_connect_rate; trying the next");
+                over_rate += 1;
+                continue;
+            }
             let broker = match crate::upstream::connect(node, cfg.connect_timeout).await {
                 Ok(b) => b,
                 Err(e) => {
@@ -485,7 +527,9 @@ async fn route<S: AsyncRead + Unpin>(
             };
             // Subscribe to the node's session handle before forwarding, so that a
             // node marked down from now on also closes this session.
-            let closed = node.session_token(lname, &lst.closed);
+            let closed = node
+                .pacing
+                .lane(lname, &node.session_token(lname, &lst.closed));
             let extra_now: &[u8] = if hold { &[] } else { &extra };
             let first = crate::upstream::forward_first(
                 cfg,
@@ -527,6 +571,12 @@ async fn route<S: AsyncRead + Unpin>(
                     tracing::debug!(node = %node.name, error = %e, "forwarding CONNECT to the node failed; trying the next");
                 }
             }
+        }
+        if over_rate > 0 && over_rate == pick.nodes.len() {
+            if queued.is_some() {
+                cluster.queue_result("closed");
+            }
+            return Err(Unrouted::Busy);
         }
         let why = |held: bool| {
             let what = match (cfg.mode, pick.nodes.len()) {
@@ -599,7 +649,7 @@ async fn route<S: AsyncRead + Unpin>(
     }
 }
 
-/// Send our own CONNACK and close cleanly: half-close, then drain what the client still
+/// Send our own CONNACK and close cleanly (also `crate::shaping`'s "server busy"): half-close, then drain what the client still
 /// sends for a moment so that the close does not turn into a reset that eats the reply.
 pub(crate) async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, v5: bool, code: u8) {
     let (reply, n) = connack_reply(v5, code);

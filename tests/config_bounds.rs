@@ -119,6 +119,7 @@ fn config_with(body: &str, extra: &[(String, String)]) -> String {
         ("clusters.brokers.sticky", String::new()),
         ("clusters.brokers.sessions", String::new()),
         ("peers", String::new()),
+        ("clusters.brokers.shaping", String::new()),
     ];
     let mut out = body.to_string();
     for (t, line) in extra {

@@ -68,6 +68,7 @@ address = "127.0.0.1:1883"
 [clusters.b.tls]
 ca = "{dir}/ca.pem"
 [clusters.b.sessions]
+[clusters.b.shaping]
 
 [peers]
 name = "gate-a"

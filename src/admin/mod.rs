@@ -25,10 +25,14 @@
 mod access;
 mod api;
 mod conns;
+mod evacuate;
+mod rebalance;
 mod status_page;
 mod view;
 
 pub use api::{NodeStateAnswer, StickyAnswer};
+pub use evacuate::EvacuateAnswer;
+pub use rebalance::RebalanceAnswer;
 pub use view::{
     gather_status, ClusterView, ListenerView, NodeView, PeerView, PeersView, StatusView,
 };
@@ -212,6 +216,33 @@ async fn handle(gw: &Ctx, arrival: &Arrival, req: Request<Incoming>) -> Resp {
                 },
             }
         }
+        (&Method::POST, ["api", "v1", "clusters", c, "nodes", n, "evacuate"]) => {
+            let (c, n) = (decode(c), decode(n));
+            match authorize(host, arrival, &req) {
+                Err(r) => *r,
+                Ok(()) => match read_body(req).await {
+                    Err(r) => *r,
+                    Ok(body) => evacuate::evacuate(host, &c, &n, &body),
+                },
+            }
+        }
+        (&Method::POST, ["api", "v1", "clusters", c, "rebalance"]) => {
+            let c = decode(c);
+            match authorize(host, arrival, &req) {
+                Err(r) => *r,
+                Ok(()) => match read_body(req).await {
+                    Err(r) => *r,
+                    Ok(body) => rebalance::rebalance(host, &c, &body),
+                },
+            }
+        }
+        (&Method::DELETE, ["api", "v1", "clusters", c, "nodes", n, "evacuate"]) => {
+            let (c, n) = (decode(c), decode(n));
+            match authorize(host, arrival, &req) {
+                Err(r) => *r,
+                Ok(()) => evacuate::cancel(host, &c, &n),
+            }
+        }
         (&Method::POST, ["api", "v1", "reload"]) => match authorize(host, arrival, &req) {
             Err(r) => *r,
             Ok(()) => api::reload(gw).await,
@@ -219,7 +250,8 @@ async fn handle(gw: &Ctx, arrival: &Arrival, req: Request<Incoming>) -> Resp {
         (_, ["metrics" | "healthz" | "readyz" | "status"])
         | (_, ["api", "v1", "status" | "reload"])
         | (_, ["api", "v1", "clusters", _, "sticky", _])
-        | (_, ["api", "v1", "clusters", _, "nodes", _, "state"]) => {
+        | (_, ["api", "v1", "clusters", _, "rebalance"])
+        | (_, ["api", "v1", "clusters", _, "nodes", _, "state" | "evacuate"]) => {
             let mut r = error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &format!("method {method} is not allowed on {path}"),
@@ -244,6 +276,8 @@ fn allowed(segments: &[&str]) -> &'static str {
         ["api", "v1", "reload"] => "POST",
         ["api", "v1", "clusters", _, "sticky", _] => "GET, DELETE",
         ["api", "v1", "clusters", _, "nodes", _, "state"] => "PUT",
+        ["api", "v1", "clusters", _, "nodes", _, "evacuate"] => "POST, DELETE",
+        ["api", "v1", "clusters", _, "rebalance"] => "POST",
         _ => "GET, HEAD",
     }
 }

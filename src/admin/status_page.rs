@@ -187,7 +187,7 @@ fn node_row(h: &mut String, c: &ClusterView, n: &NodeView) {
         escape(&n.name),
         escape(&n.address),
         health_badge(&n.health),
-        admin_badge(&n.admin_state),
+        admin_badge(&crate::pacing::state_label(&n.admin_state, n.paced_close_lanes_left)),
         n.active_connections,
         n.connections_total,
     );
@@ -276,6 +276,7 @@ mod tests {
                     active_connections: 3,
                     connections_total: 7,
                     connack_failures: 1,
+                    paced_close_lanes_left: 0,
                 }],
             }],
             listeners: vec![ListenerView {

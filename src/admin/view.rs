@@ -55,6 +55,10 @@ pub struct NodeView {
     pub connections_total: u64,
     /// CONNACKs with a non-zero return/reason code (or unreadable) from this node.
     pub connack_failures: u64,
+    /// Lanes of sessions a running paced close (evacuation) has still to close; 0 when
+    /// none runs (`crate::pacing`).
+    #[serde(default)]
+    pub paced_close_lanes_left: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +108,7 @@ fn cluster_view(c: &Cluster) -> ClusterView {
             active_connections: n.active(),
             connections_total: n.relayed(),
             connack_failures: n.connack_failures(),
+            paced_close_lanes_left: n.pacing.lanes_left(),
         })
         .collect();
     ClusterView {

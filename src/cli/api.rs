@@ -144,6 +144,78 @@ impl<'a> Api<'a> {
                     ))
                 }
             }
+            Request::Rebalance {
+                cluster,
+                rate,
+                tolerance,
+            } => {
+                let path = format!("/api/v1/clusters/{}/rebalance", encode(cluster));
+                let mut body = serde_json::json!({ "tolerance": tolerance });
+                if let Some(r) = rate {
+                    body["rate"] = serde_json::json!(r);
+                }
+                let out = self
+                    .call(Method::POST, &path, Some(body.to_string()))
+                    .await?;
+                let a: crate::admin::RebalanceAnswer = self.parse(&out)?;
+                let mut s = format!("cluster {}: ", a.cluster);
+                if a.moves.is_empty() {
+                    s.push_str("balanced within the tolerance; nothing to move\n");
+                } else {
+                    let _ = writeln!(
+                        s,
+                        "moving clients at {}/s per node from {}",
+                        a.rate,
+                        a.moves
+                            .iter()
+                            .map(|m| format!("{} (~{})", m.node, m.sessions))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                Ok(s)
+            }
+            Request::Evacuate {
+                cluster,
+                node,
+                rate,
+                cancel,
+            } => {
+                let path = format!(
+                    "/api/v1/clusters/{}/nodes/{}/evacuate",
+                    encode(cluster),
+                    encode(node)
+                );
+                let (method, body) = if *cancel {
+                    (Method::DELETE, None)
+                } else {
+                    let body = match rate {
+                        Some(r) => serde_json::json!({ "rate": r }),
+                        None => serde_json::json!({}),
+                    };
+                    (Method::POST, Some(body.to_string()))
+                };
+                let out = self.call(method, &path, body).await?;
+                let a: crate::admin::EvacuateAnswer = self.parse(&out)?;
+                Ok(if *cancel {
+                    format!(
+                        "cluster {} node {}: evacuation {}; {} session(s) left on it\n",
+                        a.cluster,
+                        a.node,
+                        if a.cancelled {
+                            "cancelled, node ready again"
+                        } else {
+                            "was not running"
+                        },
+                        a.sessions
+                    )
+                } else {
+                    format!(
+                        "cluster {} node {}: maint, closing {} session(s) at {}/s (progress: mqgate status)\n",
+                        a.cluster, a.node, a.sessions, a.rate
+                    )
+                })
+            }
         }
     }
 

@@ -188,6 +188,19 @@ pub enum Request {
         cluster: String,
         key: String,
     },
+    /// `mqgate cluster rebalance CLUSTER [--rate N] [--tolerance F]`.
+    Rebalance {
+        cluster: String,
+        rate: Option<u32>,
+        tolerance: f64,
+    },
+    /// `mqgate node evacuate CLUSTER NODE [--rate N] [--cancel]` (`crate::admin::evacuate`).
+    Evacuate {
+        cluster: String,
+        node: String,
+        rate: Option<u32>,
+        cancel: bool,
+    },
 }
 
 pub fn version() -> String {

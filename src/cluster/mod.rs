@@ -66,6 +66,8 @@ pub struct Cluster {
     /// TLS to the brokers (`[tls]`), loaded by the gateway at start-up and on every
     /// reload; empty: plain TCP.
     tls: ArcSwapOption<crate::broker_tls::BrokerTls>,
+    /// `connect_rate` admissions (`crate::shaping`).
+    pub admission: crate::shaping::ConnectBucket,
 }
 
 /// A client's place among those held while no node can take them; released on drop.
@@ -125,6 +127,7 @@ impl Cluster {
             changed: Notify::new(),
             queued: AtomicUsize::new(0),
             tls: ArcSwapOption::empty(),
+            admission: Default::default(),
         };
         for n in c.nodes().iter() {
             c.publish_node_metrics(n);
@@ -320,7 +323,12 @@ impl Cluster {
                 .set((st == s) as i64);
         }
         if s == AdminState::Maint {
-            node.close_sessions(CloseCause::Maint);
+            crate::pacing::close_node(
+                &self.metrics,
+                node,
+                self.config().shaping.close_rate,
+                CloseCause::Maint,
+            );
         }
         self.update_leader();
         self.changed.notify_waiters();
@@ -397,7 +405,12 @@ impl Cluster {
                 .with_label_values(&[&self.name, &old.name])
                 .set(0);
             if cfg.on_node_down == OnNodeDown::Disconnect {
-                old.close_sessions(CloseCause::LeaderChange);
+                crate::pacing::close_node(
+                    &self.metrics,
+                    old,
+                    cfg.shaping.close_rate,
+                    CloseCause::LeaderChange,
+                );
             }
         }
         if let Some(new) = &next {

@@ -85,6 +85,10 @@ pub struct Node {
     pub metrics: NodeMetrics,
     /// Stops this node's background tasks (health checks) when it is removed.
     pub tasks: CancellationToken,
+    /// `node_connect_rate` admissions (`crate::shaping`).
+    pub admission: crate::shaping::ConnectBucket,
+    /// Lanes of sessions for paced closes (`crate::pacing`).
+    pub pacing: crate::pacing::Pacing,
 }
 
 impl Node {
@@ -107,6 +111,8 @@ impl Node {
             recheck: Notify::new(),
             metrics: metrics.node(cluster, name),
             tasks: CancellationToken::new(),
+            admission: Default::default(),
+            pacing: Default::default(),
         }
     }
 

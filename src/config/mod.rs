@@ -10,6 +10,7 @@ mod ops;
 mod peers_discovery;
 mod raw;
 mod sessions;
+mod shaping;
 mod tls_checks;
 mod validate;
 mod websocket;
@@ -276,6 +277,7 @@ pub struct ClusterConfig {
     /// TLS to the brokers (`[clusters.X.tls]`); `None`: plain TCP.
     pub tls: Option<BrokerTlsConfig>,
     pub sessions: SessionsConfig,
+    pub shaping: ShapingConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -383,6 +385,18 @@ pub struct StickyConfig {
     pub sessions: StickySessions,
     pub expire: Duration,
     pub capacity: usize,
+}
+
+/// `[clusters.X.shaping]`: CONNECT admission rates (`crate::shaping`); 0 = no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShapingConfig {
+    /// CONNECTs admitted per second in the cluster (bursts of one second's worth).
+    pub connect_rate: u32,
+    /// CONNECTs admitted per second per node.
+    pub node_connect_rate: u32,
+    /// Sessions closed per second per node when it goes to maint or loses leadership
+    /// while its broker still serves (`crate::pacing`); 0 = all at once.
+    pub close_rate: u32,
 }
 
 /// `[clusters.X.sessions]`: packet-aware sessions of a dynsec cluster

@@ -225,6 +225,7 @@ pub struct RawCluster {
     pub sticky: Option<RawSticky>,
     pub tls: Option<RawBrokerTls>,
     pub sessions: Option<RawSessions>,
+    pub shaping: Option<RawShaping>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -299,6 +300,18 @@ impl Default for RawSticky {
             capacity: d_capacity(),
         }
     }
+}
+
+/// `[clusters.X.shaping]`: reconnect-storm shaping (0 = no limit).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShaping {
+    #[serde(default)]
+    pub connect_rate: i64,
+    #[serde(default)]
+    pub node_connect_rate: i64,
+    #[serde(default)]
+    pub close_rate: i64,
 }
 
 /// `[clusters.X.sessions]` (dynsec only): packet-aware sessions.

@@ -256,6 +256,8 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
         };
         let (sessions, errs) = super::sessions::sessions(cname, mode, c.sessions.as_ref());
         v.errors.extend(errs);
+        let (shaping, errs) = super::shaping::shaping(cname, c.shaping.as_ref());
+        v.errors.extend(errs);
         clusters.push(ClusterConfig {
             name: cname.clone(),
             mode,
@@ -297,6 +299,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
             health,
             sticky,
             sessions,
+            shaping,
         });
     }
 

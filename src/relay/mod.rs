@@ -8,6 +8,7 @@
 //! lookups or allocation per chunk.
 
 pub mod packets;
+pub mod polite;
 pub mod task;
 
 use crate::metrics::NodeMetrics;

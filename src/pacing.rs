@@ -1,0 +1,358 @@
+//! Paced closing of a node's sessions (`[clusters.X.shaping] close_rate`, evacuation).
+//!
+//! A relayed session waits on one scope (`crate::sessions`). To close a node's sessions
+//! a few at a time without a handle per session, each node spreads its sessions over
+//! [`LANES`] lanes per listener: a lane is a child scope of the node's listener scope
+//! (so node down, listener removal and shutdown still close everything at once), and a
+//! new session takes the next lane round-robin. A paced close closes one lane at a
+//! time, the pause between two lanes set so that about `rate` sessions close per second
+//! (each pause jittered by ±25 %), then closes the node's scopes for good.
+//!
+//! MQTT 5 clients on the boundary-tracking relay ([`crate::relay::polite`]) get a
+//! DISCONNECT first, with the node's [`close_reason`](Pacing::close_reason): 0x9C "use
+//! another server" for a paced close, 0x8B "server shutting down" when the gateway
+//! itself stops ([`set_shutting_down`]).
+
+use crate::cluster::{Health, Node};
+use crate::metrics::Metrics;
+use crate::sessions::{CloseCause, SessionScope};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Lanes per node and listener.
+pub const LANES: usize = 64;
+
+/// DISCONNECT reason codes (MQTT 5, 3.14.2.1).
+pub const USE_ANOTHER_SERVER: u8 = 0x9C;
+pub const SERVER_SHUTTING_DOWN: u8 = 0x8B;
+
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// The gateway is stopping: sessions closed from now on are told 0x8B.
+pub fn set_shutting_down() {
+    SHUTTING_DOWN.store(true, Ordering::SeqCst);
+}
+
+/// A node's admin state as `mqgate status` and the status page show it: with the
+/// progress of a running paced close.
+pub fn state_label(state: &str, lanes_left: usize) -> String {
+    if lanes_left == 0 {
+        state.to_string()
+    } else {
+        format!("{state}, closing sessions ({lanes_left} lane(s) left)")
+    }
+}
+
+/// The `reason` label of `mqgate_disconnects_sent_total`.
+pub fn reason_label(code: u8) -> &'static str {
+    match code {
+        USE_ANOTHER_SERVER => "use_another_server",
+        SERVER_SHUTTING_DOWN => "server_shutting_down",
+        _ => "other",
+    }
+}
+
+/// A node's lanes and the state of its paced close.
+#[derive(Default)]
+pub struct Pacing {
+    lanes: Mutex<HashMap<String, Lanes>>,
+    next: AtomicUsize,
+    /// The reason a polite relay sends before closing (0 = none: plain close).
+    reason: AtomicU8,
+    /// Sessions closed by paced closes so far, and lanes left in the one running.
+    pub closed_paced: AtomicU64,
+    pub lanes_left: AtomicUsize,
+    /// The rate of the next paced close (an evacuation's), instead of `close_rate`.
+    rate_override: AtomicU32,
+    /// Set to stop the running paced close (evacuation cancelled).
+    cancel: AtomicBool,
+    /// A paced close is running.
+    pub running: AtomicBool,
+}
+
+struct Lanes {
+    parent: SessionScope,
+    lanes: Vec<SessionScope>,
+}
+
+impl Pacing {
+    /// The scope a new session through listener `listener` waits on: a lane under
+    /// `parent` (the node's scope for that listener).
+    pub fn lane(&self, listener: &str, parent: &SessionScope) -> SessionScope {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % LANES;
+        let mut g = crate::sync::lock(&self.lanes);
+        if !g.contains_key(listener) {
+            g.insert(
+                listener.to_string(),
+                Lanes {
+                    parent: parent.clone(),
+                    lanes: Vec::new(),
+                },
+            );
+        }
+        let Some(entry) = g.get_mut(listener) else {
+            return parent.clone();
+        };
+        // The node hands out one scope per listener until it is closed: a closed
+        // parent means a new one.
+        if entry.parent.is_closed() {
+            entry.parent = parent.clone();
+            entry.lanes.clear();
+            // A new generation of sessions: a later close has a reason only if it is
+            // paced again.
+            self.reason.store(0, Ordering::Release);
+        }
+        if entry.lanes.is_empty() {
+            entry.lanes = (0..LANES).map(|_| parent.child()).collect();
+        }
+        if entry.lanes[i].is_closed() {
+            entry.lanes[i] = parent.child();
+        }
+        entry.lanes[i].clone()
+    }
+
+    /// What a session closed right now should be told (MQTT 5), if anything.
+    pub fn close_reason(&self) -> Option<u8> {
+        if SHUTTING_DOWN.load(Ordering::SeqCst) {
+            return Some(SERVER_SHUTTING_DOWN);
+        }
+        match self.reason.load(Ordering::Acquire) {
+            0 => None,
+            r => Some(r),
+        }
+    }
+
+    /// Close every lane of every listener, `rate` sessions a second (`active` live
+    /// now), then call `done` (which closes the node's scopes for good).
+    pub async fn close_paced(
+        &self,
+        rate: u32,
+        active: usize,
+        gauge: &prometheus::IntGauge,
+        done: impl FnOnce(),
+    ) {
+        self.cancel.store(false, Ordering::SeqCst);
+        self.running.store(true, Ordering::SeqCst);
+        self.reason.store(USE_ANOTHER_SERVER, Ordering::Release);
+        let all: Vec<SessionScope> = {
+            let g = crate::sync::lock(&self.lanes);
+            g.values().flat_map(|l| l.lanes.iter().cloned()).collect()
+        };
+        let per_lane = active as f64 / all.len().max(1) as f64;
+        let pause = if rate == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(per_lane / f64::from(rate))
+        };
+        self.lanes_left.store(all.len(), Ordering::Relaxed);
+        gauge.set(all.len() as i64);
+        for (i, lane) in all.iter().enumerate() {
+            if self.cancel.load(Ordering::SeqCst) {
+                self.lanes_left.store(0, Ordering::Relaxed);
+                self.reason.store(0, Ordering::Release);
+                self.running.store(false, Ordering::SeqCst);
+                return;
+            }
+            lane.close();
+            self.lanes_left.fetch_sub(1, Ordering::Relaxed);
+            gauge.dec();
+            self.closed_paced
+                .fetch_add(per_lane.round() as u64, Ordering::Relaxed);
+            if i + 1 < all.len() && !pause.is_zero() {
+                tokio::time::sleep(jitter(pause, i)).await;
+            }
+        }
+        done();
+        // The reason stays: the sessions of the lanes closed last may not have read
+        // it yet. It is cleared when the node's sessions start over (`lane`).
+        self.running.store(false, Ordering::SeqCst);
+    }
+
+    /// Close `lanes` of this node's lanes (the fullest first), one every `pause`
+    /// (jittered), MQTT 5 clients told 0x9C: a rebalance moving about `lanes` × (live
+    /// sessions / lanes) clients away. Returns the sessions those lanes held roughly.
+    pub async fn close_some(&self, lanes: usize, pause: Duration) {
+        self.reason.store(USE_ANOTHER_SERVER, Ordering::Release);
+        let picked: Vec<SessionScope> = {
+            let g = crate::sync::lock(&self.lanes);
+            g.values()
+                .flat_map(|l| l.lanes.iter().filter(|s| !s.is_closed()).cloned())
+                .take(lanes)
+                .collect()
+        };
+        for (i, lane) in picked.iter().enumerate() {
+            lane.close();
+            if i + 1 < picked.len() && !pause.is_zero() {
+                tokio::time::sleep(jitter(pause, i)).await;
+            }
+        }
+    }
+
+    /// Lanes the running paced close has still to close (0: none runs).
+    pub fn lanes_left(&self) -> usize {
+        if self.running.load(Ordering::SeqCst) {
+            self.lanes_left.load(Ordering::Relaxed)
+        } else {
+            0
+        }
+    }
+
+    /// The next paced close of this node runs at `rate` (an evacuation).
+    pub fn override_rate(&self, rate: u32) {
+        self.rate_override.store(rate, Ordering::SeqCst);
+    }
+
+    /// Stop the running paced close after the lane being closed now.
+    pub fn cancel(&self) -> bool {
+        self.cancel.store(true, Ordering::SeqCst);
+        self.running.load(Ordering::SeqCst)
+    }
+}
+
+/// `d` ± 25 %, spread by a cheap hash of `i`.
+fn jitter(d: Duration, i: usize) -> Duration {
+    let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58; // 0..63
+    let f = 0.75 + (h as f64) / 126.0; // 0.75 ..= 1.25
+    d.mul_f64(f)
+}
+
+/// At the start of a graceful shutdown: in clusters with a `close_rate`, close every
+/// node's sessions paced so that they are all closed within 80 % of `grace` (at
+/// `close_rate`, or faster when that would take longer), MQTT 5 clients told 0x8B.
+/// Clusters without `close_rate` keep relaying until the grace ends, as before.
+pub fn shutdown_paced(host: &crate::host::Host, metrics: &Arc<Metrics>, grace: Duration) {
+    set_shutting_down();
+    let spread = grace.mul_f64(0.8).as_secs_f64();
+    for c in host.clusters_sorted() {
+        let configured = c.config().shaping.close_rate;
+        if configured == 0 {
+            continue;
+        }
+        for n in c.nodes().iter() {
+            let needed = if spread > 0.0 {
+                (n.active() as f64 / spread).ceil() as u32
+            } else {
+                0
+            };
+            // 0 (no grace): close at once.
+            let rate = if spread > 0.0 {
+                configured.max(needed)
+            } else {
+                0
+            };
+            // At shutdown the access log says `shutdown` whatever the cause here.
+            close_node(metrics, n, rate, CloseCause::Removed);
+        }
+    }
+}
+
+/// Close `node`'s sessions: at once when `rate` is 0 or the broker is not up (nothing
+/// to protect: its clients are gone already), else paced in a task of its own.
+pub fn close_node(metrics: &Arc<Metrics>, node: &Arc<Node>, rate: u32, cause: CloseCause) {
+    let rate = match node.pacing.rate_override.swap(0, Ordering::SeqCst) {
+        0 => rate,
+        r => r,
+    };
+    let handle = tokio::runtime::Handle::try_current();
+    match handle {
+        Ok(h) if rate > 0 && node.health() == Health::Up => {
+            let node = node.clone();
+            let gauge = metrics
+                .shaping
+                .paced_lanes_left
+                .with_label_values(&[&node.cluster, &node.name]);
+            h.spawn(async move {
+                let n = node.clone();
+                let active = node.active();
+                tracing::info!(cluster = %node.cluster, node = %node.name, rate, active, "closing the node's sessions, paced");
+                node.pacing
+                    .close_paced(rate, active, &gauge, move || n.close_sessions(cause))
+                    .await;
+                gauge.set(0);
+                tracing::info!(cluster = %node.cluster, node = %node.name, left = node.active(), "paced close over");
+            });
+        }
+        _ => node.close_sessions(cause),
+    }
+}
+
+/// Move clients from fuller to emptier nodes of `cluster`: every ready node that is up
+/// and holds more than `(1 + tolerance)` × the mean closes enough of its lanes to come
+/// down to about the mean, `rate` sessions a second, MQTT 5 clients told 0x9C; the
+/// clients reconnect and the cluster's balance places them. Returns (node, sessions to
+/// move) per node it acts on. Clients with a sticky entry come back to the same node:
+/// rebalancing moves clients that keep no session (or `balance` without sticky).
+pub fn rebalance(
+    cluster: &Arc<crate::cluster::Cluster>,
+    rate: u32,
+    tolerance: f64,
+) -> Vec<(String, usize)> {
+    let nodes: Vec<Arc<Node>> = cluster
+        .nodes()
+        .iter()
+        .filter(|n| {
+            n.health() == Health::Up && n.admin_state() == crate::cluster::AdminState::Ready
+        })
+        .cloned()
+        .collect();
+    if nodes.is_empty() {
+        return Vec::new();
+    }
+    let total: usize = nodes.iter().map(|n| n.active()).sum();
+    let mean = total as f64 / nodes.len() as f64;
+    let mut plan = Vec::new();
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return plan;
+    };
+    for n in nodes {
+        let active = n.active();
+        if (active as f64) <= mean * (1.0 + tolerance) || active == 0 {
+            continue;
+        }
+        let excess = active - mean.round() as usize;
+        let lanes_held = crate::sync::lock(&n.pacing.lanes)
+            .values()
+            .map(|l| l.lanes.len())
+            .sum::<usize>()
+            .max(1);
+        let per_lane = active as f64 / lanes_held as f64;
+        let lanes = ((excess as f64 / per_lane).round() as usize).max(1);
+        let pause = if rate == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(per_lane / f64::from(rate))
+        };
+        plan.push((n.name.clone(), (lanes as f64 * per_lane).round() as usize));
+        handle.spawn(async move {
+            n.pacing.close_some(lanes, pause).await;
+        });
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lanes_are_children_of_the_node_scope_and_jitter_stays_within_a_quarter() {
+        let p = Pacing::default();
+        let parent = SessionScope::root();
+        let a = p.lane("mqtt", &parent);
+        let b = p.lane("mqtt", &parent);
+        b.close();
+        assert!(!a.is_closed());
+        parent.close();
+        assert!(a.is_closed() && b.is_closed());
+        let fresh = SessionScope::root();
+        assert!(!p.lane("mqtt", &fresh).is_closed());
+        for i in 0..200 {
+            let j = jitter(Duration::from_millis(100), i);
+            assert!(j >= Duration::from_millis(75) && j <= Duration::from_millis(125));
+        }
+        assert_eq!(p.close_reason(), None);
+    }
+}
