@@ -321,6 +321,11 @@ impl Gateway {
                             shared.changes.clone(),
                         ));
                         cl.set_tls(tls);
+                        crate::orphans::spawn(
+                            &self.shared.bg_tracker,
+                            &cl,
+                            self.shared.background.clone(),
+                        );
                         for n in cl.nodes().iter() {
                             self.start_checks(&cl, n.clone());
                         }

@@ -16,13 +16,7 @@ use crate::mqtt::Connect;
 use x509_parser::extensions::GeneralName;
 use x509_parser::objects::{oid2abbrev, oid_registry};
 
-/// The identity fields a listener's policy needs, read from the client certificate.
-/// `None`: the certificate does not carry that field (the client is refused).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CertIds {
-    pub username: Option<String>,
-    pub client_id: Option<String>,
-}
+pub use crate::proxy::CertIds;
 
 impl CertIds {
     /// Read what `policy` needs from the leaf certificate `der`.
@@ -202,7 +196,7 @@ where
             let code = if v5 { 0x87 } else { 0x05 };
             tracing::debug!(reason = "identity", "refused: {why}");
             data.metrics.reject(lname, crate::metrics::Reject::Identity);
-            crate::session::log_refusal(
+            crate::reply::log_refusal(
                 data,
                 lst,
                 ctx,
@@ -210,7 +204,7 @@ where
                 crate::metrics::Reject::Identity,
                 Some(code),
             );
-            Box::pin(crate::session::refuse(client, v5, code)).await;
+            Box::pin(crate::reply::refuse(client, v5, code)).await;
             None
         }
     }

@@ -136,7 +136,7 @@ impl Reject {
 
 pub struct Metrics {
     pub registry: Registry,
-    pub shaping: crate::shaping::ShapingMetrics,
+    pub shaping: ShapingMetrics,
     pub build_info: IntGaugeVec,
     pub connections_active: IntGaugeVec,
     pub connections_total: IntCounterVec,
@@ -212,7 +212,7 @@ impl Metrics {
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ];
         let m = Metrics {
-            shaping: crate::shaping::ShapingMetrics::new(&r),
+            shaping: ShapingMetrics::new(&r),
             build_info: gauge(
                 &r,
                 BUILD_INFO,
@@ -533,3 +533,61 @@ pub fn code_label(code: u8) -> &'static str {
 
 #[rustfmt::skip]
 static CODE_LABELS: [&str; 256] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16", "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31", "32", "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46", "47", "48", "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59", "60", "61", "62", "63", "64", "65", "66", "67", "68", "69", "70", "71", "72", "73", "74", "75", "76", "77", "78", "79", "80", "81", "82", "83", "84", "85", "86", "87", "88", "89", "90", "91", "92", "93", "94", "95", "96", "97", "98", "99", "100", "101", "102", "103", "104", "105", "106", "107", "108", "109", "110", "111", "112", "113", "114", "115", "116", "117", "118", "119", "120", "121", "122", "123", "124", "125", "126", "127", "128", "129", "130", "131", "132", "133", "134", "135", "136", "137", "138", "139", "140", "141", "142", "143", "144", "145", "146", "147", "148", "149", "150", "151", "152", "153", "154", "155", "156", "157", "158", "159", "160", "161", "162", "163", "164", "165", "166", "167", "168", "169", "170", "171", "172", "173", "174", "175", "176", "177", "178", "179", "180", "181", "182", "183", "184", "185", "186", "187", "188", "189", "190", "191", "192", "193", "194", "195", "196", "197", "198", "199", "200", "201", "202", "203", "204", "205", "206", "207", "208", "209", "210", "211", "212", "213", "214", "215", "216", "217", "218", "219", "220", "221", "222", "223", "224", "225", "226", "227", "228", "229", "230", "231", "232", "233", "234", "235", "236", "237", "238", "239", "240", "241", "242", "243", "244", "245", "246", "247", "248", "249", "250", "251", "252", "253", "254", "255"];
+
+/// The shaping metrics, registered with the process's other metrics.
+pub struct ShapingMetrics {
+    pub admissions_refused: IntCounterVec,
+    /// `mqgate_paced_close_lanes_left{cluster,node}`: lanes of sessions a running paced
+    /// close (evacuation, maint, leader change) has still to close; 0 when none runs.
+    pub paced_lanes_left: IntGaugeVec,
+    /// `mqgate_disconnects_sent_total{cluster,reason}`: DISCONNECTs sent to MQTT 5
+    /// clients before a close by the gateway.
+    pub disconnects_sent: IntCounterVec,
+}
+
+impl ShapingMetrics {
+    pub fn new(r: &Registry) -> Self {
+        let admissions_refused = IntCounterVec::new(
+            Opts::new(
+                names::ADMISSIONS_REFUSED_TOTAL,
+                "CONNECTs refused with \"server busy\" by the admission rates, by reason.",
+            ),
+            &["cluster", "reason"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(admissions_refused.clone()))
+            .expect("metric registered once");
+        let paced_lanes_left = IntGaugeVec::new(
+            Opts::new(
+                names::PACED_CLOSE_LANES_LEFT,
+                "Lanes of sessions a running paced close has still to close (64 per node and listener).",
+            ),
+            &["cluster", "node"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(paced_lanes_left.clone()))
+            .expect("metric registered once");
+        let disconnects_sent = IntCounterVec::new(
+            Opts::new(
+                names::DISCONNECTS_SENT_TOTAL,
+                "DISCONNECTs sent to MQTT 5 clients before a close by the gateway, by reason.",
+            ),
+            &["cluster", "reason"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(disconnects_sent.clone()))
+            .expect("metric registered once");
+        ShapingMetrics {
+            admissions_refused,
+            paced_lanes_left,
+            disconnects_sent,
+        }
+    }
+
+    /// A CONNECT refused by an admission rate (`reason`: `cluster_rate`, `node_rate`).
+    pub fn refused(&self, cluster: &str, reason: &str) {
+        self.admissions_refused
+            .with_label_values(&[cluster, reason])
+            .inc();
+    }
+}

@@ -134,6 +134,67 @@ impl RateShard {
     }
 }
 
+/// A token bucket of CONNECT admissions (`[clusters.X.shaping] connect_rate`,
+/// `node_connect_rate`; `crate::shaping`).
+#[derive(Debug)]
+pub struct ConnectBucket {
+    state: Mutex<BucketState>,
+}
+
+#[derive(Debug)]
+struct BucketState {
+    /// Tokens left (fractions count: a refill is continuous).
+    tokens: f64,
+    /// When `tokens` was last brought up to date.
+    at: Instant,
+    /// The rate the bucket was last used with (a change of rate starts a full bucket).
+    rate: u32,
+}
+
+impl Default for ConnectBucket {
+    fn default() -> Self {
+        ConnectBucket {
+            state: Mutex::new(BucketState {
+                tokens: 0.0,
+                at: Instant::now(),
+                rate: 0,
+            }),
+        }
+    }
+}
+
+impl ConnectBucket {
+    /// Take one admission at `rate` per second (0 = unlimited); false if none is left.
+    pub fn allow(&self, rate: u32) -> bool {
+        self.allow_at(rate, Instant::now())
+    }
+
+    pub(crate) fn allow_at(&self, rate: u32, now: Instant) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let mut s = match self.state.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        let cap = f64::from(rate);
+        if s.rate != rate {
+            s.rate = rate;
+            s.tokens = cap;
+        } else {
+            let dt = now.saturating_duration_since(s.at).as_secs_f64();
+            s.tokens = (s.tokens + dt * cap).min(cap);
+        }
+        s.at = now;
+        if s.tokens >= 1.0 {
+            s.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,16 +7,17 @@
 
 use crate::cluster::{Node, StickyWrite};
 use crate::metrics::Reject;
-use crate::mqtt::{self, connack_reply, ConnectError, Parse};
+use crate::mqtt::{self, ConnectError, Parse};
 use crate::proxy::ClientCtx;
 use crate::relay::packets::PacketRelay;
 use crate::relay::task::{Keep, RelayTask};
+use crate::reply::{log_refusal, refuse, refuse_with};
 use crate::runtime::{DataPath, ListenerRt, Runtime};
 use crate::sessions::SessionScope;
 use crate::upstream::Broker;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout_at;
 use tokio::time::Instant;
@@ -416,27 +417,6 @@ where
     }
 }
 
-/// Write the access-log line of a connection refused here (nothing when the log is off).
-pub(crate) fn log_refusal(
-    data: &DataPath,
-    lst: &ListenerRt,
-    ctx: &ClientCtx,
-    connect: Option<&mqtt::Connect<'_>>,
-    reason: Reject,
-    connack: Option<u8>,
-) {
-    data.access.refused(crate::access::Refusal {
-        listener: &lst.config.name,
-        cluster: &lst.cluster.name,
-        peer: ctx.peer,
-        accepted: ctx.accepted,
-        tls: ctx.tls_info.as_ref(),
-        connect,
-        reason,
-        connack,
-    });
-}
-
 /// A client with a node: the broker connection (CONNECT and what followed already
 /// forwarded), the sticky write to do once the broker accepts, and the token that
 /// closes the session.
@@ -645,31 +625,6 @@ async fn route<S: AsyncRead + Unpin>(
                 }
                 Ok(_) => {}
             },
-        }
-    }
-}
-
-/// Send our own CONNACK and close cleanly (also `crate::shaping`'s "server busy"): half-close, then drain what the client still
-/// sends for a moment so that the close does not turn into a reset that eats the reply.
-pub(crate) async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, v5: bool, code: u8) {
-    let (reply, n) = connack_reply(v5, code);
-    refuse_with(s, &reply[..n]).await
-}
-
-/// Send `reply` (nothing: a plain close) and close as [`refuse`] does.
-async fn refuse_with<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, reply: &[u8]) {
-    if !reply.is_empty() && s.write_all(reply).await.is_err() {
-        return;
-    }
-    let _ = s.flush().await;
-    let _ = s.shutdown().await;
-    let mut sink = [0u8; 512];
-    let deadline = Instant::now() + Duration::from_millis(500);
-    let mut drained = 0usize;
-    while drained < 64 * 1024 {
-        match timeout_at(deadline, s.read(&mut sink)).await {
-            Ok(Ok(n)) if n > 0 => drained += n,
-            _ => break,
         }
     }
 }

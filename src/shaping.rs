@@ -12,9 +12,6 @@
 //! so a reload changes it at once; the bucket itself outlives reloads.
 
 use crate::metrics::names;
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
-use std::sync::Mutex;
-use std::time::Instant;
 
 /// Why an admission was refused (`reason` label of `mqgate_admissions_refused_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,125 +31,10 @@ impl Refused {
     }
 }
 
-/// A token bucket of CONNECT admissions; see the module comment.
-#[derive(Debug)]
-pub struct ConnectBucket {
-    state: Mutex<BucketState>,
-}
-
-#[derive(Debug)]
-struct BucketState {
-    /// Tokens left (fractions count: a refill is continuous).
-    tokens: f64,
-    /// When `tokens` was last brought up to date.
-    at: Instant,
-    /// The rate the bucket was last used with (a change of rate starts a full bucket).
-    rate: u32,
-}
-
-impl Default for ConnectBucket {
-    fn default() -> Self {
-        ConnectBucket {
-            state: Mutex::new(BucketState {
-                tokens: 0.0,
-                at: Instant::now(),
-                rate: 0,
-            }),
-        }
-    }
-}
-
-impl ConnectBucket {
-    /// Take one admission at `rate` per second (0 = unlimited); false if none is left.
-    pub fn allow(&self, rate: u32) -> bool {
-        self.allow_at(rate, Instant::now())
-    }
-
-    fn allow_at(&self, rate: u32, now: Instant) -> bool {
-        if rate == 0 {
-            return true;
-        }
-        let mut s = match self.state.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
-        let cap = f64::from(rate);
-        if s.rate != rate {
-            s.rate = rate;
-            s.tokens = cap;
-        } else {
-            let dt = now.saturating_duration_since(s.at).as_secs_f64();
-            s.tokens = (s.tokens + dt * cap).min(cap);
-        }
-        s.at = now;
-        if s.tokens >= 1.0 {
-            s.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
+pub use crate::rate::ConnectBucket;
 
 /// `mqgate_admissions_refused_total{cluster,reason}`.
 pub const ADMISSIONS_REFUSED_TOTAL: &str = names::ADMISSIONS_REFUSED_TOTAL;
-
-/// The shaping metrics, registered with the process's other metrics.
-pub struct ShapingMetrics {
-    pub admissions_refused: IntCounterVec,
-    /// `mqgate_paced_close_lanes_left{cluster,node}`: lanes of sessions a running paced
-    /// close (evacuation, maint, leader change) has still to close; 0 when none runs.
-    pub paced_lanes_left: IntGaugeVec,
-    /// `mqgate_disconnects_sent_total{cluster,reason}`: DISCONNECTs sent to MQTT 5
-    /// clients before a close by the gateway.
-    pub disconnects_sent: IntCounterVec,
-}
-
-impl ShapingMetrics {
-    pub fn new(r: &Registry) -> Self {
-        let admissions_refused = IntCounterVec::new(
-            Opts::new(
-                ADMISSIONS_REFUSED_TOTAL,
-                "CONNECTs refused with \"server busy\" by the admission rates, by reason.",
-            ),
-            &["cluster", "reason"],
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(admissions_refused.clone()))
-            .expect("metric registered once");
-        let paced_lanes_left = IntGaugeVec::new(
-            Opts::new(
-                names::PACED_CLOSE_LANES_LEFT,
-                "Lanes of sessions a running paced close has still to close (64 per node and listener).",
-            ),
-            &["cluster", "node"],
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(paced_lanes_left.clone()))
-            .expect("metric registered once");
-        let disconnects_sent = IntCounterVec::new(
-            Opts::new(
-                names::DISCONNECTS_SENT_TOTAL,
-                "DISCONNECTs sent to MQTT 5 clients before a close by the gateway, by reason.",
-            ),
-            &["cluster", "reason"],
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(disconnects_sent.clone()))
-            .expect("metric registered once");
-        ShapingMetrics {
-            admissions_refused,
-            paced_lanes_left,
-            disconnects_sent,
-        }
-    }
-
-    pub fn refused(&self, cluster: &str, why: Refused) {
-        self.admissions_refused
-            .with_label_values(&[cluster, why.as_str()])
-            .inc();
-    }
-}
 
 /// Refuse a client over an admission rate: CONNACK 0x89 "server busy" (MQTT 5) or
 /// 0x03 "server unavailable" (3.x), a clean close, both counters and a debug line.
@@ -173,14 +55,15 @@ pub async fn refuse_busy<S>(
     );
     data.metrics
         .reject(listener, crate::metrics::Reject::ConnectRate);
-    data.metrics.shaping.refused(cluster, why);
-    crate::session::refuse(client, v5, if v5 { 0x89 } else { 0x03 }).await;
+    data.metrics.shaping.refused(cluster, why.as_str());
+    crate::reply::refuse(client, v5, if v5 { 0x89 } else { 0x03 }).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+    use tokio::time::Instant;
 
     #[test]
     fn bucket_allows_a_burst_of_one_second_then_refills() {

@@ -67,7 +67,7 @@ pub struct Cluster {
     /// reload; empty: plain TCP.
     tls: ArcSwapOption<crate::broker_tls::BrokerTls>,
     /// `connect_rate` admissions (`crate::shaping`).
-    pub admission: crate::shaping::ConnectBucket,
+    pub admission: crate::rate::ConnectBucket,
 }
 
 /// A client's place among those held while no node can take them; released on drop.

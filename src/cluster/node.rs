@@ -86,7 +86,7 @@ pub struct Node {
     /// Stops this node's background tasks (health checks) when it is removed.
     pub tasks: CancellationToken,
     /// `node_connect_rate` admissions (`crate::shaping`).
-    pub admission: crate::shaping::ConnectBucket,
+    pub admission: crate::rate::ConnectBucket,
     /// Lanes of sessions for paced closes (`crate::pacing`).
     pub pacing: crate::pacing::Pacing,
 }

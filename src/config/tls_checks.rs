@@ -2,7 +2,7 @@
 //! brokers) and `[listeners.tls] crl` (client-certificate revocation), with the
 //! checker [`V`] of `validate`; the material is loaded exactly as `run` and
 //! every reload load it (`crate::broker_tls::client_config`,
-//! `crate::revocation::load_crls`), so `check` refuses what `run` would.
+//! `crate::tls::revocation::load_crls`), so `check` refuses what `run` would.
 
 use super::checker::V;
 use super::raw::*;
@@ -111,7 +111,7 @@ pub(super) fn crl_files(v: &mut V, prefix: &str, t: &RawTls) -> Vec<PathBuf> {
     for (j, p) in list.iter().enumerate() {
         let path = v.existing_file(key(j), p);
         if path.is_file() {
-            if let Err(e) = crate::revocation::load_crls(&path) {
+            if let Err(e) = crate::tls::revocation::load_crls(&path) {
                 v.err_hint(
                     key(j),
                     e.to_string(),

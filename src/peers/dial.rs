@@ -62,7 +62,7 @@ pub(super) async fn dial_one(
             // a discovered peer's name is checked against it after the handshake.
             let (connector, sni) = match peer {
                 Some(p) => (&t.connector, p),
-                None => (&t.discover_connector, super::any_name::DISCOVERED),
+                None => (&t.discover_connector, crate::tls::any_name::DISCOVERED),
             };
             let name = rustls::pki_types::ServerName::try_from(sni.to_string()).map_err(|e| {
                 LinkError::Auth(format!(

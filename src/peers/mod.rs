@@ -22,7 +22,6 @@
 
 mod accept;
 pub mod admission;
-pub mod any_name;
 pub mod auth;
 mod dial;
 pub mod discover;

@@ -40,8 +40,8 @@ pub struct ClientCtx {
     /// When the connection was accepted (access log durations).
     pub accepted: tokio::time::Instant,
     /// The client certificate's identity fields, on a listener with an identity
-    /// policy (`crate::identity`).
-    pub cert_ids: Option<Box<crate::identity::CertIds>>,
+    /// policy (read by the identity step of the session).
+    pub cert_ids: Option<Box<CertIds>>,
 }
 
 /// TLS details of a connection mqgate terminated, for PROXY v2 TLVs (PP2_TYPE_SSL).
@@ -242,4 +242,12 @@ mod tests {
         assert!(is_trusted(mapped, &localhost()));
         assert!(!is_trusted("::1".parse().unwrap(), &localhost()));
     }
+}
+
+/// The identity fields a listener's policy needs, read from the client certificate.
+/// `None`: the certificate does not carry that field (the client is refused).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertIds {
+    pub username: Option<String>,
+    pub client_id: Option<String>,
 }

@@ -2,7 +2,7 @@
 //! certificate must chain to the peers CA and be valid for one of the DNS names it
 //! carries (full WebPKI checks, for that name). Which name the peer is, is settled by
 //! the handshake that follows: the peer proves a name, and its certificate must name
-//! it ([`super::auth::certificate_names`], checked in `super::dial`).
+//! it (`peers::auth::certificate_names`, checked in `peers::dial`).
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;

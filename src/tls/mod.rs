@@ -3,6 +3,9 @@
 //! checked against `client_ca`). Only ECDHE key exchange with AEAD suites is offered
 //! (Mozilla "intermediate"); rustls offers nothing weaker.
 
+pub mod any_name;
+pub mod revocation;
+
 use crate::config::{PeerTlsConfig, TlsConfig, TlsVersion};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -185,7 +188,7 @@ pub fn server_config(t: &TlsConfig, listener: &str) -> Result<ServerTls, TlsErro
             let roots = load_roots(ca)?;
             // Revocation as HAProxy's and NGINX's `crl-file` / `ssl_crl` check it: every
             // certificate of the chain, and one whose issuer has no CRL is refused.
-            let crls = crate::revocation::load_all(&t.crl)?;
+            let crls = crate::tls::revocation::load_all(&t.crl)?;
             let with_crls = !crls.is_empty();
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                 .with_crls(crls)
@@ -201,7 +204,7 @@ pub fn server_config(t: &TlsConfig, listener: &str) -> Result<ServerTls, TlsErro
                     },
                 })?;
             if with_crls {
-                builder.with_client_cert_verifier(Arc::new(crate::revocation::LogRevoked {
+                builder.with_client_cert_verifier(Arc::new(crate::tls::revocation::LogRevoked {
                     inner: verifier,
                     listener: listener.to_string(),
                 }))
@@ -335,7 +338,7 @@ pub fn peer_configs(t: &PeerTlsConfig) -> Result<PeerTls, TlsError> {
         .with_client_cert_verifier(verifier)
         .with_single_cert(load_certs(&t.cert)?, load_key(&t.key)?)?;
     let any_name =
-        crate::peers::any_name::verifier(roots.clone()).map_err(|e| TlsError::ClientCa {
+        crate::tls::any_name::verifier(roots.clone()).map_err(|e| TlsError::ClientCa {
             path: t.ca.display().to_string(),
             msg: e.to_string(),
         })?;
