@@ -569,6 +569,16 @@ impl crate::reload::Reload for Gateway {
     fn config_file(&self) -> std::path::PathBuf {
         self.shared.runtime().config.source.clone()
     }
+
+    fn watched_files(&self) -> Vec<std::path::PathBuf> {
+        let rt = self.shared.runtime();
+        rt.config
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|t| t.crl.iter().cloned())
+            .collect()
+    }
 }
 
 /// `max_connections` as a permit count a tokio semaphore can hold (validation keeps it

@@ -1,5 +1,5 @@
-//! Reload triggers: the config file changing on disk (watched, debounced, including an
-//! editor replacing the file by rename, [`watch`]), SIGHUP ([`on_sighup`]) and
+//! Reload triggers: the config file or a listener's CRL file changing on disk (watched,
+//! debounced, including an editor replacing the file by rename, [`watch`]), SIGHUP ([`on_sighup`]) and
 //! `POST /api/v1/reload` (the admin API, through the same [`Reload`] handle). All of
 //! them end in the gateway's reload: parse → validate → diff → apply, where an invalid
 //! file changes nothing.
@@ -27,6 +27,10 @@ pub trait Reload: Send + Sync + 'static {
     fn reload(&self) -> Pin<Box<dyn Future<Output = Result<(), ApplyError>> + Send + '_>>;
     /// The config file (as the running configuration names it).
     fn config_file(&self) -> PathBuf;
+    /// Other files whose change reloads the configuration (the listeners' CRLs).
+    fn watched_files(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
 }
 
 /// Where the triggers run: the handle, and the background task set they join.
@@ -89,7 +93,10 @@ pub fn watch(t: &Triggers) {
     } else {
         named
     };
-    let (tx, rx) = mpsc::unbounded_channel::<()>();
+    // `true`: one of the other watched files (a CRL) changed.
+    let (tx, rx) = mpsc::unbounded_channel::<bool>();
+    let extra: Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>> = Arc::default();
+    let extra_seen = extra.clone();
     let Some(named_dir) = named.parent().map(Path::to_path_buf) else {
         tracing::warn!(file = %named.display(), "config file has no parent directory; not watching it");
         return;
@@ -109,7 +116,13 @@ pub fn watch(t: &Triggers) {
                     && name.is_some_and(|n| n.to_string_lossy().starts_with("..")))
         });
         if ours {
-            let _ = tx.send(());
+            let _ = tx.send(false);
+        } else if ev
+            .paths
+            .iter()
+            .any(|p| crate::sync::lock(&extra_seen).contains(p))
+        {
+            let _ = tx.send(true);
         }
     });
     let mut watcher = match watcher {
@@ -129,8 +142,13 @@ pub fn watch(t: &Triggers) {
     };
     target.follow(&mut watcher, &named);
     tracing::info!(file = %named.display(), "watching the config file for changes");
+    let mut extras = Extras {
+        files: extra,
+        dirs: Vec::new(),
+    };
+    extras.update(&mut watcher, t.reload.watched_files());
     t.tracker
-        .spawn(debounce_loop(t.clone(), rx, watcher, named, target));
+        .spawn(debounce_loop(t.clone(), rx, watcher, named, target, extras));
 }
 
 /// The directory of the file the config's name points to, when it is another one.
@@ -163,25 +181,58 @@ impl Target {
     }
 }
 
+/// The other watched files (CRLs) and the directories watched for them.
+struct Extras {
+    files: Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Extras {
+    /// Watch `files` (the running configuration's), and their directories.
+    fn update(&mut self, watcher: &mut notify::RecommendedWatcher, files: Vec<PathBuf>) {
+        // Events name files under the directory as it was watched: canonical paths.
+        let files: Vec<PathBuf> = files
+            .into_iter()
+            .map(|f| std::fs::canonicalize(&f).unwrap_or(f))
+            .collect();
+        for f in &files {
+            let Some(dir) = f.parent().map(Path::to_path_buf) else {
+                continue;
+            };
+            if self.dirs.contains(&dir) {
+                continue;
+            }
+            match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => self.dirs.push(dir),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a CRL file's directory; reload with SIGHUP or the API after changing it")
+                }
+            }
+        }
+        *crate::sync::lock(&self.files) = files.into_iter().collect();
+    }
+}
+
 async fn debounce_loop(
     t: Triggers,
-    mut rx: mpsc::UnboundedReceiver<()>,
+    mut rx: mpsc::UnboundedReceiver<bool>,
     mut watcher: notify::RecommendedWatcher,
     path: PathBuf,
     mut target: Target,
+    mut extras: Extras,
 ) {
     let stop = t.stop.clone();
     let mut last = std::fs::read(&path).ok();
     loop {
-        tokio::select! {
-            ev = rx.recv() => if ev.is_none() { return },
+        let mut extra = tokio::select! {
+            ev = rx.recv() => match ev { Some(e) => e, None => return },
             _ = stop.cancelled() => return,
-        }
-        // Wait until the file has been quiet for DEBOUNCE.
+        };
+        // Wait until the files have been quiet for DEBOUNCE.
         loop {
             tokio::select! {
                 ev = tokio::time::timeout(DEBOUNCE, rx.recv()) => match ev {
-                    Ok(Some(())) => continue,
+                    Ok(Some(e)) => { extra |= e; continue }
                     Ok(None) => return,
                     Err(_) => break,
                 },
@@ -194,12 +245,17 @@ async fn debounce_loop(
             // Mid-rename or deleted: the next event (the new file) triggers the reload.
             continue;
         }
-        if now == last {
+        if now == last && !extra {
             continue;
         }
-        tracing::info!(file = %path.display(), "config file changed; reloading");
+        if now == last {
+            tracing::info!("a CRL file changed; reloading");
+        } else {
+            tracing::info!(file = %path.display(), "config file changed; reloading");
+        }
         last = now;
         let _ = t.reload.reload().await;
+        extras.update(&mut watcher, t.reload.watched_files());
     }
 }
 

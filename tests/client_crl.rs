@@ -349,6 +349,38 @@ fn a_revoked_client_certificate_is_refused_counted_and_logged_and_a_new_crl_appl
     );
 }
 
+/// A CRL file written over while mqgate runs applies without any reload command: the
+/// CRL files are watched as the config file is (HAProxy needs a reload or its runtime
+/// API for a new `crl-file`).
+#[test]
+fn a_crl_file_written_over_applies_without_a_reload_command() {
+    let dir = tempdir();
+    let d = dir.path();
+    let ca = OpensslCa::new(d);
+    let (good, good_key) = ca.client("dev1");
+    let crl = d.join("clients.crl.pem");
+    ca.crl(&crl, false); // revokes nothing yet
+    let server = Pki::new("server CA");
+    let (server_ca, cert, key) = server.write_server(d, "server");
+    let broker = Mosquitto::start("b1", d);
+    let crl_value = format!("\"{}\"", crl.display());
+    let (gate, port) = Gate::start_with(d, "gate", |listen, admin| {
+        mtls_config(listen, admin, &broker, (&cert, &key), &ca.ca, &crl_value)
+    });
+    gate.wait_node_up("b1");
+    assert!(pub_with(port, &server_ca, &good, &good_key), "dev1 gets in");
+    let pid = gate.pid();
+    ca.revoke(&good);
+    ca.crl(&crl, false);
+    wait_until(
+        std::time::Duration::from_secs(20),
+        "dev1 refused once its certificate is in the rewritten CRL",
+        || !pub_with(port, &server_ca, &good, &good_key),
+    );
+    assert_eq!(gate.pid(), pid, "no restart");
+    gate.wait_log("a CRL file changed; reloading");
+}
+
 #[test]
 fn check_reads_crl_files_as_run_does() {
     let dir = tempdir();
