@@ -38,6 +38,8 @@ pub struct Keep {
     pub permit: OwnedSemaphorePermit,
     /// The access-log line in the making; `None` (8 bytes) when the log is off.
     pub access: Option<Box<crate::access::Entry>>,
+    /// `single_live`: goes live on CONNACK 0, released on drop; `None` when off.
+    pub live: Option<Box<crate::live::LiveHandle>>,
 }
 
 impl Keep {
@@ -165,6 +167,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> Future for RelayTask<S,
             node,
             sticky: &mut keep.sticky,
             access: &mut keep.access,
+            live: &mut keep.live,
         };
         match this
             .pipe
@@ -285,6 +288,7 @@ pub(super) struct Observed<'a> {
     /// clients that fail to log in cannot fill the table and push real entries out.
     pub(super) sticky: &'a mut Option<Box<StickyWrite>>,
     pub(super) access: &'a mut Option<Box<crate::access::Entry>>,
+    pub(super) live: &'a mut Option<Box<crate::live::LiveHandle>>,
 }
 
 impl ConnackSink for Observed<'_> {
@@ -304,6 +308,9 @@ impl ConnackSink for Observed<'_> {
                 if i.code == 0 {
                     self.cluster
                         .landed(self.sticky.take().map(|b| *b), self.node);
+                    if let Some(l) = self.live.as_mut() {
+                        l.activate();
+                    }
                 }
                 self.node
                     .metrics
