@@ -21,7 +21,7 @@ fn duration(errors: &mut Vec<ConfigError>, key: String, v: &str, dflt: Duration)
             errors.push(ConfigError {
                 line: None,
                 key,
-                message: format!("invalid duration {v:?}: from 1s to 1d"),
+                message: format!("invalid duration {v:?}: must be at least 1s and at most 1d"),
                 hint: Some(format!("e.g. \"{}s\"", dflt.as_secs())),
             });
             dflt
