@@ -44,7 +44,7 @@ pub fn changes() -> &'static broadcast::Sender<LiveChange> {
 
 /// Log a connection refused because its id is in hold-down.
 pub fn log_held(cluster: &str, id: &str, last: &str, addr: IpAddr) {
-    tracing::info!(
+    tracing::debug!(
         cluster,
         client_id = id,
         addresses = format!("{last} and {addr}"),
@@ -183,7 +183,10 @@ impl LiveIds {
 
     fn activate(&self, h: &LiveHandle) -> u64 {
         let mut g = self.lock();
-        let stamp = now_us().max(g.last_stamp + 1);
+        // Newer than anything seen for this id, even from a peer whose clock is ahead:
+        // this connection is the id's newest as far as this gateway knows.
+        let seen = g.last.get(&h.id).map_or(0, |l| l.stamp);
+        let stamp = now_us().max(g.last_stamp + 1).max(seen.saturating_add(1));
         g.last_stamp = stamp;
         g.next_token += 1;
         let token = g.next_token;
@@ -375,9 +378,19 @@ mod tests {
         // A peer's announcement older than ours changes nothing; a newer one closes ours.
         ids.remote("c", 1, "127.0.0.1", "peer", cfg(5));
         assert!(!s2.is_closed());
-        ids.remote("c", u64::MAX, "127.0.0.1", "peer", cfg(5));
+        ids.remote("c", u64::MAX - 10, "127.0.0.1", "peer", cfg(5));
         assert!(s2.is_closed() && b.taken_over());
         assert!(ids.is_empty());
+        // A connection made here after that is stamped above the peer's stamp (whose
+        // clock may be ahead), so the peer closes its own on our announcement.
+        let mut c = ids.handle(
+            "c",
+            "127.0.0.1".parse().unwrap(),
+            SessionScope::root(),
+            cfg(5),
+        );
+        c.activate();
+        assert!(ids.export()[0].1 > u64::MAX - 10);
     }
 
     #[test]
