@@ -147,12 +147,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> Future for RelayTask<S,
                 );
                 let keep = &mut *this.keep;
                 if let Some(e) = keep.access.as_mut() {
-                    let cause = keep.node.node().close_cause().map(|c| match c {
-                        CloseCause::NodeDown => Close::NodeDown,
-                        CloseCause::Maint => Close::Maint,
-                        CloseCause::LeaderChange => Close::LeaderChange,
-                        CloseCause::Removed => Close::NodeRemoved,
-                    });
+                    let taken = keep.live.as_ref().is_some_and(|l| l.taken_over());
+                    let cause = if taken {
+                        Some(Close::TakenOver)
+                    } else {
+                        keep.node.node().close_cause().map(|c| match c {
+                            CloseCause::NodeDown => Close::NodeDown,
+                            CloseCause::Maint => Close::Maint,
+                            CloseCause::LeaderChange => Close::LeaderChange,
+                            CloseCause::Removed => Close::NodeRemoved,
+                        })
+                    };
                     e.closed_by_gateway(keep.lst.closed.is_closed(), cause);
                 }
                 finish(this.pipe, keep);
