@@ -160,7 +160,8 @@ fn the_same_client_id_through_two_gateways_stays_live_once() {
 /// An id fought over by two source addresses: past `takeover_limit` takeovers the id
 /// is refused for the hold-down (MQTT 5: 0x85, 3.1.1: 0x02), counted and logged with
 /// both addresses. One gateway over two nodes, round-robin: consecutive connections
-/// land on different nodes, so the gateway closes the older ones itself.
+/// land on different nodes, so the gateway closes the older ones itself. Off by
+/// default (both stay), turned on by a reload.
 #[test]
 fn an_id_fight_between_two_addresses_is_held_down() {
     let two = Ipv4Addr::new(127, 0, 0, 2);
@@ -170,7 +171,7 @@ fn an_id_fight_between_two_addresses_is_held_down() {
     }
     let dir = tempdir();
     let nodes = Mosquitto::start_nodes(dir.path(), 2);
-    let (gate, listen) = Gate::start_with(dir.path(), "gate", |listen, admin| {
+    let config = |listen: u16, admin: u16, sessions: &str| {
         gate_config(
             listen,
             admin,
@@ -178,12 +179,30 @@ fn an_id_fight_between_two_addresses_is_held_down() {
             &addresses(&nodes),
             "balance = \"round-robin\"\n",
             "",
-            "[clusters.brokers.sessions]\nsingle_live = true\ntakeover_limit = 2\n\
-             takeover_window = \"5m\"\ntakeover_holddown = \"5m\"\n",
+            sessions,
         )
+    };
+    let (gate, listen) = Gate::start_with(dir.path(), "gate", |listen, admin| {
+        config(listen, admin, "")
     });
     gate.wait_node_up("node1");
     gate.wait_node_up("node2");
+    // Off (the default): two connections with one id on the two nodes both stay.
+    let c3 = Connect::new("double");
+    let (mut first, _) = connect_from(Ipv4Addr::LOCALHOST, listen, &c3).expect("first");
+    let (mut second, _) = connect_from(two, listen, &c3).expect("second");
+    assert!(
+        ping(&mut first) && ping(&mut second),
+        "without single_live both stay live"
+    );
+    drop((first, second));
+    // Turned on by a reload.
+    gate.reload_with(&config(
+        listen,
+        gate.admin_port,
+        "[clusters.brokers.sessions]\nsingle_live = true\ntakeover_limit = 2\n\
+         takeover_window = \"5m\"\ntakeover_holddown = \"5m\"\n",
+    ));
     let c = Connect::new("fighter").v5(true);
     let mut live: Option<TcpStream> = None;
     // Four connections alternating between the two addresses: three takeovers from
