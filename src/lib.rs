@@ -45,6 +45,7 @@ pub mod health;
 pub mod host;
 pub mod identity;
 pub mod listener;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod mqtt;

@@ -31,6 +31,8 @@ pub mod names {
         "mqgate_session_subscriptions_dropped_total";
     pub const SESSION_REPLAYS_TOTAL: &str = "mqgate_session_replays_total";
     pub const SESSION_ORPHANS_TOTAL: &str = "mqgate_session_orphans_total";
+    pub const SESSION_TAKEOVERS_TOTAL: &str = "mqgate_session_takeovers_total";
+    pub const SESSION_ID_HOLDDOWNS_TOTAL: &str = "mqgate_session_id_holddowns_total";
     pub const SESSION_PACKETS_MALFORMED_TOTAL: &str = "mqgate_session_packets_malformed_total";
     pub const RELAY_CONNECTIONS_TOTAL: &str = "mqgate_relay_connections_total";
     pub const PEER_UP: &str = "mqgate_peer_up";
@@ -105,6 +107,8 @@ pub enum Reject {
     Identity,
     /// Over the cluster's `connect_rate` or its nodes' `node_connect_rate`.
     ConnectRate,
+    /// A client id in hold-down after an id fight (`single_live`).
+    IdFight,
 }
 
 impl Reject {
@@ -130,6 +134,7 @@ impl Reject {
             Reject::WsText => "ws_text",
             Reject::Identity => "identity",
             Reject::ConnectRate => "connect_rate",
+            Reject::IdFight => "id_fight",
         }
     }
 }
@@ -158,6 +163,8 @@ pub struct Metrics {
     pub session_subscriptions_dropped: IntCounterVec,
     pub session_replays: IntCounterVec,
     pub session_orphans: IntCounterVec,
+    pub session_takeovers: IntCounterVec,
+    pub session_id_holddowns: IntCounterVec,
     pub session_packets_malformed: IntCounterVec,
     pub relay_connections: IntCounterVec,
     pub peer_up: IntGaugeVec,
@@ -334,6 +341,18 @@ impl Metrics {
                 SESSION_REPLAYS_TOTAL,
                 "Subscription replays on a node that had no session, by result.",
                 &["cluster", "result"],
+            ),
+            session_takeovers: counter(
+                &r,
+                SESSION_TAKEOVERS_TOTAL,
+                "Live connections closed because a newer connection with their client id went live (single_live).",
+                &["cluster"],
+            ),
+            session_id_holddowns: counter(
+                &r,
+                SESSION_ID_HOLDDOWNS_TOTAL,
+                "Client ids put in hold-down after too many takeovers from different addresses (single_live).",
+                &["cluster"],
             ),
             session_orphans: counter(
                 &r,

@@ -51,6 +51,7 @@ pub fn reason_label(code: u8) -> &'static str {
     match code {
         USE_ANOTHER_SERVER => "use_another_server",
         SERVER_SHUTTING_DOWN => "server_shutting_down",
+        0x8E => "session_taken_over",
         _ => "other",
     }
 }

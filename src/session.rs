@@ -230,6 +230,17 @@ pub async fn serve<S>(
         .await;
         return;
     }
+    let single_live = cfg.sessions.single_live;
+    if single_live.enabled && !connect.client_id.is_empty() {
+        if let Some(last) = cluster.live.held(connect.client_id) {
+            crate::live::log_held(&cluster.name, connect.client_id, &last, ctx.peer.ip());
+            data.metrics.reject(lname, Reject::IdFight);
+            let code = if v5 { 0x85 } else { 0x02 };
+            log_refusal(data, lst, &ctx, Some(&connect), Reject::IdFight, Some(code));
+            Box::pin(refuse(&mut client, v5, code)).await;
+            return;
+        }
+    }
     // A clean session of a client whose subscriptions are stored takes the packet
     // path once too: the broker drops its session, and so does mqgate once the broker
     // has accepted the login (not before: a refused login must not wipe them).
@@ -324,6 +335,17 @@ pub async fn serve<S>(
         e.forwarded(forwarded);
         e
     });
+    // `single_live`: the session gets a scope of its own, closed when a newer
+    // connection with its id goes live.
+    let (closed, live) = if single_live.enabled && !connect.client_id.is_empty() {
+        let own = closed.child();
+        let h = cluster
+            .live
+            .handle(connect.client_id, ctx.peer.ip(), own.clone(), single_live);
+        (own, Some(Box::new(h)))
+    } else {
+        (closed, None)
+    };
     drop(buf);
     // The relay runs as a task of its own that holds only what relaying needs: this
     // set-up task (CONNECT buffer, pick, timers, TLS handshake state) ends here and
@@ -344,6 +366,7 @@ pub async fn serve<S>(
         v5,
         permit: slot.permit,
         access,
+        live,
     };
     // `Keep` uncounts the connection from `lst.active` when it ends.
     slot.listener.hand_over();
@@ -381,7 +404,7 @@ pub async fn serve<S>(
         }
         return;
     }
-    if v5 && cfg.shaping.close_rate > 0 {
+    if v5 && (cfg.shaping.close_rate > 0 || single_live.enabled) {
         if let Broker::Plain(tcp) = broker {
             // MQTT 5 clients of a cluster with a close_rate are told why they are
             // closed (brokers over TLS: a plain close, see docs/operations.md).

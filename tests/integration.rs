@@ -45,6 +45,7 @@ mod secret_files;
 mod sessions;
 mod shaping;
 mod shutdown;
+mod single_live;
 mod status_page;
 mod websocket;
 

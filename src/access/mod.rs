@@ -64,6 +64,8 @@ pub enum Close {
     ConnackTimeout,
     /// Refused before relaying; the reason is in [`Record::reject`].
     Rejected,
+    /// A newer connection with the client id went live (`single_live`).
+    TakenOver,
 }
 
 impl Close {
@@ -82,6 +84,7 @@ impl Close {
             Close::Linger => "linger_timeout",
             Close::ConnackTimeout => "connack_timeout",
             Close::Rejected => "rejected",
+            Close::TakenOver => "taken_over",
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct Cluster {
     pub sticky: StickyTable,
     /// Persistent clients' subscriptions (`[sessions] restore_subscriptions`).
     pub subs: SubStore,
+    /// Live client ids (`[sessions] single_live`, `crate::live`).
+    pub live: Arc<crate::live::LiveIds>,
     /// `mqgate_relay_connections_total{cluster, mode="byte"|"packet"}`, resolved once.
     pub relayed_byte: prometheus::IntCounter,
     pub relayed_packet: prometheus::IntCounter,
@@ -116,6 +118,7 @@ impl Cluster {
                 feed,
             ),
             subs: SubStore::new(&cfg.name, sub_bounds(cfg)),
+            live: Arc::new(crate::live::LiveIds::new(&cfg.name, &metrics)),
             relayed_byte: metrics
                 .relay_connections
                 .with_label_values(&[&cfg.name, "byte"]),

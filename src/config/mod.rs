@@ -11,6 +11,7 @@ mod peers_discovery;
 mod raw;
 mod sessions;
 mod shaping;
+mod single_live;
 mod tls_checks;
 mod validate;
 mod websocket;
@@ -416,6 +417,30 @@ pub struct SessionsConfig {
     pub max_total: usize,
     /// How long the new node has to answer the replayed SUBSCRIBEs.
     pub replay_timeout: Duration,
+    /// One live session per client id across the gateways (`crate::live`).
+    pub single_live: SingleLiveConfig,
+}
+
+/// `single_live` and its damping (`[clusters.X.sessions]`, checked in `single_live.rs`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SingleLiveConfig {
+    pub enabled: bool,
+    /// Takeovers from different source addresses tolerated within `window`.
+    pub limit: u32,
+    pub window: Duration,
+    /// How long an id over `limit` is refused.
+    pub holddown: Duration,
+}
+
+impl Default for SingleLiveConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            limit: 5,
+            window: Duration::from_secs(10),
+            holddown: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for SessionsConfig {
@@ -427,6 +452,7 @@ impl Default for SessionsConfig {
             max_bytes_per_client: 16 * 1024,
             max_total: 1_000_000,
             replay_timeout: Duration::from_secs(10),
+            single_live: SingleLiveConfig::default(),
         }
     }
 }

@@ -330,6 +330,14 @@ pub struct RawSessions {
     pub max_subscriptions_total: i64,
     #[serde(default = "d_10s")]
     pub replay_timeout: String,
+    #[serde(default)]
+    pub single_live: bool,
+    #[serde(default = "d_takeover_limit")]
+    pub takeover_limit: i64,
+    #[serde(default = "d_10s")]
+    pub takeover_window: String,
+    #[serde(default = "d_60s_holddown")]
+    pub takeover_holddown: String,
 }
 
 impl Default for RawSessions {
@@ -341,8 +349,20 @@ impl Default for RawSessions {
             max_subscription_bytes_per_client: d_max_sub_bytes(),
             max_subscriptions_total: d_max_subs_total(),
             replay_timeout: d_10s(),
+            single_live: false,
+            takeover_limit: d_takeover_limit(),
+            takeover_window: d_10s(),
+            takeover_holddown: d_60s_holddown(),
         }
     }
+}
+
+fn d_takeover_limit() -> i64 {
+    5
+}
+
+fn d_60s_holddown() -> String {
+    "60s".into()
 }
 
 fn d_max_subs() -> i64 {

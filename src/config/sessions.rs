@@ -90,6 +90,7 @@ pub fn sessions(
             MAX_TOTAL,
         ),
         replay_timeout,
+        single_live: super::single_live::single_live(cname, s, &mut errors),
     };
     (cfg, errors)
 }

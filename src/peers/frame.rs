@@ -16,6 +16,8 @@
 //! SUBS       8  cluster:str count:u32 client*     (packet-aware sessions)
 //!            client := key:str n:u16 sub*    (n = 0: the client has none left)
 //!            sub := topic:str options:u8 properties:bin
+//! LIVE       9  cluster:str count:u32 live*       (one live session per client id)
+//!            live := id:str stamp:u64 addr:str   (stamp: µs since the epoch)
 //! str     := length:u16be UTF-8 bytes
 //! bin     := length:u16be bytes
 //! ```
@@ -23,6 +25,9 @@
 //! SUBS is only sent for clusters with `[sessions] restore_subscriptions = true`: a
 //! build from before it closes the link on this unknown frame type, so that setting is
 //! turned on only once every gateway of the mesh knows SUBS (docs/peers.md).
+//!
+//! LIVE is only sent for clusters with `[sessions] single_live = true`, under the same
+//! rule: turn it on once every gateway of the mesh knows LIVE.
 //!
 //! The HELLO magic and version sit at fixed offsets so that any future version can
 //! still be told apart and refused with a clear error.
@@ -58,6 +63,7 @@ const T_SYNC_END: u8 = 5;
 const T_HEARTBEAT: u8 = 6;
 const T_ERROR: u8 = 7;
 const T_SUBS: u8 = 8;
+const T_LIVE: u8 = 9;
 
 /// Most subscriptions of one client in a SUBS frame (the largest
 /// `max_subscriptions_per_client`).
@@ -91,6 +97,11 @@ pub enum Frame {
     Subs {
         cluster: String,
         clients: Vec<(Arc<str>, Vec<Sub>)>,
+    },
+    /// Client ids that went live on the sender: (id, stamp, source address).
+    Live {
+        cluster: String,
+        ids: Vec<(Arc<str>, u64, Arc<str>)>,
     },
 }
 
@@ -291,6 +302,19 @@ fn decode_body(body: &[u8], interner: &mut Interner) -> Result<Frame, FrameError
             }
             Frame::Subs { cluster, clients }
         }
+        T_LIVE => {
+            let cluster = r.str("cluster")?.to_string();
+            let count = r.u32("count")? as usize;
+            // Smallest entry: empty id, stamp, empty address.
+            let mut ids = Vec::with_capacity(count.min(r.buf.len() / 12));
+            for _ in 0..count {
+                let id: Arc<str> = Arc::from(r.str("client id")?);
+                let stamp = r.u64("stamp")?;
+                let addr: Arc<str> = Arc::from(r.str("address")?);
+                ids.push((id, stamp, addr));
+            }
+            Frame::Live { cluster, ids }
+        }
         t => return Err(FrameError::UnknownType(t)),
     };
     if !r.buf.is_empty() {
@@ -364,6 +388,35 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             finish(out, at);
         }
         Frame::Subs { cluster, clients } => encode_subs(cluster, clients, out),
+        Frame::Live { cluster, ids } => encode_live(cluster, ids, out),
+    }
+}
+
+/// Append LIVE frames for `ids` to `out`, cutting a new frame when one passes half
+/// of [`MAX_FRAME`].
+pub fn encode_live(cluster: &str, ids: &[(Arc<str>, u64, Arc<str>)], out: &mut Vec<u8>) {
+    let mut rest = ids;
+    loop {
+        let at = begin(out, T_LIVE);
+        put_str(out, cluster);
+        let count_at = out.len();
+        out.extend_from_slice(&[0, 0, 0, 0]);
+        let mut n: u32 = 0;
+        while let Some(((id, stamp, addr), tail)) = rest.split_first() {
+            if n > 0 && out.len() - at > MAX_FRAME / 2 {
+                break;
+            }
+            put_str(out, id);
+            out.extend_from_slice(&stamp.to_be_bytes());
+            put_str(out, addr);
+            n += 1;
+            rest = tail;
+        }
+        out[count_at..count_at + 4].copy_from_slice(&n.to_be_bytes());
+        finish(out, at);
+        if rest.is_empty() {
+            return;
+        }
     }
 }
 

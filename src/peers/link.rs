@@ -85,6 +85,7 @@ impl LinkError {
             Frame::Heartbeat => "HEARTBEAT",
             Frame::Error { .. } => "ERROR",
             Frame::Subs { .. } => "SUBS",
+            Frame::Live { .. } => "LIVE",
         };
         LinkError::Protocol(format!("unexpected {name} frame"))
     }
@@ -214,7 +215,8 @@ where
     // sent twice merges as a no-op).
     let rx = hub.subscribe();
     let srx = crate::sticky::subs::changes().subscribe();
-    let sending = send_loop(&host, &peer, rx, srx, &hub, &mut w);
+    let lrx = crate::live::changes().subscribe();
+    let sending = send_loop(&host, &peer, rx, srx, lrx, &hub, &mut w);
     let receiving = receive_loop(&host, &peer, &mut r);
     let result = tokio::select! {
         r = sending => r,
@@ -230,6 +232,7 @@ async fn send_loop<W: AsyncWrite + Unpin>(
     peer: &str,
     mut rx: broadcast::Receiver<Change>,
     mut srx: broadcast::Receiver<SubsChange>,
+    mut lrx: broadcast::Receiver<crate::live::LiveChange>,
     hub: &broadcast::Sender<Change>,
     w: &mut Out<W>,
 ) -> Result<(), LinkError> {
@@ -248,6 +251,20 @@ async fn send_loop<W: AsyncWrite + Unpin>(
                 buf.clear();
                 frame::encode(&Frame::Heartbeat, &mut buf);
                 w.write(&buf).await?;
+                continue;
+            }
+            l = lrx.recv() => {
+                match l {
+                    Ok(ch) => send_live(host, ch, &mut lrx, &mut buf, w).await?,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::info!(peer, missed, "peer link fell behind on live client ids; sending them all again");
+                        lrx = crate::live::changes().subscribe();
+                        buf.clear();
+                        encode_all_live(host, &mut buf);
+                        w.write(&buf).await?;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {}
+                }
                 continue;
             }
             s = srx.recv() => {
@@ -335,6 +352,48 @@ async fn send_subs<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Announce a connection that went live here (and those queued behind it) for
+/// clusters with `single_live`.
+async fn send_live<W: AsyncWrite + Unpin>(
+    host: &Host,
+    first: crate::live::LiveChange,
+    lrx: &mut broadcast::Receiver<crate::live::LiveChange>,
+    buf: &mut Vec<u8>,
+    w: &mut Out<W>,
+) -> Result<(), LinkError> {
+    buf.clear();
+    let mut next = Some(first);
+    let mut n = 0;
+    while let Some(ch) = next.take() {
+        let on = host
+            .cluster(&ch.cluster)
+            .is_some_and(|c| c.config().sessions.single_live.enabled);
+        if on {
+            frame::encode_live(&ch.cluster, &[(ch.id, ch.stamp, ch.addr)], buf);
+        }
+        n += 1;
+        if n < DRAIN {
+            next = lrx.try_recv().ok();
+        }
+    }
+    if !buf.is_empty() {
+        w.write(buf).await?;
+    }
+    Ok(())
+}
+
+/// Every live connection of the clusters with `single_live`, as LIVE frames.
+pub(super) fn encode_all_live(host: &Host, buf: &mut Vec<u8>) {
+    for c in host.clusters_sorted() {
+        if c.config().sessions.single_live.enabled {
+            let all = c.live.export();
+            if !all.is_empty() {
+                frame::encode_live(&c.name, &all, buf);
+            }
+        }
+    }
+}
+
 /// Every stored subscription of the clusters that restore them, as SUBS frames.
 pub(super) fn encode_all_subs(host: &Host, buf: &mut Vec<u8>) {
     for c in host.clusters_sorted() {
@@ -368,6 +427,7 @@ async fn full_sync<W: AsyncWrite + Unpin>(host: &Host, w: &mut Out<W>) -> Result
         }
     }
     encode_all_subs(host, &mut buf);
+    encode_all_live(host, &mut buf);
     frame::encode(&Frame::SyncEnd { entries: total }, &mut buf);
     w.write(&buf).await?;
     w.w.flush().await?;
@@ -481,6 +541,18 @@ async fn receive_loop<R: AsyncRead + Unpin>(
                 {
                     for (key, subs) in &clients {
                         c.subs.apply_remote(key, subs);
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+            Some(Frame::Live { cluster, ids }) => {
+                // Applied only where this gateway keeps one live session per id too.
+                if let Some(c) = host.cluster(&cluster) {
+                    let cfg = c.config().sessions.single_live;
+                    if cfg.enabled {
+                        for (id, stamp, addr) in &ids {
+                            c.live.remote(id, *stamp, addr, peer, cfg);
+                        }
                     }
                 }
                 tokio::task::yield_now().await;

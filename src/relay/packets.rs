@@ -250,6 +250,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> PacketRelay<S, B> {
             node,
             sticky: &mut keep.sticky,
             access: &mut keep.access,
+            live: &mut keep.live,
         };
         sink.connack(info, self.started.elapsed());
     }

@@ -6,6 +6,10 @@
 //! server", 0x8B "server shutting down") at a packet boundary. A session whose close
 //! has no reason (node down: its broker is gone) closes at once, as on the byte relay.
 //!
+//! With `[clusters.X.sessions] single_live`, MQTT 5 clients take this relay too, so that
+//! a session closed because its client id went live elsewhere (`crate::live`) gets
+//! DISCONNECT 0x8E "session taken over".
+//!
 //! If the broker→client stream is mid-packet when the close comes, relaying goes on
 //! until the next boundary, for at most [`BOUNDARY_WAIT`]; past it the close is plain.
 
@@ -24,6 +28,18 @@ pub const BOUNDARY_WAIT: Duration = Duration::from_secs(2);
 /// An MQTT 5 DISCONNECT with `reason` and no properties.
 pub fn disconnect_v5(reason: u8) -> [u8; 4] {
     [0xE0, 0x02, reason, 0x00]
+}
+
+/// MQTT 5 reason "session taken over": a newer connection with the client's id went
+/// live (`crate::live`).
+pub const SESSION_TAKEN_OVER: u8 = 0x8E;
+
+/// The close reason of a session closed because its client id went live elsewhere.
+fn taken_over(keep: &Keep) -> Option<u8> {
+    keep.live
+        .as_ref()
+        .filter(|l| l.taken_over())
+        .map(|_| SESSION_TAKEN_OVER)
 }
 
 /// How the broker→client direction ended.
@@ -74,7 +90,7 @@ pub async fn run<S>(
             let connack_at = (!connack_timeout.is_zero()).then(|| started + connack_timeout);
             loop {
                 if close_by.is_some() && scan.at_boundary() {
-                    if let Some(reason) = node.pacing.close_reason() {
+                    if let Some(reason) = taken_over(&keep).or_else(|| node.pacing.close_reason()) {
                         tracing::debug!(reason, "DISCONNECT sent before the gateway's close");
                         keep.metrics
                             .shaping
@@ -108,6 +124,7 @@ pub async fn run<S>(
                             node: &node,
                             sticky: &mut sticky,
                             access: &mut keep.access,
+                            live: &mut keep.live,
                         };
                         observer.feed(&buf[..n], &mut sink);
                         cw.write_all(&buf[..n]).await.map_err(|e| (true, e))?;
@@ -115,7 +132,7 @@ pub async fn run<S>(
                     }
                     _ = scope.closed(), if close_by.is_none() => {
                         tracing::debug!("session closed by the gateway (node down, maintenance, evacuation, removal or shutdown)");
-                        if node.pacing.close_reason().is_none() {
+                        if taken_over(&keep).or_else(|| node.pacing.close_reason()).is_none() {
                             return Ok(Down::Closed);
                         }
                         close_by = Some(Instant::now() + BOUNDARY_WAIT);

@@ -38,6 +38,8 @@ pub struct Keep {
     pub permit: OwnedSemaphorePermit,
     /// The access-log line in the making; `None` (8 bytes) when the log is off.
     pub access: Option<Box<crate::access::Entry>>,
+    /// `single_live`: goes live on CONNACK 0, released on drop; `None` when off.
+    pub live: Option<Box<crate::live::LiveHandle>>,
 }
 
 impl Keep {
@@ -145,12 +147,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> Future for RelayTask<S,
                 );
                 let keep = &mut *this.keep;
                 if let Some(e) = keep.access.as_mut() {
-                    let cause = keep.node.node().close_cause().map(|c| match c {
-                        CloseCause::NodeDown => Close::NodeDown,
-                        CloseCause::Maint => Close::Maint,
-                        CloseCause::LeaderChange => Close::LeaderChange,
-                        CloseCause::Removed => Close::NodeRemoved,
-                    });
+                    let taken = keep.live.as_ref().is_some_and(|l| l.taken_over());
+                    let cause = if taken {
+                        Some(Close::TakenOver)
+                    } else {
+                        keep.node.node().close_cause().map(|c| match c {
+                            CloseCause::NodeDown => Close::NodeDown,
+                            CloseCause::Maint => Close::Maint,
+                            CloseCause::LeaderChange => Close::LeaderChange,
+                            CloseCause::Removed => Close::NodeRemoved,
+                        })
+                    };
                     e.closed_by_gateway(keep.lst.closed.is_closed(), cause);
                 }
                 finish(this.pipe, keep);
@@ -165,6 +172,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> Future for RelayTask<S,
             node,
             sticky: &mut keep.sticky,
             access: &mut keep.access,
+            live: &mut keep.live,
         };
         match this
             .pipe
@@ -285,6 +293,7 @@ pub(super) struct Observed<'a> {
     /// clients that fail to log in cannot fill the table and push real entries out.
     pub(super) sticky: &'a mut Option<Box<StickyWrite>>,
     pub(super) access: &'a mut Option<Box<crate::access::Entry>>,
+    pub(super) live: &'a mut Option<Box<crate::live::LiveHandle>>,
 }
 
 impl ConnackSink for Observed<'_> {
@@ -304,6 +313,9 @@ impl ConnackSink for Observed<'_> {
                 if i.code == 0 {
                     self.cluster
                         .landed(self.sticky.take().map(|b| *b), self.node);
+                    if let Some(l) = self.live.as_mut() {
+                        l.activate();
+                    }
                 }
                 self.node
                     .metrics

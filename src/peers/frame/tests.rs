@@ -47,6 +47,13 @@ fn all_frames() -> Vec<Frame> {
                 ("gone".into(), vec![]),
             ],
         },
+        Frame::Live {
+            cluster: "brokers".into(),
+            ids: vec![
+                ("dev-1".into(), 1_765_000_000_000_000, "127.0.0.2".into()),
+                ("".into(), 0, "".into()),
+            ],
+        },
     ]
 }
 
