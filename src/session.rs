@@ -381,14 +381,14 @@ pub async fn serve<S>(
         return;
     }
     if v5 && cfg.shaping.close_rate > 0 {
-        if let Broker::Plain(tcp) = broker {
-            // MQTT 5 clients of a cluster with a close_rate are told why they are
-            // closed (brokers over TLS: a plain close, see docs/operations.md).
-            let task =
-                crate::relay::polite::run(client, tcp, started, cfg.connack_timeout, closed, keep);
-            spawn_relay(data, task);
-            return;
+        // MQTT 5 clients of a cluster with a close_rate are told why they are closed.
+        use crate::relay::polite::run as polite;
+        let ct = cfg.connack_timeout;
+        match broker {
+            Broker::Plain(tcp) => spawn_relay(data, polite(client, tcp, started, ct, closed, keep)),
+            Broker::Tls(tls) => spawn_relay(data, polite(client, tls, started, ct, closed, keep)),
         }
+        return;
     }
     match broker {
         Broker::Plain(tcp) => spawn_relay(

@@ -416,3 +416,81 @@ fn rebalance_moves_clients_to_a_node_added_by_reload() {
         .sum();
     assert!(moved > 0 && moved < CLIENTS, "{moved} clients moved");
 }
+
+/// Brokers over TLS (`[clusters.X.tls]`) take the same polite relay: an MQTT 5 client
+/// of an evacuated node gets DISCONNECT 0x9C before the close, and comes back on the
+/// other node through TLS.
+#[test]
+fn evacuation_tells_v5_clients_of_a_tls_broker_use_another_server() {
+    let dir = tempdir();
+    let d = dir.path();
+    let pki = Pki::new("broker CA");
+    let brokers: Vec<(String, Mosquitto)> = ["b1", "b2"]
+        .iter()
+        .map(|n| {
+            let (_, cert, key) = pki.write_server(d, n);
+            let extra = format!("certfile {}\nkeyfile {}\n", cert.display(), key.display());
+            let m = Mosquitto::start_with(
+                n,
+                d,
+                MosquittoOpts {
+                    extra,
+                    ..Default::default()
+                },
+            );
+            (n.to_string(), m)
+        })
+        .collect();
+    let ca = d.join("b1-ca.pem");
+    let nodes: Vec<(&str, String)> = brokers
+        .iter()
+        .map(|(n, m)| (n.as_str(), m.address()))
+        .collect();
+    let sections = format!(
+        "[clusters.brokers.shaping]\nclose_rate = 10\n\n[clusters.brokers.tls]\nca = \"{}\"\n",
+        ca.display()
+    );
+    let (gate, port) = Gate::start_with(d, "gate", |l, a| {
+        gate_config(l, a, "dynsec", &nodes, "", "", &sections)
+    });
+    gate.wait_node_up("b1");
+    gate.wait_node_up("b2");
+    set_node_state(gate.admin_port, "b2", "drain");
+    let connect = Connect::new("tls-evac").v5(true);
+    let (mut c, _) = Client::accepted(port, &connect).expect("v5 client through mqgate");
+    c.subscribe("tls/evac")
+        .expect("subscribe over the TLS broker");
+    assert_eq!(
+        gate.metric("mqgate_connections_active", &[("node", "b1")]),
+        1.0
+    );
+    set_node_state(gate.admin_port, "b2", "ready");
+    let (status, body) = http(
+        "POST",
+        gate.admin_port,
+        "/api/v1/clusters/brokers/nodes/b1/evacuate",
+        Some("{\"rate\": 10}"),
+        None,
+    )
+    .expect("admin API answers");
+    assert_eq!(status, 200, "{body}");
+    let got = c.read_packet(T).expect("a packet before the close");
+    assert_eq!(got.0, 0xE0, "a DISCONNECT, got {got:?}");
+    assert_eq!(got.1.first().copied(), Some(0x9C), "reason 0x9C: {got:?}");
+    assert!(c.closed_within(T), "closed after the DISCONNECT");
+    let (mut c, _) = Client::accepted(port, &connect).expect("reconnect");
+    c.subscribe("tls/evac")
+        .expect("subscribe on the other node");
+    assert_eq!(
+        gate.metric("mqgate_connections_active", &[("node", "b2")]),
+        1.0
+    );
+    assert_eq!(
+        gate.metric(
+            "mqgate_disconnects_sent_total",
+            &[("reason", "use_another_server")]
+        ),
+        1.0
+    );
+    c.disconnect();
+}
