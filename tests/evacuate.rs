@@ -494,3 +494,79 @@ fn evacuation_tells_v5_clients_of_a_tls_broker_use_another_server() {
     );
     c.disconnect();
 }
+
+/// An evacuation rewrites the sticky entries of the node's clients before it closes
+/// their sessions: right after the request every entry names another node (spread over
+/// both), and each client that comes back lands on the node its entry named.
+#[test]
+fn evacuation_rewrites_sticky_entries_before_the_close() {
+    const N: usize = 6;
+    let dir = tempdir();
+    let nodes = Mosquitto::start_nodes(dir.path(), 3);
+    let shaping = "[clusters.brokers.shaping]\nclose_rate = 2\n";
+    let (gate, port) = Gate::start_with(dir.path(), "gate", |l, a| {
+        gate_config(l, a, "dynsec", &addresses(&nodes), "", "", shaping)
+    });
+    for n in ["node1", "node2", "node3"] {
+        gate.wait_node_up(n);
+    }
+    set_node_state(gate.admin_port, "node2", "drain");
+    set_node_state(gate.admin_port, "node3", "drain");
+    let mut clients: Vec<(String, Client)> = (0..N)
+        .map(|i| {
+            let id = format!("sticky-evac-{i}");
+            let connect = Connect::new(&id).v5(true).persistent();
+            let (c, _) = Client::accepted(port, &connect).expect("client through mqgate");
+            (id, c)
+        })
+        .collect();
+    for (id, _) in &clients {
+        assert_eq!(sticky_node(gate.admin_port, id).as_deref(), Some("node1"));
+    }
+    set_node_state(gate.admin_port, "node2", "ready");
+    set_node_state(gate.admin_port, "node3", "ready");
+    let (status, body) = http(
+        "POST",
+        gate.admin_port,
+        "/api/v1/clusters/brokers/nodes/node1/evacuate",
+        Some("{\"rate\": 2}"),
+        None,
+    )
+    .expect("admin API answers");
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON answer");
+    assert_eq!(answer["sticky_moved"], N, "{body}");
+    // Before the clients reconnect: every entry already names its new node.
+    let intended: Vec<String> = clients
+        .iter()
+        .map(|(id, _)| sticky_node(gate.admin_port, id).unwrap_or_default())
+        .collect();
+    for (node, (id, _)) in intended.iter().zip(&clients) {
+        assert!(
+            node == "node2" || node == "node3",
+            "{id}: sticky entry {node:?} right after the request"
+        );
+    }
+    assert!(intended.iter().any(|n| n == "node2") && intended.iter().any(|n| n == "node3"));
+    for (id, c) in clients.iter_mut() {
+        assert!(c.closed_within(T), "{id}: session closed by the evacuation");
+    }
+    for ((id, _), node) in clients.iter().zip(&intended) {
+        let connect = Connect::new(id).v5(true).persistent();
+        let (c, _) = Client::accepted(port, &connect).expect("reconnect");
+        c.disconnect();
+        assert_eq!(
+            sticky_node(gate.admin_port, id).as_deref(),
+            Some(node.as_str()),
+            "{id} came back on the node its entry named"
+        );
+    }
+    for n in ["node2", "node3"] {
+        let want = intended.iter().filter(|i| *i == n).count() as f64;
+        assert_eq!(
+            gate.metric("mqgate_connections_total", &[("node", n)]),
+            want,
+            "reconnects on {n}"
+        );
+    }
+}
