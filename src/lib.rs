@@ -46,6 +46,7 @@ pub mod host;
 pub mod identity;
 pub mod listener;
 pub mod logging;
+pub mod members;
 pub mod metrics;
 pub mod mqtt;
 pub mod pacing;

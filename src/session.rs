@@ -247,6 +247,12 @@ pub async fn serve<S>(
         limits.max_connect_size,
         packet,
     ));
+    // `balance = "hash"`: the session gets a handle of its own by its hash key, so
+    // that a rebalance can move exactly the clients whose owner changed.
+    let member_key = (cfg.balance == crate::config::Balance::Hash)
+        .then(|| crate::cluster::sticky_key(cfg.sticky.key, &connect))
+        .flatten()
+        .map(str::to_string);
     let Routed {
         node,
         broker,
@@ -334,10 +340,18 @@ pub async fn serve<S>(
         .inc();
     let active = data.metrics.connections_active.with_label_values(&labels);
     active.inc();
+    let (closed, guard) = match member_key {
+        Some(key) => {
+            let own = closed.child();
+            let id = node.members.join(&key, own.clone());
+            (own, node.member_guard(key, id))
+        }
+        None => (closed, node.connection_guard()),
+    };
     let keep = Keep {
         metrics: data.metrics.clone(),
         lst: lst.clone(),
-        node: node.connection_guard(),
+        node: guard,
         sticky: sticky.map(Box::new),
         active,
         v5,
