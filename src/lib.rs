@@ -47,6 +47,7 @@ pub mod identity;
 pub mod listener;
 pub mod live;
 pub mod logging;
+pub mod members;
 pub mod metrics;
 pub mod mqtt;
 pub mod orphans;

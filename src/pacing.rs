@@ -291,6 +291,9 @@ pub fn rebalance(
     rate: u32,
     tolerance: f64,
 ) -> Vec<(String, usize)> {
+    if cluster.config().balance == crate::config::Balance::Hash {
+        return rebalance_hash(cluster, rate);
+    }
     let nodes: Vec<Arc<Node>> = cluster
         .nodes()
         .iter()
@@ -329,6 +332,61 @@ pub fn rebalance(
         plan.push((n.name.clone(), (lanes as f64 * per_lane).round() as usize));
         handle.spawn(async move {
             n.pacing.close_some(lanes, pause).await;
+        });
+    }
+    plan
+}
+
+/// `balance = "hash"`: each ready node that is up closes exactly the sessions whose key's
+/// owner (rendezvous over the ready nodes that are up, as routing picks) is another
+/// node, `rate` a second (jittered), MQTT 5 clients told 0x9C; a moved key's sticky
+/// entry is rewritten to its owner first, so the client lands there. The tolerance
+/// does not apply: the hash decides. Returns (node, sessions to move) per node.
+pub fn rebalance_hash(cluster: &Arc<crate::cluster::Cluster>, rate: u32) -> Vec<(String, usize)> {
+    let nodes: Vec<Arc<Node>> = cluster
+        .nodes()
+        .iter()
+        .filter(|n| {
+            n.health() == Health::Up && n.admin_state() == crate::cluster::AdminState::Ready
+        })
+        .cloned()
+        .collect();
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return Vec::new();
+    };
+    let owners: Vec<&Arc<Node>> = nodes.iter().collect();
+    let pause = if rate == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs_f64(1.0 / f64::from(rate))
+    };
+    let mut plan = Vec::new();
+    for n in &nodes {
+        let mut moving = Vec::new();
+        for (key, scope) in n.members.snapshot() {
+            let owner = crate::cluster::balance::rendezvous(&key, owners.clone())
+                .first()
+                .map(|o| o.name.clone());
+            let Some(owner) = owner.filter(|o| *o != n.name) else {
+                continue;
+            };
+            if cluster.sticky.get(&key).is_some() {
+                cluster.sticky.record(&key, &owner);
+            }
+            moving.push(scope);
+        }
+        if moving.is_empty() {
+            continue;
+        }
+        plan.push((n.name.clone(), moving.len()));
+        n.pacing.reason.store(USE_ANOTHER_SERVER, Ordering::Release);
+        handle.spawn(async move {
+            for (i, s) in moving.iter().enumerate() {
+                s.close();
+                if i + 1 < moving.len() && !pause.is_zero() {
+                    tokio::time::sleep(jitter(pause, i)).await;
+                }
+            }
         });
     }
     plan

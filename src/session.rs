@@ -259,6 +259,12 @@ pub async fn serve<S>(
         limits.max_connect_size,
         packet,
     ));
+    // `balance = "hash"`: the session gets a handle of its own by its hash key, so
+    // that a rebalance can move exactly the clients whose owner changed.
+    let member_key = (cfg.balance == crate::config::Balance::Hash)
+        .then(|| crate::cluster::sticky_key(cfg.sticky.key, &connect))
+        .flatten()
+        .map(str::to_string);
     let Routed {
         node,
         broker,
@@ -357,10 +363,18 @@ pub async fn serve<S>(
         .inc();
     let active = data.metrics.connections_active.with_label_values(&labels);
     active.inc();
+    let (closed, guard) = match member_key {
+        Some(key) => {
+            let own = closed.child();
+            let id = node.members.join(&key, own.clone());
+            (own, node.member_guard(key, id))
+        }
+        None => (closed, node.connection_guard()),
+    };
     let keep = Keep {
         metrics: data.metrics.clone(),
         lst: lst.clone(),
-        node: node.connection_guard(),
+        node: guard,
         sticky: sticky.map(Box::new),
         active,
         v5,
@@ -405,14 +419,15 @@ pub async fn serve<S>(
         return;
     }
     if v5 && (cfg.shaping.close_rate > 0 || single_live.enabled) {
-        if let Broker::Plain(tcp) = broker {
-            // MQTT 5 clients of a cluster with a close_rate are told why they are
-            // closed (brokers over TLS: a plain close, see docs/operations.md).
-            let task =
-                crate::relay::polite::run(client, tcp, started, cfg.connack_timeout, closed, keep);
-            spawn_relay(data, task);
-            return;
+        // MQTT 5 clients of a cluster with a close_rate or single_live are told why
+        // they are closed (DISCONNECT at a packet boundary).
+        use crate::relay::polite::run as polite;
+        let ct = cfg.connack_timeout;
+        match broker {
+            Broker::Plain(tcp) => spawn_relay(data, polite(client, tcp, started, ct, closed, keep)),
+            Broker::Tls(tls) => spawn_relay(data, polite(client, tls, started, ct, closed, keep)),
         }
+        return;
     }
     match broker {
         Broker::Plain(tcp) => spawn_relay(

@@ -416,3 +416,157 @@ fn rebalance_moves_clients_to_a_node_added_by_reload() {
         .sum();
     assert!(moved > 0 && moved < CLIENTS, "{moved} clients moved");
 }
+
+/// Brokers over TLS (`[clusters.X.tls]`) take the same polite relay: an MQTT 5 client
+/// of an evacuated node gets DISCONNECT 0x9C before the close, and comes back on the
+/// other node through TLS.
+#[test]
+fn evacuation_tells_v5_clients_of_a_tls_broker_use_another_server() {
+    let dir = tempdir();
+    let d = dir.path();
+    let pki = Pki::new("broker CA");
+    let brokers: Vec<(String, Mosquitto)> = ["b1", "b2"]
+        .iter()
+        .map(|n| {
+            let (_, cert, key) = pki.write_server(d, n);
+            let extra = format!("certfile {}\nkeyfile {}\n", cert.display(), key.display());
+            let m = Mosquitto::start_with(
+                n,
+                d,
+                MosquittoOpts {
+                    extra,
+                    ..Default::default()
+                },
+            );
+            (n.to_string(), m)
+        })
+        .collect();
+    let ca = d.join("b1-ca.pem");
+    let nodes: Vec<(&str, String)> = brokers
+        .iter()
+        .map(|(n, m)| (n.as_str(), m.address()))
+        .collect();
+    let sections = format!(
+        "[clusters.brokers.shaping]\nclose_rate = 10\n\n[clusters.brokers.tls]\nca = \"{}\"\n",
+        ca.display()
+    );
+    let (gate, port) = Gate::start_with(d, "gate", |l, a| {
+        gate_config(l, a, "dynsec", &nodes, "", "", &sections)
+    });
+    gate.wait_node_up("b1");
+    gate.wait_node_up("b2");
+    set_node_state(gate.admin_port, "b2", "drain");
+    let connect = Connect::new("tls-evac").v5(true);
+    let (mut c, _) = Client::accepted(port, &connect).expect("v5 client through mqgate");
+    c.subscribe("tls/evac")
+        .expect("subscribe over the TLS broker");
+    assert_eq!(
+        gate.metric("mqgate_connections_active", &[("node", "b1")]),
+        1.0
+    );
+    set_node_state(gate.admin_port, "b2", "ready");
+    let (status, body) = http(
+        "POST",
+        gate.admin_port,
+        "/api/v1/clusters/brokers/nodes/b1/evacuate",
+        Some("{\"rate\": 10}"),
+        None,
+    )
+    .expect("admin API answers");
+    assert_eq!(status, 200, "{body}");
+    let got = c.read_packet(T).expect("a packet before the close");
+    assert_eq!(got.0, 0xE0, "a DISCONNECT, got {got:?}");
+    assert_eq!(got.1.first().copied(), Some(0x9C), "reason 0x9C: {got:?}");
+    assert!(c.closed_within(T), "closed after the DISCONNECT");
+    let (mut c, _) = Client::accepted(port, &connect).expect("reconnect");
+    c.subscribe("tls/evac")
+        .expect("subscribe on the other node");
+    assert_eq!(
+        gate.metric("mqgate_connections_active", &[("node", "b2")]),
+        1.0
+    );
+    assert_eq!(
+        gate.metric(
+            "mqgate_disconnects_sent_total",
+            &[("reason", "use_another_server")]
+        ),
+        1.0
+    );
+    c.disconnect();
+}
+
+/// An evacuation rewrites the sticky entries of the node's clients before it closes
+/// their sessions: right after the request every entry names another node (spread over
+/// both), and each client that comes back lands on the node its entry named.
+#[test]
+fn evacuation_rewrites_sticky_entries_before_the_close() {
+    const N: usize = 6;
+    let dir = tempdir();
+    let nodes = Mosquitto::start_nodes(dir.path(), 3);
+    let shaping = "[clusters.brokers.shaping]\nclose_rate = 2\n";
+    let (gate, port) = Gate::start_with(dir.path(), "gate", |l, a| {
+        gate_config(l, a, "dynsec", &addresses(&nodes), "", "", shaping)
+    });
+    for n in ["node1", "node2", "node3"] {
+        gate.wait_node_up(n);
+    }
+    set_node_state(gate.admin_port, "node2", "drain");
+    set_node_state(gate.admin_port, "node3", "drain");
+    let mut clients: Vec<(String, Client)> = (0..N)
+        .map(|i| {
+            let id = format!("sticky-evac-{i}");
+            let connect = Connect::new(&id).v5(true).persistent();
+            let (c, _) = Client::accepted(port, &connect).expect("client through mqgate");
+            (id, c)
+        })
+        .collect();
+    for (id, _) in &clients {
+        assert_eq!(sticky_node(gate.admin_port, id).as_deref(), Some("node1"));
+    }
+    set_node_state(gate.admin_port, "node2", "ready");
+    set_node_state(gate.admin_port, "node3", "ready");
+    let (status, body) = http(
+        "POST",
+        gate.admin_port,
+        "/api/v1/clusters/brokers/nodes/node1/evacuate",
+        Some("{\"rate\": 2}"),
+        None,
+    )
+    .expect("admin API answers");
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON answer");
+    assert_eq!(answer["sticky_moved"], N, "{body}");
+    // Before the clients reconnect: every entry already names its new node.
+    let intended: Vec<String> = clients
+        .iter()
+        .map(|(id, _)| sticky_node(gate.admin_port, id).unwrap_or_default())
+        .collect();
+    for (node, (id, _)) in intended.iter().zip(&clients) {
+        assert!(
+            node == "node2" || node == "node3",
+            "{id}: sticky entry {node:?} right after the request"
+        );
+    }
+    assert!(intended.iter().any(|n| n == "node2") && intended.iter().any(|n| n == "node3"));
+    for (id, c) in clients.iter_mut() {
+        assert!(c.closed_within(T), "{id}: session closed by the evacuation");
+    }
+    for ((id, _), node) in clients.iter().zip(&intended) {
+        let connect = Connect::new(id).v5(true).persistent();
+        let (c, _) = Client::accepted(port, &connect).expect("reconnect");
+        c.disconnect();
+        assert_eq!(
+            sticky_node(gate.admin_port, id).as_deref(),
+            Some(node.as_str()),
+            "{id} came back on the node its entry named"
+        );
+    }
+    for n in ["node2", "node3"] {
+        let want = intended.iter().filter(|i| *i == n).count() as f64;
+        assert_eq!(
+            gate.metric("mqgate_connections_total", &[("node", n)]),
+            want,
+            "reconnects on {n}"
+        );
+    }
+}

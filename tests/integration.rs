@@ -39,6 +39,7 @@ mod ops_cli;
 mod peers;
 mod peers_discovery;
 mod proxy_protocol;
+mod rebalance_hash;
 mod reload;
 mod restart;
 mod secret_files;

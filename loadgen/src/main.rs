@@ -12,8 +12,13 @@
 //! loadgen latency    --addr A [--rate 20000] [--size 100] [--warmup 1] [--secs 5]
 //! loadgen connect    --addr A [--tls-ca CA] [--clients 5000] [--conc 50] [--secs 10]
 //! loadgen idle       --addr A [--clients 1000] [--conc 64]   (holds them until a line on stdin)
+//! loadgen failover   --addr A [--clients 5000] [--conc 64] [--backoff-ms 250] [--max-backoff-ms 4000]
+//!                    [--attempt-timeout 10] [--secs 120]
+//!                    (opens them, prints {"ready":N}; after a line on stdin waits for the
+//!                    gateway to close them and for every client to be served again)
 //! ```
 
+mod failover;
 mod latency;
 mod mqtt;
 mod net;
@@ -177,6 +182,20 @@ fn real_main() -> Result<(), String> {
                 a.get("clients", 1000)?,
                 a.get("conc", 64)?,
             ));
+        }
+        "failover" => {
+            let t = a.target()?;
+            runtime()?.block_on(failover::run(
+                t,
+                failover::Opts {
+                    clients: a.get("clients", 5000)?,
+                    conc: a.get("conc", 64)?,
+                    backoff: Duration::from_millis(a.get("backoff-ms", 250)?),
+                    max_backoff: Duration::from_millis(a.get("max-backoff-ms", 4000)?),
+                    attempt_timeout: a.secs("attempt-timeout", 10.0)?,
+                    secs: a.secs("secs", 120.0)?,
+                },
+            ))?
         }
         other => return Err(format!("unknown command {other:?}")),
     };

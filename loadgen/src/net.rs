@@ -92,6 +92,35 @@ impl Target {
     }
 }
 
+/// What a CONNECT got: the session, or the refusing CONNACK's return code.
+pub enum ConnackResult {
+    Accepted(Stream),
+    Refused(u8),
+}
+
+impl Target {
+    /// Connect (closing with a reset, so thousands of attempts leave no TIME_WAIT), send
+    /// CONNECT, and read the CONNACK: accepted or refused with its return code.
+    pub async fn session_or_code(&self, client_id: &str) -> io::Result<ConnackResult> {
+        let mut s = self.connect(true).await?;
+        s.write_all(&mqtt::connect(client_id, 0, !self.persistent))
+            .await?;
+        s.flush().await?;
+        let mut ack = [0u8; 4];
+        s.read_exact(&mut ack).await?;
+        if ack[0] != 0x20 || ack[1] != 2 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("malformed CONNACK: {ack:02x?}"),
+            ));
+        }
+        Ok(match ack[3] {
+            0 => ConnackResult::Accepted(s),
+            code => ConnackResult::Refused(code),
+        })
+    }
+}
+
 /// Subscribe on an open session and wait for the SUBACK.
 pub async fn subscribe(s: &mut Stream, filter: &str, qos: u8) -> io::Result<()> {
     s.write_all(&mqtt::subscribe(1, filter, qos)).await?;

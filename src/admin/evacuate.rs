@@ -2,6 +2,9 @@
 //! `DELETE /api/v1/clusters/{c}/nodes/{n}/evacuate` (cancel): the node goes to `maint`
 //! (no new clients) and its sessions are closed `rate` per second (`crate::pacing`),
 //! MQTT 5 clients on the boundary-tracking relay told 0x9C "use another server".
+//! Before the first close, every sticky entry that points to the node is rewritten to
+//! the node its client should go to ([`move_sticky`]), so that a client that comes back
+//! lands there (and peers learn it) instead of being placed again on reconnect.
 
 use super::{error, json, Resp};
 use crate::cluster::{AdminState, Cluster, Node};
@@ -29,6 +32,9 @@ pub struct EvacuateAnswer {
     pub sessions: usize,
     /// Cancel: a paced close was running and stops.
     pub cancelled: bool,
+    /// Sticky entries rewritten from the node to another one before the closes.
+    #[serde(default)]
+    pub sticky_moved: usize,
 }
 
 type Found = (Arc<Cluster>, Arc<Node>);
@@ -81,7 +87,9 @@ pub(super) fn evacuate(host: &Host, c: &str, n: &str, body: &[u8]) -> Resp {
         );
     }
     let sessions = node.active();
-    tracing::info!(cluster = %c, node = %n, rate, sessions, "evacuation started");
+    // Before any session closes (the paced close starts with the state change).
+    let sticky_moved = move_sticky(&cl, &node);
+    tracing::info!(cluster = %c, node = %n, rate, sessions, sticky_moved, "evacuation started");
     node.pacing.override_rate(rate);
     cl.set_admin_state(&node, AdminState::Maint);
     json(
@@ -92,6 +100,7 @@ pub(super) fn evacuate(host: &Host, c: &str, n: &str, body: &[u8]) -> Resp {
             rate,
             sessions,
             cancelled: false,
+            sticky_moved,
         },
     )
 }
@@ -115,6 +124,46 @@ pub(super) fn cancel(host: &Host, c: &str, n: &str) -> Resp {
             rate: 0,
             sessions: node.active(),
             cancelled,
+            sticky_moved: 0,
         },
     )
+}
+
+/// Rewrite every sticky entry of `cl` that points to `node` to the node its client is
+/// to go to: with `balance = "hash"` the key's owner among the other ready nodes that
+/// are up (rendezvous order, as routing picks), otherwise those nodes in turn. Each
+/// rewrite is a local write, replicated to peers. Returns how many moved (0 when no
+/// other node can take clients: the entries stay and clients are placed on reconnect).
+pub fn move_sticky(cl: &Cluster, node: &Node) -> usize {
+    let nodes = cl.nodes();
+    let targets: Vec<&Arc<Node>> = nodes
+        .iter()
+        .filter(|t| {
+            t.name != node.name
+                && t.admin_state() == AdminState::Ready
+                && t.health() == crate::cluster::Health::Up
+        })
+        .collect();
+    if targets.is_empty() {
+        return 0;
+    }
+    let hash = cl.config().balance == crate::config::Balance::Hash;
+    let mut moved = 0;
+    for u in cl.sticky.export() {
+        if u.node.as_deref() != Some(node.name.as_str()) {
+            continue;
+        }
+        let to = if hash {
+            crate::cluster::balance::rendezvous(&u.key, targets.clone())
+                .first()
+                .map(|t| t.name.clone())
+        } else {
+            targets.get(moved % targets.len()).map(|t| t.name.clone())
+        };
+        if let Some(to) = to {
+            cl.sticky.record(&u.key, &to);
+            moved += 1;
+        }
+    }
+    moved
 }

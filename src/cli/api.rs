@@ -211,8 +211,8 @@ impl<'a> Api<'a> {
                     )
                 } else {
                     format!(
-                        "cluster {} node {}: maint, closing {} session(s) at {}/s (progress: mqgate status)\n",
-                        a.cluster, a.node, a.sessions, a.rate
+                        "cluster {} node {}: maint, closing {} session(s) at {}/s (progress: mqgate status); {} sticky entr(ies) moved first\n",
+                        a.cluster, a.node, a.sessions, a.rate, a.sticky_moved
                     )
                 })
             }

@@ -9,7 +9,7 @@
 //! Cluster and node objects outlive config reloads: a reload updates them in place,
 //! keyed by name, so health, sticky entries and live sessions carry over.
 
-mod balance;
+pub(crate) mod balance;
 mod node;
 pub mod orphans;
 #[cfg(test)]

@@ -89,6 +89,8 @@ pub struct Node {
     pub admission: crate::rate::ConnectBucket,
     /// Lanes of sessions for paced closes (`crate::pacing`).
     pub pacing: crate::pacing::Pacing,
+    /// Sessions by hash key (`balance = "hash"` only; `crate::members`).
+    pub members: crate::members::Members,
 }
 
 impl Node {
@@ -113,6 +115,7 @@ impl Node {
             tasks: CancellationToken::new(),
             admission: Default::default(),
             pacing: Default::default(),
+            members: Default::default(),
         }
     }
 
@@ -221,11 +224,19 @@ impl Node {
     pub fn connection_guard(self: &Arc<Self>) -> ActiveGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.relayed.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(self.clone())
+        ActiveGuard(self.clone(), None)
+    }
+
+    /// [`connection_guard`](Self::connection_guard) of a session registered in
+    /// `members` under `key` with ticket `id`: it leaves them on drop.
+    pub fn member_guard(self: &Arc<Self>, key: String, id: u64) -> ActiveGuard {
+        let mut g = self.connection_guard();
+        g.1 = Some((key, id));
+        g
     }
 }
 
-pub struct ActiveGuard(Arc<Node>);
+pub struct ActiveGuard(Arc<Node>, Option<(String, u64)>);
 
 impl ActiveGuard {
     pub fn node(&self) -> &Arc<Node> {
@@ -236,5 +247,8 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some((key, id)) = &self.1 {
+            self.0.members.leave(key, *id);
+        }
     }
 }

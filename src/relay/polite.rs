@@ -13,13 +13,12 @@
 //! If the broker→client stream is mid-packet when the close comes, relaying goes on
 //! until the next boundary, for at most [`BOUNDARY_WAIT`]; past it the close is plain.
 
-use super::task::{connack_timeout_reply, Keep, Observed, CLOSE_LINGER};
+use super::task::{connack_timeout_reply, BrokerStream, Keep, Observed, CLOSE_LINGER};
 use super::{ConnackObserver, CHUNK};
 use crate::mqtt::scanner::Scanner;
 use crate::sessions::SessionScope;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Longest wait for a packet boundary before a close with a reason.
@@ -50,23 +49,25 @@ enum Down {
     Closed,
 }
 
-/// Relay `client` ⇄ `broker` until either ends or `scope` closes; see the module comment.
-pub async fn run<S>(
+/// Relay `client` ⇄ `broker` (plain TCP, or TLS with `[clusters.X.tls]`) until either
+/// ends or `scope` closes; see the module comment.
+pub async fn run<S, B>(
     client: S,
-    mut broker: TcpStream,
+    mut broker: B,
     started: Instant,
     connack_timeout: Duration,
     scope: SessionScope,
     mut keep: Keep,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
+    B: BrokerStream + Send,
 {
     let mut sticky = keep.sticky.take();
     let mut keep = keep;
     let node = keep.node.node().clone();
     let (mut cr, mut cw) = tokio::io::split(client);
     let client_broke = {
-        let (mut br, mut bw) = broker.split();
+        let (mut br, mut bw) = tokio::io::split(&mut broker);
         let up_fut = async {
             let mut buf = vec![0u8; CHUNK];
             loop {
@@ -194,7 +195,7 @@ pub async fn run<S>(
     };
     if client_broke {
         // As the byte relay: pass the client's abort on.
-        let _ = broker.set_zero_linger();
+        let _ = broker.tcp().set_zero_linger();
     }
     drop(keep);
 }

@@ -1,0 +1,136 @@
+//! `mqgate cluster rebalance` with `balance = "hash"`: after a fourth node is added by
+//! reload, exactly the clients whose hash owner is now that node are moved (each
+//! session closed on its own, MQTT 5 clients told 0x9C), and every one of them comes
+//! back on the new node: no client reconnects to an old node, none stays misplaced.
+
+use crate::common::fleet::addresses;
+use crate::common::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+const CLIENTS: usize = 80;
+
+#[test]
+fn rebalance_by_hash_moves_exactly_the_clients_the_new_node_owns() {
+    let dir = tempdir();
+    let nodes = Mosquitto::start_nodes(dir.path(), 4);
+    let listen = free_port();
+    let admin = free_port();
+    let text = |n: usize| {
+        gate_config(
+            listen,
+            admin,
+            "dynsec",
+            &addresses(&nodes[..n]),
+            "balance = \"hash\"",
+            "",
+            "[clusters.brokers.shaping]\nclose_rate = 50\n",
+        )
+    };
+    let gate = Gate::start(dir.path(), "gate", &text(3), admin);
+    for n in ["node1", "node2", "node3"] {
+        gate.wait_node_up(n);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(Barrier::new(CLIENTS + 1));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let (stop, ready) = (Arc::clone(&stop), Arc::clone(&ready));
+            std::thread::spawn(move || {
+                let v5 = i.is_multiple_of(2);
+                let connect = Connect::new(&format!("hash-{i}")).v5(v5);
+                let (mut c, _) = Client::accepted(listen, &connect).expect("client");
+                ready.wait();
+                let mut reasons = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    match c.read_packet(Duration::from_millis(200)) {
+                        Err(e) if e.contains("timed out") => continue,
+                        Ok((0xE0, b)) => reasons.push(b.first().copied()),
+                        Ok(_) => continue,
+                        Err(_) => reasons.push(None),
+                    }
+                    let _ = c.closed_within(Duration::from_secs(10));
+                    let deadline = Instant::now() + T;
+                    c = loop {
+                        assert!(Instant::now() < deadline, "hash-{i} could not reconnect");
+                        if let Ok((c, _)) = Client::accepted(listen, &connect) {
+                            break c;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    };
+                }
+                c.disconnect();
+                (v5, reasons)
+            })
+        })
+        .collect();
+    ready.wait();
+    let before: Vec<f64> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|n| gate.metric("mqgate_connections_total", &[("node", n)]))
+        .collect();
+    assert_eq!(before.iter().sum::<f64>(), CLIENTS as f64);
+    gate.reload_with(&text(4));
+    gate.wait_node_up("node4");
+    let out = mqgate(&[
+        "cluster",
+        "rebalance",
+        "brokers",
+        "--rate",
+        "50",
+        "--admin",
+        &format!("http://127.0.0.1:{admin}"),
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("moving clients at 50/s"), "{said}");
+    wait_until(T, "every moved client back, on node4", || {
+        let on4 = gate.metric("mqgate_connections_active", &[("node", "node4")]);
+        let all: f64 = ["node1", "node2", "node3", "node4"]
+            .iter()
+            .map(|n| gate.metric("mqgate_connections_active", &[("node", n)]))
+            .sum();
+        on4 > 0.0
+            && all == CLIENTS as f64
+            && gate.metric("mqgate_connections_total", &[("node", "node4")]) == on4
+    });
+    stop.store(true, Ordering::SeqCst);
+    let seen: Vec<(bool, Vec<Option<u8>>)> = clients
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .collect();
+    let moved = seen.iter().filter(|(_, r)| !r.is_empty()).count();
+    let on4 = gate.metric("mqgate_connections_total", &[("node", "node4")]);
+    assert_eq!(moved as f64, on4, "every closed client came back on node4");
+    assert!(moved > 0 && moved < CLIENTS / 2, "{moved} clients moved");
+    for (v5, reasons) in &seen {
+        assert!(reasons.len() <= 1, "a client was moved twice: {reasons:?}");
+        if *v5 && !reasons.is_empty() {
+            assert_eq!(reasons[0], Some(0x9C), "v5 clients are told 0x9C");
+        }
+    }
+    // No client went back to an old node: their totals did not change.
+    for (n, b) in ["node1", "node2", "node3"].iter().zip(&before) {
+        assert_eq!(
+            gate.metric("mqgate_connections_total", &[("node", n)]),
+            *b,
+            "reconnects to {n}"
+        );
+    }
+    // Balanced by the hash: a second rebalance has nothing to move.
+    let out = mqgate(&[
+        "cluster",
+        "rebalance",
+        "brokers",
+        "--admin",
+        &format!("http://127.0.0.1:{admin}"),
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains("nothing to move"), "{said}");
+}
