@@ -39,17 +39,6 @@ pub struct Gateway {
     pub host: Arc<crate::host::Host>,
 }
 
-fn instance_name(cfg: &Config) -> String {
-    if let Some(p) = &cfg.peers {
-        return p.name.clone();
-    }
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "mqgate".to_string())
-}
-
 impl Gateway {
     /// Bind everything and start serving. Errors if a listener cannot bind or its TLS
     /// material cannot be loaded.
@@ -102,7 +91,7 @@ impl Gateway {
             resolver: crate::health::resolver().map_err(|e| ApplyError::Resolver {
                 error: e.to_string(),
             })?,
-            instance: instance_name(&config),
+            instance: crate::host::instance_name(&config),
             changes: crate::sticky::feed(),
             log_level: Mutex::new(None),
         });
@@ -515,7 +504,7 @@ impl Gateway {
         data.tracker.close();
         let open = data.tracker.len();
         tracing::info!(open_connections = open, grace = ?grace, "shutting down: no new connections");
-        crate::pacing::shutdown_paced(&self.host, &data.metrics, grace);
+        crate::cluster::pacing::shutdown_paced(self.host.clusters_sorted(), &data.metrics, grace);
         if tokio::time::timeout(grace, data.tracker.wait())
             .await
             .is_err()
@@ -525,7 +514,7 @@ impl Gateway {
                 "shutdown grace over; closing remaining sessions"
             );
             // MQTT 5 clients on the boundary-tracking relay are told 0x8B first.
-            crate::pacing::set_shutting_down();
+            crate::cluster::pacing::set_shutting_down();
             shared.hard_stop.close();
             let _ = tokio::time::timeout(Duration::from_secs(5), data.tracker.wait()).await;
         }

@@ -116,3 +116,15 @@ impl PeerBoard {
             .collect()
     }
 }
+
+/// This gateway's name: `[peers] name`, else the host name.
+pub fn instance_name(cfg: &crate::config::Config) -> String {
+    if let Some(p) = &cfg.peers {
+        return p.name.clone();
+    }
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "mqgate".to_string())
+}

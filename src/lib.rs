@@ -51,7 +51,6 @@ pub mod members;
 pub mod metrics;
 pub mod mqtt;
 pub mod orphans;
-pub mod pacing;
 pub mod peers;
 pub mod plan;
 pub mod proxy;

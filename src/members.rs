@@ -1,7 +1,7 @@
 //! Per-session handles of a node's sessions in a `balance = "hash"` cluster, by the key
 //! the cluster hashes on (`crate::cluster::sticky_key`): `mqgate cluster rebalance`
 //! closes exactly the sessions whose hash owner is now another node
-//! ([`crate::pacing::rebalance_hash`]). Each such session waits on a scope of its own,
+//! ([`crate::cluster::pacing::rebalance_hash`]). Each such session waits on a scope of its own,
 //! a child of its lane (so node down, paced closes and shutdown still close it); the
 //! entry leaves the table when the session ends (`ActiveGuard`'s drop). Other clusters
 //! register nothing.

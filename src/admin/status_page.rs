@@ -187,7 +187,7 @@ fn node_row(h: &mut String, c: &ClusterView, n: &NodeView) {
         escape(&n.name),
         escape(&n.address),
         health_badge(&n.health),
-        admin_badge(&crate::pacing::state_label(&n.admin_state, n.paced_close_lanes_left)),
+        admin_badge(&crate::cluster::pacing::state_label(&n.admin_state, n.paced_close_lanes_left)),
         n.active_connections,
         n.connections_total,
     );

@@ -65,7 +65,7 @@ pub(super) fn cluster_block(out: &mut String, c: &ClusterView) {
                 n.name.clone(),
                 n.address.clone(),
                 n.health.clone(),
-                crate::pacing::state_label(&n.admin_state, n.paced_close_lanes_left),
+                crate::cluster::pacing::state_label(&n.admin_state, n.paced_close_lanes_left),
                 role.to_string(),
                 n.active_connections.to_string(),
                 n.connections_total.to_string(),

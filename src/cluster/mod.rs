@@ -12,6 +12,7 @@
 pub(crate) mod balance;
 mod node;
 pub mod orphans;
+pub mod pacing;
 #[cfg(test)]
 mod tests;
 
@@ -326,7 +327,7 @@ impl Cluster {
                 .set((st == s) as i64);
         }
         if s == AdminState::Maint {
-            crate::pacing::close_node(
+            crate::cluster::pacing::close_node(
                 &self.metrics,
                 node,
                 self.config().shaping.close_rate,
@@ -408,7 +409,7 @@ impl Cluster {
                 .with_label_values(&[&self.name, &old.name])
                 .set(0);
             if cfg.on_node_down == OnNodeDown::Disconnect {
-                crate::pacing::close_node(
+                crate::cluster::pacing::close_node(
                     &self.metrics,
                     old,
                     cfg.shaping.close_rate,

@@ -88,7 +88,7 @@ pub struct Node {
     /// `node_connect_rate` admissions (`crate::shaping`).
     pub admission: crate::rate::ConnectBucket,
     /// Lanes of sessions for paced closes (`crate::pacing`).
-    pub pacing: crate::pacing::Pacing,
+    pub pacing: crate::cluster::pacing::Pacing,
     /// Sessions by hash key (`balance = "hash"` only; `crate::members`).
     pub members: crate::members::Members,
 }

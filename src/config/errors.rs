@@ -4,13 +4,13 @@
 //! names ("expected an integer", not "expected i64"), and a hint with a valid example
 //! for type errors (`connect_timeout = 5000` → durations are strings such as "5s").
 
-use super::ConfigError;
+use super::{ConfigError, RawConfig};
 use std::ops::Range;
 
 /// One [`ConfigError`] for a serde / TOML error in `text`.
 pub(super) fn describe(text: &str, e: &toml::de::Error) -> ConfigError {
     let offset = e.span().map(|s| s.start);
-    let line = offset.map(|o| super::line_at(text, o));
+    let line = offset.map(|o| line_at(text, o));
     let raw = e.message().trim().replace('\n', "; ");
     let mut key = offset
         .and_then(|o| key_path_at(text, o))
@@ -351,4 +351,90 @@ fn distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// Serde stops at the first problem. To report every bad key at once, blank the
+/// offending `key = value` line and parse again, a bounded number of times; stop at
+/// the first error that is not on such a line (syntax errors, multi-line values).
+pub(super) fn serde_errors(text: &str, first: toml::de::Error) -> Vec<ConfigError> {
+    let mut errors = vec![serde_error(text, &first)];
+    let mut work = text.to_string();
+    let mut err = first;
+    for _ in 0..32 {
+        let Some(line_no) = err.span().map(|s| line_at(&work, s.start)) else {
+            break;
+        };
+        let lines: Vec<&str> = work.lines().collect();
+        let Some(line) = lines.get(line_no - 1) else {
+            break;
+        };
+        let single = line.contains('=')
+            && !line.trim_start().starts_with('[')
+            && toml::from_str::<toml::Table>(line).is_ok();
+        if !single {
+            break;
+        }
+        let mut next: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        next[line_no - 1] = String::new();
+        work = next.join("\n");
+        match toml::from_str::<RawConfig>(&work) {
+            Ok(_) => break,
+            Err(e) => {
+                let ce = serde_error(&work, &e);
+                if errors.contains(&ce) {
+                    break;
+                }
+                errors.push(ce);
+                err = e;
+            }
+        }
+    }
+    errors
+}
+
+fn serde_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    describe(text, e)
+}
+
+fn line_at(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Find the line of a dotted key path such as `clusters.brokers.nodes[1].address`.
+/// Falls back to the deepest part of the path that exists.
+pub fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    use toml_edit::TableLike;
+    let doc = toml_edit::ImDocument::parse(text.to_string()).ok()?;
+    let mut table: Option<&dyn TableLike> = Some(doc.as_table());
+    let mut span = None;
+    for part in key.split('.') {
+        let Some(t) = table else { break };
+        let (name, index) = match part.find('[') {
+            Some(p) => (
+                &part[..p],
+                part[p + 1..].trim_end_matches(']').parse::<usize>().ok(),
+            ),
+            None => (part, None),
+        };
+        let Some((k, v)) = t.get_key_value(name) else {
+            break;
+        };
+        span = k.span().or(span);
+        table = v.as_table_like();
+        if let Some(i) = index {
+            table = None;
+            if let Some(aot) = v.as_array_of_tables() {
+                if let Some(el) = aot.get(i) {
+                    span = el.span().or(span);
+                    table = Some(el as &dyn TableLike);
+                }
+            } else if let Some(arr) = v.as_array() {
+                if let Some(el) = arr.get(i) {
+                    span = el.span().or(span);
+                    table = el.as_inline_table().map(|x| x as &dyn TableLike);
+                }
+            }
+        }
+    }
+    span.map(|s| line_at(text, s.start))
 }

@@ -98,7 +98,7 @@ pub async fn run<S, B>(
                             .disconnects_sent
                             .with_label_values(&[
                                 &keep.lst.cluster.name,
-                                crate::pacing::reason_label(reason),
+                                crate::cluster::pacing::reason_label(reason),
                             ])
                             .inc();
                         let _ = cw.write_all(&disconnect_v5(reason)).await;

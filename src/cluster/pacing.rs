@@ -8,7 +8,7 @@
 //! time, the pause between two lanes set so that about `rate` sessions close per second
 //! (each pause jittered by ±25 %), then closes the node's scopes for good.
 //!
-//! MQTT 5 clients on the boundary-tracking relay ([`crate::relay::polite`]) get a
+//! MQTT 5 clients on the boundary-tracking relay (the relay's polite mode) get a
 //! DISCONNECT first, with the node's [`close_reason`](Pacing::close_reason): 0x9C "use
 //! another server" for a paced close, 0x8B "server shutting down" when the gateway
 //! itself stops ([`set_shutting_down`]).
@@ -224,10 +224,14 @@ fn jitter(d: Duration, i: usize) -> Duration {
 /// node's sessions paced so that they are all closed within 80 % of `grace` (at
 /// `close_rate`, or faster when that would take longer), MQTT 5 clients told 0x8B.
 /// Clusters without `close_rate` keep relaying until the grace ends, as before.
-pub fn shutdown_paced(host: &crate::host::Host, metrics: &Arc<Metrics>, grace: Duration) {
+pub fn shutdown_paced(
+    clusters: Vec<Arc<crate::cluster::Cluster>>,
+    metrics: &Arc<Metrics>,
+    grace: Duration,
+) {
     set_shutting_down();
     let spread = grace.mul_f64(0.8).as_secs_f64();
-    for c in host.clusters_sorted() {
+    for c in clusters {
         let configured = c.config().shaping.close_rate;
         if configured == 0 {
             continue;
