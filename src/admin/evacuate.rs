@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// Body of the evacuate request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EvacuateBody {
     /// Sessions closed per second; absent: the cluster's `close_rate`.
@@ -60,18 +60,10 @@ pub(super) fn evacuate(host: &Host, c: &str, n: &str, body: &[u8]) -> Resp {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    let parsed: EvacuateBody = if body.iter().all(u8::is_ascii_whitespace) {
-        EvacuateBody { rate: None }
-    } else {
-        match serde_json::from_slice(body) {
-            Ok(b) => b,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("body must be {{\"rate\": N}} (sessions per second, 1-1000000): {e}"),
-                )
-            }
-        }
+    let usage = "{\"rate\": N} (sessions per second, 1-1000000)";
+    let parsed: EvacuateBody = match super::optional_json(body, usage) {
+        Ok(b) => b,
+        Err(r) => return *r,
     };
     let rate = parsed.rate.unwrap_or(cl.config().shaping.close_rate);
     if rate > 1_000_000 {

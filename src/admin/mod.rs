@@ -481,6 +481,23 @@ pub(crate) fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Resp {
 }
 
 /// A JSON error: `{"error": "..."}`.
+/// An optional JSON body: empty (or only whitespace) gives `T::default()`; one that does
+/// not parse is a 400 naming `usage`.
+pub(crate) fn optional_json<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    usage: &str,
+) -> Result<T, Box<Resp>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            &format!("body must be {usage}: {e}"),
+        ))
+    })
+}
+
 pub(crate) fn error(status: StatusCode, msg: &str) -> Resp {
     json(status, &serde_json::json!({ "error": msg }))
 }

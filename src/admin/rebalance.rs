@@ -6,7 +6,7 @@ use crate::host::Host;
 use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RebalanceBody {
     /// Sessions closed per second per node; absent: the cluster's `close_rate`.
@@ -35,21 +35,10 @@ pub(super) fn rebalance(host: &Host, c: &str, body: &[u8]) -> Resp {
     let Some(cl) = host.cluster(c) else {
         return error(StatusCode::NOT_FOUND, &format!("no cluster named `{c}`"));
     };
-    let parsed: RebalanceBody = if body.iter().all(u8::is_ascii_whitespace) {
-        RebalanceBody {
-            rate: None,
-            tolerance: None,
-        }
-    } else {
-        match serde_json::from_slice(body) {
-            Ok(b) => b,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("body must be {{\"rate\": N, \"tolerance\": 0.1}}: {e}"),
-                )
-            }
-        }
+    let usage = "{\"rate\": N, \"tolerance\": 0.1}";
+    let parsed: RebalanceBody = match super::optional_json(body, usage) {
+        Ok(b) => b,
+        Err(r) => return *r,
     };
     let rate = parsed.rate.unwrap_or(cl.config().shaping.close_rate);
     let tolerance = parsed.tolerance.unwrap_or(0.1);
