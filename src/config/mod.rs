@@ -399,7 +399,7 @@ pub struct ShapingConfig {
     /// CONNECTs admitted per second per node.
     pub node_connect_rate: u32,
     /// Sessions closed per second per node when it goes to maint or loses leadership
-    /// while its broker still serves (`crate::pacing`); 0 = all at once.
+    /// while its broker still serves (`crate::cluster::pacing`); 0 = all at once.
     pub close_rate: u32,
 }
 
