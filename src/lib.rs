@@ -47,7 +47,6 @@ pub mod identity;
 pub mod listener;
 pub mod live;
 pub mod logging;
-pub mod members;
 pub mod metrics;
 pub mod mqtt;
 pub mod orphans;

@@ -259,17 +259,12 @@ pub async fn serve<S>(
         limits.max_connect_size,
         packet,
     ));
-    // `balance = "hash"`: the session gets a handle of its own by its hash key, so
-    // that a rebalance can move exactly the clients whose owner changed.
-    let member_key = (cfg.balance == crate::config::Balance::Hash)
-        .then(|| crate::cluster::sticky_key(cfg.sticky.key, &connect))
-        .flatten()
-        .map(str::to_string);
     let Routed {
         node,
         broker,
         sticky,
         closed,
+        lane_held,
         started,
         held,
         forwarded,
@@ -363,14 +358,7 @@ pub async fn serve<S>(
         .inc();
     let active = data.metrics.connections_active.with_label_values(&labels);
     active.inc();
-    let (closed, guard) = match member_key {
-        Some(key) => {
-            let own = closed.child();
-            let id = node.members.join(&key, own.clone());
-            (own, node.member_guard(key, id))
-        }
-        None => (closed, node.connection_guard()),
-    };
+    let guard = node.connection_guard(lane_held);
     let keep = Keep {
         metrics: data.metrics.clone(),
         lst: lst.clone(),
@@ -463,6 +451,8 @@ struct Routed {
     broker: Broker,
     sticky: Option<StickyWrite>,
     closed: SessionScope,
+    /// Counts the session in its hash slot's lane (`crate::cluster::pacing::Lane`).
+    lane_held: Option<std::sync::Arc<()>>,
     started: Instant,
     /// Bytes forwarded before the relay (the CONNECT and what followed it).
     forwarded: u64,
@@ -522,6 +512,12 @@ async fn route<S: AsyncRead + Unpin>(
     let mut queued = None;
     let mut pause = Duration::from_millis(50);
     let tls = cluster.tls();
+    // `balance = "hash"`: the session waits on its key's slot's lane, so that a
+    // rebalance can move exactly the clients whose owner changed.
+    let slot = (cfg.balance == crate::config::Balance::Hash)
+        .then(|| crate::cluster::sticky_key(cfg.sticky.key, connect))
+        .flatten()
+        .map(crate::cluster::balance::slot);
     loop {
         // Receives every `notify_waiters` from its creation on, unpolled: no change
         // between this pick and the wait below is missed, and nothing is locked here
@@ -545,9 +541,9 @@ async fn route<S: AsyncRead + Unpin>(
             };
             // Subscribe to the node's session handle before forwarding, so that a
             // node marked down from now on also closes this session.
-            let closed = node
+            let lane = node
                 .pacing
-                .lane(lname, &node.session_token(lname, &lst.closed));
+                .lane(lname, &node.session_token(lname, &lst.closed), slot);
             let extra_now: &[u8] = if hold { &[] } else { &extra };
             let first = crate::upstream::forward_first(
                 cfg,
@@ -575,7 +571,8 @@ async fn route<S: AsyncRead + Unpin>(
                         node: node.clone(),
                         broker,
                         sticky: pick.sticky,
-                        closed,
+                        closed: lane.scope,
+                        lane_held: lane.held,
                         started,
                         forwarded: (buf.len() + extra_now.len()) as u64,
                         held: if hold {

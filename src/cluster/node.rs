@@ -89,8 +89,6 @@ pub struct Node {
     pub admission: crate::rate::ConnectBucket,
     /// Lanes of sessions for paced closes (`crate::pacing`).
     pub pacing: crate::cluster::pacing::Pacing,
-    /// Sessions by hash key (`balance = "hash"` only; `crate::members`).
-    pub members: crate::members::Members,
 }
 
 impl Node {
@@ -115,7 +113,6 @@ impl Node {
             tasks: CancellationToken::new(),
             admission: Default::default(),
             pacing: Default::default(),
-            members: Default::default(),
         }
     }
 
@@ -220,35 +217,33 @@ impl Node {
         }
     }
 
-    /// Count a connection for `least-conn`, `/status` and the active gauge; undone on drop.
-    pub fn connection_guard(self: &Arc<Self>) -> ActiveGuard {
+    /// Count a connection for `least-conn`, `/status` and the active gauge; undone on
+    /// drop. `lane_held` counts it in its hash slot's lane until then
+    /// (`crate::cluster::pacing::Lane`).
+    pub fn connection_guard(self: &Arc<Self>, lane_held: Option<Arc<()>>) -> ActiveGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.relayed.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(self.clone(), None)
-    }
-
-    /// [`connection_guard`](Self::connection_guard) of a session registered in
-    /// `members` under `key` with ticket `id`: it leaves them on drop.
-    pub fn member_guard(self: &Arc<Self>, key: String, id: u64) -> ActiveGuard {
-        let mut g = self.connection_guard();
-        g.1 = Some((key, id));
-        g
+        ActiveGuard {
+            node: self.clone(),
+            _lane: lane_held,
+        }
     }
 }
 
-pub struct ActiveGuard(Arc<Node>, Option<(String, u64)>);
+pub struct ActiveGuard {
+    node: Arc<Node>,
+    /// Dropped with the guard: uncounts the session from its slot's lane.
+    _lane: Option<Arc<()>>,
+}
 
 impl ActiveGuard {
     pub fn node(&self) -> &Arc<Node> {
-        &self.0
+        &self.node
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-        if let Some((key, id)) = &self.1 {
-            self.0.members.leave(key, *id);
-        }
+        self.node.active.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -4,7 +4,11 @@
 //! a few at a time without a handle per session, each node spreads its sessions over
 //! [`LANES`] lanes per listener: a lane is a child scope of the node's listener scope
 //! (so node down, listener removal and shutdown still close everything at once), and a
-//! new session takes the next lane round-robin. A paced close closes one lane at a
+//! new session takes the next lane round-robin. In a `balance = "hash"` cluster a
+//! session with a sticky key takes its key's slot's lane instead
+//! (`crate::cluster::balance::SLOTS`), which counts its sessions: all the clients of a
+//! slot have the same hash owner, so [`rebalance_hash`] closes exactly the slots another
+//! node owns, at no cost per session until then. A paced close closes one lane at a
 //! time, the pause between two lanes set so that about `rate` sessions close per second
 //! (each pause jittered by ±25 %), then closes the node's scopes for good.
 //!
@@ -76,13 +80,38 @@ pub struct Pacing {
 
 struct Lanes {
     parent: SessionScope,
+    /// Round-robin lanes, made on first use.
     lanes: Vec<SessionScope>,
+    /// `balance = "hash"`: a lane per hash slot that has had a session since the
+    /// parent opened.
+    slots: HashMap<u16, SlotLane>,
+}
+
+/// A slot's lane and its sessions: each holds a clone of `held` (its [`Lane::held`]),
+/// so the strong count less one is how many live in it.
+struct SlotLane {
+    scope: SessionScope,
+    held: Arc<()>,
+}
+
+impl SlotLane {
+    fn sessions(&self) -> usize {
+        Arc::strong_count(&self.held) - 1
+    }
+}
+
+/// The lane a new session waits on.
+pub struct Lane {
+    pub scope: SessionScope,
+    /// Kept by the session while it lives (slot lanes only): counts it in its lane.
+    pub held: Option<Arc<()>>,
 }
 
 impl Pacing {
-    /// The scope a new session through listener `listener` waits on: a lane under
-    /// `parent` (the node's scope for that listener).
-    pub fn lane(&self, listener: &str, parent: &SessionScope) -> SessionScope {
+    /// The lane a new session through listener `listener` waits on: a lane under
+    /// `parent` (the node's scope for that listener); `slot`'s lane for a session
+    /// placed by hash, else the next round-robin lane.
+    pub fn lane(&self, listener: &str, parent: &SessionScope, slot: Option<u16>) -> Lane {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % LANES;
         let mut g = crate::sync::lock(&self.lanes);
         if !g.contains_key(listener) {
@@ -91,20 +120,41 @@ impl Pacing {
                 Lanes {
                     parent: parent.clone(),
                     lanes: Vec::new(),
+                    slots: HashMap::new(),
                 },
             );
         }
         let Some(entry) = g.get_mut(listener) else {
-            return parent.clone();
+            return Lane {
+                scope: parent.clone(),
+                held: None,
+            };
         };
         // The node hands out one scope per listener until it is closed: a closed
         // parent means a new one.
         if entry.parent.is_closed() {
             entry.parent = parent.clone();
             entry.lanes.clear();
+            entry.slots.clear();
             // A new generation of sessions: a later close has a reason only if it is
             // paced again.
             self.reason.store(0, Ordering::Release);
+        }
+        if let Some(slot) = slot {
+            let lane = entry.slots.entry(slot).or_insert_with(|| SlotLane {
+                scope: parent.child(),
+                held: Arc::new(()),
+            });
+            if lane.scope.is_closed() {
+                *lane = SlotLane {
+                    scope: parent.child(),
+                    held: Arc::new(()),
+                };
+            }
+            return Lane {
+                scope: lane.scope.clone(),
+                held: Some(lane.held.clone()),
+            };
         }
         if entry.lanes.is_empty() {
             entry.lanes = (0..LANES).map(|_| parent.child()).collect();
@@ -112,7 +162,37 @@ impl Pacing {
         if entry.lanes[i].is_closed() {
             entry.lanes[i] = parent.child();
         }
-        entry.lanes[i].clone()
+        Lane {
+            scope: entry.lanes[i].clone(),
+            held: None,
+        }
+    }
+
+    /// Every open lane with sessions: the round-robin ones (their sessions are not
+    /// counted) and the slots' that hold any.
+    fn open_lanes(&self) -> Vec<SessionScope> {
+        let g = crate::sync::lock(&self.lanes);
+        g.values()
+            .flat_map(|l| {
+                l.lanes.iter().cloned().chain(
+                    l.slots
+                        .values()
+                        .filter(|s| s.sessions() > 0)
+                        .map(|s| s.scope.clone()),
+                )
+            })
+            .filter(|s| !s.is_closed())
+            .collect()
+    }
+
+    /// The open slot lanes with sessions: (slot, lane, sessions).
+    fn slot_lanes(&self) -> Vec<(u16, SessionScope, usize)> {
+        let g = crate::sync::lock(&self.lanes);
+        g.values()
+            .flat_map(|l| l.slots.iter())
+            .filter(|(_, s)| !s.scope.is_closed() && s.sessions() > 0)
+            .map(|(slot, s)| (*slot, s.scope.clone(), s.sessions()))
+            .collect()
     }
 
     /// What a session closed right now should be told (MQTT 5), if anything.
@@ -138,10 +218,7 @@ impl Pacing {
         self.cancel.store(false, Ordering::SeqCst);
         self.running.store(true, Ordering::SeqCst);
         self.reason.store(USE_ANOTHER_SERVER, Ordering::Release);
-        let all: Vec<SessionScope> = {
-            let g = crate::sync::lock(&self.lanes);
-            g.values().flat_map(|l| l.lanes.iter().cloned()).collect()
-        };
+        let all = self.open_lanes();
         let per_lane = active as f64 / all.len().max(1) as f64;
         let pause = if rate == 0 {
             Duration::ZERO
@@ -177,13 +254,8 @@ impl Pacing {
     /// sessions / lanes) clients away. Returns the sessions those lanes held roughly.
     pub async fn close_some(&self, lanes: usize, pause: Duration) {
         self.reason.store(USE_ANOTHER_SERVER, Ordering::Release);
-        let picked: Vec<SessionScope> = {
-            let g = crate::sync::lock(&self.lanes);
-            g.values()
-                .flat_map(|l| l.lanes.iter().filter(|s| !s.is_closed()).cloned())
-                .take(lanes)
-                .collect()
-        };
+        let mut picked = self.open_lanes();
+        picked.truncate(lanes);
         for (i, lane) in picked.iter().enumerate() {
             lane.close();
             if i + 1 < picked.len() && !pause.is_zero() {
@@ -321,11 +393,7 @@ pub fn rebalance(
             continue;
         }
         let excess = active - mean.round() as usize;
-        let lanes_held = crate::sync::lock(&n.pacing.lanes)
-            .values()
-            .map(|l| l.lanes.len())
-            .sum::<usize>()
-            .max(1);
+        let lanes_held = n.pacing.open_lanes().len().max(1);
         let per_lane = active as f64 / lanes_held as f64;
         let lanes = ((excess as f64 / per_lane).round() as usize).max(1);
         let pause = if rate == 0 {
@@ -341,12 +409,15 @@ pub fn rebalance(
     plan
 }
 
-/// `balance = "hash"`: each ready node that is up closes exactly the sessions whose key's
-/// owner (rendezvous over the ready nodes that are up, as routing picks) is another
-/// node, `rate` a second (jittered), MQTT 5 clients told 0x9C; a moved key's sticky
-/// entry is rewritten to its owner first, so the client lands there. The tolerance
-/// does not apply: the hash decides. Returns (node, sessions to move) per node.
+/// `balance = "hash"`: each ready node that is up closes exactly the sessions whose
+/// key's owner (rendezvous over the ready nodes that are up, as routing picks) is
+/// another node — the lanes of the slots another node owns — about `rate` sessions a
+/// second (jittered), MQTT 5 clients told 0x9C. The sticky entries of those slots that
+/// point to the node are rewritten to their owner first (clients offline now
+/// included), so the clients land there. The tolerance does not apply: the hash
+/// decides. Returns (node, sessions to move) per node.
 pub fn rebalance_hash(cluster: &Arc<crate::cluster::Cluster>, rate: u32) -> Vec<(String, usize)> {
+    use crate::cluster::balance;
     let nodes: Vec<Arc<Node>> = cluster
         .nodes()
         .iter()
@@ -359,35 +430,59 @@ pub fn rebalance_hash(cluster: &Arc<crate::cluster::Cluster>, rate: u32) -> Vec<
         return Vec::new();
     };
     let owners: Vec<&Arc<Node>> = nodes.iter().collect();
-    let pause = if rate == 0 {
-        Duration::ZERO
-    } else {
-        Duration::from_secs_f64(1.0 / f64::from(rate))
+    let owner = |slot: u16| {
+        balance::rendezvous_slot(slot, owners.clone())
+            .first()
+            .map(|o| o.name.clone())
     };
     let mut plan = Vec::new();
+    // Per node: the slots it gives away, with their owner.
+    let mut giving: HashMap<String, HashMap<u16, String>> = HashMap::new();
     for n in &nodes {
         let mut moving = Vec::new();
-        for (key, scope) in n.members.snapshot() {
-            let owner = crate::cluster::balance::rendezvous(&key, owners.clone())
-                .first()
-                .map(|o| o.name.clone());
-            let Some(owner) = owner.filter(|o| *o != n.name) else {
+        for (slot, lane, sessions) in n.pacing.slot_lanes() {
+            let Some(to) = owner(slot).filter(|o| *o != n.name) else {
                 continue;
             };
-            if cluster.sticky.get(&key).is_some() {
-                cluster.sticky.record(&key, &owner);
-            }
-            moving.push(scope);
+            giving.entry(n.name.clone()).or_default().insert(slot, to);
+            moving.push((lane, sessions));
         }
         if moving.is_empty() {
             continue;
         }
-        plan.push((n.name.clone(), moving.len()));
+        plan.push((n.name.clone(), moving.iter().map(|(_, k)| k).sum()));
         n.pacing.reason.store(USE_ANOTHER_SERVER, Ordering::Release);
+    }
+    if giving.is_empty() {
+        return plan;
+    }
+    for u in cluster.sticky.export() {
+        let Some(to) = u
+            .node
+            .as_deref()
+            .and_then(|from| giving.get(from))
+            .and_then(|slots| slots.get(&balance::slot(&u.key)))
+        else {
+            continue;
+        };
+        cluster.sticky.record(&u.key, to);
+    }
+    for n in &nodes {
+        let Some(slots) = giving.get(&n.name) else {
+            continue;
+        };
+        let moving: Vec<(SessionScope, usize)> = n
+            .pacing
+            .slot_lanes()
+            .into_iter()
+            .filter(|(slot, _, _)| slots.contains_key(slot))
+            .map(|(_, lane, k)| (lane, k))
+            .collect();
         handle.spawn(async move {
-            for (i, s) in moving.iter().enumerate() {
-                s.close();
-                if i + 1 < moving.len() && !pause.is_zero() {
+            for (i, (lane, sessions)) in moving.iter().enumerate() {
+                lane.close();
+                if i + 1 < moving.len() && rate > 0 {
+                    let pause = Duration::from_secs_f64(*sessions as f64 / f64::from(rate));
                     tokio::time::sleep(jitter(pause, i)).await;
                 }
             }
@@ -404,18 +499,47 @@ mod tests {
     fn lanes_are_children_of_the_node_scope_and_jitter_stays_within_a_quarter() {
         let p = Pacing::default();
         let parent = SessionScope::root();
-        let a = p.lane("mqtt", &parent);
-        let b = p.lane("mqtt", &parent);
+        let a = p.lane("mqtt", &parent, None).scope;
+        let b = p.lane("mqtt", &parent, None).scope;
         b.close();
         assert!(!a.is_closed());
         parent.close();
         assert!(a.is_closed() && b.is_closed());
         let fresh = SessionScope::root();
-        assert!(!p.lane("mqtt", &fresh).is_closed());
+        assert!(!p.lane("mqtt", &fresh, None).scope.is_closed());
         for i in 0..200 {
             let j = jitter(Duration::from_millis(100), i);
             assert!(j >= Duration::from_millis(75) && j <= Duration::from_millis(125));
         }
         assert_eq!(p.close_reason(), None);
+    }
+
+    #[test]
+    fn slot_lanes_count_their_sessions_and_start_over_once_closed() {
+        let p = Pacing::default();
+        let parent = SessionScope::root();
+        let a = p.lane("mqtt", &parent, Some(7));
+        let b = p.lane("mqtt", &parent, Some(7));
+        let c = p.lane("mqtt", &parent, Some(9));
+        let counts = |p: &Pacing| {
+            let mut v: Vec<(u16, usize)> =
+                p.slot_lanes().into_iter().map(|(s, _, k)| (s, k)).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(counts(&p), vec![(7, 2), (9, 1)]);
+        drop(b);
+        drop(c);
+        assert_eq!(
+            counts(&p),
+            vec![(7, 1)],
+            "a lane with no session is not listed"
+        );
+        a.scope.close();
+        assert!(counts(&p).is_empty(), "a closed lane is not listed");
+        let d = p.lane("mqtt", &parent, Some(7));
+        assert!(!d.scope.is_closed(), "a closed slot lane is made anew");
+        assert_eq!(counts(&p), vec![(7, 1)]);
+        assert_eq!(p.open_lanes().len(), 1);
     }
 }

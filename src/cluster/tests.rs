@@ -173,7 +173,7 @@ fn hash_order_is_rendezvous_on_the_sticky_key() {
     for i in 0..50 {
         let id = format!("client-{i}");
         let mut want = ["node1", "node2", "node3"];
-        want.sort_by_key(|n| std::cmp::Reverse(balance::score(&id, n)));
+        want.sort_by_key(|n| std::cmp::Reverse(balance::score(balance::slot(&id), n)));
         let bytes = connect_bytes(false, &id, None, false);
         assert_eq!(pick_names(&c, &bytes), want, "{id}");
         // Same answer every time (no state involved).
@@ -214,14 +214,14 @@ fn least_conn_prefers_fewest_active() {
     let c = cluster("dynsec", "balance = \"least-conn\"", "");
     up_all(&c);
     let (n1, n2, n3) = (node(&c, "node1"), node(&c, "node2"), node(&c, "node3"));
-    let _a = [n1.connection_guard(), n1.connection_guard()];
-    let _b = n3.connection_guard();
+    let _a = [n1.connection_guard(None), n1.connection_guard(None)];
+    let _b = n3.connection_guard(None);
     let bytes = connect_bytes(false, "z", None, false);
     assert_eq!(pick_names(&c, &bytes), ["node2", "node3", "node1"]);
     let _c = [
-        n2.connection_guard(),
-        n2.connection_guard(),
-        n2.connection_guard(),
+        n2.connection_guard(None),
+        n2.connection_guard(None),
+        n2.connection_guard(None),
     ];
     assert_eq!(pick_names(&c, &bytes), ["node3", "node1", "node2"]);
 }
