@@ -264,7 +264,7 @@ pub async fn serve<S>(
         broker,
         sticky,
         closed,
-        lane_held,
+        hash_slot,
         started,
         held,
         forwarded,
@@ -358,7 +358,7 @@ pub async fn serve<S>(
         .inc();
     let active = data.metrics.connections_active.with_label_values(&labels);
     active.inc();
-    let guard = node.connection_guard(lane_held);
+    let guard = node.connection_guard(hash_slot);
     let keep = Keep {
         metrics: data.metrics.clone(),
         lst: lst.clone(),
@@ -451,8 +451,8 @@ struct Routed {
     broker: Broker,
     sticky: Option<StickyWrite>,
     closed: SessionScope,
-    /// Counts the session in its hash slot's lane (`crate::cluster::pacing::Lane`).
-    lane_held: Option<std::sync::Arc<()>>,
+    /// The session's hash slot (`balance = "hash"`; `crate::cluster::slots`).
+    hash_slot: Option<u16>,
     started: Instant,
     /// Bytes forwarded before the relay (the CONNECT and what followed it).
     forwarded: u64,
@@ -514,7 +514,7 @@ async fn route<S: AsyncRead + Unpin>(
     let tls = cluster.tls();
     // `balance = "hash"`: the session waits on its key's slot's lane, so that a
     // rebalance can move exactly the clients whose owner changed.
-    let slot = (cfg.balance == crate::config::Balance::Hash)
+    let hash_slot = (cfg.balance == crate::config::Balance::Hash)
         .then(|| crate::cluster::sticky_key(cfg.sticky.key, connect))
         .flatten()
         .map(crate::cluster::balance::slot);
@@ -541,9 +541,9 @@ async fn route<S: AsyncRead + Unpin>(
             };
             // Subscribe to the node's session handle before forwarding, so that a
             // node marked down from now on also closes this session.
-            let lane = node
-                .pacing
-                .lane(lname, &node.session_token(lname, &lst.closed), slot);
+            let closed =
+                node.pacing
+                    .lane(lname, &node.session_token(lname, &lst.closed), hash_slot);
             let extra_now: &[u8] = if hold { &[] } else { &extra };
             let first = crate::upstream::forward_first(
                 cfg,
@@ -571,8 +571,8 @@ async fn route<S: AsyncRead + Unpin>(
                         node: node.clone(),
                         broker,
                         sticky: pick.sticky,
-                        closed: lane.scope,
-                        lane_held: lane.held,
+                        closed,
+                        hash_slot,
                         started,
                         forwarded: (buf.len() + extra_now.len()) as u64,
                         held: if hold {

@@ -89,6 +89,8 @@ pub struct Node {
     pub admission: crate::rate::ConnectBucket,
     /// Lanes of sessions for paced closes (`crate::pacing`).
     pub pacing: crate::cluster::pacing::Pacing,
+    /// Live sessions per hash slot (`balance = "hash"`, `crate::cluster::slots`).
+    pub slots: crate::cluster::slots::SlotCounts,
 }
 
 impl Node {
@@ -113,6 +115,7 @@ impl Node {
             tasks: CancellationToken::new(),
             admission: Default::default(),
             pacing: Default::default(),
+            slots: Default::default(),
         }
     }
 
@@ -217,33 +220,45 @@ impl Node {
         }
     }
 
-    /// Count a connection for `least-conn`, `/status` and the active gauge; undone on
-    /// drop. `lane_held` counts it in its hash slot's lane until then
-    /// (`crate::cluster::pacing::Lane`).
-    pub fn connection_guard(self: &Arc<Self>, lane_held: Option<Arc<()>>) -> ActiveGuard {
+    /// Count a connection for `least-conn`, `/status` and the active gauge (and under
+    /// its hash `slot`, if placed by hash); undone on drop.
+    pub fn connection_guard(self: &Arc<Self>, slot: Option<u16>) -> ActiveGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.relayed.fetch_add(1, Ordering::Relaxed);
+        if let Some(s) = slot {
+            self.slots.add(s);
+        }
         ActiveGuard {
             node: self.clone(),
-            _lane: lane_held,
+            slot,
         }
     }
 }
 
 pub struct ActiveGuard {
     node: Arc<Node>,
-    /// Dropped with the guard: uncounts the session from its slot's lane.
-    _lane: Option<Arc<()>>,
+    /// The session's hash slot (`balance = "hash"`), counted in `Node::slots`.
+    slot: Option<u16>,
 }
 
 impl ActiveGuard {
     pub fn node(&self) -> &Arc<Node> {
         &self.node
     }
+
+    /// The session's lane closed: the scope to wait on from now on when a hash
+    /// rebalance closed it and the session's slot stays on this node
+    /// (`crate::cluster::pacing::Pacing::survive`); `None`: the session ends.
+    pub fn survive(&self, listener: &str) -> Option<crate::sessions::SessionScope> {
+        self.node.pacing.survive(listener, self.slot?)
+    }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.node.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(s) = self.slot {
+            self.node.slots.remove(s);
+        }
     }
 }

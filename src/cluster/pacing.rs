@@ -17,6 +17,7 @@
 //! another server" for a paced close, 0x8B "server shutting down" when the gateway
 //! itself stops ([`set_shutting_down`]).
 
+use crate::cluster::slots::Moving;
 use crate::cluster::{Health, Node};
 use crate::metrics::Metrics;
 use crate::sessions::{CloseCause, SessionScope};
@@ -80,39 +81,23 @@ pub struct Pacing {
 
 struct Lanes {
     parent: SessionScope,
-    /// Round-robin lanes, made on first use.
+    /// Round-robin lanes (a hash-placed session: its slot's, `slot % LANES`), made on
+    /// first use.
     lanes: Vec<SessionScope>,
-    /// `balance = "hash"`: a lane per hash slot that has had a session since the
-    /// parent opened.
-    slots: HashMap<u16, SlotLane>,
-}
-
-/// A slot's lane and its sessions: each holds a clone of `held` (its [`Lane::held`]),
-/// so the strong count less one is how many live in it.
-struct SlotLane {
-    scope: SessionScope,
-    held: Arc<()>,
-}
-
-impl SlotLane {
-    fn sessions(&self) -> usize {
-        Arc::strong_count(&self.held) - 1
-    }
-}
-
-/// The lane a new session waits on.
-pub struct Lane {
-    pub scope: SessionScope,
-    /// Kept by the session while it lives (slot lanes only): counts it in its lane.
-    pub held: Option<Arc<()>>,
+    /// Per lane: the hash rebalance that closed it last, if that is what closed it
+    /// (its sessions of slots not moving carry on, [`Pacing::survive`]).
+    moved: Vec<Option<Arc<Moving>>>,
 }
 
 impl Pacing {
-    /// The lane a new session through listener `listener` waits on: a lane under
-    /// `parent` (the node's scope for that listener); `slot`'s lane for a session
-    /// placed by hash, else the next round-robin lane.
-    pub fn lane(&self, listener: &str, parent: &SessionScope, slot: Option<u16>) -> Lane {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % LANES;
+    /// The scope a new session through listener `listener` waits on: a lane under
+    /// `parent` (the node's scope for that listener): its hash slot's lane for a
+    /// session placed by hash, else the next lane round-robin.
+    pub fn lane(&self, listener: &str, parent: &SessionScope, slot: Option<u16>) -> SessionScope {
+        let i = match slot {
+            Some(s) => usize::from(s) % LANES,
+            None => self.next.fetch_add(1, Ordering::Relaxed) % LANES,
+        };
         let mut g = crate::sync::lock(&self.lanes);
         if !g.contains_key(listener) {
             g.insert(
@@ -120,79 +105,103 @@ impl Pacing {
                 Lanes {
                     parent: parent.clone(),
                     lanes: Vec::new(),
-                    slots: HashMap::new(),
+                    moved: Vec::new(),
                 },
             );
         }
         let Some(entry) = g.get_mut(listener) else {
-            return Lane {
-                scope: parent.clone(),
-                held: None,
-            };
+            return parent.clone();
         };
         // The node hands out one scope per listener until it is closed: a closed
         // parent means a new one.
         if entry.parent.is_closed() {
             entry.parent = parent.clone();
             entry.lanes.clear();
-            entry.slots.clear();
+            entry.moved.clear();
             // A new generation of sessions: a later close has a reason only if it is
             // paced again.
             self.reason.store(0, Ordering::Release);
         }
-        if let Some(slot) = slot {
-            let lane = entry.slots.entry(slot).or_insert_with(|| SlotLane {
-                scope: parent.child(),
-                held: Arc::new(()),
-            });
-            if lane.scope.is_closed() {
-                *lane = SlotLane {
-                    scope: parent.child(),
-                    held: Arc::new(()),
-                };
-            }
-            return Lane {
-                scope: lane.scope.clone(),
-                held: Some(lane.held.clone()),
-            };
-        }
         if entry.lanes.is_empty() {
             entry.lanes = (0..LANES).map(|_| parent.child()).collect();
+            entry.moved = vec![None; LANES];
         }
         if entry.lanes[i].is_closed() {
             entry.lanes[i] = parent.child();
         }
-        Lane {
-            scope: entry.lanes[i].clone(),
-            held: None,
+        entry.lanes[i].clone()
+    }
+
+    /// A session of hash slot `slot` through `listener` found its lane closed: when a
+    /// hash rebalance closed it and `slot` is not one it moves, the scope to wait on
+    /// from now on (the lane anew); `None` when the session is to end.
+    pub fn survive(&self, listener: &str, slot: u16) -> Option<SessionScope> {
+        let i = usize::from(slot) % LANES;
+        let mut g = crate::sync::lock(&self.lanes);
+        let entry = g.get_mut(listener)?;
+        if entry.parent.is_closed() {
+            return None;
+        }
+        let moving = entry.moved.get(i)?.as_ref()?;
+        if moving.contains(slot) {
+            return None;
+        }
+        if entry.lanes[i].is_closed() {
+            entry.lanes[i] = entry.parent.child();
+        }
+        Some(entry.lanes[i].clone())
+    }
+
+    /// Forget what hash rebalances closed: a close of another kind is starting, and
+    /// every session it closes is to end.
+    fn forget_moves(&self) {
+        for l in crate::sync::lock(&self.lanes).values_mut() {
+            l.moved.iter_mut().for_each(|m| *m = None);
         }
     }
 
-    /// Every open lane with sessions: the round-robin ones (their sessions are not
-    /// counted) and the slots' that hold any.
+    /// Every open lane.
     fn open_lanes(&self) -> Vec<SessionScope> {
         let g = crate::sync::lock(&self.lanes);
         g.values()
-            .flat_map(|l| {
-                l.lanes.iter().cloned().chain(
-                    l.slots
-                        .values()
-                        .filter(|s| s.sessions() > 0)
-                        .map(|s| s.scope.clone()),
-                )
-            })
+            .flat_map(|l| l.lanes.iter().cloned())
             .filter(|s| !s.is_closed())
             .collect()
     }
 
-    /// The open slot lanes with sessions: (slot, lane, sessions).
-    fn slot_lanes(&self) -> Vec<(u16, SessionScope, usize)> {
-        let g = crate::sync::lock(&self.lanes);
-        g.values()
-            .flat_map(|l| l.slots.iter())
-            .filter(|(_, s)| !s.scope.is_closed() && s.sessions() > 0)
-            .map(|(slot, s)| (*slot, s.scope.clone(), s.sessions()))
-            .collect()
+    /// A hash rebalance: close the lanes holding `moving`'s slots, one after the
+    /// other, pausing `sessions in the lane` / `rate` seconds between two (jittered);
+    /// their sessions of other slots carry on ([`survive`](Self::survive)).
+    /// `per_lane`: sessions of moving slots per lane.
+    pub async fn close_moving(&self, moving: Arc<Moving>, per_lane: Vec<usize>, rate: u32) {
+        self.reason.store(USE_ANOTHER_SERVER, Ordering::Release);
+        let picked: Vec<(usize, usize)> = per_lane
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| **k > 0)
+            .map(|(i, k)| (i, *k))
+            .collect();
+        for (n, (i, sessions)) in picked.iter().enumerate() {
+            let lanes: Vec<SessionScope> = {
+                let mut g = crate::sync::lock(&self.lanes);
+                g.values_mut()
+                    .filter_map(|l| {
+                        let lane = l.lanes.get(*i)?.clone();
+                        if let Some(m) = l.moved.get_mut(*i) {
+                            *m = Some(moving.clone());
+                        }
+                        Some(lane)
+                    })
+                    .collect()
+            };
+            for lane in lanes {
+                lane.close();
+            }
+            if n + 1 < picked.len() && rate > 0 {
+                let pause = Duration::from_secs_f64(*sessions as f64 / f64::from(rate));
+                tokio::time::sleep(jitter(pause, n)).await;
+            }
+        }
     }
 
     /// What a session closed right now should be told (MQTT 5), if anything.
@@ -217,6 +226,7 @@ impl Pacing {
     ) {
         self.cancel.store(false, Ordering::SeqCst);
         self.running.store(true, Ordering::SeqCst);
+        self.forget_moves();
         self.reason.store(USE_ANOTHER_SERVER, Ordering::Release);
         let all = self.open_lanes();
         let per_lane = active as f64 / all.len().max(1) as f64;
@@ -254,6 +264,7 @@ impl Pacing {
     /// sessions / lanes) clients away. Returns the sessions those lanes held roughly.
     pub async fn close_some(&self, lanes: usize, pause: Duration) {
         self.reason.store(USE_ANOTHER_SERVER, Ordering::Release);
+        self.forget_moves();
         let mut picked = self.open_lanes();
         picked.truncate(lanes);
         for (i, lane) in picked.iter().enumerate() {
@@ -368,7 +379,7 @@ pub fn rebalance(
     tolerance: f64,
 ) -> Vec<(String, usize)> {
     if cluster.config().balance == crate::config::Balance::Hash {
-        return rebalance_hash(cluster, rate);
+        return crate::cluster::slots::rebalance_hash(cluster, rate);
     }
     let nodes: Vec<Arc<Node>> = cluster
         .nodes()
@@ -409,88 +420,6 @@ pub fn rebalance(
     plan
 }
 
-/// `balance = "hash"`: each ready node that is up closes exactly the sessions whose
-/// key's owner (rendezvous over the ready nodes that are up, as routing picks) is
-/// another node — the lanes of the slots another node owns — about `rate` sessions a
-/// second (jittered), MQTT 5 clients told 0x9C. The sticky entries of those slots that
-/// point to the node are rewritten to their owner first (clients offline now
-/// included), so the clients land there. The tolerance does not apply: the hash
-/// decides. Returns (node, sessions to move) per node.
-pub fn rebalance_hash(cluster: &Arc<crate::cluster::Cluster>, rate: u32) -> Vec<(String, usize)> {
-    use crate::cluster::balance;
-    let nodes: Vec<Arc<Node>> = cluster
-        .nodes()
-        .iter()
-        .filter(|n| {
-            n.health() == Health::Up && n.admin_state() == crate::cluster::AdminState::Ready
-        })
-        .cloned()
-        .collect();
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        return Vec::new();
-    };
-    let owners: Vec<&Arc<Node>> = nodes.iter().collect();
-    let owner = |slot: u16| {
-        balance::rendezvous_slot(slot, owners.clone())
-            .first()
-            .map(|o| o.name.clone())
-    };
-    let mut plan = Vec::new();
-    // Per node: the slots it gives away, with their owner.
-    let mut giving: HashMap<String, HashMap<u16, String>> = HashMap::new();
-    for n in &nodes {
-        let mut moving = Vec::new();
-        for (slot, lane, sessions) in n.pacing.slot_lanes() {
-            let Some(to) = owner(slot).filter(|o| *o != n.name) else {
-                continue;
-            };
-            giving.entry(n.name.clone()).or_default().insert(slot, to);
-            moving.push((lane, sessions));
-        }
-        if moving.is_empty() {
-            continue;
-        }
-        plan.push((n.name.clone(), moving.iter().map(|(_, k)| k).sum()));
-        n.pacing.reason.store(USE_ANOTHER_SERVER, Ordering::Release);
-    }
-    if giving.is_empty() {
-        return plan;
-    }
-    for u in cluster.sticky.export() {
-        let Some(to) = u
-            .node
-            .as_deref()
-            .and_then(|from| giving.get(from))
-            .and_then(|slots| slots.get(&balance::slot(&u.key)))
-        else {
-            continue;
-        };
-        cluster.sticky.record(&u.key, to);
-    }
-    for n in &nodes {
-        let Some(slots) = giving.get(&n.name) else {
-            continue;
-        };
-        let moving: Vec<(SessionScope, usize)> = n
-            .pacing
-            .slot_lanes()
-            .into_iter()
-            .filter(|(slot, _, _)| slots.contains_key(slot))
-            .map(|(_, lane, k)| (lane, k))
-            .collect();
-        handle.spawn(async move {
-            for (i, (lane, sessions)) in moving.iter().enumerate() {
-                lane.close();
-                if i + 1 < moving.len() && rate > 0 {
-                    let pause = Duration::from_secs_f64(*sessions as f64 / f64::from(rate));
-                    tokio::time::sleep(jitter(pause, i)).await;
-                }
-            }
-        });
-    }
-    plan
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,14 +428,14 @@ mod tests {
     fn lanes_are_children_of_the_node_scope_and_jitter_stays_within_a_quarter() {
         let p = Pacing::default();
         let parent = SessionScope::root();
-        let a = p.lane("mqtt", &parent, None).scope;
-        let b = p.lane("mqtt", &parent, None).scope;
+        let a = p.lane("mqtt", &parent, None);
+        let b = p.lane("mqtt", &parent, None);
         b.close();
         assert!(!a.is_closed());
         parent.close();
         assert!(a.is_closed() && b.is_closed());
         let fresh = SessionScope::root();
-        assert!(!p.lane("mqtt", &fresh, None).scope.is_closed());
+        assert!(!p.lane("mqtt", &fresh, None).is_closed());
         for i in 0..200 {
             let j = jitter(Duration::from_millis(100), i);
             assert!(j >= Duration::from_millis(75) && j <= Duration::from_millis(125));
@@ -515,31 +444,50 @@ mod tests {
     }
 
     #[test]
-    fn slot_lanes_count_their_sessions_and_start_over_once_closed() {
+    fn a_hash_rebalance_ends_only_the_sessions_of_moving_slots() {
         let p = Pacing::default();
         let parent = SessionScope::root();
-        let a = p.lane("mqtt", &parent, Some(7));
-        let b = p.lane("mqtt", &parent, Some(7));
-        let c = p.lane("mqtt", &parent, Some(9));
-        let counts = |p: &Pacing| {
-            let mut v: Vec<(u16, usize)> =
-                p.slot_lanes().into_iter().map(|(s, _, k)| (s, k)).collect();
-            v.sort();
-            v
-        };
-        assert_eq!(counts(&p), vec![(7, 2), (9, 1)]);
-        drop(b);
-        drop(c);
-        assert_eq!(
-            counts(&p),
-            vec![(7, 1)],
-            "a lane with no session is not listed"
+        // Slots 3 and 67 share lane 3.
+        let a = p.lane("mqtt", &parent, Some(3));
+        let b = p.lane("mqtt", &parent, Some(67));
+        let other = p.lane("mqtt", &parent, Some(4));
+        let moving = Arc::new(Moving::new([67u16]));
+        let mut per_lane = vec![0; LANES];
+        per_lane[3] = 1;
+        block_on(p.close_moving(moving, per_lane, 0));
+        assert!(a.is_closed() && b.is_closed(), "the lane of slot 67 closed");
+        assert!(!other.is_closed(), "other lanes stay");
+        let again = p
+            .survive("mqtt", 3)
+            .expect("slot 3 does not move: carries on");
+        assert!(!again.is_closed());
+        assert!(
+            p.survive("mqtt", 67).is_none(),
+            "slot 67 moves: its session ends"
         );
-        a.scope.close();
-        assert!(counts(&p).is_empty(), "a closed lane is not listed");
-        let d = p.lane("mqtt", &parent, Some(7));
-        assert!(!d.scope.is_closed(), "a closed slot lane is made anew");
-        assert_eq!(counts(&p), vec![(7, 1)]);
-        assert_eq!(p.open_lanes().len(), 1);
+        assert!(
+            p.survive("mqtt", 4).is_none(),
+            "lane 4 was not closed by a rebalance"
+        );
+        // Any other close forgets the rebalance: its sessions end.
+        again.close();
+        p.forget_moves();
+        assert!(p.survive("mqtt", 3).is_none());
+        // A closed parent: nothing survives.
+        let c = p.lane("mqtt", &parent, Some(5));
+        let mut per_lane = vec![0; LANES];
+        per_lane[5] = 1;
+        block_on(p.close_moving(Arc::new(Moving::new([69u16])), per_lane, 0));
+        assert!(c.is_closed());
+        parent.close();
+        assert!(p.survive("mqtt", 5).is_none());
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map(|rt| rt.block_on(f))
+            .unwrap_or_else(|e| panic!("runtime: {e}"))
     }
 }

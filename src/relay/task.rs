@@ -141,7 +141,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> Future for RelayTask<S,
         let epoch = crate::sessions::epoch();
         if *this.seen_epoch != epoch {
             *this.seen_epoch = epoch;
-            if this.closed.as_mut().poll(cx).is_ready() {
+            while this.closed.as_mut().poll(cx).is_ready() {
+                // A hash rebalance closed the lane, and this session's slot stays:
+                // wait on the lane anew (polled at once, so it registers the waker).
+                if let Some(next) = this.keep.node.survive(&this.keep.lst.config.name) {
+                    this.closed.set(next.wait());
+                    continue;
+                }
                 tracing::debug!(
                     "session closed by the gateway (node down, maintenance, removal or shutdown)"
                 );
