@@ -44,6 +44,7 @@ mod reload;
 mod restart;
 mod secret_files;
 mod sessions;
+mod sessions_close;
 mod shaping;
 mod shutdown;
 mod single_live;

@@ -2,7 +2,7 @@
 //! subscriptions survive a node's death. Three real Mosquitto nodes, 12 paho-mqtt
 //! devices (half MQTT 3.1.1 clean session 0, half MQTT 5 with a session expiry) that
 //! subscribe once and auto-reconnect. The node holding most of them is killed
-//! (SIGKILL) — or put in `maint` — and after they have reconnected through mqgate to
+//! (SIGKILL) — or put in `maint`, or a rebalance moves some — and after they have reconnected through mqgate to
 //! nodes that never saw them, a backend publishes at QoS 1 on every live node directly:
 //! every device must receive its command. Clients that keep no session stay on the
 //! byte relay.
@@ -104,11 +104,13 @@ fn transcripts(devices: &[Device]) -> String {
         .collect()
 }
 
-/// How the node holding most devices leaves.
+/// How devices are moved: the node holding most of them leaves, or a rebalance moves
+/// those whose hash owner is a node that was drained while they connected.
 #[derive(Clone, Copy, Debug)]
 enum Leave {
     Killed,
     Maint,
+    Rebalance,
 }
 
 fn survive(leave: Leave) {
@@ -129,6 +131,11 @@ fn survive(leave: Leave) {
         gate.wait_node_up(n);
     }
     let admin = gate.admin_port;
+    if let Leave::Rebalance = leave {
+        // node3 takes nobody while the devices connect: it is the node a rebalance
+        // fills (`balance = "hash"`, the default).
+        set_node_state(admin, "node3", "drain");
+    }
 
     // 1. The devices connect through mqgate and subscribe once.
     let devices: Vec<Device> = (0..DEVICES).map(|i| Device::start(listen, i)).collect();
@@ -161,7 +168,7 @@ fn survive(leave: Leave) {
     assert_eq!(v["subscriptions"][0]["topic"], "cmd/dev-1", "{body}");
     assert_eq!(v["subscriptions"][0]["qos"], 1, "{body}");
 
-    // 2. The node with the most devices leaves.
+    // 2. The node with the most devices leaves, or a rebalance moves some.
     let home: HashMap<String, String> = devices
         .iter()
         .map(|d| {
@@ -173,17 +180,53 @@ fn survive(leave: Leave) {
     for n in home.values() {
         *counts.entry(n.as_str()).or_default() += 1;
     }
-    let (victim, moved) = counts
+    let (mut victim, mut moved) = counts
         .iter()
         .max_by_key(|(_, c)| **c)
         .map(|(n, c)| (n.to_string(), *c))
         .unwrap_or_default();
-    assert!(moved > 0);
     let vi = nodes.iter().position(|m| m.name == victim).unwrap_or(0);
     match leave {
         Leave::Killed => nodes[vi].stop(),
         Leave::Maint => set_node_state(admin, &victim, "maint"),
+        Leave::Rebalance => {
+            assert!(
+                !counts.contains_key("node3"),
+                "node3 was drained: {counts:?}"
+            );
+            set_node_state(admin, "node3", "ready");
+            let out = mqgate(&[
+                "cluster",
+                "rebalance",
+                "brokers",
+                "--rate",
+                "20",
+                "--admin",
+                &format!("http://127.0.0.1:{admin}"),
+            ]);
+            let said = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(
+                out.status.success() && said.contains("moving clients at 20/s"),
+                "{said}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // The moved devices' sticky entries were rewritten to node3 before their
+            // sessions were closed.
+            victim = "node3".to_string();
+            moved = devices
+                .iter()
+                .filter(|d| sticky_node(admin, &d.id).as_deref() == Some("node3"))
+                .count();
+        }
     }
+    assert!(moved > 0, "{leave:?}: no device to move");
+    // The devices that move: those of the node that left, or those rebalanced.
+    let moves = |d: &Device| match leave {
+        Leave::Rebalance => home[&d.id] != sticky_node(admin, &d.id).unwrap_or_default(),
+        _ => home[&d.id] == victim,
+    };
+    let moving: Vec<bool> = devices.iter().map(moves).collect();
+    assert_eq!(moving.iter().filter(|m| **m).count(), moved);
 
     // 3. Its devices reconnect through mqgate to nodes that have no session for them;
     // mqgate replays their subscriptions before letting their traffic through.
@@ -193,22 +236,49 @@ fn survive(leave: Leave) {
             &[("cluster", "brokers"), ("result", "done")],
         ) >= moved as f64
     });
-    for d in &devices {
-        if home[&d.id] == victim {
-            assert!(
-                d.count("CONNECTED") >= 2,
-                "{} reconnected:\n{}",
-                d.id,
-                d.output()
-            );
-            assert_eq!(d.count("SUBSCRIBED"), 1, "{} subscribed only once", d.id);
-            let now = sticky_node(admin, &d.id).unwrap_or_default();
-            assert!(
+    for (d, _) in devices.iter().zip(&moving).filter(|(_, m)| **m) {
+        assert!(
+            d.count("CONNECTED") >= 2,
+            "{} reconnected:\n{}",
+            d.id,
+            d.output()
+        );
+        assert_eq!(d.count("SUBSCRIBED"), 1, "{} subscribed only once", d.id);
+        let now = sticky_node(admin, &d.id).unwrap_or_default();
+        match leave {
+            Leave::Rebalance => {
+                assert_eq!(now, "node3", "{} moved to node3", d.id);
+                // MQTT 5 devices were told why (paho prints the server's reason).
+                if d.id
+                    .trim_start_matches("dev-")
+                    .parse::<usize>()
+                    .unwrap_or(0)
+                    % 2
+                    == 1
+                {
+                    assert!(
+                        d.output().contains("DISCONNECTED Use another server"),
+                        "{} told DISCONNECT 0x9C:\n{}",
+                        d.id,
+                        d.output()
+                    );
+                }
+            }
+            _ => assert!(
                 !now.is_empty() && now != victim,
                 "{} moved off {victim}",
                 d.id
-            );
+            ),
         }
+    }
+    for (d, _) in devices.iter().zip(&moving).filter(|(_, m)| !**m) {
+        assert_eq!(
+            d.count("CONNECTED"),
+            1,
+            "{} did not move:\n{}",
+            d.id,
+            d.output()
+        );
     }
     assert_eq!(
         gate.metric(
@@ -219,7 +289,11 @@ fn survive(leave: Leave) {
     );
 
     // 4. The backend publishes each device's command at QoS 1 on every live node.
-    for m in nodes.iter().filter(|m| m.is_running() && m.name != victim) {
+    let live = |m: &&Mosquitto| match leave {
+        Leave::Rebalance => true,
+        _ => m.is_running() && m.name != victim,
+    };
+    for m in nodes.iter().filter(live) {
         let (mut c, _) = Client::accepted(m.port, &Connect::new(&format!("backend-{}", m.name)))
             .expect("backend");
         for d in &devices {
@@ -243,7 +317,7 @@ fn survive(leave: Leave) {
             ) >= moved as f64
         });
         let old = &nodes[vi];
-        for d in devices.iter().filter(|d| home[&d.id] == victim) {
+        for (d, _) in devices.iter().zip(&moving).filter(|(_, m)| **m) {
             let v5 =
                 d.id.trim_start_matches("dev-")
                     .parse::<usize>()
@@ -270,6 +344,12 @@ fn subscriptions_survive_a_killed_node() {
 #[test]
 fn subscriptions_survive_a_node_put_in_maint() {
     survive(Leave::Maint);
+}
+
+/// `mqgate cluster rebalance` moves persistent clients with their subscriptions.
+#[test]
+fn subscriptions_move_with_a_rebalance() {
+    survive(Leave::Rebalance);
 }
 
 /// Clients that keep no session never take the packet layer: the byte relay carries

@@ -302,6 +302,12 @@ impl Entry {
         self.rec.to_broker = n;
     }
 
+    /// Bytes relayed to the client before the relay's main loop (the packet-aware
+    /// relay's CONNACK and replay step).
+    pub fn relayed_to_client(&mut self, n: u64) {
+        self.rec.to_client += n;
+    }
+
     pub fn connack(&mut self, seen: ConnackSeen) {
         self.rec.connack = Some(seen);
     }
@@ -329,7 +335,7 @@ impl Entry {
             ..
         } = *self;
         rec.to_broker += to_broker;
-        rec.to_client = to_client;
+        rec.to_client += to_client;
         rec.duration = accepted.elapsed();
         rec.close = close.unwrap_or(Close::Shutdown);
         sink.send(rec);

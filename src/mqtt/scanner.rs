@@ -84,6 +84,14 @@ impl Scanner {
         }
     }
 
+    /// True while bytes of a packet of no interest are being passed on (or framing is
+    /// lost): a caller that forwards only what is reported is then in the middle of a
+    /// packet. Held bytes (a fixed header cut short, a packet being collected) have not
+    /// been reported yet.
+    pub fn passing(&self) -> bool {
+        matches!(self.state, State::Skip(_) | State::Lost)
+    }
+
     /// True at a packet boundary (nothing held, nothing left to skip).
     pub fn at_boundary(&self) -> bool {
         self.state == State::Header && self.hdr_len == 0

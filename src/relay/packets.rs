@@ -28,8 +28,9 @@
 //! unanswered (UN)SUBSCRIBEs.
 
 use super::task::BrokerStream;
-use super::task::{connack_timeout_reply, Keep, Observed, CLOSE_LINGER};
+use super::task::{connack_timeout_reply, Keep, Observed};
 use super::ConnackSink;
+use crate::access::{Close, ConnackSeen};
 use crate::config::ClusterConfig;
 use crate::mqtt::scanner::{Scanned, Scanner};
 use crate::mqtt::subscribe::{self as sp, CONNACK, SUBACK, SUBSCRIBE, UNSUBACK, UNSUBSCRIBE};
@@ -93,20 +94,20 @@ fn take(v: &[(u16, impl Sized)], id: u16) -> Option<usize> {
 impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> PacketRelay<S, B> {
     pub async fn run(mut self) {
         let cap = (self.cfg.sessions.max_bytes_per_client + 512).max(4096);
-        let scope = self.scope.clone();
-        let ended = tokio::select! {
-            r = self.connack_and_replay(cap) => r,
-            _ = scope.closed() => {
-                tracing::debug!("session closed by the gateway (node down, maintenance, removal or shutdown)");
-                return;
-            }
-        };
-        let Some(down) = ended else { return };
-        self.relay(cap, down).await;
+        match self.connack_and_replay(cap).await {
+            Ok(down) => self.relay(cap, down).await,
+            Err(close) => self.keep.finish_access(close, 0, 0),
+        }
     }
 
-    /// Steps 1 and 2; `None` when the connection is over.
-    async fn connack_and_replay(&mut self, cap: usize) -> Option<Scanner> {
+    /// Steps 1 and 2; `Err` when the connection is over (with why, for the access log,
+    /// unless recorded already).
+    ///
+    /// Closed by the gateway meanwhile: before the CONNACK the close is plain; after it
+    /// the client has been sent whole packets only, so an MQTT 5 client is told why at
+    /// once, as on the other relays (`super::polite`).
+    async fn connack_and_replay(&mut self, cap: usize) -> Result<Scanner, Option<Close>> {
+        let scope = self.scope.clone();
         let mut down = Scanner::new(&[CONNACK, SUBACK], cap);
         let mut buf = vec![0u8; CHUNK];
         let mut cbuf = vec![0u8; CHUNK];
@@ -119,7 +120,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> PacketRelay<S, B> {
         let v5 = self.keep.v5;
         loop {
             if connack.is_some() && replay.is_empty() {
-                return Some(down);
+                return Ok(down);
             }
             let sleep = async {
                 match deadline {
@@ -134,17 +135,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> PacketRelay<S, B> {
                         let reply = connack_timeout_reply(&self.keep);
                         let _ = self.client.write_all(&reply).await;
                         let _ = self.client.shutdown().await;
-                    } else {
-                        self.replay_result(false, replay.len(), "no SUBACK in time");
+                        if let Some(e) = self.keep.access.as_mut() {
+                            e.connack(ConnackSeen::Timeout);
+                        }
+                        return Err(Some(Close::ConnackTimeout));
                     }
-                    return None;
+                    self.replay_result(false, replay.len(), "no SUBACK in time");
+                    return Err(Some(Close::BrokerError));
                 }
                 r = self.broker.read(&mut buf) => {
                     let n = match r {
                         Ok(0) | Err(_) => {
                             tracing::debug!("broker closed before the session was restored");
                             let _ = self.client.shutdown().await;
-                            return None;
+                            return Err(Some(Close::Broker));
                         }
                         Ok(n) => n,
                     };
@@ -199,11 +203,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> PacketRelay<S, B> {
                         out.extend_from_slice(down.held());
                     }
                     if self.client.write_all(&out).await.is_err() {
-                        return None;
+                        return Err(Some(Close::ClientError));
+                    }
+                    if let Some(e) = self.keep.access.as_mut() {
+                        e.relayed_to_client(out.len() as u64);
                     }
                     if !to_broker.is_empty() {
                         if self.broker.write_all(&to_broker).await.is_err() {
-                            return None;
+                            return Err(Some(Close::BrokerError));
                         }
                         self.keep.node.node().metrics.to_broker.inc_by(to_broker.len() as u64);
                         deadline = Some(Instant::now() + self.cfg.sessions.replay_timeout);
@@ -218,10 +225,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> PacketRelay<S, B> {
                             // The client left: pass on what it sent and its close.
                             let _ = self.broker.write_all(&self.held).await;
                             let _ = self.broker.shutdown().await;
-                            return None;
+                            return Err(Some(Close::Client));
                         }
                         Ok(n) => self.held.extend_from_slice(&cbuf[..n]),
                     }
+                }
+                _ = scope.closed() => {
+                    tracing::debug!("session closed by the gateway (node down, maintenance, evacuation, rebalance, takeover, removal or shutdown)");
+                    self.keep.record_gateway_close();
+                    // After the CONNACK the client has been sent only what the scanner
+                    // passed: unless it is in the middle of passing a packet on, the
+                    // client's stream is at a packet boundary.
+                    if connack.is_some() && !down.passing() {
+                        if let Some(reason) = super::polite::close_reason(&self.keep) {
+                            super::polite::say_disconnect(&mut self.client, &self.keep, reason).await;
+                        }
+                    }
+                    return Err(None);
                 }
             }
         }
@@ -294,135 +314,58 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> PacketRelay<S, B> {
             .inc();
     }
 
-    /// Step 3: both directions, learning from (UN)SUBSCRIBE and their acknowledgements.
+    /// Step 3: both directions ([`super::polite::duplex`], which also closes the
+    /// session as the other relays do), learning from (UN)SUBSCRIBE and their
+    /// acknowledgements.
     async fn relay(self, cap: usize, mut down: Scanner) {
-        let self_cfg_restore = self.cfg.sessions.restore_subscriptions && self.persistent;
         let PacketRelay {
             client,
             mut broker,
             held,
             client_id,
             scope,
-            keep,
+            mut keep,
+            cfg,
+            persistent,
             ..
         } = self;
-        let v5 = keep.v5;
-        let node = keep.node.node().clone();
         let cluster = keep.lst.cluster.clone();
         let metrics = keep.metrics.clone();
         let learn = Learner {
-            on: self_cfg_restore,
+            on: cfg.sessions.restore_subscriptions && persistent,
             pending: Mutex::new(Pending::default()),
             client_id: &client_id,
-            v5,
+            v5: keep.v5,
             cluster: &cluster,
             metrics: &metrics,
         };
         down.set_types(&[SUBACK, UNSUBACK]);
         let mut up = Scanner::new(&[SUBSCRIBE, UNSUBSCRIBE], cap);
-        let (mut cr, mut cw) = tokio::io::split(client);
-        let client_broke = {
-            let (mut br, mut bw) = tokio::io::split(&mut broker);
-            let up_fut = async {
-                let mut first = Some(held);
-                let mut buf = vec![0u8; CHUNK];
-                loop {
-                    let data: &[u8] = match first.take() {
-                        Some(h) if !h.is_empty() => {
-                            buf.clear();
-                            buf.extend_from_slice(&h);
-                            &buf
-                        }
-                        _ => {
-                            buf.resize(CHUNK, 0);
-                            match cr.read(&mut buf).await {
-                                Ok(0) => {
-                                    let _ = bw.shutdown().await;
-                                    return Ok(());
-                                }
-                                Ok(n) => &buf[..n],
-                                Err(e) => return Err((true, e)),
-                            }
-                        }
-                    };
-                    up.feed(data, |ev| {
-                        if let Scanned::Whole(p) = ev {
-                            learn.client_packet(p);
-                        }
-                    });
-                    bw.write_all(data).await.map_err(|e| (false, e))?;
-                    node.metrics.to_broker.inc_by(data.len() as u64);
-                }
-            };
-            let down_fut = async {
-                let mut buf = vec![0u8; CHUNK];
-                loop {
-                    let n = match br.read(&mut buf).await {
-                        Ok(0) => {
-                            let _ = cw.shutdown().await;
-                            return Ok(());
-                        }
-                        Ok(n) => n,
-                        Err(e) => return Err((false, e)),
-                    };
-                    down.feed(&buf[..n], |ev| {
-                        if let Scanned::Whole(p) = ev {
-                            learn.broker_packet(p);
-                        }
-                    });
-                    cw.write_all(&buf[..n]).await.map_err(|e| (true, e))?;
-                    node.metrics.to_client.inc_by(n as u64);
-                }
-            };
-            tokio::pin!(up_fut, down_fut);
-            let (mut up_done, mut down_done) = (false, false);
-            let linger = tokio::time::sleep(CLOSE_LINGER);
-            tokio::pin!(linger);
-            let mut client_broke = false;
-            loop {
-                tokio::select! {
-                    r = &mut up_fut, if !up_done => match r {
-                        Ok(()) => {
-                            up_done = true;
-                            linger.as_mut().reset(Instant::now() + CLOSE_LINGER);
-                        }
-                        Err((c, e)) => {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                            client_broke = c;
-                            break;
-                        }
-                    },
-                    r = &mut down_fut, if !down_done => match r {
-                        Ok(()) => {
-                            down_done = true;
-                            linger.as_mut().reset(Instant::now() + CLOSE_LINGER);
-                        }
-                        Err((c, e)) => {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                            client_broke = c;
-                            break;
-                        }
-                    },
-                    _ = scope.closed() => {
-                        tracing::debug!("session closed by the gateway (node down, maintenance, removal or shutdown)");
-                        break;
+        super::polite::duplex(
+            client,
+            &mut broker,
+            held,
+            &scope,
+            &mut keep,
+            None,
+            down,
+            |data| {
+                up.feed(data, |ev| {
+                    if let Scanned::Whole(p) = ev {
+                        learn.client_packet(p);
                     }
-                    _ = &mut linger, if up_done || down_done => {
-                        tracing::debug!(linger = ?CLOSE_LINGER, "one side closed and the other did not follow; closing");
-                        break;
+                })
+            },
+            |data, down, _| {
+                down.feed(data, |ev| {
+                    if let Scanned::Whole(p) = ev {
+                        learn.broker_packet(p);
                     }
-                }
-                if up_done && down_done {
-                    tracing::debug!("connection closed");
-                    break;
-                }
-            }
-            client_broke
-        };
-        if client_broke {
-            // As the byte relay: pass the client's abort on.
-            let _ = broker.tcp().set_zero_linger();
-        }
+                });
+                true
+            },
+        )
+        .await;
         drop(keep);
     }
 }

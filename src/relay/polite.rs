@@ -12,11 +12,18 @@
 //!
 //! If the broker→client stream is mid-packet when the close comes, relaying goes on
 //! until the next boundary, for at most [`BOUNDARY_WAIT`]; past it the close is plain.
+//!
+//! The two directions and their ending ([`duplex`]: half-closes and [`CLOSE_LINGER`],
+//! a client's abort passed on, the DISCONNECT at a boundary, the access-log line) are
+//! shared with the packet-aware relay (`super::packets`), whose persistent clients are
+//! thus closed exactly as these are.
 
 use super::task::{connack_timeout_reply, BrokerStream, Keep, Observed, CLOSE_LINGER};
 use super::{ConnackObserver, CHUNK};
+use crate::access::{Close, ConnackSeen};
 use crate::mqtt::scanner::Scanner;
 use crate::sessions::SessionScope;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -41,12 +48,14 @@ fn taken_over(keep: &Keep) -> Option<u8> {
         .map(|_| SESSION_TAKEN_OVER)
 }
 
-/// How the broker→client direction ended.
+/// How the broker→client direction of [`duplex`] ended.
 enum Down {
     /// The broker closed (passed on as a half-close).
     Eof,
     /// The gateway closed the session (after a DISCONNECT or not).
     Closed,
+    /// The broker sent no CONNACK within `connack_timeout` (the client was told).
+    ConnackTimeout,
 }
 
 /// Relay `client` ⇄ `broker` (plain TCP, or TLS with `[clusters.X.tls]`) until either
@@ -62,52 +71,135 @@ pub async fn run<S, B>(
     S: AsyncRead + AsyncWrite + Unpin + Send,
     B: BrokerStream + Send,
 {
-    let mut sticky = keep.sticky.take();
-    let mut keep = keep;
+    let mut observer = ConnackObserver::new(started);
+    let connack_at = (!connack_timeout.is_zero()).then(|| started + connack_timeout);
+    duplex(
+        client,
+        &mut broker,
+        Vec::new(),
+        &scope,
+        &mut keep,
+        connack_at,
+        Scanner::new(&[], 0),
+        |_| {},
+        |data, scan, keep| {
+            scan.feed(data, |_| {});
+            let node = keep.node.node();
+            let mut sink = Observed {
+                metrics: &keep.metrics,
+                cluster: &keep.lst.cluster,
+                node,
+                sticky: &mut keep.sticky,
+                access: &mut keep.access,
+                live: &mut keep.live,
+            };
+            observer.feed(data, &mut sink);
+            observer.done
+        },
+    )
+    .await;
+    drop(keep);
+}
+
+/// What an MQTT 5 client of a session the gateway closes now is told, if anything:
+/// 0x8E when its id went live elsewhere, else the node's paced-close or shutdown
+/// reason. 3.x clients are told nothing (a plain close).
+pub(super) fn close_reason(keep: &Keep) -> Option<u8> {
+    if !keep.v5 {
+        return None;
+    }
+    taken_over(keep).or_else(|| keep.node.node().pacing.close_reason())
+}
+
+/// Send `reason` as a DISCONNECT (counted), then close the client's write side.
+pub(super) async fn say_disconnect<W: AsyncWrite + Unpin>(w: &mut W, keep: &Keep, reason: u8) {
+    tracing::debug!(reason, "DISCONNECT sent before the gateway's close");
+    keep.metrics
+        .shaping
+        .disconnects_sent
+        .with_label_values(&[
+            &keep.lst.cluster.name,
+            crate::cluster::pacing::reason_label(reason),
+        ])
+        .inc();
+    let _ = w.write_all(&disconnect_v5(reason)).await;
+    let _ = w.flush().await;
+    let _ = w.shutdown().await;
+}
+
+/// The two directions of the boundary-tracking relays (this module's [`run`] and the
+/// packet-aware relay's last step), and how they end: half-closes passed on with
+/// [`CLOSE_LINGER`], a client's abort passed on as a reset, the gateway's close told
+/// to MQTT 5 clients at a packet boundary of the broker→client stream (followed by
+/// `scan`, which `on_down` feeds), and the access-log line.
+///
+/// `first` goes to the broker before anything read from the client. `on_up` sees every
+/// chunk of client bytes before it is forwarded; `on_down` every chunk of broker
+/// bytes (with the scanner and `keep`) and answers whether the broker's CONNACK has
+/// been seen: until then `connack_at`, if any, is the CONNACK deadline.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn duplex<S, B, U, D>(
+    client: S,
+    broker: &mut B,
+    first: Vec<u8>,
+    scope: &SessionScope,
+    keep: &mut Keep,
+    connack_at: Option<Instant>,
+    mut scan: Scanner,
+    mut on_up: U,
+    mut on_down: D,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+    B: BrokerStream,
+    U: FnMut(&[u8]),
+    D: FnMut(&[u8], &mut Scanner, &mut Keep) -> bool,
+{
     let node = keep.node.node().clone();
+    let (to_broker, to_client) = (AtomicU64::new(0), AtomicU64::new(0));
     let (mut cr, mut cw) = tokio::io::split(client);
-    let client_broke = {
-        let (mut br, mut bw) = tokio::io::split(&mut broker);
+    let (client_broke, close) = {
+        let (mut br, mut bw) = tokio::io::split(&mut *broker);
         let up_fut = async {
             let mut buf = vec![0u8; CHUNK];
+            let mut first = Some(first).filter(|f| !f.is_empty());
             loop {
-                let n = match cr.read(&mut buf).await {
-                    Ok(0) => {
-                        let _ = bw.shutdown().await;
-                        return Ok(());
+                let n = match first.take() {
+                    Some(f) => {
+                        on_up(&f);
+                        bw.write_all(&f).await.map_err(|e| (false, e))?;
+                        f.len()
                     }
-                    Ok(n) => n,
-                    Err(e) => return Err((true, e)),
+                    None => {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) => {
+                                let _ = bw.shutdown().await;
+                                return Ok(());
+                            }
+                            Ok(n) => n,
+                            Err(e) => return Err((true, e)),
+                        };
+                        on_up(&buf[..n]);
+                        bw.write_all(&buf[..n]).await.map_err(|e| (false, e))?;
+                        n
+                    }
                 };
-                bw.write_all(&buf[..n]).await.map_err(|e| (false, e))?;
                 node.metrics.to_broker.inc_by(n as u64);
+                to_broker.fetch_add(n as u64, Ordering::Relaxed);
             }
         };
         let down_fut = async {
-            let mut scan = Scanner::new(&[], 0);
-            let mut observer = ConnackObserver::new(started);
             let mut buf = vec![0u8; CHUNK];
             let mut close_by: Option<Instant> = None;
-            let connack_at = (!connack_timeout.is_zero()).then(|| started + connack_timeout);
+            let mut connack_seen = connack_at.is_none();
             loop {
                 if close_by.is_some() && scan.at_boundary() {
-                    if let Some(reason) = taken_over(&keep).or_else(|| node.pacing.close_reason()) {
-                        tracing::debug!(reason, "DISCONNECT sent before the gateway's close");
-                        keep.metrics
-                            .shaping
-                            .disconnects_sent
-                            .with_label_values(&[
-                                &keep.lst.cluster.name,
-                                crate::cluster::pacing::reason_label(reason),
-                            ])
-                            .inc();
-                        let _ = cw.write_all(&disconnect_v5(reason)).await;
-                        let _ = cw.flush().await;
-                        let _ = cw.shutdown().await;
+                    if let Some(reason) = close_reason(keep) {
+                        say_disconnect(&mut cw, keep, reason).await;
                     }
                     return Ok(Down::Closed);
                 }
-                let connack_wait = connack_at.filter(|_| !observer.done);
+                let connack_wait = connack_at.filter(|_| !connack_seen);
+                let idle = connack_at.unwrap_or_else(Instant::now);
                 tokio::select! {
                     r = br.read(&mut buf) => {
                         let n = match r {
@@ -118,35 +210,28 @@ pub async fn run<S, B>(
                             Ok(n) => n,
                             Err(e) => return Err((false, e)),
                         };
-                        scan.feed(&buf[..n], |_| {});
-                        let mut sink = Observed {
-                            metrics: &keep.metrics,
-                            cluster: &keep.lst.cluster,
-                            node: &node,
-                            sticky: &mut sticky,
-                            access: &mut keep.access,
-                            live: &mut keep.live,
-                        };
-                        observer.feed(&buf[..n], &mut sink);
+                        connack_seen |= on_down(&buf[..n], &mut scan, keep);
                         cw.write_all(&buf[..n]).await.map_err(|e| (true, e))?;
                         node.metrics.to_client.inc_by(n as u64);
+                        to_client.fetch_add(n as u64, Ordering::Relaxed);
                     }
                     _ = scope.closed(), if close_by.is_none() => {
-                        tracing::debug!("session closed by the gateway (node down, maintenance, evacuation, removal or shutdown)");
-                        if taken_over(&keep).or_else(|| node.pacing.close_reason()).is_none() {
+                        tracing::debug!("session closed by the gateway (node down, maintenance, evacuation, rebalance, takeover, removal or shutdown)");
+                        keep.record_gateway_close();
+                        if close_reason(keep).is_none() {
                             return Ok(Down::Closed);
                         }
                         close_by = Some(Instant::now() + BOUNDARY_WAIT);
                     }
-                    _ = tokio::time::sleep_until(close_by.unwrap_or(started)), if close_by.is_some() => {
+                    _ = tokio::time::sleep_until(close_by.unwrap_or(idle)), if close_by.is_some() => {
                         tracing::debug!(wait = ?BOUNDARY_WAIT, "no packet boundary in time: plain close");
                         return Ok(Down::Closed);
                     }
-                    _ = tokio::time::sleep_until(connack_wait.unwrap_or(started)), if connack_wait.is_some() => {
-                        let reply = connack_timeout_reply(&keep);
+                    _ = tokio::time::sleep_until(connack_wait.unwrap_or(idle)), if connack_wait.is_some() => {
+                        let reply = connack_timeout_reply(keep);
                         let _ = cw.write_all(&reply).await;
                         let _ = cw.shutdown().await;
-                        return Ok(Down::Closed);
+                        return Ok(Down::ConnackTimeout);
                     }
                 }
             }
@@ -156,33 +241,44 @@ pub async fn run<S, B>(
         let linger = tokio::time::sleep(CLOSE_LINGER);
         tokio::pin!(linger);
         let mut client_broke = false;
+        let mut close: Option<Close> = None;
         loop {
             tokio::select! {
                 r = &mut up_fut, if !up_done => match r {
                     Ok(()) => {
                         up_done = true;
+                        close.get_or_insert(Close::Client);
                         linger.as_mut().reset(Instant::now() + CLOSE_LINGER);
                     }
                     Err((c, e)) => {
                         tracing::debug!(error = %e, "connection ended with an error");
                         client_broke = c;
+                        close = Some(if c { Close::ClientError } else { Close::BrokerError });
                         break;
                     }
                 },
                 r = &mut down_fut, if !down_done => match r {
                     Ok(Down::Eof) => {
                         down_done = true;
+                        close.get_or_insert(Close::Broker);
                         linger.as_mut().reset(Instant::now() + CLOSE_LINGER);
                     }
+                    // The cause is in the access entry already.
                     Ok(Down::Closed) => break,
+                    Ok(Down::ConnackTimeout) => {
+                        close = Some(Close::ConnackTimeout);
+                        break;
+                    }
                     Err((c, e)) => {
                         tracing::debug!(error = %e, "connection ended with an error");
                         client_broke = c;
+                        close = Some(if c { Close::ClientError } else { Close::BrokerError });
                         break;
                     }
                 },
                 _ = &mut linger, if up_done || down_done => {
                     tracing::debug!(linger = ?CLOSE_LINGER, "one side closed and the other did not follow; closing");
+                    close = Some(Close::Linger);
                     break;
                 }
             }
@@ -191,13 +287,22 @@ pub async fn run<S, B>(
                 break;
             }
         }
-        client_broke
+        (client_broke, close)
     };
     if client_broke {
         // As the byte relay: pass the client's abort on.
         let _ = broker.tcp().set_zero_linger();
     }
-    drop(keep);
+    if close == Some(Close::ConnackTimeout) {
+        if let Some(e) = keep.access.as_mut() {
+            e.connack(ConnackSeen::Timeout);
+        }
+    }
+    keep.finish_access(
+        close,
+        to_broker.load(Ordering::Relaxed),
+        to_client.load(Ordering::Relaxed),
+    );
 }
 
 #[cfg(test)]

@@ -48,6 +48,38 @@ impl Keep {
             e.close.get_or_insert(close);
         }
     }
+
+    /// The gateway closed the session: its cause for the access log (a takeover, the
+    /// node's close cause, the listener's removal or the shutdown). Every relay
+    /// records it the same way.
+    pub(super) fn record_gateway_close(&mut self) {
+        let Some(e) = self.access.as_mut() else {
+            return;
+        };
+        let taken = self.live.as_ref().is_some_and(|l| l.taken_over());
+        let cause = if taken {
+            Some(Close::TakenOver)
+        } else {
+            self.node.node().close_cause().map(|c| match c {
+                CloseCause::NodeDown => Close::NodeDown,
+                CloseCause::Maint => Close::Maint,
+                CloseCause::LeaderChange => Close::LeaderChange,
+                CloseCause::Removed => Close::NodeRemoved,
+            })
+        };
+        e.closed_by_gateway(self.lst.closed.is_closed(), cause);
+    }
+
+    /// Send the access-log line, if the log is on: `close` unless a cause was recorded
+    /// already, and the bytes relayed each way.
+    pub(super) fn finish_access(&mut self, close: Option<Close>, to_broker: u64, to_client: u64) {
+        if let Some(c) = close {
+            self.set_close(c);
+        }
+        if let Some(e) = self.access.take() {
+            e.finish(to_broker, to_client);
+        }
+    }
 }
 
 impl Drop for Keep {
@@ -152,20 +184,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> Future for RelayTask<S,
                     "session closed by the gateway (node down, maintenance, removal or shutdown)"
                 );
                 let keep = &mut *this.keep;
-                if let Some(e) = keep.access.as_mut() {
-                    let taken = keep.live.as_ref().is_some_and(|l| l.taken_over());
-                    let cause = if taken {
-                        Some(Close::TakenOver)
-                    } else {
-                        keep.node.node().close_cause().map(|c| match c {
-                            CloseCause::NodeDown => Close::NodeDown,
-                            CloseCause::Maint => Close::Maint,
-                            CloseCause::LeaderChange => Close::LeaderChange,
-                            CloseCause::Removed => Close::NodeRemoved,
-                        })
-                    };
-                    e.closed_by_gateway(keep.lst.closed.is_closed(), cause);
-                }
+                keep.record_gateway_close();
                 finish(this.pipe, keep);
                 return Poll::Ready(());
             }

@@ -10,6 +10,7 @@
 //!   hand-written CONNECT builder for everything else) and raw sessions on a socket;
 //! - [`client`]: a small blocking MQTT client (persistent sessions, QoS 1, credentials);
 //! - [`admin`]: the admin HTTP API: requests, metric samples, status and sticky lookups;
+//! - [`pair`]: two gateways linked as peers;
 //! - [`pki`]: a CA and certificates made on the fly;
 //! - [`tools`]: the programs some tests need besides Mosquitto (promtool, Prometheus,
 //!   Chromium, haproxy, paho-mqtt, MQTT.js, openssl), each named clearly when missing;
@@ -26,6 +27,7 @@ pub mod fleet;
 pub mod inproc;
 pub mod mqtt;
 pub mod observe;
+pub mod pair;
 pub mod pki;
 mod port;
 pub mod tools;
