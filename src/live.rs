@@ -124,6 +124,18 @@ impl LiveHandle {
     pub fn taken_over(&self) -> bool {
         self.taken.load(Ordering::Relaxed)
     }
+
+    /// The connection waits on `scope` from now on (its lane was closed by a hash
+    /// rebalance and it stays): a takeover closes that one.
+    pub fn rescope(&mut self, scope: SessionScope) {
+        self.scope = scope;
+        if let Some(token) = self.token {
+            let mut g = self.ids.lock();
+            if let Some(l) = g.local.get_mut(&self.id).filter(|l| l.token == token) {
+                l.scope = self.scope.clone();
+            }
+        }
+    }
 }
 
 impl Drop for LiveHandle {

@@ -134,3 +134,100 @@ fn rebalance_by_hash_moves_exactly_the_clients_the_new_node_owns() {
     let said = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(said.contains("nothing to move"), "{said}");
 }
+
+/// The clients a hash rebalance leaves in place carry on unbothered (no DISCONNECT, no
+/// reconnect), and with `single_live` a newer connection with one of their ids still
+/// takes the session over (their lane was made anew under them).
+#[test]
+fn clients_left_in_place_keep_relaying_and_can_still_be_taken_over() {
+    const N: usize = 80;
+    let dir = tempdir();
+    let nodes = Mosquitto::start_nodes(dir.path(), 4);
+    let listen = free_port();
+    let admin = free_port();
+    let text = |n: usize| {
+        gate_config(
+            listen,
+            admin,
+            "dynsec",
+            &addresses(&nodes[..n]),
+            "balance = \"hash\"",
+            "",
+            "[clusters.brokers.shaping]\nclose_rate = 200\n\
+             [clusters.brokers.sessions]\nsingle_live = true\n",
+        )
+    };
+    let gate = Gate::start(dir.path(), "gate", &text(3), admin);
+    for n in ["node1", "node2", "node3"] {
+        gate.wait_node_up(n);
+    }
+    let mut clients: Vec<(String, Client)> = (0..N)
+        .map(|i| {
+            let id = format!("stay-{i}");
+            let (c, _) = Client::accepted(listen, &Connect::new(&id).v5(true)).expect("client");
+            (id, c)
+        })
+        .collect();
+    gate.reload_with(&text(4));
+    gate.wait_node_up("node4");
+    let out = mqgate(&[
+        "cluster",
+        "rebalance",
+        "brokers",
+        "--admin",
+        &format!("http://127.0.0.1:{admin}"),
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{said}");
+    // "moving clients at N/s per node from node1 (~3), node2 (~4)": exact for the hash.
+    let moving: usize = said
+        .split("(~")
+        .skip(1)
+        .filter_map(|p| p.split(')').next()?.parse::<usize>().ok())
+        .sum();
+    assert!(moving > 0 && moving < N, "{said}");
+    wait_until(T, "the moving clients closed", || {
+        ["node1", "node2", "node3"]
+            .iter()
+            .map(|n| gate.metric("mqgate_connections_active", &[("node", n)]))
+            .sum::<f64>()
+            == (N - moving) as f64
+    });
+    let mut stayed = Vec::new();
+    for (id, mut c) in clients.drain(..) {
+        match c.read_packet(Duration::from_millis(300)) {
+            Ok((0xE0, b)) => assert_eq!(b.first(), Some(&0x9C), "{id}"),
+            Err(e) if e.contains("timed out") => stayed.push((id, c)),
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+    assert_eq!(stayed.len(), N - moving, "exactly the others stay");
+    // Those left in place still relay: a PINGREQ is answered by their broker.
+    for (id, c) in stayed.iter_mut() {
+        assert!(c.ping(), "{id} still relays");
+    }
+    // And a newer connection with a stayed id takes it over: the old nodes drained,
+    // it lands on node4, and the gateway (not the broker) closes the older one.
+    for n in ["node1", "node2", "node3"] {
+        let out = mqgate(&[
+            "node",
+            "drain",
+            "brokers",
+            n,
+            "--admin",
+            &format!("http://127.0.0.1:{admin}"),
+        ]);
+        assert!(out.status.success(), "drain {n}");
+    }
+    // Every one of them (some shared a lane with a moving client, so their lane was
+    // closed and made anew under them).
+    let mut newer = Vec::new();
+    for (id, mut old) in stayed {
+        let (c, _) = Client::accepted(listen, &Connect::new(&id).v5(true)).expect("newer");
+        newer.push(c);
+        match old.read_packet(T) {
+            Ok((0xE0, b)) => assert_eq!(b.first(), Some(&0x8E), "{id} told taken over"),
+            other => panic!("{id} was not taken over: {other:?}"),
+        }
+    }
+}

@@ -107,7 +107,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> PacketRelay<S, B> {
     /// the client has been sent whole packets only, so an MQTT 5 client is told why at
     /// once, as on the other relays (`super::polite`).
     async fn connack_and_replay(&mut self, cap: usize) -> Result<Scanner, Option<Close>> {
-        let scope = self.scope.clone();
+        let mut scope = self.scope.clone();
         let mut down = Scanner::new(&[CONNACK, SUBACK], cap);
         let mut buf = vec![0u8; CHUNK];
         let mut cbuf = vec![0u8; CHUNK];
@@ -231,6 +231,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> PacketRelay<S, B> {
                     }
                 }
                 _ = scope.closed() => {
+                    if let Some(next) = self.keep.survive() {
+                        self.scope = next.clone();
+                        scope = next;
+                        continue;
+                    }
                     tracing::debug!("session closed by the gateway (node down, maintenance, evacuation, rebalance, takeover, removal or shutdown)");
                     self.keep.record_gateway_close();
                     // After the CONNACK the client has been sent only what the scanner

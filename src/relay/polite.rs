@@ -155,6 +155,8 @@ pub(super) async fn duplex<S, B, U, D>(
     D: FnMut(&[u8], &mut Scanner, &mut Keep) -> bool,
 {
     let node = keep.node.node().clone();
+    // Replaced when a hash rebalance closes the lane and this session's slot stays.
+    let mut scope = scope.clone();
     let (to_broker, to_client) = (AtomicU64::new(0), AtomicU64::new(0));
     let (mut cr, mut cw) = tokio::io::split(client);
     let (client_broke, close) = {
@@ -216,6 +218,10 @@ pub(super) async fn duplex<S, B, U, D>(
                         to_client.fetch_add(n as u64, Ordering::Relaxed);
                     }
                     _ = scope.closed(), if close_by.is_none() => {
+                        if let Some(next) = keep.survive() {
+                            scope = next;
+                            continue;
+                        }
                         tracing::debug!("session closed by the gateway (node down, maintenance, evacuation, rebalance, takeover, removal or shutdown)");
                         keep.record_gateway_close();
                         if close_reason(keep).is_none() {

@@ -49,6 +49,24 @@ impl Keep {
         }
     }
 
+    /// The session's scope closed: when a hash rebalance closed its lane and its slot
+    /// stays on this node, the scope to wait on from now on (`None`: it ends). A
+    /// `single_live` session gets a scope of its own under the lane again.
+    pub(super) fn survive(&mut self) -> Option<SessionScope> {
+        if self.live.as_ref().is_some_and(|l| l.taken_over()) {
+            return None;
+        }
+        let lane = self.node.survive(&self.lst.config.name)?;
+        match self.live.as_mut() {
+            Some(live) => {
+                let own = lane.child();
+                live.rescope(own.clone());
+                Some(own)
+            }
+            None => Some(lane),
+        }
+    }
+
     /// The gateway closed the session: its cause for the access log (a takeover, the
     /// node's close cause, the listener's removal or the shutdown). Every relay
     /// records it the same way.
@@ -176,7 +194,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> Future for RelayTask<S,
             while this.closed.as_mut().poll(cx).is_ready() {
                 // A hash rebalance closed the lane, and this session's slot stays:
                 // wait on the lane anew (polled at once, so it registers the waker).
-                if let Some(next) = this.keep.node.survive(&this.keep.lst.config.name) {
+                if let Some(next) = this.keep.survive() {
                     this.closed.set(next.wait());
                     continue;
                 }
