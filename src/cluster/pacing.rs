@@ -5,11 +5,10 @@
 //! [`LANES`] lanes per listener: a lane is a child scope of the node's listener scope
 //! (so node down, listener removal and shutdown still close everything at once), and a
 //! new session takes the next lane round-robin. In a `balance = "hash"` cluster a
-//! session with a sticky key takes its key's slot's lane instead
-//! (`crate::cluster::balance::SLOTS`), which counts its sessions: all the clients of a
-//! slot have the same hash owner, so [`rebalance_hash`] closes exactly the slots another
-//! node owns, at no cost per session until then. A paced close closes one lane at a
-//! time, the pause between two lanes set so that about `rate` sessions close per second
+//! session with a sticky key takes lane `slot % LANES` of its key's hash slot instead,
+//! so that a hash rebalance (`crate::cluster::slots`) closes only the lanes holding the
+//! slots another node owns; the sessions it wakes of other slots carry on
+//! ([`Pacing::survive`]). A paced close closes one lane at a time, the pause between two lanes set so that about `rate` sessions close per second
 //! (each pause jittered by ±25 %), then closes the node's scopes for good.
 //!
 //! MQTT 5 clients on the boundary-tracking relay (the relay's polite mode) get a
