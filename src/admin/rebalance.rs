@@ -1,5 +1,5 @@
 //! `POST /api/v1/clusters/{c}/rebalance {"rate": N, "tolerance": 0.1}`: move clients
-//! from fuller to emptier nodes (`crate::cluster::pacing::rebalance`).
+//! from fuller to emptier nodes (`crate::cluster::rebalance::rebalance`).
 
 use super::{error, json, Resp};
 use crate::host::Host;
@@ -48,7 +48,7 @@ pub(super) fn rebalance(host: &Host, c: &str, body: &[u8]) -> Resp {
             "rate must be at most 1000000 per second and tolerance from 0 to 10",
         );
     }
-    let moves = crate::cluster::pacing::rebalance(&cl, rate, tolerance)
+    let moves = crate::cluster::rebalance::rebalance(&cl, rate, tolerance)
         .into_iter()
         .map(|(node, sessions)| RebalanceMove { node, sessions })
         .collect::<Vec<_>>();

@@ -13,6 +13,7 @@ pub(crate) mod balance;
 mod node;
 pub mod orphans;
 pub mod pacing;
+pub mod rebalance;
 pub mod slots;
 #[cfg(test)]
 mod tests;

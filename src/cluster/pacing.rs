@@ -160,7 +160,7 @@ impl Pacing {
     }
 
     /// Every open lane.
-    fn open_lanes(&self) -> Vec<SessionScope> {
+    pub(crate) fn open_lanes(&self) -> Vec<SessionScope> {
         let g = crate::sync::lock(&self.lanes);
         g.values()
             .flat_map(|l| l.lanes.iter().cloned())
@@ -364,59 +364,6 @@ pub fn close_node(metrics: &Arc<Metrics>, node: &Arc<Node>, rate: u32, cause: Cl
         }
         _ => node.close_sessions(cause),
     }
-}
-
-/// Move clients from fuller to emptier nodes of `cluster`: every ready node that is up
-/// and holds more than `(1 + tolerance)` × the mean closes enough of its lanes to come
-/// down to about the mean, `rate` sessions a second, MQTT 5 clients told 0x9C; the
-/// clients reconnect and the cluster's balance places them. Returns (node, sessions to
-/// move) per node it acts on. Clients with a sticky entry come back to the same node:
-/// rebalancing moves clients that keep no session (or `balance` without sticky).
-pub fn rebalance(
-    cluster: &Arc<crate::cluster::Cluster>,
-    rate: u32,
-    tolerance: f64,
-) -> Vec<(String, usize)> {
-    if cluster.config().balance == crate::config::Balance::Hash {
-        return crate::cluster::slots::rebalance_hash(cluster, rate);
-    }
-    let nodes: Vec<Arc<Node>> = cluster
-        .nodes()
-        .iter()
-        .filter(|n| {
-            n.health() == Health::Up && n.admin_state() == crate::cluster::AdminState::Ready
-        })
-        .cloned()
-        .collect();
-    if nodes.is_empty() {
-        return Vec::new();
-    }
-    let total: usize = nodes.iter().map(|n| n.active()).sum();
-    let mean = total as f64 / nodes.len() as f64;
-    let mut plan = Vec::new();
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        return plan;
-    };
-    for n in nodes {
-        let active = n.active();
-        if (active as f64) <= mean * (1.0 + tolerance) || active == 0 {
-            continue;
-        }
-        let excess = active - mean.round() as usize;
-        let lanes_held = n.pacing.open_lanes().len().max(1);
-        let per_lane = active as f64 / lanes_held as f64;
-        let lanes = ((excess as f64 / per_lane).round() as usize).max(1);
-        let pause = if rate == 0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(per_lane / f64::from(rate))
-        };
-        plan.push((n.name.clone(), (lanes as f64 * per_lane).round() as usize));
-        handle.spawn(async move {
-            n.pacing.close_some(lanes, pause).await;
-        });
-    }
-    plan
 }
 
 #[cfg(test)]

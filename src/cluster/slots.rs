@@ -1,5 +1,5 @@
-//! A node's sessions by hash slot (`balance = "hash"`), and `mqgate cluster rebalance`
-//! by the hash.
+//! A node's sessions by hash slot (`balance = "hash"`), for `mqgate cluster rebalance`
+//! by the hash (`crate::cluster::rebalance`).
 //!
 //! All the clients of a slot (`crate::cluster::balance::SLOTS`) have the same hash
 //! owner. A node counts its live sessions per slot (an array of counters made with
@@ -9,11 +9,9 @@
 //! them, and the sessions woken of slots that stay carry on on the lane anew. Nothing
 //! per session but the slot number it keeps.
 
-use crate::cluster::balance::{self, SLOTS};
-use crate::cluster::{Cluster, Health, Node};
-use std::collections::HashMap;
+use crate::cluster::balance::SLOTS;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 /// Live sessions of a node per hash slot.
 #[derive(Default)]
@@ -72,76 +70,6 @@ impl Moving {
             .get(usize::from(slot) / 64)
             .is_some_and(|w| w & (1 << (slot % 64)) != 0)
     }
-}
-
-/// `balance = "hash"`: each ready node that is up closes exactly the sessions whose
-/// key's owner (rendezvous over the ready nodes that are up, as routing picks) is
-/// another node — those of the slots another node owns — about `rate` sessions a
-/// second (jittered), MQTT 5 clients told 0x9C. The sticky entries of those slots
-/// that point to the node are rewritten to their owner first (clients offline now
-/// included), so that the clients land there. The tolerance does not apply: the hash
-/// decides. Returns (node, sessions to move) per node.
-pub fn rebalance_hash(cluster: &Arc<Cluster>, rate: u32) -> Vec<(String, usize)> {
-    let nodes: Vec<Arc<Node>> = cluster
-        .nodes()
-        .iter()
-        .filter(|n| {
-            n.health() == Health::Up && n.admin_state() == crate::cluster::AdminState::Ready
-        })
-        .cloned()
-        .collect();
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        return Vec::new();
-    };
-    let owners: Vec<&Arc<Node>> = nodes.iter().collect();
-    let owner = |slot: u16| {
-        balance::rendezvous_slot(slot, owners.clone())
-            .first()
-            .map(|o| o.name.clone())
-    };
-    let mut plan = Vec::new();
-    // Per node: the slots it gives away, with their owner, and its sessions per lane.
-    let mut giving: HashMap<String, (HashMap<u16, String>, Vec<usize>)> = HashMap::new();
-    for n in &nodes {
-        let mut slots = HashMap::new();
-        let lanes = crate::cluster::pacing::LANES;
-        let mut per_lane = vec![0; lanes];
-        for (slot, sessions) in n.slots.held() {
-            let Some(to) = owner(slot).filter(|o| *o != n.name) else {
-                continue;
-            };
-            slots.insert(slot, to);
-            per_lane[usize::from(slot) % lanes] += sessions;
-        }
-        if slots.is_empty() {
-            continue;
-        }
-        plan.push((n.name.clone(), per_lane.iter().sum()));
-        giving.insert(n.name.clone(), (slots, per_lane));
-    }
-    if giving.is_empty() {
-        return plan;
-    }
-    for u in cluster.sticky.export() {
-        let Some(to) = u
-            .node
-            .as_deref()
-            .and_then(|from| giving.get(from))
-            .and_then(|(slots, _)| slots.get(&balance::slot(&u.key)))
-        else {
-            continue;
-        };
-        cluster.sticky.record(&u.key, to);
-    }
-    for n in &nodes {
-        let Some((slots, per_lane)) = giving.remove(&n.name) else {
-            continue;
-        };
-        let moving = Arc::new(Moving::new(slots.into_keys()));
-        let n = n.clone();
-        handle.spawn(async move { n.pacing.close_moving(moving, per_lane, rate).await });
-    }
-    plan
 }
 
 #[cfg(test)]
