@@ -45,6 +45,7 @@ mod restart;
 mod secret_files;
 mod sessions;
 mod sessions_close;
+mod sessions_peers;
 mod shaping;
 mod shutdown;
 mod single_live;

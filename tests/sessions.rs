@@ -12,12 +12,10 @@
 use crate::common::admin::{set_node_state, status_json};
 use crate::common::fleet::addresses;
 use crate::common::mqtt::read_packet;
-use crate::common::tools::{clients_dir, paho_python};
+use crate::common::paho::{transcripts, Device};
 use crate::common::*;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
+use std::io::Write;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -26,83 +24,6 @@ const DEVICES: usize = 12;
 const SESSIONS: &str = "[clusters.brokers.sessions]\nrestore_subscriptions = true\n";
 const WITH_ORPHANS: &str =
     "[clusters.brokers.sessions]\nrestore_subscriptions = true\nclean_orphans = true\n";
-
-/// A paho device process (tests/clients/paho_device.py) and what it printed.
-struct Device {
-    id: String,
-    child: Child,
-    out: Arc<Mutex<String>>,
-}
-
-impl Device {
-    fn start(port: u16, i: usize) -> Device {
-        let id = format!("dev-{i}");
-        let version = if i.is_multiple_of(2) { "3.1.1" } else { "5" };
-        let mut c = paho_python();
-        c.arg(clients_dir().join("paho_device.py"))
-            .args([
-                "127.0.0.1",
-                &port.to_string(),
-                &id,
-                &format!("cmd/{id}"),
-                version,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap_or_else(|e| panic!("start {id}: {e}"));
-        let out: Arc<Mutex<String>> = Arc::default();
-        if let Some(o) = child.stdout.take() {
-            collect(o, Arc::clone(&out));
-        }
-        if let Some(e) = child.stderr.take() {
-            collect(e, Arc::clone(&out));
-        }
-        Device { id, child, out }
-    }
-
-    fn output(&self) -> String {
-        self.out.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn count(&self, prefix: &str) -> usize {
-        self.output()
-            .lines()
-            .filter(|l| l.starts_with(prefix))
-            .count()
-    }
-
-    fn received(&self, payload: &str) -> bool {
-        self.output()
-            .lines()
-            .any(|l| l.starts_with("MSG ") && l.split_whitespace().last() == Some(payload))
-    }
-}
-
-impl Drop for Device {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn collect(r: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines() {
-            let Ok(line) = line else { break };
-            let mut g = into.lock().unwrap_or_else(|p| p.into_inner());
-            g.push_str(&line);
-            g.push('\n');
-        }
-    });
-}
-
-fn transcripts(devices: &[Device]) -> String {
-    devices
-        .iter()
-        .map(|d| format!("--- {}:\n{}", d.id, d.output()))
-        .collect()
-}
 
 /// How devices are moved: the node holding most of them leaves, or a rebalance moves
 /// those whose hash owner is a node that was drained while they connected.

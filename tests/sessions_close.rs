@@ -65,6 +65,7 @@ fn a_packet_aware_client_taken_over_is_told_0x8e_and_logged() {
         dir.path(),
         [all[0..1].to_vec(), all[1..2].to_vec()],
         &sections,
+        false,
     );
     let ((a, a_listen), (b, b_listen)) = (&gates[0], &gates[1]);
     for (v5, id) in [(true, "twin-pkt-5"), (false, "twin-pkt-3")] {

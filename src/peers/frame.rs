@@ -13,9 +13,12 @@
 //! SYNC_END   5  entries:u64                the full table has been sent
 //! HEARTBEAT  6
 //! ERROR      7  reason:str                 the sender closes the link after it
-//! SUBS       8  cluster:str count:u32 client*     (packet-aware sessions)
-//!            client := key:str n:u16 sub*    (n = 0: the client has none left)
+//! SUBS       10 cluster:str count:u32 client*     (packet-aware sessions)
+//!            client := key:str stamp:u64 n:u16 sub*   (n = 0: the client has none
+//!            left; stamp: µs since the epoch, the newer set wins, `sticky::subs`)
 //!            sub := topic:str options:u8 properties:bin
+//!            (type 8, the same without stamps, from earlier builds and snapshots, is
+//!            still read: stamp 0, older than any stamped set)
 //! LIVE       9  cluster:str count:u32 live*       (one live session per client id)
 //!            live := id:str stamp:u64 addr:str   (stamp: µs since the epoch)
 //! str     := length:u16be UTF-8 bytes
@@ -62,8 +65,9 @@ const T_SYNC_BEGIN: u8 = 4;
 const T_SYNC_END: u8 = 5;
 const T_HEARTBEAT: u8 = 6;
 const T_ERROR: u8 = 7;
-const T_SUBS: u8 = 8;
+const T_SUBS_UNSTAMPED: u8 = 8;
 const T_LIVE: u8 = 9;
+const T_SUBS: u8 = 10;
 
 /// Most subscriptions of one client in a SUBS frame (the largest
 /// `max_subscriptions_per_client`).
@@ -94,9 +98,10 @@ pub enum Frame {
     Error {
         reason: String,
     },
+    /// Clients' whole sets of subscriptions: (key, stamp, set).
     Subs {
         cluster: String,
-        clients: Vec<(Arc<str>, Vec<Sub>)>,
+        clients: Vec<crate::sticky::subs::StampedSet>,
     },
     /// Client ids that went live on the sender: (id, stamp, source address).
     Live {
@@ -218,7 +223,8 @@ pub fn frame_len(buf: &[u8]) -> Option<usize> {
 
 fn decode_body(body: &[u8], interner: &mut Interner) -> Result<Frame, FrameError> {
     let mut r = Reader { buf: body };
-    let frame = match r.u8("type")? {
+    let kind = r.u8("type")?;
+    let frame = match kind {
         T_HELLO => {
             if r.take(4, "magic")? != MAGIC {
                 return Err(FrameError::BadMagic);
@@ -274,13 +280,15 @@ fn decode_body(body: &[u8], interner: &mut Interner) -> Result<Frame, FrameError
         T_ERROR => Frame::Error {
             reason: r.str("reason")?.to_string(),
         },
-        T_SUBS => {
+        T_SUBS | T_SUBS_UNSTAMPED => {
+            let stamped = kind == T_SUBS;
             let cluster = r.str("cluster")?.to_string();
             let count = r.u32("count")? as usize;
             // Smallest client: empty key, n = 0.
             let mut clients = Vec::with_capacity(count.min(r.buf.len() / 4));
             for _ in 0..count {
                 let key: Arc<str> = Arc::from(r.str("client key")?);
+                let stamp = if stamped { r.u64("stamp")? } else { 0 };
                 let n = r.u16("subscription count")? as usize;
                 if n > MAX_SUBS_PER_CLIENT {
                     return Err(FrameError::Truncated("too many subscriptions"));
@@ -298,7 +306,7 @@ fn decode_body(body: &[u8], interner: &mut Interner) -> Result<Frame, FrameError
                         properties,
                     });
                 }
-                clients.push((key, subs));
+                clients.push((key, stamp, subs));
             }
             Frame::Subs { cluster, clients }
         }
@@ -422,7 +430,7 @@ pub fn encode_live(cluster: &str, ids: &[(Arc<str>, u64, Arc<str>)], out: &mut V
 
 /// Append SUBS frames for `clients` to `out`, cutting a new frame when one passes half
 /// of [`MAX_FRAME`] (a client's set is never split).
-pub fn encode_subs(cluster: &str, clients: &[(Arc<str>, Vec<Sub>)], out: &mut Vec<u8>) {
+pub fn encode_subs(cluster: &str, clients: &[crate::sticky::subs::StampedSet], out: &mut Vec<u8>) {
     let mut rest = clients;
     loop {
         let at = begin(out, T_SUBS);
@@ -430,11 +438,12 @@ pub fn encode_subs(cluster: &str, clients: &[(Arc<str>, Vec<Sub>)], out: &mut Ve
         let count_at = out.len();
         out.extend_from_slice(&[0, 0, 0, 0]);
         let mut n: u32 = 0;
-        while let Some(((key, subs), tail)) = rest.split_first() {
+        while let Some(((key, stamp, subs), tail)) = rest.split_first() {
             if n > 0 && out.len() - at > MAX_FRAME / 2 {
                 break;
             }
             put_str(out, key);
+            out.extend_from_slice(&stamp.to_be_bytes());
             let subs = &subs[..subs.len().min(MAX_SUBS_PER_CLIENT)];
             out.extend_from_slice(&(subs.len() as u16).to_be_bytes());
             for s in subs {

@@ -339,7 +339,7 @@ async fn send_subs<W: AsyncWrite + Unpin>(
             .cluster(&ch.cluster)
             .is_some_and(|c| c.config().sessions.restore_subscriptions);
         if on {
-            frame::encode_subs(&ch.cluster, &[(ch.key, ch.subs.to_vec())], buf);
+            frame::encode_subs(&ch.cluster, &[(ch.key, ch.stamp, ch.subs.to_vec())], buf);
         }
         n += 1;
         if n < DRAIN {
@@ -539,8 +539,8 @@ async fn receive_loop<R: AsyncRead + Unpin>(
                     .cluster(&cluster)
                     .filter(|c| c.config().sessions.restore_subscriptions)
                 {
-                    for (key, subs) in &clients {
-                        c.subs.apply_remote(key, subs);
+                    for (key, stamp, subs) in &clients {
+                        c.subs.apply_remote(key, *stamp, subs);
                     }
                 }
                 tokio::task::yield_now().await;

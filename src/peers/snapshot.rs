@@ -190,8 +190,8 @@ pub fn decode_into(host: &Host, path: &Path, bytes: &[u8]) -> Result<u64, Snapsh
             Ok(Some((Frame::Subs { cluster, clients }, n))) => {
                 rest = &rest[n..];
                 if let Some(c) = host.cluster(&cluster) {
-                    for (key, subs) in &clients {
-                        c.subs.apply_remote(key, subs);
+                    for (key, stamp, subs) in &clients {
+                        c.subs.apply_remote(key, *stamp, subs);
                     }
                 }
             }

@@ -18,9 +18,16 @@
 //! Keys are client ids in the sticky table's stored form (`super::stored_key`).
 //!
 //! Replication: every local change publishes the client's whole set on [`changes`]
-//! (empty: forgotten); peer links send it on (`crate::peers`) and peers apply it with
-//! [`SubStore::apply_remote`], which publishes nothing. The last set received wins:
-//! a client lives on one connection at a time, so concurrent writers are rare.
+//! (empty: none left); peer links send it on (`crate::peers`) and peers apply it with
+//! [`SubStore::apply_remote`], which publishes nothing. Each set carries a stamp (µs
+//! since the epoch, above the one it replaces: a change made here after a peer's set
+//! arrived always wins over that set), and a set received replaces the stored one
+//! only if it is newer (equal stamps: the greater set, so that every gateway picks the
+//! same). So the same client changing its subscriptions through two gateways, in turn
+//! or at once, ends with the same set on both, and a full sync or a snapshot from a
+//! gateway that missed changes cannot bring back an older set. A client whose last
+//! subscription went keeps an empty set (with its stamp) until it expires, for the same
+//! reason: its removal must win over a peer's older non-empty set.
 
 use super::stored_key;
 use std::collections::HashMap;
@@ -34,7 +41,25 @@ use tokio::sync::broadcast;
 pub struct SubsChange {
     pub cluster: Arc<str>,
     pub key: Arc<str>,
+    /// When the set was made (µs since the epoch; see the module comment).
+    pub stamp: u64,
     pub subs: Arc<[Sub]>,
+}
+
+/// A client's set as replicated and exported: key, stamp, subscriptions.
+pub type StampedSet = (Arc<str>, u64, Vec<Sub>);
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Is the set (`stamp`, `subs`) newer than the stored (`old_stamp`, `old`)? The same
+/// answer on every gateway.
+fn newer(stamp: u64, subs: &[Sub], old_stamp: u64, old: &[Sub]) -> bool {
+    (stamp, subs) > (old_stamp, old)
 }
 
 /// Changes buffered for replication; a peer link that falls further behind resyncs.
@@ -47,7 +72,7 @@ pub fn changes() -> &'static broadcast::Sender<SubsChange> {
 }
 
 /// One stored subscription: what the replay sends back.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Sub {
     pub topic: Box<str>,
     /// Subscription Options as the client sent them (QoS; v5 flags).
@@ -98,6 +123,15 @@ struct Client {
     subs: Vec<Sub>,
     bytes: usize,
     used: Instant,
+    /// When this set was made, here or on a peer (µs since the epoch).
+    stamp: u64,
+}
+
+impl Client {
+    /// A local change: a stamp above both the clock and the set it replaces.
+    fn bump(&mut self) {
+        self.stamp = now_us().max(self.stamp.saturating_add(1));
+    }
 }
 
 pub struct SubStore {
@@ -152,7 +186,8 @@ impl SubStore {
                 }
                 c.bytes = bytes;
                 *old = sub;
-                self.publish(key.as_ref(), &c.subs);
+                c.bump();
+                self.publish(key.as_ref(), c);
                 return Ok(());
             }
             if c.subs.len() >= b.per_client {
@@ -176,11 +211,13 @@ impl SubStore {
                 subs: Vec::new(),
                 bytes: 0,
                 used: now,
+                stamp: 0,
             });
         c.bytes += sub.cost();
         c.subs.push(sub);
+        c.bump();
         self.total.fetch_add(1, Ordering::Relaxed);
-        self.publish(key.as_ref(), &c.subs);
+        self.publish(key.as_ref(), c);
         Ok(())
     }
 
@@ -194,12 +231,13 @@ impl SubStore {
         let Some(i) = c.subs.iter().position(|s| &*s.topic == topic) else {
             return false;
         };
-        let s = c.subs.swap_remove(i);
+        let s = c.subs.remove(i);
         c.bytes -= s.cost();
+        c.bump();
         self.total.fetch_sub(1, Ordering::Relaxed);
-        self.publish(key.as_ref(), &c.subs);
+        self.publish(key.as_ref(), c);
         if c.subs.is_empty() {
-            map.remove(key.as_ref());
+            self.keep_empty(&mut map, key.as_ref());
         }
         true
     }
@@ -207,29 +245,56 @@ impl SubStore {
     /// Drop everything stored for a client (it started a clean session).
     pub fn forget(&self, client: &str) {
         let key = stored_key(client);
-        if let Some(c) = self.lock().remove(key.as_ref()) {
-            self.total.fetch_sub(c.subs.len(), Ordering::Relaxed);
-            self.publish(key.as_ref(), &[]);
+        let mut map = self.lock();
+        let Some(c) = map.get_mut(key.as_ref()).filter(|c| !c.subs.is_empty()) else {
+            return;
+        };
+        self.total.fetch_sub(c.subs.len(), Ordering::Relaxed);
+        c.subs.clear();
+        c.bytes = 0;
+        c.bump();
+        self.publish(key.as_ref(), c);
+        self.keep_empty(&mut map, key.as_ref());
+    }
+
+    /// A client's set just became empty: it stays (with its stamp, so that its
+    /// removal wins over a peer's older set) unless the store holds more clients than
+    /// `max_subscriptions_total` even after dropping those unused for `expire`.
+    fn keep_empty(&self, map: &mut HashMap<Arc<str>, Client>, key: &str) {
+        let b = self.bounds();
+        if map.len() > b.total {
+            self.sweep(map, b.expire);
+            if map.len() > b.total {
+                map.remove(key);
+            }
         }
     }
 
-    fn publish(&self, key: &str, subs: &[Sub]) {
+    fn publish(&self, key: &str, c: &Client) {
         let tx = changes();
         if tx.receiver_count() > 0 {
             let _ = tx.send(SubsChange {
                 cluster: self.cluster.clone(),
                 key: Arc::from(key),
-                subs: Arc::from(subs),
+                stamp: c.stamp,
+                subs: Arc::from(c.subs.as_slice()),
             });
         }
     }
 
-    /// A client's whole set from a peer (or a snapshot): replaces what is stored,
-    /// within this gateway's bounds (what does not fit is left out). Publishes nothing.
-    pub fn apply_remote(&self, key: &str, subs: &[Sub]) {
+    /// A client's whole set from a peer (or a snapshot), made at `stamp`: replaces
+    /// what is stored if it is newer (see the module comment), within this gateway's
+    /// bounds (what does not fit is left out); an older one is ignored. Publishes
+    /// nothing. True if applied.
+    pub fn apply_remote(&self, key: &str, stamp: u64, subs: &[Sub]) -> bool {
         let b = self.bounds();
         let key = stored_key(key);
         let mut map = self.lock();
+        if let Some(old) = map.get(key.as_ref()) {
+            if !newer(stamp, subs, old.stamp, &old.subs) {
+                return false;
+            }
+        }
         if let Some(old) = map.remove(key.as_ref()) {
             self.total.fetch_sub(old.subs.len(), Ordering::Relaxed);
         }
@@ -237,6 +302,7 @@ impl SubStore {
             subs: Vec::new(),
             bytes: 0,
             used: Instant::now(),
+            stamp,
         };
         for s in subs {
             if c.subs.len() >= b.per_client
@@ -248,17 +314,21 @@ impl SubStore {
             c.bytes += s.cost();
             c.subs.push(s.clone());
         }
-        if !c.subs.is_empty() {
-            self.total.fetch_add(c.subs.len(), Ordering::Relaxed);
-            map.insert(Arc::from(key.as_ref()), c);
+        self.total.fetch_add(c.subs.len(), Ordering::Relaxed);
+        let empty = c.subs.is_empty();
+        map.insert(Arc::from(key.as_ref()), c);
+        if empty {
+            self.keep_empty(&mut map, key.as_ref());
         }
+        true
     }
 
-    /// Every client's set (full sync to a peer, snapshot).
-    pub fn export(&self) -> Vec<(Arc<str>, Vec<Sub>)> {
+    /// Every client's set with its stamp, empty ones included (full sync to a peer,
+    /// snapshot).
+    pub fn export(&self) -> Vec<StampedSet> {
         self.lock()
             .iter()
-            .map(|(k, c)| (k.clone(), c.subs.clone()))
+            .map(|(k, c)| (k.clone(), c.stamp, c.subs.clone()))
             .collect()
     }
 
@@ -282,7 +352,9 @@ impl SubStore {
 
     /// Does the store hold subscriptions for this client?
     pub fn contains(&self, client: &str) -> bool {
-        self.lock().contains_key(stored_key(client).as_ref())
+        self.lock()
+            .get(stored_key(client).as_ref())
+            .is_some_and(|c| !c.subs.is_empty())
     }
 
     /// A client's stored subscriptions without marking it used (admin API).
@@ -361,6 +433,53 @@ mod tests {
         assert_eq!(s.add("e", sub("z")), Err(Refused::Total));
         assert_eq!(s.total(), 3);
         assert_eq!(s.add("f", sub("toolong")), Err(Refused::ClientBytes));
+    }
+
+    #[test]
+    fn the_newer_set_wins_on_every_side_and_a_removal_is_not_undone() {
+        let (a, b) = (store(10, 1000, 100), store(10, 1000, 100));
+        let mut rx = changes().subscribe();
+        let mut last = || loop {
+            if let Ok(ch) = rx.try_recv() {
+                if &*ch.cluster == "c" && &*ch.key == "id" {
+                    break ch;
+                }
+            }
+        };
+        a.add("id", sub("x")).unwrap();
+        let old = last();
+        assert!(b.apply_remote("id", old.stamp, &old.subs));
+        // A change made on b after a's set arrived is newer than it.
+        b.add("id", sub("y")).unwrap();
+        let new = last();
+        assert!(new.stamp > old.stamp);
+        assert!(a.apply_remote("id", new.stamp, &new.subs));
+        assert!(
+            !b.apply_remote("id", old.stamp, &old.subs),
+            "an older set is ignored"
+        );
+        assert_eq!(a.peek("id"), b.peek("id"));
+        // Every subscription removed on a: the empty set stays, and wins over b's
+        // older full set (a resync, a snapshot).
+        assert!(a.remove("id", "x") && a.remove("id", "y"));
+        let _ = last();
+        let gone = last();
+        assert!(gone.subs.is_empty());
+        let (_, stamp, subs) = b.export().into_iter().find(|e| &*e.0 == "id").unwrap();
+        assert!(!a.apply_remote("id", stamp, &subs));
+        assert!(a.peek("id").is_empty() && !a.contains("id"));
+        assert!(b.apply_remote("id", gone.stamp, &gone.subs));
+        assert!(b.peek("id").is_empty() && b.total() == 0);
+        // Equal stamps: both sides keep the same (greater) set.
+        let (p, q) = (vec![sub("p")], vec![sub("q")]);
+        for s in [&a, &b] {
+            s.apply_remote("tie", 7, &p);
+            s.apply_remote("tie", 7, &q);
+        }
+        assert_eq!(a.peek("tie"), q);
+        assert_eq!(b.peek("tie"), q);
+        // Legacy sets (stamp 0) never replace a stamped one.
+        assert!(!a.apply_remote("tie", 0, &p));
     }
 
     #[test]

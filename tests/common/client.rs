@@ -129,6 +129,25 @@ impl Client {
         }
     }
 
+    /// UNSUBSCRIBE and wait for the UNSUBACK.
+    pub fn unsubscribe(&mut self, topic: &str) -> Result<(), String> {
+        let id = self.id();
+        let mut body = id.to_be_bytes().to_vec();
+        if self.v5 {
+            body.push(0);
+        }
+        body.extend(mqtt_field(topic.as_bytes()));
+        self.s
+            .write_all(&mqtt_packet(0xA2, &body))
+            .map_err(|e| format!("send UNSUBSCRIBE: {e}"))?;
+        loop {
+            let (t, _) = self.read_packet(Duration::from_secs(10))?;
+            if t >> 4 == 11 {
+                return Ok(());
+            }
+        }
+    }
+
     /// PUBLISH at QoS 1 and wait for the PUBACK.
     pub fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), String> {
         let id = self.id();

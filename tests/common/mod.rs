@@ -10,6 +10,7 @@
 //!   hand-written CONNECT builder for everything else) and raw sessions on a socket;
 //! - [`client`]: a small blocking MQTT client (persistent sessions, QoS 1, credentials);
 //! - [`admin`]: the admin HTTP API: requests, metric samples, status and sticky lookups;
+//! - [`paho`]: a paho-mqtt device process that subscribes once;
 //! - [`pair`]: two gateways linked as peers;
 //! - [`pki`]: a CA and certificates made on the fly;
 //! - [`tools`]: the programs some tests need besides Mosquitto (promtool, Prometheus,
@@ -27,6 +28,7 @@ pub mod fleet;
 pub mod inproc;
 pub mod mqtt;
 pub mod observe;
+pub mod paho;
 pub mod pair;
 pub mod pki;
 mod port;

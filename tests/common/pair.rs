@@ -22,15 +22,27 @@ pub fn secret(dir: &Path) -> std::path::PathBuf {
 }
 
 /// gate-a over `nodes[0]` and gate-b over `nodes[1]` (dynsec; `sections` added to
-/// both), linked as peers; returns each gateway with its client port once both peer
-/// links are up.
-pub fn start(dir: &Path, nodes: [Vec<(&str, String)>; 2], sections: &str) -> Vec<(Gate, u16)> {
+/// both; with `snapshot`, each keeps its sticky snapshot in `dir/NAME.snapshot`),
+/// linked as peers; returns each gateway with its client port once both peer links
+/// are up.
+pub fn start(
+    dir: &Path,
+    nodes: [Vec<(&str, String)>; 2],
+    sections: &str,
+    snapshot: bool,
+) -> Vec<(Gate, u16)> {
     let secret = secret(dir);
     let peer_ports = [free_port(), free_port()];
     let gates: Vec<(Gate, u16)> = (0..2)
         .map(|i| {
+            let snapshot = if snapshot {
+                let path = dir.join(format!("{}.snapshot", NAMES[i]));
+                format!("snapshot = \"{}\"\n", path.display())
+            } else {
+                String::new()
+            };
             let peers = format!(
-                "\n[peers]\nname = \"{}\"\nbind = \"127.0.0.1:{}\"\nsecret_file = \"{}\"\npeers = [ {{ name = \"{}\", address = \"127.0.0.1:{}\" }} ]\n",
+                "\n[peers]\nname = \"{}\"\nbind = \"127.0.0.1:{}\"\nsecret_file = \"{}\"\n{snapshot}peers = [ {{ name = \"{}\", address = \"127.0.0.1:{}\" }} ]\n",
                 NAMES[i],
                 peer_ports[i],
                 secret.display(),

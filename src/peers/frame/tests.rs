@@ -38,13 +38,14 @@ fn all_frames() -> Vec<Frame> {
             clients: vec![
                 (
                     "dev-1".into(),
+                    1_733_000_000_000_000,
                     vec![crate::sticky::subs::Sub {
                         topic: "cmd/dev-1".into(),
                         options: 0x25,
                         properties: vec![0x0B, 7].into(),
                     }],
                 ),
-                ("gone".into(), vec![]),
+                ("gone".into(), 5, vec![]),
             ],
         },
         Frame::Live {
@@ -231,4 +232,24 @@ mod props {
             prop_assert_eq!(decode(&bytes, &mut i).unwrap().unwrap().0, f);
         }
     }
+}
+
+#[test]
+fn unstamped_subs_frames_of_earlier_builds_read_as_stamp_zero() {
+    // type 8: cluster "b", one client "k" with one subscription "t" (options 1).
+    let body = [
+        8, 0, 1, b'b', 0, 0, 0, 1, 0, 1, b'k', 0, 1, 0, 1, b't', 1, 0, 0,
+    ];
+    let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+    bytes.extend_from_slice(&body);
+    let (f, _) = decode(&bytes, &mut Interner::default())
+        .expect("valid")
+        .expect("complete");
+    let Frame::Subs { cluster, clients } = f else {
+        panic!("SUBS expected, got {f:?}");
+    };
+    assert_eq!(cluster, "b");
+    assert_eq!(clients.len(), 1);
+    assert_eq!((&*clients[0].0, clients[0].1), ("k", 0));
+    assert_eq!(&*clients[0].2[0].topic, "t");
 }
