@@ -242,3 +242,251 @@ fn backends_see_every_device_and_reach_each_once() {
         "each command to 3 nodes"
     );
 }
+
+#[test]
+fn a_node_restarted_empty_gets_the_subscriptions_back() {
+    let dir = tempdir();
+    let mut nodes = Mosquitto::start_nodes(dir.path(), 3);
+    let (gate, listen) = fanout_gate(dir.path(), &nodes, RULE);
+    let mut backends = [
+        Backend::start(listen, "backend-v3", "tele/#", 1, "3.1.1"),
+        Backend::start(listen, "backend-v5", "tele/#", 1, "5"),
+    ];
+    wait_until(T, "both backends subscribed", || {
+        backends.iter().all(|b| b.count("SUBSCRIBED 1") == 1)
+    });
+    let up = |n: &str| {
+        gate.metric(
+            "mqgate_fanout_upstreams",
+            &[("cluster", "brokers"), ("node", n)],
+        )
+    };
+    // node2 dies: the backends' sessions go on over node1 and node3.
+    nodes[1].stop();
+    wait_until(T, "node2's upstreams dropped", || up("node2") == 0.0);
+    assert_eq!((up("node1"), up("node3")), (2.0, 2.0));
+    // It comes back empty (no persistence): mqgate connects the sessions again and
+    // replays their subscriptions there.
+    nodes[1].resume();
+    wait_until(T, "the backends reconnected to node2", || {
+        up("node2") == 2.0
+    });
+    for b in &backends {
+        assert_eq!(b.count("CONNECTED"), 1, "{} never reconnected", b.id);
+        assert_eq!(b.count("DISCONNECTED"), 0, "{} stayed connected", b.id);
+    }
+    // A device on node2 reaches both backends. Its first probes may precede the
+    // replayed SUBSCRIBE on the broker: it probes until one arrives.
+    let (mut dev, _) = Client::accepted(nodes[1].port, &Connect::new("dev-late")).expect("device");
+    dev.subscribe("cmd/dev-late").expect("device subscribe");
+    let mut k = 0;
+    wait_until(T, "a probe from node2 reaches both backends", || {
+        k += 1;
+        dev.publish("tele/dev-late", format!("probe-{k}").as_bytes())
+            .expect("probe");
+        backends
+            .iter()
+            .all(|b| b.payloads().iter().any(|p| p.starts_with("probe-")))
+    });
+    dev.publish("tele/dev-late", b"after-restart")
+        .expect("device publish");
+    for b in &backends {
+        wait_until(T, &format!("{} receives node2's device", b.id), || {
+            b.payloads().iter().any(|p| p == "after-restart")
+        });
+    }
+    // And a command from each backend reaches the device on node2 once.
+    for b in backends.iter_mut() {
+        let p = format!("go-{}", b.id);
+        b.publish(1, "cmd/dev-late", &p);
+    }
+    let until: HashSet<String> = ["go-backend-v3", "go-backend-v5"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    receive_until(&mut dev, &until);
+}
+
+/// QoS 2 both ways: devices publish at QoS 2 (mosquitto_pub) and the backends
+/// subscribe at QoS 2; the backends publish at QoS 2 and get one PUBCOMP each.
+#[test]
+fn qos2_end_to_end() {
+    let dir = tempdir();
+    let nodes = Mosquitto::start_nodes(dir.path(), 3);
+    let (_gate, listen) = fanout_gate(dir.path(), &nodes, RULE);
+    let mut backends = [
+        Backend::start(listen, "backend-v3", "tele/#", 2, "3.1.1"),
+        Backend::start(listen, "backend-v5", "tele/#", 2, "5"),
+    ];
+    wait_until(T, "both backends subscribed at QoS 2", || {
+        backends.iter().all(|b| b.count("SUBSCRIBED 2") == 1)
+    });
+    let mut sent = Vec::new();
+    for (i, m) in nodes.iter().enumerate() {
+        for k in 0..5 {
+            let payload = format!("q2-{i}-{k}");
+            mosquitto_pub(&[
+                "-p",
+                &m.port.to_string(),
+                "-h",
+                "127.0.0.1",
+                "-q",
+                "2",
+                "-t",
+                &format!("tele/n{i}"),
+                "-m",
+                &payload,
+            ]);
+            sent.push(payload);
+        }
+    }
+    for b in &backends {
+        wait_until(T, &format!("{} has every QoS 2 message", b.id), || {
+            let got = b.payloads();
+            sent.iter().all(|p| got.contains(p))
+        });
+        let got = b.payloads();
+        for p in &sent {
+            assert_eq!(
+                got.iter().filter(|g| *g == p).count(),
+                1,
+                "{}: {p} exactly once",
+                b.id
+            );
+        }
+    }
+    // Backends → a device on each node, at QoS 2.
+    let mut devs = devices(&nodes, 1);
+    for b in backends.iter_mut() {
+        let p = format!("go-{}", b.id);
+        for (id, _) in &devs {
+            b.publish(2, &format!("cmd/{id}"), &p);
+        }
+    }
+    let until: HashSet<String> = ["go-backend-v3", "go-backend-v5"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for (id, c) in devs.iter_mut() {
+        let got = receive_until(c, &until);
+        assert_eq!(got.len(), 2, "{id}: {got:?}");
+    }
+    wait_until(T, "each QoS 2 PUBLISH completed once (PUBCOMP)", || {
+        backends.iter().all(|b| b.count("PUBLISHED") == devs.len())
+    });
+}
+
+/// A backend that does not read: the nodes' QoS 1 messages take all 65,535 packet
+/// identifiers of its connection, then mqgate stops reading the nodes (backpressure)
+/// until the backend acknowledges; nothing is lost.
+#[test]
+fn packet_id_exhaustion_and_a_slow_reader() {
+    let dir = tempdir();
+    let opts = MosquittoOpts {
+        extra: "max_inflight_messages 0\nmax_queued_messages 0\n".into(),
+        ..Default::default()
+    };
+    let nodes: Vec<Mosquitto> = (1..=3)
+        .map(|i| Mosquitto::start_with(&format!("node{i}"), dir.path(), opts.clone()))
+        .collect();
+    let (gate, listen) = fanout_gate(dir.path(), &nodes, RULE);
+    let mut b =
+        crate::common::mqtt::session(listen, &Connect::new("backend-raw")).expect("backend");
+    b.write_all(&subscribe_v311(1, "tele/#", 1))
+        .expect("subscribe");
+    let (t, _) = crate::common::mqtt::read_packet(&mut b).expect("SUBACK");
+    assert_eq!(t, 0x90);
+    const PER_NODE: usize = 23_000;
+    let total = 3 * PER_NODE;
+    // Each node gets its messages from a raw publisher that pipelines QoS 1.
+    let pubs: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let port = m.port;
+            std::thread::spawn(move || {
+                let mut s = raw_session(port, &format!("pub-{i}"));
+                let mut r = s.try_clone().expect("clone");
+                let reader = std::thread::spawn(move || {
+                    let mut n = 0;
+                    while n < PER_NODE {
+                        match crate::common::mqtt::read_packet(&mut r) {
+                            Ok((0x40, _)) => n += 1,
+                            Ok(_) => {}
+                            Err(e) => panic!("publisher {i}: {e} after {n} PUBACKs"),
+                        }
+                    }
+                });
+                let mut out = Vec::new();
+                for k in 0..PER_NODE {
+                    let mut body = mqtt_field(format!("tele/n{i}").as_bytes());
+                    body.extend_from_slice(&((k % 65_535) as u16 + 1).to_be_bytes());
+                    body.extend_from_slice(format!("{i}-{k}").as_bytes());
+                    out.extend(mqtt_packet(0x32, &body));
+                    if out.len() > 64 * 1024 {
+                        s.write_all(&out).expect("publish");
+                        out.clear();
+                    }
+                }
+                s.write_all(&out).expect("publish");
+                reader.join().expect("publisher reader");
+            })
+        })
+        .collect();
+    for p in pubs {
+        p.join().expect("publisher");
+    }
+    // Read without acknowledging: exactly 65,535 PUBLISHes with distinct ids arrive.
+    let mut ids = HashSet::new();
+    let mut payloads = HashSet::new();
+    let read_pub = |b: &mut std::net::TcpStream| -> Option<(u16, String)> {
+        match crate::common::mqtt::read_packet(b) {
+            Ok((t, body)) if t >> 4 == 3 => {
+                let tl = u16::from_be_bytes([body[0], body[1]]) as usize;
+                let id = u16::from_be_bytes([body[2 + tl], body[3 + tl]]);
+                Some((id, String::from_utf8_lossy(&body[4 + tl..]).to_string()))
+            }
+            Ok((t, _)) => panic!("unexpected packet {t:#04x}"),
+            Err(_) => None,
+        }
+    };
+    while ids.len() < 65_535 {
+        let (id, p) = read_pub(&mut b).expect("a PUBLISH while ids are free");
+        assert!(ids.insert(id), "id {id} given twice while in flight");
+        payloads.insert(p);
+    }
+    assert!(!ids.contains(&0));
+    // Nothing more until an id is freed.
+    b.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    assert!(read_pub(&mut b).is_none(), "a 65,536th PUBLISH in flight");
+    b.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    // Acknowledge everything: the rest arrives, ids reused.
+    let mut acks = Vec::new();
+    for id in &ids {
+        acks.extend_from_slice(&[0x40, 2]);
+        acks.extend_from_slice(&id.to_be_bytes());
+    }
+    b.write_all(&acks).expect("PUBACKs");
+    while payloads.len() < total {
+        let (id, p) = read_pub(&mut b)
+            .unwrap_or_else(|| panic!("only {} of {total} messages arrived", payloads.len()));
+        b.write_all(&[0x40, 2, (id >> 8) as u8, id as u8])
+            .expect("PUBACK");
+        payloads.insert(p);
+    }
+    assert_eq!(payloads.len(), total, "nothing lost");
+    let merged: f64 = ["node1", "node2", "node3"]
+        .iter()
+        .map(|n| {
+            gate.metric(
+                "mqgate_fanout_messages_total",
+                &[
+                    ("cluster", "brokers"),
+                    ("node", n),
+                    ("direction", "to_client"),
+                ],
+            )
+        })
+        .sum();
+    assert!(merged >= total as f64, "{merged} merged");
+}
