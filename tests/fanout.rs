@@ -490,3 +490,137 @@ fn packet_id_exhaustion_and_a_slow_reader() {
         .sum();
     assert!(merged >= total as f64, "{merged} merged");
 }
+
+/// Bad input from a fan-out client: a clean close, a counter, a debug line; the
+/// other fan-out sessions go on.
+#[test]
+fn bad_packets_from_a_fanout_client_close_it_cleanly() {
+    let dir = tempdir();
+    let nodes = Mosquitto::start_nodes(dir.path(), 3);
+    let (gate, listen) = fanout_gate(dir.path(), &nodes, RULE);
+    let mut good = Client::accepted(listen, &Connect::new("backend-good"))
+        .expect("backend")
+        .0;
+    good.subscribe("tele/#").expect("subscribe");
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        (
+            "5-byte remaining length",
+            vec![0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+            "malformed",
+        ),
+        (
+            "SUBSCRIBE with bad options",
+            mqtt_packet(0x82, &[0, 1, 0, 1, b'a', 0x07]),
+            "malformed",
+        ),
+        ("a second CONNECT", connect_v311("backend-x"), "protocol"),
+        (
+            "PUBLISH larger than max_packet_size",
+            {
+                let mut body = mqtt_field(b"tele/big");
+                body.resize(2 * 1024 * 1024, b'x');
+                mqtt_packet(0x30, &body)
+            },
+            "too_large",
+        ),
+    ];
+    for (i, (what, bytes, reason)) in cases.iter().enumerate() {
+        let before = gate.metric(
+            "mqgate_fanout_closes_total",
+            &[("cluster", "brokers"), ("reason", reason)],
+        );
+        let mut s = raw_session(listen, &format!("backend-bad{i}"));
+        let _ = s.write_all(bytes);
+        let (_, ended) = read_to_close(&mut s, T);
+        assert_ne!(ended, Ended::Open, "{what}: closed");
+        if *reason != "too_large" {
+            assert_eq!(ended, Ended::Eof, "{what}: a clean close");
+        }
+        wait_until(T, &format!("{what} counted as {reason}"), || {
+            gate.metric(
+                "mqgate_fanout_closes_total",
+                &[("cluster", "brokers"), ("reason", reason)],
+            ) == before + 1.0
+        });
+    }
+    gate.wait_log("fan-out client sent a malformed SUBSCRIBE: closed");
+    gate.wait_log("fan-out client sent a packet a client may not send here: closed");
+    // The other session is untouched.
+    assert!(good.ping(), "the good backend still answers");
+    mosquitto_pub(&[
+        "-p",
+        &nodes[2].port.to_string(),
+        "-h",
+        "127.0.0.1",
+        "-q",
+        "1",
+        "-t",
+        "tele/x",
+        "-m",
+        "still-here",
+    ]);
+    let (_, p) = good.next_publish(T).expect("good backend receives");
+    assert_eq!(p, b"still-here");
+}
+
+#[test]
+fn check_refuses_bad_fanout_rules() {
+    let dir = tempdir();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[listeners]]
+name = "a"
+bind = "127.0.0.1:0"
+cluster = "fs"
+
+[[listeners]]
+name = "b"
+bind = "127.0.0.1:0"
+cluster = "dy"
+
+[clusters.fs]
+mode = "full-sync"
+nodes = [ { name = "n1", address = "127.0.0.1:1883" } ]
+[[clusters.fs.fanout]]
+clients = "backend-*"
+
+[clusters.dy]
+mode = "dynsec"
+nodes = [ { name = "n1", address = "127.0.0.1:1883" } ]
+[[clusters.dy.fanout]]
+clients = "backend-[0-9]"
+[[clusters.dy.fanout]]
+username = "svc-*"
+publish = "some"
+[[clusters.dy.fanout]]
+clients = "x-*"
+username = "y"
+[[clusters.dy.fanout]]
+clients = "z-*"
+publish = "one"
+publish_all_topics = ["a/#/b"]
+"#,
+    )
+    .expect("write");
+    let (code, _, err) = mqgate_check(&file);
+    assert_eq!(code, Some(1), "{err}");
+    for key in [
+        "clusters.fs.fanout",
+        "clusters.dy.fanout[0].clients",
+        "clusters.dy.fanout[1].publish",
+        "clusters.dy.fanout[2].clients",
+        "clusters.dy.fanout[3].publish_all_topics[0]",
+    ] {
+        assert!(err.contains(key), "names {key}:\n{err}");
+    }
+    // The good form passes.
+    std::fs::write(
+        &file,
+        "[[listeners]]\nname = \"b\"\nbind = \"127.0.0.1:0\"\ncluster = \"dy\"\n[clusters.dy]\nmode = \"dynsec\"\nnodes = [ { name = \"n1\", address = \"127.0.0.1:1883\" } ]\n[[clusters.dy.fanout]]\nclients = \"backend-*\"\npublish = \"one\"\npublish_all_topics = [\"cmd/#\"]\n",
+    )
+    .expect("write");
+    let (code, out, err) = mqgate_check(&file);
+    assert_eq!(code, Some(0), "{out}{err}");
+}
