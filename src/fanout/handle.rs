@@ -42,7 +42,7 @@ impl Session {
     }
 
     /// One whole packet from the client.
-    pub(super) fn from_client(&mut self, p: Vec<u8>) {
+    pub(super) fn on_client(&mut self, p: Vec<u8>) {
         let v5 = self.v5();
         let kind = p[0] >> 4;
         match kind {
@@ -282,7 +282,7 @@ impl Session {
     }
 
     /// One whole packet from node `idx` (connection `gen`), after its CONNACK.
-    pub(super) fn from_node(&mut self, idx: usize, gen: u32, p: Vec<u8>) {
+    pub(super) fn on_node(&mut self, idx: usize, gen: u32, p: Vec<u8>) {
         let v5 = self.v5();
         let kind = p[0] >> 4;
         if kind == pk::PUBLISH {
@@ -351,10 +351,8 @@ impl Session {
                         }
                         self.settle_sub(cid);
                     }
-                    Some(Out::Replay) => {
-                        if answer.codes.iter().any(|c| *c >= 0x80) {
-                            tracing::debug!(node = %self.slots[idx].node.name, "fan-out: a replayed subscription was refused");
-                        }
+                    Some(Out::Replay) if answer.codes.iter().any(|c| *c >= 0x80) => {
+                        tracing::debug!(node = %self.slots[idx].node.name, "fan-out: a replayed subscription was refused");
                     }
                     _ => {}
                 }

@@ -24,12 +24,11 @@ pub const PINGRESP_BYTES: [u8; 2] = [0xD0, 0x00];
 
 /// Offset of the variable header (after the fixed header) of a complete packet.
 fn body_start(p: &[u8]) -> Option<usize> {
-    for i in 1..p.len().min(5) {
-        if p[i] & 0x80 == 0 {
-            return Some(i + 1);
-        }
-    }
-    None
+    p.iter()
+        .take(5)
+        .skip(1)
+        .position(|b| b & 0x80 == 0)
+        .map(|i| i + 2)
 }
 
 /// What a session needs to know of a PUBLISH.

@@ -3,8 +3,8 @@
 //! Set-up: a node connection ([`super::link`]) to every usable node (up, not in
 //! `maint`), each sent the client's CONNECT unchanged; one CONNACK to the client
 //! once every node answered or the deadline passed. Then one loop:
-//! - client packets ([`Session::from_client`], in `handle.rs`) and node packets
-//!   ([`Session::from_node`]), whole, in order per connection;
+//! - client packets ([`Session::on_client`], in `handle.rs`) and node packets
+//!   ([`Session::on_node`]), whole, in order per connection;
 //! - backpressure: the client is read only while every node's write queue is under
 //!   [`QUEUE_MAX`]; the nodes are read only while the client's write queue is under
 //!   it and a client-side packet identifier is free (`max_inflight`);
@@ -395,7 +395,7 @@ impl Session {
                     }
                 }
                 ev = up_rx.recv(), if read_nodes => match ev {
-                    Some(ev) => self.from_up(ev),
+                    Some(ev) => self.on_up(ev),
                     None => return End::NoNode,
                 },
             }
@@ -413,7 +413,7 @@ impl Session {
             Scanned::Pass(_) => {}
         });
         for p in packets {
-            self.from_client(p);
+            self.on_client(p);
             if let Some(e) = self.end {
                 return Some(e);
             }
@@ -468,7 +468,7 @@ impl Session {
                     }
                 }
                 ev @ Up::Packet { .. } => early.push(ev),
-                ev => self.from_up(ev),
+                ev => self.on_up(ev),
             }
         }
         // Nodes still connecting answer later, like nodes that come up.
@@ -512,7 +512,7 @@ impl Session {
         }
         self.to_client(ack);
         for ev in early {
-            self.from_up(ev);
+            self.on_up(ev);
         }
         Ok(())
     }
@@ -575,7 +575,7 @@ impl Session {
     }
 
     /// Handle one event of a node connection.
-    fn from_up(&mut self, ev: Up) {
+    fn on_up(&mut self, ev: Up) {
         match ev {
             Up::Connack { idx, gen, bytes } => {
                 if self.slots.get(idx).is_some_and(|s| s.gen == gen) {
@@ -588,7 +588,7 @@ impl Session {
                     .get(idx)
                     .is_some_and(|s| s.gen == gen && s.state == LinkState::Up)
                 {
-                    self.from_node(idx, gen, bytes);
+                    self.on_node(idx, gen, bytes);
                 }
             }
             Up::Lost { idx, gen, why } => {
