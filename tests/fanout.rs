@@ -624,3 +624,62 @@ publish_all_topics = ["a/#/b"]
     let (code, out, err) = mqgate_check(&file);
     assert_eq!(code, Some(0), "{out}{err}");
 }
+
+/// A rule added by a reload applies to the next connections; a client connected
+/// before keeps its single-node session.
+#[test]
+fn a_reload_adds_a_rule_for_new_connections() {
+    let dir = tempdir();
+    let nodes = Mosquitto::start_nodes(dir.path(), 3);
+    let (gate, listen) = fanout_gate(dir.path(), &nodes, "");
+    let text = |rule: &str| {
+        gate_config(
+            listen,
+            gate.admin_port,
+            "dynsec",
+            &addresses(&nodes),
+            "",
+            "",
+            rule,
+        )
+    };
+    let (mut before, _) = Client::accepted(listen, &Connect::new("backend-early")).expect("early");
+    assert_eq!(
+        gate.metric("mqgate_fanout_sessions", &[("cluster", "brokers")]),
+        0.0,
+        "no rule yet: an ordinary session"
+    );
+    gate.reload_with(&text(RULE));
+    let (mut after, _) = Client::accepted(listen, &Connect::new("backend-late")).expect("late");
+    after.subscribe("tele/#").expect("subscribe");
+    assert_eq!(
+        gate.metric("mqgate_fanout_sessions", &[("cluster", "brokers")]),
+        1.0
+    );
+    assert!(before.ping(), "the earlier session goes on");
+    for m in &nodes {
+        mosquitto_pub(&[
+            "-p",
+            &m.port.to_string(),
+            "-h",
+            "127.0.0.1",
+            "-q",
+            "1",
+            "-t",
+            "tele/x",
+            "-m",
+            &m.name,
+        ]);
+    }
+    let mut got: Vec<String> = (0..3)
+        .map(|_| {
+            let (_, p) = after.next_publish(T).expect("from every node");
+            String::from_utf8_lossy(&p).to_string()
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, ["node1", "node2", "node3"]);
+    // And a reload that removes it leaves the running fan-out session alone.
+    gate.reload_with(&text(""));
+    assert!(after.ping(), "the fan-out session survives the reload");
+}
