@@ -20,6 +20,9 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// How long a node has to close once the session has closed its side.
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
+
 /// What a node connection tells its session. `gen` tells one connection of a node
 /// from the next.
 #[derive(Debug)]
@@ -51,9 +54,10 @@ pub struct LinkHandle {
 impl LinkHandle {
     /// Queue bytes for the node (dropped if the connection task has ended).
     pub fn send(&self, bytes: Vec<u8>) {
-        self.queued.fetch_add(bytes.len(), Ordering::Relaxed);
+        let n = bytes.len();
+        self.queued.fetch_add(n, Ordering::Relaxed);
         if self.tx.send(bytes).is_err() {
-            self.queued.store(0, Ordering::Relaxed);
+            self.queued.fetch_sub(n, Ordering::Relaxed);
         }
     }
 }
@@ -213,9 +217,11 @@ async fn connected(
                         out.extend_from_slice(&b);
                     }
                     None => {
-                        // The session ended (or sent DISCONNECT): close our side.
+                        // The session ended (or sent DISCONNECT): close our side and
+                        // give the node a moment to close its own.
                         let _ = wr.shutdown().await;
-                        std::future::pending::<()>().await;
+                        tokio::time::sleep(CLOSE_LINGER).await;
+                        return "closed after the session ended".to_string();
                     }
                 },
                 _ = tick => out.extend_from_slice(&super::packet::PINGREQ_BYTES),

@@ -37,6 +37,8 @@ pub const MAX_STORED: usize = 10_000;
 /// First pause before a node that failed or refused is tried again (doubling to 30 s).
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Node events handled per turn of the session loop at most.
+const DRAIN: usize = 256;
 
 /// What the session needs from the set-up path.
 pub struct Start {
@@ -281,6 +283,11 @@ impl Session {
             .min()
     }
 
+    /// May node packets be taken now (client queue under its bound, an id free)?
+    fn nodes_readable(&self) -> bool {
+        self.client_queued.load(Ordering::Relaxed) < QUEUE_MAX && self.inbound.available()
+    }
+
     fn queues_ok(&self) -> bool {
         self.slots.iter().all(|s| {
             s.link
@@ -323,7 +330,16 @@ where
         e = s.drive(&mut rd, &mut up_rx) => e,
         _ = &mut writer => End::ClientClosed,
     };
-    // Dropping the session's senders lets every writer flush and close its side.
+    // Node connections still being set up are stopped (they must not log the client
+    // in after it left); dropping the session's senders lets every other writer flush
+    // and close its side.
+    for slot in &s.slots {
+        if slot.state == LinkState::Connecting {
+            if let Some(l) = &slot.link {
+                l.stop.cancel();
+            }
+        }
+    }
     drop(s);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     end
@@ -360,8 +376,7 @@ impl Session {
                 return e;
             }
             let read_client = self.queues_ok();
-            let read_nodes =
-                self.client_queued.load(Ordering::Relaxed) < QUEUE_MAX && self.inbound.available();
+            let read_nodes = self.nodes_readable();
             let retry = self.next_retry();
             let changed = cluster.changed();
             tokio::select! {
@@ -395,7 +410,20 @@ impl Session {
                     }
                 }
                 ev = up_rx.recv(), if read_nodes => match ev {
-                    Some(ev) => self.on_up(ev),
+                    Some(ev) => {
+                        self.on_up(ev);
+                        // Take what else is there now, within the same bounds: one
+                        // turn of this loop (its timers) per batch, not per message.
+                        for _ in 0..DRAIN {
+                            if self.end.is_some() || !self.nodes_readable() {
+                                break;
+                            }
+                            match up_rx.try_recv() {
+                                Ok(ev) => self.on_up(ev),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => return End::NoNode,
                 },
             }
