@@ -6,7 +6,8 @@
 //! identifiers it uses on each node connection for what the client sends there
 //! (SUBSCRIBE, UNSUBSCRIBE, QoS 1/2 PUBLISH, replayed SUBSCRIBEs). An identifier is
 //! in use from [`Ids::alloc`] until [`Ids::free`]; the next one is searched from the
-//! last one given out, so a freed identifier is not reused at once. Pure, no I/O.
+//! last one given out (a bitmap, 64 at a time), so a freed identifier is not reused at
+//! once. Pure, no I/O.
 
 use std::collections::HashMap;
 
@@ -14,6 +15,9 @@ use std::collections::HashMap;
 #[derive(Debug)]
 pub struct Ids<T> {
     used: HashMap<u16, T>,
+    /// One bit per identifier in use (1024 words, allocated at the first `alloc`), so
+    /// that finding a free one near exhaustion skips 64 at a time.
+    bits: Vec<u64>,
     next: u16,
     limit: usize,
 }
@@ -23,6 +27,7 @@ impl<T> Ids<T> {
     pub fn new(limit: usize) -> Self {
         Ids {
             used: HashMap::new(),
+            bits: Vec::new(),
             next: 1,
             limit: limit.clamp(1, 65_535),
         }
@@ -41,23 +46,38 @@ impl<T> Ids<T> {
         self.used.is_empty()
     }
 
-    /// A free identifier for `v`, or `None` (and `v` back) when `limit` are in use.
+    /// A free identifier for `v`, or `v` back when `limit` are in use.
     pub fn alloc(&mut self, v: T) -> Result<u16, T> {
         if !self.available() {
             return Err(v);
         }
+        if self.bits.is_empty() {
+            self.bits = vec![0; 1024];
+            // Identifier 0 does not exist: marked used for good.
+            self.bits[0] = 1;
+        }
         // `limit` <= 65535 and fewer are used: a free one exists within one turn.
+        let Some(id) = self.free_from(self.next).or_else(|| self.free_from(1)) else {
+            return Err(v);
+        };
+        self.bits[usize::from(id / 64)] |= 1 << (id % 64);
+        self.next = if id == u16::MAX { 1 } else { id + 1 };
+        self.used.insert(id, v);
+        Ok(id)
+    }
+
+    /// The first free identifier at or after `from` (none past 65535).
+    fn free_from(&self, from: u16) -> Option<u16> {
+        let mut w = usize::from(from / 64);
+        // Bits below `from` in its word count as used.
+        let mut word = self.bits.get(w)? | ((1u64 << (from % 64)) - 1);
         loop {
-            let id = self.next;
-            self.next = if self.next == u16::MAX {
-                1
-            } else {
-                self.next + 1
-            };
-            if let std::collections::hash_map::Entry::Vacant(e) = self.used.entry(id) {
-                e.insert(v);
-                return Ok(id);
+            if word != u64::MAX {
+                let bit = (!word).trailing_zeros() as usize;
+                return u16::try_from(w * 64 + bit).ok();
             }
+            w += 1;
+            word = *self.bits.get(w)?;
         }
     }
 
@@ -71,6 +91,11 @@ impl<T> Ids<T> {
 
     pub fn free(&mut self, id: u16) -> Option<T> {
         let v = self.used.remove(&id);
+        if v.is_some() {
+            if let Some(w) = self.bits.get_mut(usize::from(id / 64)) {
+                *w &= !(1 << (id % 64));
+            }
+        }
         if self.used.is_empty() && self.used.capacity() > 1024 {
             self.used = HashMap::new();
         }
@@ -81,6 +106,7 @@ impl<T> Ids<T> {
     pub fn drain(&mut self) -> Vec<(u16, T)> {
         let out = self.used.drain().collect();
         self.used = HashMap::new();
+        self.bits = Vec::new();
         out
     }
 

@@ -2,17 +2,17 @@
 //! node, forwards the client's CONNECT, reports the node's CONNACK, then reads the
 //! node's packets whole (to the session, through one bounded channel shared by all
 //! its nodes: when the session stops taking them, the task stops reading and TCP
-//! pushes back on the broker) and writes what the session sends it (an unbounded
-//! channel whose queued bytes the session counts and bounds before it reads more
-//! from the client). It sends PINGREQ at the client's keep-alive. Reading and writing
+//! pushes back on the broker) and writes what the session queues for it (an
+//! [`super::outbox`], whose size the session bounds before it reads more from the
+//! client). It sends PINGREQ at the client's keep-alive. Reading and writing
 //! are two futures of the same task, so a full session channel never stops the
 //! writes (which is what frees it).
 
+use super::outbox::{Outbox, OutboxTx};
 use crate::cluster::Node;
 use crate::config::ClusterConfig;
 use crate::mqtt::scanner::{Scanned, Scanner};
 use crate::proxy::ClientCtx;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,22 +43,22 @@ pub enum Up {
     Lost { idx: usize, gen: u32, why: String },
 }
 
-/// The session's side of one node connection.
+/// The session's side of one node connection; dropping it closes the connection
+/// once what was queued is written.
 pub struct LinkHandle {
-    pub tx: mpsc::UnboundedSender<Vec<u8>>,
-    /// Bytes queued for the node and not written yet.
-    pub queued: Arc<AtomicUsize>,
+    out: OutboxTx,
     pub stop: CancellationToken,
 }
 
 impl LinkHandle {
-    /// Queue bytes for the node (dropped if the connection task has ended).
+    /// Queue bytes for the node.
     pub fn send(&self, bytes: Vec<u8>) {
-        let n = bytes.len();
-        self.queued.fetch_add(n, Ordering::Relaxed);
-        if self.tx.send(bytes).is_err() {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
-        }
+        self.out.push(&bytes);
+    }
+
+    /// Bytes queued for the node and not taken by its writer yet.
+    pub fn queued(&self) -> usize {
+        self.out.queued()
     }
 }
 
@@ -81,39 +81,28 @@ pub struct LinkStart {
 
 /// Start the connection task; the handle is the session's.
 pub fn start(s: LinkStart, tracker: &tokio_util::task::TaskTracker) -> LinkHandle {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let queued = Arc::new(AtomicUsize::new(0));
+    let (out, rx) = OutboxTx::new();
     let stop = CancellationToken::new();
     let h = LinkHandle {
-        tx,
-        queued: queued.clone(),
+        out,
         stop: stop.clone(),
     };
-    tracker.spawn(run(s, rx, queued, stop));
+    tracker.spawn(run(s, rx, stop));
     h
 }
 
-async fn run(
-    s: LinkStart,
-    rx: mpsc::UnboundedReceiver<Vec<u8>>,
-    queued: Arc<AtomicUsize>,
-    stop: CancellationToken,
-) {
+async fn run(s: LinkStart, rx: Arc<Outbox>, stop: CancellationToken) {
     let (idx, gen) = (s.idx, s.gen);
     let up = s.up.clone();
     let why = tokio::select! {
-        r = connected(s, rx, queued) => r,
+        r = connected(s, rx) => r,
         _ = stop.cancelled() => "stopped by the session".to_string(),
     };
     let _ = up.send(Up::Lost { idx, gen, why }).await;
 }
 
 /// Connect, forward the CONNECT, relay until the connection ends; returns why.
-async fn connected(
-    s: LinkStart,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
-    queued: Arc<AtomicUsize>,
-) -> String {
+async fn connected(s: LinkStart, rx: Arc<Outbox>) -> String {
     let cfg = &s.cfg;
     let tcp = match crate::upstream::connect(&s.node, cfg.connect_timeout).await {
         Ok(t) => t,
@@ -198,10 +187,27 @@ async fn connected(
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });
-        let mut out: Vec<u8> = Vec::with_capacity(4096);
+        let mut mine: Vec<u8> = Vec::new();
         loop {
-            // Bytes taken from the session's queue (PINGREQs are not counted there).
-            let mut taken = 0;
+            rx.take(&mut mine);
+            if !mine.is_empty() {
+                if let Err(e) = wr.write_all(&mine).await {
+                    return format!("write: {e}");
+                }
+                mine.clear();
+                if mine.capacity() > 4 * 1024 * 1024 {
+                    mine = Vec::new();
+                }
+                s.drained.notify_one();
+                continue;
+            }
+            if rx.is_closed() {
+                // The session ended (or sent DISCONNECT): close our side and give
+                // the node a moment to close its own.
+                let _ = wr.shutdown().await;
+                tokio::time::sleep(CLOSE_LINGER).await;
+                return "closed after the session ended".to_string();
+            }
             let tick = async {
                 match ping.as_mut() {
                     Some(i) => {
@@ -211,40 +217,12 @@ async fn connected(
                 }
             };
             tokio::select! {
-                m = rx.recv() => match m {
-                    Some(b) => {
-                        taken += b.len();
-                        out.extend_from_slice(&b);
+                _ = rx.ready() => {}
+                _ = tick => {
+                    if let Err(e) = wr.write_all(&super::packet::PINGREQ_BYTES).await {
+                        return format!("write: {e}");
                     }
-                    None => {
-                        // The session ended (or sent DISCONNECT): close our side and
-                        // give the node a moment to close its own.
-                        let _ = wr.shutdown().await;
-                        tokio::time::sleep(CLOSE_LINGER).await;
-                        return "closed after the session ended".to_string();
-                    }
-                },
-                _ = tick => out.extend_from_slice(&super::packet::PINGREQ_BYTES),
-            }
-            while out.len() < 256 * 1024 {
-                match rx.try_recv() {
-                    Ok(b) => {
-                        taken += b.len();
-                        out.extend_from_slice(&b);
-                    }
-                    Err(_) => break,
                 }
-            }
-            if let Err(e) = wr.write_all(&out).await {
-                return format!("write: {e}");
-            }
-            out.clear();
-            if out.capacity() > 64 * 1024 {
-                out = Vec::with_capacity(4096);
-            }
-            if taken > 0 {
-                queued.fetch_sub(taken, Ordering::Relaxed);
-                s.drained.notify_one();
             }
         }
     };

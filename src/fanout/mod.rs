@@ -12,6 +12,7 @@ mod handle;
 pub mod ids;
 mod link;
 pub mod merge;
+mod outbox;
 pub mod packet;
 mod session;
 

@@ -16,13 +16,13 @@
 use super::ids::Ids;
 use super::link::{self, LinkHandle, LinkStart, Up};
 use super::merge::{AckMerge, PubMerge};
+use super::outbox::{Outbox, OutboxTx};
 use crate::cluster::{AdminState, Health, Node};
 use crate::config::{ClusterConfig, FanoutRule};
 use crate::mqtt::scanner::{Scanned, Scanner};
 use crate::proxy::ClientCtx;
 use crate::runtime::{DataPath, ListenerRt};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -140,8 +140,7 @@ pub(super) struct Session {
     pub subs: HashMap<u16, AckMerge>,
     pub pubs: HashMap<u16, PubMerge>,
     pub stored: Vec<Stored>,
-    pub client_tx: mpsc::UnboundedSender<Vec<u8>>,
-    pub client_queued: Arc<AtomicUsize>,
+    pub client: OutboxTx,
     pub drained: Arc<Notify>,
     pub up_tx: mpsc::Sender<Up>,
     /// Set when a handler decides the session ends.
@@ -151,8 +150,7 @@ pub(super) struct Session {
 impl Session {
     /// Queue bytes for the client.
     pub fn to_client(&self, bytes: Vec<u8>) {
-        self.client_queued.fetch_add(bytes.len(), Ordering::Relaxed);
-        let _ = self.client_tx.send(bytes);
+        self.client.push(&bytes);
     }
 
     pub fn up_count(&self) -> usize {
@@ -285,15 +283,13 @@ impl Session {
 
     /// May node packets be taken now (client queue under its bound, an id free)?
     fn nodes_readable(&self) -> bool {
-        self.client_queued.load(Ordering::Relaxed) < QUEUE_MAX && self.inbound.available()
+        self.client.queued() < QUEUE_MAX && self.inbound.available()
     }
 
     fn queues_ok(&self) -> bool {
-        self.slots.iter().all(|s| {
-            s.link
-                .as_ref()
-                .is_none_or(|l| l.queued.load(Ordering::Relaxed) < QUEUE_MAX)
-        })
+        self.slots
+            .iter()
+            .all(|s| s.link.as_ref().is_none_or(|l| l.queued() < QUEUE_MAX))
     }
 }
 
@@ -303,8 +299,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut rd, wr) = tokio::io::split(client);
-    let (client_tx, client_rx) = mpsc::unbounded_channel();
-    let client_queued = Arc::new(AtomicUsize::new(0));
+    let (client_out, client_box) = OutboxTx::new();
     let drained = Arc::new(Notify::new());
     let (up_tx, mut up_rx) = mpsc::channel(64);
     let cluster = start.lst.cluster.name.clone();
@@ -318,13 +313,12 @@ where
         subs: HashMap::new(),
         pubs: HashMap::new(),
         stored: Vec::new(),
-        client_tx,
-        client_queued: client_queued.clone(),
+        client: client_out,
         drained: drained.clone(),
         up_tx,
         end: None,
     };
-    let writer = client_writer(wr, client_rx, client_queued, drained.clone());
+    let writer = client_writer(wr, client_box, drained.clone());
     tokio::pin!(writer);
     let end = tokio::select! {
         e = s.drive(&mut rd, &mut up_rx) => e,
@@ -642,32 +636,27 @@ async fn sleep_opt(at: Option<Instant>) {
     }
 }
 
-/// Write what the session queues for the client, batched; ends on a write error or
-/// when the session drops its sender (then the write side is shut down).
-async fn client_writer<W: AsyncWrite + Unpin>(
-    mut wr: W,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
-    queued: Arc<AtomicUsize>,
-    drained: Arc<Notify>,
-) {
-    let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
-    while let Some(b) = rx.recv().await {
-        out.extend_from_slice(&b);
-        while out.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(b) => out.extend_from_slice(&b),
-                Err(_) => break,
+/// Write what the session queues for the client, all of it at once; ends on a write
+/// error or when the session has dropped its end (then the write side is shut down).
+async fn client_writer<W: AsyncWrite + Unpin>(mut wr: W, out: Arc<Outbox>, drained: Arc<Notify>) {
+    let mut mine: Vec<u8> = Vec::new();
+    loop {
+        out.take(&mut mine);
+        if !mine.is_empty() {
+            if wr.write_all(&mine).await.is_err() {
+                return;
             }
+            mine.clear();
+            if mine.capacity() > 2 * QUEUE_MAX {
+                mine = Vec::new();
+            }
+            drained.notify_one();
+            continue;
         }
-        if wr.write_all(&out).await.is_err() {
-            return;
+        if out.is_closed() {
+            break;
         }
-        queued.fetch_sub(out.len(), Ordering::Relaxed);
-        drained.notify_one();
-        out.clear();
-        if out.capacity() > 256 * 1024 {
-            out = Vec::with_capacity(16 * 1024);
-        }
+        out.ready().await;
     }
     let _ = wr.flush().await;
     let _ = wr.shutdown().await;
