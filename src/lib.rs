@@ -38,6 +38,7 @@ pub mod broker_tls;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod fanout;
 pub mod fdlimit;
 pub mod gateway;
 pub mod handover;

@@ -35,6 +35,10 @@ pub mod names {
     pub const SESSION_ID_HOLDDOWNS_TOTAL: &str = "mqgate_session_id_holddowns_total";
     pub const SESSION_PACKETS_MALFORMED_TOTAL: &str = "mqgate_session_packets_malformed_total";
     pub const RELAY_CONNECTIONS_TOTAL: &str = "mqgate_relay_connections_total";
+    pub const FANOUT_SESSIONS: &str = "mqgate_fanout_sessions";
+    pub const FANOUT_UPSTREAMS: &str = "mqgate_fanout_upstreams";
+    pub const FANOUT_MESSAGES_TOTAL: &str = "mqgate_fanout_messages_total";
+    pub const FANOUT_CLOSES_TOTAL: &str = "mqgate_fanout_closes_total";
     pub const PEER_UP: &str = "mqgate_peer_up";
     pub const PEER_UPDATES_TOTAL: &str = "mqgate_peer_updates_total";
     pub const PEER_UPDATES_DROPPED_TOTAL: &str = "mqgate_peer_updates_dropped_total";
@@ -142,6 +146,7 @@ impl Reject {
 pub struct Metrics {
     pub registry: Registry,
     pub shaping: ShapingMetrics,
+    pub fanout: FanoutMetrics,
     pub build_info: IntGaugeVec,
     pub connections_active: IntGaugeVec,
     pub connections_total: IntCounterVec,
@@ -220,6 +225,7 @@ impl Metrics {
         ];
         let m = Metrics {
             shaping: ShapingMetrics::new(&r),
+            fanout: FanoutMetrics::new(&r),
             build_info: gauge(
                 &r,
                 BUILD_INFO,
@@ -608,5 +614,49 @@ impl ShapingMetrics {
         self.admissions_refused
             .with_label_values(&[cluster, reason])
             .inc();
+    }
+}
+
+/// Fan-out sessions (`crate::fanout`).
+pub struct FanoutMetrics {
+    /// `mqgate_fanout_sessions{cluster}`: fan-out sessions now.
+    pub sessions: IntGaugeVec,
+    /// `mqgate_fanout_upstreams{cluster,node}`: fan-out sessions' node connections now.
+    pub upstreams: IntGaugeVec,
+    /// `mqgate_fanout_messages_total{cluster,node,direction}`: PUBLISHes merged from a
+    /// node (`to_client`) or routed to it (`to_node`).
+    pub messages: IntCounterVec,
+    /// `mqgate_fanout_closes_total{cluster,reason}`: how fan-out sessions ended.
+    pub closes: IntCounterVec,
+}
+
+impl FanoutMetrics {
+    pub fn new(r: &Registry) -> Self {
+        FanoutMetrics {
+            sessions: gauge(
+                r,
+                names::FANOUT_SESSIONS,
+                "Fan-out sessions (clients connected to every node of a dynsec cluster) now.",
+                &["cluster"],
+            ),
+            upstreams: gauge(
+                r,
+                names::FANOUT_UPSTREAMS,
+                "Node connections of fan-out sessions now, per node.",
+                &["cluster", "node"],
+            ),
+            messages: counter(
+                r,
+                names::FANOUT_MESSAGES_TOTAL,
+                "PUBLISHes of fan-out sessions, merged from a node (to_client) or routed to it (to_node).",
+                &["cluster", "node", "direction"],
+            ),
+            closes: counter(
+                r,
+                names::FANOUT_CLOSES_TOTAL,
+                "Fan-out sessions ended, by reason.",
+                &["cluster", "reason"],
+            ),
+        }
     }
 }

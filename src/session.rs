@@ -241,6 +241,19 @@ pub async fn serve<S>(
             return;
         }
     }
+    // `[[clusters.X.fanout]]`: connected to every up node at once (`crate::fanout`).
+    if let Some(rule) = crate::fanout::rule_for(&cfg, &connect).cloned() {
+        let c = crate::fanout::Client {
+            ctx,
+            v5,
+            keep_alive: connect.keep_alive,
+            client_id: connect.client_id.to_string(),
+            stream: client,
+            buf,
+            len,
+        };
+        return Box::pin(crate::fanout::serve(data, lst, cfg, rule, c, slot)).await;
+    }
     // A clean session of a client whose subscriptions are stored takes the packet
     // path once too: the broker drops its session, and so does mqgate once the broker
     // has accepted the login (not before: a refused login must not wipe them).

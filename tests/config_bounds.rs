@@ -45,6 +45,8 @@ impl NumKey {
         // A `[[listeners]]` key is the test file's first (only) listener's.
         let table = match self.table.as_str() {
             "listeners" => "listeners[0]".to_string(),
+            // Likewise the first (only) fan-out rule.
+            "clusters.NAME.fanout" => "clusters.brokers.fanout[0]".to_string(),
             t => t.replace("NAME", "brokers"),
         };
         format!("{table}.{}", self.key)
@@ -120,6 +122,7 @@ fn config_with(body: &str, extra: &[(String, String)]) -> String {
         ("clusters.brokers.sessions", String::new()),
         ("peers", String::new()),
         ("clusters.brokers.shaping", String::new()),
+        ("clusters.brokers.fanout", String::new()),
     ];
     let mut out = body.to_string();
     for (t, line) in extra {
@@ -131,6 +134,14 @@ fn config_with(body: &str, extra: &[(String, String)]) -> String {
         }
     }
     for (t, lines) in tables {
+        if t == "clusters.brokers.fanout" {
+            // An array of tables, written only when a key of it is set, with its
+            // required glob.
+            if !lines.is_empty() {
+                out.push_str(&format!("\n[[{t}]]\nclients = \"backend-*\"\n{lines}"));
+            }
+            continue;
+        }
         if t == "peers" {
             if lines.is_empty() {
                 continue;

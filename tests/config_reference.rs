@@ -69,6 +69,8 @@ address = "127.0.0.1:1883"
 ca = "{dir}/ca.pem"
 [clusters.b.sessions]
 [clusters.b.shaping]
+[[clusters.b.fanout]]
+clients = "backend-*"
 
 [peers]
 name = "gate-a"

@@ -25,6 +25,7 @@ mod connect_fidelity;
 mod dashboard;
 mod evacuate;
 mod failover_clients;
+mod fanout;
 mod fuzz_corpus;
 mod gateway_basic;
 mod gateway_tls;

@@ -9,6 +9,9 @@
 //! loadgen pki DIR                                   write ca.pem, server.pem, server.key, server-full.pem
 //! loadgen probe      --addr A [--tls-ca CA]         one session; exit 0 if CONNACK accepted
 //! loadgen throughput --addr A [--pairs 4] [--qos 0] [--size 100] [--window 400] [--warmup 1] [--secs 5] [--persistent 1]
+//! loadgen fanin      --nodes A,B,C --via G [--client-id backend-bench] [--qos 1] [--size 100]
+//!                    [--window 400] [--warmup 1] [--secs 5] [--rounds 3]
+//!                    (one publisher per node; the backend through G's fan-out vs direct)
 //! loadgen latency    --addr A [--rate 20000] [--size 100] [--warmup 1] [--secs 5]
 //! loadgen connect    --addr A [--tls-ca CA] [--clients 5000] [--conc 50] [--secs 10]
 //! loadgen idle       --addr A [--clients 1000] [--conc 64]   (holds them until a line on stdin)
@@ -19,6 +22,7 @@
 //! ```
 
 mod failover;
+mod fanin;
 mod latency;
 mod mqtt;
 mod net;
@@ -155,6 +159,30 @@ fn real_main() -> Result<(), String> {
                 secs: a.secs("secs", 5.0)?,
             };
             runtime()?.block_on(throughput::run(t, o))?
+        }
+        "fanin" => {
+            let list = |k: &str| -> Result<Vec<SocketAddr>, String> {
+                a.kv.get(k)
+                    .ok_or(format!("--{k} is required"))?
+                    .split(',')
+                    .map(|x| x.parse().map_err(|e| format!("--{k} {x}: {e}")))
+                    .collect()
+            };
+            let o = fanin::Opts {
+                nodes: list("nodes")?,
+                via: list("via")?
+                    .into_iter()
+                    .next()
+                    .ok_or("--via HOST:PORT is required")?,
+                client_id: a.get("client-id", "backend-bench".to_string())?,
+                qos: a.get("qos", 1)?,
+                size: a.get("size", 100)?,
+                window: a.get("window", 400)?,
+                warmup: a.secs("warmup", 1.0)?,
+                secs: a.secs("secs", 5.0)?,
+                rounds: a.get("rounds", 3)?,
+            };
+            runtime()?.block_on(fanin::run(o))?
         }
         "latency" => latency::run(
             a.addr()?,

@@ -24,10 +24,10 @@ pub struct Opts {
 }
 
 #[derive(Default)]
-struct Pair {
-    delivered: AtomicU64,
-    acked: AtomicU64,
-    notify: Notify,
+pub(crate) struct Pair {
+    pub(crate) delivered: AtomicU64,
+    pub(crate) acked: AtomicU64,
+    pub(crate) notify: Notify,
 }
 
 const BATCH: u64 = 16;
@@ -94,7 +94,7 @@ pub async fn run(target: Target, o: Opts) -> Result<serde_json::Value, String> {
     }))
 }
 
-async fn publisher<W: tokio::io::AsyncWrite + Unpin>(
+pub(crate) async fn publisher<W: tokio::io::AsyncWrite + Unpin>(
     mut wr: W,
     tpl: mqtt::Publish,
     pair: Arc<Pair>,
@@ -147,7 +147,7 @@ async fn publisher<W: tokio::io::AsyncWrite + Unpin>(
     }
 }
 
-async fn puback_reader<R: tokio::io::AsyncRead + Unpin>(
+pub(crate) async fn puback_reader<R: tokio::io::AsyncRead + Unpin>(
     mut rd: R,
     pair: Arc<Pair>,
     stop: Arc<AtomicBool>,

@@ -6,6 +6,7 @@
 mod address;
 mod checker;
 mod errors;
+mod fanout;
 
 pub use errors::line_of_key;
 use errors::serde_errors;
@@ -282,7 +283,11 @@ pub struct ClusterConfig {
     pub tls: Option<BrokerTlsConfig>,
     pub sessions: SessionsConfig,
     pub shaping: ShapingConfig,
+    /// `[[clusters.X.fanout]]` rules, in file order (the first match wins).
+    pub fanout: Vec<FanoutRule>,
 }
+
+pub use fanout::{glob_match, FanoutMatch, FanoutPublish, FanoutRule};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NodeConfig {

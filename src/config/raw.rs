@@ -226,6 +226,43 @@ pub struct RawCluster {
     pub tls: Option<RawBrokerTls>,
     pub sessions: Option<RawSessions>,
     pub shaping: Option<RawShaping>,
+    /// `[[clusters.X.fanout]]` rules (dynsec only; `crate::fanout`).
+    #[serde(default)]
+    pub fanout: Vec<RawFanout>,
+}
+
+/// `[[clusters.X.fanout]]`: clients connected to every up node at once.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFanout {
+    pub clients: Option<String>,
+    pub username: Option<String>,
+    #[serde(default = "d_fanout_publish")]
+    pub publish: String,
+    #[serde(default)]
+    pub publish_all_topics: Vec<String>,
+    #[serde(default = "d_fanout_max_sessions")]
+    pub max_sessions: i64,
+    #[serde(default = "d_fanout_max_inflight")]
+    pub max_inflight: i64,
+    #[serde(default = "d_fanout_max_packet_size")]
+    pub max_packet_size: i64,
+}
+
+fn d_fanout_publish() -> String {
+    "all".into()
+}
+
+fn d_fanout_max_sessions() -> i64 {
+    1000
+}
+
+fn d_fanout_max_inflight() -> i64 {
+    65535
+}
+
+fn d_fanout_max_packet_size() -> i64 {
+    1024 * 1024
 }
 
 #[derive(Debug, Deserialize)]

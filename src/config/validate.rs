@@ -258,6 +258,8 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
         v.errors.extend(errs);
         let (shaping, errs) = super::shaping::shaping(cname, c.shaping.as_ref());
         v.errors.extend(errs);
+        let (fanout, errs) = super::fanout::rules(cname, mode, &c.fanout);
+        v.errors.extend(errs);
         clusters.push(ClusterConfig {
             name: cname.clone(),
             mode,
@@ -300,6 +302,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
             sticky,
             sessions,
             shaping,
+            fanout,
         });
     }
 

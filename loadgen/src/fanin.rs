@@ -1,0 +1,165 @@
+//! Fan-in to one backend: one publisher on each broker node (connected straight to
+//! it), and one subscriber that sees all of them, either through a gateway's fan-out
+//! session (`--via ADDR`: one connection, mqgate connects it to every node) or by
+//! opening one connection per node itself ("direct"). Both are run in one invocation,
+//! alternating for `--rounds`, so the figures are side by side on the same host.
+//!
+//! Closed loop as in `throughput`: each publisher keeps at most `window` messages
+//! between "published" and "delivered" (and acknowledged, at QoS 1). The figure is
+//! messages delivered to the backend per second after a warm-up.
+
+use crate::mqtt;
+use crate::net::{subscribe, Target};
+use crate::throughput::{puback_reader, publisher, Pair};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub struct Opts {
+    pub nodes: Vec<SocketAddr>,
+    pub via: SocketAddr,
+    pub client_id: String,
+    pub qos: u8,
+    pub size: usize,
+    pub window: u64,
+    pub warmup: Duration,
+    pub secs: Duration,
+    pub rounds: usize,
+}
+
+pub async fn run(o: Opts) -> Result<serde_json::Value, String> {
+    let mut direct = Vec::new();
+    let mut via = Vec::new();
+    for r in 0..o.rounds {
+        direct.push(one(&o, false, r).await?);
+        via.push(one(&o, true, r).await?);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (d, f) = (median(&mut direct.clone()), median(&mut via.clone()));
+    Ok(json!({
+        "direct_msgs_per_sec": d,
+        "fanout_msgs_per_sec": f,
+        "ratio": f / d,
+        "direct_rounds": direct,
+        "fanout_rounds": via,
+        "nodes": o.nodes.len(),
+        "qos": o.qos,
+        "size": o.size,
+    }))
+}
+
+/// One measurement: messages per second delivered to the backend.
+async fn one(o: &Opts, fanout: bool, round: usize) -> Result<f64, String> {
+    let tag = format!("{}-{round}-{}", std::process::id(), u8::from(fanout));
+    let filter = format!("bench/fanin/{tag}/#");
+    let stop = Arc::new(AtomicBool::new(false));
+    let lost = Arc::new(AtomicU64::new(0));
+    let pairs: Arc<Vec<Arc<Pair>>> = Arc::new((0..o.nodes.len()).map(|_| Arc::default()).collect());
+    let mut tasks = Vec::new();
+    // The backend: one connection through the gateway, or one per node.
+    let subs: Vec<SocketAddr> = if fanout { vec![o.via] } else { o.nodes.clone() };
+    for addr in subs {
+        let t = Target::new(addr, None, None)?;
+        let mut s = t
+            .session(&o.client_id, false)
+            .await
+            .map_err(|e| format!("backend connect {addr}: {e}"))?;
+        subscribe(&mut s, &filter, o.qos)
+            .await
+            .map_err(|e| format!("backend subscribe {addr}: {e}"))?;
+        tasks.push(tokio::spawn(backend(s, pairs.clone(), stop.clone())));
+    }
+    for (k, addr) in o.nodes.iter().enumerate() {
+        let t = Target::new(*addr, None, None)?;
+        let publ = t
+            .session(&format!("fanin-pub-{tag}-{k}"), false)
+            .await
+            .map_err(|e| format!("publisher connect {addr}: {e}"))?;
+        let (rd, wr) = tokio::io::split(publ);
+        if o.qos > 0 {
+            tasks.push(tokio::spawn(puback_reader(
+                rd,
+                pairs[k].clone(),
+                stop.clone(),
+            )));
+        }
+        let mut tpl = mqtt::publish(&format!("bench/fanin/{tag}/{k}"), o.qos, o.size.max(1));
+        // The payload's first byte names the publisher, for the backend's counts.
+        tpl.bytes[tpl.payload_at] = k as u8;
+        tasks.push(tokio::spawn(publisher(
+            wr,
+            tpl,
+            pairs[k].clone(),
+            o.window,
+            stop.clone(),
+            lost.clone(),
+        )));
+    }
+    let total = || -> u64 {
+        pairs
+            .iter()
+            .map(|p| p.delivered.load(Ordering::Relaxed))
+            .sum()
+    };
+    tokio::time::sleep(o.warmup).await;
+    let (t0, d0) = (Instant::now(), total());
+    tokio::time::sleep(o.secs).await;
+    let (el, d1) = (t0.elapsed(), total());
+    stop.store(true, Ordering::Relaxed);
+    for p in pairs.iter() {
+        p.notify.notify_one();
+    }
+    for t in tasks {
+        t.abort();
+    }
+    Ok((d1 - d0) as f64 / el.as_secs_f64())
+}
+
+/// Read the backend's connection: count each PUBLISH for its publisher, PUBACK QoS 1.
+async fn backend(mut s: crate::net::Stream, pairs: Arc<Vec<Arc<Pair>>>, stop: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut have = 0;
+    let mut out = Vec::with_capacity(16 * 1024);
+    let mut got = vec![0u64; pairs.len()];
+    while !stop.load(Ordering::Relaxed) {
+        if have == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = match s.read(&mut buf[have..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        have += n;
+        out.clear();
+        got.iter_mut().for_each(|g| *g = 0);
+        let Ok(used) = mqtt::split(&buf[..have], |p| {
+            if let Some((pid, payload)) = p.publish_parts() {
+                if let Some(g) = payload.first().and_then(|k| got.get_mut(usize::from(*k))) {
+                    *g += 1;
+                }
+                if let Some(pid) = pid {
+                    out.extend_from_slice(&mqtt::puback(pid));
+                }
+            }
+        }) else {
+            return;
+        };
+        buf.copy_within(used..have, 0);
+        have -= used;
+        if !out.is_empty() && s.write_all(&out).await.is_err() {
+            return;
+        }
+        for (k, g) in got.iter().enumerate() {
+            if *g > 0 {
+                pairs[k].delivered.fetch_add(*g, Ordering::Release);
+                pairs[k].notify.notify_one();
+            }
+        }
+    }
+}
