@@ -40,7 +40,7 @@
 //! peers are refused with the version error.
 
 use crate::sticky::subs::Sub;
-use crate::sticky::Update;
+use crate::sticky::{Update, UpdateRef};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -54,6 +54,9 @@ pub const MAGIC: &[u8; 4] = b"MQGP";
 /// a key is at most 64 KiB, so a frame of `BATCH` worst-case keys could exceed it;
 /// the encoder also cuts a batch when it passes `MAX_FRAME / 2`).
 pub const BATCH: usize = 1000;
+/// Updates per UPDATES frame in a full sync: frames of up to `MAX_FRAME / 2` bytes
+/// (a receiver of any version takes any count that fits a frame).
+pub const SYNC_BATCH: usize = 64 * 1024;
 
 const T_HELLO: u8 = 1;
 const T_AUTH: u8 = 2;
@@ -86,6 +89,8 @@ pub enum Frame {
         cluster: String,
         updates: Vec<Update>,
     },
+    /// An UPDATES frame as [`decode_lazy`] returns it: checked, not yet unpacked.
+    Batch(Batch),
     SyncBegin,
     SyncEnd {
         entries: u64,
@@ -190,6 +195,77 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// One update of an UPDATES frame, borrowed from the frame's bytes.
+fn read_update<'a>(r: &mut Reader<'a>) -> Result<UpdateRef<'a>, FrameError> {
+    let flags = r.u8("update flags")?;
+    if flags & !1 != 0 {
+        return Err(FrameError::Flags(flags));
+    }
+    let key = r.str("key")?;
+    let node = if flags & 1 == 0 {
+        Some(r.str("node")?)
+    } else {
+        None
+    };
+    let stamp = r.u64("stamp")?;
+    let origin = r.str("origin")?;
+    let idle_ms = r.u64("idle")?;
+    Ok(UpdateRef {
+        key,
+        node,
+        stamp,
+        origin,
+        idle_ms,
+    })
+}
+
+/// The updates of an UPDATES frame, checked whole when decoded and read in place
+/// ([`Batch::iter`]): a full sync merges them without allocating per entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub cluster: String,
+    count: u32,
+    /// The encoded updates (after the count).
+    bytes: bytes::Bytes,
+}
+
+impl Batch {
+    fn check(cluster: String, count: u32, bytes: &[u8]) -> Result<Batch, FrameError> {
+        let mut r = Reader { buf: bytes };
+        for _ in 0..count {
+            read_update(&mut r)?;
+        }
+        if !r.buf.is_empty() {
+            return Err(FrameError::Trailing(r.buf.len()));
+        }
+        Ok(Batch {
+            cluster,
+            count,
+            bytes: bytes::Bytes::copy_from_slice(bytes),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The updates, borrowed from the frame.
+    pub fn iter(&self) -> impl Iterator<Item = UpdateRef<'_>> + '_ {
+        let mut r = Reader { buf: &self.bytes };
+        // Checked when decoded: every read succeeds.
+        (0..self.count).map_while(move |_| read_update(&mut r).ok())
+    }
+
+    /// The updates, owned (tests, tools).
+    pub fn to_updates(&self) -> Vec<Update> {
+        self.iter().map(|u| u.to_update()).collect()
+    }
+}
+
 /// Decode one frame from the front of `buf`: `Ok(None)` when more bytes are needed,
 /// else the frame and how many bytes it used. The size limit is checked from the
 /// length prefix alone, before anything is buffered.
@@ -207,7 +283,30 @@ pub fn decode(buf: &[u8], interner: &mut Interner) -> Result<Option<(Frame, usiz
     if buf.len() < 4 + len {
         return Ok(None);
     }
-    let frame = decode_body(&buf[4..4 + len], interner)?;
+    let frame = decode_body(&buf[4..4 + len], interner, false)?;
+    Ok(Some((frame, 4 + len)))
+}
+
+/// [`decode`], but an UPDATES frame comes back as a [`Frame::Batch`], checked and
+/// read in place later (the peer links and the snapshot loader).
+pub fn decode_lazy(
+    buf: &[u8],
+    interner: &mut Interner,
+) -> Result<Option<(Frame, usize)>, FrameError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    let frame = decode_body(&buf[4..4 + len], interner, true)?;
     Ok(Some((frame, 4 + len)))
 }
 
@@ -216,7 +315,7 @@ pub fn frame_len(buf: &[u8]) -> Option<usize> {
     (buf.len() >= 4).then(|| 4 + u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize)
 }
 
-fn decode_body(body: &[u8], interner: &mut Interner) -> Result<Frame, FrameError> {
+fn decode_body(body: &[u8], interner: &mut Interner, lazy: bool) -> Result<Frame, FrameError> {
     let mut r = Reader { buf: body };
     let frame = match r.u8("type")? {
         T_HELLO => {
@@ -238,30 +337,24 @@ fn decode_body(body: &[u8], interner: &mut Interner) -> Result<Frame, FrameError
         T_AUTH => Frame::Auth {
             mac: r.arr32("mac")?,
         },
+        T_UPDATES if lazy => {
+            let cluster = r.str("cluster")?.to_string();
+            let count = r.u32("count")?;
+            let rest = std::mem::take(&mut r.buf);
+            Frame::Batch(Batch::check(cluster, count, rest)?)
+        }
         T_UPDATES => {
             let cluster = r.str("cluster")?.to_string();
             let count = r.u32("count")? as usize;
             let mut updates = Vec::with_capacity(count.min(r.buf.len() / MIN_UPDATE));
             for _ in 0..count {
-                let flags = r.u8("update flags")?;
-                if flags & !1 != 0 {
-                    return Err(FrameError::Flags(flags));
-                }
-                let key: Arc<str> = Arc::from(r.str("key")?);
-                let node = if flags & 1 == 0 {
-                    Some(interner.get(r.str("node")?))
-                } else {
-                    None
-                };
-                let stamp = r.u64("stamp")?;
-                let origin = interner.get(r.str("origin")?);
-                let idle_ms = r.u64("idle")?;
+                let u = read_update(&mut r)?;
                 updates.push(Update {
-                    key,
-                    node,
-                    stamp,
-                    origin,
-                    idle_ms,
+                    key: Arc::from(u.key),
+                    node: u.node.map(|n| interner.get(n)),
+                    stamp: u.stamp,
+                    origin: interner.get(u.origin),
+                    idle_ms: u.idle_ms,
                 });
             }
             Frame::Updates { cluster, updates }
@@ -369,6 +462,13 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         Frame::Updates { cluster, updates } => {
             encode_updates(cluster, updates, out);
         }
+        Frame::Batch(b) => {
+            let mut w = UpdatesWriter::new(&b.cluster, usize::MAX);
+            for u in b.iter() {
+                w.push(out, &u);
+            }
+            w.finish(out);
+        }
         Frame::SyncBegin => {
             let at = begin(out, T_SYNC_BEGIN);
             finish(out, at);
@@ -458,33 +558,84 @@ pub fn encode_subs(cluster: &str, clients: &[(Arc<str>, Vec<Sub>)], out: &mut Ve
 /// Append UPDATES frames for `updates` to `out`, cutting a new frame every [`BATCH`]
 /// updates or when a frame passes half of [`MAX_FRAME`].
 pub fn encode_updates(cluster: &str, updates: &[Update], out: &mut Vec<u8>) {
-    let mut rest = updates;
-    loop {
+    let mut w = UpdatesWriter::new(cluster, BATCH);
+    for u in updates {
+        w.push(out, &u.view());
+    }
+    w.finish(out);
+}
+
+/// Writes updates as UPDATES frames one at a time (a full sync encodes a shard
+/// straight from the table): a frame is cut every `per_frame` updates or when it
+/// passes half of [`MAX_FRAME`].
+pub struct UpdatesWriter<'c> {
+    cluster: &'c str,
+    per_frame: usize,
+    /// The frame being written: where it starts, where its count is, its count.
+    open: Option<(usize, usize, u32)>,
+    /// Whether any frame was written (no update at all still makes one empty frame).
+    wrote: bool,
+}
+
+impl<'c> UpdatesWriter<'c> {
+    pub fn new(cluster: &'c str, per_frame: usize) -> Self {
+        UpdatesWriter {
+            cluster,
+            per_frame: per_frame.max(1),
+            open: None,
+            wrote: false,
+        }
+    }
+
+    fn close(&mut self, out: &mut [u8]) {
+        if let Some((at, count_at, n)) = self.open.take() {
+            out[count_at..count_at + 4].copy_from_slice(&n.to_be_bytes());
+            finish(out, at);
+        }
+    }
+
+    fn start(&mut self, out: &mut Vec<u8>) {
         let at = begin(out, T_UPDATES);
-        put_str(out, cluster);
+        put_str(out, self.cluster);
         let count_at = out.len();
         out.extend_from_slice(&[0, 0, 0, 0]);
-        let mut n: u32 = 0;
-        while let Some((u, tail)) = rest.split_first() {
-            if n as usize >= BATCH || out.len() - at > MAX_FRAME / 2 {
-                break;
+        self.open = Some((at, count_at, 0));
+        self.wrote = true;
+    }
+
+    pub fn push(&mut self, out: &mut Vec<u8>, u: &UpdateRef<'_>) {
+        if let Some((at, _, n)) = self.open {
+            if n as usize >= self.per_frame || out.len() - at > MAX_FRAME / 2 {
+                self.close(out);
             }
-            out.push(u8::from(u.node.is_none()));
-            put_str(out, &u.key);
-            if let Some(node) = &u.node {
-                put_str(out, node);
-            }
-            out.extend_from_slice(&u.stamp.to_be_bytes());
-            put_str(out, &u.origin);
-            out.extend_from_slice(&u.idle_ms.to_be_bytes());
-            n += 1;
-            rest = tail;
         }
-        out[count_at..count_at + 4].copy_from_slice(&n.to_be_bytes());
-        finish(out, at);
-        if rest.is_empty() {
-            return;
+        if self.open.is_none() {
+            self.start(out);
         }
+        out.push(u8::from(u.node.is_none()));
+        put_str(out, u.key);
+        if let Some(node) = u.node {
+            put_str(out, node);
+        }
+        out.extend_from_slice(&u.stamp.to_be_bytes());
+        put_str(out, u.origin);
+        out.extend_from_slice(&u.idle_ms.to_be_bytes());
+        if let Some((_, _, n)) = self.open.as_mut() {
+            *n += 1;
+        }
+    }
+
+    /// Close the last frame (or write an empty one if there was no update).
+    pub fn finish(mut self, out: &mut Vec<u8>) {
+        if !self.wrote {
+            self.start(out);
+        }
+        self.close(out);
+    }
+
+    /// Close the frame being written, if any (a full sync between two shards).
+    pub fn flush(&mut self, out: &mut [u8]) {
+        self.close(out);
     }
 }
 

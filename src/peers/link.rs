@@ -79,7 +79,7 @@ impl LinkError {
         let name = match f {
             Frame::Hello { .. } => "HELLO",
             Frame::Auth { .. } => "AUTH",
-            Frame::Updates { .. } => "UPDATES",
+            Frame::Updates { .. } | Frame::Batch(_) => "UPDATES",
             Frame::SyncBegin => "SYNC_BEGIN",
             Frame::SyncEnd { .. } => "SYNC_END",
             Frame::Heartbeat => "HEARTBEAT",
@@ -117,7 +117,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next frame at the front of the buffer, if it is complete.
     fn decode_buffered(&mut self) -> Result<Option<Frame>, LinkError> {
         let Some(opener) = self.opener.as_mut() else {
-            return Ok(match frame::decode(&self.buf, &mut self.interner)? {
+            return Ok(match frame::decode_lazy(&self.buf, &mut self.interner)? {
                 Some((f, n)) => {
                     self.buf.advance(n);
                     Some(f)
@@ -132,7 +132,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return Ok(None);
         }
         let plain = opener.open(&mut self.buf[..total])?;
-        let f = match frame::decode(&self.buf[..plain], &mut self.interner)? {
+        let f = match frame::decode_lazy(&self.buf[..plain], &mut self.interner)? {
             Some((f, _)) => f,
             None => return Err(LinkError::Truncated), // cannot happen: the frame is whole
         };
@@ -406,21 +406,26 @@ pub(super) fn encode_all_subs(host: &Host, buf: &mut Vec<u8>) {
     }
 }
 
-/// Send every table, shard by shard; returns how many updates went.
+/// Bytes of encoded frames gathered before a write during a full sync.
+const SYNC_WRITE: usize = 1 << 20;
+
+/// Send every table, shard by shard; returns how many updates went. Each shard is
+/// encoded straight from the table under its lock (no copy of the entries), into
+/// frames of up to [`frame::SYNC_BATCH`] updates, written a megabyte or more at a time.
 async fn full_sync<W: AsyncWrite + Unpin>(host: &Host, w: &mut Out<W>) -> Result<u64, LinkError> {
-    let mut buf = Vec::with_capacity(256 * 1024);
+    let mut buf = Vec::with_capacity(2 * SYNC_WRITE);
     frame::encode(&Frame::SyncBegin, &mut buf);
     let clusters = host.clusters_sorted();
     let mut total = 0u64;
     for c in clusters {
         for shard in 0..SHARDS {
-            let updates = c.sticky.export_shard(shard);
-            if updates.is_empty() {
-                continue;
-            }
-            total += updates.len() as u64;
-            for chunk in updates.chunks(frame::BATCH * 16) {
-                frame::encode_updates(&c.name, chunk, &mut buf);
+            let mut enc = frame::UpdatesWriter::new(&c.name, frame::SYNC_BATCH);
+            c.sticky.for_each_in_shard(shard, |u| {
+                enc.push(&mut buf, &u);
+                total += 1;
+            });
+            enc.flush(&mut buf);
+            if buf.len() >= SYNC_WRITE {
                 w.write(&buf).await?;
                 buf.clear();
             }
@@ -432,6 +437,63 @@ async fn full_sync<W: AsyncWrite + Unpin>(host: &Host, w: &mut Out<W>) -> Result
     w.write(&buf).await?;
     w.w.flush().await?;
     Ok(total)
+}
+
+/// Merge updates received for `cluster`, dropping (and counting) those for a cluster
+/// or node this gateway does not have.
+struct Merger<'h> {
+    host: &'h Host,
+    peer: &'h str,
+    unknown_cluster: prometheus::IntCounter,
+    unknown_node: prometheus::IntCounter,
+    // Dropped updates are logged at warn once per link and reason, then at debug.
+    warned_cluster: bool,
+    warned_node: bool,
+}
+
+impl Merger<'_> {
+    fn merge<'a>(
+        &mut self,
+        cluster: &str,
+        n: usize,
+        updates: impl Iterator<Item = crate::sticky::UpdateRef<'a>>,
+    ) {
+        let peer = self.peer;
+        match self.host.cluster(cluster) {
+            Some(c) => {
+                let nodes = c.nodes();
+                let mut unknown = 0u64;
+                c.sticky.merge_many(updates.filter(|u| {
+                    let known = match u.node {
+                        Some(n) => nodes.iter().any(|x| *x.name == *n),
+                        None => true, // a deletion names no node
+                    };
+                    unknown += u64::from(!known);
+                    known
+                }));
+                if unknown > 0 {
+                    self.unknown_node.inc_by(unknown);
+                    let msg = "peer sent sticky entries for nodes this gateway's \
+                               cluster does not have; dropped";
+                    if std::mem::replace(&mut self.warned_node, true) {
+                        tracing::debug!(peer, cluster, dropped = unknown, "{msg}");
+                    } else {
+                        tracing::warn!(peer, cluster, dropped = unknown, "{msg}");
+                    }
+                }
+            }
+            None => {
+                self.unknown_cluster.inc_by(n as u64);
+                let msg = "peer sent sticky entries for a cluster this gateway does \
+                           not have; dropped";
+                if std::mem::replace(&mut self.warned_cluster, true) {
+                    tracing::debug!(peer, cluster, dropped = n, "{msg}");
+                } else {
+                    tracing::warn!(peer, cluster, dropped = n, "{msg}");
+                }
+            }
+        }
+    }
 }
 
 async fn receive_loop<R: AsyncRead + Unpin>(
@@ -448,9 +510,14 @@ async fn receive_loop<R: AsyncRead + Unpin>(
             .peer_updates_dropped
             .with_label_values(&[peer, reason])
     };
-    let (unknown_cluster, unknown_node) = (dropped("unknown_cluster"), dropped("unknown_node"));
-    // Dropped updates are logged at warn once per link and reason, then at debug.
-    let (mut warned_cluster, mut warned_node) = (false, false);
+    let mut merger = Merger {
+        host,
+        peer,
+        unknown_cluster: dropped("unknown_cluster"),
+        unknown_node: dropped("unknown_node"),
+        warned_cluster: false,
+        warned_node: false,
+    };
     let mut syncing: Option<u64> = None;
     loop {
         let f = match tokio::time::timeout(DEAD_AFTER, r.next()).await {
@@ -473,50 +540,19 @@ async fn receive_loop<R: AsyncRead + Unpin>(
         };
         match f {
             None => return Err(LinkError::Closed),
-            Some(Frame::Updates { cluster, updates }) => {
-                received.inc_by(updates.len() as u64);
+            Some(Frame::Batch(b)) => {
+                received.inc_by(b.len() as u64);
                 if let Some(n) = syncing.as_mut() {
-                    *n += updates.len() as u64;
+                    *n += b.len() as u64;
                 }
-                match host.cluster(&cluster) {
-                    Some(c) => {
-                        let nodes = c.nodes();
-                        let mut unknown = 0u64;
-                        for u in &updates {
-                            let known = match &u.node {
-                                Some(n) => nodes.iter().any(|x| *x.name == **n),
-                                None => true, // a deletion names no node
-                            };
-                            if known {
-                                c.sticky.merge(u);
-                            } else {
-                                unknown += 1;
-                            }
-                        }
-                        if unknown > 0 {
-                            unknown_node.inc_by(unknown);
-                            let msg = "peer sent sticky entries for nodes this gateway's \
-                                       cluster does not have; dropped";
-                            if std::mem::replace(&mut warned_node, true) {
-                                tracing::debug!(peer, cluster, dropped = unknown, "{msg}");
-                            } else {
-                                tracing::warn!(peer, cluster, dropped = unknown, "{msg}");
-                            }
-                        }
-                    }
-                    None => {
-                        unknown_cluster.inc_by(updates.len() as u64);
-                        let msg = "peer sent sticky entries for a cluster this gateway does \
-                                   not have; dropped";
-                        let n = updates.len();
-                        if std::mem::replace(&mut warned_cluster, true) {
-                            tracing::debug!(peer, cluster, dropped = n, "{msg}");
-                        } else {
-                            tracing::warn!(peer, cluster, dropped = n, "{msg}");
-                        }
-                    }
-                }
+                merger.merge(&b.cluster, b.len(), b.iter());
                 // A flood of frames must not starve client connections on this worker.
+                tokio::task::yield_now().await;
+            }
+            Some(Frame::Updates { cluster, updates }) => {
+                // Not produced by `FrameReader` (it reads UPDATES as batches).
+                received.inc_by(updates.len() as u64);
+                merger.merge(&cluster, updates.len(), updates.iter().map(|u| u.view()));
                 tokio::task::yield_now().await;
             }
             Some(Frame::SyncBegin) => {
