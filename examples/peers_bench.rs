@@ -132,6 +132,30 @@ fn rss() -> u64 {
     pages * 4096
 }
 
+/// CPU time (user + system) this process has used, seconds: what a sync costs whatever
+/// else runs on the host (the wall time depends on the other load).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 12th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let ticks = 100.0; // USER_HZ on Linux
+    f.iter().sum::<f64>() / ticks
+}
+
+/// The 1-minute load average of the host.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> anyhow::Result<T> {
     match args.get(i) {
         Some(s) => s
@@ -193,15 +217,19 @@ async fn sync(dir: &Path, entries: usize) -> anyhow::Result<()> {
         filled.saturating_sub(before) as f64 / entries as f64
     );
     let started = Instant::now();
+    let cpu0 = cpu_seconds();
+    let load0 = load();
     let g1 = mesh.start(dir, 1, cap).await?;
     let t1c = table(&g1)?;
     wait_len(&t1c, entries, Duration::from_secs(1800)).await?;
     let full = started.elapsed();
+    let cpu = cpu_seconds() - cpu0;
     let synced = rss();
     println!(
-        "full sync of {entries} entries gate-0 -> gate-1: {:.2?} from gateway start ({:.0} entries/s); resident set +{} MB = {:.0} B per received entry",
+        "full sync of {entries} entries gate-0 -> gate-1: {:.2?} from gateway start ({:.0} entries/s; CPU {cpu:.2} s for both gateways together; load average {load0} before, {} after); resident set +{} MB = {:.0} B per received entry",
         full,
         entries as f64 / full.as_secs_f64(),
+        load(),
         synced.saturating_sub(filled) / 1_000_000,
         synced.saturating_sub(filled) as f64 / entries as f64
     );

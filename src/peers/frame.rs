@@ -18,6 +18,9 @@
 //!            sub := topic:str options:u8 properties:bin
 //! LIVE       9  cluster:str count:u32 live*       (one live session per client id)
 //!            live := id:str stamp:u64 addr:str   (stamp: µs since the epoch)
+//! SYNC_REQUEST 10  scope:u8                 version 3: send me your table (0: all of
+//!                                          it; 1: only the entries you wrote)
+//! SYNC_DONE    11  scope:u8 entries:u64     version 3: that table has been sent
 //! str     := length:u16be UTF-8 bytes
 //! bin     := length:u16be bytes
 //! ```
@@ -38,6 +41,18 @@
 //! Version 2 (security round 2): the acceptor's HELLO carries no name, the AUTH MACs
 //! changed (see `super::auth`) and frames after AUTH are sealed without TLS. Version 1
 //! peers are refused with the version error.
+//!
+//! Version 3 (issue 30): after AUTH nothing is sent in bulk until asked: each side asks
+//! with SYNC_REQUEST and the other answers with SYNC_BEGIN, UPDATES…, SYNC_DONE (a
+//! joining gateway asks one peer for its whole table and the others only for their own
+//! entries, `super::pull`). The versions are negotiated in the HELLOs: the dialer
+//! offers 3, the acceptor answers with the lower of the offer and its own; a version 2
+//! acceptor refuses the offer with the version error, and the dialer then dials it
+//! again offering 2. A link of version 2 works as before (each side sends its full
+//! table unasked, SYNC_END after it); SYNC_REQUEST and SYNC_DONE are never sent on it.
+//!
+//! UPDATES frames of a full sync carry up to [`SYNC_BATCH`] updates (any version reads
+//! them: the count is only bounded by the frame size).
 
 use crate::sticky::subs::Sub;
 use crate::sticky::{Update, UpdateRef};
@@ -45,7 +60,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 /// Protocol version spoken by this build.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
+/// Oldest protocol version this build still links with (see the module doc).
+pub const MIN_VERSION: u16 = 2;
 /// Largest frame body accepted or produced.
 pub const MAX_FRAME: usize = 1 << 20;
 /// Magic at the start of a HELLO.
@@ -67,6 +84,8 @@ const T_HEARTBEAT: u8 = 6;
 const T_ERROR: u8 = 7;
 const T_SUBS: u8 = 8;
 const T_LIVE: u8 = 9;
+const T_SYNC_REQUEST: u8 = 10;
+const T_SYNC_DONE: u8 = 11;
 
 /// Most subscriptions of one client in a SUBS frame (the largest
 /// `max_subscriptions_per_client`).
@@ -103,6 +122,15 @@ pub enum Frame {
         cluster: String,
         clients: Vec<(Arc<str>, Vec<Sub>)>,
     },
+    /// Version 3: send me your table (`scope` 0: all of it; 1: the entries you wrote).
+    SyncRequest {
+        scope: u8,
+    },
+    /// Version 3: a table asked for (or a full one sent unasked) has been sent.
+    SyncDone {
+        scope: u8,
+        entries: u64,
+    },
     /// Client ids that went live on the sender: (id, stamp, source address).
     Live {
         cluster: String,
@@ -130,6 +158,8 @@ pub enum FrameError {
     Utf8(&'static str),
     #[error("unknown update flags {0:#04x}")]
     Flags(u8),
+    #[error("unknown sync scope {0}")]
+    Scope(u8),
 }
 
 /// Shares the `Arc<str>` of repeated strings (node and origin names) across decoded
@@ -323,7 +353,7 @@ fn decode_body(body: &[u8], interner: &mut Interner, lazy: bool) -> Result<Frame
                 return Err(FrameError::BadMagic);
             }
             let version = r.u16("version")?;
-            if version != VERSION {
+            if !(MIN_VERSION..=VERSION).contains(&version) {
                 return Err(FrameError::Version(version));
             }
             let name = r.str("name")?.to_string();
@@ -364,6 +394,13 @@ fn decode_body(body: &[u8], interner: &mut Interner, lazy: bool) -> Result<Frame
             entries: r.u64("entries")?,
         },
         T_HEARTBEAT => Frame::Heartbeat,
+        T_SYNC_REQUEST => Frame::SyncRequest {
+            scope: scope(r.u8("scope")?)?,
+        },
+        T_SYNC_DONE => Frame::SyncDone {
+            scope: scope(r.u8("scope")?)?,
+            entries: r.u64("entries")?,
+        },
         T_ERROR => Frame::Error {
             reason: r.str("reason")?.to_string(),
         },
@@ -414,6 +451,14 @@ fn decode_body(body: &[u8], interner: &mut Interner, lazy: bool) -> Result<Frame
         return Err(FrameError::Trailing(r.buf.len()));
     }
     Ok(frame)
+}
+
+fn scope(s: u8) -> Result<u8, FrameError> {
+    if s <= 1 {
+        Ok(s)
+    } else {
+        Err(FrameError::Scope(s))
+    }
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -480,6 +525,17 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
         }
         Frame::Heartbeat => {
             let at = begin(out, T_HEARTBEAT);
+            finish(out, at);
+        }
+        Frame::SyncRequest { scope } => {
+            let at = begin(out, T_SYNC_REQUEST);
+            out.push(*scope);
+            finish(out, at);
+        }
+        Frame::SyncDone { scope, entries } => {
+            let at = begin(out, T_SYNC_DONE);
+            out.push(*scope);
+            out.extend_from_slice(&entries.to_be_bytes());
             finish(out, at);
         }
         Frame::Error { reason } => {

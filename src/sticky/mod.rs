@@ -282,8 +282,8 @@ impl StickyTable {
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
-                        live: Lru::new(per, hasher.clone()),
-                        dead: Lru::new(per, hasher.clone()),
+                        live: Lru::new(per),
+                        dead: Lru::new(per),
                         names: Names::default(),
                     })
                 })
@@ -644,11 +644,23 @@ fn merge_into(
     if u.stamp > wall.saturating_add(MAX_FUTURE_MS) {
         return false;
     }
-    if let Some((stamp, origin)) = g.version(h, key) {
+    // One probe of each map for the version; the entry is then changed in place.
+    let live = g.live.find(h, key);
+    let dead = match live {
+        Some(_) => None,
+        None => g.dead.find(h, key),
+    };
+    let known = match (live, dead) {
+        (Some(i), _) => Some((g.live.at(i).stamp, g.live.at(i).origin)),
+        (None, Some(i)) => Some((g.dead.at(i).stamp, g.dead.at(i).origin)),
+        (None, None) => None,
+    };
+    if let Some((stamp, origin)) = known {
         match (stamp, &**g.names.get(origin)).cmp(&(u.stamp, u.origin)) {
             std::cmp::Ordering::Greater => return false,
             std::cmp::Ordering::Equal => {
-                if let Some(e) = g.live.peek_mut(h, key) {
+                if let Some(i) = live {
+                    let e = g.live.at_mut(i);
                     e.used = e.used.max(ago(now, u.idle_ms));
                 }
                 return false;
@@ -659,37 +671,42 @@ fn merge_into(
     if Duration::from_millis(u.idle_ms) > expire {
         return false;
     }
+    // Names are looked up (and maybe reclaimed) before any slot changes.
     let Some((origin, node)) = g.ids(u.origin, u.node) else {
         return false;
     };
     match node {
         Some(node) => {
-            g.dead.pop(h, key);
-            g.live.put(
-                h,
-                key,
-                Live {
-                    stamp: u.stamp,
-                    used: ago(now, u.idle_ms),
-                    announced: tenths(now),
-                    node,
-                    origin,
-                },
-            );
+            if dead.is_some() {
+                g.dead.pop(h, key);
+            }
+            let e = Live {
+                stamp: u.stamp,
+                used: ago(now, u.idle_ms),
+                announced: tenths(now),
+                node,
+                origin,
+            };
+            match live {
+                Some(i) => g.live.replace(i, e),
+                None => g.live.insert_new(h, key, e),
+            }
             true
         }
         None => {
-            let had = g.live.pop(h, key).is_some();
-            g.dead.put(
-                h,
-                key,
-                Tomb {
-                    stamp: u.stamp,
-                    origin,
-                    at: ago(now, u.idle_ms),
-                },
-            );
-            had
+            if live.is_some() {
+                g.live.pop(h, key);
+            }
+            let t = Tomb {
+                stamp: u.stamp,
+                origin,
+                at: ago(now, u.idle_ms),
+            };
+            match dead {
+                Some(i) => g.dead.replace(i, t),
+                None => g.dead.insert_new(h, key, t),
+            }
+            live.is_some()
         }
     }
 }

@@ -1,18 +1,16 @@
 //! The storage of one sticky shard: a bounded map from key to a small fixed-size value,
 //! in least-recently-used order, laid out for memory per entry (issue 30).
 //!
-//! Entries live in one `Vec` of slots (key, two `u32` links of the LRU list, value);
+//! Entries live in one `Vec` of slots (key, its hash, two `u32` links of the LRU list, value);
 //! a `hashbrown::HashTable<u32>` indexes them by key (4 bytes and a control byte per
 //! bucket). Freed slots are chained and reused, so the vector never holds more slots
 //! than the most entries the shard ever held at once. Compared with an `LruCache<Arc<str>,
 //! _>` (a heap node of two pointers and the value, a key `Arc` with two counters, a
-//! table of two pointers per bucket), an entry costs its slot (48 bytes with the
+//! table of two pointers per bucket), an entry costs its slot (56 bytes with the
 //! sticky values), its key's heap bytes and ~6 bytes of index.
 
 use hashbrown::HashTable;
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::Arc;
 
 /// "No slot" in the LRU links.
@@ -21,13 +19,15 @@ const NIL: u32 = u32::MAX;
 struct Slot<V> {
     /// Empty for a free slot (an empty `Box<str>` does not allocate).
     key: Box<str>,
+    /// The key's hash, kept so that growing the index does not hash every key again.
+    hash: u64,
     prev: u32,
     next: u32,
     val: V,
 }
 
-/// A bounded LRU map from `str` keys to `V`, looked up with a hash computed by the
-/// caller with the same [`RandomState`] (the table computes each key's hash once).
+/// A bounded LRU map from `str` keys to `V`, looked up with a hash the caller computes
+/// (always with the same hasher; the sticky table computes each key's hash once).
 pub struct Lru<V> {
     index: HashTable<u32>,
     slots: Vec<Slot<V>>,
@@ -39,12 +39,11 @@ pub struct Lru<V> {
     tail: u32,
     len: usize,
     cap: usize,
-    hasher: RandomState,
 }
 
 impl<V: Copy> Lru<V> {
     /// An empty map bounded to `cap` entries (at least one) that grows with its contents.
-    pub fn new(cap: usize, hasher: RandomState) -> Self {
+    pub fn new(cap: usize) -> Self {
         Lru {
             index: HashTable::new(),
             slots: Vec::new(),
@@ -53,7 +52,6 @@ impl<V: Copy> Lru<V> {
             tail: NIL,
             len: 0,
             cap: cap.max(1),
-            hasher,
         }
     }
 
@@ -61,16 +59,38 @@ impl<V: Copy> Lru<V> {
         self.len
     }
 
-    #[cfg(test)]
-    pub fn hash(&self, key: &str) -> u64 {
-        self.hasher.hash_one(key)
-    }
-
-    fn find(&self, hash: u64, key: &str) -> Option<u32> {
+    /// The slot of `key`, if it is in the map.
+    pub fn find(&self, hash: u64, key: &str) -> Option<u32> {
+        if self.len == 0 {
+            return None;
+        }
         let slots = &self.slots;
         self.index
-            .find(hash, |&i| &*slots[i as usize].key == key)
+            .find(hash, |&i| {
+                let s = &slots[i as usize];
+                s.hash == hash && &*s.key == key
+            })
             .copied()
+    }
+
+    /// The value in slot `i` (from [`Lru::find`]).
+    pub fn at(&self, i: u32) -> &V {
+        &self.slots[i as usize].val
+    }
+
+    /// The value in slot `i` (from [`Lru::find`]) to change, in place.
+    pub fn at_mut(&mut self, i: u32) -> &mut V {
+        &mut self.slots[i as usize].val
+    }
+
+    /// Replace the value in slot `i` (from [`Lru::find`]); it becomes the most
+    /// recently used.
+    pub fn replace(&mut self, i: u32, val: V) {
+        self.slots[i as usize].val = val;
+        if self.head != i {
+            self.unlink(i);
+            self.push_front(i);
+        }
     }
 
     fn unlink(&mut self, i: u32) {
@@ -107,12 +127,6 @@ impl<V: Copy> Lru<V> {
         self.find(hash, key).map(|i| &self.slots[i as usize].val)
     }
 
-    /// The value of `key` to change, without changing its place in the LRU order.
-    pub fn peek_mut(&mut self, hash: u64, key: &str) -> Option<&mut V> {
-        self.find(hash, key)
-            .map(|i| &mut self.slots[i as usize].val)
-    }
-
     /// The value of `key` to change; it becomes the most recently used.
     pub fn get_mut(&mut self, hash: u64, key: &str) -> Option<&mut V> {
         let i = self.find(hash, key)?;
@@ -126,14 +140,14 @@ impl<V: Copy> Lru<V> {
     /// Insert or replace `key` as the most recently used entry, dropping the least
     /// recently used one when the map is full.
     pub fn put(&mut self, hash: u64, key: &str, val: V) {
-        if let Some(i) = self.find(hash, key) {
-            self.slots[i as usize].val = val;
-            if self.head != i {
-                self.unlink(i);
-                self.push_front(i);
-            }
-            return;
+        match self.find(hash, key) {
+            Some(i) => self.replace(i, val),
+            None => self.insert_new(hash, key, val),
         }
+    }
+
+    /// Insert `key`, known not to be in the map, as the most recently used entry.
+    pub fn insert_new(&mut self, hash: u64, key: &str, val: V) {
         if self.len >= self.cap {
             self.pop_lru();
         }
@@ -144,6 +158,7 @@ impl<V: Copy> Lru<V> {
                 let i = u32::try_from(self.slots.len()).unwrap_or(NIL - 1);
                 self.slots.push(Slot {
                     key: key.into(),
+                    hash,
                     prev: NIL,
                     next: NIL,
                     val,
@@ -154,17 +169,13 @@ impl<V: Copy> Lru<V> {
                 let s = &mut self.slots[f as usize];
                 self.free = s.next;
                 s.key = key.into();
+                s.hash = hash;
                 s.val = val;
                 f
             }
         };
-        let Lru {
-            index,
-            slots,
-            hasher,
-            ..
-        } = self;
-        index.insert_unique(hash, i, |&j| hasher.hash_one(&*slots[j as usize].key));
+        let Lru { index, slots, .. } = self;
+        index.insert_unique(hash, i, |&j| slots[j as usize].hash);
         self.push_front(i);
         self.len += 1;
     }
@@ -183,10 +194,16 @@ impl<V: Copy> Lru<V> {
 
     /// Remove `key`; returns its value.
     pub fn pop(&mut self, hash: u64, key: &str) -> Option<V> {
+        if self.len == 0 {
+            return None;
+        }
         let slots = &self.slots;
         let entry = self
             .index
-            .find_entry(hash, |&i| &*slots[i as usize].key == key)
+            .find_entry(hash, |&i| {
+                let s = &slots[i as usize];
+                s.hash == hash && &*s.key == key
+            })
             .ok()?;
         let (i, _) = entry.remove();
         Some(self.release(i))
@@ -209,7 +226,7 @@ impl<V: Copy> Lru<V> {
         if t == NIL {
             return None;
         }
-        let hash = self.hasher.hash_one(&*self.slots[t as usize].key);
+        let hash = self.slots[t as usize].hash;
         if let Ok(e) = self.index.find_entry(hash, |&i| i == t) {
             e.remove();
         }
@@ -314,17 +331,24 @@ impl Names {
 mod tests {
     use super::*;
 
+    use std::hash::BuildHasher;
+
     fn lru(cap: usize) -> Lru<u32> {
-        Lru::new(cap, RandomState::new())
+        Lru::new(cap)
+    }
+
+    fn hash(k: &str) -> u64 {
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(k)
     }
 
     fn put(m: &mut Lru<u32>, k: &str, v: u32) {
-        let h = m.hash(k);
+        let h = hash(k);
         m.put(h, k, v);
     }
 
     fn get(m: &mut Lru<u32>, k: &str) -> Option<u32> {
-        let h = m.hash(k);
+        let h = hash(k);
         m.get_mut(h, k).copied()
     }
 
@@ -344,7 +368,7 @@ mod tests {
         assert_eq!(get(&mut m, "b"), None);
         assert_eq!(m.len(), 3);
         // peek does not promote
-        let h = m.hash("c");
+        let h = hash("c");
         assert_eq!(m.peek(h, "c"), Some(&3));
         assert_eq!(m.peek_lru(), Some(("c", &3)));
         // replacing promotes and keeps the count
@@ -361,7 +385,7 @@ mod tests {
         }
         for i in 0..50 {
             let k = format!("k{i}");
-            let h = m.hash(&k);
+            let h = hash(&k);
             assert_eq!(m.pop(h, &k), Some(i));
         }
         assert_eq!(m.len(), 50);

@@ -29,6 +29,12 @@ fn all_frames() -> Vec<Frame> {
         },
         Frame::SyncBegin,
         Frame::SyncEnd { entries: 123 },
+        Frame::SyncRequest { scope: 0 },
+        Frame::SyncRequest { scope: 1 },
+        Frame::SyncDone {
+            scope: 1,
+            entries: 7,
+        },
         Frame::Heartbeat,
         Frame::Error {
             reason: "nope ✓".into(),
@@ -277,4 +283,21 @@ fn lazy_decode_reads_the_same_updates_in_place_and_checks_them_first() {
         decode_lazy(&short, &mut i),
         Err(FrameError::Trailing(_))
     ));
+}
+
+#[test]
+fn version_2_hellos_are_read_and_unknown_sync_scopes_refused() {
+    let mut i = Interner::default();
+    let old = Frame::Hello {
+        version: MIN_VERSION,
+        name: "gate-old".into(),
+        nonce: [1; 32],
+    };
+    assert_eq!(
+        decode(&enc(&old), &mut i).expect("version 2 is read"),
+        Some((old.clone(), enc(&old).len()))
+    );
+    let mut bad = enc(&Frame::SyncRequest { scope: 1 });
+    bad[5] = 2;
+    assert_eq!(decode(&bad, &mut i), Err(FrameError::Scope(2)));
 }
