@@ -415,7 +415,7 @@ fn wrong_secret_is_refused_and_logged() {
 }
 
 /// Read one whole frame (blocking, 10 s at most); `None` if the link closed first.
-fn read_frame(s: &mut TcpStream) -> Option<mqgate::peers::frame::Frame> {
+pub(crate) fn read_frame(s: &mut TcpStream) -> Option<mqgate::peers::frame::Frame> {
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let mut head = [0u8; 4];
     s.read_exact(&mut head).ok()?;
@@ -430,7 +430,7 @@ fn read_frame(s: &mut TcpStream) -> Option<mqgate::peers::frame::Frame> {
         .map(|(f, _)| f)
 }
 
-fn encode(f: &mqgate::peers::frame::Frame) -> Vec<u8> {
+pub(crate) fn encode(f: &mqgate::peers::frame::Frame) -> Vec<u8> {
     let mut v = Vec::new();
     mqgate::peers::frame::encode(f, &mut v);
     v

@@ -7,7 +7,8 @@
 
 use crate::common::*;
 use crate::peers::{
-    config, start_nodes, sticky, wait_nodes_up, wait_peer_up, GateSpec, RawPeer, SECRET,
+    config, encode, read_frame, start_nodes, sticky, wait_nodes_up, wait_peer_up, GateSpec,
+    RawPeer, SECRET,
 };
 use std::time::Duration;
 
@@ -152,4 +153,52 @@ fn a_joining_gateway_takes_one_full_table_and_asks_the_next_peer_if_its_source_d
     wait_until(Duration::from_secs(10), "gate-a's entry on gate-b", || {
         sticky(&b, "via-a").is_some()
     });
+}
+
+/// A peer of the previous build (protocol version 2) refuses an offer of version 3 with
+/// its version error; the gateway dials it again at once offering version 2.
+#[test]
+fn a_peer_of_the_previous_protocol_version_is_dialed_again_with_its_version() {
+    use mqgate::peers::frame::{Frame, MIN_VERSION, VERSION};
+    let dir = tempdir();
+    let d = dir.path();
+    let nodes = start_nodes(d);
+    let old = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the old peer");
+    let port = old.local_addr().expect("address").port();
+    let sa = GateSpec::new("gate-a");
+    let a = Gate::start(
+        d,
+        "gate-a",
+        &config(
+            d,
+            &sa,
+            sa.peer,
+            &[("gate-z", port)],
+            &nodes,
+            "all",
+            None,
+            SECRET,
+        ),
+        sa.admin,
+    );
+    let (mut s, _) = old.accept().expect("gate-a dials");
+    let Some(Frame::Hello { version, name, .. }) = read_frame(&mut s) else {
+        panic!("no HELLO")
+    };
+    assert_eq!((version, name.as_str()), (VERSION, "gate-a"));
+    // What a version 2 build answers (its `refuse` of the frame error).
+    let reason = format!(
+        "bad frame: peer speaks protocol version {VERSION}, this gateway speaks version {MIN_VERSION}"
+    );
+    std::io::Write::write_all(&mut s, &encode(&Frame::Error { reason })).expect("refuse");
+    drop(s);
+    let (mut s, _) = old.accept().expect("gate-a dials again");
+    let Some(Frame::Hello { version, .. }) = read_frame(&mut s) else {
+        panic!("no second HELLO")
+    };
+    assert_eq!(
+        version, MIN_VERSION,
+        "the second offer is the old peer's version"
+    );
+    a.wait_log("peer speaks protocol version 2; linking with it");
 }
