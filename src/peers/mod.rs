@@ -496,6 +496,7 @@ impl Ctx {
     /// Run an authenticated link until it ends; keeps `mqgate_peer_up` true.
     /// `sealing`: the frame keys of a link without TLS; `remote`: the peer's address;
     /// `exclusive`: fail with [`LinkError::Duplicate`] if the peer is linked already.
+    #[allow(clippy::too_many_arguments)] // the halves and facts of one handshake
     async fn serve<R, W>(
         &self,
         peer: Arc<str>,
