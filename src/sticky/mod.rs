@@ -157,9 +157,13 @@ impl Shard {
     /// no entry uses any more are dropped first. `None`: still full (thousands of
     /// distinct names, which only a misbehaving peer sends): the update is not stored.
     fn ids(&mut self, origin: &str, node: Option<&str>) -> Option<(u16, Option<u16>)> {
-        let missing = usize::from(self.names.find(origin).is_none())
-            + usize::from(node.is_some_and(|n| self.names.find(n).is_none()));
-        if missing > 0 && self.names.len() + missing > store::MAX_NAMES {
+        let o = self.names.find(origin);
+        let n = node.map(|n| self.names.find(n));
+        if let (Some(o), None | Some(Some(_))) = (o, n) {
+            return Some((o, n.flatten()));
+        }
+        let missing = usize::from(o.is_none()) + usize::from(matches!(n, Some(None)));
+        if self.names.len() + missing > store::MAX_NAMES {
             self.drop_unused_names();
         }
         let o = self.names.add(origin)?;

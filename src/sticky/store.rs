@@ -279,6 +279,15 @@ pub struct Names {
 
 impl Names {
     pub fn find(&self, s: &str) -> Option<u16> {
+        // A shard names a handful of nodes and gateways: comparing them is cheaper
+        // than hashing (twice per merged entry).
+        if self.list.len() <= 16 {
+            return self
+                .list
+                .iter()
+                .position(|n| **n == *s)
+                .and_then(|i| u16::try_from(i).ok());
+        }
         self.ids.get(s).copied()
     }
 
