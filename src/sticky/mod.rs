@@ -181,11 +181,11 @@ impl Shard {
                 *u = true;
             }
         };
-        for (_, e) in self.live.iter() {
+        for (_, e) in self.live.iter_stored() {
             mark(e.node);
             mark(e.origin);
         }
-        for (_, t) in self.dead.iter() {
+        for (_, t) in self.dead.iter_stored() {
             mark(t.origin);
         }
         let map = self.names.retain(&used);
@@ -574,13 +574,13 @@ impl StickyTable {
     }
 
     /// Hand one shard's entries and tombstones to `f`, borrowed, under the shard's lock
-    /// (a full sync encodes them straight into frames; least recently used first, so
-    /// the receiver rebuilds the same order).
+    /// (a full sync encodes them straight into frames), in storage order: about the
+    /// order they were inserted, which the receiver then keeps as its LRU order.
     pub fn for_each_in_shard(&self, shard: usize, mut f: impl FnMut(UpdateRef<'_>)) {
         let expire = self.expire();
         let now = self.clock();
         let g = self.lock(shard % SHARDS);
-        for (k, e) in g.live.iter() {
+        for (k, e) in g.live.iter_stored() {
             let idle = since(now, e.used);
             if idle <= expire {
                 f(UpdateRef {
@@ -592,7 +592,7 @@ impl StickyTable {
                 });
             }
         }
-        for (k, t) in g.dead.iter() {
+        for (k, t) in g.dead.iter_stored() {
             f(UpdateRef {
                 key: k,
                 node: None,
