@@ -3,11 +3,13 @@
 //! Gateways run in this process, linked over loopback TCP exactly as separate processes
 //! would be (same handshake, sealed frames and merge path), as a full mesh.
 //!
-//! - `peers_bench sync [ENTRIES]` (default 1000000): `gate-0` holds ENTRIES entries;
+//! - `peers_bench sync [ENTRIES] [KEY_BYTES]` (defaults 1000000 15): `gate-0` holds
+//!   ENTRIES entries (keys `client-000…` of KEY_BYTES bytes);
 //!   `gate-1` starts empty and dials it. Prints the full sync time (from `gate-1`'s
 //!   start to a complete table) and the memory per entry (resident set growth of this
 //!   process while `gate-0` is filled, and while `gate-1` receives, divided by ENTRIES;
-//!   jemalloc, as the `mqgate` binary).
+//!   jemalloc, as the `mqgate` binary), and the CPU time the process used during the
+//!   sync (both gateways), which the other load on the host does not inflate.
 //! - `peers_bench mesh [GATEWAYS] [SAMPLES] [RATE] [SECONDS]` (defaults 8 1000 10000
 //!   10): GATEWAYS gateways; SAMPLES single writes (on each gateway in turn), each timed
 //!   until every other gateway has it (convergence p50/p99/max); then RATE new entries a
@@ -171,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("secret"), "bench-secret")?;
     match args.first().map(String::as_str) {
-        Some("sync") => sync(dir.path(), arg(&args, 1, 1_000_000)?).await,
+        Some("sync") => sync(dir.path(), arg(&args, 1, 1_000_000)?, arg(&args, 2, 15)?).await,
         Some("mesh") => {
             mesh(
                 dir.path(),
@@ -183,12 +185,16 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         _ => anyhow::bail!(
-            "usage: peers_bench sync [ENTRIES] | mesh [GATEWAYS] [SAMPLES] [RATE] [SECONDS]"
+            "usage: peers_bench sync [ENTRIES] [KEY_BYTES] | mesh [GATEWAYS] [SAMPLES] [RATE] [SECONDS]"
         ),
     }
 }
 
-async fn sync(dir: &Path, entries: usize) -> anyhow::Result<()> {
+async fn sync(dir: &Path, entries: usize, key_bytes: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (15..=128).contains(&key_bytes),
+        "key length {key_bytes}: 15 to 128 bytes"
+    );
     let mesh = Mesh::new(2);
     // Per-shard capacity is capacity / 16; leave room so hashing skew evicts nothing.
     let cap = 2 * entries + 1000;
@@ -201,7 +207,7 @@ async fn sync(dir: &Path, entries: usize) -> anyhow::Result<()> {
     let stamp = now_ms();
     for i in 0..entries {
         t0c.sticky.merge(&Update {
-            key: Arc::from(format!("client-{i:08}").as_str()),
+            key: Arc::from(format!("client-{i:0w$}", w = key_bytes - 7).as_str()),
             node: Some(nodes[i % 2].clone()),
             stamp,
             origin: origin.clone(),
@@ -210,7 +216,7 @@ async fn sync(dir: &Path, entries: usize) -> anyhow::Result<()> {
     }
     let filled = rss();
     println!(
-        "filled gate-0 with {} entries (keys `client-NNNNNNNN`, 15 bytes) in {:.2?}; resident set +{} MB = {:.0} B per entry",
+        "filled gate-0 with {} entries (keys `client-NNN…`, {key_bytes} bytes) in {:.2?}; resident set +{} MB = {:.0} B per entry",
         t0c.sticky.len(),
         t0.elapsed(),
         filled.saturating_sub(before) / 1_000_000,

@@ -415,7 +415,11 @@ mod tests {
         assert_eq!(m.slots.len(), 100, "slots of removed entries are reused");
         let mut stored: Vec<u32> = m.iter_stored().map(|(_, v)| *v).collect();
         stored.sort();
-        assert_eq!(stored, (50..150).collect::<Vec<_>>(), "free slots are skipped");
+        assert_eq!(
+            stored,
+            (50..150).collect::<Vec<_>>(),
+            "free slots are skipped"
+        );
         assert_eq!(m.pop_lru(), Some(50));
         m.resize(10);
         assert_eq!(m.len(), 10);
