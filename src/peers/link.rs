@@ -15,6 +15,7 @@
 //! does not have, are dropped and counted (`mqgate_peer_updates_dropped_total`).
 
 use super::frame::{self, Frame, FrameError, Interner};
+use super::merger::Merger;
 use super::pull::{Pull, Scope};
 use super::seal::FrameKeys;
 use super::seal::{Opener, SealError, Sealer};
@@ -510,63 +511,6 @@ async fn full_sync<W: AsyncWrite + Unpin>(
     w.write(&buf).await?;
     w.w.flush().await?;
     Ok(total)
-}
-
-/// Merge updates received for `cluster`, dropping (and counting) those for a cluster
-/// or node this gateway does not have.
-struct Merger<'h> {
-    host: &'h Host,
-    peer: &'h str,
-    unknown_cluster: prometheus::IntCounter,
-    unknown_node: prometheus::IntCounter,
-    // Dropped updates are logged at warn once per link and reason, then at debug.
-    warned_cluster: bool,
-    warned_node: bool,
-}
-
-impl Merger<'_> {
-    fn merge<'a>(
-        &mut self,
-        cluster: &str,
-        n: usize,
-        updates: impl Iterator<Item = crate::sticky::UpdateRef<'a>>,
-    ) {
-        let peer = self.peer;
-        match self.host.cluster(cluster) {
-            Some(c) => {
-                let nodes = c.nodes();
-                let mut unknown = 0u64;
-                c.sticky.merge_many(updates.filter(|u| {
-                    let known = match u.node {
-                        Some(n) => nodes.iter().any(|x| *x.name == *n),
-                        None => true, // a deletion names no node
-                    };
-                    unknown += u64::from(!known);
-                    known
-                }));
-                if unknown > 0 {
-                    self.unknown_node.inc_by(unknown);
-                    let msg = "peer sent sticky entries for nodes this gateway's \
-                               cluster does not have; dropped";
-                    if std::mem::replace(&mut self.warned_node, true) {
-                        tracing::debug!(peer, cluster, dropped = unknown, "{msg}");
-                    } else {
-                        tracing::warn!(peer, cluster, dropped = unknown, "{msg}");
-                    }
-                }
-            }
-            None => {
-                self.unknown_cluster.inc_by(n as u64);
-                let msg = "peer sent sticky entries for a cluster this gateway does \
-                           not have; dropped";
-                if std::mem::replace(&mut self.warned_cluster, true) {
-                    tracing::debug!(peer, cluster, dropped = n, "{msg}");
-                } else {
-                    tracing::warn!(peer, cluster, dropped = n, "{msg}");
-                }
-            }
-        }
-    }
 }
 
 async fn receive_loop<R: AsyncRead + Unpin>(

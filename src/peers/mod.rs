@@ -27,6 +27,7 @@ mod dial;
 pub mod discover;
 pub mod frame;
 pub mod link;
+mod merger;
 pub mod pull;
 pub mod seal;
 pub mod snapshot;
