@@ -1,13 +1,14 @@
 //! The storage of one sticky shard: a bounded map from key to a small fixed-size value,
 //! in least-recently-used order, laid out for memory per entry (issue 30).
 //!
-//! Entries live in one `Vec` of slots (key, its hash, two `u32` links of the LRU list, value);
+//! Entries live in one `Vec` of slots (key, inline up to 30 bytes, its hash, two `u32`
+//! links of the LRU list, value);
 //! a `hashbrown::HashTable<u32>` indexes them by key (4 bytes and a control byte per
 //! bucket). Freed slots are chained and reused, so the vector never holds more slots
 //! than the most entries the shard ever held at once. Compared with an `LruCache<Arc<str>,
 //! _>` (a heap node of two pointers and the value, a key `Arc` with two counters, a
-//! table of two pointers per bucket), an entry costs its slot (56 bytes with the
-//! sticky values), its key's heap bytes and ~6 bytes of index.
+//! table of two pointers per bucket), an entry costs its slot (72 bytes with the
+//! sticky values), ~6 bytes of index, and a heap block only for a key over 30 bytes.
 
 use hashbrown::HashTable;
 use std::collections::HashMap;
@@ -18,9 +19,68 @@ const NIL: u32 = u32::MAX;
 /// `prev` of a free slot.
 const FREE: u32 = u32::MAX - 1;
 
+/// Keys up to this many bytes are kept inside the slot (no heap block): client ids
+/// are mostly shorter (UUIDs without dashes are 32, MAC-derived ids ~17).
+pub const INLINE_KEY: usize = 30;
+
+/// A stored key: inline up to [`INLINE_KEY`] bytes, else on the heap (32 bytes either
+/// way, so a slot costs the same whatever the key).
+#[derive(Debug)]
+pub enum Key {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<str>),
+}
+
+impl Default for Key {
+    fn default() -> Self {
+        Key::Inline {
+            len: 0,
+            bytes: [0; INLINE_KEY],
+        }
+    }
+}
+
+impl From<&str> for Key {
+    fn from(s: &str) -> Self {
+        if s.len() <= INLINE_KEY {
+            let mut bytes = [0; INLINE_KEY];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            Key::Inline {
+                len: s.len() as u8,
+                bytes,
+            }
+        } else {
+            Key::Heap(s.into())
+        }
+    }
+}
+
+impl Key {
+    /// The key's bytes (what lookups compare: no UTF-8 check).
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Key::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Key::Heap(s) => s.as_bytes(),
+        }
+    }
+}
+
+impl std::ops::Deref for Key {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            // Copied from a `str` whole, so always UTF-8.
+            Key::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Key::Heap(s) => s,
+        }
+    }
+}
+
 struct Slot<V> {
-    /// Empty for a free slot (an empty `Box<str>` does not allocate).
-    key: Box<str>,
+    /// Empty for a free slot (an empty key does not allocate).
+    key: Key,
     /// The key's hash, kept so that growing the index does not hash every key again.
     hash: u64,
     prev: u32,
@@ -70,7 +130,7 @@ impl<V: Copy> Lru<V> {
         self.index
             .find(hash, |&i| {
                 let s = &slots[i as usize];
-                s.hash == hash && &*s.key == key
+                s.hash == hash && s.key.bytes() == key.as_bytes()
             })
             .copied()
     }
@@ -186,7 +246,7 @@ impl<V: Copy> Lru<V> {
     fn release(&mut self, i: u32) -> V {
         self.unlink(i);
         let s = &mut self.slots[i as usize];
-        s.key = Box::default();
+        s.key = Key::default();
         s.next = self.free;
         s.prev = FREE;
         self.free = i;
@@ -204,7 +264,7 @@ impl<V: Copy> Lru<V> {
             .index
             .find_entry(hash, |&i| {
                 let s = &slots[i as usize];
-                s.hash == hash && &*s.key == key
+                s.hash == hash && s.key.bytes() == key.as_bytes()
             })
             .ok()?;
         let (i, _) = entry.remove();
@@ -374,6 +434,24 @@ mod tests {
 
     fn keys(m: &Lru<u32>) -> Vec<String> {
         m.iter().map(|(k, _)| k.to_string()).collect()
+    }
+
+    #[test]
+    fn keys_up_to_30_bytes_are_inline_and_longer_ones_on_the_heap() {
+        assert_eq!(std::mem::size_of::<Key>(), 32);
+        assert_eq!(std::mem::size_of::<Slot<[u64; 3]>>(), 72);
+        for s in ["", "é", &"k".repeat(30), "ünïcødé-ünïcødé-ünï"] {
+            assert!(matches!(Key::from(s), Key::Inline { .. }), "{s}");
+            assert_eq!(&*Key::from(s), s);
+        }
+        let long = "k".repeat(31);
+        assert!(matches!(Key::from(long.as_str()), Key::Heap(_)));
+        assert_eq!(&*Key::from(long.as_str()), long);
+        let mut m = lru(10);
+        for k in ["short", long.as_str(), ""] {
+            put(&mut m, k, 1);
+            assert_eq!(get(&mut m, k), Some(1), "{k:?}");
+        }
     }
 
     #[test]
