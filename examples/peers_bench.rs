@@ -3,11 +3,13 @@
 //! Gateways run in this process, linked over loopback TCP exactly as separate processes
 //! would be (same handshake, sealed frames and merge path), as a full mesh.
 //!
-//! - `peers_bench sync [ENTRIES]` (default 1000000): `gate-0` holds ENTRIES entries;
+//! - `peers_bench sync [ENTRIES] [KEY_BYTES]` (defaults 1000000 15): `gate-0` holds
+//!   ENTRIES entries (keys `client-000…` of KEY_BYTES bytes);
 //!   `gate-1` starts empty and dials it. Prints the full sync time (from `gate-1`'s
 //!   start to a complete table) and the memory per entry (resident set growth of this
 //!   process while `gate-0` is filled, and while `gate-1` receives, divided by ENTRIES;
-//!   jemalloc, as the `mqgate` binary).
+//!   jemalloc, as the `mqgate` binary), and the CPU time the process used during the
+//!   sync (both gateways), which the other load on the host does not inflate.
 //! - `peers_bench mesh [GATEWAYS] [SAMPLES] [RATE] [SECONDS]` (defaults 8 1000 10000
 //!   10): GATEWAYS gateways; SAMPLES single writes (on each gateway in turn), each timed
 //!   until every other gateway has it (convergence p50/p99/max); then RATE new entries a
@@ -132,6 +134,30 @@ fn rss() -> u64 {
     pages * 4096
 }
 
+/// CPU time (user + system) this process has used, seconds: what a sync costs whatever
+/// else runs on the host (the wall time depends on the other load).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 12th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let ticks = 100.0; // USER_HZ on Linux
+    f.iter().sum::<f64>() / ticks
+}
+
+/// The 1-minute load average of the host.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> anyhow::Result<T> {
     match args.get(i) {
         Some(s) => s
@@ -147,7 +173,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("secret"), "bench-secret")?;
     match args.first().map(String::as_str) {
-        Some("sync") => sync(dir.path(), arg(&args, 1, 1_000_000)?).await,
+        Some("sync") => sync(dir.path(), arg(&args, 1, 1_000_000)?, arg(&args, 2, 15)?).await,
         Some("mesh") => {
             mesh(
                 dir.path(),
@@ -159,12 +185,16 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         _ => anyhow::bail!(
-            "usage: peers_bench sync [ENTRIES] | mesh [GATEWAYS] [SAMPLES] [RATE] [SECONDS]"
+            "usage: peers_bench sync [ENTRIES] [KEY_BYTES] | mesh [GATEWAYS] [SAMPLES] [RATE] [SECONDS]"
         ),
     }
 }
 
-async fn sync(dir: &Path, entries: usize) -> anyhow::Result<()> {
+async fn sync(dir: &Path, entries: usize, key_bytes: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (15..=128).contains(&key_bytes),
+        "key length {key_bytes}: 15 to 128 bytes"
+    );
     let mesh = Mesh::new(2);
     // Per-shard capacity is capacity / 16; leave room so hashing skew evicts nothing.
     let cap = 2 * entries + 1000;
@@ -177,7 +207,7 @@ async fn sync(dir: &Path, entries: usize) -> anyhow::Result<()> {
     let stamp = now_ms();
     for i in 0..entries {
         t0c.sticky.merge(&Update {
-            key: Arc::from(format!("client-{i:08}").as_str()),
+            key: Arc::from(format!("client-{i:0w$}", w = key_bytes - 7).as_str()),
             node: Some(nodes[i % 2].clone()),
             stamp,
             origin: origin.clone(),
@@ -186,22 +216,26 @@ async fn sync(dir: &Path, entries: usize) -> anyhow::Result<()> {
     }
     let filled = rss();
     println!(
-        "filled gate-0 with {} entries (keys `client-NNNNNNNN`, 15 bytes) in {:.2?}; resident set +{} MB = {:.0} B per entry",
+        "filled gate-0 with {} entries (keys `client-NNN…`, {key_bytes} bytes) in {:.2?}; resident set +{} MB = {:.0} B per entry",
         t0c.sticky.len(),
         t0.elapsed(),
         filled.saturating_sub(before) / 1_000_000,
         filled.saturating_sub(before) as f64 / entries as f64
     );
     let started = Instant::now();
+    let cpu0 = cpu_seconds();
+    let load0 = load();
     let g1 = mesh.start(dir, 1, cap).await?;
     let t1c = table(&g1)?;
     wait_len(&t1c, entries, Duration::from_secs(1800)).await?;
     let full = started.elapsed();
+    let cpu = cpu_seconds() - cpu0;
     let synced = rss();
     println!(
-        "full sync of {entries} entries gate-0 -> gate-1: {:.2?} from gateway start ({:.0} entries/s); resident set +{} MB = {:.0} B per received entry",
+        "full sync of {entries} entries gate-0 -> gate-1: {:.2?} from gateway start ({:.0} entries/s; CPU {cpu:.2} s for both gateways together; load average {load0} before, {} after); resident set +{} MB = {:.0} B per received entry",
         full,
         entries as f64 / full.as_secs_f64(),
+        load(),
         synced.saturating_sub(filled) / 1_000_000,
         synced.saturating_sub(filled) as f64 / entries as f64
     );

@@ -39,6 +39,7 @@ mod mqtt_proptest;
 mod ops_cli;
 mod peers;
 mod peers_discovery;
+mod peers_sync;
 mod proxy_protocol;
 mod rebalance_hash;
 mod reload;

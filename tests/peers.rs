@@ -13,17 +13,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-const SECRET: &str = "correct horse battery staple";
+pub(crate) const SECRET: &str = "correct horse battery staple";
 
-struct GateSpec {
-    name: &'static str,
-    listen: u16,
-    admin: u16,
-    peer: u16,
+pub(crate) struct GateSpec {
+    pub(crate) name: &'static str,
+    pub(crate) listen: u16,
+    pub(crate) admin: u16,
+    pub(crate) peer: u16,
 }
 
 impl GateSpec {
-    fn new(name: &'static str) -> GateSpec {
+    pub(crate) fn new(name: &'static str) -> GateSpec {
         GateSpec {
             name,
             listen: free_port(),
@@ -36,7 +36,7 @@ impl GateSpec {
 /// Config of one gateway: dynsec over `nodes`, round-robin, and a `[peers]` section
 /// (bind on `bind_port`, which may differ from `spec.peer` to cut it off).
 #[allow(clippy::too_many_arguments)] // one flat call per gateway reads best in the tests
-fn config(
+pub(crate) fn config(
     dir: &Path,
     spec: &GateSpec,
     bind_port: u16,
@@ -69,7 +69,7 @@ fn config(
     s
 }
 
-fn start_nodes(dir: &Path) -> Vec<Mosquitto> {
+pub(crate) fn start_nodes(dir: &Path) -> Vec<Mosquitto> {
     Mosquitto::start_nodes(dir, 3)
 }
 
@@ -90,13 +90,13 @@ fn gate_b(
     (sb, b)
 }
 
-fn wait_nodes_up(g: &Gate) {
+pub(crate) fn wait_nodes_up(g: &Gate) {
     wait_until(Duration::from_secs(20), "all three nodes up", || {
         g.metric("mqgate_node_up", &[]) == 3.0
     });
 }
 
-fn wait_peer_up(g: &Gate, peer: &str, up: bool) {
+pub(crate) fn wait_peer_up(g: &Gate, peer: &str, up: bool) {
     let want = if up { 1.0 } else { 0.0 };
     wait_until(
         Duration::from_secs(20),
@@ -106,7 +106,7 @@ fn wait_peer_up(g: &Gate, peer: &str, up: bool) {
 }
 
 /// The node of a sticky entry, from `GET /api/v1/clusters/brokers/sticky/{key}`.
-fn sticky(g: &Gate, key: &str) -> Option<String> {
+pub(crate) fn sticky(g: &Gate, key: &str) -> Option<String> {
     sticky_node(g.admin_port, key)
 }
 
@@ -415,7 +415,7 @@ fn wrong_secret_is_refused_and_logged() {
 }
 
 /// Read one whole frame (blocking, 10 s at most); `None` if the link closed first.
-fn read_frame(s: &mut TcpStream) -> Option<mqgate::peers::frame::Frame> {
+pub(crate) fn read_frame(s: &mut TcpStream) -> Option<mqgate::peers::frame::Frame> {
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let mut head = [0u8; 4];
     s.read_exact(&mut head).ok()?;
@@ -430,7 +430,7 @@ fn read_frame(s: &mut TcpStream) -> Option<mqgate::peers::frame::Frame> {
         .map(|(f, _)| f)
 }
 
-fn encode(f: &mqgate::peers::frame::Frame) -> Vec<u8> {
+pub(crate) fn encode(f: &mqgate::peers::frame::Frame) -> Vec<u8> {
     let mut v = Vec::new();
     mqgate::peers::frame::encode(f, &mut v);
     v
@@ -444,13 +444,13 @@ fn closed_by_peer(s: &mut TcpStream) -> bool {
 /// The test speaking the peer protocol by hand: dialer `name`, authenticated to the
 /// acceptor it knows as `acceptor` with the shared secret (no TLS, so every frame
 /// after AUTH is sealed).
-struct RawPeer {
+pub(crate) struct RawPeer {
     s: TcpStream,
     sealer: mqgate::peers::seal::Sealer,
 }
 
 impl RawPeer {
-    fn handshake(port: u16, name: &str, acceptor: &str, secret: &str) -> RawPeer {
+    pub(crate) fn handshake(port: u16, name: &str, acceptor: &str, secret: &str) -> RawPeer {
         use mqgate::peers::auth::{frame_keys, prove, Keys};
         use mqgate::peers::frame::{Frame, VERSION};
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to peers port");

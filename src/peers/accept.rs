@@ -63,7 +63,7 @@ pub(super) async fn accept_loop(
             let settings = ctx.settings.load_full();
             let hs = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_one(&ctx, &settings, tcp, source)).await;
             drop(slot);
-            let (peer, (r, w, sealing)) = match hs {
+            let (peer, (r, w, sealing, version)) = match hs {
                 Ok(Ok(x)) => x,
                 Ok(Err(e @ LinkError::Auth(_))) => {
                     tracing::warn!(%addr, "peer refused: {e}");
@@ -83,7 +83,7 @@ pub(super) async fn accept_loop(
                 }
             };
             let peer: Arc<str> = Arc::from(peer.as_str());
-            if let Err(e) = ctx.serve(peer.clone(), Some(source), r, w, sealing, false).await {
+            if let Err(e) = ctx.serve(peer.clone(), Some(source), r, w, sealing, version, false).await {
                 super::log_link_end(&peer, &e);
             }
         });
@@ -94,6 +94,7 @@ pub(super) type Halves = (
     FrameReader<tokio::io::ReadHalf<Stream>>,
     tokio::io::WriteHalf<Stream>,
     Option<auth::FrameKeys>,
+    u16,
 );
 
 /// The end-entity certificate the other side presented, as DER.
@@ -171,7 +172,7 @@ async fn accept_one(
         }
         auth::Claim::Ok
     };
-    let (name, sealing) = auth::accept(
+    let (name, sealing, version) = auth::accept(
         &mut r,
         &mut w,
         &settings.own,
@@ -181,5 +182,5 @@ async fn accept_one(
         settings.discover,
     )
     .await?;
-    Ok((name, (r, w, sealing)))
+    Ok((name, (r, w, sealing, version)))
 }

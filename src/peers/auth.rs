@@ -216,7 +216,8 @@ pub async fn dial<R, W>(
     peer: Option<&str>,
     keys: &Keys,
     seal: bool,
-) -> Result<(String, Option<FrameKeys>), LinkError>
+    offer: u16,
+) -> Result<(String, Option<FrameKeys>, u16), LinkError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -225,16 +226,26 @@ where
     send(
         w,
         &Frame::Hello {
-            version: VERSION,
+            version: offer,
             name: own.to_string(),
             nonce: nd,
         },
     )
     .await?;
     // The acceptor's HELLO carries no name: `peer` (whom we dialed) goes into the MACs,
-    // so reaching another gateway fails its proof.
-    let na = match expect(r).await {
-        Ok(Frame::Hello { nonce, .. }) => nonce,
+    // so reaching another gateway fails its proof. Its version is the link's: the
+    // lower of our offer and its own.
+    let (na, version) = match expect(r).await {
+        Ok(Frame::Hello { nonce, version, .. }) if version <= offer => (nonce, version),
+        Ok(Frame::Hello { version, .. }) => {
+            return Err(refuse(
+                w,
+                LinkError::Protocol(format!(
+                    "the peer answered an offer of protocol version {offer} with version {version}"
+                )),
+            )
+            .await)
+        }
         Ok(f) => return Err(refuse(w, LinkError::unexpected(&f)).await),
         Err(e @ LinkError::Frame(FrameError::Version(_) | FrameError::BadMagic)) => {
             return Err(refuse(w, e).await)
@@ -265,7 +276,7 @@ where
     match expect(r).await? {
         Frame::Auth { mac } if verify(keys, b"acceptor", &nd, &na, own, &peer, &mac) => {
             let sealing = seal.then(|| frame_keys(keys, &nd, &na, own, &peer));
-            Ok((peer, sealing))
+            Ok((peer, sealing, version))
         }
         Frame::Auth { .. } => Err(refuse(
             w,
@@ -310,23 +321,28 @@ pub async fn accept<R, W>(
     keys: &Keys,
     seal: bool,
     discovered: bool,
-) -> Result<(String, Option<FrameKeys>), LinkError>
+) -> Result<(String, Option<FrameKeys>, u16), LinkError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let (name, nd) = match expect(r).await {
-        Ok(Frame::Hello { name, nonce, .. }) => (name, nonce),
+    let (name, nd, offer) = match expect(r).await {
+        Ok(Frame::Hello {
+            name,
+            nonce,
+            version,
+        }) => (name, nonce, version),
         Ok(f) => return Err(refuse(w, LinkError::unexpected(&f)).await),
         Err(e @ LinkError::Frame(_)) => return Err(refuse(w, e).await),
         Err(e) => return Err(e),
     };
     let claim = judge(&name);
     let na = nonce();
+    let version = offer.min(VERSION);
     send(
         w,
         &Frame::Hello {
-            version: VERSION,
+            version,
             name: String::new(),
             nonce: na,
         },
@@ -367,7 +383,7 @@ where
         send(
             w,
             &Frame::Hello {
-                version: VERSION,
+                version,
                 name: own.to_string(),
                 nonce: na,
             },
@@ -388,7 +404,7 @@ where
             recv: k.send,
         }
     });
-    Ok((name, sealing))
+    Ok((name, sealing, version))
 }
 
 #[cfg(test)]
@@ -491,11 +507,23 @@ mod tests {
         let dialed = dialed.map(str::to_string);
         let dial = async move {
             let mut r = FrameReader::new(dr);
-            dial(&mut r, &mut dw, "gate-a", dialed.as_deref(), &kd, true).await
+            dial(
+                &mut r,
+                &mut dw,
+                "gate-a",
+                dialed.as_deref(),
+                &kd,
+                true,
+                VERSION,
+            )
+            .await
+            .map(|(n, k, _)| (n, k))
         };
         let acc = async move {
             let mut r = FrameReader::new(ar);
-            accept(&mut r, &mut aw, "gate-b", claim, &ka, true, discovered).await
+            accept(&mut r, &mut aw, "gate-b", claim, &ka, true, discovered)
+                .await
+                .map(|(n, k, _)| (n, k))
         };
         tokio::join!(dial, acc)
     }

@@ -9,6 +9,7 @@
 //! it) is parked the same way.
 
 use super::accept::{peer_certificate, Halves};
+use super::frame;
 use super::link::{FrameReader, LinkError};
 use super::{auth, Ctx, Settings, Stream, BACKOFF_MAX, BACKOFF_MIN, HANDSHAKE_TIMEOUT};
 use rand::Rng;
@@ -53,6 +54,7 @@ pub(super) async fn dial_one(
     peer: Option<&str>,
     addr: &str,
     local: Option<IpAddr>,
+    offer: u16,
 ) -> Result<(String, Halves), LinkError> {
     let tcp = connect(addr, local).await?;
     let _ = tcp.set_nodelay(true);
@@ -98,13 +100,14 @@ pub(super) async fn dial_one(
     let keys = auth::Keys::new(&settings.secret, binding)?;
     let (r, mut w) = tokio::io::split(stream);
     let mut r = FrameReader::new(r);
-    let (name, sealing) = auth::dial(
+    let (name, sealing, version) = auth::dial(
         &mut r,
         &mut w,
         &settings.own,
         peer,
         &keys,
         settings.tls.is_none(),
+        offer,
     )
     .await?;
     if peer.is_none() && settings.tls.is_some() {
@@ -118,7 +121,14 @@ pub(super) async fn dial_one(
             )));
         }
     }
-    Ok((name, (r, w, sealing)))
+    Ok((name, (r, w, sealing, version)))
+}
+
+/// Whether a refusal is an older build's answer to our protocol version (its
+/// `FrameError::Version`: "… this gateway speaks version N").
+fn older_version(reason: &str) -> bool {
+    (frame::MIN_VERSION..frame::VERSION)
+        .any(|v| reason.ends_with(&format!("this gateway speaks version {v}")))
 }
 
 /// Dial `addr` until `stop`: `peer` is the configured name, or `None` for a discovered
@@ -132,6 +142,9 @@ pub(super) async fn dial_loop(
     let mut attempt: u32 = 0;
     let mut failing_logged = false;
     let label: Arc<str> = peer.clone().unwrap_or_else(|| Arc::from(addr.as_str()));
+    // The protocol version offered: this build's, until a peer of an older build
+    // refuses it (then that peer's, see `frame`).
+    let mut offer = frame::VERSION;
     loop {
         if stop.is_cancelled() {
             return;
@@ -141,18 +154,18 @@ pub(super) async fn dial_loop(
         let dialed = tokio::select! {
             r = tokio::time::timeout(
                 HANDSHAKE_TIMEOUT,
-                dial_one(&settings, peer.as_deref(), &addr, ctx.local_ip),
+                dial_one(&settings, peer.as_deref(), &addr, ctx.local_ip, offer),
             ) => r,
             _ = stop.cancelled() => return,
         };
         let mut park = false;
         match dialed {
-            Ok(Ok((name, (r, w, sealing)))) => {
+            Ok(Ok((name, (r, w, sealing, version)))) => {
                 failing_logged = false;
                 let name: Arc<str> = Arc::from(name.as_str());
                 let remote = addr.parse::<SocketAddr>().ok().map(|a| a.ip());
                 let served = tokio::select! {
-                    r = ctx.serve(name.clone(), remote, r, w, sealing, peer.is_none()) => r,
+                    r = ctx.serve(name.clone(), remote, r, w, sealing, version, peer.is_none()) => r,
                     _ = stop.cancelled() => Ok(()),
                 };
                 match served {
@@ -163,6 +176,15 @@ pub(super) async fn dial_loop(
                     Err(e) => super::log_link_end(&name, &e),
                     Ok(()) => {}
                 }
+            }
+            Ok(Err(LinkError::Refused(reason)))
+                if offer > frame::MIN_VERSION && older_version(&reason) =>
+            {
+                // A gateway of the previous build: link with its version (full syncs
+                // both ways, as it knows them), at once.
+                tracing::info!(peer = %label, %addr, "peer speaks protocol version {}; linking with it ({reason})", offer - 1);
+                offer -= 1;
+                continue;
             }
             Ok(Err(LinkError::Refused(reason))) if peer.is_none() && reason != auth::REFUSED => {
                 // Told after proving ourselves: that gateway dials us.

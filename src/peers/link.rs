@@ -15,6 +15,8 @@
 //! does not have, are dropped and counted (`mqgate_peer_updates_dropped_total`).
 
 use super::frame::{self, Frame, FrameError, Interner};
+use super::merger::Merger;
+use super::pull::{Pull, Scope};
 use super::seal::FrameKeys;
 use super::seal::{Opener, SealError, Sealer};
 use crate::host::Host;
@@ -24,7 +26,7 @@ use bytes::{Buf, BytesMut};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// A heartbeat is sent this often.
@@ -79,9 +81,11 @@ impl LinkError {
         let name = match f {
             Frame::Hello { .. } => "HELLO",
             Frame::Auth { .. } => "AUTH",
-            Frame::Updates { .. } => "UPDATES",
+            Frame::Updates { .. } | Frame::Batch(_) => "UPDATES",
             Frame::SyncBegin => "SYNC_BEGIN",
             Frame::SyncEnd { .. } => "SYNC_END",
+            Frame::SyncRequest { .. } => "SYNC_REQUEST",
+            Frame::SyncDone { .. } => "SYNC_DONE",
             Frame::Heartbeat => "HEARTBEAT",
             Frame::Error { .. } => "ERROR",
             Frame::Subs { .. } => "SUBS",
@@ -117,7 +121,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next frame at the front of the buffer, if it is complete.
     fn decode_buffered(&mut self) -> Result<Option<Frame>, LinkError> {
         let Some(opener) = self.opener.as_mut() else {
-            return Ok(match frame::decode(&self.buf, &mut self.interner)? {
+            return Ok(match frame::decode_lazy(&self.buf, &mut self.interner)? {
                 Some((f, n)) => {
                     self.buf.advance(n);
                     Some(f)
@@ -132,7 +136,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return Ok(None);
         }
         let plain = opener.open(&mut self.buf[..total])?;
-        let f = match frame::decode(&self.buf[..plain], &mut self.interner)? {
+        let f = match frame::decode_lazy(&self.buf[..plain], &mut self.interner)? {
             Some((f, _)) => f,
             None => return Err(LinkError::Truncated), // cannot happen: the frame is whole
         };
@@ -188,8 +192,18 @@ impl<W: AsyncWrite + Unpin> Out<W> {
     }
 }
 
+/// A link's part in choosing where the full table comes from ([`super::pull`]).
+pub struct Pulling {
+    pub pull: Arc<Pull>,
+    /// The link's id (unique per gateway).
+    pub id: u64,
+    /// Protocol version 3 or later: tables are sent when asked (else: unasked, at once).
+    pub on_request: bool,
+}
+
 /// Run an authenticated link until it fails or `stop` is cancelled. `sealing`: the
 /// frame keys of a link without TLS (every frame is then sealed both ways).
+#[allow(clippy::too_many_arguments)]
 pub async fn run<R, W>(
     host: Arc<Host>,
     hub: broadcast::Sender<Change>,
@@ -197,6 +211,7 @@ pub async fn run<R, W>(
     mut r: FrameReader<R>,
     w: W,
     sealing: Option<FrameKeys>,
+    pulling: Pulling,
     stop: CancellationToken,
 ) -> Result<(), LinkError>
 where
@@ -216,8 +231,21 @@ where
     let rx = hub.subscribe();
     let srx = crate::sticky::subs::changes().subscribe();
     let lrx = crate::live::changes().subscribe();
-    let sending = send_loop(&host, &peer, rx, srx, lrx, &hub, &mut w);
-    let receiving = receive_loop(&host, &peer, &mut r);
+    // What to ask the peer for (first now, then if the coordinator says so), and what
+    // the peer asked for.
+    let (ask_tx, ask) = mpsc::unbounded_channel();
+    let (want_tx, wants) = mpsc::unbounded_channel();
+    if pulling.on_request {
+        let first = pulling.pull.link_up(pulling.id, &peer, ask_tx.clone());
+        let _ = ask_tx.send(first);
+    }
+    let requests = Requests {
+        on_request: pulling.on_request,
+        ask,
+        wants,
+    };
+    let sending = send_loop(&host, &peer, rx, srx, lrx, &hub, requests, &mut w);
+    let receiving = receive_loop(&host, &peer, &mut r, &pulling, &want_tx);
     let result = tokio::select! {
         r = sending => r,
         r = receiving => r,
@@ -227,6 +255,14 @@ where
     result
 }
 
+/// The table requests of a link of version 3: ours to send, the peer's to answer.
+struct Requests {
+    on_request: bool,
+    ask: mpsc::UnboundedReceiver<Scope>,
+    wants: mpsc::UnboundedReceiver<Scope>,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn send_loop<W: AsyncWrite + Unpin>(
     host: &Host,
     peer: &str,
@@ -234,12 +270,17 @@ async fn send_loop<W: AsyncWrite + Unpin>(
     mut srx: broadcast::Receiver<SubsChange>,
     mut lrx: broadcast::Receiver<crate::live::LiveChange>,
     hub: &broadcast::Sender<Change>,
+    mut req: Requests,
     w: &mut Out<W>,
 ) -> Result<(), LinkError> {
     let sent = host.metrics.peer_updates.with_label_values(&[peer, "sent"]);
-    let n = full_sync(host, w).await?;
-    sent.inc_by(n);
-    tracing::info!(peer, entries = n, "full sticky table sent to peer");
+    let v3 = req.on_request;
+    if !v3 {
+        // Version 2: the full table at once, unasked.
+        let n = full_sync(host, w, None).await?;
+        sent.inc_by(n);
+        tracing::info!(peer, entries = n, "full sticky table sent to peer");
+    }
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = Vec::with_capacity(64 * 1024);
@@ -251,6 +292,18 @@ async fn send_loop<W: AsyncWrite + Unpin>(
                 buf.clear();
                 frame::encode(&Frame::Heartbeat, &mut buf);
                 w.write(&buf).await?;
+                continue;
+            }
+            Some(scope) = req.ask.recv(), if v3 => {
+                buf.clear();
+                frame::encode(&Frame::SyncRequest { scope: scope.code() }, &mut buf);
+                w.write(&buf).await?;
+                continue;
+            }
+            Some(scope) = req.wants.recv(), if v3 => {
+                let n = full_sync(host, w, Some(scope)).await?;
+                sent.inc_by(n);
+                tracing::info!(peer, entries = n, scope = scope.name(), "sticky table sent to peer, as asked");
                 continue;
             }
             l = lrx.recv() => {
@@ -291,7 +344,7 @@ async fn send_loop<W: AsyncWrite + Unpin>(
                     "peer link fell behind; sending the full table again"
                 );
                 rx = hub.subscribe();
-                let n = full_sync(host, w).await?;
+                let n = full_sync(host, w, v3.then_some(Scope::Full)).await?;
                 sent.inc_by(n);
                 continue;
             }
@@ -406,21 +459,38 @@ pub(super) fn encode_all_subs(host: &Host, buf: &mut Vec<u8>) {
     }
 }
 
-/// Send every table, shard by shard; returns how many updates went.
-async fn full_sync<W: AsyncWrite + Unpin>(host: &Host, w: &mut Out<W>) -> Result<u64, LinkError> {
-    let mut buf = Vec::with_capacity(256 * 1024);
+/// Bytes of encoded frames gathered before a write during a full sync.
+const SYNC_WRITE: usize = 1 << 20;
+
+/// Send every table, shard by shard; returns how many updates went. Each shard is
+/// encoded straight from the table under its lock (no copy of the entries), into
+/// frames of up to [`frame::SYNC_BATCH`] updates, written a megabyte or more at a time.
+///
+/// `scope`: on a link of version 3, what the peer asked for ([`Scope::Own`]: only the
+/// entries this gateway wrote), ended by SYNC_DONE; `None` on a link of version 2
+/// (the whole table, ended by SYNC_END).
+async fn full_sync<W: AsyncWrite + Unpin>(
+    host: &Host,
+    w: &mut Out<W>,
+    scope: Option<Scope>,
+) -> Result<u64, LinkError> {
+    let mut buf = Vec::with_capacity(2 * SYNC_WRITE);
     frame::encode(&Frame::SyncBegin, &mut buf);
     let clusters = host.clusters_sorted();
     let mut total = 0u64;
+    let own_only = scope == Some(Scope::Own);
     for c in clusters {
+        let own = c.sticky.origin().clone();
         for shard in 0..SHARDS {
-            let updates = c.sticky.export_shard(shard);
-            if updates.is_empty() {
-                continue;
-            }
-            total += updates.len() as u64;
-            for chunk in updates.chunks(frame::BATCH * 16) {
-                frame::encode_updates(&c.name, chunk, &mut buf);
+            let mut enc = frame::UpdatesWriter::new(&c.name, frame::SYNC_BATCH);
+            c.sticky.for_each_in_shard(shard, |u| {
+                if !own_only || u.origin == &*own {
+                    enc.push(&mut buf, &u);
+                    total += 1;
+                }
+            });
+            enc.flush(&mut buf);
+            if buf.len() >= SYNC_WRITE {
                 w.write(&buf).await?;
                 buf.clear();
             }
@@ -428,7 +498,16 @@ async fn full_sync<W: AsyncWrite + Unpin>(host: &Host, w: &mut Out<W>) -> Result
     }
     encode_all_subs(host, &mut buf);
     encode_all_live(host, &mut buf);
-    frame::encode(&Frame::SyncEnd { entries: total }, &mut buf);
+    match scope {
+        Some(scope) => frame::encode(
+            &Frame::SyncDone {
+                scope: scope.code(),
+                entries: total,
+            },
+            &mut buf,
+        ),
+        None => frame::encode(&Frame::SyncEnd { entries: total }, &mut buf),
+    }
     w.write(&buf).await?;
     w.w.flush().await?;
     Ok(total)
@@ -438,6 +517,8 @@ async fn receive_loop<R: AsyncRead + Unpin>(
     host: &Host,
     peer: &str,
     r: &mut FrameReader<R>,
+    pulling: &Pulling,
+    wants: &mpsc::UnboundedSender<Scope>,
 ) -> Result<(), LinkError> {
     let received = host
         .metrics
@@ -448,9 +529,14 @@ async fn receive_loop<R: AsyncRead + Unpin>(
             .peer_updates_dropped
             .with_label_values(&[peer, reason])
     };
-    let (unknown_cluster, unknown_node) = (dropped("unknown_cluster"), dropped("unknown_node"));
-    // Dropped updates are logged at warn once per link and reason, then at debug.
-    let (mut warned_cluster, mut warned_node) = (false, false);
+    let mut merger = Merger {
+        host,
+        peer,
+        unknown_cluster: dropped("unknown_cluster"),
+        unknown_node: dropped("unknown_node"),
+        warned_cluster: false,
+        warned_node: false,
+    };
     let mut syncing: Option<u64> = None;
     loop {
         let f = match tokio::time::timeout(DEAD_AFTER, r.next()).await {
@@ -473,50 +559,19 @@ async fn receive_loop<R: AsyncRead + Unpin>(
         };
         match f {
             None => return Err(LinkError::Closed),
-            Some(Frame::Updates { cluster, updates }) => {
-                received.inc_by(updates.len() as u64);
+            Some(Frame::Batch(b)) => {
+                received.inc_by(b.len() as u64);
                 if let Some(n) = syncing.as_mut() {
-                    *n += updates.len() as u64;
+                    *n += b.len() as u64;
                 }
-                match host.cluster(&cluster) {
-                    Some(c) => {
-                        let nodes = c.nodes();
-                        let mut unknown = 0u64;
-                        for u in &updates {
-                            let known = match &u.node {
-                                Some(n) => nodes.iter().any(|x| *x.name == **n),
-                                None => true, // a deletion names no node
-                            };
-                            if known {
-                                c.sticky.merge(u);
-                            } else {
-                                unknown += 1;
-                            }
-                        }
-                        if unknown > 0 {
-                            unknown_node.inc_by(unknown);
-                            let msg = "peer sent sticky entries for nodes this gateway's \
-                                       cluster does not have; dropped";
-                            if std::mem::replace(&mut warned_node, true) {
-                                tracing::debug!(peer, cluster, dropped = unknown, "{msg}");
-                            } else {
-                                tracing::warn!(peer, cluster, dropped = unknown, "{msg}");
-                            }
-                        }
-                    }
-                    None => {
-                        unknown_cluster.inc_by(updates.len() as u64);
-                        let msg = "peer sent sticky entries for a cluster this gateway does \
-                                   not have; dropped";
-                        let n = updates.len();
-                        if std::mem::replace(&mut warned_cluster, true) {
-                            tracing::debug!(peer, cluster, dropped = n, "{msg}");
-                        } else {
-                            tracing::warn!(peer, cluster, dropped = n, "{msg}");
-                        }
-                    }
-                }
+                merger.merge(&b.cluster, b.len(), b.iter());
                 // A flood of frames must not starve client connections on this worker.
+                tokio::task::yield_now().await;
+            }
+            Some(Frame::Updates { cluster, updates }) => {
+                // Not produced by `FrameReader` (it reads UPDATES as batches).
+                received.inc_by(updates.len() as u64);
+                merger.merge(&cluster, updates.len(), updates.iter().map(|u| u.view()));
                 tokio::task::yield_now().await;
             }
             Some(Frame::SyncBegin) => {
@@ -524,6 +579,8 @@ async fn receive_loop<R: AsyncRead + Unpin>(
                 syncing = Some(0);
             }
             Some(Frame::SyncEnd { entries }) => {
+                // Version 2's end of a full table sent unasked (a peer of version 3
+                // ends tables with SYNC_DONE, but a full table is a full table).
                 let got = syncing.take().unwrap_or(0);
                 tracing::info!(
                     peer,
@@ -531,7 +588,28 @@ async fn receive_loop<R: AsyncRead + Unpin>(
                     received = got,
                     "full sticky table received from peer"
                 );
+                pulling.pull.full_received(pulling.id);
                 host.refresh_sticky_gauges();
+            }
+            Some(Frame::SyncDone { scope, entries }) if pulling.on_request => {
+                let got = syncing.take().unwrap_or(0);
+                let scope = Scope::from_code(scope).unwrap_or(Scope::Own);
+                tracing::info!(
+                    peer,
+                    entries,
+                    received = got,
+                    scope = scope.name(),
+                    "sticky table received from peer"
+                );
+                if scope == Scope::Full {
+                    pulling.pull.full_received(pulling.id);
+                }
+                host.refresh_sticky_gauges();
+            }
+            Some(Frame::SyncRequest { scope }) if pulling.on_request => {
+                let scope = Scope::from_code(scope).unwrap_or(Scope::Full);
+                tracing::debug!(peer, scope = scope.name(), "peer asks for the sticky table");
+                let _ = wants.send(scope);
             }
             Some(Frame::Subs { cluster, clients }) => {
                 // Applied only where this gateway restores subscriptions too.
@@ -559,9 +637,12 @@ async fn receive_loop<R: AsyncRead + Unpin>(
             }
             Some(Frame::Heartbeat) => {}
             Some(Frame::Error { reason }) => return Err(LinkError::Refused(reason)),
-            Some(f @ (Frame::Hello { .. } | Frame::Auth { .. })) => {
-                return Err(LinkError::unexpected(&f))
-            }
+            Some(
+                f @ (Frame::Hello { .. }
+                | Frame::Auth { .. }
+                | Frame::SyncDone { .. }
+                | Frame::SyncRequest { .. }),
+            ) => return Err(LinkError::unexpected(&f)),
         }
     }
 }

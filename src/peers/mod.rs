@@ -27,6 +27,8 @@ mod dial;
 pub mod discover;
 pub mod frame;
 pub mod link;
+mod merger;
+pub mod pull;
 pub mod seal;
 pub mod snapshot;
 
@@ -76,6 +78,8 @@ struct Service {
     acceptor_stop: CancellationToken,
     dialers: HashMap<String, (String, CancellationToken)>,
     links: Arc<Links>,
+    /// Which link the full table comes from ([`pull`]).
+    pull: Arc<pull::Pull>,
     hub: broadcast::Sender<Change>,
     /// The configured peers' addresses (resolved), for [`admission`].
     peer_addresses: Arc<ArcSwap<HashSet<IpAddr>>>,
@@ -280,6 +284,7 @@ fn apply(host: &Arc<Host>, handle: &PeersHandle) -> Result<(), PeersError> {
             acceptor_stop: CancellationToken::new(),
             dialers: HashMap::new(),
             links: Arc::default(),
+            pull: Arc::default(),
             hub,
             peer_addresses: Arc::default(),
             peers_changed: Arc::new(Notify::new()),
@@ -436,6 +441,7 @@ async fn resolve_peer_addresses(
 /// link ends or its task is dropped.
 struct Registered {
     links: Arc<Links>,
+    pull: Arc<pull::Pull>,
     peer: Arc<str>,
     id: u64,
     up: prometheus::IntGauge,
@@ -443,6 +449,7 @@ struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
+        self.pull.link_down(self.id);
         if self.links.unregister(&self.peer, self.id) {
             self.up.set(0);
         }
@@ -455,6 +462,7 @@ struct Ctx {
     host: Arc<Host>,
     settings: Arc<ArcSwap<Settings>>,
     links: Arc<Links>,
+    pull: Arc<pull::Pull>,
     hub: broadcast::Sender<Change>,
     stop: CancellationToken,
     peer_addresses: Arc<ArcSwap<HashSet<IpAddr>>>,
@@ -471,6 +479,7 @@ impl Ctx {
             host: host.clone(),
             settings: s.settings.clone(),
             links: s.links.clone(),
+            pull: s.pull.clone(),
             hub: s.hub.clone(),
             stop: s.stop.clone(),
             peer_addresses: s.peer_addresses.clone(),
@@ -488,6 +497,7 @@ impl Ctx {
     /// Run an authenticated link until it ends; keeps `mqgate_peer_up` true.
     /// `sealing`: the frame keys of a link without TLS; `remote`: the peer's address;
     /// `exclusive`: fail with [`LinkError::Duplicate`] if the peer is linked already.
+    #[allow(clippy::too_many_arguments)] // the halves and facts of one handshake
     async fn serve<R, W>(
         &self,
         peer: Arc<str>,
@@ -495,6 +505,7 @@ impl Ctx {
         r: FrameReader<R>,
         w: W,
         sealing: Option<auth::FrameKeys>,
+        version: u16,
         exclusive: bool,
     ) -> Result<(), LinkError>
     where
@@ -512,9 +523,15 @@ impl Ctx {
         // Also when this future is dropped (its dialer stopped: peer removed).
         let _registered = Registered {
             links: self.links.clone(),
+            pull: self.pull.clone(),
             peer: peer.clone(),
             id,
             up,
+        };
+        let pulling = link::Pulling {
+            pull: self.pull.clone(),
+            id,
+            on_request: version >= 3,
         };
         link::run(
             self.host.clone(),
@@ -523,6 +540,7 @@ impl Ctx {
             r,
             w,
             sealing,
+            pulling,
             token,
         )
         .await

@@ -49,11 +49,12 @@ pub fn encode(host: &Host) -> (Vec<u8>, u64) {
     let mut total = 0u64;
     for c in clusters {
         for shard in 0..SHARDS {
-            let ups = c.sticky.export_shard(shard);
-            if !ups.is_empty() {
-                total += ups.len() as u64;
-                frame::encode_updates(&c.name, &ups, &mut out);
-            }
+            let mut enc = frame::UpdatesWriter::new(&c.name, frame::SYNC_BATCH);
+            c.sticky.for_each_in_shard(shard, |u| {
+                enc.push(&mut out, &u);
+                total += 1;
+            });
+            enc.flush(&mut out);
         }
     }
     // Stored subscriptions after every sticky entry: a build that does not know SUBS
@@ -176,15 +177,15 @@ pub fn decode_into(host: &Host, path: &Path, bytes: &[u8]) -> Result<u64, Snapsh
         why,
     };
     loop {
-        match frame::decode(rest, &mut interner) {
-            Ok(Some((Frame::Updates { cluster, updates }, n))) => {
+        match frame::decode_lazy(rest, &mut interner) {
+            Ok(Some((Frame::Batch(b), n))) => {
                 rest = &rest[n..];
-                entries += updates.len() as u64;
-                if let Some(c) = host.cluster(&cluster) {
-                    for mut u in updates {
+                entries += b.len() as u64;
+                if let Some(c) = host.cluster(&b.cluster) {
+                    c.sticky.merge_many(b.iter().map(|mut u| {
                         u.idle_ms = u.idle_ms.saturating_add(since);
-                        c.sticky.merge(&u);
-                    }
+                        u
+                    }));
                 }
             }
             Ok(Some((Frame::Subs { cluster, clients }, n))) => {

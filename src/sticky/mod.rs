@@ -17,14 +17,17 @@
 //! - **idle time** travels with every update, so a peer that receives an entry in a full
 //!   sync (or a snapshot that is loaded) gives it the remaining lifetime, not a new one.
 
+mod merge;
+mod store;
 pub mod subs;
 
-use lru::LruCache;
+use merge::merge_into;
+use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use store::{Lru, Names};
 use tokio::sync::broadcast;
 
 /// Number of independently locked parts of a table (also the unit of a full sync).
@@ -48,23 +51,27 @@ pub fn feed() -> broadcast::Sender<Change> {
 /// clock, or a hostile one, must not pin entries forever).
 pub const MAX_FUTURE_MS: u64 = 3_600_000;
 
-/// One live entry as stored.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub node: Arc<str>,
-    pub stamp: u64,
-    pub origin: Arc<str>,
-    last_used: Instant,
-    /// When a use of this entry was last announced to peers.
-    announced: Instant,
+/// One live entry as stored (24 bytes; the key is in the slot, see [`store`]).
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    stamp: u64,
+    /// Last use, milliseconds on the table's clock (may be negative: an entry received
+    /// with an idle time longer than the table's life).
+    used: i64,
+    /// When a use of this entry was last announced to peers, tenths of a second on
+    /// the table's clock.
+    announced: u32,
+    node: u16,
+    origin: u16,
 }
 
 /// A deletion, remembered so that older writes cannot resurrect the entry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct Tomb {
     stamp: u64,
-    origin: Arc<str>,
-    at: Instant,
+    /// When it was deleted, milliseconds on the table's clock.
+    at: i64,
+    origin: u16,
 }
 
 /// A change to replicate: `node = None` is a deletion. An update with the same
@@ -77,6 +84,41 @@ pub struct Update {
     pub origin: Arc<str>,
     /// Milliseconds since the entry was last used (or deleted) at the sender.
     pub idle_ms: u64,
+}
+
+/// An [`Update`] borrowed from where it lies (a received frame, a shard being sent):
+/// what the full sync encodes and merges without allocating per entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpdateRef<'a> {
+    pub key: &'a str,
+    pub node: Option<&'a str>,
+    pub stamp: u64,
+    pub origin: &'a str,
+    pub idle_ms: u64,
+}
+
+impl Update {
+    pub fn view(&self) -> UpdateRef<'_> {
+        UpdateRef {
+            key: &self.key,
+            node: self.node.as_deref(),
+            stamp: self.stamp,
+            origin: &self.origin,
+            idle_ms: self.idle_ms,
+        }
+    }
+}
+
+impl UpdateRef<'_> {
+    pub fn to_update(&self) -> Update {
+        Update {
+            key: Arc::from(self.key),
+            node: self.node.map(Arc::from),
+            stamp: self.stamp,
+            origin: Arc::from(self.origin),
+            idle_ms: self.idle_ms,
+        }
+    }
 }
 
 /// Result of a lookup on the connection path.
@@ -99,23 +141,26 @@ pub struct EntryView {
 }
 
 struct Shard {
-    live: LruCache<Arc<str>, Entry>,
-    dead: LruCache<Arc<str>, Tomb>,
+    live: Lru<Live>,
+    dead: Lru<Tomb>,
+    names: Names,
 }
 
 impl Shard {
-    /// Version (stamp, origin) of what this shard knows about `key`, live or deleted.
-    fn version(&self, key: &str) -> Option<(u64, Arc<str>)> {
-        if let Some(e) = self.live.peek(key) {
-            return Some((e.stamp, e.origin.clone()));
+    /// Version (stamp, origin id) of what this shard knows about `key`, live or deleted.
+    fn version(&self, h: u64, key: &str) -> Option<(u64, u16)> {
+        if let Some(e) = self.live.peek(h, key) {
+            return Some((e.stamp, e.origin));
         }
-        self.dead.peek(key).map(|t| (t.stamp, t.origin.clone()))
+        self.dead.peek(h, key).map(|t| (t.stamp, t.origin))
     }
 }
 
 pub struct StickyTable {
     shards: Vec<Mutex<Shard>>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: RandomState,
+    /// The origin of the table's clock (entries' last use, tombstones' age).
+    base: Instant,
     expire_ms: AtomicU64,
     capacity: AtomicUsize,
     origin: Arc<str>,
@@ -124,7 +169,6 @@ pub struct StickyTable {
     changes: broadcast::Sender<Change>,
 }
 
-/// Wall-clock milliseconds since the Unix epoch.
 /// Keys up to this many bytes are stored as they are; longer ones (a client id may
 /// be 65,535 bytes) as [`stored_key`]'s digest, so that an entry's memory is bounded
 /// whatever the id's length (and so is what peers and the snapshot carry).
@@ -149,6 +193,7 @@ pub fn stored_key(key: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -156,26 +201,27 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn per_shard(capacity: usize) -> NonZeroUsize {
-    NonZeroUsize::new(capacity.div_ceil(SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN)
-}
-
-/// An LRU map bounded to `cap` that grows with its contents. `LruCache::new` would
-/// allocate the whole hash table up front, and inserts at random buckets would then
-/// touch its pages one by one: with the default capacity, megabytes resident for a
-/// table that holds a few thousand entries.
-fn bounded_lru<V>(cap: NonZeroUsize) -> LruCache<Arc<str>, V> {
-    LruCache::sparse(cap)
-}
-
-/// `now - idle`, saturating (an `Instant` cannot go before the clock's origin).
-fn ago(idle: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_sub(idle).unwrap_or(now)
+fn per_shard(capacity: usize) -> usize {
+    capacity.div_ceil(SHARDS).max(1)
 }
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds between two points of a table's clock, as a duration (never negative).
+fn since(now: i64, then: i64) -> Duration {
+    Duration::from_millis(u64::try_from(now.saturating_sub(then)).unwrap_or(0))
+}
+
+/// `idle` milliseconds before `now` on a table's clock.
+fn ago(now: i64, idle_ms: u64) -> i64 {
+    now.saturating_sub(i64::try_from(idle_ms).unwrap_or(i64::MAX))
+}
+
+/// Tenths of a second on a table's clock (the announcement times).
+fn tenths(now: i64) -> u32 {
+    u32::try_from(now.max(0) / 100).unwrap_or(u32::MAX)
 }
 
 impl StickyTable {
@@ -193,16 +239,19 @@ impl StickyTable {
         changes: broadcast::Sender<Change>,
     ) -> Self {
         let per = per_shard(capacity);
+        let hasher = RandomState::new();
         Self {
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
-                        live: bounded_lru(per),
-                        dead: bounded_lru(per),
+                        live: Lru::new(per),
+                        dead: Lru::new(per),
+                        names: Names::default(),
                     })
                 })
                 .collect(),
-            hasher: Default::default(),
+            hasher,
+            base: Instant::now(),
             expire_ms: AtomicU64::new(millis(expire)),
             capacity: AtomicUsize::new(capacity),
             origin: Arc::from(origin),
@@ -215,12 +264,27 @@ impl StickyTable {
         &self.origin
     }
 
+    /// Now, in milliseconds on this table's clock.
+    fn clock(&self) -> i64 {
+        i64::try_from(self.base.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+
     fn lock(&self, i: usize) -> MutexGuard<'_, Shard> {
         crate::sync::lock(&self.shards[i])
     }
 
-    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
-        self.lock((self.hasher.hash_one(key) as usize) % SHARDS)
+    fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The shard of a key's hash: bits the shard's own table does not use (it takes
+    /// the low bits for the bucket and the top seven for its control bytes).
+    fn shard_of(h: u64) -> usize {
+        ((h >> 32) as usize) % SHARDS
+    }
+
+    fn shard(&self, h: u64) -> MutexGuard<'_, Shard> {
+        self.lock(Self::shard_of(h))
     }
 
     pub fn expire(&self) -> Duration {
@@ -249,24 +313,35 @@ impl StickyTable {
     pub fn lookup(&self, key: &str) -> Lookup {
         let key = &*stored_key(key);
         let expire = self.expire();
-        let touch = self.touch_interval();
-        let mut g = self.shard(key);
-        let (result, announce) = match g.live.get_mut(key) {
-            Some(e) if e.last_used.elapsed() <= expire => {
-                let now = Instant::now();
-                e.last_used = now;
-                let announce = (now.duration_since(e.announced) >= touch).then(|| {
-                    e.announced = now;
-                    (e.node.clone(), e.stamp, e.origin.clone())
+        // Announced when more than the interval has passed (tenths of a second).
+        let touch = u32::try_from(self.touch_interval().as_millis() / 100).unwrap_or(u32::MAX);
+        let h = self.hash(key);
+        let now = self.clock();
+        let mut g = self.shard(h);
+        let (result, announce) = match g.live.get_mut(h, key) {
+            Some(e) if since(now, e.used) <= expire => {
+                e.used = now;
+                let t = tenths(now);
+                let announce = (t.saturating_sub(e.announced) > touch).then(|| {
+                    e.announced = t;
+                    (e.node, e.stamp, e.origin)
                 });
-                (Lookup::Hit(e.node.clone()), announce)
+                let node = e.node;
+                (Lookup::Hit(g.names.get(node).clone()), announce)
             }
             Some(_) => {
-                g.live.pop(key);
+                g.live.pop(h, key);
                 (Lookup::Stale, None)
             }
             None => (Lookup::Miss, None),
         };
+        let announce = announce.map(|(node, stamp, origin)| {
+            (
+                g.names.get(node).clone(),
+                stamp,
+                g.names.get(origin).clone(),
+            )
+        });
         drop(g);
         if let Some((node, stamp, origin)) = announce {
             self.publish(Update {
@@ -287,25 +362,33 @@ impl StickyTable {
     pub fn record(&self, key: &str, node: &str) {
         let key: Arc<str> = Arc::from(stored_key(key));
         let node: Arc<str> = Arc::from(node);
+        let h = self.hash(&key);
+        let now = self.clock();
         let stamp;
         {
-            let mut g = self.shard(&key);
-            stamp = match g.version(&key) {
+            let mut g = self.shard(h);
+            stamp = match g.version(h, &key) {
                 Some((s, _)) => now_ms().max(s + 1),
                 None => now_ms(),
             };
-            g.dead.pop(&*key);
-            let now = Instant::now();
-            g.live.put(
-                key.clone(),
-                Entry {
-                    node: node.clone(),
-                    stamp,
-                    origin: self.origin.clone(),
-                    last_used: now,
-                    announced: now,
-                },
-            );
+            g.dead.pop(h, &key);
+            match g.ids(&self.origin, Some(&node)) {
+                Some((o, Some(n))) => g.live.put(
+                    h,
+                    &key,
+                    Live {
+                        stamp,
+                        used: now,
+                        announced: tenths(now),
+                        node: n,
+                        origin: o,
+                    },
+                ),
+                _ => {
+                    g.live.pop(h, &key);
+                    tracing::debug!("sticky shard has no room for another name; entry not kept");
+                }
+            }
         }
         self.publish(Update {
             key,
@@ -319,20 +402,25 @@ impl StickyTable {
     /// Remove a key (admin API). Replicated to peers as a deletion.
     pub fn remove(&self, key: &str) -> bool {
         let key: Arc<str> = Arc::from(stored_key(key));
+        let h = self.hash(&key);
+        let now = self.clock();
         let stamp = {
-            let mut g = self.shard(&key);
-            let Some(old) = g.live.pop(&*key) else {
+            let mut g = self.shard(h);
+            let Some(old) = g.live.pop(h, &key) else {
                 return false;
             };
             let stamp = now_ms().max(old.stamp + 1);
-            g.dead.put(
-                key.clone(),
-                Tomb {
-                    stamp,
-                    origin: self.origin.clone(),
-                    at: Instant::now(),
-                },
-            );
+            if let Some((origin, _)) = g.ids(&self.origin, None) {
+                g.dead.put(
+                    h,
+                    &key,
+                    Tomb {
+                        stamp,
+                        origin,
+                        at: now,
+                    },
+                );
+            }
             stamp
         };
         self.publish(Update {
@@ -351,80 +439,58 @@ impl StickyTable {
     /// already expired, or are stamped too far in the future, are ignored. Returns
     /// whether it changed which node the key maps to (or its existence).
     pub fn merge(&self, u: &Update) -> bool {
-        if u.stamp > now_ms().saturating_add(MAX_FUTURE_MS) {
-            return false;
-        }
+        self.merge_ref(&u.view())
+    }
+
+    /// [`StickyTable::merge`] of a borrowed update.
+    pub fn merge_ref(&self, u: &UpdateRef<'_>) -> bool {
         // Peers store the same form; an older peer (or snapshot) may send a long key.
-        if u.key.len() > MAX_STORED_KEY {
-            let short = Update {
-                key: Arc::from(stored_key(&u.key)),
-                ..u.clone()
-            };
-            return self.merge(&short);
+        let key = stored_key(u.key);
+        let h = self.hash(&key);
+        let (wall, now, expire) = (now_ms(), self.clock(), self.expire());
+        let mut g = self.shard(h);
+        merge_into(&mut g, h, &key, u, wall, now, expire)
+    }
+
+    /// Merge many updates (a frame of a full sync), taking each shard's lock once for
+    /// all of its updates; returns how many changed the table.
+    pub fn merge_many<'a>(&self, updates: impl IntoIterator<Item = UpdateRef<'a>>) -> usize {
+        let mut changed = 0;
+        let mut batch: Vec<(usize, u64, UpdateRef<'a>)> = Vec::new();
+        for u in updates {
+            if u.key.len() > MAX_STORED_KEY {
+                changed += usize::from(self.merge_ref(&u));
+                continue;
+            }
+            let h = self.hash(u.key);
+            batch.push((Self::shard_of(h), h, u));
         }
-        let expire = self.expire();
-        let idle = Duration::from_millis(u.idle_ms);
-        let mut g = self.shard(&u.key);
-        if let Some((stamp, origin)) = g.version(&u.key) {
-            match (stamp, &*origin).cmp(&(u.stamp, &*u.origin)) {
-                std::cmp::Ordering::Greater => return false,
-                std::cmp::Ordering::Equal => {
-                    if let Some(e) = g.live.peek_mut(&*u.key) {
-                        let used = ago(idle);
-                        if used > e.last_used {
-                            e.last_used = used;
-                        }
-                    }
-                    return false;
-                }
-                std::cmp::Ordering::Less => {}
+        // Stable: two updates of one key in a batch keep their order.
+        batch.sort_by_key(|(s, _, _)| *s);
+        let (wall, now, expire) = (now_ms(), self.clock(), self.expire());
+        for run in batch.chunk_by(|a, b| a.0 == b.0) {
+            let mut g = self.lock(run[0].0);
+            for (_, h, u) in run {
+                changed += usize::from(merge_into(&mut g, *h, u.key, u, wall, now, expire));
             }
         }
-        if idle > expire {
-            return false;
-        }
-        match &u.node {
-            Some(node) => {
-                g.dead.pop(&*u.key);
-                g.live.put(
-                    u.key.clone(),
-                    Entry {
-                        node: node.clone(),
-                        stamp: u.stamp,
-                        origin: u.origin.clone(),
-                        last_used: ago(idle),
-                        announced: Instant::now(),
-                    },
-                );
-                true
-            }
-            None => {
-                let had = g.live.pop(&*u.key).is_some();
-                g.dead.put(
-                    u.key.clone(),
-                    Tomb {
-                        stamp: u.stamp,
-                        origin: u.origin.clone(),
-                        at: ago(idle),
-                    },
-                );
-                had
-            }
-        }
+        changed
     }
 
     pub fn get(&self, key: &str) -> Option<EntryView> {
         let key = &*stored_key(key);
         let expire = self.expire();
-        let g = self.shard(key);
-        g.live.peek(key).and_then(|e| {
-            let age = e.last_used.elapsed();
+        let h = self.hash(key);
+        let now = self.clock();
+        let g = self.shard(h);
+        g.live.peek(h, key).and_then(|e| {
+            let age = since(now, e.used);
             (age <= expire).then(|| EntryView {
                 key: key.to_string(),
-                node: e.node.to_string(),
+                node: g.names.get(e.node).to_string(),
                 expires_in: expire - age,
                 stamp: e.stamp,
-                origin: e.origin.to_string(),
+                origin: g.names.get(e.origin).to_string(),
             })
         })
     }
@@ -444,9 +510,10 @@ impl StickyTable {
         let expire = self.expire();
         let mut n = 0;
         for i in 0..SHARDS {
+            let now = self.clock();
             let mut g = self.lock(i);
             while let Some((_, e)) = g.live.peek_lru() {
-                if e.last_used.elapsed() > expire {
+                if since(now, e.used) > expire {
                     g.live.pop_lru();
                     n += 1;
                 } else {
@@ -454,7 +521,7 @@ impl StickyTable {
                 }
             }
             while let Some((_, t)) = g.dead.peek_lru() {
-                if t.at.elapsed() > expire {
+                if since(now, t.at) > expire {
                     g.dead.pop_lru();
                 } else {
                     break;
@@ -464,33 +531,46 @@ impl StickyTable {
         n
     }
 
-    /// One shard's entries and tombstones as updates (a full sync sends the table one
-    /// shard at a time, so the lock is held only while copying one shard).
-    pub fn export_shard(&self, shard: usize) -> Vec<Update> {
+    /// Hand one shard's entries and tombstones to `f`, borrowed, under the shard's lock
+    /// (a full sync encodes them straight into frames), in storage order: about the
+    /// order they were inserted, which the receiver then keeps as its LRU order.
+    pub fn for_each_in_shard(&self, shard: usize, mut f: impl FnMut(UpdateRef<'_>)) {
         let expire = self.expire();
+        let now = self.clock();
         let g = self.lock(shard % SHARDS);
-        let mut out = Vec::with_capacity(g.live.len() + g.dead.len());
-        for (k, e) in g.live.iter() {
-            let idle = e.last_used.elapsed();
+        for (k, e) in g.live.iter_stored() {
+            let idle = since(now, e.used);
             if idle <= expire {
-                out.push(Update {
-                    key: k.clone(),
-                    node: Some(e.node.clone()),
+                f(UpdateRef {
+                    key: k,
+                    node: Some(g.names.get(e.node)),
                     stamp: e.stamp,
-                    origin: e.origin.clone(),
+                    origin: g.names.get(e.origin),
                     idle_ms: millis(idle),
                 });
             }
         }
-        for (k, t) in g.dead.iter() {
-            out.push(Update {
-                key: k.clone(),
+        for (k, t) in g.dead.iter_stored() {
+            f(UpdateRef {
+                key: k,
                 node: None,
                 stamp: t.stamp,
-                origin: t.origin.clone(),
-                idle_ms: millis(t.at.elapsed()),
+                origin: g.names.get(t.origin),
+                idle_ms: millis(since(now, t.at)),
             });
         }
+    }
+
+    /// Entries and tombstones of one shard (live and deleted) as a count.
+    pub fn shard_len(&self, shard: usize) -> usize {
+        let g = self.lock(shard % SHARDS);
+        g.live.len() + g.dead.len()
+    }
+
+    /// One shard's entries and tombstones as updates.
+    pub fn export_shard(&self, shard: usize) -> Vec<Update> {
+        let mut out = Vec::new();
+        self.for_each_in_shard(shard, |u| out.push(u.to_update()));
         out
     }
 

@@ -180,3 +180,93 @@ fn long_keys_are_stored_as_a_digest_and_found_by_the_full_key() {
     assert!(t.remove(&long));
     assert!(t.is_empty());
 }
+
+#[test]
+fn merge_many_is_merge_one_by_one_and_an_export_copies_the_table() {
+    let now = now_ms();
+    let ups: Vec<Update> = (0..500)
+        .map(|i| {
+            upd(
+                &format!("c{i}"),
+                Some(["n1", "n2"][i % 2]),
+                now - 1000 + i as u64,
+                "gate-b",
+                7,
+            )
+        })
+        .chain([
+            upd("c3", None, now, "gate-c", 0),
+            upd("c4", Some("n9"), now - 5000, "gate-c", 0),
+        ])
+        .collect();
+    let one = StickyTable::new(10_000, Duration::from_secs(60), "gate-a");
+    let changed_one = ups.iter().filter(|u| one.merge(u)).count();
+    let many = StickyTable::new(10_000, Duration::from_secs(60), "gate-a");
+    let changed_many = many.merge_many(ups.iter().map(Update::view));
+    assert_eq!(changed_one, changed_many);
+    assert_eq!(
+        changed_many, 501,
+        "500 entries and one deletion; the stale write loses"
+    );
+    assert_eq!(many.len(), 499);
+    for i in [0usize, 1, 4, 499] {
+        let v = |t: &StickyTable| t.get(&format!("c{i}")).map(|e| (e.node, e.stamp, e.origin));
+        assert_eq!(v(&many), v(&one), "c{i}");
+    }
+    assert_eq!(many.lookup("c3"), Lookup::Miss);
+    assert_eq!(many.lookup("c4"), Lookup::Hit(Arc::from("n1")));
+    // A table filled from an export holds the same entries.
+    let copy = StickyTable::new(10_000, Duration::from_secs(60), "gate-z");
+    for s in 0..SHARDS {
+        copy.merge_many(many.export_shard(s).iter().map(Update::view));
+    }
+    // Shards differ between tables (hash keys are random), so compare per key.
+    let mut a: Vec<Update> = many.export();
+    let mut b: Vec<Update> = copy.export();
+    a.sort_by(|x, y| x.key.cmp(&y.key));
+    b.sort_by(|x, y| x.key.cmp(&y.key));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            (&x.key, &x.node, x.stamp, &x.origin),
+            (&y.key, &y.node, y.stamp, &y.origin)
+        );
+    }
+}
+
+#[test]
+fn a_shard_full_of_names_drops_unused_ones_and_refuses_beyond() {
+    let t = StickyTable::new(1_000_000, Duration::from_secs(60), "gate-a");
+    let now = now_ms();
+    // Thousands of distinct origins for one key: each write replaces the last, so
+    // only one origin is in use at a time and old names are reclaimed.
+    for i in 0..(store::MAX_NAMES * 3) {
+        assert!(t.merge(&upd("k", Some("n1"), now + i as u64, &format!("o{i}"), 0)));
+    }
+    let last = format!("o{}", store::MAX_NAMES * 3 - 1);
+    assert_eq!(t.get("k").map(|e| e.origin), Some(last));
+    assert_eq!(t.lookup("k"), Lookup::Hit(Arc::from("n1")));
+    // Names held by live entries are kept: once a shard's names are all in use, an
+    // update with yet another name is not stored (and nothing else changes).
+    let key_in_shard0 = |n: usize| {
+        (0..)
+            .map(|i| format!("x{n}-{i}"))
+            .find(|k| StickyTable::shard_of(t.hash(k)) == 0)
+            .unwrap_or_default()
+    };
+    let mut kept = 0;
+    for i in 0..store::MAX_NAMES {
+        kept += usize::from(t.merge(&upd(
+            &key_in_shard0(i),
+            Some("n1"),
+            now,
+            &format!("p{i}"),
+            0,
+        )));
+    }
+    assert!(kept >= store::MAX_NAMES - 3, "kept {kept}");
+    let extra = key_in_shard0(store::MAX_NAMES + 1);
+    assert!(!t.merge(&upd(&extra, Some("n1"), now, "one-too-many", 0)));
+    assert_eq!(t.get(&extra), None);
+    assert!(t.get(&key_in_shard0(0)).is_some());
+}
