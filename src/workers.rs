@@ -12,7 +12,8 @@
 //! admin API, reloads). With `threads = 0` there are no connection threads and connections
 //! run on the gateway's runtime, as everything else.
 //!
-//! How many: [`thread_count`] (unset, one per CPU less one per broker node on this host).
+//! How many: [`thread_count`] (unset, one per CPU less one per broker node on this host,
+//! but at least two where there are two CPUs).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -201,13 +202,22 @@ pub struct ThreadCount {
 }
 
 /// How many connection threads to start for `config`: `limits.threads` when it is set
-/// (0: none). Unset, one per CPU the process may run on, less one for each broker
-/// node that runs on this host, and at least one. Why: a Mosquitto process relays on one
-/// thread and needs a CPU to itself when busy; connection threads beyond the CPUs left
-/// to the proxy only add wake-ups (on 2 vCPUs with Mosquitto beside it, one thread used
-/// up to 22 % less CPU per relayed message than two: BENCHMARKS.md). A node named by
-/// a DNS name other than `localhost` counts as elsewhere (start-up does not wait for
-/// DNS).
+/// (0: none). Unset, one per CPU the process may run on, less one for each broker node
+/// that runs on this host, but at least two, and never more than the CPUs (one on a
+/// one-CPU host). A node named by a DNS name other than `localhost` counts as elsewhere
+/// (start-up does not wait for DNS).
+///
+/// Why (issue 31, BENCHMARKS.md "Connection threads"): a Mosquitto process relays on
+/// one thread and needs a CPU to itself when busy, so on larger hosts a CPU is left to
+/// each local broker. But on 2 vCPUs with Mosquitto beside it, the single thread that
+/// rule left loses whenever one connection carries most of the traffic: 4 publishers →
+/// 1 subscriber went 0.80–0.99 × direct, and the latency measured right after a
+/// full-speed run was 1.41 × HAProxy's added p50, where two threads gave 1.04 × direct
+/// and 0.84 / 0.52 × HAProxy's p50 / p99. One thread shares its CPU with the broker's
+/// bursts; with two, the kernel runs whichever thread has work on whichever CPU is free,
+/// as it does HAProxy's (`nbthread` = CPUs). One thread had used less CPU per message in
+/// the 4-pair throughput shape, where the load spreads over eight connections; two
+/// stay within HAProxy's CPU per message there.
 pub fn thread_count(config: &crate::config::Config) -> ThreadCount {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -225,13 +235,19 @@ pub fn thread_count(config: &crate::config::Config) -> ThreadCount {
     let local_nodes = local.len();
     let threads = match config.limits.threads {
         Some(n) => n,
-        None => cpus.saturating_sub(local_nodes).max(1),
+        None => default_threads(cpus, local_nodes),
     };
     ThreadCount {
         threads,
         cpus,
         local_nodes,
     }
+}
+
+/// The thread count when `limits.threads` is unset (see [`thread_count`]): one per CPU
+/// less one per local broker node, at least two, at most the CPUs.
+pub fn default_threads(cpus: usize, local_nodes: usize) -> usize {
+    cpus.saturating_sub(local_nodes).max(2).min(cpus.max(1))
 }
 
 /// Whether a broker node's address is on this host: `localhost`, a loopback address
@@ -254,7 +270,7 @@ fn on_this_host(addr: &crate::config::NodeAddress) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::Workers;
+    use super::{default_threads, Workers};
     use std::future::Future;
     use std::pin::Pin;
     use std::task::Poll;
@@ -318,5 +334,27 @@ mod tests {
             kept, 0,
             "on a connection thread, 100 timers armed made {kept} write(2)s"
         );
+    }
+
+    #[test]
+    fn the_default_keeps_two_threads_where_there_are_two_cpus() {
+        // (CPUs, broker nodes on this host) → threads.
+        for (cpus, local, want) in [
+            (1, 0, 1),
+            (1, 1, 1),
+            (2, 0, 2),
+            (2, 1, 2),
+            (2, 3, 2),
+            (4, 1, 3),
+            (4, 3, 2),
+            (8, 0, 8),
+            (16, 2, 14),
+        ] {
+            assert_eq!(
+                default_threads(cpus, local),
+                want,
+                "{cpus} CPUs, {local} local broker node(s)"
+            );
+        }
     }
 }
