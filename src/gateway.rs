@@ -61,7 +61,7 @@ impl Gateway {
             from = if config.limits.threads.is_some() {
                 "limits.threads"
             } else {
-                "one per CPU, less one per broker node on this host, at least two (at most the CPUs)"
+                "one per CPU, less one per broker node on this host"
             },
             "connection threads"
         );

@@ -13,7 +13,7 @@
 //! run on the gateway's runtime, as everything else.
 //!
 //! How many: [`thread_count`] (unset, one per CPU less one per broker node on this host,
-//! but at least two where there are two CPUs).
+//! at least one).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -202,22 +202,9 @@ pub struct ThreadCount {
 }
 
 /// How many connection threads to start for `config`: `limits.threads` when it is set
-/// (0: none). Unset, one per CPU the process may run on, less one for each broker node
-/// that runs on this host, but at least two, and never more than the CPUs (one on a
-/// one-CPU host). A node named by a DNS name other than `localhost` counts as elsewhere
-/// (start-up does not wait for DNS).
-///
-/// Why (issue 31, BENCHMARKS.md "Connection threads"): a Mosquitto process relays on
-/// one thread and needs a CPU to itself when busy, so on larger hosts a CPU is left to
-/// each local broker. But on 2 vCPUs with Mosquitto beside it, the single thread that
-/// rule left loses whenever one connection carries most of the traffic: 4 publishers →
-/// 1 subscriber went 0.80–0.99 × direct, and the latency measured right after a
-/// full-speed run was 1.41 × HAProxy's added p50, where two threads gave 1.04 × direct
-/// and 0.84 / 0.52 × HAProxy's p50 / p99. One thread shares its CPU with the broker's
-/// bursts; with two, the kernel runs whichever thread has work on whichever CPU is free,
-/// as it does HAProxy's (`nbthread` = CPUs). One thread had used less CPU per message in
-/// the 4-pair throughput shape, where the load spreads over eight connections; two
-/// stay within HAProxy's CPU per message there.
+/// (0: none). Unset, [`default_threads`]: one per CPU the process may run on, less one
+/// for each broker node that runs on this host, at least one. A node named by a DNS
+/// name other than `localhost` counts as elsewhere (start-up does not wait for DNS).
 pub fn thread_count(config: &crate::config::Config) -> ThreadCount {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -244,10 +231,24 @@ pub fn thread_count(config: &crate::config::Config) -> ThreadCount {
     }
 }
 
-/// The thread count when `limits.threads` is unset (see [`thread_count`]): one per CPU
-/// less one per local broker node, at least two, at most the CPUs.
+/// The thread count when `limits.threads` is unset: one per CPU less one per local
+/// broker node, at least one.
+///
+/// Why: a Mosquitto process relays on one thread and needs a CPU to itself when busy,
+/// and connection threads beyond the CPUs left to the proxy add wake-ups and CPU per
+/// message. Chosen again for issue 31 from same-run A/Bs of every load shape on 2 vCPUs
+/// with the broker beside the proxy, one thread (this rule) against two (`nbthread`'s
+/// count; BENCHMARKS.md, "A CPU left to each broker on the same host"): two threads
+/// carried 0.56–0.58 × the messages of one in the 4-pair QoS 1 shapes and 0.59–0.81 ×
+/// in fan-out (1 → 4), at up to 2.3 × the CPU per message; they gained at 64 KB
+/// messages (1.09–1.15 ×) and on connection storms; fan-in (4 → 1) throughput (0.61–1.16
+/// ×) and its latency right after a full-speed run (p50 0.40–1.41 × one thread's) went
+/// either way from run to run. The
+/// host was loaded by other builds (load average 7–12), where one thread's batching of
+/// wake-ups pays most; `limits.threads = 2` is the setting to try for storm-heavy or
+/// large-message traffic.
 pub fn default_threads(cpus: usize, local_nodes: usize) -> usize {
-    cpus.saturating_sub(local_nodes).max(2).min(cpus.max(1))
+    cpus.saturating_sub(local_nodes).max(1)
 }
 
 /// Whether a broker node's address is on this host: `localhost`, a loopback address
@@ -337,16 +338,16 @@ mod tests {
     }
 
     #[test]
-    fn the_default_keeps_two_threads_where_there_are_two_cpus() {
+    fn the_default_leaves_a_cpu_to_each_local_broker_and_keeps_one_thread() {
         // (CPUs, broker nodes on this host) → threads.
         for (cpus, local, want) in [
             (1, 0, 1),
             (1, 1, 1),
             (2, 0, 2),
-            (2, 1, 2),
-            (2, 3, 2),
+            (2, 1, 1),
+            (2, 3, 1),
             (4, 1, 3),
-            (4, 3, 2),
+            (4, 3, 1),
             (8, 0, 8),
             (16, 2, 14),
         ] {

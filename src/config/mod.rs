@@ -90,7 +90,7 @@ pub struct Limits {
     pub per_ip_connect_rate: u32,
     pub shutdown_grace: Duration,
     /// Connection threads (`crate::workers`); `None`: one per CPU less one per broker
-    /// node on this host, at least two, at most the CPUs (`crate::workers::thread_count`); 0: none,
+    /// node on this host, at least one (`crate::workers::thread_count`); 0: none,
     /// connections run on the gateway's own runtime. Read at start-up only.
     pub threads: Option<usize>,
 }
