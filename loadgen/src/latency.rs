@@ -205,8 +205,7 @@ pub fn run(addr: SocketAddr, ws: Option<&str>, o: Opts) -> Result<serde_json::Va
                     }
                     while offset + i * interval <= now {
                         let ts = base.elapsed().as_nanos() as u64;
-                        msg[tpl.payload_at..tpl.payload_at + 8]
-                            .copy_from_slice(&ts.to_be_bytes());
+                        msg[tpl.payload_at..tpl.payload_at + 8].copy_from_slice(&ts.to_be_bytes());
                         publ.write_all(&msg)
                             .map_err(|e| format!("publisher {k}: {e}"))?;
                         i += 1;

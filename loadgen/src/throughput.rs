@@ -138,10 +138,7 @@ pub async fn run(target: Target, o: Opts) -> Result<serde_json::Value, String> {
     let tpl_len = mqtt::publish("bench/0000000/00", o.qos, o.size).bytes.len();
     let batch = batch_for(tpl_len);
     // At most ~8 MB in flight per publisher, and at least two batches.
-    let window = o
-        .window
-        .min((8 << 20) / tpl_len as u64)
-        .max(2 * batch);
+    let window = o.window.min((8 << 20) / tpl_len as u64).max(2 * batch);
     for (g, (topics, filter, subs)) in layout.into_iter().enumerate() {
         let group = Arc::new(Group::new(subs, topics.len()));
         for s in 0..subs {
@@ -152,7 +149,12 @@ pub async fn run(target: Target, o: Opts) -> Result<serde_json::Value, String> {
             subscribe(&mut sub, &filter, o.qos)
                 .await
                 .map_err(|e| format!("subscribe: {e}"))?;
-            tasks.push(tokio::spawn(subscriber(sub, group.clone(), s, stop.clone())));
+            tasks.push(tokio::spawn(subscriber(
+                sub,
+                group.clone(),
+                s,
+                stop.clone(),
+            )));
         }
         let pubs = topics.len() as u64;
         for (k, topic) in topics.iter().enumerate() {
