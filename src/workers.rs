@@ -236,17 +236,17 @@ pub fn thread_count(config: &crate::config::Config) -> ThreadCount {
 ///
 /// Why: a Mosquitto process relays on one thread and needs a CPU to itself when busy,
 /// and connection threads beyond the CPUs left to the proxy add wake-ups and CPU per
-/// message. Chosen again for issue 31 from same-run A/Bs of every load shape on 2 vCPUs
-/// with the broker beside the proxy, one thread (this rule) against two (`nbthread`'s
-/// count; BENCHMARKS.md, "A CPU left to each broker on the same host"): two threads
-/// carried 0.56–0.58 × the messages of one in the 4-pair QoS 1 shapes and 0.59–0.81 ×
-/// in fan-out (1 → 4), at up to 2.3 × the CPU per message; they gained at 64 KB
-/// messages (1.09–1.15 ×) and on connection storms; fan-in (4 → 1) throughput (0.61–1.16
-/// ×) and its latency right after a full-speed run (p50 0.40–1.41 × one thread's) went
-/// either way from run to run. The
-/// host was loaded by other builds (load average 7–12), where one thread's batching of
-/// wake-ups pays most; `limits.threads = 2` is the setting to try for storm-heavy or
-/// large-message traffic.
+/// message. Chosen again for issue 31 from three same-run A/Bs of every load shape on 2
+/// vCPUs with the broker beside the proxy, one thread (this rule) against two
+/// (`nbthread`'s count; BENCHMARKS.md, "A CPU left to each broker on the same host"):
+/// two threads carried 0.55–0.74 × the messages of one in the 4-pair QoS 1 shapes and
+/// 0.55–0.81 × in fan-out (1 → 4), at 1.5–2.7 × the CPU per message, in every run; they
+/// gained at 64 KB messages (1.09–1.47 ×) and in plain connect storms (1.57–1.88 ×);
+/// fan-in (4 → 1) throughput (0.61–1.20 ×) and its latency right after a full-speed run
+/// (p50 0.40–2.10 × one thread's) went either way from run to run. Those hosts were
+/// loaded by other builds (load average 6–12 on 2 vCPUs), where one thread's batching of
+/// wake-ups pays most; `limits.threads = 2` is the setting to try for connect-storm,
+/// large-message or fan-in traffic.
 pub fn default_threads(cpus: usize, local_nodes: usize) -> usize {
     cpus.saturating_sub(local_nodes).max(1)
 }
