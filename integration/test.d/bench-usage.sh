@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `integration/bench --help` (and -h) prints its usage and exits 0; an unknown option
-# prints the usage to stderr and exits 2; neither builds nor benchmarks anything (no
-# "== building" line, and it returns within seconds).
+# (or an unknown scenario in --only) prints the usage to stderr and exits 2; neither
+# builds nor benchmarks anything (no "== building" line, and it returns within seconds).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 fail() { echo "bench-usage: $*" >&2; exit 1; }
@@ -11,9 +11,10 @@ for h in --help -h; do
   grep -q -- '--only' <<<"$out" || fail "$h usage does not list --only"
   ! grep -q '== building' /tmp/bench-usage.$$ || fail "$h started a build"
 done
-for bad in --no-such-option stray --rounds; do
+for bad in --no-such-option stray --rounds "--only fanin,nosuchshape"; do
   set +e
-  out=$(timeout 20 integration/bench "$bad" 2>/tmp/bench-usage.$$)
+  # shellcheck disable=SC2086 # "--only X" is two words
+  out=$(timeout 20 integration/bench $bad 2>/tmp/bench-usage.$$)
   rc=$?
   set -e
   [ "$rc" = 2 ] || fail "$bad exited $rc, expected 2"
