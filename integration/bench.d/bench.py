@@ -256,10 +256,10 @@ def plan(quick):
     open beside the traffic, each right after a full-speed fan-in run through the same
     target (`after_load`)."""
     if quick:
-        return dict(rounds=1, tp=[(0, 100)], tp_secs=2, warmup=0.5, lat_rate=5000, lat_secs=2,
+        return dict(rounds=1, tp=[(0, 100)], tp_secs=1, warmup=0.5, lat_rate=5000, lat_secs=1,
                     plain_clients=1000, tls_clients=200, idle=[200], conc=32,
                     fanin=[(0, 100)], fanout=[(0, 100)], large=[],
-                    rates=[("20k+idle200", 20000, 200)], rate_secs=2, load_secs=1)
+                    rates=[("20k+idle200", 20000, 200)], rate_secs=1, load_secs=0.5)
     return dict(rounds=3, tp=[(0, 100), (0, 1024), (1, 100), (1, 1024)], tp_secs=5, warmup=1,
                 lat_rate=20000, lat_secs=5, plain_clients=10000, tls_clients=3000,
                 idle=[1000, 9000], conc=50,
