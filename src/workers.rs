@@ -12,7 +12,8 @@
 //! admin API, reloads). With `threads = 0` there are no connection threads and connections
 //! run on the gateway's runtime, as everything else.
 //!
-//! How many: [`thread_count`] (unset, one per CPU less one per broker node on this host).
+//! How many: [`thread_count`] (unset, one per CPU less one per broker node on this host,
+//! at least one).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -201,13 +202,9 @@ pub struct ThreadCount {
 }
 
 /// How many connection threads to start for `config`: `limits.threads` when it is set
-/// (0: none). Unset, one per CPU the process may run on, less one for each broker
-/// node that runs on this host, and at least one. Why: a Mosquitto process relays on one
-/// thread and needs a CPU to itself when busy; connection threads beyond the CPUs left
-/// to the proxy only add wake-ups (on 2 vCPUs with Mosquitto beside it, one thread used
-/// up to 22 % less CPU per relayed message than two: BENCHMARKS.md). A node named by
-/// a DNS name other than `localhost` counts as elsewhere (start-up does not wait for
-/// DNS).
+/// (0: none). Unset, [`default_threads`]: one per CPU the process may run on, less one
+/// for each broker node that runs on this host, at least one. A node named by a DNS
+/// name other than `localhost` counts as elsewhere (start-up does not wait for DNS).
 pub fn thread_count(config: &crate::config::Config) -> ThreadCount {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -225,13 +222,33 @@ pub fn thread_count(config: &crate::config::Config) -> ThreadCount {
     let local_nodes = local.len();
     let threads = match config.limits.threads {
         Some(n) => n,
-        None => cpus.saturating_sub(local_nodes).max(1),
+        None => default_threads(cpus, local_nodes),
     };
     ThreadCount {
         threads,
         cpus,
         local_nodes,
     }
+}
+
+/// The thread count when `limits.threads` is unset: one per CPU less one per local
+/// broker node, at least one.
+///
+/// Why: a Mosquitto process relays on one thread and needs a CPU to itself when busy,
+/// and connection threads beyond the CPUs left to the proxy add wake-ups and CPU per
+/// message. Chosen again for issue 31 from three same-run A/Bs of every load shape on 2
+/// vCPUs with the broker beside the proxy, one thread (this rule) against two
+/// (`nbthread`'s count; BENCHMARKS.md, "A CPU left to each broker on the same host"):
+/// two threads carried 0.55–0.74 × the messages of one in the 4-pair QoS 1 shapes and
+/// 0.55–0.81 × in fan-out (1 → 4), at 1.5–2.7 × the CPU per message, in every run; they
+/// gained at 64 KB messages (1.09–1.47 ×) and in plain connect storms (1.57–1.88 ×);
+/// fan-in (4 → 1) throughput (0.61–1.20 ×) and its latency right after a full-speed run
+/// (p50 0.40–2.10 × one thread's) went either way from run to run. Those hosts were
+/// loaded by other builds (load average 6–12 on 2 vCPUs), where one thread's batching of
+/// wake-ups pays most; `limits.threads = 2` is the setting to try for connect-storm,
+/// large-message or fan-in traffic.
+pub fn default_threads(cpus: usize, local_nodes: usize) -> usize {
+    cpus.saturating_sub(local_nodes).max(1)
 }
 
 /// Whether a broker node's address is on this host: `localhost`, a loopback address
@@ -254,7 +271,7 @@ fn on_this_host(addr: &crate::config::NodeAddress) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::Workers;
+    use super::{default_threads, Workers};
     use std::future::Future;
     use std::pin::Pin;
     use std::task::Poll;
@@ -318,5 +335,27 @@ mod tests {
             kept, 0,
             "on a connection thread, 100 timers armed made {kept} write(2)s"
         );
+    }
+
+    #[test]
+    fn the_default_leaves_a_cpu_to_each_local_broker_and_keeps_one_thread() {
+        // (CPUs, broker nodes on this host) → threads.
+        for (cpus, local, want) in [
+            (1, 0, 1),
+            (1, 1, 1),
+            (2, 0, 2),
+            (2, 1, 1),
+            (2, 3, 1),
+            (4, 1, 3),
+            (4, 3, 1),
+            (8, 0, 8),
+            (16, 2, 14),
+        ] {
+            assert_eq!(
+                default_threads(cpus, local),
+                want,
+                "{cpus} CPUs, {local} local broker node(s)"
+            );
+        }
     }
 }

@@ -17,6 +17,8 @@ Nothing here asserts on speed: the exit status is 1 only if the harness itself f
 """
 import argparse, datetime, json, os, platform, random, resource, socket, statistics, subprocess, sys, time
 
+import shapes
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 TARGETS = ["direct", "haproxy", "mqgate"]
@@ -139,8 +141,8 @@ class Env:
             fill_b = dict(fill, mqgate_port=p["mqgate_b_port"],
                           mqgate_tls_port=p["mqgate_b_tls_port"], admin_port=p["admin_b_port"],
                           mqgate_ws_port=p["mqgate_b_ws_port"])
-            render("mqgate.toml", "mqgate-b.toml", fill_b, a.ab_section + "\n",
-                   a.ab.replace(";", "\n"))
+            render("mqgate-tuned.toml" if a.ab_tuned else "mqgate.toml", "mqgate-b.toml",
+                   fill_b, a.ab_section + "\n", a.ab.replace(";", "\n"))
             if a.ab_sessions:
                 # Packet-aware relay for mqgate-b: persistent clients (--persistent) of a
                 # cluster with restore_subscriptions; mqgate (A) keeps the byte relay.
@@ -247,20 +249,39 @@ def loadgen(env, args, timeout=300):
 
 
 def plan(quick):
+    """What each scenario runs. Shapes (issue 31): `throughput` is 4 publisher →
+    subscriber pairs; `fanin` 4 publishers → 1 subscriber on a wildcard; `fanout` 1
+    publisher → 4 subscribers; `large` fan-in of 64 KB and 1 MB messages (MB/s);
+    `rates` fan-in latency at fixed total rates, the last one with idle sessions held
+    open beside the traffic, each right after a full-speed fan-in run through the same
+    target (`after_load`)."""
     if quick:
-        return dict(rounds=1, tp=[(0, 100)], tp_secs=2, warmup=0.5, lat_rate=5000, lat_secs=2,
-                    plain_clients=1000, tls_clients=200, idle=[200], conc=32)
+        return dict(rounds=1, tp=[(0, 100)], tp_secs=1, warmup=0.5, lat_rate=5000, lat_secs=1,
+                    plain_clients=1000, tls_clients=200, idle=[200], conc=32,
+                    fanin=[(0, 100)], fanout=[(0, 100)], large=[],
+                    rates=[("20k+idle200", 20000, 200)], rate_secs=1, load_secs=0.5)
     return dict(rounds=3, tp=[(0, 100), (0, 1024), (1, 100), (1, 1024)], tp_secs=5, warmup=1,
                 lat_rate=20000, lat_secs=5, plain_clients=10000, tls_clients=3000,
-                idle=[1000, 9000], conc=50)
+                idle=[1000, 9000], conc=50,
+                fanin=[(0, 100), (1, 100)], fanout=[(0, 100), (1, 100)],
+                large=[("64KB", 65536), ("1MB", 1048576)],
+                rates=[("1k", 1000, 0), ("5k", 5000, 0), ("20k", 20000, 0),
+                       ("20k+idle1000", 20000, 1000)], rate_secs=5, load_secs=3)
 
 
-def scenario_throughput(env, p, target, qos, size):
+# Every scenario --only knows; the default runs all of them.
+SCENARIOS = ["throughput", "fanin", "fanout", "large", "latency", "rates", "connect", "idle", "ws"]
+# Throughput shapes: scenario name → loadgen --shape.
+TP_SHAPES = {"throughput": "pairs", "fanin": "fanin", "fanout": "fanout", "large": "fanin"}
+
+
+def scenario_throughput(env, p, target, qos, size, shape="pairs", secs=None):
     pid = env.pid(target)
     bpid = env.pid("direct")
     c0, b0 = proc_cpu_secs(pid), proc_cpu_secs(bpid)
     r = loadgen(env, ["throughput", "--addr", env.addr[target], "--qos", qos, "--size", size,
-                      "--secs", p["tp_secs"], "--warmup", p["warmup"]] + env.extra(target)
+                      "--shape", shape, "--secs", secs or p["tp_secs"],
+                      "--warmup", p["warmup"]] + env.extra(target)
                 + (["--persistent", 1] if env.a.ab_sessions else []))
     c1, b1 = proc_cpu_secs(pid), proc_cpu_secs(bpid)
     if r["delivered"] == 0:
@@ -312,11 +333,36 @@ def print_tlsup(raw):
               f"   x plain {fmt(q)}")
 
 
-def scenario_latency(env, p, target):
+def scenario_latency(env, p, target, after_load=False):
+    if after_load:
+        scenario_throughput(env, p, target, 0, 100, "fanin", p["load_secs"])
     r = loadgen(env, ["latency", "--addr", env.addr[target], "--rate", p["lat_rate"],
                       "--secs", p["lat_secs"], "--warmup", p["warmup"]] + env.extra(target))
     if r["samples"] == 0:
         raise HarnessError(f"latency through {target}: no message delivered: {r}")
+    r["after_load"] = after_load
+    return r
+
+
+def scenario_rate(env, p, target, rate, idle, after_load):
+    """Fan-in latency (4 publishers at rate/4 each → 1 subscriber on a wildcard), with
+    `idle` sessions held open beside it; first, if `after_load`, a full-speed fan-in
+    throughput run through the same target (as a harness running scenarios back to
+    back does: issue 31 found the one-thread default loses there). CPU per message:
+    the proxy's (or, direct, the broker's) over the latency run, idle sessions'
+    set-up included."""
+    if after_load:
+        scenario_throughput(env, p, target, 0, 100, "fanin", p["load_secs"])
+    pid = env.pid(target)
+    c0 = proc_cpu_secs(pid)
+    r = loadgen(env, ["latency", "--addr", env.addr[target], "--rate", rate, "--pubs", 4,
+                      "--idle", idle, "--secs", p["rate_secs"], "--warmup", p["warmup"]]
+                + env.extra(target), timeout=600)
+    c1 = proc_cpu_secs(pid)
+    if r["samples"] == 0:
+        raise HarnessError(f"rate {rate} through {target}: no message delivered: {r}")
+    r["cpu_us_per_msg"] = (c1 - c0) * 1e6 / max(r["received"], 1)
+    r["after_load"] = after_load
     return r
 
 
@@ -416,6 +462,10 @@ def summarise_paired(raw, p):
         var = f"qos{qos}-{size}B"
         out.append((f"throughput {var}: mqgate/direct",
                     paired_ratio(raw, "throughput", var, "msgs_per_sec", "mqgate", "direct")))
+    for scn, var, key, _unit in shapes.tp_variants(p):
+        v = paired_ratio(raw, scn, var, key, "mqgate", "direct")
+        if v is not None:
+            out.append((f"{scn} {var}: mqgate/direct", v))
     for var in ["plain", "tls"]:
         out.append((f"connect {var}: mqgate/haproxy",
                     paired_ratio(raw, "connect", var, "connects_per_sec", "mqgate", "haproxy")))
@@ -475,6 +525,9 @@ def summarise(raw, p):
         h, m = (pick("connect", var, t, "proxy_cpu_us_per_connect") for t in PROXIES)
         d = pick("connect", var, "direct", "broker_cpu_us_per_connect")
         rows.append((f"  connect {var} CPU µs/session", d, h, m, None, ratio(m, h)))
+    shape_rows, shape_checks = shapes.summarise_shapes(raw, p)
+    rows += shape_rows
+    checks += shape_checks
     for n in p["idle"]:
         h, m = (pick("idle", f"{n}", t, "bytes_per_conn") for t in PROXIES)
         rows.append((f"idle memory B/conn @{n}", None, h, m, None, None))
@@ -529,7 +582,11 @@ def print_ws(rows):
 
 
 AB_KEYS = {"throughput": ["msgs_per_sec", "proxy_cpu_s_per_M"],
+           "fanin": ["msgs_per_sec", "proxy_cpu_s_per_M"],
+           "fanout": ["msgs_per_sec", "proxy_cpu_s_per_M"],
+           "large": ["mbytes_per_sec", "proxy_cpu_s_per_M"],
            "latency": ["p50_us", "p99_us", "p999_us"],
+           "rates": ["p50_us", "p99_us", "p999_us", "cpu_us_per_msg"],
            "connect": ["connects_per_sec", "p99_us", "proxy_cpu_us_per_connect"],
            "idle": ["bytes_per_conn"]}
 
@@ -567,6 +624,22 @@ def fmt(x):
     if isinstance(x, float) and abs(x) < 10:
         return f"{x:.3f}"
     return f"{x:,.0f}"
+
+
+def ran(rows, checks, only):
+    """Rows and target lines of the scenarios that ran: a row with no figure in any
+    column is left out, and so is a target line of a scenario not selected."""
+    rows = [r for r in rows if any(x not in (None, 0) for x in r[1:4])]
+    owner = [("throughput ", "throughput"), ("added latency", "latency"),
+             ("connect ", "connect"), ("idle memory", "idle"), ("CPU per M msgs", "throughput"),
+             ("fanin ", "fanin"), ("fanout ", "fanout"), ("large ", "large"),
+             ("fan-in ", "rates"), ("websocket ", "ws")]
+    def wanted(name):
+        for prefix, scn in owner:
+            if name.startswith(prefix):
+                return scn in only
+        return True
+    return rows, [c for c in checks if wanted(c[0])]
 
 
 def print_table(rows, checks):
@@ -611,8 +684,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int)
-    ap.add_argument("--only", help="comma list: throughput,latency,connect,idle,ws (ws: the"
-                    " WebSocket target beside the others in throughput, latency and idle)")
+    ap.add_argument("--only", help="comma list of " + ",".join(SCENARIOS) + " (ws: the"
+                    " WebSocket target beside the others in throughput, latency and idle;"
+                    " default: all)")
+    ap.add_argument("--after-load", dest="after_load", action="store_true", default=None,
+                    help="latency (pairs) too right after a full-speed fan-in run through"
+                    " the same target (always so for `rates`, unless --no-after-load)")
+    ap.add_argument("--no-after-load", dest="after_load", action="store_false")
     ap.add_argument("--mqgate", required=True)
     ap.add_argument("--loadgen", required=True)
     ap.add_argument("--ab", metavar="TOML", help="A/B run: a fourth target, mqgate-b, whose config"
@@ -627,15 +705,21 @@ def main():
     ap.add_argument("--ab-sessions", action="store_true", help="A/B run of the packet-aware"
                     " relay: throughput clients keep a session (clean session 0) on every target,"
                     " and mqgate-b has [clusters.brokers.sessions] restore_subscriptions = true")
+    ap.add_argument("--ab-tuned", action="store_true", help="A/B: mqgate-b runs the tuned"
+                    " config (mqgate-tuned.toml.tmpl: log level warn, check = \"tcp\", every"
+                    " client id sticky) beside mqgate as shipped")
     a = ap.parse_args()
-    if (a.ab_bin or a.ab_sessions) and a.ab is None:
+    if (a.ab_bin or a.ab_sessions or a.ab_tuned) and a.ab is None:
         a.ab = ""
     targets = TARGETS + (["mqgate-b"] if a.ab is not None else [])
     proxies = PROXIES + (["mqgate-b"] if a.ab is not None else [])
     p = plan(a.quick)
     if a.rounds:
         p["rounds"] = a.rounds
-    only = set(a.only.split(",")) if a.only else {"throughput", "latency", "connect", "idle", "ws"}
+    only = set(a.only.split(",")) if a.only and a.only != "all" else set(SCENARIOS)
+    unknown = only - set(SCENARIOS) - {"tlsup"}
+    if unknown:
+        ap.error(f"--only: unknown scenario(s) {', '.join(sorted(unknown))}; known: {','.join(SCENARIOS)}")
     if a.broker_tls:
         only.add("tlsup")
     ws = [WS] if "ws" in only else []
@@ -665,9 +749,27 @@ def main():
                     jobs.append(("throughput", f"qos{qos}-{size}B",
                                  lambda t, q=qos, s=size: scenario_throughput(env, p, t, q, s),
                                  targets + ws))
+            for scn in ("fanin", "fanout"):
+                if scn in only:
+                    for qos, size in p[scn]:
+                        jobs.append((scn, f"qos{qos}-{size}B",
+                                     lambda t, q=qos, s=size, sh=scn: scenario_throughput(env, p, t, q, s, sh),
+                                     targets))
+            if "large" in only:
+                for name, size in p["large"]:
+                    jobs.append(("large", name,
+                                 lambda t, s=size: scenario_throughput(env, p, t, 0, s, "fanin"),
+                                 targets))
             if "latency" in only:
-                jobs.append(("latency", "qos0-100B", lambda t: scenario_latency(env, p, t),
+                jobs.append(("latency", "qos0-100B",
+                             lambda t: scenario_latency(env, p, t, bool(a.after_load)),
                              targets + ws))
+            if "rates" in only:
+                for name, rate, idle in p["rates"]:
+                    jobs.append(("rates", name,
+                                 lambda t, r=rate, i=idle: scenario_rate(
+                                     env, p, t, r, i, a.after_load is not False),
+                                 targets))
             if "connect" in only:
                 jobs.append(("connect", "plain", lambda t: scenario_connect(env, p, t, False), targets))
                 jobs.append(("connect", "tls", lambda t: scenario_connect(env, p, t, True), targets))
@@ -688,10 +790,11 @@ def main():
     rows, checks = summarise(raw, p)
     ws_rows, ws_checks = summarise_ws(raw, p) if ws else ([], [])
     checks += ws_checks
+    rows, checks = ran(rows, checks, only)
     print_table(rows, checks)
     if ws_rows:
         print_ws(ws_rows)
-    paired = summarise_paired(raw, p)
+    paired = [x for x in summarise_paired(raw, p) if x[1] is not None]
     print_paired(paired)
     ab = summarise_ab(raw) if a.ab is not None else []
     if ab:

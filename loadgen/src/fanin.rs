@@ -8,9 +8,9 @@
 //! between "published" and "delivered" (and acknowledged, at QoS 1). The figure is
 //! messages delivered to the backend per second after a warm-up.
 
+use crate::closedloop::{puback_reader, publisher, Pair};
 use crate::mqtt;
 use crate::net::{subscribe, Target};
-use crate::throughput::{puback_reader, publisher, Pair};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -15,7 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct Opts {
+    /// Messages per second into the subscriber, all publishers together.
     pub rate: u64,
+    /// Publishers (threads), each on its own topic at `rate / pubs`; with more than one,
+    /// the subscriber takes them all on a wildcard (fan-in).
+    pub pubs: usize,
+    /// Idle sessions held open beside the traffic (opened before it starts).
+    pub idle: usize,
     pub size: usize,
     pub warmup: Duration,
     pub secs: Duration,
@@ -85,14 +91,27 @@ fn session(addr: SocketAddr, ws: Option<&str>, id: &str) -> Result<Conn, String>
 
 pub fn run(addr: SocketAddr, ws: Option<&str>, o: Opts) -> Result<serde_json::Value, String> {
     let tag = std::process::id();
+    let pubs = o.pubs.max(1);
     let topic = format!("lat/{tag}");
+    let filter = if pubs == 1 {
+        topic.clone()
+    } else {
+        format!("{topic}/+")
+    };
+    let mut idle = Vec::with_capacity(o.idle);
+    for k in 0..o.idle {
+        idle.push(session(addr, ws, &format!("lat-idle-{tag}-{k}"))?);
+    }
     let mut sub = session(addr, ws, &format!("lat-sub-{tag}"))?;
-    sub.write_all(&mqtt::subscribe(1, &topic, 0))
+    sub.write_all(&mqtt::subscribe(1, &filter, 0))
         .map_err(|e| e.to_string())?;
     let mut ack = [0u8; 5];
     sub.read_exact(&mut ack)
         .map_err(|e| format!("SUBACK: {e}"))?;
-    let mut publ = session(addr, ws, &format!("lat-pub-{tag}"))?;
+    let mut publs = Vec::with_capacity(pubs);
+    for k in 0..pubs {
+        publs.push(session(addr, ws, &format!("lat-pub-{tag}-{k}"))?);
+    }
     let base = Instant::now();
     let warm_ns = o.warmup.as_nanos() as u64;
     let end_ns = warm_ns + o.secs.as_nanos() as u64;
@@ -156,37 +175,72 @@ pub fn run(addr: SocketAddr, ws: Option<&str>, o: Opts) -> Result<serde_json::Va
         })
     };
 
-    let tpl = mqtt::publish(&topic, 0, o.size.max(8));
-    let interval = 1_000_000_000 / o.rate.max(1);
-    let mut msg = tpl.bytes.clone();
-    let mut i: u64 = 0;
-    loop {
-        let now = base.elapsed().as_nanos() as u64;
-        if now >= end_ns {
-            break;
-        }
-        let due = i * interval;
-        if due > now {
-            std::thread::sleep(Duration::from_nanos(due - now));
-            continue;
-        }
-        while i * interval <= now {
-            let ts = base.elapsed().as_nanos() as u64;
-            msg[tpl.payload_at..tpl.payload_at + 8].copy_from_slice(&ts.to_be_bytes());
-            publ.write_all(&msg)
-                .map_err(|e| format!("publisher: {e}"))?;
-            i += 1;
-            sent.store(i, Ordering::Relaxed);
+    // Publisher k sends at `rate / pubs`, shifted by k / rate: together one message
+    // every 1 / rate.
+    let step = 1_000_000_000 / o.rate.max(1);
+    let threads: Vec<_> = publs
+        .into_iter()
+        .enumerate()
+        .map(|(k, mut publ)| {
+            let t = if pubs == 1 {
+                topic.clone()
+            } else {
+                format!("{topic}/{k}")
+            };
+            let tpl = mqtt::publish(&t, 0, o.size.max(8));
+            let sent = sent.clone();
+            let (interval, offset) = (step * pubs as u64, step * k as u64);
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut msg = tpl.bytes.clone();
+                let mut i: u64 = 0;
+                loop {
+                    let now = base.elapsed().as_nanos() as u64;
+                    if now >= end_ns {
+                        break;
+                    }
+                    let due = offset + i * interval;
+                    if due > now {
+                        std::thread::sleep(Duration::from_nanos(due - now));
+                        continue;
+                    }
+                    while offset + i * interval <= now {
+                        let ts = base.elapsed().as_nanos() as u64;
+                        msg[tpl.payload_at..tpl.payload_at + 8].copy_from_slice(&ts.to_be_bytes());
+                        publ.write_all(&msg)
+                            .map_err(|e| format!("publisher {k}: {e}"))?;
+                        i += 1;
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                let _ = publ.write_all(&mqtt::DISCONNECT);
+                Ok(())
+            })
+        })
+        .collect();
+    let mut first_err = None;
+    for t in threads {
+        let r = t
+            .join()
+            .map_err(|_| "publisher thread panicked".to_string())
+            .and_then(|r| r);
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
         }
     }
     publishing.store(false, Ordering::Relaxed);
     let h = rx
         .join()
         .map_err(|_| "subscriber thread panicked".to_string())??;
-    let _ = publ.write_all(&mqtt::DISCONNECT);
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    drop(idle);
+    let i = sent.load(Ordering::Relaxed);
     let got = received.load(Ordering::Relaxed);
     Ok(json!({
         "rate": o.rate,
+        "pubs": pubs,
+        "idle": o.idle,
         "size": o.size,
         "sent": i,
         "received": got,

@@ -8,11 +8,16 @@
 //! ```text
 //! loadgen pki DIR                                   write ca.pem, server.pem, server.key, server-full.pem
 //! loadgen probe      --addr A [--tls-ca CA]         one session; exit 0 if CONNACK accepted
-//! loadgen throughput --addr A [--pairs 4] [--qos 0] [--size 100] [--window 400] [--warmup 1] [--secs 5] [--persistent 1]
+//! loadgen throughput --addr A [--shape pairs|fanin|fanout] [--pairs 4] [--qos 0] [--size 100]
+//!                    [--window 400] [--warmup 1] [--secs 5] [--persistent 1]
+//!                    (fanin: --pairs publishers → 1 subscriber on a wildcard; fanout:
+//!                    1 publisher → --pairs subscribers)
+//! loadgen latency    --addr A [--rate 20000] [--pubs 1] [--idle 0] [--size 100] [--warmup 1] [--secs 5]
+//!                    (--pubs N: N publishers at rate/N each → 1 subscriber on a wildcard;
+//!                    --idle N: N idle sessions held open beside the traffic)
 //! loadgen fanin      --nodes A,B,C --via G [--client-id backend-bench] [--qos 1] [--size 100]
 //!                    [--window 400] [--warmup 1] [--secs 5] [--rounds 3]
 //!                    (one publisher per node; the backend through G's fan-out vs direct)
-//! loadgen latency    --addr A [--rate 20000] [--size 100] [--warmup 1] [--secs 5]
 //! loadgen connect    --addr A [--tls-ca CA] [--clients 5000] [--conc 50] [--secs 10]
 //! loadgen idle       --addr A [--clients 1000] [--conc 64]   (holds them until a line on stdin)
 //! loadgen failover   --addr A [--clients 5000] [--conc 64] [--backoff-ms 250] [--max-backoff-ms 4000]
@@ -21,6 +26,7 @@
 //!                    gateway to close them and for every client to be served again)
 //! ```
 
+mod closedloop;
 mod failover;
 mod fanin;
 mod latency;
@@ -151,6 +157,7 @@ fn real_main() -> Result<(), String> {
         "throughput" => {
             let t = a.target()?;
             let o = throughput::Opts {
+                shape: a.get("shape", throughput::Shape::Pairs)?,
                 pairs: a.get("pairs", 4)?,
                 qos: a.get("qos", 0)?,
                 size: a.get("size", 100)?,
@@ -189,6 +196,8 @@ fn real_main() -> Result<(), String> {
             a.kv.get("ws").map(|s| s.as_str()),
             latency::Opts {
                 rate: a.get("rate", 20_000)?,
+                pubs: a.get("pubs", 1)?,
+                idle: a.get("idle", 0)?,
                 size: a.get("size", 100)?,
                 warmup: a.secs("warmup", 1.0)?,
                 secs: a.secs("secs", 5.0)?,

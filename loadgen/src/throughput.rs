@@ -1,9 +1,17 @@
-//! Saturating throughput: P publisher → subscriber pairs (one topic each), closed loop.
+//! Saturating throughput, closed loop, in three shapes (`--shape`):
 //!
-//! Each publisher keeps at most `window` messages between "published" and "delivered to
-//! its subscriber" (and, at QoS 1, "acknowledged by the broker"), so the broker is kept
-//! busy without queueing without bound (Mosquitto drops past `max_queued_messages`).
-//! The figure is messages delivered to subscribers per second after a warm-up.
+//! - `pairs` (default): P publisher → subscriber pairs, one topic each;
+//! - `fanin`: P publishers, each on its own topic, → one subscriber on a wildcard
+//!   (`bench/TAG/+`): one connection carries all the traffic out;
+//! - `fanout`: one publisher → P subscribers of its topic: every message is delivered
+//!   P times (the figure counts deliveries).
+//!
+//! Each group of publishers keeps at most `window` messages per publisher between
+//! "published" and "delivered to its slowest subscriber" (and, at QoS 1, "acknowledged
+//! by the broker"), so the broker is kept busy without queueing without bound
+//! (Mosquitto drops past `max_queued_messages`). Large messages lower the window so that
+//! at most ~8 MB per publisher is in flight. The figure is messages (and MB) delivered to
+//! subscribers per second after a warm-up.
 
 use crate::mqtt;
 use crate::net::{subscribe, Target};
@@ -14,7 +22,28 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Shape {
+    Pairs,
+    FanIn,
+    FanOut,
+}
+
+impl std::str::FromStr for Shape {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Shape, String> {
+        match s {
+            "pairs" => Ok(Shape::Pairs),
+            "fanin" => Ok(Shape::FanIn),
+            "fanout" => Ok(Shape::FanOut),
+            _ => Err(format!("unknown shape {s:?} (pairs, fanin, fanout)")),
+        }
+    }
+}
+
 pub struct Opts {
+    pub shape: Shape,
+    /// Pairs (`pairs`), publishers (`fanin`) or subscribers (`fanout`).
     pub pairs: usize,
     pub qos: u8,
     pub size: usize,
@@ -23,116 +52,208 @@ pub struct Opts {
     pub secs: Duration,
 }
 
-#[derive(Default)]
-pub(crate) struct Pair {
-    pub(crate) delivered: AtomicU64,
-    pub(crate) acked: AtomicU64,
-    pub(crate) notify: Notify,
+/// Publishers and subscribers that share flow control.
+struct Group {
+    /// Messages delivered, per subscriber.
+    delivered: Vec<AtomicU64>,
+    /// Messages published, all publishers of the group.
+    published: AtomicU64,
+    /// PUBACKs received (QoS 1), all publishers.
+    acked: AtomicU64,
+    /// Written off as lost (no progress for a second).
+    written_off: AtomicU64,
+    /// One per publisher: woken by every delivery or acknowledgement.
+    notify: Vec<Notify>,
 }
 
-const BATCH: u64 = 16;
+impl Group {
+    fn new(subs: usize, pubs: usize) -> Group {
+        Group {
+            delivered: (0..subs).map(|_| AtomicU64::new(0)).collect(),
+            published: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            written_off: AtomicU64::new(0),
+            notify: (0..pubs).map(|_| Notify::new()).collect(),
+        }
+    }
+
+    /// Messages that reached every subscriber (and, at QoS 1, were acknowledged).
+    fn done(&self, qos1: bool) -> u64 {
+        let mut d = self
+            .delivered
+            .iter()
+            .map(|x| x.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0);
+        if qos1 {
+            d = d.min(self.acked.load(Ordering::Acquire));
+        }
+        d
+    }
+
+    fn wake(&self) {
+        for n in &self.notify {
+            n.notify_one();
+        }
+    }
+
+    fn delivered_total(&self) -> u64 {
+        self.delivered
+            .iter()
+            .map(|x| x.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// Messages per write: 16 small ones, fewer large ones (at most ~64 KB per write
+/// unless one message is larger).
+fn batch_for(len: usize) -> u64 {
+    (64 * 1024 / len.max(1)).clamp(1, 16) as u64
+}
 
 pub async fn run(target: Target, o: Opts) -> Result<serde_json::Value, String> {
     let tag = std::process::id();
     let stop = Arc::new(AtomicBool::new(false));
-    let lost = Arc::new(AtomicU64::new(0));
-    let mut pairs = Vec::new();
+    let mut groups = Vec::new();
     let mut tasks = Vec::new();
-    for k in 0..o.pairs {
-        let topic = format!("bench/{tag}/{k}");
-        let pair = Arc::new(Pair::default());
-        let mut sub = target
-            .session(&format!("tp-sub-{tag}-{k}"), false)
-            .await
-            .map_err(|e| format!("subscriber connect: {e}"))?;
-        subscribe(&mut sub, &topic, o.qos)
-            .await
-            .map_err(|e| format!("subscribe: {e}"))?;
-        let publ = target
-            .session(&format!("tp-pub-{tag}-{k}"), false)
-            .await
-            .map_err(|e| format!("publisher connect: {e}"))?;
-        tasks.push(tokio::spawn(subscriber(sub, pair.clone(), stop.clone())));
-        let (rd, wr) = tokio::io::split(publ);
-        if o.qos > 0 {
-            tasks.push(tokio::spawn(puback_reader(rd, pair.clone(), stop.clone())));
+    let n = o.pairs.max(1);
+    // (publishers' topics, subscribers' filter, subscribers) per group.
+    let layout: Vec<(Vec<String>, String, usize)> = match o.shape {
+        Shape::Pairs => (0..n)
+            .map(|k| {
+                let t = format!("bench/{tag}/{k}");
+                (vec![t.clone()], t, 1)
+            })
+            .collect(),
+        Shape::FanIn => vec![(
+            (0..n).map(|k| format!("bench/{tag}/{k}")).collect(),
+            format!("bench/{tag}/+"),
+            1,
+        )],
+        Shape::FanOut => {
+            let t = format!("bench/{tag}/0");
+            vec![(vec![t.clone()], t, n)]
         }
-        tasks.push(tokio::spawn(publisher(
-            wr,
-            mqtt::publish(&topic, o.qos, o.size),
-            pair.clone(),
-            o.window,
-            stop.clone(),
-            lost.clone(),
-        )));
-        pairs.push(pair);
+    };
+    let tpl_len = mqtt::publish("bench/0000000/00", o.qos, o.size).bytes.len();
+    let batch = batch_for(tpl_len);
+    // At most ~8 MB in flight per publisher, and at least two batches.
+    let window = o.window.min((8 << 20) / tpl_len as u64).max(2 * batch);
+    for (g, (topics, filter, subs)) in layout.into_iter().enumerate() {
+        let group = Arc::new(Group::new(subs, topics.len()));
+        for s in 0..subs {
+            let mut sub = target
+                .session(&format!("tp-sub-{tag}-{g}-{s}"), false)
+                .await
+                .map_err(|e| format!("subscriber connect: {e}"))?;
+            subscribe(&mut sub, &filter, o.qos)
+                .await
+                .map_err(|e| format!("subscribe: {e}"))?;
+            tasks.push(tokio::spawn(subscriber(
+                sub,
+                group.clone(),
+                s,
+                stop.clone(),
+            )));
+        }
+        let pubs = topics.len() as u64;
+        for (k, topic) in topics.iter().enumerate() {
+            let publ = target
+                .session(&format!("tp-pub-{tag}-{g}-{k}"), false)
+                .await
+                .map_err(|e| format!("publisher connect: {e}"))?;
+            let (rd, wr) = tokio::io::split(publ);
+            if o.qos > 0 {
+                tasks.push(tokio::spawn(puback_reader(rd, group.clone(), stop.clone())));
+            }
+            tasks.push(tokio::spawn(publisher(
+                wr,
+                mqtt::publish(topic, o.qos, o.size),
+                Flow {
+                    group: group.clone(),
+                    me: k,
+                    window: window * pubs,
+                    batch,
+                },
+                stop.clone(),
+            )));
+        }
+        groups.push(group);
     }
-    let total =
-        |ps: &[Arc<Pair>]| -> u64 { ps.iter().map(|p| p.delivered.load(Ordering::Relaxed)).sum() };
+    let total = |gs: &[Arc<Group>]| -> u64 { gs.iter().map(|g| g.delivered_total()).sum() };
+    let lost = |gs: &[Arc<Group>]| -> u64 {
+        gs.iter()
+            .map(|g| g.written_off.load(Ordering::Relaxed))
+            .sum()
+    };
     tokio::time::sleep(o.warmup).await;
-    let (t0, d0, l0) = (Instant::now(), total(&pairs), lost.load(Ordering::Relaxed));
+    let (t0, d0, l0) = (Instant::now(), total(&groups), lost(&groups));
     tokio::time::sleep(o.secs).await;
-    let (el, d1, l1) = (t0.elapsed(), total(&pairs), lost.load(Ordering::Relaxed));
+    let (el, d1, l1) = (t0.elapsed(), total(&groups), lost(&groups));
     stop.store(true, Ordering::Relaxed);
-    for p in &pairs {
-        p.notify.notify_one();
+    for g in &groups {
+        g.wake();
     }
     for t in tasks {
         t.abort();
     }
     let delivered = d1 - d0;
-    let delivered_total = d1;
+    let secs = el.as_secs_f64();
     Ok(json!({
-        "msgs_per_sec": delivered as f64 / el.as_secs_f64(),
+        "msgs_per_sec": delivered as f64 / secs,
+        "mbytes_per_sec": (delivered as f64 * o.size as f64) / 1e6 / secs,
         "delivered": delivered,
-        "delivered_total": delivered_total,
-        "secs": el.as_secs_f64(),
+        "delivered_total": d1,
+        "secs": secs,
         "lost": l1 - l0,
+        "shape": format!("{:?}", o.shape).to_lowercase(),
         "pairs": o.pairs,
         "qos": o.qos,
         "size": o.size,
+        "window": window,
     }))
 }
 
-pub(crate) async fn publisher<W: tokio::io::AsyncWrite + Unpin>(
+/// A publisher's place in its group's flow control.
+struct Flow {
+    group: Arc<Group>,
+    /// This publisher's index (its Notify; 0 writes off what the broker dropped).
+    me: usize,
+    /// Messages in flight allowed for the whole group.
+    window: u64,
+    batch: u64,
+}
+
+async fn publisher<W: tokio::io::AsyncWrite + Unpin>(
     mut wr: W,
     tpl: mqtt::Publish,
-    pair: Arc<Pair>,
-    window: u64,
+    f: Flow,
     stop: Arc<AtomicBool>,
-    lost: Arc<AtomicU64>,
 ) {
+    let g = &f.group;
     let qos1 = tpl.pid_at.is_some();
-    let mut published = 0u64;
-    let mut written_off = 0u64;
     let mut pid: u16 = 0;
-    let mut buf = Vec::with_capacity(tpl.bytes.len() * BATCH as usize);
+    let mut buf = Vec::with_capacity(tpl.bytes.len() * f.batch as usize);
     while !stop.load(Ordering::Relaxed) {
-        let mut done = pair.delivered.load(Ordering::Acquire);
-        if qos1 {
-            done = done.min(pair.acked.load(Ordering::Acquire));
-        }
-        let inflight = published - (done + written_off).min(published);
-        if inflight + BATCH > window {
-            let before = done;
-            if tokio::time::timeout(Duration::from_secs(1), pair.notify.notified())
+        let done = g.done(qos1);
+        let published = g.published.load(Ordering::Relaxed);
+        let settled = done + g.written_off.load(Ordering::Relaxed);
+        let inflight = published - settled.min(published);
+        if inflight + f.batch > f.window {
+            if tokio::time::timeout(Duration::from_secs(1), g.notify[f.me].notified())
                 .await
                 .is_err()
+                && f.me == 0
+                && g.done(qos1) == done
             {
-                let mut now = pair.delivered.load(Ordering::Acquire);
-                if qos1 {
-                    now = now.min(pair.acked.load(Ordering::Acquire));
-                }
-                if now == before {
-                    // No progress for a second: the broker dropped what was in flight.
-                    lost.fetch_add(inflight, Ordering::Relaxed);
-                    written_off += inflight;
-                }
+                // No progress for a second: the broker dropped what was in flight.
+                g.written_off.fetch_add(inflight, Ordering::Relaxed);
+                g.wake();
             }
             continue;
         }
         buf.clear();
-        for _ in 0..BATCH {
+        for _ in 0..f.batch {
             let at = buf.len();
             buf.extend_from_slice(&tpl.bytes);
             if let Some(p) = tpl.pid_at {
@@ -140,16 +261,16 @@ pub(crate) async fn publisher<W: tokio::io::AsyncWrite + Unpin>(
                 buf[at + p..at + p + 2].copy_from_slice(&pid.to_be_bytes());
             }
         }
+        g.published.fetch_add(f.batch, Ordering::Relaxed);
         if wr.write_all(&buf).await.is_err() {
             return;
         }
-        published += BATCH;
     }
 }
 
-pub(crate) async fn puback_reader<R: tokio::io::AsyncRead + Unpin>(
+async fn puback_reader<R: tokio::io::AsyncRead + Unpin>(
     mut rd: R,
-    pair: Arc<Pair>,
+    g: Arc<Group>,
     stop: Arc<AtomicBool>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
@@ -170,12 +291,12 @@ pub(crate) async fn puback_reader<R: tokio::io::AsyncRead + Unpin>(
         };
         buf.copy_within(used..have, 0);
         have -= used;
-        pair.acked.fetch_add(acks, Ordering::Release);
-        pair.notify.notify_one();
+        g.acked.fetch_add(acks, Ordering::Release);
+        g.wake();
     }
 }
 
-async fn subscriber(mut s: crate::net::Stream, pair: Arc<Pair>, stop: Arc<AtomicBool>) {
+async fn subscriber(mut s: crate::net::Stream, g: Arc<Group>, me: usize, stop: Arc<AtomicBool>) {
     let mut buf = vec![0u8; 256 * 1024];
     let mut have = 0;
     let mut out = Vec::with_capacity(16 * 1024);
@@ -205,7 +326,9 @@ async fn subscriber(mut s: crate::net::Stream, pair: Arc<Pair>, stop: Arc<Atomic
         if !out.is_empty() && s.write_all(&out).await.is_err() {
             return;
         }
-        pair.delivered.fetch_add(got, Ordering::Release);
-        pair.notify.notify_one();
+        if got > 0 {
+            g.delivered[me].fetch_add(got, Ordering::Release);
+            g.wake();
+        }
     }
 }
