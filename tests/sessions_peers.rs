@@ -126,12 +126,14 @@ fn the_last_set_wins_on_both_gateways_and_a_removal_survives_a_resync() {
     // (gate-a's) win on both sides: nothing removed comes back.
     let synced = |g: &Gate| {
         g.log_text()
-            .matches("full sticky table received from peer")
+            // Version 3 peers ask each other for tables: "sticky table received from
+            // peer" with its scope (version 2: "full sticky table received ...").
+            .matches("sticky table received from peer")
             .count()
     };
     let before = synced(&gates[0].0);
     gates[1].0.resume();
-    wait_until(T, "gate-a received gate-b's full table again", || {
+    wait_until(T, "gate-a received gate-b's table again", || {
         synced(&gates[0].0) > before
     });
     let now: Vec<&str> = now.iter().map(String::as_str).collect();
