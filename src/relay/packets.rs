@@ -169,10 +169,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> PacketRelay<S, B> {
                                 Ok(Parse::Complete(i)) => Some(i),
                                 _ => None,
                             };
-                            if info.is_some_and(|i| i.code == 0) {
-                                self.left_behind();
-                            }
+                            // The node the client left, read before `observe` takes the
+                            // sticky write; queued only after the entry points to the
+                            // new node, or the cleaner would take it for a client that
+                            // came back there and drop it.
+                            let left = info
+                                .is_some_and(|i| i.code == 0)
+                                .then(|| self.left_behind())
+                                .flatten();
                             self.observe(info);
+                            if let Some(old) = left {
+                                self.keep.lst.cluster.orphan(old, &self.client_id);
+                            }
                             connack = Some(info);
                             out.extend_from_slice(p);
                             if let Some(i) = info.filter(|i| i.code == 0) {
@@ -253,17 +261,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> PacketRelay<S, B> {
     }
 
     /// `clean_orphans`: the client was accepted on another node than the one its
-    /// sticky entry named; that node's session for it is removed (paced, retried).
-    fn left_behind(&self) {
+    /// sticky entry named; that node (whose session for it is to be removed, paced and
+    /// retried).
+    fn left_behind(&self) -> Option<std::sync::Arc<str>> {
         if !self.cfg.sessions.clean_orphans || !self.persistent {
-            return;
+            return None;
         }
         let node = self.keep.node.node();
-        if let Some(old) = self.keep.sticky.as_ref().and_then(|w| w.current.clone()) {
-            if *old != *node.name {
-                self.keep.lst.cluster.orphan(old, &self.client_id);
-            }
-        }
+        self.keep
+            .sticky
+            .as_ref()
+            .and_then(|w| w.current.clone())
+            .filter(|old| **old != *node.name)
     }
 
     fn observe(&mut self, info: Option<ConnackInfo>) {
