@@ -21,14 +21,7 @@ pub fn rebalance(cluster: &Arc<Cluster>, rate: u32, tolerance: f64) -> Vec<(Stri
     if cluster.config().balance == crate::config::Balance::Hash {
         return rebalance_hash(cluster, rate);
     }
-    let nodes: Vec<Arc<Node>> = cluster
-        .nodes()
-        .iter()
-        .filter(|n| {
-            n.health() == Health::Up && n.admin_state() == crate::cluster::AdminState::Ready
-        })
-        .cloned()
-        .collect();
+    let nodes = ready_up(cluster);
     if nodes.is_empty() {
         return Vec::new();
     }
@@ -68,14 +61,7 @@ pub fn rebalance(cluster: &Arc<Cluster>, rate: u32, tolerance: f64) -> Vec<(Stri
 /// included), so that the clients land there. The tolerance does not apply: the hash
 /// decides. Returns (node, sessions to move) per node.
 pub fn rebalance_hash(cluster: &Arc<Cluster>, rate: u32) -> Vec<(String, usize)> {
-    let nodes: Vec<Arc<Node>> = cluster
-        .nodes()
-        .iter()
-        .filter(|n| {
-            n.health() == Health::Up && n.admin_state() == crate::cluster::AdminState::Ready
-        })
-        .cloned()
-        .collect();
+    let nodes = ready_up(cluster);
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return Vec::new();
     };
@@ -128,4 +114,16 @@ pub fn rebalance_hash(cluster: &Arc<Cluster>, rate: u32) -> Vec<(String, usize)>
         handle.spawn(async move { n.pacing.close_moving(moving, per_lane, rate).await });
     }
     plan
+}
+
+/// The cluster's ready nodes that are up: those a rebalance moves clients between.
+fn ready_up(cluster: &Cluster) -> Vec<Arc<Node>> {
+    cluster
+        .nodes()
+        .iter()
+        .filter(|n| {
+            n.health() == Health::Up && n.admin_state() == crate::cluster::AdminState::Ready
+        })
+        .cloned()
+        .collect()
 }

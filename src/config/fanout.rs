@@ -123,26 +123,7 @@ fn bad_filter(f: &str) -> Option<&'static str> {
     None
 }
 
-fn err(key: String, message: String, hint: Option<&str>) -> ConfigError {
-    ConfigError {
-        line: None,
-        key,
-        message,
-        hint: hint.map(str::to_string),
-    }
-}
-
-fn int(errors: &mut Vec<ConfigError>, key: String, v: i64, (min, max): (i64, i64)) -> usize {
-    if v < min || v > max {
-        errors.push(err(
-            key,
-            format!("must be at least {min} and at most {max}, got {v}"),
-            None,
-        ));
-        return min as usize;
-    }
-    v as usize
-}
+use super::sessions::{err, int};
 
 /// The typed fan-out rules of cluster `cname`, and what is wrong with them.
 pub fn rules(cname: &str, mode: Mode, raw: &[RawFanout]) -> (Vec<FanoutRule>, Vec<ConfigError>) {

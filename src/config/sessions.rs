@@ -16,7 +16,7 @@ pub const MAX_BYTES_PER_CLIENT: (i64, i64) = (64, 16 * 1024 * 1024);
 /// `max_subscriptions_total`.
 pub const MAX_TOTAL: (i64, i64) = (1, 100_000_000);
 
-fn err(key: String, message: String, hint: Option<&str>) -> ConfigError {
+pub(super) fn err(key: String, message: String, hint: Option<&str>) -> ConfigError {
     ConfigError {
         line: None,
         key,
@@ -25,7 +25,12 @@ fn err(key: String, message: String, hint: Option<&str>) -> ConfigError {
     }
 }
 
-fn int(errors: &mut Vec<ConfigError>, key: String, v: i64, (min, max): (i64, i64)) -> usize {
+pub(super) fn int(
+    errors: &mut Vec<ConfigError>,
+    key: String,
+    v: i64,
+    (min, max): (i64, i64),
+) -> usize {
     if v < min || v > max {
         errors.push(err(
             key,

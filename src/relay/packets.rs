@@ -28,7 +28,7 @@
 //! unanswered (UN)SUBSCRIBEs.
 
 use super::task::BrokerStream;
-use super::task::{connack_timeout_reply, Keep, Observed};
+use super::task::{connack_timeout_reply, Keep};
 use super::ConnackSink;
 use crate::access::{Close, ConnackSeen};
 use crate::config::ClusterConfig;
@@ -276,16 +276,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> PacketRelay<S, B> {
     }
 
     fn observe(&mut self, info: Option<ConnackInfo>) {
-        let keep = &mut self.keep;
-        let node = keep.node.node();
-        let mut sink = Observed {
-            metrics: &keep.metrics,
-            cluster: &keep.lst.cluster,
-            node,
-            sticky: &mut keep.sticky,
-            access: &mut keep.access,
-            live: &mut keep.live,
-        };
+        let mut sink = self.keep.observed();
         sink.connack(info, self.started.elapsed());
     }
 

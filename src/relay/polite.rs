@@ -18,7 +18,7 @@
 //! shared with the packet-aware relay (`super::packets`), whose persistent clients are
 //! thus closed exactly as these are.
 
-use super::task::{connack_timeout_reply, BrokerStream, Keep, Observed, CLOSE_LINGER};
+use super::task::{connack_timeout_reply, BrokerStream, Keep, CLOSE_LINGER};
 use super::{ConnackObserver, CHUNK};
 use crate::access::{Close, ConnackSeen};
 use crate::mqtt::scanner::Scanner;
@@ -84,15 +84,7 @@ pub async fn run<S, B>(
         |_| {},
         |data, scan, keep| {
             scan.feed(data, |_| {});
-            let node = keep.node.node();
-            let mut sink = Observed {
-                metrics: &keep.metrics,
-                cluster: &keep.lst.cluster,
-                node,
-                sticky: &mut keep.sticky,
-                access: &mut keep.access,
-                live: &mut keep.live,
-            };
+            let mut sink = keep.observed();
             observer.feed(data, &mut sink);
             observer.done
         },

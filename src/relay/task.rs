@@ -49,6 +49,18 @@ impl Keep {
         }
     }
 
+    /// What the relays report the broker's CONNACK and traffic to.
+    pub(super) fn observed(&mut self) -> Observed<'_> {
+        Observed {
+            metrics: &self.metrics,
+            cluster: &self.lst.cluster,
+            node: self.node.node(),
+            sticky: &mut self.sticky,
+            access: &mut self.access,
+            live: &mut self.live,
+        }
+    }
+
     /// The session's scope closed: when a hash rebalance closed its lane and its slot
     /// stays on this node, the scope to wait on from now on (`None`: it ends). A
     /// `single_live` session gets a scope of its own under the lane again.
@@ -208,15 +220,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> Future for RelayTask<S,
             }
         }
         let keep = &mut *this.keep;
-        let node = keep.node.node();
-        let mut sink = Observed {
-            metrics: &keep.metrics,
-            cluster: &keep.lst.cluster,
-            node,
-            sticky: &mut keep.sticky,
-            access: &mut keep.access,
-            live: &mut keep.live,
-        };
+        let mut sink = keep.observed();
+        let node = sink.node;
         match this
             .pipe
             .poll(cx, this.client, this.broker, &mut sink, &node.metrics)
