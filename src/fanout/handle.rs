@@ -282,7 +282,7 @@ impl Session {
     }
 
     /// One whole packet from node `idx` (connection `gen`), after its CONNACK.
-    pub(super) fn on_node(&mut self, idx: usize, gen: u32, p: Vec<u8>) {
+    pub(super) fn on_node(&mut self, idx: usize, gen: u32, p: &mut [u8]) {
         let v5 = self.v5();
         let kind = p[0] >> 4;
         if kind == pk::PUBLISH {
@@ -341,7 +341,7 @@ impl Session {
                 match self.slots[idx].out.free(nid) {
                     Some(Out::Sub(cid)) | Some(Out::Unsub(cid)) => {
                         let props = if v5 {
-                            let start = ack_id(&p).map(|(_, at)| at + 2).unwrap_or(p.len());
+                            let start = ack_id(p).map(|(_, at)| at + 2).unwrap_or(p.len());
                             p.get(start..p.len() - answer.codes.len()).unwrap_or(&[])
                         } else {
                             &[]
@@ -361,9 +361,9 @@ impl Session {
         }
     }
 
-    fn node_publish(&mut self, idx: usize, gen: u32, mut p: Vec<u8>) {
+    fn node_publish(&mut self, idx: usize, gen: u32, p: &mut [u8]) {
         let v5 = self.v5();
-        let Some(v) = publish(&p, v5) else {
+        let Some(v) = publish(p, v5) else {
             tracing::debug!(node = %self.slots[idx].node.name, "fan-out: malformed PUBLISH from a node; dropped");
             return;
         };
@@ -380,7 +380,7 @@ impl Session {
         }
         self.slots[idx].to_client.inc();
         let Some(at) = v.id_at else {
-            self.to_client(p);
+            self.to_client(&*p);
             return;
         };
         match self.inbound.alloc(In {
@@ -389,8 +389,8 @@ impl Session {
             nid: v.id,
         }) {
             Ok(cid) => {
-                set_id(&mut p, at, cid);
-                self.to_client(p);
+                set_id(p, at, cid);
+                self.to_client(&*p);
             }
             Err(_) => {
                 // Not reached: the loop reads the nodes only while an id is free.

@@ -13,6 +13,7 @@
 //!   subscriptions are replayed there before anything else is sent to it;
 //! - PINGREQ answered here; the client's keep-alive (× 1.5) enforced here.
 
+use super::batch::{Batch, Held};
 use super::ids::Ids;
 use super::link::{self, LinkHandle, LinkStart, Up};
 use super::merge::{AckMerge, PubMerge};
@@ -143,14 +144,16 @@ pub(super) struct Session {
     pub client: OutboxTx,
     pub drained: Arc<Notify>,
     pub up_tx: mpsc::Sender<Up>,
+    /// Node packets taken from the channel and not handled yet.
+    pub held: Held,
     /// Set when a handler decides the session ends.
     pub end: Option<End>,
 }
 
 impl Session {
     /// Queue bytes for the client.
-    pub fn to_client(&self, bytes: Vec<u8>) {
-        self.client.push(&bytes);
+    pub fn to_client(&self, bytes: impl AsRef<[u8]>) {
+        self.client.push(bytes.as_ref());
     }
 
     pub fn up_count(&self) -> usize {
@@ -282,7 +285,7 @@ impl Session {
     }
 
     /// May node packets be taken now (client queue under its bound, an id free)?
-    fn nodes_readable(&self) -> bool {
+    pub(super) fn nodes_readable(&self) -> bool {
         self.client.queued() < QUEUE_MAX && self.inbound.available()
     }
 
@@ -316,6 +319,7 @@ where
         client: client_out,
         drained: drained.clone(),
         up_tx,
+        held: Held::default(),
         end: None,
     };
     let writer = client_writer(wr, client_box, drained.clone());
@@ -366,11 +370,15 @@ impl Session {
         let cluster = self.start.lst.cluster.clone();
         let drained = self.drained.clone();
         loop {
+            if !self.held.is_empty() {
+                self.handle_held();
+            }
             if let Some(e) = self.end {
                 return e;
             }
             let read_client = self.queues_ok();
-            let read_nodes = self.nodes_readable();
+            // The node channel is read once every packet taken from it is handled.
+            let read_nodes = self.nodes_readable() && self.held.is_empty();
             let retry = self.next_retry();
             let changed = cluster.changed();
             tokio::select! {
@@ -409,7 +417,10 @@ impl Session {
                         // Take what else is there now, within the same bounds: one
                         // turn of this loop (its timers) per batch, not per message.
                         for _ in 0..DRAIN {
-                            if self.end.is_some() || !self.nodes_readable() {
+                            if self.end.is_some()
+                                || !self.nodes_readable()
+                                || !self.held.is_empty()
+                            {
                                 break;
                             }
                             match up_rx.try_recv() {
@@ -489,7 +500,7 @@ impl Session {
                         }
                     }
                 }
-                ev @ Up::Packet { .. } => early.push(ev),
+                ev @ Up::Packets { .. } => early.push(ev),
                 ev => self.on_up(ev),
             }
         }
@@ -604,15 +615,12 @@ impl Session {
                     let _ = self.connack(idx, &bytes);
                 }
             }
-            Up::Packet { idx, gen, bytes } => {
-                if self
-                    .slots
-                    .get(idx)
-                    .is_some_and(|s| s.gen == gen && s.state == LinkState::Up)
-                {
-                    self.on_node(idx, gen, bytes);
-                }
-            }
+            Up::Packets { idx, gen, bytes } => self.on_batch(Batch {
+                idx,
+                gen,
+                bytes,
+                at: 0,
+            }),
             Up::Lost { idx, gen, why } => {
                 if self.slots.get(idx).is_some_and(|s| s.gen == gen) {
                     tracing::debug!(node = %self.slots[idx].node.name, %why, "fan-out: node connection ended");
