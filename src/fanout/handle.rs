@@ -101,7 +101,7 @@ impl Session {
             }
             pk::SUBSCRIBE => self.client_subscribe(p),
             pk::UNSUBSCRIBE => self.client_unsubscribe(p),
-            pk::PINGREQ => self.to_client(pk::PINGRESP_BYTES.to_vec()),
+            pk::PINGREQ => self.to_client(pk::PINGRESP_BYTES),
             pk::DISCONNECT => {
                 for idx in self.ups() {
                     self.send_node(idx, p.clone());
@@ -296,7 +296,7 @@ impl Session {
             let pause = self.slots[idx].backoff;
             return self.lost(idx, pause);
         }
-        let Some((nid, _)) = ack_id(&p) else {
+        let Some((nid, _)) = ack_id(p) else {
             tracing::debug!(kind, "fan-out: malformed packet from a node; ignored");
             return;
         };
@@ -304,14 +304,14 @@ impl Session {
             pk::PUBACK | pk::PUBCOMP => {
                 if let Some(Out::Pub(cid)) = self.slots[idx].out.free(nid) {
                     if let Some(m) = self.pubs.get_mut(&cid) {
-                        m.answer(idx, ack_reason(&p, v5));
+                        m.answer(idx, ack_reason(p, v5));
                     }
                     self.settle_pub(cid);
                 }
             }
             pk::PUBREC => {
                 if let Some(Out::Pub(cid)) = self.slots[idx].out.get(nid).copied() {
-                    let reason = ack_reason(&p, v5);
+                    let reason = ack_reason(p, v5);
                     if reason >= 0x80 {
                         self.slots[idx].out.free(nid);
                     }
@@ -327,9 +327,9 @@ impl Session {
             },
             pk::SUBACK | pk::UNSUBACK => {
                 let parsed = if kind == pk::SUBACK {
-                    parse_suback(&p, v5)
+                    parse_suback(p, v5)
                 } else {
-                    parse_unsuback(&p, v5)
+                    parse_unsuback(p, v5)
                 };
                 let answer = match parsed {
                     Ok(a) => a,

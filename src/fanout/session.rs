@@ -24,6 +24,8 @@ use crate::mqtt::scanner::{Scanned, Scanner};
 use crate::proxy::ClientCtx;
 use crate::runtime::{DataPath, ListenerRt};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -324,10 +326,10 @@ where
     };
     let writer = client_writer(wr, client_box, drained.clone());
     tokio::pin!(writer);
-    let end = tokio::select! {
-        e = s.drive(&mut rd, &mut up_rx) => e,
-        _ = &mut writer => End::ClientClosed,
-    };
+    let mut written_out = false;
+    let end = s
+        .drive(&mut rd, &mut up_rx, writer.as_mut(), &mut written_out)
+        .await;
     // Node connections still being set up are stopped (they must not log the client
     // in after it left); dropping the session's senders lets every other writer flush
     // and close its side.
@@ -339,16 +341,20 @@ where
         }
     }
     drop(s);
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    if !written_out {
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    }
     end
 }
 
 impl Session {
     /// Set-up, then the loop; see the module comment.
-    async fn drive<R: AsyncRead + Unpin>(
+    async fn drive<R: AsyncRead + Unpin, W: Future<Output = ()>>(
         &mut self,
         rd: &mut R,
         up_rx: &mut mpsc::Receiver<Up>,
+        mut writer: Pin<&mut W>,
+        writer_done: &mut bool,
     ) -> End {
         if let Err(end) = self.connect_all(up_rx).await {
             return end;
@@ -381,8 +387,16 @@ impl Session {
             let read_nodes = self.nodes_readable() && self.held.is_empty();
             let retry = self.next_retry();
             let changed = cluster.changed();
+            // In this order, each turn: the client writer first (it writes what the
+            // last turn queued, once, before more is taken), the client's packets
+            // (acknowledgements free identifiers) before the nodes'.
             tokio::select! {
+                biased;
                 _ = closed.closed() => return End::Shutdown,
+                _ = &mut writer => {
+                    *writer_done = true;
+                    return End::ClientClosed;
+                }
                 _ = changed => self.reconcile(),
                 _ = sleep_opt(retry) => self.reconcile(),
                 _ = tokio::time::sleep_until(last_read + ka), if !ka.is_zero() => {
