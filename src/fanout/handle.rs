@@ -101,7 +101,7 @@ impl Session {
             }
             pk::SUBSCRIBE => self.client_subscribe(p),
             pk::UNSUBSCRIBE => self.client_unsubscribe(p),
-            pk::PINGREQ => self.to_client(pk::PINGRESP_BYTES.to_vec()),
+            pk::PINGREQ => self.to_client(pk::PINGRESP_BYTES),
             pk::DISCONNECT => {
                 for idx in self.ups() {
                     self.send_node(idx, p.clone());
@@ -282,7 +282,7 @@ impl Session {
     }
 
     /// One whole packet from node `idx` (connection `gen`), after its CONNACK.
-    pub(super) fn on_node(&mut self, idx: usize, gen: u32, p: Vec<u8>) {
+    pub(super) fn on_node(&mut self, idx: usize, gen: u32, p: &mut [u8]) {
         let v5 = self.v5();
         let kind = p[0] >> 4;
         if kind == pk::PUBLISH {
@@ -296,7 +296,7 @@ impl Session {
             let pause = self.slots[idx].backoff;
             return self.lost(idx, pause);
         }
-        let Some((nid, _)) = ack_id(&p) else {
+        let Some((nid, _)) = ack_id(p) else {
             tracing::debug!(kind, "fan-out: malformed packet from a node; ignored");
             return;
         };
@@ -304,14 +304,14 @@ impl Session {
             pk::PUBACK | pk::PUBCOMP => {
                 if let Some(Out::Pub(cid)) = self.slots[idx].out.free(nid) {
                     if let Some(m) = self.pubs.get_mut(&cid) {
-                        m.answer(idx, ack_reason(&p, v5));
+                        m.answer(idx, ack_reason(p, v5));
                     }
                     self.settle_pub(cid);
                 }
             }
             pk::PUBREC => {
                 if let Some(Out::Pub(cid)) = self.slots[idx].out.get(nid).copied() {
-                    let reason = ack_reason(&p, v5);
+                    let reason = ack_reason(p, v5);
                     if reason >= 0x80 {
                         self.slots[idx].out.free(nid);
                     }
@@ -327,9 +327,9 @@ impl Session {
             },
             pk::SUBACK | pk::UNSUBACK => {
                 let parsed = if kind == pk::SUBACK {
-                    parse_suback(&p, v5)
+                    parse_suback(p, v5)
                 } else {
-                    parse_unsuback(&p, v5)
+                    parse_unsuback(p, v5)
                 };
                 let answer = match parsed {
                     Ok(a) => a,
@@ -341,7 +341,7 @@ impl Session {
                 match self.slots[idx].out.free(nid) {
                     Some(Out::Sub(cid)) | Some(Out::Unsub(cid)) => {
                         let props = if v5 {
-                            let start = ack_id(&p).map(|(_, at)| at + 2).unwrap_or(p.len());
+                            let start = ack_id(p).map(|(_, at)| at + 2).unwrap_or(p.len());
                             p.get(start..p.len() - answer.codes.len()).unwrap_or(&[])
                         } else {
                             &[]
@@ -361,9 +361,9 @@ impl Session {
         }
     }
 
-    fn node_publish(&mut self, idx: usize, gen: u32, mut p: Vec<u8>) {
+    fn node_publish(&mut self, idx: usize, gen: u32, p: &mut [u8]) {
         let v5 = self.v5();
-        let Some(v) = publish(&p, v5) else {
+        let Some(v) = publish(p, v5) else {
             tracing::debug!(node = %self.slots[idx].node.name, "fan-out: malformed PUBLISH from a node; dropped");
             return;
         };
@@ -380,7 +380,7 @@ impl Session {
         }
         self.slots[idx].to_client.inc();
         let Some(at) = v.id_at else {
-            self.to_client(p);
+            self.to_client(&*p);
             return;
         };
         match self.inbound.alloc(In {
@@ -389,8 +389,8 @@ impl Session {
             nid: v.id,
         }) {
             Ok(cid) => {
-                set_id(&mut p, at, cid);
-                self.to_client(p);
+                set_id(p, at, cid);
+                self.to_client(&*p);
             }
             Err(_) => {
                 // Not reached: the loop reads the nodes only while an id is free.

@@ -1,8 +1,8 @@
 //! One node connection of a fan-out session: a task of its own that connects to the
 //! node, forwards the client's CONNECT, reports the node's CONNACK, then reads the
-//! node's packets whole (to the session, through one bounded channel shared by all
-//! its nodes: when the session stops taking them, the task stops reading and TCP
-//! pushes back on the broker) and writes what the session queues for it (an
+//! node's packets whole (to the session: the packets of one read as one message,
+//! through one bounded channel shared by all its nodes; when the session stops
+//! taking them, the task stops reading and TCP pushes back on the broker) and writes what the session queues for it (an
 //! [`super::outbox`], whose size the session bounds before it reads more from the
 //! client). It sends PINGREQ at the client's keep-alive. Reading and writing
 //! are two futures of the same task, so a full session channel never stops the
@@ -33,8 +33,8 @@ pub enum Up {
         gen: u32,
         bytes: Vec<u8>,
     },
-    /// A packet after the CONNACK.
-    Packet {
+    /// The whole packets of one read after the CONNACK, back to back.
+    Packets {
         idx: usize,
         gen: u32,
         bytes: Vec<u8>,
@@ -147,30 +147,39 @@ async fn connected(s: LinkStart, rx: Arc<Outbox>) -> String {
                 Err(e) => return format!("read: {e}"),
                 Ok(_) => {}
             }
-            let mut packets = Vec::new();
+            // Every whole packet of this read goes to the session as one message
+            // (one allocation, one channel send); the first packet of the
+            // connection (its CONNACK) on its own.
+            let mut connack: Option<Vec<u8>> = None;
+            let mut batch: Vec<u8> = Vec::new();
             let mut bad = None;
             scanner.feed(&buf, |ev| match ev {
-                Scanned::Whole(p) => packets.push(p.to_vec()),
+                Scanned::Whole(p) if !got_connack && connack.is_none() => {
+                    connack = Some(p.to_vec())
+                }
+                Scanned::Whole(p) => batch.extend_from_slice(p),
                 Scanned::Oversized { len, .. } => {
                     bad = Some(format!("packet of {len} bytes over max_packet_size"))
                 }
                 Scanned::Lost => bad = Some("malformed remaining length".to_string()),
                 Scanned::Pass(_) => {}
             });
-            for bytes in packets {
-                let ev = if got_connack {
-                    Up::Packet {
-                        idx: s.idx,
-                        gen: s.gen,
-                        bytes,
-                    }
-                } else {
-                    got_connack = true;
-                    Up::Connack {
-                        idx: s.idx,
-                        gen: s.gen,
-                        bytes,
-                    }
+            if let Some(bytes) = connack {
+                got_connack = true;
+                let ev = Up::Connack {
+                    idx: s.idx,
+                    gen: s.gen,
+                    bytes,
+                };
+                if s.up.send(ev).await.is_err() {
+                    return "session ended".to_string();
+                }
+            }
+            if !batch.is_empty() {
+                let ev = Up::Packets {
+                    idx: s.idx,
+                    gen: s.gen,
+                    bytes: batch,
                 };
                 if s.up.send(ev).await.is_err() {
                     return "session ended".to_string();

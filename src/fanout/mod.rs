@@ -8,6 +8,7 @@
 //! `ids` (packet identifier tables), `merge` (SUBACK and acknowledgement merging),
 //! `packet` (PUBLISH views, acknowledgements, topic matching).
 
+mod batch;
 mod handle;
 pub mod ids;
 mod link;

@@ -13,6 +13,7 @@
 //!   subscriptions are replayed there before anything else is sent to it;
 //! - PINGREQ answered here; the client's keep-alive (× 1.5) enforced here.
 
+use super::batch::{Batch, Held};
 use super::ids::Ids;
 use super::link::{self, LinkHandle, LinkStart, Up};
 use super::merge::{AckMerge, PubMerge};
@@ -23,6 +24,8 @@ use crate::mqtt::scanner::{Scanned, Scanner};
 use crate::proxy::ClientCtx;
 use crate::runtime::{DataPath, ListenerRt};
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -143,14 +146,16 @@ pub(super) struct Session {
     pub client: OutboxTx,
     pub drained: Arc<Notify>,
     pub up_tx: mpsc::Sender<Up>,
+    /// Node packets taken from the channel and not handled yet.
+    pub held: Held,
     /// Set when a handler decides the session ends.
     pub end: Option<End>,
 }
 
 impl Session {
     /// Queue bytes for the client.
-    pub fn to_client(&self, bytes: Vec<u8>) {
-        self.client.push(&bytes);
+    pub fn to_client(&self, bytes: impl AsRef<[u8]>) {
+        self.client.push(bytes.as_ref());
     }
 
     pub fn up_count(&self) -> usize {
@@ -282,7 +287,7 @@ impl Session {
     }
 
     /// May node packets be taken now (client queue under its bound, an id free)?
-    fn nodes_readable(&self) -> bool {
+    pub(super) fn nodes_readable(&self) -> bool {
         self.client.queued() < QUEUE_MAX && self.inbound.available()
     }
 
@@ -316,14 +321,15 @@ where
         client: client_out,
         drained: drained.clone(),
         up_tx,
+        held: Held::default(),
         end: None,
     };
     let writer = client_writer(wr, client_box, drained.clone());
     tokio::pin!(writer);
-    let end = tokio::select! {
-        e = s.drive(&mut rd, &mut up_rx) => e,
-        _ = &mut writer => End::ClientClosed,
-    };
+    let mut written_out = false;
+    let end = s
+        .drive(&mut rd, &mut up_rx, writer.as_mut(), &mut written_out)
+        .await;
     // Node connections still being set up are stopped (they must not log the client
     // in after it left); dropping the session's senders lets every other writer flush
     // and close its side.
@@ -335,16 +341,20 @@ where
         }
     }
     drop(s);
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    if !written_out {
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    }
     end
 }
 
 impl Session {
     /// Set-up, then the loop; see the module comment.
-    async fn drive<R: AsyncRead + Unpin>(
+    async fn drive<R: AsyncRead + Unpin, W: Future<Output = ()>>(
         &mut self,
         rd: &mut R,
         up_rx: &mut mpsc::Receiver<Up>,
+        mut writer: Pin<&mut W>,
+        writer_done: &mut bool,
     ) -> End {
         if let Err(end) = self.connect_all(up_rx).await {
             return end;
@@ -366,15 +376,27 @@ impl Session {
         let cluster = self.start.lst.cluster.clone();
         let drained = self.drained.clone();
         loop {
+            if !self.held.is_empty() {
+                self.handle_held();
+            }
             if let Some(e) = self.end {
                 return e;
             }
             let read_client = self.queues_ok();
-            let read_nodes = self.nodes_readable();
+            // The node channel is read once every packet taken from it is handled.
+            let read_nodes = self.nodes_readable() && self.held.is_empty();
             let retry = self.next_retry();
             let changed = cluster.changed();
+            // In this order, each turn: the client writer first (it writes what the
+            // last turn queued, once, before more is taken), the client's packets
+            // (acknowledgements free identifiers) before the nodes'.
             tokio::select! {
+                biased;
                 _ = closed.closed() => return End::Shutdown,
+                _ = &mut writer => {
+                    *writer_done = true;
+                    return End::ClientClosed;
+                }
                 _ = changed => self.reconcile(),
                 _ = sleep_opt(retry) => self.reconcile(),
                 _ = tokio::time::sleep_until(last_read + ka), if !ka.is_zero() => {
@@ -409,7 +431,10 @@ impl Session {
                         // Take what else is there now, within the same bounds: one
                         // turn of this loop (its timers) per batch, not per message.
                         for _ in 0..DRAIN {
-                            if self.end.is_some() || !self.nodes_readable() {
+                            if self.end.is_some()
+                                || !self.nodes_readable()
+                                || !self.held.is_empty()
+                            {
                                 break;
                             }
                             match up_rx.try_recv() {
@@ -489,7 +514,7 @@ impl Session {
                         }
                     }
                 }
-                ev @ Up::Packet { .. } => early.push(ev),
+                ev @ Up::Packets { .. } => early.push(ev),
                 ev => self.on_up(ev),
             }
         }
@@ -604,15 +629,12 @@ impl Session {
                     let _ = self.connack(idx, &bytes);
                 }
             }
-            Up::Packet { idx, gen, bytes } => {
-                if self
-                    .slots
-                    .get(idx)
-                    .is_some_and(|s| s.gen == gen && s.state == LinkState::Up)
-                {
-                    self.on_node(idx, gen, bytes);
-                }
-            }
+            Up::Packets { idx, gen, bytes } => self.on_batch(Batch {
+                idx,
+                gen,
+                bytes,
+                at: 0,
+            }),
             Up::Lost { idx, gen, why } => {
                 if self.slots.get(idx).is_some_and(|s| s.gen == gen) {
                     tracing::debug!(node = %self.slots[idx].node.name, %why, "fan-out: node connection ended");
