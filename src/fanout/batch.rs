@@ -4,9 +4,8 @@
 //! packet identifier free) and keeps the rest here, in arrival order, until it can.
 //! The node channel is not read while anything is held, so what is held is at most
 //! one batch per channel message taken (one node read, at most the read buffer plus
-//! one packet of `max_packet_size`).
+//! one packet of `max_packet_size`). The session takes them in `super::handle`.
 
-use super::session::{LinkState, Session};
 use std::collections::VecDeque;
 
 /// Whole packets of one node read, from `at` on not handled yet.
@@ -25,6 +24,18 @@ impl Held {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    pub fn push(&mut self, b: Batch) {
+        self.0.push_back(b);
+    }
+
+    pub fn front_mut(&mut self) -> Option<&mut Batch> {
+        self.0.front_mut()
+    }
+
+    pub fn pop_front(&mut self) {
+        self.0.pop_front();
+    }
 }
 
 /// The length of the whole packet at the start of `p` (fixed header included), if
@@ -40,46 +51,6 @@ pub(super) fn packet_len(p: &[u8]) -> Option<usize> {
         }
     }
     None
-}
-
-impl Session {
-    /// Take a batch of node packets and handle what the bounds allow now.
-    pub(super) fn on_batch(&mut self, b: Batch) {
-        self.held.0.push_back(b);
-        self.handle_held();
-    }
-
-    /// Handle held node packets, oldest first, until none is left, the client can
-    /// take no more, or the session ends.
-    pub(super) fn handle_held(&mut self) {
-        while self.end.is_none() && self.nodes_readable() {
-            let Some(b) = self.held.0.front_mut() else {
-                return;
-            };
-            let (idx, gen, at) = (b.idx, b.gen, b.at);
-            let live = self
-                .slots
-                .get(idx)
-                .is_some_and(|s| s.gen == gen && s.state == LinkState::Up);
-            let len = if live {
-                packet_len(&b.bytes[at..])
-            } else {
-                None
-            };
-            let Some(len) = len else {
-                // Done, or from a node connection that is gone: the rest is dropped.
-                self.held.0.pop_front();
-                continue;
-            };
-            b.at += len;
-            // The packet is handled in place; the batch goes back to its place after.
-            let mut bytes = std::mem::take(&mut b.bytes);
-            self.on_node(idx, gen, &mut bytes[at..at + len]);
-            if let Some(b) = self.held.0.front_mut() {
-                b.bytes = bytes;
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! one, or answered here) and what each node sends (merged into the client
 //! connection under the session's own packet identifiers).
 
+use super::batch::{packet_len, Batch};
 use super::merge::{AckMerge, PubMerge, Stage};
 use super::packet::{self as pk, ack, ack_id, ack_reason, publish, set_id};
 use super::session::{End, In, LinkState, Out, Session, Stored, MAX_STORED};
@@ -395,6 +396,46 @@ impl Session {
             Err(_) => {
                 // Not reached: the loop reads the nodes only while an id is free.
                 tracing::debug!("fan-out: no client-side packet identifier free; PUBLISH dropped");
+            }
+        }
+    }
+}
+
+impl Session {
+    /// Take a batch of node packets and handle what the bounds allow now.
+    pub(super) fn on_batch(&mut self, b: Batch) {
+        self.held.push(b);
+        self.handle_held();
+    }
+
+    /// Handle held node packets, oldest first, until none is left, the client can
+    /// take no more, or the session ends.
+    pub(super) fn handle_held(&mut self) {
+        while self.end.is_none() && self.nodes_readable() {
+            let Some(b) = self.held.front_mut() else {
+                return;
+            };
+            let (idx, gen, at) = (b.idx, b.gen, b.at);
+            let live = self
+                .slots
+                .get(idx)
+                .is_some_and(|s| s.gen == gen && s.state == LinkState::Up);
+            let len = if live {
+                packet_len(&b.bytes[at..])
+            } else {
+                None
+            };
+            let Some(len) = len else {
+                // Done, or from a node connection that is gone: the rest is dropped.
+                self.held.pop_front();
+                continue;
+            };
+            b.at += len;
+            // The packet is handled in place; the batch goes back to its place after.
+            let mut bytes = std::mem::take(&mut b.bytes);
+            self.on_node(idx, gen, &mut bytes[at..at + len]);
+            if let Some(b) = self.held.front_mut() {
+                b.bytes = bytes;
             }
         }
     }
