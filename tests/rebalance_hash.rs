@@ -14,25 +14,8 @@ const CLIENTS: usize = 80;
 
 #[test]
 fn rebalance_by_hash_moves_exactly_the_clients_the_new_node_owns() {
-    let dir = tempdir();
-    let nodes = Mosquitto::start_nodes(dir.path(), 4);
-    let listen = free_port();
-    let admin = free_port();
-    let text = |n: usize| {
-        gate_config(
-            listen,
-            admin,
-            "dynsec",
-            &addresses(&nodes[..n]),
-            "balance = \"hash\"",
-            "",
-            "[clusters.brokers.shaping]\nclose_rate = 50\n",
-        )
-    };
-    let gate = Gate::start(dir.path(), "gate", &text(3), admin);
-    for n in ["node1", "node2", "node3"] {
-        gate.wait_node_up(n);
-    }
+    let fleet = HashFleet::start("[clusters.brokers.shaping]\nclose_rate = 50\n");
+    let (listen, gate) = (fleet.listen, &fleet.gate);
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(Barrier::new(CLIENTS + 1));
     let clients: Vec<_> = (0..CLIENTS)
@@ -72,23 +55,8 @@ fn rebalance_by_hash_moves_exactly_the_clients_the_new_node_owns() {
         .map(|n| gate.metric("mqgate_connections_total", &[("node", n)]))
         .collect();
     assert_eq!(before.iter().sum::<f64>(), CLIENTS as f64);
-    gate.reload_with(&text(4));
-    gate.wait_node_up("node4");
-    let out = mqgate(&[
-        "cluster",
-        "rebalance",
-        "brokers",
-        "--rate",
-        "50",
-        "--admin",
-        &format!("http://127.0.0.1:{admin}"),
-    ]);
-    let said = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fleet.add_node4();
+    let said = fleet.rebalance(&["--rate", "50"]);
     assert!(said.contains("moving clients at 50/s"), "{said}");
     wait_until(T, "every moved client back, on node4", || {
         let on4 = gate.metric("mqgate_connections_active", &[("node", "node4")]);
@@ -124,14 +92,7 @@ fn rebalance_by_hash_moves_exactly_the_clients_the_new_node_owns() {
         );
     }
     // Balanced by the hash: a second rebalance has nothing to move.
-    let out = mqgate(&[
-        "cluster",
-        "rebalance",
-        "brokers",
-        "--admin",
-        &format!("http://127.0.0.1:{admin}"),
-    ]);
-    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    let said = fleet.rebalance(&[]);
     assert!(said.contains("nothing to move"), "{said}");
 }
 
@@ -141,26 +102,11 @@ fn rebalance_by_hash_moves_exactly_the_clients_the_new_node_owns() {
 #[test]
 fn clients_left_in_place_keep_relaying_and_can_still_be_taken_over() {
     const N: usize = 80;
-    let dir = tempdir();
-    let nodes = Mosquitto::start_nodes(dir.path(), 4);
-    let listen = free_port();
-    let admin = free_port();
-    let text = |n: usize| {
-        gate_config(
-            listen,
-            admin,
-            "dynsec",
-            &addresses(&nodes[..n]),
-            "balance = \"hash\"",
-            "",
-            "[clusters.brokers.shaping]\nclose_rate = 200\n\
-             [clusters.brokers.sessions]\nsingle_live = true\n",
-        )
-    };
-    let gate = Gate::start(dir.path(), "gate", &text(3), admin);
-    for n in ["node1", "node2", "node3"] {
-        gate.wait_node_up(n);
-    }
+    let fleet = HashFleet::start(
+        "[clusters.brokers.shaping]\nclose_rate = 200\n\
+         [clusters.brokers.sessions]\nsingle_live = true\n",
+    );
+    let (listen, admin, gate) = (fleet.listen, fleet.admin, &fleet.gate);
     let mut clients: Vec<(String, Client)> = (0..N)
         .map(|i| {
             let id = format!("stay-{i}");
@@ -168,17 +114,8 @@ fn clients_left_in_place_keep_relaying_and_can_still_be_taken_over() {
             (id, c)
         })
         .collect();
-    gate.reload_with(&text(4));
-    gate.wait_node_up("node4");
-    let out = mqgate(&[
-        "cluster",
-        "rebalance",
-        "brokers",
-        "--admin",
-        &format!("http://127.0.0.1:{admin}"),
-    ]);
-    let said = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{said}");
+    fleet.add_node4();
+    let said = fleet.rebalance(&[]);
     // "moving clients at N/s per node from node1 (~3), node2 (~4)": exact for the hash.
     let moving: usize = said
         .split("(~")
@@ -229,5 +166,74 @@ fn clients_left_in_place_keep_relaying_and_can_still_be_taken_over() {
             Ok((0xE0, b)) => assert_eq!(b.first(), Some(&0x8E), "{id} told taken over"),
             other => panic!("{id} was not taken over: {other:?}"),
         }
+    }
+}
+
+/// Four Mosquitto nodes, a gateway in front of the first three (`balance = "hash"`,
+/// `extra` appended), and the config text with the first `n` nodes for the reload.
+/// (Fields drop in order: the gateway first, the directory last.)
+struct HashFleet {
+    gate: Gate,
+    nodes: Vec<Mosquitto>,
+    listen: u16,
+    admin: u16,
+    extra: &'static str,
+    _dir: tempfile::TempDir,
+}
+
+impl HashFleet {
+    fn start(extra: &'static str) -> HashFleet {
+        let dir = tempdir();
+        let nodes = Mosquitto::start_nodes(dir.path(), 4);
+        let (listen, admin) = (free_port(), free_port());
+        let text = Self::text_for(&nodes, listen, admin, extra, 3);
+        let gate = Gate::start(dir.path(), "gate", &text, admin);
+        for n in ["node1", "node2", "node3"] {
+            gate.wait_node_up(n);
+        }
+        HashFleet {
+            gate,
+            nodes,
+            listen,
+            admin,
+            extra,
+            _dir: dir,
+        }
+    }
+
+    fn text_for(nodes: &[Mosquitto], listen: u16, admin: u16, extra: &str, n: usize) -> String {
+        gate_config(
+            listen,
+            admin,
+            "dynsec",
+            &addresses(&nodes[..n]),
+            "balance = \"hash\"",
+            "",
+            extra,
+        )
+    }
+
+    /// The fourth node added by reload and up.
+    fn add_node4(&self) {
+        let text = Self::text_for(&self.nodes, self.listen, self.admin, self.extra, 4);
+        self.gate.reload_with(&text);
+        self.gate.wait_node_up("node4");
+    }
+
+    /// `mqgate cluster rebalance brokers [args]`: what it printed, after checking it
+    /// succeeded.
+    fn rebalance(&self, args: &[&str]) -> String {
+        let url = format!("http://127.0.0.1:{}", self.admin);
+        let mut all = vec!["cluster", "rebalance", "brokers"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--admin", &url]);
+        let out = mqgate(&all);
+        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        said
     }
 }
