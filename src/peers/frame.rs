@@ -305,21 +305,7 @@ impl Batch {
 /// else the frame and how many bytes it used. The size limit is checked from the
 /// length prefix alone, before anything is buffered.
 pub fn decode(buf: &[u8], interner: &mut Interner) -> Result<Option<(Frame, usize)>, FrameError> {
-    if buf.len() < 4 {
-        return Ok(None);
-    }
-    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge(len));
-    }
-    if len == 0 {
-        return Err(FrameError::Empty);
-    }
-    if buf.len() < 4 + len {
-        return Ok(None);
-    }
-    let frame = decode_body(&buf[4..4 + len], interner, false)?;
-    Ok(Some((frame, 4 + len)))
+    decode_front(buf, interner, false)
 }
 
 /// [`decode`], but an UPDATES frame comes back as a [`Frame::Batch`], checked and
@@ -327,6 +313,14 @@ pub fn decode(buf: &[u8], interner: &mut Interner) -> Result<Option<(Frame, usiz
 pub fn decode_lazy(
     buf: &[u8],
     interner: &mut Interner,
+) -> Result<Option<(Frame, usize)>, FrameError> {
+    decode_front(buf, interner, true)
+}
+
+fn decode_front(
+    buf: &[u8],
+    interner: &mut Interner,
+    lazy: bool,
 ) -> Result<Option<(Frame, usize)>, FrameError> {
     if buf.len() < 4 {
         return Ok(None);
@@ -341,7 +335,7 @@ pub fn decode_lazy(
     if buf.len() < 4 + len {
         return Ok(None);
     }
-    let frame = decode_body(&buf[4..4 + len], interner, true)?;
+    let frame = decode_body(&buf[4..4 + len], interner, lazy)?;
     Ok(Some((frame, 4 + len)))
 }
 

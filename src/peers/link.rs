@@ -384,25 +384,15 @@ async fn send_subs<W: AsyncWrite + Unpin>(
     buf: &mut Vec<u8>,
     w: &mut Out<W>,
 ) -> Result<(), LinkError> {
-    buf.clear();
-    let mut next = Some(first);
-    let mut n = 0;
-    while let Some(ch) = next.take() {
+    send_drained(first, srx, buf, w, |ch, buf| {
         let on = host
             .cluster(&ch.cluster)
             .is_some_and(|c| c.config().sessions.restore_subscriptions);
         if on {
             frame::encode_subs(&ch.cluster, &[(ch.key, ch.stamp, ch.subs.to_vec())], buf);
         }
-        n += 1;
-        if n < DRAIN {
-            next = srx.try_recv().ok();
-        }
-    }
-    if !buf.is_empty() {
-        w.write(buf).await?;
-    }
-    Ok(())
+    })
+    .await
 }
 
 /// Announce a connection that went live here (and those queued behind it) for
@@ -414,19 +404,34 @@ async fn send_live<W: AsyncWrite + Unpin>(
     buf: &mut Vec<u8>,
     w: &mut Out<W>,
 ) -> Result<(), LinkError> {
-    buf.clear();
-    let mut next = Some(first);
-    let mut n = 0;
-    while let Some(ch) = next.take() {
+    send_drained(first, lrx, buf, w, |ch, buf| {
         let on = host
             .cluster(&ch.cluster)
             .is_some_and(|c| c.config().sessions.single_live.enabled);
         if on {
             frame::encode_live(&ch.cluster, &[(ch.id, ch.stamp, ch.addr)], buf);
         }
+    })
+    .await
+}
+
+/// Encode `first` and up to [`DRAIN`] changes queued behind it, then write them in
+/// one go (nothing when none was encoded).
+async fn send_drained<T: Clone, W: AsyncWrite + Unpin>(
+    first: T,
+    rx: &mut broadcast::Receiver<T>,
+    buf: &mut Vec<u8>,
+    w: &mut Out<W>,
+    mut encode: impl FnMut(T, &mut Vec<u8>),
+) -> Result<(), LinkError> {
+    buf.clear();
+    let mut next = Some(first);
+    let mut n = 0;
+    while let Some(ch) = next.take() {
+        encode(ch, buf);
         n += 1;
         if n < DRAIN {
-            next = lrx.try_recv().ok();
+            next = rx.try_recv().ok();
         }
     }
     if !buf.is_empty() {
