@@ -245,8 +245,11 @@ pub fn thread_count(config: &crate::config::Config) -> ThreadCount {
 /// fan-in (4 → 1) throughput (0.61–1.20 ×) and its latency right after a full-speed run
 /// (p50 0.40–2.10 × one thread's) went either way from run to run. Those hosts were
 /// loaded by other builds (load average 6–12 on 2 vCPUs), where one thread's batching of
-/// wake-ups pays most; `limits.threads = 2` is the setting to try for connect-storm,
-/// large-message or fan-in traffic.
+/// wake-ups pays most. On a quiet host (nothing else running) two threads still lost
+/// fan-out (0.66 ×) and the pairs (0.87–0.99 ×) at 1.2–1.7 × the CPU per message, and
+/// p99 at 1k and 5k msg/s (1.8–2.0 ×), gaining p50 at 20k msg/s only (0.79–0.85 ×).
+/// `limits.threads = 2` is the setting to try for connect-storm or 20k msg/s fan-in
+/// traffic.
 pub fn default_threads(cpus: usize, local_nodes: usize) -> usize {
     cpus.saturating_sub(local_nodes).max(1)
 }
