@@ -12,7 +12,7 @@
 //! a reload changed the node's address.
 
 use crate::cluster::{Cluster, Health, Node};
-use crate::config::{CheckKind, HealthConfig, Mode, NodeAddress};
+use crate::config::{CheckKind, HealthConfig, Mode, NodeAddress, ProxyProtocolOut};
 use crate::metrics::Metrics;
 use crate::mqtt::{self, observe_connack, Parse};
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig};
@@ -111,7 +111,18 @@ async fn run(
         }
         let client_id = format!("{}{suffix}", h.client_id_prefix);
         let tls = cluster.tls();
-        let result = match timeout(h.timeout, probe(&node, h, tls.as_deref(), &client_id)).await {
+        let result = match timeout(
+            h.timeout,
+            probe(
+                &node,
+                h,
+                cfg.send_proxy_protocol,
+                tls.as_deref(),
+                &client_id,
+            ),
+        )
+        .await
+        {
             Ok(r) => r,
             Err(_) => Err(ProbeError::Timeout(h.timeout)),
         };
@@ -237,17 +248,29 @@ pub(crate) enum ProbeError {
     Timeout(Duration),
 }
 
-/// One check of `node`: connect (with `tls`: and the TLS handshake, as HAProxy's
-/// checks of an `ssl` server do), then for `mqtt` checks a CONNECT and its CONNACK.
+/// One check of `node`: connect, send a PROXY header when the cluster sends them to
+/// its brokers (`proxy`; a broker listener that expects one closes a connection
+/// without it), with `tls` the TLS handshake (as HAProxy's checks of an `ssl` server
+/// do), then for `mqtt` checks a CONNECT and its CONNACK.
+///
+/// The header is the one the PROXY protocol defines for a proxy's own connections,
+/// and the one HAProxy sends on the checks of a `send-proxy`/`send-proxy-v2` server:
+/// v1 `PROXY UNKNOWN`, v2 the LOCAL command, both telling the broker to use the
+/// connection's own addresses.
 pub(crate) async fn probe(
     node: &Node,
     h: &HealthConfig,
+    proxy: ProxyProtocolOut,
     tls: Option<&crate::broker_tls::BrokerTls>,
     client_id: &str,
 ) -> Result<(), ProbeError> {
-    let tcp = crate::upstream::connect_node(node)
+    let mut tcp = crate::upstream::connect_node(node)
         .await
         .map_err(ProbeError::Connect)?;
+    let header = crate::proxy::encode::own_connection_header(proxy);
+    if !header.is_empty() {
+        tcp.write_all(&header).await.map_err(ProbeError::Send)?;
+    }
     let mut s = match tls {
         None => crate::upstream::Broker::Plain(tcp),
         Some(t) => {
@@ -465,10 +488,16 @@ mod tests {
         };
         let cluster = Cluster::new(&cfg.clusters[0], Arc::new(Metrics::new()), "t");
         let node = cluster.node("n1").expect("node");
-        let err = probe(&node, &cfg.clusters[0].health, None, "hc-test")
-            .await
-            .expect_err("CONNACK 0x05 is a failed check")
-            .to_string();
+        let err = probe(
+            &node,
+            &cfg.clusters[0].health,
+            ProxyProtocolOut::Off,
+            None,
+            "hc-test",
+        )
+        .await
+        .expect_err("CONNACK 0x05 is a failed check")
+        .to_string();
         for want in [
             "CONNACK code 0x05 (not authorized)",
             "[clusters.brokers.health]",

@@ -64,7 +64,7 @@ async fn cleaner(cluster: Weak<Cluster>) {
         }
         let timeout = h.timeout;
         let tls = c.tls();
-        let probe = crate::health::probe(&node, &h, tls.as_deref(), &id);
+        let probe = crate::health::probe(&node, &h, cfg.send_proxy_protocol, tls.as_deref(), &id);
         let r = tokio::time::timeout(timeout, probe).await;
         match r {
             Ok(Ok(())) => {

@@ -40,6 +40,7 @@ mod ops_cli;
 mod peers;
 mod peers_discovery;
 mod peers_sync;
+mod proxy_checks;
 mod proxy_protocol;
 mod rebalance_hash;
 mod reload;

@@ -17,10 +17,18 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A TCP "broker" that records PROXY headers, then relays to `upstream`.
+/// A TCP "broker" that records PROXY headers, then relays to `upstream`. The headers
+/// of mqgate's own connections (health checks: `PROXY UNKNOWN`, v2 LOCAL) are kept
+/// apart.
 struct Recorder {
     port: u16,
     headers: Arc<Mutex<Vec<Vec<u8>>>>,
+    checks: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+/// A header of a proxy's own connection: v1 `PROXY UNKNOWN`, v2 command LOCAL.
+fn own_connection(h: &[u8]) -> bool {
+    h == b"PROXY UNKNOWN\r\n" || (h.len() >= 16 && h.starts_with(b"\r\n\r\n") && h[12] == 0x20)
 }
 
 fn header_len(buf: &[u8]) -> Option<usize> {
@@ -39,15 +47,28 @@ impl Recorder {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind recorder");
         let port = l.local_addr().expect("addr").port();
         let headers = Arc::new(Mutex::new(Vec::new()));
-        let h2 = headers.clone();
+        let checks = Arc::new(Mutex::new(Vec::new()));
+        let (h2, k2) = (headers.clone(), checks.clone());
         std::thread::spawn(move || {
             for conn in l.incoming() {
                 let Ok(conn) = conn else { continue };
-                let h = h2.clone();
-                std::thread::spawn(move || serve(conn, upstream, h));
+                let (h, k) = (h2.clone(), k2.clone());
+                std::thread::spawn(move || serve(conn, upstream, h, k));
             }
         });
-        Recorder { port, headers }
+        Recorder {
+            port,
+            headers,
+            checks,
+        }
+    }
+
+    /// Headers of mqgate's own connections (its health checks).
+    fn check_headers(&self) -> Vec<Vec<u8>> {
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn headers(&self) -> Vec<Vec<u8>> {
@@ -58,7 +79,12 @@ impl Recorder {
     }
 }
 
-fn serve(mut c: TcpStream, upstream: u16, headers: Arc<Mutex<Vec<Vec<u8>>>>) {
+fn serve(
+    mut c: TcpStream,
+    upstream: u16,
+    headers: Arc<Mutex<Vec<Vec<u8>>>>,
+    checks: Arc<Mutex<Vec<Vec<u8>>>>,
+) {
     if c.set_read_timeout(Some(Duration::from_secs(5))).is_err() {
         return;
     }
@@ -77,8 +103,12 @@ fn serve(mut c: TcpStream, upstream: u16, headers: Arc<Mutex<Vec<Vec<u8>>>>) {
             break 0;
         }
     };
-    headers
-        .lock()
+    let to = if own_connection(&buf[..hl]) {
+        &checks
+    } else {
+        &headers
+    };
+    to.lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(buf[..hl].to_vec());
     let Ok(mut b) = TcpStream::connect(("127.0.0.1", upstream)) else {
@@ -225,6 +255,19 @@ fn v1_and_v2_in_from_trusted_proxy_carry_the_real_address_out_as_v1() {
     assert!(
         local_line.ends_with(&format!(" {listen}\r\n")),
         "{local_line}"
+    );
+
+    // The gateway's own health checks (check = "tcp") carry `PROXY UNKNOWN`.
+    assert!(
+        rec.check_headers()
+            .iter()
+            .all(|h| h.as_slice() == b"PROXY UNKNOWN\r\n"),
+        "{:?}",
+        rec.check_headers()
+    );
+    assert!(
+        !rec.check_headers().is_empty(),
+        "health checks send a header"
     );
 
     wait_until(Duration::from_secs(5), "real address in the log", || {

@@ -64,6 +64,25 @@ pub fn header_out(mode: ProxyProtocolOut, ctx: &ClientCtx, local: Option<SocketA
     }
 }
 
+/// The header for a connection of mqgate's own (a health check, the orphan cleaner),
+/// not relayed for a client: v1 `PROXY UNKNOWN\r\n`, v2 the LOCAL command with no
+/// addresses; a receiver uses the connection's own endpoints for both (the PROXY
+/// protocol's rule for a proxy's health checks, and what HAProxy sends on them).
+/// Empty when off.
+pub fn own_connection_header(mode: ProxyProtocolOut) -> Vec<u8> {
+    match mode {
+        ProxyProtocolOut::Off => Vec::new(),
+        ProxyProtocolOut::V1 => v1_header(None),
+        ProxyProtocolOut::V2 => {
+            let mut out = Vec::with_capacity(16);
+            out.extend_from_slice(&super::parse::V2_SIG);
+            // Version 2, command LOCAL; family and protocol UNSPEC; no address block.
+            out.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+            out
+        }
+    }
+}
+
 /// `PROXY TCP4|TCP6 src dst sport dport\r\n`, or `PROXY UNKNOWN\r\n` without addresses.
 pub fn v1_header(addrs: Option<(SocketAddr, SocketAddr)>) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
@@ -217,6 +236,20 @@ mod tests {
             Some(sa("[::ffff:10.0.0.1]:1883"))
         );
         assert_eq!(v1_header(None), b"PROXY UNKNOWN\r\n");
+    }
+
+    #[test]
+    fn own_connections_carry_unknown_or_local() {
+        assert!(own_connection_header(ProxyProtocolOut::Off).is_empty());
+        assert_eq!(
+            own_connection_header(ProxyProtocolOut::V1),
+            b"PROXY UNKNOWN\r\n"
+        );
+        let h = own_connection_header(ProxyProtocolOut::V2);
+        assert_eq!(h.len(), 16);
+        assert_eq!(h[12], 0x20, "version 2, command LOCAL");
+        let info = roundtrip(&h);
+        assert_eq!((info.version, info.source), (2, None));
     }
 
     #[test]
