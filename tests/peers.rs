@@ -1270,6 +1270,46 @@ fn write_peer_frame_seeds() {
                 .to_vec(),
         ),
         ("bad-http", b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+        (
+            "subs",
+            encode(&Frame::Subs {
+                cluster: "brokers".into(),
+                clients: vec![(
+                    "dev-1".into(),
+                    1_700_000_000_000_000,
+                    vec![mqgate::sticky::subs::Sub {
+                        topic: "cmd/dev-1".into(),
+                        options: 1,
+                        properties: Box::new([]),
+                    }],
+                )],
+            }),
+        ),
+        (
+            "pull",
+            [
+                encode(&Frame::SyncRequest { scope: 1 }),
+                encode(&Frame::SyncDone {
+                    scope: 0,
+                    entries: 3,
+                }),
+            ]
+            .concat(),
+        ),
+        (
+            "live",
+            encode(&Frame::Live {
+                cluster: "brokers".into(),
+                ids: vec![("dev-1".into(), 1_700_000_000_000, "192.0.2.7:5000".into())],
+            }),
+        ),
+        ("bad-scope", {
+            let mut f = encode(&Frame::SyncRequest { scope: 0 });
+            if let Some(last) = f.last_mut() {
+                *last = 7;
+            }
+            f
+        }),
     ];
     for (name, bytes) in seeds {
         std::fs::write(dir.join(format!("seed-{name}")), bytes).expect("write a seed");
