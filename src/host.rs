@@ -103,6 +103,18 @@ impl PeerBoard {
         lock(&self.links).insert(name.to_string(), stats);
     }
 
+    /// Add a peer unless it is listed already (a discovered peer at link-up).
+    pub fn add_if_absent(&self, name: &str, stats: impl FnOnce() -> PeerStats) {
+        lock(&self.links)
+            .entry(name.to_string())
+            .or_insert_with(stats);
+    }
+
+    /// Remove one peer (a discovered peer whose link ended).
+    pub fn remove(&self, name: &str) {
+        lock(&self.links).remove(name);
+    }
+
     /// Keep only the peers `keep` accepts.
     pub fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
         lock(&self.links).retain(|name, _| keep(name));

@@ -78,6 +78,19 @@ fn peer_up(g: &Gate, peer: &str) -> f64 {
     g.metric("mqgate_peer_up", &[("peer", peer)])
 }
 
+/// `peer` as `g`'s status API lists it: (address, up), or `None` when not listed.
+fn listed_peer(g: &Gate, peer: &str) -> Option<(String, bool)> {
+    let status = crate::common::admin::status_json(g.admin_port);
+    status["peers"]["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == peer)
+        .map(|p| {
+            let addr = p["address"].as_str().unwrap_or_default().to_string();
+            (addr, p["up"].as_bool().unwrap_or(false))
+        })
+}
+
 /// Wait until `g`'s link to `peer` is up (or down); on timeout, fail with `g`'s log.
 fn wait_link(g: &Gate, peer: &str, up: bool) {
     let want = if up { 1.0 } else { 0.0 };
@@ -128,6 +141,12 @@ fn gateways_found_through_dns_link_and_follow_the_answer() {
         !a.log_text().contains("claims this gateway's own name"),
         "a gateway dialed itself"
     );
+    // The status API (and page) lists a discovered peer while it is linked.
+    assert_eq!(
+        listed_peer(&a, "gate-b"),
+        Some((ip(2).to_string(), true)),
+        "gate-a's status lists gate-b"
+    );
     // A table made through gate-a.
     let keys: Vec<String> = (0..20).map(|i| format!("disc-{i}")).collect();
     for k in &keys {
@@ -175,6 +194,12 @@ fn gateways_found_through_dns_link_and_follow_the_answer() {
         "gate-b, dropped from the answer, still receives updates"
     );
     assert_eq!(peer_up(&a, "gate-b"), 0.0);
+    assert_eq!(
+        listed_peer(&a, "gate-b"),
+        None,
+        "a discovered peer no longer linked is not listed"
+    );
+    assert_eq!(listed_peer(&a, "gate-c").map(|p| p.1), Some(true));
     assert!(
         a.log_text().contains("not in the discovery answer")
             || a.log_text().contains("no longer configured nor discovered"),

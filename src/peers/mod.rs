@@ -375,8 +375,10 @@ fn reconcile_dialers(host: &Arc<Host>, s: &mut Service, cfg: &PeersConfig) {
         }
     }
     drop(links);
+    // Discovered peers stay listed while linked (added at link-up, `Ctx::serve`).
+    let linked: HashSet<String> = s.links.lock().keys().cloned().collect();
     host.peer_board
-        .retain(|name| cfg.peers.iter().any(|p| p.name == name));
+        .retain(|name| cfg.peers.iter().any(|p| p.name == name) || linked.contains(name));
     for p in &cfg.peers {
         let updates = |dir: &str| host.metrics.peer_updates.with_label_values(&[&p.name, dir]);
         let stats = crate::host::PeerStats {
@@ -445,12 +447,18 @@ struct Registered {
     peer: Arc<str>,
     id: u64,
     up: prometheus::IntGauge,
+    /// A discovered peer (not configured): listed on the status board while linked.
+    listed: Option<Arc<Host>>,
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
         self.pull.link_down(self.id);
         if self.links.unregister(&self.peer, self.id) {
+            // Off the board first, so that whoever sees `mqgate_peer_up` 0 sees it gone.
+            if let Some(host) = &self.listed {
+                host.peer_board.remove(&self.peer);
+            }
             self.up.set(0);
         }
     }
@@ -520,6 +528,21 @@ impl Ctx {
         let up = self.host.metrics.peer_up.with_label_values(&[&peer]);
         up.set(1);
         tracing::info!(peer = %peer, "peer link established");
+        // A discovered peer is not on the status board yet (it lists configured ones):
+        // listed while this link lives, by the address it linked from.
+        let configured = self.settings.load().peers.iter().any(|p| *p.name == *peer);
+        let listed = (!configured).then(|| {
+            let m = &self.host.metrics;
+            self.host
+                .peer_board
+                .add_if_absent(&peer, || crate::host::PeerStats {
+                    address: remote.map_or_else(|| "discovered".to_string(), |ip| ip.to_string()),
+                    up: up.clone(),
+                    sent: m.peer_updates.with_label_values(&[&peer, "sent"]),
+                    received: m.peer_updates.with_label_values(&[&peer, "received"]),
+                });
+            self.host.clone()
+        });
         // Also when this future is dropped (its dialer stopped: peer removed).
         let _registered = Registered {
             links: self.links.clone(),
@@ -527,6 +550,7 @@ impl Ctx {
             peer: peer.clone(),
             id,
             up,
+            listed,
         };
         let pulling = link::Pulling {
             pull: self.pull.clone(),
