@@ -12,6 +12,10 @@
 //! mac(role) = HMAC-SHA256(key, "mqgate-peer/2" role nonce_d nonce_a name_d name_a binding)
 //! ```
 //!
+//! Each nonce ends with a marked version (the dialer's offer, the acceptor's highest;
+//! [`nonce_with_version`]), so the versions are proven with the MACs and a downgrade in
+//! transit is refused.
+//!
 //! Fresh random nonces on both sides make every MAC single-use, and the role in the MAC
 //! stops a reflection of one side's proof back at it. The acceptor's HELLO carries no
 //! name: the dialer puts the name it dialed into its MAC, so a gateway never tells an
@@ -43,6 +47,26 @@ fn nonce() -> [u8; 32] {
     let mut n = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut n);
     n
+}
+
+/// Marks a nonce whose last two bytes carry a protocol version.
+const VERSION_MARK: &[u8; 6] = b"mqgver";
+
+/// A nonce of 24 random bytes that also carries `version`: the dialer's offer, or the
+/// acceptor's highest version. Both nonces go into both MACs, so once the MACs check
+/// out each side knows what the other really sent, whatever the HELLOs' version fields
+/// said on the way: a version lowered in transit (a downgrade) is caught. A gateway of
+/// protocol version 2 sends 32 random bytes and ignores this.
+fn nonce_with_version(version: u16) -> [u8; 32] {
+    let mut n = nonce();
+    n[24..30].copy_from_slice(VERSION_MARK);
+    n[30..32].copy_from_slice(&version.to_be_bytes());
+    n
+}
+
+/// The version a nonce carries, if it carries one.
+fn nonce_version(n: &[u8; 32]) -> Option<u16> {
+    (&n[24..30] == VERSION_MARK).then(|| u16::from_be_bytes([n[30], n[31]]))
 }
 
 /// The label of the keying material exported from a peer link's TLS session.
@@ -222,7 +246,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let nd = nonce();
+    let nd = nonce_with_version(offer);
     send(
         w,
         &Frame::Hello {
@@ -275,6 +299,20 @@ where
     };
     match expect(r).await? {
         Frame::Auth { mac } if verify(keys, b"acceptor", &nd, &na, own, &peer, &mac) => {
+            // The acceptor's highest version, now proven: the link's version must be
+            // the lower of it and this build's. Compared with this build's, not with
+            // `offer`: an offer lowered after a refusal claiming an older build is
+            // caught too when the refusal did not come from that peer.
+            if let Some(max) = nonce_version(&na).filter(|&m| VERSION.min(m) != version) {
+                return Err(refuse(
+                    w,
+                    LinkError::Auth(format!(
+                        "protocol version changed in transit: offered {offer} (this build \
+                         speaks {VERSION}), the peer supports {max}, its HELLO said {version}"
+                    )),
+                )
+                .await);
+            }
             let sealing = seal.then(|| frame_keys(keys, &nd, &na, own, &peer));
             Ok((peer, sealing, version))
         }
@@ -337,7 +375,7 @@ where
         Err(e) => return Err(e),
     };
     let claim = judge(&name);
-    let na = nonce();
+    let na = nonce_with_version(VERSION);
     let version = offer.min(VERSION);
     send(
         w,
@@ -378,6 +416,17 @@ where
         }
         Claim::WrongWay(why) => return Err(refuse(w, LinkError::Auth(why)).await),
         Claim::Ok => {}
+    }
+    // The dialer's real offer, now proven: a HELLO whose version was lowered on the way.
+    if let Some(sent) = nonce_version(&nd).filter(|&s| s != offer) {
+        return Err(refuse(
+            w,
+            LinkError::Auth(format!(
+                "protocol version changed in transit: peer `{name}` offered {sent}, its \
+                 HELLO said {offer}"
+            )),
+        )
+        .await);
     }
     if unnamed && !named {
         send(

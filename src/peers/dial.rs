@@ -192,6 +192,10 @@ pub(super) async fn dial_loop(
                 park = true;
             }
             Ok(Err(e)) => {
+                // Offer this build's version again next time: a lowered offer stands
+                // only while it links (a forged "older build" refusal is caught by the
+                // handshake, `auth::dial`).
+                offer = frame::VERSION;
                 let loud = matches!(
                     e,
                     LinkError::Auth(_) | LinkError::Refused(_) | LinkError::Frame(_)

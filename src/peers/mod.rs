@@ -23,6 +23,8 @@
 mod accept;
 pub mod admission;
 pub mod auth;
+#[cfg(test)]
+mod auth_downgrade;
 mod dial;
 pub mod discover;
 pub mod frame;
