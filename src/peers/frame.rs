@@ -28,12 +28,9 @@
 //! bin     := length:u16be bytes
 //! ```
 //!
-//! SUBS is only sent for clusters with `[sessions] restore_subscriptions = true`: a
-//! build from before it closes the link on this unknown frame type, so that setting is
-//! turned on only once every gateway of the mesh knows SUBS (docs/peers.md).
-//!
-//! LIVE is only sent for clusters with `[sessions] single_live = true`, under the same
-//! rule: turn it on once every gateway of the mesh knows LIVE.
+//! SUBS (LIVE) is only sent for clusters with `[sessions] restore_subscriptions`
+//! (`single_live`) on: a build from before it closes the link on this unknown frame
+//! type, so turn those on once every gateway of the mesh knows them (docs/peers.md).
 //!
 //! The HELLO magic and version sit at fixed offsets so that any future version can
 //! still be told apart and refused with a clear error.
