@@ -243,7 +243,23 @@ pub async fn serve<S>(
     }
     // `[[clusters.X.fanout]]`: connected to every up node at once (`crate::fanout`).
     if let Some(rule) = crate::fanout::rule_for(&cfg, &connect).cloned() {
+        let access = data.access.sink().map(|sink| {
+            crate::access::Entry::new(
+                sink,
+                data.stopping.clone(),
+                crate::access::Started {
+                    listener: lname,
+                    cluster: &cluster.name,
+                    node: "",
+                    peer: ctx.peer,
+                    accepted: ctx.accepted,
+                    tls: ctx.tls_info.as_ref(),
+                    connect: &connect,
+                },
+            )
+        });
         let c = crate::fanout::Client {
+            access,
             ctx,
             v5,
             keep_alive: connect.keep_alive,

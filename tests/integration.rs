@@ -26,6 +26,7 @@ mod dashboard;
 mod evacuate;
 mod failover_clients;
 mod fanout;
+mod fanout_access;
 mod fuzz_corpus;
 mod gateway_basic;
 mod gateway_tls;

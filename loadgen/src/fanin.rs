@@ -21,6 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub struct Opts {
     pub nodes: Vec<SocketAddr>,
     pub via: SocketAddr,
+    /// A/B: a second gateway measured in the same rounds (`--via-b`).
+    pub via_b: Option<SocketAddr>,
     pub client_id: String,
     pub qos: u8,
     pub size: usize,
@@ -33,16 +35,29 @@ pub struct Opts {
 pub async fn run(o: Opts) -> Result<serde_json::Value, String> {
     let mut direct = Vec::new();
     let mut via = Vec::new();
+    let mut via_b = Vec::new();
     for r in 0..o.rounds {
-        direct.push(one(&o, false, r).await?);
-        via.push(one(&o, true, r).await?);
+        direct.push(one(&o, None, r).await?);
+        match o.via_b {
+            // A and B take turns going first, so that neither always follows direct.
+            Some(b) if r % 2 == 1 => {
+                via_b.push(one(&o, Some((b, 2)), r).await?);
+                via.push(one(&o, Some((o.via, 1)), r).await?);
+            }
+            Some(b) => {
+                via.push(one(&o, Some((o.via, 1)), r).await?);
+                via_b.push(one(&o, Some((b, 2)), r).await?);
+            }
+            None => via.push(one(&o, Some((o.via, 1)), r).await?),
+        }
     }
-    let median = |v: &mut Vec<f64>| {
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
-    let (d, f) = (median(&mut direct.clone()), median(&mut via.clone()));
-    Ok(json!({
+    let (d, f) = (median(&direct), median(&via));
+    let mut out = json!({
         "direct_msgs_per_sec": d,
         "fanout_msgs_per_sec": f,
         "ratio": f / d,
@@ -51,19 +66,31 @@ pub async fn run(o: Opts) -> Result<serde_json::Value, String> {
         "nodes": o.nodes.len(),
         "qos": o.qos,
         "size": o.size,
-    }))
+    });
+    if o.via_b.is_some() {
+        let b = median(&via_b);
+        out["fanout_b_msgs_per_sec"] = json!(b);
+        out["ratio_b"] = json!(b / d);
+        out["b_over_a"] = json!(b / f);
+        out["fanout_b_rounds"] = json!(via_b);
+    }
+    Ok(out)
 }
 
 /// One measurement: messages per second delivered to the backend.
-async fn one(o: &Opts, fanout: bool, round: usize) -> Result<f64, String> {
-    let tag = format!("{}-{round}-{}", std::process::id(), u8::from(fanout));
+/// `via`: the gateway and a tag (1 A, 2 B); `None` is direct.
+async fn one(o: &Opts, via: Option<(SocketAddr, u8)>, round: usize) -> Result<f64, String> {
+    let tag = format!("{}-{round}-{}", std::process::id(), via.map_or(0, |v| v.1));
     let filter = format!("bench/fanin/{tag}/#");
     let stop = Arc::new(AtomicBool::new(false));
     let lost = Arc::new(AtomicU64::new(0));
     let pairs: Arc<Vec<Arc<Pair>>> = Arc::new((0..o.nodes.len()).map(|_| Arc::default()).collect());
     let mut tasks = Vec::new();
     // The backend: one connection through the gateway, or one per node.
-    let subs: Vec<SocketAddr> = if fanout { vec![o.via] } else { o.nodes.clone() };
+    let subs: Vec<SocketAddr> = match via {
+        Some((g, _)) => vec![g],
+        None => o.nodes.clone(),
+    };
     for addr in subs {
         let t = Target::new(addr, None, None)?;
         let mut s = t

@@ -16,8 +16,9 @@
 //!                    (--pubs N: N publishers at rate/N each → 1 subscriber on a wildcard;
 //!                    --idle N: N idle sessions held open beside the traffic)
 //! loadgen fanin      --nodes A,B,C --via G [--client-id backend-bench] [--qos 1] [--size 100]
-//!                    [--window 400] [--warmup 1] [--secs 5] [--rounds 3]
-//!                    (one publisher per node; the backend through G's fan-out vs direct)
+//!                    [--window 400] [--warmup 1] [--secs 5] [--rounds 3] [--via-b G2]
+//!                    (one publisher per node; the backend through G's fan-out vs direct;
+//!                    --via-b: a second gateway in the same rounds, A/B)
 //! loadgen connect    --addr A [--tls-ca CA] [--clients 5000] [--conc 50] [--secs 10]
 //! loadgen idle       --addr A [--clients 1000] [--conc 64]   (holds them until a line on stdin)
 //! loadgen failover   --addr A [--clients 5000] [--conc 64] [--backoff-ms 250] [--max-backoff-ms 4000]
@@ -181,6 +182,10 @@ fn real_main() -> Result<(), String> {
                     .into_iter()
                     .next()
                     .ok_or("--via HOST:PORT is required")?,
+                via_b: match a.kv.get("via-b") {
+                    Some(_) => list("via-b")?.into_iter().next(),
+                    None => None,
+                },
                 client_id: a.get("client-id", "backend-bench".to_string())?,
                 qos: a.get("qos", 1)?,
                 size: a.get("size", 100)?,

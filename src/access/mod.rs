@@ -66,6 +66,14 @@ pub enum Close {
     Rejected,
     /// A newer connection with the client id went live (`single_live`).
     TakenOver,
+    /// Fan-out sessions: the client was silent past 1.5 × its keep-alive.
+    KeepAlive,
+    /// Fan-out sessions: the client sent a malformed packet.
+    Malformed,
+    /// Fan-out sessions: the client sent a packet a client may not send there.
+    Protocol,
+    /// Fan-out sessions: the client sent a packet over `max_packet_size`.
+    TooLarge,
 }
 
 impl Close {
@@ -85,6 +93,10 @@ impl Close {
             Close::ConnackTimeout => "connack_timeout",
             Close::Rejected => "rejected",
             Close::TakenOver => "taken_over",
+            Close::KeepAlive => "keepalive",
+            Close::Malformed => "malformed",
+            Close::Protocol => "protocol",
+            Close::TooLarge => "too_large",
         }
     }
 }
@@ -310,6 +322,17 @@ impl Entry {
 
     pub fn connack(&mut self, seen: ConnackSeen) {
         self.rec.connack = Some(seen);
+    }
+
+    /// The node field: a fan-out session's nodes, comma-separated (absent if none).
+    pub fn nodes(&mut self, names: String) {
+        self.rec.node = (!names.is_empty()).then_some(names);
+    }
+
+    /// Refused after all (a fan-out session no node accepted): `close=rejected`.
+    pub fn rejected(&mut self, reason: Reject) {
+        self.rec.reject = Some(reason.as_str());
+        self.close = Some(Close::Rejected);
     }
 
     /// The gateway closed the session: shutdown, listener removed, or the node's cause.

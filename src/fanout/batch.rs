@@ -1,10 +1,10 @@
-//! The node packets a fan-out session holds: each node read arrives as one message of
-//! whole packets back to back ([`super::link::Up::Packets`]); the session handles them
-//! one by one while the client can take more (queue under its bound, a client-side
-//! packet identifier free) and keeps the rest here, in arrival order, until it can.
-//! The node channel is not read while anything is held, so what is held is at most
-//! one batch per channel message taken (one node read, at most the read buffer plus
-//! one packet of `max_packet_size`). The session takes them in `super::handle`.
+//! The node packets a fan-out session holds: each node read's whole packets, back to
+//! back, are one batch (`super::io`); the session handles them one by one while the
+//! client can take more (queue under its bound, a client-side packet identifier free)
+//! and keeps the rest here, in arrival order, until it can. The nodes are not read
+//! while anything is held, so what is held is at most one read per node (the read
+//! buffer plus one packet of `max_packet_size` each). The session takes them in
+//! `super::handle`.
 
 use std::collections::VecDeque;
 

@@ -2,7 +2,7 @@
 //! one, or answered here) and what each node sends (merged into the client
 //! connection under the session's own packet identifiers).
 
-use super::batch::{packet_len, Batch};
+use super::batch::packet_len;
 use super::merge::{AckMerge, PubMerge, Stage};
 use super::packet::{self as pk, ack, ack_id, ack_reason, publish, set_id};
 use super::session::{End, In, LinkState, Out, Session, Stored, MAX_STORED};
@@ -29,9 +29,9 @@ impl Session {
         self.end = Some(End::Malformed);
     }
 
-    fn send_node(&self, idx: usize, bytes: Vec<u8>) {
-        if let Some(l) = &self.slots[idx].link {
-            l.send(bytes);
+    fn send_node(&mut self, idx: usize, bytes: Vec<u8>) {
+        if let Some(io) = self.slots[idx].io.as_mut() {
+            io.out.push(&bytes);
         }
     }
 
@@ -61,7 +61,7 @@ impl Session {
                         self.slots[i.idx].rel.insert(i.nid, id);
                     } else {
                         // The node is gone: finish the client's side of the flow.
-                        self.to_client(ack(pk::PUBREL, id, v5, 0));
+                        self.queue_client(ack(pk::PUBREL, id, v5, 0));
                         return;
                     }
                 } else {
@@ -81,7 +81,7 @@ impl Session {
                     return self.malformed("PUBREL");
                 };
                 let Some(m) = self.pubs.get_mut(&id) else {
-                    self.to_client(ack(pk::PUBCOMP, id, v5, 0x92));
+                    self.queue_client(ack(pk::PUBCOMP, id, v5, 0x92));
                     return;
                 };
                 if m.stage != Stage::Released {
@@ -102,7 +102,7 @@ impl Session {
             }
             pk::SUBSCRIBE => self.client_subscribe(p),
             pk::UNSUBSCRIBE => self.client_unsubscribe(p),
-            pk::PINGREQ => self.to_client(pk::PINGRESP_BYTES),
+            pk::PINGREQ => self.queue_client(pk::PINGRESP_BYTES),
             pk::DISCONNECT => {
                 for idx in self.ups() {
                     self.send_node(idx, p.clone());
@@ -246,7 +246,7 @@ impl Session {
     pub(super) fn settle_sub(&mut self, cid: u16) {
         if self.subs.get(&cid).is_some_and(AckMerge::done) {
             if let Some(m) = self.subs.remove(&cid) {
-                self.to_client(m.encode(cid, self.v5()));
+                self.queue_client(m.encode(cid, self.v5()));
             }
         }
     }
@@ -264,7 +264,7 @@ impl Session {
         match m.stage {
             Stage::Ack => {
                 self.pubs.remove(&cid);
-                self.to_client(ack(pk::PUBACK, cid, v5, reason));
+                self.queue_client(ack(pk::PUBACK, cid, v5, reason));
             }
             Stage::Rec => {
                 if reason >= 0x80 {
@@ -272,11 +272,11 @@ impl Session {
                 } else {
                     m.next(Stage::Released, Vec::new());
                 }
-                self.to_client(ack(pk::PUBREC, cid, v5, reason));
+                self.queue_client(ack(pk::PUBREC, cid, v5, reason));
             }
             Stage::Comp => {
                 self.pubs.remove(&cid);
-                self.to_client(ack(pk::PUBCOMP, cid, v5, 0));
+                self.queue_client(ack(pk::PUBCOMP, cid, v5, 0));
             }
             Stage::Released => {}
         }
@@ -323,7 +323,7 @@ impl Session {
                 }
             }
             pk::PUBREL => match self.slots[idx].rel.get(&nid).copied() {
-                Some(cid) => self.to_client(ack(pk::PUBREL, cid, v5, 0)),
+                Some(cid) => self.queue_client(ack(pk::PUBREL, cid, v5, 0)),
                 None => self.send_node(idx, ack(pk::PUBCOMP, nid, v5, 0x92)),
             },
             pk::SUBACK | pk::UNSUBACK => {
@@ -381,7 +381,7 @@ impl Session {
         }
         self.slots[idx].to_client.inc();
         let Some(at) = v.id_at else {
-            self.to_client(&*p);
+            self.queue_client(&*p);
             return;
         };
         match self.inbound.alloc(In {
@@ -391,7 +391,7 @@ impl Session {
         }) {
             Ok(cid) => {
                 set_id(p, at, cid);
-                self.to_client(&*p);
+                self.queue_client(&*p);
             }
             Err(_) => {
                 // Not reached: the loop reads the nodes only while an id is free.
@@ -402,12 +402,6 @@ impl Session {
 }
 
 impl Session {
-    /// Take a batch of node packets and handle what the bounds allow now.
-    pub(super) fn on_batch(&mut self, b: Batch) {
-        self.held.push(b);
-        self.handle_held();
-    }
-
     /// Handle held node packets, oldest first, until none is left, the client can
     /// take no more, or the session ends.
     pub(super) fn handle_held(&mut self) {

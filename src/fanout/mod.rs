@@ -3,19 +3,23 @@
 //! node of the cluster at once and sees one ordinary MQTT session (docs/fanout.md).
 //!
 //! Entered from [`crate::session`] once the CONNECT is read and admitted, instead of
-//! routing to one node. Layers: `session` (the task and its loop) uses `link` (one
-//! node connection each), `handle` (the packet handlers), and the pure parts:
+//! routing to one node. Layers: `session` (the task and its loop) uses `io` (the
+//! client's and the nodes' sockets, polled in the session task), `link` (setting up
+//! one node connection), `handle` (the packet handlers), and the pure parts:
 //! `ids` (packet identifier tables), `merge` (SUBACK and acknowledgement merging),
 //! `packet` (PUBLISH views, acknowledgements, topic matching).
 
 mod batch;
 mod handle;
 pub mod ids;
+mod io;
 mod link;
+mod logline;
 pub mod merge;
 mod outbox;
 pub mod packet;
 mod session;
+mod setup;
 
 pub use session::End;
 
@@ -47,6 +51,8 @@ pub struct Client<S> {
     pub v5: bool,
     pub keep_alive: u16,
     pub client_id: String,
+    /// The access-log line in the making (`None` when the access log is off).
+    pub access: Option<Box<crate::access::Entry>>,
 }
 
 /// Run a fan-out session for a client `rule` matched; `keep` (the connection's
@@ -74,6 +80,11 @@ pub async fn serve<S, K>(
         data.metrics.reject(lname, Reject::Busy);
         let code = if client.v5 { 0x89 } else { 0x03 };
         crate::reply::refuse(&mut client.stream, client.v5, code).await;
+        if let Some(mut e) = client.access.take() {
+            e.connack(crate::access::ConnackSeen::Code(code));
+            e.rejected(Reject::Busy);
+            e.finish(0, 0);
+        }
         return;
     }
     gauge.inc();
@@ -82,6 +93,7 @@ pub async fn serve<S, K>(
         .with_label_values(&[cluster.as_str(), "fanout"])
         .inc();
     tracing::debug!(client_id = %client.client_id, "fan-out session starts");
+    let first_read = client.buf.len() as u64;
     let mut buf = client.buf;
     let rest = buf.split_off(client.len.min(buf.len()));
     let start = session::Start {
@@ -96,7 +108,15 @@ pub async fn serve<S, K>(
         keep_alive: client.keep_alive,
         client_id: client.client_id,
     };
-    let end = session::run(start, client.stream).await;
+    let outcome = session::run(start, client.stream).await;
+    let end = outcome.end;
+    if let Some(e) = client.access {
+        let o = session::Outcome {
+            from_client: outcome.from_client + first_read,
+            ..outcome
+        };
+        logline::finish(e, &o);
+    }
     tracing::debug!(reason = end.as_str(), "fan-out session ended");
     data.metrics
         .fanout

@@ -2,7 +2,8 @@
 //!
 //! Set-up: a node connection ([`super::link`]) to every usable node (up, not in
 //! `maint`), each sent the client's CONNECT unchanged; one CONNACK to the client
-//! once every node answered or the deadline passed. Then one loop:
+//! once every node answered or the deadline passed. Then one loop, whose sockets —
+//! the client's and every node's — are polled in one future ([`super::io`]):
 //! - client packets ([`Session::on_client`], in `handle.rs`) and node packets
 //!   ([`Session::on_node`]), whole, in order per connection;
 //! - backpressure: the client is read only while every node's write queue is under
@@ -13,24 +14,24 @@
 //!   subscriptions are replayed there before anything else is sent to it;
 //! - PINGREQ answered here; the client's keep-alive (× 1.5) enforced here.
 
-use super::batch::{Batch, Held};
+use super::batch::Held;
 use super::ids::Ids;
-use super::link::{self, LinkHandle, LinkStart, Up};
+use super::io::{close_client, close_nodes, READ_BUF};
+use super::link::{self, LinkStart, NodeIo, Up};
 use super::merge::{AckMerge, PubMerge};
-use super::outbox::{Outbox, OutboxTx};
+use super::outbox::Outbox;
 use crate::cluster::{AdminState, Health, Node};
 use crate::config::{ClusterConfig, FanoutRule};
 use crate::mqtt::scanner::{Scanned, Scanner};
 use crate::proxy::ClientCtx;
 use crate::runtime::{DataPath, ListenerRt};
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, Notify};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Bytes queued for one connection (client or node) before the other side is no
 /// longer read.
@@ -38,10 +39,8 @@ pub const QUEUE_MAX: usize = 1024 * 1024;
 /// Subscriptions a session keeps for replay; more are forwarded but not kept.
 pub const MAX_STORED: usize = 10_000;
 /// First pause before a node that failed or refused is tried again (doubling to 30 s).
-const RETRY_FIRST: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(30);
-/// Node events handled per turn of the session loop at most.
-const DRAIN: usize = 256;
+pub(super) const RETRY_FIRST: Duration = Duration::from_secs(1);
+pub(super) const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// What the session needs from the set-up path.
 pub struct Start {
@@ -117,7 +116,10 @@ pub(super) struct Slot {
     pub node: Arc<Node>,
     pub gen: u32,
     pub state: LinkState,
-    pub link: Option<LinkHandle>,
+    /// The set-up task while `Connecting` (cancelled to drop it).
+    pub connecting: Option<CancellationToken>,
+    /// The connection, once the node accepted (`Up`).
+    pub io: Option<Box<NodeIo>>,
     pub out: Ids<Out>,
     /// QoS 2 from the node whose PUBREC went back: node identifier → client's.
     pub rel: HashMap<u16, u16>,
@@ -143,18 +145,32 @@ pub(super) struct Session {
     pub subs: HashMap<u16, AckMerge>,
     pub pubs: HashMap<u16, PubMerge>,
     pub stored: Vec<Stored>,
-    pub client: OutboxTx,
-    pub drained: Arc<Notify>,
+    /// Bytes queued for the client.
+    pub client: Outbox,
+    /// A write to the client failed: nothing more is written to it.
+    pub client_failed: bool,
+    /// A read or write of the client failed (`close=client_error` in the access log).
+    pub client_error: bool,
+    /// Bytes read from the client after the first read (the CONNECT's).
+    pub from_client: u64,
+    /// The CONNACK code sent to the client, if one was.
+    pub connack_sent: Option<u8>,
+    /// The nodes that accepted the session at some point, in that order.
+    pub joined: Vec<String>,
     pub up_tx: mpsc::Sender<Up>,
-    /// Node packets taken from the channel and not handled yet.
+    /// Node packets read and not handled yet.
     pub held: Held,
+    /// The read buffer every socket is read into, in turn (`READ_BUF` bytes).
+    pub rbuf: Vec<u8>,
+    /// The node read first in the next pass (turns, for fairness).
+    pub next_node: usize,
     /// Set when a handler decides the session ends.
     pub end: Option<End>,
 }
 
 impl Session {
     /// Queue bytes for the client.
-    pub fn to_client(&self, bytes: impl AsRef<[u8]>) {
+    pub fn queue_client(&mut self, bytes: impl AsRef<[u8]>) {
         self.client.push(bytes.as_ref());
     }
 
@@ -181,7 +197,8 @@ impl Session {
             state: LinkState::Idle {
                 retry_at: Instant::now(),
             },
-            link: None,
+            connecting: None,
+            io: None,
             out: Ids::new(65_535),
             rel: HashMap::new(),
             backoff: RETRY_FIRST,
@@ -189,12 +206,12 @@ impl Session {
     }
 
     fn connect_slot(&mut self, idx: usize) {
-        let keep_alive = Duration::from_secs(u64::from(self.start.keep_alive));
         let cluster_tls = self.start.lst.cluster.tls();
         let s = &mut self.slots[idx];
         s.gen = s.gen.wrapping_add(1);
         s.state = LinkState::Connecting;
-        s.link = Some(link::start(
+        s.io = None;
+        s.connecting = Some(link::start(
             LinkStart {
                 node: s.node.clone(),
                 idx,
@@ -203,10 +220,8 @@ impl Session {
                 tls: cluster_tls,
                 ctx: self.start.ctx.clone(),
                 connect: self.connect.clone(),
-                keep_alive,
                 max_packet: self.start.rule.max_packet_size,
                 up: self.up_tx.clone(),
-                drained: self.drained.clone(),
             },
             &self.start.data.tracker,
         ));
@@ -241,9 +256,10 @@ impl Session {
     pub fn lost(&mut self, idx: usize, pause: Duration) {
         let was_up = self.slots[idx].state == LinkState::Up;
         let s = &mut self.slots[idx];
-        if let Some(l) = s.link.take() {
-            l.stop.cancel();
+        if let Some(stop) = s.connecting.take() {
+            stop.cancel();
         }
+        s.io = None;
         if was_up {
             s.upstreams.dec();
         }
@@ -291,22 +307,31 @@ impl Session {
         self.client.queued() < QUEUE_MAX && self.inbound.available()
     }
 
-    fn queues_ok(&self) -> bool {
+    pub(super) fn queues_ok(&self) -> bool {
         self.slots
             .iter()
-            .all(|s| s.link.as_ref().is_none_or(|l| l.queued() < QUEUE_MAX))
+            .all(|s| s.io.as_ref().is_none_or(|io| io.out.queued() < QUEUE_MAX))
     }
 }
 
-/// Run a fan-out session to its end; returns why it ended.
-pub async fn run<S>(start: Start, client: S) -> End
+/// How a session went: why it ended and what the access log reports.
+pub struct Outcome {
+    pub end: End,
+    pub client_error: bool,
+    /// Bytes read from the client after its first read.
+    pub from_client: u64,
+    pub to_client: u64,
+    pub connack: Option<u8>,
+    /// The nodes it was connected to (at some point), in that order.
+    pub nodes: Vec<String>,
+}
+
+/// Run a fan-out session to its end.
+pub async fn run<S>(start: Start, mut client: S) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut rd, wr) = tokio::io::split(client);
-    let (client_out, client_box) = OutboxTx::new();
-    let drained = Arc::new(Notify::new());
-    let (up_tx, mut up_rx) = mpsc::channel(64);
+    let (up_tx, mut up_rx) = mpsc::channel(16);
     let cluster = start.lst.cluster.name.clone();
     let connect = Arc::new(start.connect.clone());
     let mut s = Session {
@@ -318,43 +343,52 @@ where
         subs: HashMap::new(),
         pubs: HashMap::new(),
         stored: Vec::new(),
-        client: client_out,
-        drained: drained.clone(),
+        client: Outbox::default(),
+        client_failed: false,
+        client_error: false,
+        from_client: 0,
+        connack_sent: None,
+        joined: Vec::new(),
         up_tx,
         held: Held::default(),
+        rbuf: vec![0; READ_BUF],
+        next_node: 0,
         end: None,
     };
-    let writer = client_writer(wr, client_box, drained.clone());
-    tokio::pin!(writer);
-    let mut written_out = false;
-    let end = s
-        .drive(&mut rd, &mut up_rx, writer.as_mut(), &mut written_out)
-        .await;
+    let end = s.drive(&mut client, &mut up_rx).await;
     // Node connections still being set up are stopped (they must not log the client
-    // in after it left); dropping the session's senders lets every other writer flush
-    // and close its side.
-    for slot in &s.slots {
-        if slot.state == LinkState::Connecting {
-            if let Some(l) = &slot.link {
-                l.stop.cancel();
-            }
+    // in after it left); the others get what is queued for them, then close.
+    let mut ios = Vec::new();
+    for slot in &mut s.slots {
+        if let Some(stop) = slot.connecting.take() {
+            stop.cancel();
         }
+        if slot.state == LinkState::Up {
+            slot.upstreams.dec();
+        }
+        ios.extend(slot.io.take().map(|io| *io));
     }
-    drop(s);
-    if !written_out {
-        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    close_nodes(ios, &s.start.data.tracker);
+    let mut to_client = s.client.written;
+    if !s.client_failed {
+        to_client += close_client(&mut client, s.client.take_rest()).await;
     }
-    end
+    Outcome {
+        end,
+        client_error: s.client_error,
+        from_client: s.from_client,
+        to_client,
+        connack: s.connack_sent,
+        nodes: std::mem::take(&mut s.joined),
+    }
 }
 
 impl Session {
     /// Set-up, then the loop; see the module comment.
-    async fn drive<R: AsyncRead + Unpin, W: Future<Output = ()>>(
+    async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
-        rd: &mut R,
+        client: &mut S,
         up_rx: &mut mpsc::Receiver<Up>,
-        mut writer: Pin<&mut W>,
-        writer_done: &mut bool,
     ) -> End {
         if let Err(end) = self.connect_all(up_rx).await {
             return end;
@@ -371,86 +405,64 @@ impl Session {
         }
         let ka = Duration::from_millis(u64::from(self.start.keep_alive) * 1500);
         let mut last_read = Instant::now();
-        let mut buf = Vec::with_capacity(16 * 1024);
+        // PINGREQ to every node each keep-alive period (their PINGRESPs are dropped).
+        let ping_every = Duration::from_secs(u64::from(self.start.keep_alive));
+        let mut ping = (!ping_every.is_zero()).then(|| {
+            let mut i = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
         let closed = self.start.lst.closed.clone();
         let cluster = self.start.lst.cluster.clone();
-        let drained = self.drained.clone();
         loop {
-            if !self.held.is_empty() {
-                self.handle_held();
-            }
             if let Some(e) = self.end {
                 return e;
             }
-            let read_client = self.queues_ok();
-            // The node channel is read once every packet taken from it is handled.
-            let read_nodes = self.nodes_readable() && self.held.is_empty();
             let retry = self.next_retry();
             let changed = cluster.changed();
-            // In this order, each turn: the client writer first (it writes what the
-            // last turn queued, once, before more is taken), the client's packets
-            // (acknowledgements free identifiers) before the nodes'.
+            let tick = async {
+                match ping.as_mut() {
+                    Some(i) => {
+                        i.tick().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = closed.closed() => return End::Shutdown,
-                _ = &mut writer => {
-                    *writer_done = true;
-                    return End::ClientClosed;
-                }
                 _ = changed => self.reconcile(),
                 _ = sleep_opt(retry) => self.reconcile(),
                 _ = tokio::time::sleep_until(last_read + ka), if !ka.is_zero() => {
                     tracing::debug!("fan-out client silent past 1.5 × its keep-alive: closed");
                     return End::KeepAlive;
                 }
-                _ = drained.notified(), if !(read_client && read_nodes) => {}
-                r = rd.read_buf(&mut buf), if read_client => {
-                    match r {
-                        Ok(0) => return End::ClientClosed,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "fan-out client read failed");
-                            return End::ClientClosed;
-                        }
-                        Ok(_) => {}
-                    }
-                    last_read = Instant::now();
-                    let data = std::mem::take(&mut buf);
-                    let e = self.client_bytes(&mut scanner, &data);
-                    buf = data;
-                    buf.clear();
-                    if buf.capacity() > 256 * 1024 {
-                        buf = Vec::with_capacity(16 * 1024);
-                    }
-                    if let Some(e) = e {
-                        return e;
-                    }
-                }
-                ev = up_rx.recv(), if read_nodes => match ev {
-                    Some(ev) => {
-                        self.on_up(ev);
-                        // Take what else is there now, within the same bounds: one
-                        // turn of this loop (its timers) per batch, not per message.
-                        for _ in 0..DRAIN {
-                            if self.end.is_some()
-                                || !self.nodes_readable()
-                                || !self.held.is_empty()
-                            {
-                                break;
-                            }
-                            match up_rx.try_recv() {
-                                Ok(ev) => self.on_up(ev),
-                                Err(_) => break,
-                            }
-                        }
-                    }
+                _ = tick => self.ping_nodes(),
+                ev = up_rx.recv() => match ev {
+                    Some(ev) => self.on_up(ev),
+                    // Not reached: the session holds a sender.
                     None => return End::NoNode,
                 },
+                turn = std::future::poll_fn(|cx| self.poll_io(cx, client, &mut scanner)) => {
+                    if turn.client_read {
+                        last_read = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queue a PINGREQ for every connected node.
+    fn ping_nodes(&mut self) {
+        for s in &mut self.slots {
+            if let Some(io) = s.io.as_mut() {
+                io.out.push(&super::packet::PINGREQ_BYTES);
             }
         }
     }
 
     /// Feed client bytes to the scanner and handle each whole packet.
-    fn client_bytes(&mut self, scanner: &mut Scanner, data: &[u8]) -> Option<End> {
+    pub(super) fn client_bytes(&mut self, scanner: &mut Scanner, data: &[u8]) -> Option<End> {
         let mut packets = Vec::new();
         let mut bad = None;
         scanner.feed(data, |ev| match ev {
@@ -476,167 +488,25 @@ impl Session {
         None
     }
 
-    /// Connect to every usable node and answer the client's CONNECT.
-    async fn connect_all(&mut self, up_rx: &mut mpsc::Receiver<Up>) -> Result<(), End> {
-        self.reconcile();
-        let cfg = self.start.cfg.clone();
-        let wait = cfg.connect_timeout
-            + if cfg.connack_timeout.is_zero() {
-                Duration::from_secs(10)
-            } else {
-                cfg.connack_timeout
-            };
-        let deadline = Instant::now() + wait;
-        let mut accepted: Option<Vec<u8>> = None;
-        let mut present = true;
-        let mut refusal: Option<Vec<u8>> = None;
-        // Packets of nodes that accepted early wait for the client's CONNACK.
-        let mut early = Vec::new();
-        while self.slots.iter().any(|s| s.state == LinkState::Connecting) {
-            let ev = tokio::select! {
-                ev = up_rx.recv() => ev,
-                _ = tokio::time::sleep_until(deadline) => break,
-            };
-            let Some(ev) = ev else { break };
-            match ev {
-                Up::Connack { idx, gen, bytes } if self.slots[idx].gen == gen => {
-                    match self.connack(idx, &bytes) {
-                        Some(sp) => {
-                            present &= sp;
-                            if accepted.is_none() {
-                                accepted = Some(bytes);
-                            }
-                        }
-                        None => {
-                            if refusal.is_none() {
-                                refusal = Some(bytes);
-                            }
-                        }
-                    }
-                }
-                ev @ Up::Packets { .. } => early.push(ev),
-                ev => self.on_up(ev),
-            }
-        }
-        // Nodes still connecting answer later, like nodes that come up.
-        let Some(mut ack) = accepted else {
-            for i in 0..self.slots.len() {
-                if let Some(l) = self.slots[i].link.take() {
-                    l.stop.cancel();
-                }
-            }
-            return match refusal {
-                Some(bytes) => {
-                    tracing::debug!(
-                        "fan-out: every node refused the CONNECT; the first refusal is passed on"
-                    );
-                    self.to_client(bytes);
-                    Err(End::Refused)
-                }
-                None => {
-                    let v5 = self.start.v5;
-                    let why = "no node of the cluster accepted the fan-out session";
-                    tracing::debug!(reason = "no_node", "refused: {why}");
-                    let lname = self.start.lst.config.name.clone();
-                    self.start
-                        .data
-                        .metrics
-                        .reject(&lname, crate::metrics::Reject::NoNode);
-                    if cfg.no_node_reply.connack_for(v5) {
-                        self.to_client(crate::mqtt::unavailable_reply(
-                            v5,
-                            &format!("mqgate: {why}"),
-                        ));
-                    }
-                    Err(End::NoNode)
-                }
-            };
-        };
-        if let Some(at) = super::packet::ack_id(&ack).map(|(_, at)| at) {
-            if let Some(f) = ack.get_mut(at) {
-                *f = (*f & !1) | u8::from(present);
-            }
-        }
-        self.to_client(ack);
-        for ev in early {
-            self.on_up(ev);
-        }
-        Ok(())
-    }
-
-    /// A node's CONNACK: `Some(session_present)` if it accepted (its connection is
-    /// then up and the stored subscriptions are replayed), else `None` (retried later).
-    pub fn connack(&mut self, idx: usize, bytes: &[u8]) -> Option<bool> {
-        let info = match crate::mqtt::observe_connack(bytes) {
-            Ok(crate::mqtt::Parse::Complete(i)) => Some(i),
-            _ => None,
-        };
-        let node = self.slots[idx].node.name.clone();
-        let code = info.map(|i| i.code).unwrap_or(0xFF);
-        self.start
-            .data
-            .metrics
-            .connack
-            .with_label_values(&[&self.cluster, &node, crate::metrics::code_label(code)])
-            .inc();
-        match info {
-            Some(i) if i.code == 0 => {
-                let s = &mut self.slots[idx];
-                s.state = LinkState::Up;
-                s.backoff = RETRY_FIRST;
-                s.upstreams.inc();
-                tracing::debug!(node = %node, session_present = i.session_present, "fan-out: node accepted");
-                self.replay(idx);
-                Some(i.session_present)
-            }
-            _ => {
-                tracing::debug!(node = %node, code, "fan-out: node refused the CONNECT; retried later");
-                let pause = self.slots[idx].backoff;
-                self.slots[idx].backoff = (pause * 2).min(RETRY_MAX);
-                self.lost(idx, pause);
-                None
-            }
-        }
-    }
-
-    /// Send the stored subscriptions to a node that just accepted, before anything
-    /// else; their SUBACKs are consumed here.
-    fn replay(&mut self, idx: usize) {
-        let v5 = self.start.v5;
-        let s = &mut self.slots[idx];
-        let mut out = Vec::new();
-        for st in &self.stored {
-            let Ok(nid) = s.out.alloc(Out::Replay) else {
-                break;
-            };
-            out.extend(crate::mqtt::subscribe::encode_subscribe(
-                nid, v5, &st.props, &st.filter, st.options,
-            ));
-        }
-        if !out.is_empty() {
-            tracing::debug!(node = %s.node.name, filters = self.stored.len(), "fan-out: subscriptions replayed");
-            if let Some(l) = &s.link {
-                l.send(out);
-            }
-        }
-    }
-
     /// Handle one event of a node connection.
-    fn on_up(&mut self, ev: Up) {
+    pub(super) fn on_up(&mut self, ev: Up) {
         match ev {
-            Up::Connack { idx, gen, bytes } => {
-                if self.slots.get(idx).is_some_and(|s| s.gen == gen) {
-                    let _ = self.connack(idx, &bytes);
-                }
-            }
-            Up::Packets { idx, gen, bytes } => self.on_batch(Batch {
+            Up::Connack {
                 idx,
                 gen,
                 bytes,
-                at: 0,
-            }),
-            Up::Lost { idx, gen, why } => {
+                io,
+            } => {
                 if self.slots.get(idx).is_some_and(|s| s.gen == gen) {
+                    let _ = self.connack(idx, &bytes, io);
+                }
+            }
+            Up::Lost { idx, gen, why } => {
+                if self
+                    .slots
+                    .get(idx)
+                    .is_some_and(|s| s.gen == gen && s.state == LinkState::Connecting)
+                {
                     tracing::debug!(node = %self.slots[idx].node.name, %why, "fan-out: node connection ended");
                     let pause = self.slots[idx].backoff;
                     self.lost(idx, pause);
@@ -656,30 +526,4 @@ async fn sleep_opt(at: Option<Instant>) {
             tokio::time::sleep(Duration::from_secs(1)).await
         }
     }
-}
-
-/// Write what the session queues for the client, all of it at once; ends on a write
-/// error or when the session has dropped its end (then the write side is shut down).
-async fn client_writer<W: AsyncWrite + Unpin>(mut wr: W, out: Arc<Outbox>, drained: Arc<Notify>) {
-    let mut mine: Vec<u8> = Vec::new();
-    loop {
-        out.take(&mut mine);
-        if !mine.is_empty() {
-            if wr.write_all(&mine).await.is_err() {
-                return;
-            }
-            mine.clear();
-            if mine.capacity() > 2 * QUEUE_MAX {
-                mine = Vec::new();
-            }
-            drained.notify_one();
-            continue;
-        }
-        if out.is_closed() {
-            break;
-        }
-        out.ready().await;
-    }
-    let _ = wr.flush().await;
-    let _ = wr.shutdown().await;
 }

@@ -1,0 +1,128 @@
+//! Fan-out sessions in the access log (issue 28, docs/fanout.md "Access log"): one
+//! line per session, with the client id, the nodes it was connected to, the bytes
+//! each way and why it ended; and its upstream gauges back to 0 once it ended.
+
+use crate::common::admin::set_node_state;
+use crate::common::fleet::addresses;
+use crate::common::*;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+const RULE: &str = "[[clusters.brokers.fanout]]\nclients = \"backend-*\"\n";
+
+/// The first line of `path` with every needle in it (waited for).
+fn wait_line(path: &Path, needles: &[&str]) -> String {
+    let mut found = String::new();
+    wait_until(T, &format!("access-log line with {needles:?}"), || {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        match text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+            Some(l) => {
+                found = l.to_string();
+                true
+            }
+            None => false,
+        }
+    });
+    found
+}
+
+/// The number after `key=` in a logfmt line.
+fn number(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key} in {line}"))
+}
+
+#[test]
+fn fanout_sessions_write_an_access_log_line_with_nodes_bytes_and_close_reason() {
+    let dir = tempdir();
+    let d = dir.path();
+    let nodes = Mosquitto::start_nodes(d, 2);
+    let file = d.join("access.log");
+    let (gate, listen) = Gate::start_with(d, "gate", |listen, admin| {
+        format!(
+            "[log]\naccess = \"{}\"\n\n{}",
+            file.display(),
+            gate_config(listen, admin, "dynsec", &addresses(&nodes), "", "", RULE)
+        )
+    });
+    for n in &nodes {
+        gate.wait_node_up(&n.name);
+    }
+    let upstreams = |node: &str| {
+        gate.metric(
+            "mqgate_fanout_upstreams",
+            &[("cluster", "brokers"), ("node", node)],
+        )
+    };
+
+    // A backend that subscribes, receives one message and disconnects: close=client.
+    let (mut c, _) = Client::accepted(listen, &Connect::new("backend-log1")).expect("backend");
+    c.subscribe("tele/#").expect("subscribe");
+    for n in &nodes {
+        assert_eq!(upstreams(&n.name), 1.0, "connected to {}", n.name);
+    }
+    mosquitto_pub(&[
+        "-p",
+        &nodes[1].port.to_string(),
+        "-h",
+        "127.0.0.1",
+        "-q",
+        "1",
+        "-t",
+        "tele/x",
+        "-m",
+        "hello",
+    ]);
+    let (_, p) = c.next_publish(T).expect("the backend receives");
+    assert_eq!(p, b"hello");
+    c.disconnect();
+    let line = wait_line(&file, &["client_id=backend-log1 "]);
+    assert!(line.contains("close=client"), "{line}");
+    assert!(line.contains("protocol=3.1.1"), "{line}");
+    assert!(line.contains("cluster=brokers"), "{line}");
+    assert!(line.contains("connack=0"), "{line}");
+    // Every node it was connected to, in the order they accepted it.
+    let mut listed = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("node="))
+        .unwrap_or_else(|| panic!("node in {line}"))
+        .split(',')
+        .collect::<Vec<_>>();
+    listed.sort_unstable();
+    let names = nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>();
+    assert_eq!(listed, names, "{line}");
+    // CONNECT + SUBSCRIBE + PUBACK + DISCONNECT from the client; CONNACK + SUBACK +
+    // the PUBLISH to it.
+    assert!(number(&line, "to_broker") > 20, "{line}");
+    assert!(number(&line, "to_client") > 4 + 5 + 13, "{line}");
+    // Its node connections are gone, and counted so.
+    for n in &nodes {
+        wait_until(T, &format!("upstreams of {} back to 0", n.name), || {
+            upstreams(&n.name) == 0.0
+        });
+    }
+
+    // A backend closed for a malformed SUBSCRIBE: close=malformed.
+    let mut s = raw_session(listen, "backend-log2");
+    let _ = s.write_all(&mqtt_packet(0x82, &[0, 1, 0, 1, b'a', 0x07]));
+    let (_, ended) = read_to_close(&mut s, T);
+    assert_eq!(ended, Ended::Eof, "a clean close");
+    let line = wait_line(&file, &["client_id=backend-log2 "]);
+    assert!(line.contains("close=malformed"), "{line}");
+    assert!(!line.contains("reject="), "{line}");
+
+    // Every node down: the fan-out client is refused like any other (reject=no_node).
+    for n in &nodes {
+        set_node_state(gate.admin_port, &n.name, "maint");
+    }
+    let refused = crate::common::mqtt::session(listen, &Connect::new("backend-log3"));
+    assert!(refused.is_err(), "refused with no node");
+    let line = wait_line(&file, &["client_id=backend-log3 "]);
+    assert!(line.contains("close=rejected"), "{line}");
+    assert!(line.contains("reject=no_node"), "{line}");
+    assert!(line.contains("node=-"), "{line}");
+}
