@@ -160,7 +160,7 @@ mod tests {
     #[test]
     fn pipes_take_only_what_max_connections_leaves_of_the_open_file_limit() {
         // 1000 connections: 2002 descriptors; a quarter of them as pipes at most.
-        let c = cfg(1000);
+        let c = cfg_with(1000, "splice = \"auto\"\n");
         assert_eq!(
             pipe_budget(&c, None),
             250,
@@ -178,9 +178,10 @@ mod tests {
             0,
             "over the limit already: no pipes"
         );
+        assert_eq!(pipe_budget(&cfg(1000), None), 0, "splice is off by default");
         let off = cfg_with(1000, "splice = \"off\"\n");
         assert_eq!(pipe_budget(&off, None), 0);
-        let set = cfg_with(1000, "max_pipes = 40\n");
+        let set = cfg_with(1000, "splice = \"auto\"\nmax_pipes = 40\n");
         assert_eq!(
             pipe_budget(&set, Some(1024)),
             40,

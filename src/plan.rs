@@ -240,13 +240,10 @@ mod tests {
     #[test]
     fn splice_settings_changes_are_planned() {
         let old = cfg(&[("a", 1883)], &["x"], "");
-        let off = cfg(&[("a", 1883)], &["x"], "[limits]\nsplice = \"off\"\n");
-        assert_eq!(diff(&after(&old), &off).splice, Some((Splice::Off, None)));
+        let on = cfg(&[("a", 1883)], &["x"], "[limits]\nsplice = \"auto\"\n");
+        assert_eq!(diff(&after(&old), &on).splice, Some((Splice::Auto, None)));
         let few = cfg(&[("a", 1883)], &["x"], "[limits]\nmax_pipes = 4\n");
-        assert_eq!(
-            diff(&after(&off), &few).splice,
-            Some((Splice::Auto, Some(4)))
-        );
+        assert_eq!(diff(&after(&on), &few).splice, Some((Splice::Off, Some(4))));
         assert_eq!(diff(&after(&few), &few).splice, None);
     }
 }

@@ -3,8 +3,8 @@
 //! counters and access-log totals are those of the copy path, a half-close and a
 //! client's reset in the middle of a spliced transfer behave as without splice, a
 //! broker that stops reading backpressures the client with bounded memory and pipes,
-//! transfers complete by copying when no pipe is left, and `splice = "off"` (also by
-//! reload) keeps every byte on the copy path.
+//! transfers complete by copying when no pipe is left, and `splice = "off"` (the
+//! default; also by reload) keeps every byte on the copy path.
 
 use crate::common::mqtt::read_packet;
 use crate::common::*;
@@ -177,11 +177,12 @@ fn access_totals(path: &std::path::Path, prefix: &str) -> Vec<(u64, u64)> {
 fn large_messages_arrive_intact_and_counted_as_on_the_copy_path() {
     // Two gateways in front of one broker: splice on (pipes from the open-file limit
     // beside 1,000 connections) and off. The same traffic through each.
-    let on = setup("max_connections = 1000\n");
+    let on = setup("splice = \"auto\"\nmax_connections = 1000\n");
     let dir = tempdir();
     let (port, admin) = (free_port(), free_port());
     let off_access = dir.path().join("access.log");
-    let off_toml = config(port, admin, &on.broker, "splice = \"off\"\n", &off_access);
+    // (splice = "off" is the default.)
+    let off_toml = config(port, admin, &on.broker, "", &off_access);
     let off_gate = Gate::start(dir.path(), "gate-off", &off_toml, admin);
     off_gate.wait_node_up("b1");
 
@@ -226,7 +227,7 @@ fn large_messages_arrive_intact_and_counted_as_on_the_copy_path() {
 
 #[test]
 fn no_pipe_left_means_copying_and_pipes_stay_within_max_pipes() {
-    let s = setup("max_pipes = 1\n");
+    let s = setup("splice = \"auto\"\nmax_pipes = 1\n");
     // The one pipe, held: a 10 MB message to a subscriber that does not read yet. Its
     // flow through the gateway takes the pipe and stalls with bytes in it.
     let mut holder = subscriber(s.port, "few-holder", "big/hold");
@@ -320,7 +321,13 @@ fn no_pipe_left_means_copying_and_pipes_stay_within_max_pipes() {
     assert!(metric(&s, "mqgate_splice_pipes_open") <= 1.0);
 
     // max_pipes = 0: no pipe at all, everything copied and intact.
-    let text = config(s.port, s.admin, &s.broker, "max_pipes = 0\n", &s.access);
+    let text = config(
+        s.port,
+        s.admin,
+        &s.broker,
+        "splice = \"auto\"\nmax_pipes = 0\n",
+        &s.access,
+    );
     s.gate.reload_with(&text);
     let before = metric(&s, "mqgate_spliced_bytes_total");
     large_round_trip(s.port, "zero");
@@ -330,7 +337,7 @@ fn no_pipe_left_means_copying_and_pipes_stay_within_max_pipes() {
 
 #[test]
 fn reloading_splice_off_keeps_new_flows_on_the_copy_path() {
-    let s = setup("max_pipes = 4\n");
+    let s = setup("splice = \"auto\"\nmax_pipes = 4\n");
     large_round_trip(s.port, "before");
     let spliced = metric(&s, "mqgate_spliced_bytes_total");
     assert!(spliced > 0.0, "spliced before the reload");
@@ -351,7 +358,7 @@ fn reloading_splice_off_keeps_new_flows_on_the_copy_path() {
 
 #[test]
 fn a_half_close_after_a_spliced_transfer_arrives_after_every_byte() {
-    let s = setup("max_pipes = 4\n");
+    let s = setup("splice = \"auto\"\nmax_pipes = 4\n");
     let mut sub = subscriber(s.broker.port, "hc-sub", "big/hc");
     let body = payload(7, 10 << 20);
     let mut publ = raw_session(s.port, "hc-pub");
@@ -397,7 +404,7 @@ fn ports_towards(port: u16, state: &str) -> Vec<u16> {
 
 #[test]
 fn a_client_reset_in_the_middle_of_a_spliced_transfer_resets_the_broker_side_too() {
-    let s = setup("max_pipes = 4\n");
+    let s = setup("splice = \"auto\"\nmax_pipes = 4\n");
     let b = s.broker.port;
     let before: Vec<u16> = ports_towards(b, "01");
     let mut sub = subscriber(s.port, "rst-sub", "big/rst");
@@ -479,7 +486,7 @@ fn numbered(i: u64, pattern: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_broker_that_stops_reading_backpressures_the_client_with_bounded_memory() {
-    let s = setup("max_pipes = 4\n");
+    let s = setup("splice = \"auto\"\nmax_pipes = 4\n");
     let gate_pid = s.gate.pid().expect("gateway pid");
     let broker_pid = s.broker.pid().expect("broker pid");
     let pattern = Arc::new(payload(0, 1 << 20));

@@ -75,7 +75,7 @@ pub struct RawLimits {
     pub shutdown_grace: String,
     #[serde(default)]
     pub threads: Option<i64>,
-    /// `"auto"` | `"off"`; unset: auto (`config::splice`).
+    /// `"auto"` | `"off"`; unset: off (`config::splice`).
     #[serde(default)]
     pub splice: Option<String>,
     /// Pipes at most for splice; unset: from the open-file limit.
