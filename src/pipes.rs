@@ -111,6 +111,8 @@ impl PipePool {
             pool: self.clone(),
             pair: Some(pair),
             in_pipe: 0,
+            fills: 0,
+            filled_bytes: 0,
         })
     }
 
@@ -139,6 +141,9 @@ pub struct Lease {
     pool: Arc<PipePool>,
     pair: Option<PipePair>,
     in_pipe: usize,
+    /// Splices into the pipe, and the bytes they moved (how large the segments are).
+    fills: u32,
+    filled_bytes: u64,
 }
 
 impl Drop for Lease {
@@ -166,6 +171,18 @@ impl Lease {
     /// `n` bytes went into the (empty) pipe.
     pub fn filled(&mut self, n: usize) {
         self.in_pipe = n;
+        self.fills = self.fills.saturating_add(1);
+        self.filled_bytes += n as u64;
+    }
+
+    /// Splices into the pipe so far.
+    pub fn fills(&self) -> u32 {
+        self.fills
+    }
+
+    /// Bytes per splice into the pipe so far (0 before the first).
+    pub fn mean_fill(&self) -> u64 {
+        self.filled_bytes / u64::from(self.fills.max(1))
     }
 
     /// `n` bytes went out of the pipe to the destination.
@@ -242,6 +259,23 @@ mod tests {
         p.configure(true, 0);
         assert!(p.take().is_none(), "max_pipes = 0: no pipe");
         assert_eq!(p.metrics.unavailable.get(), 1);
+    }
+
+    #[test]
+    fn a_lease_knows_how_large_its_fills_were() {
+        let p = pool(1);
+        let mut l = p.take().expect("a pipe");
+        assert_eq!(l.mean_fill(), 0);
+        l.filled(60_000);
+        l.drained(60_000);
+        l.filled(4_000);
+        l.drained(4_000);
+        assert_eq!(l.mean_fill(), 32_000);
+        assert_eq!(
+            p.metrics.bytes.get(),
+            64_000,
+            "spliced bytes counted as drained"
+        );
     }
 
     #[test]

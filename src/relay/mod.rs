@@ -29,6 +29,9 @@ use tokio::time::Instant;
 
 const CHUNK: usize = 16 * 1024;
 
+/// Flows copied after one whose splices moved no more than [`CHUNK`] each.
+const SMALL_SKIP: u8 = 64;
+
 /// What the broker's first packet said, reported once.
 pub trait ConnackSink {
     fn connack(&mut self, info: Option<ConnackInfo>, latency: std::time::Duration);
@@ -82,8 +85,11 @@ struct Direction {
     need_flush: bool,
     eof: bool,
     done: bool,
-    /// This large flow found no pipe (counted once); cleared when the flow ends.
-    no_pipe: bool,
+    /// Flows (runs of full reads) to copy before asking for a pipe again: 1 when this
+    /// one found none (counted once), [`SMALL_SKIP`] after a spliced flow whose pipe
+    /// fills carried no more than a copy read would (small segments: many small
+    /// messages, where splicing costs more than copying). Counted down at each flow's end.
+    skip: u8,
 }
 
 /// What a direction's copy path stopped for.
@@ -333,7 +339,11 @@ where
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Err(f)) => return Poll::Ready(Err(f)),
                     Poll::Ready(Ok(eof)) => {
-                        // The flow ended (for now): the pipe goes back, empty.
+                        // The flow ended (for now): the pipe goes back, empty. Small
+                        // segments: copy the next flows instead.
+                        if lease.fills() > 0 && lease.mean_fill() <= CHUNK as u64 {
+                            dir.skip = SMALL_SKIP;
+                        }
                         *slot = None;
                         dir.eof |= eof;
                     }
@@ -346,11 +356,11 @@ where
         {
             *spliced = None;
         }
-        let large = pipes.is_some() && !dir.no_pipe;
+        let large = pipes.is_some() && dir.skip == 0;
         match poll_direction(cx, src, dst, dir, count, large) {
             Poll::Ready(Ok(Step::Large)) => match pipes.and_then(|p| p.take()) {
                 Some(lease) => *which(spliced.get_or_insert_with(Box::default)) = Some(lease),
-                None => dir.no_pipe = true,
+                None => dir.skip = 1,
             },
             Poll::Ready(Ok(Step::Done)) => return Poll::Ready(Ok(())),
             Poll::Ready(Err(f)) => return Poll::Ready(Err(f)),
@@ -426,7 +436,9 @@ where
                 }
                 on_data(data.len(), data);
                 let full = data.len() == CHUNK;
-                dir.no_pipe &= full;
+                if !full {
+                    dir.skip = dir.skip.saturating_sub(1);
+                }
                 let mut off = 0;
                 while off < data.len() {
                     match Pin::new(&mut *dst).poll_write(cx, &data[off..]) {

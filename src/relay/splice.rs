@@ -12,10 +12,13 @@
 //! source (backpressure) and nothing is buffered beyond the pipe. When the pipe is
 //! empty and the source has nothing more right now (or ended), the pipe goes back to
 //! the pool and the direction is on the copy path again: an idle connection holds no
-//! pipe. Half-closes, resets and byte counts are those of the copy path: EOF is passed
+//! pipe. A flow whose splices move no more than a 16 KB copy read would (small
+//! segments: many small messages, where splicing costs more than copying) goes back to
+//! copying, it and the next 64 flows of that direction (`relay/mod.rs`, `SMALL_SKIP`).
+//! Half-closes, resets and byte counts are those of the copy path: EOF is passed
 //! on by it, errors are the same `Failed` values, every byte read is counted once.
 
-use super::Failed;
+use super::{Failed, CHUNK};
 use crate::pipes::Lease;
 use rustix::pipe::{splice, SpliceFlags};
 use std::io;
@@ -25,6 +28,14 @@ use tokio::net::TcpStream;
 
 /// Asked of the kernel per splice from a socket: as much as the pipe takes.
 const SPLICE_LEN: usize = 1 << 20;
+
+/// This flow's splices into the pipe moved no more than a copy read would, each.
+pub(super) fn small_segments(lease: &Lease) -> bool {
+    lease.fills() >= SMALL_AFTER && lease.mean_fill() <= CHUNK as u64
+}
+
+/// Splices into the pipe before [`small_segments`] judges a flow.
+const SMALL_AFTER: u32 = 4;
 
 fn flags() -> SpliceFlags {
     SpliceFlags::NONBLOCK | SpliceFlags::MOVE
@@ -60,6 +71,11 @@ pub(super) fn poll_flow(
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(Failed::Write(e))),
             }
+        }
+        // Small segments (many small messages): a copy read would move as much per
+        // call, at less cost; the caller copies the next flows.
+        if small_segments(lease) {
+            return Poll::Ready(Ok(false));
         }
         match src.poll_read_ready(cx) {
             Poll::Pending => return Poll::Ready(Ok(false)),
