@@ -194,7 +194,12 @@ impl Gateway {
                 for w in cfg.warning_lines() {
                     tracing::warn!("{w}");
                 }
-                if let Some(w) = crate::fdlimit::warning(&cfg, crate::fdlimit::current().soft) {
+                let soft = crate::fdlimit::current().soft;
+                let fd_warnings = [
+                    crate::fdlimit::warning(&cfg, soft),
+                    crate::fdlimit::pipe_warning(&cfg, soft),
+                ];
+                for w in fd_warnings.into_iter().flatten() {
                     tracing::warn!("{w}");
                 }
                 self.apply(cfg).await
@@ -217,6 +222,7 @@ impl Gateway {
             max_connections: Some(old.config.limits.max_connections),
             threads: Some(old.config.limits.threads),
             log_level: Some(old.config.log.level.clone()),
+            splice: Some((old.config.limits.splice, old.config.limits.max_pipes)),
         }
     }
 
@@ -332,6 +338,20 @@ impl Gateway {
             }
         }
 
+        // Pipes for splice(2): set at every apply, since their number derived from the
+        // open-file limit follows max_connections. Connections already relayed keep
+        // their listener's setting; the pool's size applies to them at once.
+        let splice_on = cfg.limits.splice == crate::config::Splice::Auto;
+        let max_pipes = crate::fdlimit::pipe_budget(&cfg, crate::fdlimit::current().soft);
+        shared.data.pipes.configure(splice_on, max_pipes);
+        if plan.splice.is_some() || plan.max_connections.is_some() {
+            tracing::info!(
+                splice = if splice_on { "auto" } else { "off" },
+                max_pipes,
+                "splice(2) for large flows between plain-TCP sockets"
+            );
+        }
+
         // Listeners: new sockets for those the plan binds, the others keep theirs.
         let mut listeners_now = HashMap::new();
         let mut to_start = Vec::new();
@@ -380,6 +400,9 @@ impl Gateway {
                     continue;
                 };
                 shared.metrics.init_listener(&l.name, l.transport());
+                // Large flows may be spliced between plain-TCP sockets only.
+                let plain = l.tls.is_none() && l.websocket.is_none();
+                let pipes = (splice_on && plain).then(|| shared.data.pipes.clone());
                 listeners_now.insert(
                     l.name.clone(),
                     Arc::new(ListenerRt {
@@ -392,6 +415,7 @@ impl Gateway {
                         closed: slot.closed.clone(),
                         local_addr: slot.local_addr,
                         active: slot.active.clone(),
+                        pipes,
                     }),
                 );
             }

@@ -52,6 +52,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod orphans;
 pub mod peers;
+pub mod pipes;
 pub mod plan;
 pub mod proxy;
 pub mod rate;

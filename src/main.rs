@@ -148,7 +148,12 @@ fn main() -> ExitCode {
                     eprintln!("{w}");
                 }
                 // `run` raises its soft limit to the hard one: that is what must fit.
-                if let Some(w) = mqgate::fdlimit::warning(&cfg, mqgate::fdlimit::current().hard) {
+                let hard = mqgate::fdlimit::current().hard;
+                let fd_warnings = [
+                    mqgate::fdlimit::warning(&cfg, hard),
+                    mqgate::fdlimit::pipe_warning(&cfg, hard),
+                ];
+                for w in fd_warnings.into_iter().flatten() {
                     eprintln!(
                         "{}: warning: {w} (this is the hard limit `mqgate check` got here; \
                          `mqgate run` raises its soft limit to its own hard limit)",
@@ -266,6 +271,9 @@ fn run(path: PathBuf, handover: Option<PathBuf>, no_watch: bool) -> ExitCode {
         "open-file limit"
     );
     if let Some(w) = mqgate::fdlimit::warning(&cfg, files.soft) {
+        tracing::warn!("{w}");
+    }
+    if let Some(w) = mqgate::fdlimit::pipe_warning(&cfg, files.soft) {
         tracing::warn!("{w}");
     }
     // With connection threads (`limits.threads`, `mqgate::workers`) this runtime only

@@ -3,6 +3,9 @@
 //! The data path never looks labels up per byte: a connection resolves its per-node
 //! handles ([`NodeMetrics`]) once when it is routed, then increments plain atomics.
 
+mod splice;
+pub use splice::SpliceMetrics;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -53,6 +56,10 @@ pub mod names {
     pub const ADMISSIONS_REFUSED_TOTAL: &str = "mqgate_admissions_refused_total";
     pub const PACED_CLOSE_LANES_LEFT: &str = "mqgate_paced_close_lanes_left";
     pub const DISCONNECTS_SENT_TOTAL: &str = "mqgate_disconnects_sent_total";
+    pub const SPLICE_PIPES_IN_USE: &str = "mqgate_splice_pipes_in_use";
+    pub const SPLICE_PIPES_OPEN: &str = "mqgate_splice_pipes_open";
+    pub const SPLICE_PIPES_UNAVAILABLE_TOTAL: &str = "mqgate_splice_pipes_unavailable_total";
+    pub const SPLICED_BYTES_TOTAL: &str = "mqgate_spliced_bytes_total";
     pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
         "mqgate_config_last_reload_success_timestamp_seconds";
 }
@@ -147,6 +154,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub shaping: ShapingMetrics,
     pub fanout: FanoutMetrics,
+    pub splice: SpliceMetrics,
     pub build_info: IntGaugeVec,
     pub connections_active: IntGaugeVec,
     pub connections_total: IntCounterVec,
@@ -195,6 +203,13 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
     c
 }
 
+fn counter_one(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
     r.register(Box::new(g.clone()))
@@ -226,6 +241,7 @@ impl Metrics {
         let m = Metrics {
             shaping: ShapingMetrics::new(&r),
             fanout: FanoutMetrics::new(&r),
+            splice: SpliceMetrics::new(&r),
             build_info: gauge(
                 &r,
                 BUILD_INFO,
@@ -442,16 +458,11 @@ impl Metrics {
                     .expect("metric registered once");
                 g
             },
-            access_log_dropped: {
-                let c = IntCounter::new(
-                    ACCESS_LOG_DROPPED_TOTAL,
-                    "Access-log lines dropped (writer behind, or its target failing).",
-                )
-                .expect("valid metric definition");
-                r.register(Box::new(c.clone()))
-                    .expect("metric registered once");
-                c
-            },
+            access_log_dropped: counter_one(
+                &r,
+                ACCESS_LOG_DROPPED_TOTAL,
+                "Access-log lines dropped (writer behind, or its target failing).",
+            ),
             identity_rewrites: counter(
                 &r,
                 IDENTITY_REWRITES_TOTAL,

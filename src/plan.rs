@@ -10,7 +10,7 @@
 //! client certificates), so a reload picks up changed files even when the config
 //! text is the same.
 
-use crate::config::Config;
+use crate::config::{Config, Splice};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
@@ -24,6 +24,8 @@ pub struct Running {
     pub max_connections: Option<usize>,
     pub threads: Option<Option<usize>>,
     pub log_level: Option<String>,
+    /// `limits.splice` and `limits.max_pipes`.
+    pub splice: Option<(Splice, Option<usize>)>,
 }
 
 impl Running {
@@ -58,6 +60,10 @@ pub struct Plan {
     pub threads_changed: bool,
     /// The new `log.level`, when it changed.
     pub log_level: Option<String>,
+    /// The new `limits.splice` and `max_pipes`, when they changed (the gateway sets
+    /// the pipe pool at every apply anyway: its derived size follows
+    /// `max_connections` and the open-file limit).
+    pub splice: Option<(Splice, Option<usize>)>,
 }
 
 /// The plan that takes `running` to `new`.
@@ -105,6 +111,10 @@ pub fn diff(running: &Running, new: &Config) -> Plan {
     {
         p.log_level = Some(new.log.level.clone());
     }
+    let splice = (new.limits.splice, new.limits.max_pipes);
+    if running.splice.is_some_and(|s| s != splice) {
+        p.splice = Some(splice);
+    }
     p
 }
 
@@ -120,6 +130,7 @@ pub fn after(new: &Config) -> Running {
         max_connections: Some(new.limits.max_connections),
         threads: Some(new.limits.threads),
         log_level: Some(new.log.level.clone()),
+        splice: Some((new.limits.splice, new.limits.max_pipes)),
     }
 }
 
@@ -223,5 +234,16 @@ mod tests {
         assert_eq!(p.max_connections, Some(10));
         assert!(p.threads_changed);
         assert_eq!(p.log_level.as_deref(), Some("debug"));
+        assert_eq!(p.splice, None, "splice settings unchanged");
+    }
+
+    #[test]
+    fn splice_settings_changes_are_planned() {
+        let old = cfg(&[("a", 1883)], &["x"], "");
+        let on = cfg(&[("a", 1883)], &["x"], "[limits]\nsplice = \"auto\"\n");
+        assert_eq!(diff(&after(&old), &on).splice, Some((Splice::Auto, None)));
+        let few = cfg(&[("a", 1883)], &["x"], "[limits]\nmax_pipes = 4\n");
+        assert_eq!(diff(&after(&on), &few).splice, Some((Splice::Off, Some(4))));
+        assert_eq!(diff(&after(&few), &few).splice, None);
     }
 }

@@ -7,6 +7,7 @@
 use crate::cluster::Cluster;
 use crate::config::{Config, ListenerConfig};
 use crate::metrics::Metrics;
+use crate::pipes::PipePool;
 use crate::rate::RateLimiter;
 use crate::sessions::SessionScope;
 use crate::workers::Workers;
@@ -46,6 +47,9 @@ pub struct ListenerRt {
     /// Connections of this listener now (kept across reloads, for its own
     /// `max_connections`).
     pub active: Arc<std::sync::atomic::AtomicUsize>,
+    /// The pipes large flows may take (`limits.splice = "auto"`, plain-TCP listeners
+    /// only; `crate::relay::splice`).
+    pub pipes: Option<Arc<PipePool>>,
 }
 
 /// How many over-limit clients may be in the middle of being refused at once.
@@ -69,6 +73,9 @@ pub struct DataPath {
     pub stopping: CancellationToken,
     /// The access log (`[log] access`); off unless configured.
     pub access: crate::access::AccessLog,
+    /// Pipes for splice(2) relaying (`limits.splice`, `max_pipes`; configured by the
+    /// gateway at start-up and every reload).
+    pub pipes: Arc<PipePool>,
 }
 
 impl DataPath {
@@ -85,6 +92,7 @@ impl DataPath {
             rate: RateLimiter::default(),
             tracker: TaskTracker::new(),
             access: crate::access::AccessLog::new(metrics.access_log_dropped.clone()),
+            pipes: Arc::new(PipePool::new(metrics.splice.clone())),
             metrics,
             workers,
             stopping: CancellationToken::new(),

@@ -53,6 +53,7 @@ mod sessions_peers;
 mod shaping;
 mod shutdown;
 mod single_live;
+mod splice;
 mod status_page;
 mod websocket;
 

@@ -96,6 +96,20 @@ pub fn summary(c: &Config) -> String {
         human(c.limits.connect_timeout),
         c.limits.max_connect_size
     );
+    // `run` raises its soft open-file limit to the hard one: the pipes it will have.
+    let _ = match c.limits.splice {
+        crate::config::Splice::Auto => writeln!(
+            s,
+            "  splice   large flows between plain-TCP sockets, at most {} pipes{}",
+            crate::fdlimit::pipe_budget(c, crate::fdlimit::current().hard),
+            if c.limits.max_pipes.is_none() {
+                " (from the open-file limit)"
+            } else {
+                ""
+            }
+        ),
+        crate::config::Splice::Off => writeln!(s, "  splice   off"),
+    };
     s
 }
 
@@ -194,6 +208,8 @@ pub fn summary_json(c: &Config) -> serde_json::Value {
         "limits": {
             "max_connections": c.limits.max_connections,
             "max_connect_size": c.limits.max_connect_size,
+            "splice": c.limits.splice == crate::config::Splice::Auto,
+            "max_pipes": crate::fdlimit::pipe_budget(c, crate::fdlimit::current().hard),
         },
         "access_log": {
             "target": c.log.access.describe(),

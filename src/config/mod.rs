@@ -16,6 +16,7 @@ mod raw;
 mod sessions;
 mod shaping;
 mod single_live;
+mod splice;
 mod tls_checks;
 mod validate;
 mod websocket;
@@ -94,6 +95,20 @@ pub struct Limits {
     /// node on this host, at least one (`crate::workers::thread_count`); 0: none,
     /// connections run on the gateway's own runtime. Read at start-up only.
     pub threads: Option<usize>,
+    /// splice(2) for large flows between plain-TCP sockets (`crate::relay::splice`).
+    pub splice: Splice,
+    /// Pipes open at most for splice (two descriptors each); `None`: what the
+    /// open-file limit leaves beside `max_connections` (`crate::fdlimit::pipe_budget`).
+    pub max_pipes: Option<usize>,
+}
+
+/// `[limits] splice`: whether large flows of the byte relay between a plain-TCP client
+/// and a plain-TCP broker move with splice(2) (`auto`, HAProxy's `option splice-auto`)
+/// or are always copied (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Splice {
+    Auto,
+    Off,
 }
 
 #[derive(Debug, Clone, PartialEq)]

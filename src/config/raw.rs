@@ -75,6 +75,12 @@ pub struct RawLimits {
     pub shutdown_grace: String,
     #[serde(default)]
     pub threads: Option<i64>,
+    /// `"auto"` | `"off"`; unset: off (`config::splice`).
+    #[serde(default)]
+    pub splice: Option<String>,
+    /// Pipes at most for splice; unset: from the open-file limit.
+    #[serde(default)]
+    pub max_pipes: Option<i64>,
 }
 
 impl Default for RawLimits {
@@ -88,6 +94,8 @@ impl Default for RawLimits {
             per_ip_connect_rate: 0,
             shutdown_grace: d_30s(),
             threads: None,
+            splice: None,
+            max_pipes: None,
         }
     }
 }

@@ -69,6 +69,8 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
         }
         (None, None) => Duration::from_secs(10),
     };
+    let (splice, max_pipes, errs) = super::splice::splice(l);
+    v.errors.extend(errs);
     let limits = Limits {
         max_connections: v.int(
             "limits.max_connections".into(),
@@ -97,6 +99,8 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
         threads: l
             .threads
             .map(|t| v.int("limits.threads".into(), t, bounds::THREADS, 0)),
+        splice,
+        max_pipes,
     };
 
     let admin = AdminConfig {

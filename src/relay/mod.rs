@@ -6,21 +6,31 @@
 //! only what the destination cannot take right now is copied to the heap (and freed as
 //! soon as it has been written). Counting uses pre-resolved counter handles: no label
 //! lookups or allocation per chunk.
+//!
+//! Between a plain-TCP client and a plain-TCP broker, a large flow may move with
+//! splice(2) instead (`splice`: a pipe per direction only while the flow lasts).
 
 pub mod packets;
 pub mod polite;
+pub mod splice;
 pub mod task;
 
 use crate::metrics::NodeMetrics;
 use crate::mqtt::{observe_connack, ConnackInfo, Parse};
+use crate::pipes::{Lease, PipePool};
+use std::any::Any;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 const CHUNK: usize = 16 * 1024;
+
+/// Flows copied after one whose splices moved no more than [`CHUNK`] each.
+const SMALL_SKIP: u8 = 64;
 
 /// What the broker's first packet said, reported once.
 pub trait ConnackSink {
@@ -75,6 +85,36 @@ struct Direction {
     need_flush: bool,
     eof: bool,
     done: bool,
+    /// Flows (runs of full reads) to copy before asking for a pipe again: 1 when this
+    /// one found none (counted once), [`SMALL_SKIP`] after a spliced flow whose pipe
+    /// fills carried no more than a copy read would (small segments: many small
+    /// messages, where splicing costs more than copying). Counted down at each flow's end.
+    skip: u8,
+}
+
+/// What a direction's copy path stopped for.
+enum Step {
+    /// The source's EOF has been passed on.
+    Done,
+    /// A read filled the whole chunk and was written on: a large flow, which may take
+    /// a pipe.
+    Large,
+}
+
+/// The pipes of the directions that are splicing a large flow now (`splice`); boxed
+/// and only while one is, so that a connection carries one pointer for it.
+#[derive(Default)]
+struct Spliced {
+    up: Option<Lease>,
+    down: Option<Lease>,
+}
+
+fn up_pipe(s: &mut Spliced) -> &mut Option<Lease> {
+    &mut s.up
+}
+
+fn down_pipe(s: &mut Spliced) -> &mut Option<Lease> {
+    &mut s.down
 }
 
 /// How a relay ended.
@@ -134,17 +174,34 @@ pub struct Pipe {
     totals: RelayTotals,
     /// The side whose close was passed on first (for the access log).
     first_close: Option<Side>,
+    /// Both sockets are plain TCP: large flows may be spliced (`splice`).
+    splice_ok: bool,
+    spliced: Option<Box<Spliced>>,
+}
+
+/// The TCP socket of a relay side, when that side is plain TCP (known from its type).
+fn plain_tcp<T: Any>(side: &T) -> Option<&tokio::net::TcpStream> {
+    (side as &dyn Any).downcast_ref()
 }
 
 impl Pipe {
-    pub fn new(started: Instant) -> Self {
+    /// The relay state of a connection whose CONNECT was forwarded at `started`.
+    /// With `splice_ok` (both sides plain TCP), large flows may be spliced.
+    pub fn new(started: Instant, splice_ok: bool) -> Self {
         Self {
             up: Direction::default(),
             down: Direction::default(),
             observer: ConnackObserver::new(started),
             totals: RelayTotals::default(),
             first_close: None,
+            splice_ok,
+            spliced: None,
         }
+    }
+
+    /// Both `client` and `broker` are plain TCP sockets (the sides a relay may splice).
+    pub fn both_plain<C: Any, B: Any>(client: &C, broker: &B) -> bool {
+        plain_tcp(client).is_some() && plain_tcp(broker).is_some()
     }
 
     /// Bytes relayed so far, each way.
@@ -169,6 +226,8 @@ impl Pipe {
 
     /// Move what can be moved now, both ways. Ready once both directions have
     /// finished (EOF passed on as a write shutdown), or on an error on either side.
+    /// `pipes`: where a large flow gets a pipe, when splicing is on for this
+    /// connection's listener.
     pub fn poll<C, B, K>(
         &mut self,
         cx: &mut Context<'_>,
@@ -176,10 +235,11 @@ impl Pipe {
         broker: &mut B,
         sink: &mut K,
         metrics: &NodeMetrics,
+        pipes: Option<&Arc<PipePool>>,
     ) -> Poll<Result<RelayTotals, RelayError>>
     where
-        C: AsyncRead + AsyncWrite + Unpin + ?Sized,
-        B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+        C: AsyncRead + AsyncWrite + Unpin + Any,
+        B: AsyncRead + AsyncWrite + Unpin + Any,
         K: ConnackSink,
     {
         let Pipe {
@@ -188,12 +248,26 @@ impl Pipe {
             observer,
             totals,
             first_close,
+            splice_ok,
+            spliced,
         } = self;
+        // Only after the broker's CONNACK: until then the observer reads the bytes.
+        let pipes = pipes.filter(|_| *splice_ok && observer.done);
         if !up.done {
-            match poll_direction(cx, &mut *client, &mut *broker, up, &mut |d| {
-                totals.to_broker += d.len() as u64;
-                metrics.to_broker.inc_by(d.len() as u64);
-            }) {
+            let mut count = |n: usize, _: &[u8]| {
+                totals.to_broker += n as u64;
+                metrics.to_broker.inc_by(n as u64);
+            };
+            match drive(
+                cx,
+                &mut *client,
+                &mut *broker,
+                up,
+                spliced,
+                up_pipe,
+                pipes,
+                &mut count,
+            ) {
                 Poll::Ready(Ok(())) => {
                     up.done = true;
                     first_close.get_or_insert(Side::Client);
@@ -203,11 +277,21 @@ impl Pipe {
             }
         }
         if !down.done {
-            match poll_direction(cx, &mut *broker, &mut *client, down, &mut |d| {
-                totals.to_client += d.len() as u64;
-                metrics.to_client.inc_by(d.len() as u64);
+            let mut count = |n: usize, d: &[u8]| {
+                totals.to_client += n as u64;
+                metrics.to_client.inc_by(n as u64);
                 observer.feed(d, sink);
-            }) {
+            };
+            match drive(
+                cx,
+                &mut *broker,
+                &mut *client,
+                down,
+                spliced,
+                down_pipe,
+                pipes,
+                &mut count,
+            ) {
                 Poll::Ready(Ok(())) => {
                     down.done = true;
                     first_close.get_or_insert(Side::Broker);
@@ -224,13 +308,77 @@ impl Pipe {
     }
 }
 
+/// One direction: its pipe first while it splices a large flow, else the copy path,
+/// which may hand a large flow over to a pipe from `pipes`. `count(n, bytes)` gets
+/// every chunk moved (`bytes` empty when spliced: after the CONNACK no one reads them).
+#[allow(clippy::too_many_arguments)]
+fn drive<R, W>(
+    cx: &mut Context<'_>,
+    src: &mut R,
+    dst: &mut W,
+    dir: &mut Direction,
+    spliced: &mut Option<Box<Spliced>>,
+    which: fn(&mut Spliced) -> &mut Option<Lease>,
+    pipes: Option<&Arc<PipePool>>,
+    count: &mut dyn FnMut(usize, &[u8]),
+) -> Poll<Result<(), Failed>>
+where
+    R: AsyncRead + Unpin + Any,
+    W: AsyncWrite + Unpin + Any,
+{
+    loop {
+        if let Some(slot) = spliced.as_deref_mut().map(which) {
+            if let Some(lease) = slot.as_mut() {
+                let flow = match (plain_tcp(&*src), plain_tcp(&*dst)) {
+                    (Some(s), Some(d)) => {
+                        splice::poll_flow(cx, s, d, lease, &mut |n| count(n, &[]))
+                    }
+                    _ => Poll::Ready(Ok(false)),
+                };
+                match flow {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(f)) => return Poll::Ready(Err(f)),
+                    Poll::Ready(Ok(eof)) => {
+                        // The flow ended (for now): the pipe goes back, empty. Small
+                        // segments: copy the next flows instead.
+                        if lease.fills() > 0 && lease.mean_fill() <= CHUNK as u64 {
+                            dir.skip = SMALL_SKIP;
+                        }
+                        *slot = None;
+                        dir.eof |= eof;
+                    }
+                }
+            }
+        }
+        if spliced
+            .as_ref()
+            .is_some_and(|s| s.up.is_none() && s.down.is_none())
+        {
+            *spliced = None;
+        }
+        let large = pipes.is_some() && dir.skip == 0;
+        match poll_direction(cx, src, dst, dir, count, large) {
+            Poll::Ready(Ok(Step::Large)) => match pipes.and_then(|p| p.take()) {
+                Some(lease) => *which(spliced.get_or_insert_with(Box::default)) = Some(lease),
+                None => dir.skip = 1,
+            },
+            Poll::Ready(Ok(Step::Done)) => return Poll::Ready(Ok(())),
+            Poll::Ready(Err(f)) => return Poll::Ready(Err(f)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+}
+
+/// The copy path of one direction. With `large`, a read that filled the whole chunk
+/// (and was written on) returns [`Step::Large`].
 fn poll_direction<R, W>(
     cx: &mut Context<'_>,
     src: &mut R,
     dst: &mut W,
     dir: &mut Direction,
-    on_data: &mut dyn FnMut(&[u8]),
-) -> Poll<Result<(), Failed>>
+    on_data: &mut dyn FnMut(usize, &[u8]),
+    large: bool,
+) -> Poll<Result<Step, Failed>>
 where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
@@ -261,9 +409,9 @@ where
             return match Pin::new(&mut *dst).poll_shutdown(cx) {
                 // A peer that already went away is not an error for a half-close.
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::NotConnected => {
-                    Poll::Ready(Ok(()))
+                    Poll::Ready(Ok(Step::Done))
                 }
-                other => other.map(|r| r.map_err(Failed::Write)),
+                other => other.map(|r| r.map(|()| Step::Done).map_err(Failed::Write)),
             };
         }
         let mut stack = [MaybeUninit::<u8>::uninit(); CHUNK];
@@ -286,7 +434,11 @@ where
                     dir.eof = true;
                     continue;
                 }
-                on_data(data);
+                on_data(data.len(), data);
+                let full = data.len() == CHUNK;
+                if !full {
+                    dir.skip = dir.skip.saturating_sub(1);
+                }
                 let mut off = 0;
                 while off < data.len() {
                     match Pin::new(&mut *dst).poll_write(cx, &data[off..]) {
@@ -304,6 +456,9 @@ where
                     }
                 }
                 dir.need_flush = true;
+                if large && full {
+                    return Poll::Ready(Ok(Step::Large));
+                }
             }
         }
     }

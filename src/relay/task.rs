@@ -58,6 +58,7 @@ impl Keep {
             sticky: &mut self.sticky,
             access: &mut self.access,
             live: &mut self.live,
+            pipes: self.lst.pipes.as_ref(),
         }
     }
 
@@ -169,10 +170,11 @@ impl BrokerStream for Box<tokio_rustls::client::TlsStream<TcpStream>> {
     }
 }
 
-impl<S, B> RelayTask<S, B> {
+impl<S: 'static, B: 'static> RelayTask<S, B> {
     /// The relay of a connection whose CONNECT (and what followed) has been forwarded
     /// at `started`; it ends when `scope` closes. With `connack_timeout` (non-zero) the
-    /// broker must answer by `started + connack_timeout`.
+    /// broker must answer by `started + connack_timeout`. Large flows are spliced when
+    /// both sides are plain TCP and the listener has pipes (`limits.splice`).
     pub fn new(
         client: S,
         broker: B,
@@ -181,10 +183,11 @@ impl<S, B> RelayTask<S, B> {
         scope: &SessionScope,
         keep: Keep,
     ) -> Self {
+        let splice_ok = keep.lst.pipes.is_some() && Pipe::both_plain(&client, &broker);
         RelayTask {
             client,
             broker,
-            pipe: Pipe::new(started),
+            pipe: Pipe::new(started, splice_ok),
             linger: None,
             connack_deadline: (!connack_timeout.is_zero())
                 .then(|| Box::pin(tokio::time::sleep_until(started + connack_timeout))),
@@ -195,7 +198,9 @@ impl<S, B> RelayTask<S, B> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> Future for RelayTask<S, B> {
+impl<S: AsyncRead + AsyncWrite + Unpin + 'static, B: BrokerStream + 'static> Future
+    for RelayTask<S, B>
+{
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -222,10 +227,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin, B: BrokerStream> Future for RelayTask<S,
         let keep = &mut *this.keep;
         let mut sink = keep.observed();
         let node = sink.node;
-        match this
-            .pipe
-            .poll(cx, this.client, this.broker, &mut sink, &node.metrics)
-        {
+        let pipes = sink.pipes;
+        match this.pipe.poll(
+            cx,
+            this.client,
+            this.broker,
+            &mut sink,
+            &node.metrics,
+            pipes,
+        ) {
             Poll::Ready(Ok(t)) => {
                 tracing::debug!(
                     to_broker = t.to_broker,
@@ -342,6 +352,8 @@ pub(super) struct Observed<'a> {
     pub(super) sticky: &'a mut Option<Box<StickyWrite>>,
     pub(super) access: &'a mut Option<Box<crate::access::Entry>>,
     pub(super) live: &'a mut Option<Box<crate::live::LiveHandle>>,
+    /// Where large flows get pipes (`crate::relay::splice`), if anywhere.
+    pub(super) pipes: Option<&'a std::sync::Arc<crate::pipes::PipePool>>,
 }
 
 impl ConnackSink for Observed<'_> {

@@ -105,6 +105,11 @@ impl Mosquitto {
         self.child.is_some()
     }
 
+    /// The broker's process id, while it runs (e.g. to stop it with SIGSTOP).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }

@@ -3,7 +3,11 @@
 user-space relay (read/write, or splice), one stock Mosquitto behind all of them, rotating the order each round.
 Uses integration/bench.d's templates and loadgen. One JSON line per run on stdout.
 
-    drive.py REPO RELAY SCENARIO TARGETS   (SCENARIO: latency | tp-QOS-SIZE; ROUNDS=3)"""
+    drive.py REPO RELAY SCENARIO TARGETS   (SCENARIO: latency | tp-QOS-SIZE | fanin-QOS-SIZE;
+                                           ROUNDS=3)
+
+fanin-QOS-SIZE is the bench's `large` shape: 4 publishers -> 1 subscriber on a wildcard.
+TARGETS: direct, haproxy, mqgate, sockmap, user, user16, splice, splice64k."""
 import json
 import os
 import socket
@@ -23,7 +27,7 @@ rounds = int(os.environ.get("ROUNDS", "3"))
 
 P = {k: bench.free_port() for k in [
     "broker_port", "broker_tls_port", "haproxy_port", "haproxy_tls_port",
-    "mqgate_port", "mqgate_tls_port", "mqgate_ws_port", "admin_port", "sockmap", "user", "splice"]}
+    "mqgate_port", "mqgate_tls_port", "mqgate_ws_port", "admin_port", "sockmap", "user", "user16", "splice", "splice64k"]}
 subprocess.run([lg, "pki", work], check=True, capture_output=True)
 os.chmod(work, 0o755)  # Mosquitto drops to its own user and must read the certificate
 for name in os.listdir(work):
@@ -38,9 +42,12 @@ cmds = {"direct": ["mosquitto", "-c", f"{work}/mosquitto.conf"],
         "mqgate": [mqgate, "run", "--config", f"{work}/mqgate.toml"],
         "sockmap": [relay, str(P["sockmap"]), bp],
         "user": [relay, str(P["user"]), bp, "user"],
-        "splice": [relay, str(P["splice"]), bp, "splice"]}
+        "splice": [relay, str(P["splice"]), bp, "splice"],
+        "user16": [relay, str(P["user16"]), bp, "user16"],
+        "splice64k": [relay, str(P["splice64k"]), bp, "splice64k"]}
 port = {"direct": P["broker_port"], "haproxy": P["haproxy_port"], "mqgate": P["mqgate_port"],
-        "sockmap": P["sockmap"], "user": P["user"], "splice": P["splice"]}
+        "sockmap": P["sockmap"], "user": P["user"], "splice": P["splice"],
+        "user16": P["user16"], "splice64k": P["splice64k"]}
 procs = {"direct": subprocess.Popen(cmds["direct"])}
 
 
@@ -77,8 +84,9 @@ try:
             if mode == "latency":
                 cmd = [lg, "latency", "--addr", a, "--rate", "20000"]
             else:
-                _, q, s = mode.split("-")
-                cmd = [lg, "throughput", "--addr", a, "--qos", q, "--size", s]
+                shape, q, s = mode.split("-")
+                cmd = [lg, "throughput", "--addr", a, "--qos", q, "--size", s,
+                       "--shape", "fanin" if shape == "fanin" else "pairs"]
             m0, c0 = machine_cpu_secs(), bench.proc_cpu_secs(procs[t].pid)
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             m1, c1 = machine_cpu_secs(), bench.proc_cpu_secs(procs[t].pid)

@@ -2,16 +2,18 @@
 // a TCP relay on 127.0.0.1 whose data path is a BPF sockmap verdict program, to measure
 // what relaying in the kernel would give and what it breaks. Built and driven by ./run-sockmap and ./run-splice.
 //
-//   relay LISTEN_PORT UPSTREAM_PORT [user|splice]
+//   relay LISTEN_PORT UPSTREAM_PORT [user|user16|splice|splice64k]
 //
 // Each accepted connection gets an upstream connection; both sockets go into a SOCKHASH
 // keyed by socket cookie, whose value is the peer socket. The verdict program (11
 // instructions, assembled below) redirects every received skb to the peer's send side:
 // bpf_sk_redirect_hash(skb, map, &cookie(skb), 0). User space only sees hang-ups and
 // passes a half-close on with shutdown(SHUT_WR), as a user-space proxy does.
-// With "user" it is a plain epoll read/write relay instead (no BPF), for comparison;
+// With "user" it is a plain epoll read/write relay instead (no BPF), for comparison
+// ("user16": the same with a 16 KB buffer, the size of mqgate's reads);
 // with "splice" the same relay moves bytes with splice(2) through one pipe (socket ->
-// pipe -> socket, no copy to user space), for BENCHMARKS.md's "Tried and dropped: splice".
+// pipe -> socket, no copy to user space), for BENCHMARKS.md's "Tried and dropped: splice"
+// (a 1 MB pipe; "splice64k": the default 64 KB pipe, as mqgate's pipes are).
 // Needs root (CAP_BPF + CAP_NET_ADMIN).
 #define _GNU_SOURCE
 #include <linux/bpf.h>
@@ -30,6 +32,7 @@
 #include <stdint.h>
 #include <signal.h>
 #include <fcntl.h>
+#include <poll.h>
 
 #ifndef SO_COOKIE
 #define SO_COOKIE 57
@@ -121,17 +124,26 @@ static int eof[MAXFD];
 static int inmap[MAXFD];
 static long fallbacks;
 static char buf[65536];
+static size_t bufsz = sizeof buf;
+
+// The peer cannot take more now: wait until it can (the whole relay waits, as in a
+// prototype; without burning CPU, so that CPU per MB compares the modes fairly).
+static void wait_writable(int fd) {
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    poll(&p, 1, 1000);
+}
 
 int main(int argc, char **argv) {
     if (argc < 3) { fprintf(stderr, "usage\n"); return 2; }
     signal(SIGPIPE, SIG_IGN);
     int lport = atoi(argv[1]), uport = atoi(argv[2]);
     if (argc > 3 && !strcmp(argv[3], "user")) use_sockmap = 0;
-    if (argc > 3 && !strcmp(argv[3], "splice")) {
+    if (argc > 3 && !strcmp(argv[3], "user16")) { use_sockmap = 0; bufsz = 16384; }
+    if (argc > 3 && !strncmp(argv[3], "splice", 6)) {
         use_sockmap = 0;
         use_splice = 1;
         if (pipe2(pipefd, O_NONBLOCK) < 0) die("pipe2");
-        fcntl(pipefd[1], F_SETPIPE_SZ, 1 << 20);
+        if (strcmp(argv[3], "splice64k")) fcntl(pipefd[1], F_SETPIPE_SZ, 1 << 20);
     }
     if (use_sockmap) setup_bpf();
     int ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
@@ -186,9 +198,9 @@ int main(int argc, char **argv) {
                 ssize_t r = splice(fd, NULL, pipefd[1], NULL, 65536, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
                 if (r > 0) {
                     ssize_t off = 0;
-                    while (off < r) {  // drain the pipe into the peer (spin on EAGAIN, prototype)
+                    while (off < r) {  // drain the pipe into the peer (wait when it is full)
                         ssize_t w = splice(pipefd[0], NULL, p, NULL, r - off, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-                        if (w > 0) off += w; else if (errno != EAGAIN) break;
+                        if (w > 0) off += w; else if (errno == EAGAIN) wait_writable(p); else break;
                     }
                     // the peer failed: empty the pipe, or its bytes go to the next connection
                     while (off < r) {
@@ -200,12 +212,12 @@ int main(int argc, char **argv) {
                 }
                 if (r < 0 && errno == EAGAIN) continue;
             } else if (!use_sockmap || !inmap[fd]) {
-                ssize_t r = read(fd, buf, sizeof buf);
+                ssize_t r = read(fd, buf, bufsz);
                 if (r > 0) {
                     ssize_t off = 0;
-                    while (off < r) {  // blocking-ish: spin on EAGAIN (prototype)
+                    while (off < r) {  // wait when the peer is full (prototype)
                         ssize_t w = write(p, buf + off, r - off);
-                        if (w > 0) off += w; else if (errno != EAGAIN) break;
+                        if (w > 0) off += w; else if (errno == EAGAIN) wait_writable(p); else break;
                     }
                     continue;
                 }
