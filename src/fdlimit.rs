@@ -115,6 +115,31 @@ pub fn pipe_warning(cfg: &Config, limit: Option<u64>) -> Option<String> {
     })
 }
 
+/// What `limit` open files leave short for `cfg`: connections, then pipes.
+pub fn warnings(cfg: &Config, limit: Option<u64>) -> impl Iterator<Item = String> {
+    [warning(cfg, limit), pipe_warning(cfg, limit)]
+        .into_iter()
+        .flatten()
+}
+
+/// Size the splice(2) pipe pool for `cfg`, at every apply: the number derived from the
+/// open-file limit follows `max_connections`. Connections already relayed keep their
+/// listener's setting; the pool's size applies to them at once. Logs the setting when
+/// it `changed`. Whether splice is on.
+pub fn configure_pipes(pool: &crate::pipes::PipePool, cfg: &Config, changed: bool) -> bool {
+    let on = cfg.limits.splice == Splice::Auto;
+    let max_pipes = pipe_budget(cfg, current().soft);
+    pool.configure(on, max_pipes);
+    if changed {
+        tracing::info!(
+            splice = if on { "auto" } else { "off" },
+            max_pipes,
+            "splice(2) for large flows between plain-TCP sockets"
+        );
+    }
+    on
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -194,12 +194,7 @@ impl Gateway {
                 for w in cfg.warning_lines() {
                     tracing::warn!("{w}");
                 }
-                let soft = crate::fdlimit::current().soft;
-                let fd_warnings = [
-                    crate::fdlimit::warning(&cfg, soft),
-                    crate::fdlimit::pipe_warning(&cfg, soft),
-                ];
-                for w in fd_warnings.into_iter().flatten() {
+                for w in crate::fdlimit::warnings(&cfg, crate::fdlimit::current().soft) {
                     tracing::warn!("{w}");
                 }
                 self.apply(cfg).await
@@ -338,19 +333,8 @@ impl Gateway {
             }
         }
 
-        // Pipes for splice(2): set at every apply, since their number derived from the
-        // open-file limit follows max_connections. Connections already relayed keep
-        // their listener's setting; the pool's size applies to them at once.
-        let splice_on = cfg.limits.splice == crate::config::Splice::Auto;
-        let max_pipes = crate::fdlimit::pipe_budget(&cfg, crate::fdlimit::current().soft);
-        shared.data.pipes.configure(splice_on, max_pipes);
-        if plan.splice.is_some() || plan.max_connections.is_some() {
-            tracing::info!(
-                splice = if splice_on { "auto" } else { "off" },
-                max_pipes,
-                "splice(2) for large flows between plain-TCP sockets"
-            );
-        }
+        let changed = plan.splice.is_some() || plan.max_connections.is_some();
+        let splice_on = crate::fdlimit::configure_pipes(&shared.data.pipes, &cfg, changed);
 
         // Listeners: new sockets for those the plan binds, the others keep theirs.
         let mut listeners_now = HashMap::new();

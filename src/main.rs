@@ -149,11 +149,7 @@ fn main() -> ExitCode {
                 }
                 // `run` raises its soft limit to the hard one: that is what must fit.
                 let hard = mqgate::fdlimit::current().hard;
-                let fd_warnings = [
-                    mqgate::fdlimit::warning(&cfg, hard),
-                    mqgate::fdlimit::pipe_warning(&cfg, hard),
-                ];
-                for w in fd_warnings.into_iter().flatten() {
+                for w in mqgate::fdlimit::warnings(&cfg, hard) {
                     eprintln!(
                         "{}: warning: {w} (this is the hard limit `mqgate check` got here; \
                          `mqgate run` raises its soft limit to its own hard limit)",
@@ -270,10 +266,7 @@ fn run(path: PathBuf, handover: Option<PathBuf>, no_watch: bool) -> ExitCode {
         needed = mqgate::fdlimit::needed(&cfg),
         "open-file limit"
     );
-    if let Some(w) = mqgate::fdlimit::warning(&cfg, files.soft) {
-        tracing::warn!("{w}");
-    }
-    if let Some(w) = mqgate::fdlimit::pipe_warning(&cfg, files.soft) {
+    for w in mqgate::fdlimit::warnings(&cfg, files.soft) {
         tracing::warn!("{w}");
     }
     // With connection threads (`limits.threads`, `mqgate::workers`) this runtime only
