@@ -5,23 +5,15 @@
 //! that produced — so a node's PUBLISH reaches the client, and the client's PUBACK
 //! its node, within one wake-up of the task, with no hand-over between tasks.
 //!
-//! At the end ([`close_nodes`], [`close_client`]) each connection gets what is still
-//! queued for it (e.g. the client's DISCONNECT), its write side shut down, and up to
-//! [`CLOSE_LINGER`] for the other end to close.
+//! How the connections end: `super::closing`.
 
 use super::batch::Batch;
-use super::link::NodeIo;
 use super::session::{End, LinkState, Session};
 use crate::mqtt::scanner::Scanned;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// How long a connection has to close once the session has closed its side.
-pub const CLOSE_LINGER: Duration = Duration::from_secs(5);
-/// The read buffer the session reads every socket into, in turn.
-pub const READ_BUF: usize = 16 * 1024;
 /// Passes over the sockets in one poll at most (then the task yields to the others).
 const PASSES: usize = 8;
 
@@ -197,44 +189,4 @@ impl Session {
         let pause = self.slots[idx].backoff;
         self.lost(idx, pause);
     }
-}
-
-/// Give every node connection what is still queued for it, shut its write side and
-/// let it close (in tasks of their own, up to [`CLOSE_LINGER`]).
-pub fn close_nodes(ios: Vec<NodeIo>, tracker: &tokio_util::task::TaskTracker) {
-    for mut io in ios {
-        tracker.spawn(async move {
-            let rest = io.out.take_rest();
-            let closing = async {
-                if !rest.is_empty() && io.stream.write_all(&rest).await.is_err() {
-                    return;
-                }
-                let _ = io.stream.shutdown().await;
-                // Until the node closes its side (what it still sends is dropped).
-                let mut b = [0u8; 4096];
-                while let Ok(n) = io.stream.read(&mut b).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(CLOSE_LINGER, closing).await;
-        });
-    }
-}
-
-/// Write what is still queued for the client and shut its write side (up to
-/// [`CLOSE_LINGER`]); returns the bytes written.
-pub async fn close_client<S: AsyncWrite + Unpin>(client: &mut S, rest: Vec<u8>) -> u64 {
-    let closing = async {
-        if !rest.is_empty() && client.write_all(&rest).await.is_err() {
-            return 0;
-        }
-        let _ = client.flush().await;
-        let _ = client.shutdown().await;
-        rest.len() as u64
-    };
-    tokio::time::timeout(CLOSE_LINGER, closing)
-        .await
-        .unwrap_or(0)
 }

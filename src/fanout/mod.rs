@@ -10,6 +10,7 @@
 //! `packet` (PUBLISH views, acknowledgements, topic matching).
 
 mod batch;
+mod closing;
 mod handle;
 pub mod ids;
 mod io;

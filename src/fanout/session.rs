@@ -15,8 +15,8 @@
 //! - PINGREQ answered here; the client's keep-alive (× 1.5) enforced here.
 
 use super::batch::Held;
+use super::closing::{close_client, close_nodes, READ_BUF};
 use super::ids::Ids;
-use super::io::{close_client, close_nodes, READ_BUF};
 use super::link::{self, LinkStart, NodeIo, Up};
 use super::merge::{AckMerge, PubMerge};
 use super::outbox::Outbox;
