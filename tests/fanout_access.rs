@@ -12,20 +12,8 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(30);
 const RULE: &str = "[[clusters.brokers.fanout]]\nclients = \"backend-*\"\n";
 
-/// The first line of `path` with every needle in it (waited for).
 fn wait_line(path: &Path, needles: &[&str]) -> String {
-    let mut found = String::new();
-    wait_until(T, &format!("access-log line with {needles:?}"), || {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        match text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
-            Some(l) => {
-                found = l.to_string();
-                true
-            }
-            None => false,
-        }
-    });
-    found
+    crate::common::wait_line(path, needles, T)
 }
 
 /// The number after `key=` in a logfmt line.

@@ -520,24 +520,6 @@ fn client_ignoring_the_brokers_close_is_closed_after_the_linger() {
     assert!(ping(&mut second), "the new session is unaffected");
 }
 
-/// TCP connections of this machine in `state` (hex code of /proc/net/tcp: 01
-/// ESTABLISHED, 06 TIME_WAIT) whose remote end is 127.0.0.1:`remote_port`, as their
-/// local ports.
-fn local_ports_towards(remote_port: u16, state: &str) -> Vec<u16> {
-    let text = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
-    let want = format!("0100007F:{remote_port:04X}");
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 3 && f[2] == want && f[3] == state)
-                .then(|| f[1].rsplit(':').next())
-                .flatten()
-                .and_then(|p| u16::from_str_radix(p, 16).ok())
-        })
-        .collect()
-}
-
 #[test]
 fn client_reset_is_passed_on_to_the_broker_and_leaves_no_time_wait() {
     // One health check when the gateway starts, then none for the rest of the test:

@@ -5,7 +5,6 @@
 //! 2.6 frontend with `accept-proxy` in front of a real Mosquitto: it refuses a
 //! connection without a valid header, as such a broker does.
 
-use crate::common::tools::HAPROXY;
 use crate::common::*;
 use std::time::Duration;
 
@@ -17,25 +16,7 @@ fn accept_proxy_front(dir: &std::path::Path, upstream: u16) -> (KillOnDrop, u16)
          frontend f\n    bind 127.0.0.1:{port} accept-proxy\n    default_backend b\n\
          backend b\n    server m 127.0.0.1:{upstream}\n"
     );
-    let path = dir.join("haproxy-accept.cfg");
-    std::fs::write(&path, cfg).expect("write haproxy config");
-    let log = std::fs::File::create(dir.join("haproxy-accept.log")).expect("haproxy log");
-    let child = HAPROXY
-        .command()
-        .arg("-db")
-        .arg("-f")
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting haproxy -db -f {}: {e}", path.display()));
-    let mut child = KillOnDrop(child);
-    wait_until(Duration::from_secs(10), "haproxy listening", || {
-        if let Ok(Some(st)) = child.0.try_wait() {
-            panic!("haproxy exited ({st})");
-        }
-        port_open(port)
-    });
+    let child = crate::common::tools::start_haproxy(dir, "haproxy-accept", &cfg, &[port]);
     (child, port)
 }
 

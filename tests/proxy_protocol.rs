@@ -9,7 +9,6 @@
 //! compared with those of HAProxy 2.6 (`send-proxy-v2-ssl-cn`) for the same client.
 
 use crate::common::pki::write;
-use crate::common::tools::HAPROXY;
 use crate::common::*;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -526,38 +525,9 @@ impl Haproxy {
             bind(cn_port),
             bind(full_port)
         );
-        let path = dir.join("haproxy.cfg");
-        std::fs::write(&path, cfg).expect("write haproxy.cfg");
         // This test compares mqgate's PROXY v2 header with HAProxy 2.6's.
-        let check = HAPROXY
-            .command()
-            .arg("-c")
-            .arg("-f")
-            .arg(&path)
-            .output()
-            .unwrap_or_else(|e| panic!("running haproxy -c: {e}"));
-        assert!(
-            check.status.success(),
-            "haproxy -c rejects the config: {check:?}"
-        );
-        let log = std::fs::File::create(dir.join("haproxy.log")).expect("haproxy log");
-        let child = HAPROXY
-            .command()
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting haproxy -db -f {}: {e}", path.display()));
-        let mut child = KillOnDrop(child);
-        wait_until(Duration::from_secs(10), "haproxy listening", || {
-            if let Ok(Some(st)) = child.0.try_wait() {
-                let log = std::fs::read_to_string(dir.join("haproxy.log")).unwrap_or_default();
-                panic!("haproxy exited ({st}): {log}");
-            }
-            port_open(cn_port) && port_open(full_port)
-        });
+        let child =
+            crate::common::tools::start_haproxy(dir, "haproxy", &cfg, &[cn_port, full_port]);
         Haproxy {
             _child: child,
             cn_port,

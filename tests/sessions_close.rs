@@ -25,20 +25,8 @@ fn told_before_close(c: &mut Client) -> (Option<u8>, bool) {
     (said, c.closed_within(T))
 }
 
-/// Wait for an access-log line of `file` with every needle.
 fn access_line(file: &Path, needles: &[&str]) -> String {
-    let mut found = String::new();
-    wait_until(T, &format!("access-log line with {needles:?}"), || {
-        let text = std::fs::read_to_string(file).unwrap_or_default();
-        match text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
-            Some(l) => {
-                found = l.to_string();
-                true
-            }
-            None => false,
-        }
-    });
-    found
+    wait_line(file, needles, T)
 }
 
 fn packet_relays(g: &Gate) -> f64 {

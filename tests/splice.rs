@@ -385,30 +385,13 @@ fn a_half_close_after_a_spliced_transfer_arrives_after_every_byte() {
     assert!(ping(&mut sub), "the broker serves on");
 }
 
-/// Local ports of this machine's TCP connections to 127.0.0.1:`port` in `state`
-/// (01 ESTABLISHED, 06 TIME_WAIT).
-fn ports_towards(port: u16, state: &str) -> Vec<u16> {
-    let text = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-    let want = format!("0100007F:{port:04X}");
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 3 && f[2] == want && f[3] == state)
-                .then(|| f[1].rsplit(':').next())
-                .flatten()
-                .and_then(|p| u16::from_str_radix(p, 16).ok())
-        })
-        .collect()
-}
-
 #[test]
 fn a_client_reset_in_the_middle_of_a_spliced_transfer_resets_the_broker_side_too() {
     let s = setup("splice = \"auto\"\nmax_pipes = 4\n");
     let b = s.broker.port;
-    let before: Vec<u16> = ports_towards(b, "01");
+    let before: Vec<u16> = local_ports_towards(b, "01");
     let mut sub = subscriber(s.port, "rst-sub", "big/rst");
-    let upstream: Vec<u16> = ports_towards(b, "01")
+    let upstream: Vec<u16> = local_ports_towards(b, "01")
         .into_iter()
         .filter(|p| !before.contains(p))
         .collect();
@@ -428,10 +411,10 @@ fn a_client_reset_in_the_middle_of_a_spliced_transfer_resets_the_broker_side_too
         .expect("linger 0");
     drop(sub);
     wait_until(Duration::from_secs(10), "relayed connection gone", || {
-        !ports_towards(b, "01").contains(&upstream[0])
+        !local_ports_towards(b, "01").contains(&upstream[0])
     });
     assert!(
-        !ports_towards(b, "06").contains(&upstream[0]),
+        !local_ports_towards(b, "06").contains(&upstream[0]),
         "the gateway reset its broker connection (no TIME_WAIT), as on the copy path"
     );
     wait_until(Duration::from_secs(10), "the pipe is released", || {

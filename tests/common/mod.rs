@@ -111,3 +111,42 @@ pub fn assert_success(out: &std::process::Output, what: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The first line of `file` with every needle in it, waited for up to `timeout` (an
+/// access log, a process's log).
+pub fn wait_line(file: &std::path::Path, needles: &[&str], timeout: Duration) -> String {
+    let mut found = String::new();
+    wait_until(
+        timeout,
+        &format!("a line of {} with {needles:?}", file.display()),
+        || {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            match text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+                Some(l) => {
+                    found = l.to_string();
+                    true
+                }
+                None => false,
+            }
+        },
+    );
+    found
+}
+
+/// TCP connections of this machine in `state` (hex code of /proc/net/tcp: 01
+/// ESTABLISHED, 06 TIME_WAIT) whose remote end is 127.0.0.1:`remote_port`, as their
+/// local ports.
+pub fn local_ports_towards(remote_port: u16, state: &str) -> Vec<u16> {
+    let text = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let want = format!("0100007F:{remote_port:04X}");
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 3 && f[2] == want && f[3] == state)
+                .then(|| f[1].rsplit(':').next())
+                .flatten()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+        })
+        .collect()
+}

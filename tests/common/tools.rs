@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 /// A program found on `PATH`, and the Debian packages it comes with.
 pub struct Tool {
@@ -84,4 +85,42 @@ pub fn mqtt_js_sub() -> (Command, PathBuf) {
         bin.display()
     );
     (node, bin)
+}
+
+/// HAProxy 2.6 run with `cfg` (written to `dir/NAME.cfg`, checked with `haproxy -c`
+/// first, its log in `dir/NAME.log`), once every port of `ports` accepts connections.
+pub fn start_haproxy(dir: &Path, name: &str, cfg: &str, ports: &[u16]) -> super::fleet::KillOnDrop {
+    let path = dir.join(format!("{name}.cfg"));
+    std::fs::write(&path, cfg).expect("write the haproxy config");
+    let check = HAPROXY
+        .command()
+        .arg("-c")
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("running haproxy -c: {e}"));
+    assert!(
+        check.status.success(),
+        "haproxy -c rejects the config: {check:?}"
+    );
+    let log_path = dir.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path).expect("haproxy log");
+    let child = HAPROXY
+        .command()
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting haproxy -db -f {}: {e}", path.display()));
+    let mut child = super::fleet::KillOnDrop(child);
+    super::wait_until(Duration::from_secs(10), "haproxy listening", || {
+        if let Ok(Some(st)) = child.0.try_wait() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            panic!("haproxy exited ({st}): {log}");
+        }
+        ports.iter().all(|&p| super::port_open(p))
+    });
+    child
 }
