@@ -107,7 +107,10 @@ pub fn pipe_warning(cfg: &Config, limit: Option<u64>) -> Option<String> {
         .saturating_add(2 * pipes as u64);
     (need > limit).then(|| {
         format!(
-            "limits.max_pipes = {pipes} needs {} open files (2 per pipe) beside the {} of              max_connections = {} and {RESERVE} kept aside, but the open-file limit is {limit}:              pipes could take the descriptors of connections. Lower max_pipes, leave it unset              (derived from the limit), or raise the limit",
+            "limits.max_pipes = {pipes} needs {} open files (2 per pipe) beside the {} of \
+             max_connections = {} and {RESERVE} kept aside, but the open-file limit is \
+             {limit}: pipes could take the descriptors of connections. Lower max_pipes, \
+             leave it unset (derived from the limit), or raise the limit",
             2 * pipes,
             needed(cfg),
             cfg.limits.max_connections

@@ -174,8 +174,6 @@ pub struct Pipe {
     totals: RelayTotals,
     /// The side whose close was passed on first (for the access log).
     first_close: Option<Side>,
-    /// Both sockets are plain TCP: large flows may be spliced (`splice`).
-    splice_ok: bool,
     spliced: Option<Box<Spliced>>,
 }
 
@@ -186,22 +184,15 @@ fn plain_tcp<T: Any>(side: &T) -> Option<&tokio::net::TcpStream> {
 
 impl Pipe {
     /// The relay state of a connection whose CONNECT was forwarded at `started`.
-    /// With `splice_ok` (both sides plain TCP), large flows may be spliced.
-    pub fn new(started: Instant, splice_ok: bool) -> Self {
+    pub fn new(started: Instant) -> Self {
         Self {
             up: Direction::default(),
             down: Direction::default(),
             observer: ConnackObserver::new(started),
             totals: RelayTotals::default(),
             first_close: None,
-            splice_ok,
             spliced: None,
         }
-    }
-
-    /// Both `client` and `broker` are plain TCP sockets (the sides a relay may splice).
-    pub fn both_plain<C: Any, B: Any>(client: &C, broker: &B) -> bool {
-        plain_tcp(client).is_some() && plain_tcp(broker).is_some()
     }
 
     /// Bytes relayed so far, each way.
@@ -227,7 +218,8 @@ impl Pipe {
     /// Move what can be moved now, both ways. Ready once both directions have
     /// finished (EOF passed on as a write shutdown), or on an error on either side.
     /// `pipes`: where a large flow gets a pipe, when splicing is on for this
-    /// connection's listener.
+    /// connection's listener; used only when both sides are plain TCP (known from
+    /// their types).
     pub fn poll<C, B, K>(
         &mut self,
         cx: &mut Context<'_>,
@@ -248,11 +240,12 @@ impl Pipe {
             observer,
             totals,
             first_close,
-            splice_ok,
             spliced,
         } = self;
         // Only after the broker's CONNACK: until then the observer reads the bytes.
-        let pipes = pipes.filter(|_| *splice_ok && observer.done);
+        let pipes = pipes.filter(|_| {
+            observer.done && plain_tcp(&*client).is_some() && plain_tcp(&*broker).is_some()
+        });
         if !up.done {
             let mut count = |n: usize, _: &[u8]| {
                 totals.to_broker += n as u64;

@@ -170,7 +170,7 @@ impl BrokerStream for Box<tokio_rustls::client::TlsStream<TcpStream>> {
     }
 }
 
-impl<S: 'static, B: 'static> RelayTask<S, B> {
+impl<S, B> RelayTask<S, B> {
     /// The relay of a connection whose CONNECT (and what followed) has been forwarded
     /// at `started`; it ends when `scope` closes. With `connack_timeout` (non-zero) the
     /// broker must answer by `started + connack_timeout`. Large flows are spliced when
@@ -183,11 +183,10 @@ impl<S: 'static, B: 'static> RelayTask<S, B> {
         scope: &SessionScope,
         keep: Keep,
     ) -> Self {
-        let splice_ok = keep.lst.pipes.is_some() && Pipe::both_plain(&client, &broker);
         RelayTask {
             client,
             broker,
-            pipe: Pipe::new(started, splice_ok),
+            pipe: Pipe::new(started),
             linger: None,
             connack_deadline: (!connack_timeout.is_zero())
                 .then(|| Box::pin(tokio::time::sleep_until(started + connack_timeout))),
