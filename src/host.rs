@@ -97,6 +97,19 @@ pub struct PeerStats {
     pub received: IntCounter,
 }
 
+impl PeerStats {
+    /// The series of peer `name` (linked at `address`) in `metrics`.
+    pub fn new(metrics: &Metrics, name: &str, address: String) -> PeerStats {
+        let updates = |dir: &str| metrics.peer_updates.with_label_values(&[name, dir]);
+        PeerStats {
+            address,
+            up: metrics.peer_up.with_label_values(&[name]),
+            sent: updates("sent"),
+            received: updates("received"),
+        }
+    }
+}
+
 impl PeerBoard {
     /// Add or update a peer.
     pub fn set(&self, name: &str, stats: PeerStats) {

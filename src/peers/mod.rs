@@ -376,19 +376,13 @@ fn reconcile_dialers(host: &Arc<Host>, s: &mut Service, cfg: &PeersConfig) {
             token.cancel();
         }
     }
-    drop(links);
     // Discovered peers stay listed while linked (added at link-up, `Ctx::serve`).
-    let linked: HashSet<String> = s.links.lock().keys().cloned().collect();
+    let linked: HashSet<String> = links.keys().cloned().collect();
+    drop(links);
     host.peer_board
         .retain(|name| cfg.peers.iter().any(|p| p.name == name) || linked.contains(name));
     for p in &cfg.peers {
-        let updates = |dir: &str| host.metrics.peer_updates.with_label_values(&[&p.name, dir]);
-        let stats = crate::host::PeerStats {
-            address: p.address.clone(),
-            up: host.metrics.peer_up.with_label_values(&[&p.name]),
-            sent: updates("sent"),
-            received: updates("received"),
-        };
+        let stats = crate::host::PeerStats::new(&host.metrics, &p.name, p.address.clone());
         host.peer_board.set(&p.name, stats);
         for reason in ["unknown_cluster", "unknown_node"] {
             host.metrics
@@ -534,15 +528,10 @@ impl Ctx {
         // listed while this link lives, by the address it linked from.
         let configured = self.settings.load().peers.iter().any(|p| *p.name == *peer);
         let listed = (!configured).then(|| {
-            let m = &self.host.metrics;
-            self.host
-                .peer_board
-                .add_if_absent(&peer, || crate::host::PeerStats {
-                    address: remote.map_or_else(|| "discovered".to_string(), |ip| ip.to_string()),
-                    up: up.clone(),
-                    sent: m.peer_updates.with_label_values(&[&peer, "sent"]),
-                    received: m.peer_updates.with_label_values(&[&peer, "received"]),
-                });
+            self.host.peer_board.add_if_absent(&peer, || {
+                let address = remote.map_or_else(|| "discovered".to_string(), |ip| ip.to_string());
+                crate::host::PeerStats::new(&self.host.metrics, &peer, address)
+            });
             self.host.clone()
         });
         // Also when this future is dropped (its dialer stopped: peer removed).
