@@ -118,14 +118,20 @@ impl PipePool {
 
     fn give_back(&self, pair: PipePair, empty: bool) {
         self.metrics.pipes_in_use.dec();
-        let mut st = lock(&self.state);
-        if empty && st.open <= st.max && st.idle.len() < IDLE_KEEP {
-            st.idle.push(pair);
-        } else {
-            st.open -= 1;
-            drop(pair);
-        }
-        self.metrics.pipes_open.set(st.open as i64);
+        // A pipe not kept is closed after the lock is let go (two close(2) calls).
+        let closed = {
+            let mut st = lock(&self.state);
+            let closed = if empty && st.open <= st.max && st.idle.len() < IDLE_KEEP {
+                st.idle.push(pair);
+                None
+            } else {
+                st.open -= 1;
+                Some(pair)
+            };
+            self.metrics.pipes_open.set(st.open as i64);
+            closed
+        };
+        drop(closed);
     }
 
     /// Pipes open now (in use and idle), and idle among them.

@@ -334,7 +334,7 @@ where
                     Poll::Ready(Ok(eof)) => {
                         // The flow ended (for now): the pipe goes back, empty. Small
                         // segments: copy the next flows instead.
-                        if lease.fills() > 0 && lease.mean_fill() <= CHUNK as u64 {
+                        if splice::small_segments(lease, 1) {
                             dir.skip = SMALL_SKIP;
                         }
                         *slot = None;

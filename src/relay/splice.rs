@@ -29,12 +29,14 @@ use tokio::net::TcpStream;
 /// Asked of the kernel per splice from a socket: as much as the pipe takes.
 const SPLICE_LEN: usize = 1 << 20;
 
-/// This flow's splices into the pipe moved no more than a copy read would, each.
-pub(super) fn small_segments(lease: &Lease) -> bool {
-    lease.fills() >= SMALL_AFTER && lease.mean_fill() <= CHUNK as u64
+/// This flow's splices into the pipe (at least `min_fills` of them) moved no more than
+/// a copy read would, each: small segments, where copying costs less. Judged early
+/// (`SMALL_AFTER` fills) to stop a flow, and at its end (any fill) to copy the next.
+pub(super) fn small_segments(lease: &Lease, min_fills: u32) -> bool {
+    lease.fills() >= min_fills.max(1) && lease.mean_fill() <= CHUNK as u64
 }
 
-/// Splices into the pipe before [`small_segments`] judges a flow.
+/// Splices into the pipe before [`small_segments`] stops a flow early.
 const SMALL_AFTER: u32 = 4;
 
 fn flags() -> SpliceFlags {
@@ -74,7 +76,7 @@ pub(super) fn poll_flow(
         }
         // Small segments (many small messages): a copy read would move as much per
         // call, at less cost; the caller copies the next flows.
-        if small_segments(lease) {
+        if small_segments(lease, SMALL_AFTER) {
             return Poll::Ready(Ok(false));
         }
         match src.poll_read_ready(cx) {
