@@ -5,7 +5,7 @@
 //! after `down_interval`. A node's first probe decides its state at once, so a fresh
 //! gateway knows the full-sync leader after one round. Only state changes are logged
 //! (once: "node is up" at `info`, "node is down" at `warn` when capacity is lost, see
-//! [`down_is_a_warning`]) and counted (`mqgate_node_state_changes_total`; every probe is
+//! `down_is_a_warning`) and counted (`mqgate_node_state_changes_total`; every probe is
 //! counted in `mqgate_health_checks_total`). While a full-sync cluster has no leader, down nodes are probed
 //! every `fast_interval` instead of `down_interval`, so that the new leader is found
 //! quickly. The same task re-resolves DNS names every `dns_refresh`, and at once when

@@ -2,7 +2,7 @@
 //! `RUST_LOG` taking precedence; the level can be changed on reload.
 //!
 //! Libraries that log through the `log` crate (rustls) reach `tracing` through
-//! [`LogBridge`], which turns rustls's warnings into debug lines: they describe what a
+//! `LogBridge`, which turns rustls's warnings into debug lines: they describe what a
 //! client sent (an IP address as SNI, as `mosquitto_sub -h 127.0.0.1` does on every
 //! connect), not a problem of the gateway, and one line per connection would flood
 //! the log. `RUST_LOG` naming `rustls` (e.g. `RUST_LOG=info,rustls=warn`) keeps them

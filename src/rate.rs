@@ -25,13 +25,13 @@ const RATE_GENERATION_US: u64 = 1_000_000;
 /// line usually holds: per address, one client could take 2^64 budgets).
 ///
 /// The accept loop asks for every connection, so nothing here scans the table: sources
-/// are spread over [`RATE_SHARDS`] locks by a keyed hash (no client can aim at one
+/// are spread over `RATE_SHARDS` locks by a keyed hash (no client can aim at one
 /// shard), and each shard keeps two generations of buckets. When the current
 /// generation is a second old, the one before it (whose buckets are all full again by
 /// then) is dropped whole and a new one begins; a source found in the previous
 /// generation moves to the current one. Per connection: one keyed hash, one or two
 /// look-ups, at times the clearing of a bounded table. Memory is bounded too: a
-/// generation that reaches [`RATE_SHARD_CAP`] sources is ended early, so beyond about
+/// generation that reaches `RATE_SHARD_CAP` sources is ended early, so beyond about
 /// 230,000 new sources a second some sources are forgotten before their bucket has
 /// refilled (they get a fresh burst); a source that keeps connecting stays in the
 /// current generation and is never forgotten.

@@ -107,7 +107,7 @@ impl Summaries {
         }
     }
 
-    /// Called every [`TICK`] with the counters read at `at`: the summary to log, if any.
+    /// Called every `TICK` with the counters read at `at`: the summary to log, if any.
     pub fn tick(&mut self, now: Counts, at: Instant) -> Option<(u64, String)> {
         if self.last.is_some_and(|t| at.duration_since(t) < EVERY) {
             return None;

@@ -6,7 +6,7 @@
 //! load) and carries `None`; nothing is formatted or allocated. When on, a relayed
 //! session carries one boxed [`Entry`] (its fields so far), finished when the relay
 //! ends ([`Entry::finish`]) and sent over a bounded channel to one writer thread
-//! ([`writer`]): a connection task never waits for the disk or the syslog daemon. A
+//! (`writer`): a connection task never waits for the disk or the syslog daemon. A
 //! full channel drops the line and counts it (`mqgate_access_log_dropped_total`).
 //!
 //! Files are reopened on SIGUSR1 and on every reload (logrotate: rename, then signal).

@@ -1,4 +1,4 @@
-//! Configuration: the TOML file of SPEC section 2, parsed ([`raw`]), validated into
+//! Configuration: the TOML file of SPEC section 2, parsed (`raw`), validated into
 //! typed values ([`Config`]) so that nothing downstream re-validates, and every error
 //! located by file, line and key ([`ConfigError`]). `mqgate check`, start-up and every
 //! reload go through [`load`] / [`parse`], so they accept and refuse exactly the same files.

@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Each nonce ends with a marked version (the dialer's offer, the acceptor's highest;
-//! [`nonce_with_version`]), so the versions are proven with the MACs and a downgrade in
+//! `nonce_with_version`), so the versions are proven with the MACs and a downgrade in
 //! transit is refused.
 //!
 //! Fresh random nonces on both sides make every MAC single-use, and the role in the MAC

@@ -1,6 +1,6 @@
 //! `[peers] discover`: peers found through DNS. Every address the name resolves to
 //! (A/AAAA records and the configured port, or SRV records), except this instance's
-//! own and those of static peers, is dialed ([`super::dial`]); addresses that leave the
+//! own and those of static peers, is dialed (`super::dial`); addresses that leave the
 //! answer are no longer dialed, and links with gateways whose address left it close.
 //! The name is looked up again every `discover_interval`, when a discovered link fails,
 //! and when an unknown address dials in (at most once per [`MIN_SPACING`]). A failed

@@ -8,7 +8,7 @@
 //! reads it with `enable_proxy_protocol`), v2 carrying the TLS details when mqgate
 //! terminated TLS.
 //!
-//! - [`parse`]: the pure, incremental parser (fuzzed).
+//! - [`parse`](mod@parse): the pure, incremental parser (fuzzed).
 //! - [`encode`]: the headers mqgate sends.
 //! - [`accept_header`]: reads exactly the header's bytes from a socket (peek, then
 //!   consume only what belongs to the header), so no client byte is lost.

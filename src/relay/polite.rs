@@ -13,7 +13,7 @@
 //! If the broker→client stream is mid-packet when the close comes, relaying goes on
 //! until the next boundary, for at most [`BOUNDARY_WAIT`]; past it the close is plain.
 //!
-//! The two directions and their ending ([`duplex`]: half-closes and [`CLOSE_LINGER`],
+//! The two directions and their ending (`duplex`: half-closes and [`CLOSE_LINGER`],
 //! a client's abort passed on, the DISCONNECT at a boundary, the access-log line) are
 //! shared with the packet-aware relay (`super::packets`), whose persistent clients are
 //! thus closed exactly as these are.
