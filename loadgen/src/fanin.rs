@@ -30,6 +30,30 @@ pub struct Opts {
     pub warmup: Duration,
     pub secs: Duration,
     pub rounds: usize,
+    /// The nodes' process ids (`--node-pids`): their CPU per message is reported for
+    /// each target, beside this load generator's own.
+    pub node_pids: Vec<u32>,
+}
+
+/// One round through one target.
+struct Round {
+    msgs_per_sec: f64,
+    /// CPU µs per message delivered: the nodes' (`--node-pids`), then this process's.
+    nodes_cpu: Option<f64>,
+    own_cpu: Option<f64>,
+}
+
+/// User + system CPU of a process so far, in clock ticks (`/proc/PID/stat`).
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is field 3.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn ticks_of(pids: &[u32]) -> Option<u64> {
+    pids.iter().map(|p| cpu_ticks(&p.to_string())).sum()
 }
 
 pub async fn run(o: Opts) -> Result<serde_json::Value, String> {
@@ -56,17 +80,28 @@ pub async fn run(o: Opts) -> Result<serde_json::Value, String> {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
-    let (d, f) = (median(&direct), median(&via));
+    let rates = |v: &[Round]| v.iter().map(|r| r.msgs_per_sec).collect::<Vec<f64>>();
+    // CPU per message: the median over the rounds that could be read.
+    let cpu = |v: &[Round], pick: fn(&Round) -> Option<f64>| {
+        let c: Vec<f64> = v.iter().filter_map(pick).collect();
+        (!c.is_empty()).then(|| (median(&c) * 1000.0).round() / 1000.0)
+    };
+    let (d, f) = (median(&rates(&direct)), median(&rates(&via)));
     let mut out = json!({
         "direct_msgs_per_sec": d,
         "fanout_msgs_per_sec": f,
         "ratio": f / d,
-        "direct_rounds": direct,
-        "fanout_rounds": via,
+        "direct_rounds": rates(&direct),
+        "fanout_rounds": rates(&via),
         "nodes": o.nodes.len(),
         "qos": o.qos,
         "size": o.size,
+        "loadgen_cpu_us_per_msg": { "direct": cpu(&direct, |r| r.own_cpu), "fanout": cpu(&via, |r| r.own_cpu) },
     });
+    if !o.node_pids.is_empty() {
+        out["nodes_cpu_us_per_msg"] = json!({ "direct": cpu(&direct, |r| r.nodes_cpu), "fanout": cpu(&via, |r| r.nodes_cpu) });
+    }
+    let via_b = rates(&via_b);
     if o.via_b.is_some() {
         let b = median(&via_b);
         out["fanout_b_msgs_per_sec"] = json!(b);
@@ -79,7 +114,7 @@ pub async fn run(o: Opts) -> Result<serde_json::Value, String> {
 
 /// One measurement: messages per second delivered to the backend.
 /// `via`: the gateway and a tag (1 A, 2 B); `None` is direct.
-async fn one(o: &Opts, via: Option<(SocketAddr, u8)>, round: usize) -> Result<f64, String> {
+async fn one(o: &Opts, via: Option<(SocketAddr, u8)>, round: usize) -> Result<Round, String> {
     let tag = format!("{}-{round}-{}", std::process::id(), via.map_or(0, |v| v.1));
     let filter = format!("bench/fanin/{tag}/#");
     let stop = Arc::new(AtomicBool::new(false));
@@ -136,8 +171,10 @@ async fn one(o: &Opts, via: Option<(SocketAddr, u8)>, round: usize) -> Result<f6
     };
     tokio::time::sleep(o.warmup).await;
     let (t0, d0) = (Instant::now(), total());
+    let (n0, s0) = (ticks_of(&o.node_pids), cpu_ticks("self"));
     tokio::time::sleep(o.secs).await;
     let (el, d1) = (t0.elapsed(), total());
+    let (n1, s1) = (ticks_of(&o.node_pids), cpu_ticks("self"));
     stop.store(true, Ordering::Relaxed);
     for p in pairs.iter() {
         p.notify.notify_one();
@@ -145,7 +182,24 @@ async fn one(o: &Opts, via: Option<(SocketAddr, u8)>, round: usize) -> Result<f6
     for t in tasks {
         t.abort();
     }
-    Ok((d1 - d0) as f64 / el.as_secs_f64())
+    let msgs = (d1 - d0) as f64;
+    // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
+    let tick = 100.0;
+    let per_msg = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) if msgs > 0.0 && tick > 0.0 => {
+            Some(b.saturating_sub(a) as f64 / tick * 1e6 / msgs)
+        }
+        _ => None,
+    };
+    Ok(Round {
+        msgs_per_sec: msgs / el.as_secs_f64(),
+        nodes_cpu: if o.node_pids.is_empty() {
+            None
+        } else {
+            per_msg(n0, n1)
+        },
+        own_cpu: per_msg(s0, s1),
+    })
 }
 
 /// Read the backend's connection: count each PUBLISH for its publisher, PUBACK QoS 1.

@@ -193,6 +193,13 @@ fn real_main() -> Result<(), String> {
                 warmup: a.secs("warmup", 1.0)?,
                 secs: a.secs("secs", 5.0)?,
                 rounds: a.get("rounds", 3)?,
+                node_pids: match a.kv.get("node-pids") {
+                    Some(v) => v
+                        .split(',')
+                        .map(|x| x.parse().map_err(|e| format!("--node-pids {x}: {e}")))
+                        .collect::<Result<_, String>>()?,
+                    None => Vec::new(),
+                },
             };
             runtime()?.block_on(fanin::run(o))?
         }
