@@ -3,7 +3,8 @@
 //! (`mosquitto_pub`/`mosquitto_sub`) and a real Mosquitto behind mqgate: the good
 //! certificate gets through, the revoked one fails the handshake (counted as `tls`,
 //! logged with its serial), and a new CRL written over the old file applies on reload
-//! without a restart, as does a DER CRL given as a list. `mqgate check` reads CRLs as `run` does.
+//! without a restart, as does a DER CRL given as a list; an out-of-date CRL refuses the
+//! clients it covers until it is refreshed. `mqgate check` reads CRLs as `run` does.
 
 use crate::common::pki::write;
 use crate::common::tools::OPENSSL;
@@ -141,21 +142,19 @@ impl OpensslCa {
 
     /// A CRL of what is revoked now, written to `out` (`der`: DER, else PEM).
     fn crl(&self, out: &Path, der: bool) {
+        self.crl_dated(out, der, &[]);
+    }
+
+    /// [`OpensslCa::crl`] with more `openssl ca -gencrl` arguments (its dates).
+    fn crl_dated(&self, out: &Path, der: bool, dates: &[&str]) {
         let c = self.conf.display().to_string();
         let pem = self.dir.join("crl-now.pem");
-        openssl(
-            &[
-                "ca",
-                "-config",
-                &c,
-                "-gencrl",
-                "-crlexts",
-                "crl_ext",
-                "-out",
-                &pem.display().to_string(),
-            ],
-            &self.dir,
-        );
+        let pem_arg = pem.display().to_string();
+        let mut args = vec![
+            "ca", "-config", &c, "-gencrl", "-crlexts", "crl_ext", "-out", &pem_arg,
+        ];
+        args.extend_from_slice(dates);
+        openssl(&args, &self.dir);
         if der {
             openssl(
                 &[
@@ -379,6 +378,87 @@ fn a_crl_file_written_over_applies_without_a_reload_command() {
     );
     assert_eq!(gate.pid(), pid, "no restart");
     gate.wait_log("a CRL file changed; reloading");
+}
+
+/// A CRL whose nextUpdate has passed refuses the clients it covers, as HAProxy and
+/// NGINX do (OpenSSL: "CRL has expired"): `check` warns about the file, the refusal is
+/// counted and logged, and a fresh CRL written over it lets the client in again.
+#[test]
+fn an_out_of_date_crl_refuses_its_clients_until_it_is_refreshed() {
+    let dir = tempdir();
+    let d = dir.path();
+    let ca = OpensslCa::new(d);
+    let (good, good_key) = ca.client("dev1");
+    let crl = d.join("clients.crl.pem");
+    // Issued two days ago, due yesterday: nothing revoked, but out of date.
+    let day = 24 * 3600;
+    let stamp = |secs_ago: u64| {
+        let t = std::time::SystemTime::now() - std::time::Duration::from_secs(secs_ago);
+        let out = Command::new("date")
+            .args(["-u", "-d"])
+            .arg(format!(
+                "@{}",
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .expect("clock")
+                    .as_secs()
+            ))
+            .arg("+%Y%m%d%H%M%SZ")
+            .output()
+            .expect("date");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (last, next) = (stamp(2 * day), stamp(day));
+    ca.crl_dated(
+        &crl,
+        false,
+        &["-crl_lastupdate", &last, "-crl_nextupdate", &next],
+    );
+    let server = Pki::new("server CA");
+    let (server_ca, cert, key) = server.write_server(d, "server");
+    let broker = Mosquitto::start("b1", d);
+    let crl_value = format!("\"{}\"", crl.display());
+    let (gate, port) = Gate::start_with(d, "gate", |listen, admin| {
+        mtls_config(listen, admin, &broker, (&cert, &key), &ca.ca, &crl_value)
+    });
+    gate.wait_node_up("b1");
+    let (code, out, err) = mqgate_check(&gate.config);
+    assert_eq!(code, Some(0), "an out-of-date CRL is a warning: {out}{err}");
+    assert!(
+        err.contains("listeners[0].tls.crl") && err.contains("out of date"),
+        "check warns about the file: {err}"
+    );
+    gate.wait_log("out of date");
+
+    assert!(
+        !pub_with(port, &server_ca, &good, &good_key),
+        "a client covered by an out-of-date CRL got in"
+    );
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "the refusal counted",
+        || tls_failures(&gate) == (1.0, 1.0),
+    );
+    let serial = ca.serial(&good);
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "the refusal logged",
+        || {
+            gate.log_text().lines().any(|l| {
+                l.contains("crl that covers this client certificate is out of date")
+                    && l.contains(&format!("serial={serial}"))
+            })
+        },
+    );
+
+    // A fresh CRL written over the file: the client gets in again, no restart.
+    let pid = gate.pid();
+    ca.crl(&crl, false);
+    wait_until(
+        std::time::Duration::from_secs(20),
+        "dev1 let in once the CRL is fresh",
+        || pub_with(port, &server_ca, &good, &good_key),
+    );
+    assert_eq!(gate.pid(), pid, "no restart");
 }
 
 #[test]

@@ -111,13 +111,30 @@ pub(super) fn crl_files(v: &mut V, prefix: &str, t: &RawTls) -> Vec<PathBuf> {
     for (j, p) in list.iter().enumerate() {
         let path = v.existing_file(key(j), p);
         if path.is_file() {
-            if let Err(e) = crate::tls::revocation::load_crls(&path) {
-                v.err_hint(
+            match crate::tls::revocation::load_crls(&path) {
+                Err(e) => v.err_hint(
                     key(j),
                     e.to_string(),
                     "a certificate revocation list, PEM (-----BEGIN X509 CRL-----) or DER, as \
                      `openssl ca -gencrl` writes it",
-                );
+                ),
+                Ok(crls) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64);
+                    for (issuer, next) in crate::tls::revocation::out_of_date(&crls, now) {
+                        v.warn(
+                            key(j),
+                            format!(
+                                "the CRL of {issuer} is out of date (nextUpdate {next} has \
+                                 passed): clients whose certificates it covers are refused \
+                                 until it is refreshed"
+                            ),
+                            "write a new CRL over the file (`openssl ca -gencrl`): mqgate \
+                             reloads it",
+                        );
+                    }
+                }
             }
         }
         paths.push(path);

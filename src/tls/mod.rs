@@ -187,11 +187,13 @@ pub fn server_config(t: &TlsConfig, listener: &str) -> Result<ServerTls, TlsErro
         Some(ca) => {
             let roots = load_roots(ca)?;
             // Revocation as HAProxy's and NGINX's `crl-file` / `ssl_crl` check it: every
-            // certificate of the chain, and one whose issuer has no CRL is refused.
+            // certificate of the chain, one whose issuer has no CRL is refused, and so is
+            // one whose CRL is out of date (`nextUpdate` passed).
             let crls = crate::tls::revocation::load_all(&t.crl)?;
             let with_crls = !crls.is_empty();
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                 .with_crls(crls)
+                .enforce_revocation_expiration()
                 .build()
                 .map_err(|e| match e {
                     rustls::server::VerifierBuilderError::InvalidCrl(_) => TlsError::Crl {

@@ -3,6 +3,10 @@
 //! verifier, and a wrapper around that verifier that names the serial number and
 //! subject of a revoked certificate in the log (rustls only says "revoked").
 //!
+//! A CRL whose `nextUpdate` has passed refuses the clients it covers, as OpenSSL's
+//! check does for HAProxy and NGINX (`CRL has expired`): an out-of-date list may miss
+//! a revocation. `check`, `run` and reloads warn about such a file.
+//!
 //! CRLs are read with the rest of a listener's TLS material, so a reload (file watch,
 //! SIGHUP, API) picks up a changed CRL for new handshakes, as it does certificates.
 
@@ -58,6 +62,22 @@ pub fn load_all(
     Ok(all)
 }
 
+/// The CRLs of `crls` whose `nextUpdate` is before `now_unix` (seconds): each one's
+/// issuer and `nextUpdate`, as OpenSSL prints them. Clients whose certificates such a
+/// CRL covers are refused until it is refreshed (as HAProxy and NGINX refuse them).
+pub fn out_of_date(
+    crls: &[CertificateRevocationListDer<'_>],
+    now_unix: i64,
+) -> Vec<(String, String)> {
+    crls.iter()
+        .filter_map(|c| {
+            let (_, crl) = x509_parser::parse_x509_crl(c.as_ref()).ok()?;
+            let next = crl.next_update()?;
+            (next.timestamp() < now_unix).then(|| (crl.issuer().to_string(), next.to_string()))
+        })
+        .collect()
+}
+
 /// A certificate's serial number as OpenSSL prints it (`openssl x509 -serial`:
 /// upper-case hex) and its subject; `None` if it cannot be parsed.
 pub fn serial_and_subject(der: &[u8]) -> Option<(String, String)> {
@@ -101,12 +121,24 @@ impl ClientCertVerifier for LogRevoked {
         let r = self
             .inner
             .verify_client_cert(end_entity, intermediates, now);
-        if let Err(rustls::Error::InvalidCertificate(CertificateError::Revoked)) = &r {
-            let (serial, subject) =
-                serial_and_subject(end_entity.as_ref()).unwrap_or_else(|| ("?".into(), "?".into()));
-            // At debug level the connection's span (client address) is current too:
-            // the handshake runs in the connection's task.
-            tracing::info!(listener = %self.listener, %serial, %subject, "refused: client certificate is revoked (listed in a crl file)");
+        let Err(rustls::Error::InvalidCertificate(e)) = &r else {
+            return r;
+        };
+        let named =
+            || serial_and_subject(end_entity.as_ref()).unwrap_or_else(|| ("?".into(), "?".into()));
+        // At debug level the connection's span (client address) is current too: the
+        // handshake runs in the connection's task.
+        match e {
+            CertificateError::Revoked => {
+                let (serial, subject) = named();
+                tracing::info!(listener = %self.listener, %serial, %subject, "refused: client certificate is revoked (listed in a crl file)");
+            }
+            CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. } => {
+                let (serial, subject) = named();
+                tracing::info!(listener = %self.listener, %serial, %subject, "refused: the crl that covers this client certificate is out of date (its nextUpdate has passed); refresh the crl file");
+            }
+            _ => {}
         }
         r
     }
