@@ -21,6 +21,8 @@ pub const DISCONNECT: u8 = 14;
 
 pub const PINGREQ_BYTES: [u8; 2] = [0xC0, 0x00];
 pub const PINGRESP_BYTES: [u8; 2] = [0xD0, 0x00];
+/// DISCONNECT, normal (MQTT 3.x and 5 alike).
+pub const DISCONNECT_BYTES: [u8; 2] = [0xE0, 0x00];
 
 /// Offset of the variable header (after the fixed header) of a complete packet.
 fn body_start(p: &[u8]) -> Option<usize> {
@@ -143,6 +145,11 @@ pub fn ack_reason(p: &[u8], v5: bool) -> u8 {
     body_start(p)
         .and_then(|at| p.get(at + 2).copied())
         .unwrap_or(0)
+}
+
+/// The reason code of a DISCONNECT (0 when absent: MQTT 3.x, or v5 "normal").
+pub fn disconnect_reason(p: &[u8]) -> u8 {
+    body_start(p).and_then(|at| p.get(at).copied()).unwrap_or(0)
 }
 
 /// A PUBACK/PUBREC/PUBREL/PUBCOMP of `kind` written by mqgate: v5 with a reason code
