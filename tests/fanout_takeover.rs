@@ -8,9 +8,13 @@
 //! started with `once` (no reconnect of their own); devices connect straight to a node.
 
 use crate::common::fleet::addresses;
+use crate::common::mqtt::read_packet;
 use crate::common::*;
 use crate::fanout::Backend;
 use std::collections::HashSet;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
@@ -119,6 +123,121 @@ fn a_second_mqtt5_backend_with_the_same_id_takes_over_on_one_gateway() {
 #[test]
 fn a_second_mqtt311_backend_with_the_same_id_takes_over_on_one_gateway() {
     second_backend_takes_over("3.1.1");
+}
+
+/// The client id of a CONNECT body (MQTT 3.1.1 or 5) and its protocol level.
+fn connect_id(body: &[u8]) -> Option<(String, u8)> {
+    let name = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    let mut at = 2 + name;
+    let level = *body.get(at)?;
+    at += 4; // level, flags, keep-alive
+    if level == 5 {
+        let (len, used) = crate::common::mqtt::varint(body.get(at..)?)?;
+        at += used + len;
+    }
+    let n = usize::from(u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?]));
+    let id = body.get(at + 2..at + 2 + n)?;
+    Some((String::from_utf8_lossy(id).into_owned(), level))
+}
+
+/// A stand-in node for what Mosquitto 2.0.11 does not do: it accepts every CONNECT
+/// (CONNACK 0), answers SUBSCRIBE (QoS 1 granted) and PINGREQ, and keeps the
+/// connections of client `id`, so that the test can send one DISCONNECT 0x8E "session
+/// taken over" as a broker that announces its takeovers does (Mosquitto 2.0.11 closes
+/// the older connection without a word, MQTT 5 or not). Returns its port and the
+/// connections of `id` it accepted.
+fn announcing_node(id: &'static str) -> (u16, Arc<Mutex<Vec<TcpStream>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind the stand-in node");
+    let port = l.local_addr().expect("its address").port();
+    let kept: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let keep = kept.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let keep = keep.clone();
+            std::thread::spawn(move || {
+                while let Ok((first, body)) = read_packet(&mut c) {
+                    let reply: Vec<u8> = match first >> 4 {
+                        1 => {
+                            let Some((cid, level)) = connect_id(&body) else {
+                                break;
+                            };
+                            if cid == id {
+                                if let Ok(dup) = c.try_clone() {
+                                    keep.lock().unwrap_or_else(|p| p.into_inner()).push(dup);
+                                }
+                            }
+                            if level == 5 {
+                                vec![0x20, 0x03, 0x00, 0x00, 0x00]
+                            } else {
+                                vec![0x20, 0x02, 0x00, 0x00]
+                            }
+                        }
+                        8 if body.len() >= 2 => vec![0x90, 0x04, body[0], body[1], 0x00, 0x01],
+                        12 => vec![0xD0, 0x00],
+                        14 => break,
+                        _ => continue,
+                    };
+                    if c.write_all(&reply).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (port, kept)
+}
+
+/// A node that ends the session's connection with DISCONNECT 0x8E (another
+/// connection took the id there): the session does not reconnect it and fight, it
+/// ends as taken over; its other node connections are closed.
+#[test]
+fn a_node_that_says_taken_over_ends_the_session() {
+    const ID: &str = "backend-announced";
+    let dir = tempdir();
+    let d = dir.path();
+    let nodes = Mosquitto::start_nodes(d, 2);
+    let (port, kept) = announcing_node(ID);
+    let mut all = addresses(&nodes);
+    all.push(("node3", format!("127.0.0.1:{port}")));
+    let (gate, listen) = Gate::start_with(d, "gate", |listen, admin| {
+        gate_config(listen, admin, "dynsec", &all, "", "check = \"tcp\"\n", RULE)
+    });
+    for (n, _) in &all {
+        gate.wait_node_up(n);
+    }
+    let b = backend(listen, ID, "5");
+    let taken = || kept.lock().unwrap_or_else(|p| p.into_inner()).len();
+    assert_eq!(taken(), 1, "connected to the stand-in node once");
+    let mut conn = kept
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop()
+        .expect("its connection");
+    conn.write_all(&[0xE0, 0x02, 0x8E, 0x00])
+        .expect("DISCONNECT 0x8E");
+    let _ = conn.shutdown(std::net::Shutdown::Both);
+    wait_until(T, "the backend is disconnected", || {
+        b.count("DISCONNECTED") == 1
+    });
+    assert!(
+        b.output().contains("DISCONNECTED Session taken over"),
+        "{}",
+        b.output()
+    );
+    assert_eq!(closes(&gate, "taken_over"), 1.0);
+    wait_until(T, "the session is gone", || {
+        gate.metric("mqgate_fanout_sessions", &[("cluster", "brokers")]) == 0.0
+    });
+    for (n, _) in &all {
+        wait_until(T, &format!("no connection to {n} left"), || {
+            gate.metric(
+                "mqgate_fanout_upstreams",
+                &[("cluster", "brokers"), ("node", n)],
+            ) == 0.0
+        });
+    }
+    assert_eq!(taken(), 0, "the stand-in node was not connected again");
 }
 
 /// Two gateways linked as peers with `single_live`, on different nodes (gate-a:
