@@ -205,6 +205,15 @@ mod tests {
     }
 
     #[test]
+    fn disconnect_reasons() {
+        assert_eq!(disconnect_reason(&[0xE0, 0x02, 0x8E, 0x00]), 0x8E);
+        assert_eq!(disconnect_reason(&[0xE0, 0x01, 0x8E]), 0x8E);
+        // MQTT 3.x, or v5 "normal" with no reason byte.
+        assert_eq!(disconnect_reason(&DISCONNECT_BYTES), 0);
+        assert_eq!(disconnect_reason(&[0xE0]), 0);
+    }
+
+    #[test]
     fn publish_views_and_id_rewrite() {
         let mut p = pub_packet(1, "t/a", 7, None);
         let v = publish(&p, false).expect("view");

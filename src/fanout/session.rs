@@ -12,7 +12,12 @@
 //! - the cluster's node states: a node that is no longer usable loses its
 //!   connection; a usable node without one is connected (again), then the session's
 //!   subscriptions are replayed there before anything else is sent to it;
-//! - PINGREQ answered here; the client's keep-alive (× 1.5) enforced here.
+//! - PINGREQ answered here; the client's keep-alive (× 1.5) enforced here;
+//! - the client id: held by one session at a time (`crate::live`, docs/fanout.md
+//!   "One session per client id"): the session goes live once its client has the
+//!   CONNACK and ends as `taken_over` when a newer one does (or a node says so with
+//!   DISCONNECT 0x8E); while a newer one is being set up it does not reconnect the
+//!   node connections that newer one's CONNECTs took over.
 
 use super::batch::Held;
 use super::closing::{close_client, close_nodes, READ_BUF};
