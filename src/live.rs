@@ -127,10 +127,11 @@ pub struct LiveHandle {
 impl LiveHandle {
     /// The broker accepted the connection: it is the id's live one now.
     pub fn activate(&mut self) {
-        self.unclaim();
         if self.token.is_none() {
             self.token = Some(self.ids.activate(self));
         }
+        // After the older connection was closed: it sees the claim or the close.
+        self.unclaim();
     }
 
     /// The connection is being set up and will take the id over if it succeeds

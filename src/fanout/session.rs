@@ -409,7 +409,11 @@ where
         end: None,
         yielding: false,
     };
-    let end = s.drive(&mut client, &mut up_rx).await;
+    let end = match s.drive(&mut client, &mut up_rx).await {
+        // Its last node connection went as a newer session took the id over.
+        End::NoNode if s.start.live.taken_over() => End::TakenOver,
+        end => end,
+    };
     // Node connections still being set up are stopped (they must not log the client
     // in after it left); the others get what is queued for them, then close.
     let mut ios = Vec::new();
