@@ -43,6 +43,7 @@ pub mod fdlimit;
 pub mod gateway;
 pub mod handover;
 pub mod health;
+pub mod hold;
 pub mod host;
 pub mod identity;
 pub mod listener;

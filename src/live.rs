@@ -15,6 +15,14 @@
 //! for `takeover_holddown`: new connections with it are refused (CONNACK 0x85 / 0x02,
 //! reject reason `id_fight`). The connection live at that moment stays.
 //!
+//! Fan-out sessions (`crate::fanout`) take part too, and on one gateway always: with
+//! `single_live` off their handles are *local* — going live closes an older fan-out
+//! session with the id on this gateway, nothing is announced, no takeover is damped.
+//! A fan-out session also *claims* its id while it connects to the nodes (before it
+//! goes live): the nodes' takeovers then close the older session's node connections,
+//! and the older session, seeing the claim, waits for the newer one instead of
+//! reconnecting them ([`LiveHandle::contended`]).
+//!
 //! Memory: one entry per live connection of this gateway, plus the last live address
 //! of ids seen within the window and the ids fighting; both pruned as they age.
 
@@ -86,6 +94,8 @@ struct Inner {
     local: HashMap<Arc<str>, Local>,
     last: HashMap<Arc<str>, Last>,
     fights: HashMap<Arc<str>, Fight>,
+    /// Fan-out sessions setting up, per id ([`LiveHandle::claim`]).
+    claims: HashMap<Arc<str>, usize>,
     next_token: u64,
     last_stamp: u64,
     swept: Option<Instant>,
@@ -109,6 +119,8 @@ pub struct LiveHandle {
     scope: SessionScope,
     taken: Arc<AtomicBool>,
     token: Option<u64>,
+    /// Holds a claim on the id ([`LiveHandle::claim`]).
+    claimed: bool,
     cfg: SingleLiveConfig,
 }
 
@@ -118,6 +130,41 @@ impl LiveHandle {
         if self.token.is_none() {
             self.token = Some(self.ids.activate(self));
         }
+        // After the older connection was closed: it sees the claim or the close.
+        self.unclaim();
+    }
+
+    /// The connection is being set up and will take the id over if it succeeds
+    /// (fan-out sessions, while they connect to the nodes); see the module comment.
+    pub fn claim(&mut self) {
+        if !self.claimed {
+            self.claimed = true;
+            *self.ids.lock().claims.entry(self.id.clone()).or_default() += 1;
+        }
+    }
+
+    /// The set-up ended (went live, or failed): the claim is dropped.
+    pub fn unclaim(&mut self) {
+        if std::mem::take(&mut self.claimed) {
+            let mut g = self.ids.lock();
+            if let Some(n) = g.claims.get_mut(&self.id) {
+                *n -= 1;
+                if *n == 0 {
+                    g.claims.remove(&self.id);
+                }
+            }
+        }
+    }
+
+    /// Is another connection with this id being set up on this gateway (a claim
+    /// other than this handle's own)?
+    pub fn contended(&self) -> bool {
+        let own = usize::from(self.claimed);
+        self.ids
+            .lock()
+            .claims
+            .get(&self.id)
+            .is_some_and(|n| *n > own)
     }
 
     /// Closed because a newer connection with its id went live.
@@ -140,6 +187,7 @@ impl LiveHandle {
 
 impl Drop for LiveHandle {
     fn drop(&mut self) {
+        self.unclaim();
         if let Some(token) = self.token {
             self.ids.release(&self.id, token);
         }
@@ -174,7 +222,8 @@ impl LiveIds {
         )
     }
 
-    /// A handle for a connection with `id` from `addr`, closed through `scope`.
+    /// A handle for a connection with `id` from `addr`, closed through `scope`;
+    /// `cfg.enabled` false: a local handle (see the module comment).
     pub fn handle(
         self: &Arc<Self>,
         id: &str,
@@ -189,6 +238,7 @@ impl LiveIds {
             scope,
             taken: Arc::new(AtomicBool::new(false)),
             token: None,
+            claimed: false,
             cfg,
         }
     }
@@ -202,7 +252,9 @@ impl LiveIds {
         g.last_stamp = stamp;
         g.next_token += 1;
         let token = g.next_token;
-        self.seen(&mut g, &h.id, stamp, &h.addr, h.cfg);
+        if h.cfg.enabled {
+            self.seen(&mut g, &h.id, stamp, &h.addr, h.cfg);
+        }
         let old = g.local.insert(
             h.id.clone(),
             Local {
@@ -217,6 +269,9 @@ impl LiveIds {
             self.close(&h.id, &old, &h.addr, "this gateway");
         }
         drop(g);
+        if !h.cfg.enabled {
+            return token;
+        }
         let _ = changes().send(LiveChange {
             cluster: self.cluster.clone(),
             id: h.id.clone(),
@@ -403,6 +458,39 @@ mod tests {
         );
         c.activate();
         assert!(ids.export()[0].1 > u64::MAX - 10);
+    }
+
+    #[test]
+    fn local_handles_take_over_on_this_gateway_only_and_claims_are_seen_by_others() {
+        let ids = ids();
+        let off = SingleLiveConfig {
+            enabled: false,
+            ..cfg(0)
+        };
+        let mut rx = changes().subscribe();
+        let (s1, s2) = (SessionScope::root(), SessionScope::root());
+        let mut a = ids.handle("f", "127.0.0.1".parse().unwrap(), s1.clone(), off);
+        a.activate();
+        let mut b = ids.handle("f", "127.0.0.2".parse().unwrap(), s2.clone(), off);
+        b.claim();
+        assert!(
+            a.contended() && !b.contended(),
+            "b's own claim is not b's contender"
+        );
+        b.activate();
+        assert!(!a.contended(), "going live drops the claim");
+        assert!(s1.is_closed() && a.taken_over() && !s2.is_closed());
+        // Nothing announced, no takeover damped (limit 0 would hold it down).
+        assert!(ids.held("f").is_none());
+        while let Ok(ch) = rx.try_recv() {
+            assert_ne!(&*ch.id, "f", "a local handle is not announced");
+        }
+        // A claim dropped with its handle.
+        let mut c = ids.handle("f", "127.0.0.1".parse().unwrap(), SessionScope::root(), off);
+        c.claim();
+        assert!(b.contended());
+        drop(c);
+        assert!(!b.contended());
     }
 
     #[test]

@@ -16,7 +16,6 @@ use crate::runtime::{DataPath, ListenerRt, Runtime};
 use crate::sessions::SessionScope;
 use crate::upstream::Broker;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout_at;
@@ -509,11 +508,6 @@ enum Unrouted {
     Busy,
 }
 
-/// Longest pause between two attempts while held, when a node that the cluster still
-/// counts as usable refuses connections (a leader that just died, before its health
-/// checks notice). Any change of the cluster's state ends a pause at once.
-const HELD_RETRY_MAX: Duration = Duration::from_secs(1);
-
 /// Pick nodes and connect, holding the client while no node can take it (full-sync
 /// between leaders, dynsec with every node down) up to the cluster's `queue_timeout`,
 /// at most `queue_max` clients at once (HAProxy's `timeout queue` / `maxqueue`). A held
@@ -535,11 +529,8 @@ async fn route<S: AsyncRead + Unpin>(
 ) -> Result<Routed, Unrouted> {
     let cluster = &lst.cluster;
     let lname = lst.config.name.as_str();
-    let began = Instant::now();
-    let deadline = began + cfg.queue_timeout;
+    let mut queue = crate::hold::Hold::new(lst, cfg, cap);
     let mut extra: Vec<u8> = Vec::new();
-    let mut queued = None;
-    let mut pause = Duration::from_millis(50);
     let tls = cluster.tls();
     // `balance = "hash"`: the session waits on its key's slot's lane, so that a
     // rebalance can move exactly the clients whose owner changed.
@@ -591,9 +582,9 @@ async fn route<S: AsyncRead + Unpin>(
                     node.metrics
                         .to_broker
                         .inc_by((buf.len() + extra_now.len()) as u64);
-                    if queued.is_some() {
-                        cluster.queue_result("routed");
-                        tracing::debug!(node = %node.name, waited = ?began.elapsed(), "held client routed");
+                    if queue.is_held() {
+                        tracing::debug!(node = %node.name, waited = ?queue.began.elapsed(), "held client routed");
+                        queue.end("routed");
                     }
                     tracing::Span::current().record("node", node.name.as_str());
                     return Ok(Routed {
@@ -617,9 +608,7 @@ async fn route<S: AsyncRead + Unpin>(
             }
         }
         if over_rate > 0 && over_rate == pick.nodes.len() {
-            if queued.is_some() {
-                cluster.queue_result("closed");
-            }
+            queue.end("closed");
             return Err(Unrouted::Busy);
         }
         let why = |held: bool| {
@@ -637,58 +626,24 @@ async fn route<S: AsyncRead + Unpin>(
                 what
             }
         };
-        if Instant::now() >= deadline {
-            if queued.is_some() {
-                cluster.queue_result("timeout");
-            }
+        if queue.expired() {
+            queue.end("timeout");
             return Err(Unrouted::NoNode {
                 why: why(!cfg.queue_timeout.is_zero()),
             });
         }
-        if queued.is_none() {
-            match cluster.enter_queue() {
-                Some(g) => {
-                    tracing::debug!(reason = %why(false), "no node can take the client: held");
-                    queued = Some(g);
-                }
-                None => {
-                    cluster.queue_result("full");
-                    return Err(Unrouted::NoNode {
-                        why: format!(
-                            "{} and queue_max ({}) clients are held",
-                            why(false),
-                            cfg.queue_max
-                        ),
-                    });
-                }
-            }
+        if let Err(why) = queue.enter(&why(false)) {
+            return Err(Unrouted::NoNode { why });
         }
         // Nothing picked: only a change of state can help. Nodes picked but refusing:
         // try again after a pause too (their checks may not have noticed yet).
-        let wake = if pick.nodes.is_empty() {
-            deadline
-        } else {
-            deadline.min(Instant::now() + pause)
-        };
-        pause = (pause * 2).min(HELD_RETRY_MAX);
-        tokio::select! {
-            _ = &mut changed => {}
-            _ = tokio::time::sleep_until(wake) => {}
-            _ = lst.closed.closed() => {
-                cluster.queue_result("closed");
-                return Err(Unrouted::ListenerClosed);
-            }
-            r = client.read_buf(&mut extra), if extra.len() < cap => match r {
-                Ok(0) => {
-                    cluster.queue_result("closed");
-                    return Err(Unrouted::ClientGone("client closed".into()));
-                }
-                Err(e) => {
-                    cluster.queue_result("closed");
-                    return Err(Unrouted::ClientGone(format!("read error: {e}")));
-                }
-                Ok(_) => {}
-            },
+        match queue
+            .wait(changed, !pick.nodes.is_empty(), client, &mut extra)
+            .await
+        {
+            Ok(()) => {}
+            Err(crate::hold::Gone::ListenerClosed) => return Err(Unrouted::ListenerClosed),
+            Err(crate::hold::Gone::Client(why)) => return Err(Unrouted::ClientGone(why)),
         }
     }
 }

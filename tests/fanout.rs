@@ -19,8 +19,8 @@ const T: Duration = Duration::from_secs(60);
 const RULE: &str = "[[clusters.brokers.fanout]]\nclients = \"backend-*\"\n";
 
 /// A paho backend process (tests/clients/paho_backend.py) and what it printed.
-struct Backend {
-    id: String,
+pub(crate) struct Backend {
+    pub(crate) id: String,
     child: Child,
     stdin: Option<ChildStdin>,
     out: Arc<Mutex<String>>,
@@ -28,6 +28,18 @@ struct Backend {
 
 impl Backend {
     fn start(port: u16, id: &str, filter: &str, qos: u8, version: &str) -> Backend {
+        Self::start_with(port, id, filter, qos, version, &[])
+    }
+
+    /// With extra arguments (`once`: no reconnect after a disconnect).
+    pub(crate) fn start_with(
+        port: u16,
+        id: &str,
+        filter: &str,
+        qos: u8,
+        version: &str,
+        extra: &[&str],
+    ) -> Backend {
         let mut c = paho_python();
         c.arg(clients_dir().join("paho_backend.py"))
             .args([
@@ -38,6 +50,7 @@ impl Backend {
                 &qos.to_string(),
                 version,
             ])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -58,11 +71,11 @@ impl Backend {
         }
     }
 
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         self.out.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn count(&self, prefix: &str) -> usize {
+    pub(crate) fn count(&self, prefix: &str) -> usize {
         self.output()
             .lines()
             .filter(|l| l.starts_with(prefix))
@@ -70,7 +83,7 @@ impl Backend {
     }
 
     /// Payloads received, in order.
-    fn payloads(&self) -> Vec<String> {
+    pub(crate) fn payloads(&self) -> Vec<String> {
         self.output()
             .lines()
             .filter(|l| l.starts_with("MSG "))

@@ -27,6 +27,7 @@ mod evacuate;
 mod failover_clients;
 mod fanout;
 mod fanout_access;
+mod fanout_takeover;
 mod fuzz_corpus;
 mod gateway_basic;
 mod gateway_tls;

@@ -293,8 +293,14 @@ impl Session {
             return;
         }
         if kind == pk::DISCONNECT {
-            tracing::debug!(node = %self.slots[idx].node.name, "fan-out: the node sent DISCONNECT");
-            let pause = self.slots[idx].backoff;
+            let reason = super::packet::disconnect_reason(p);
+            tracing::debug!(node = %self.slots[idx].node.name, reason, "fan-out: the node sent DISCONNECT");
+            if reason == crate::relay::polite::SESSION_TAKEN_OVER && self.end.is_none() {
+                // Another connection took the client id on that node: connecting
+                // again would take it back, and so on. The session ends.
+                self.end = Some(End::TakenOver);
+            }
+            let pause = self.retry_pause(idx);
             return self.lost(idx, pause);
         }
         let Some((nid, _)) = ack_id(p) else {

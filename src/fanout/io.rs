@@ -186,7 +186,7 @@ impl Session {
             return;
         }
         tracing::debug!(node = %self.slots[idx].node.name, %why, "fan-out: node connection ended");
-        let pause = self.slots[idx].backoff;
+        let pause = self.retry_pause(idx);
         self.lost(idx, pause);
     }
 }

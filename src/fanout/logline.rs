@@ -38,6 +38,7 @@ fn close_for(o: &Outcome) -> Option<Close> {
         End::NoNode if o.nodes.is_empty() => Close::Rejected,
         // The last node connection was lost.
         End::NoNode => Close::NodeDown,
+        End::TakenOver => Close::TakenOver,
         End::Shutdown => return None,
     })
 }
@@ -71,6 +72,7 @@ mod tests {
         assert_eq!(c(End::NoNode, &["n1"], false), Some(Close::NodeDown));
         assert_eq!(c(End::NoNode, &[], false), Some(Close::Rejected));
         assert_eq!(c(End::Refused, &[], false), Some(Close::Broker));
+        assert_eq!(c(End::TakenOver, &["n1"], false), Some(Close::TakenOver));
         assert_eq!(c(End::Shutdown, &["n1"], false), None);
     }
 }

@@ -94,6 +94,15 @@ pub async fn serve<S, K>(
         .with_label_values(&[cluster.as_str(), "fanout"])
         .inc();
     tracing::debug!(client_id = %client.client_id, "fan-out session starts");
+    // One session per client id on this gateway — and with `single_live`, across
+    // the gateways: a newer one takes the id over (`crate::live`, docs/fanout.md).
+    let scope = lst.closed.child();
+    let live = lst.cluster.live.handle(
+        &client.client_id,
+        client.ctx.peer.ip(),
+        scope.clone(),
+        cfg.sessions.single_live,
+    );
     let first_read = client.buf.len() as u64;
     let mut buf = client.buf;
     let rest = buf.split_off(client.len.min(buf.len()));
@@ -108,6 +117,8 @@ pub async fn serve<S, K>(
         v5: client.v5,
         keep_alive: client.keep_alive,
         client_id: client.client_id,
+        scope,
+        live,
     };
     let outcome = session::run(start, client.stream).await;
     let end = outcome.end;

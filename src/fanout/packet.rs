@@ -21,6 +21,8 @@ pub const DISCONNECT: u8 = 14;
 
 pub const PINGREQ_BYTES: [u8; 2] = [0xC0, 0x00];
 pub const PINGRESP_BYTES: [u8; 2] = [0xD0, 0x00];
+/// DISCONNECT, normal (MQTT 3.x and 5 alike).
+pub const DISCONNECT_BYTES: [u8; 2] = [0xE0, 0x00];
 
 /// Offset of the variable header (after the fixed header) of a complete packet.
 fn body_start(p: &[u8]) -> Option<usize> {
@@ -145,6 +147,11 @@ pub fn ack_reason(p: &[u8], v5: bool) -> u8 {
         .unwrap_or(0)
 }
 
+/// The reason code of a DISCONNECT (0 when absent: MQTT 3.x, or v5 "normal").
+pub fn disconnect_reason(p: &[u8]) -> u8 {
+    body_start(p).and_then(|at| p.get(at).copied()).unwrap_or(0)
+}
+
 /// A PUBACK/PUBREC/PUBREL/PUBCOMP of `kind` written by mqgate: v5 with a reason code
 /// when it is not 0.
 pub fn ack(kind: u8, id: u16, v5: bool, reason: u8) -> Vec<u8> {
@@ -195,6 +202,15 @@ mod tests {
         let mut out = vec![0x30 | (qos << 1), body.len() as u8];
         out.extend_from_slice(&body);
         out
+    }
+
+    #[test]
+    fn disconnect_reasons() {
+        assert_eq!(disconnect_reason(&[0xE0, 0x02, 0x8E, 0x00]), 0x8E);
+        assert_eq!(disconnect_reason(&[0xE0, 0x01, 0x8E]), 0x8E);
+        // MQTT 3.x, or v5 "normal" with no reason byte.
+        assert_eq!(disconnect_reason(&DISCONNECT_BYTES), 0);
+        assert_eq!(disconnect_reason(&[0xE0]), 0);
     }
 
     #[test]

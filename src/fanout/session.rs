@@ -12,7 +12,12 @@
 //! - the cluster's node states: a node that is no longer usable loses its
 //!   connection; a usable node without one is connected (again), then the session's
 //!   subscriptions are replayed there before anything else is sent to it;
-//! - PINGREQ answered here; the client's keep-alive (× 1.5) enforced here.
+//! - PINGREQ answered here; the client's keep-alive (× 1.5) enforced here;
+//! - the client id: held by one session at a time (`crate::live`, docs/fanout.md
+//!   "One session per client id"): the session goes live once its client has the
+//!   CONNACK and ends as `taken_over` when a newer one does (or a node says so with
+//!   DISCONNECT 0x8E); while a newer one is being set up it does not reconnect the
+//!   node connections that newer one's CONNECTs took over.
 
 use super::batch::Held;
 use super::closing::{close_client, close_nodes, READ_BUF};
@@ -41,6 +46,10 @@ pub const MAX_STORED: usize = 10_000;
 /// First pause before a node that failed or refused is tried again (doubling to 30 s).
 pub(super) const RETRY_FIRST: Duration = Duration::from_secs(1);
 pub(super) const RETRY_MAX: Duration = Duration::from_secs(30);
+/// A node connection up this long before it ends is retried after [`RETRY_FIRST`]
+/// again; one that ends sooner (e.g. taken over by another connection with the
+/// client id: a silent close on MQTT 3.x) doubles the pause.
+const STABLE: Duration = Duration::from_secs(10);
 
 /// What the session needs from the set-up path.
 pub struct Start {
@@ -55,6 +64,11 @@ pub struct Start {
     pub v5: bool,
     pub keep_alive: u16,
     pub client_id: String,
+    /// Closed at shutdown, when the listener goes, and when the client id is taken
+    /// over (`live`).
+    pub scope: crate::sessions::SessionScope,
+    /// The session's place among the client id's connections (`crate::live`).
+    pub live: crate::live::LiveHandle,
 }
 
 /// Why a session ended (`mqgate_fanout_closes_total{reason}`).
@@ -69,6 +83,9 @@ pub enum End {
     NoNode,
     Refused,
     Shutdown,
+    /// A newer connection took the client id over (`crate::live`), or a node said
+    /// so (DISCONNECT 0x8E on a node connection).
+    TakenOver,
 }
 
 impl End {
@@ -83,6 +100,7 @@ impl End {
             End::NoNode => "no_node",
             End::Refused => "refused",
             End::Shutdown => "shutdown",
+            End::TakenOver => "taken_over",
         }
     }
 }
@@ -124,6 +142,8 @@ pub(super) struct Slot {
     /// QoS 2 from the node whose PUBREC went back: node identifier → client's.
     pub rel: HashMap<u16, u16>,
     pub backoff: Duration,
+    /// When the connection was last accepted.
+    pub up_since: Instant,
     pub to_client: prometheus::IntCounter,
     pub to_node: prometheus::IntCounter,
     pub upstreams: prometheus::IntGauge,
@@ -166,6 +186,10 @@ pub(super) struct Session {
     pub next_node: usize,
     /// Set when a handler decides the session ends.
     pub end: Option<End>,
+    /// Every node connection was lost while a newer session with the client id was
+    /// being set up here: waiting for it to go live (then taken over) instead of
+    /// closing the client as `no_node`.
+    pub yielding: bool,
 }
 
 impl Session {
@@ -181,7 +205,7 @@ impl Session {
             .count()
     }
 
-    fn usable(n: &Node) -> bool {
+    pub(super) fn usable(n: &Node) -> bool {
         !n.is_removed() && n.health() == Health::Up && n.admin_state() != AdminState::Maint
     }
 
@@ -202,6 +226,7 @@ impl Session {
             out: Ids::new(65_535),
             rel: HashMap::new(),
             backoff: RETRY_FIRST,
+            up_since: Instant::now(),
         }
     }
 
@@ -227,9 +252,30 @@ impl Session {
         ));
     }
 
+    /// The pause before slot `idx` is connected again: its back-off, doubled for the
+    /// next time (1 s up to 30 s), unless its connection had been up for [`STABLE`].
+    pub(super) fn retry_pause(&mut self, idx: usize) -> Duration {
+        let s = &mut self.slots[idx];
+        if s.state == LinkState::Up && s.up_since.elapsed() >= STABLE {
+            s.backoff = RETRY_FIRST;
+        }
+        let pause = s.backoff;
+        s.backoff = (pause * 2).min(RETRY_MAX);
+        pause
+    }
+
     /// Follow the cluster: new nodes get a slot, unusable nodes lose their
-    /// connection, usable idle nodes whose retry time came are connected.
+    /// connection, usable idle nodes whose retry time came are connected — except
+    /// while a newer session with the client id is being set up on this gateway
+    /// (`crate::live`): its CONNECTs take the id over on the nodes, and connecting
+    /// again would take it back.
     pub fn reconcile(&mut self) {
+        let contended = self.start.live.contended();
+        if self.yielding && !contended {
+            tracing::debug!("fan-out: the newer session with the client id did not go live; no node connection left: closing the client");
+            self.end = Some(End::NoNode);
+            return;
+        }
         let nodes = self.start.lst.cluster.nodes();
         for n in nodes.iter() {
             if !self.slots.iter().any(|s| Arc::ptr_eq(&s.node, n)) {
@@ -245,7 +291,9 @@ impl Session {
                     tracing::debug!(node = %self.slots[idx].node.name, "fan-out: node not usable; its connection is dropped");
                     self.lost(idx, RETRY_FIRST);
                 }
-                LinkState::Idle { retry_at } if usable && retry_at <= now => self.connect_slot(idx),
+                LinkState::Idle { retry_at } if usable && retry_at <= now && !contended => {
+                    self.connect_slot(idx)
+                }
                 _ => {}
             }
         }
@@ -286,9 +334,14 @@ impl Session {
                 Out::Replay => {}
             }
         }
-        if was_up && self.up_count() == 0 && self.end.is_none() {
-            tracing::debug!("fan-out: no node connection left; closing the client");
-            self.end = Some(End::NoNode);
+        if was_up && self.up_count() == 0 && self.end.is_none() && !self.yielding {
+            if self.start.live.contended() {
+                tracing::debug!("fan-out: no node connection left while a newer session with the client id is being set up: waiting for it");
+                self.yielding = true;
+            } else {
+                tracing::debug!("fan-out: no node connection left; closing the client");
+                self.end = Some(End::NoNode);
+            }
         }
     }
 
@@ -354,8 +407,13 @@ where
         rbuf: vec![0; READ_BUF],
         next_node: 0,
         end: None,
+        yielding: false,
     };
-    let end = s.drive(&mut client, &mut up_rx).await;
+    let end = match s.drive(&mut client, &mut up_rx).await {
+        // Its last node connection went as a newer session took the id over.
+        End::NoNode if s.start.live.taken_over() => End::TakenOver,
+        end => end,
+    };
     // Node connections still being set up are stopped (they must not log the client
     // in after it left); the others get what is queued for them, then close.
     let mut ios = Vec::new();
@@ -367,6 +425,9 @@ where
             slot.upstreams.dec();
         }
         ios.extend(slot.io.take().map(|io| *io));
+    }
+    if end == End::TakenOver {
+        s.taken_over(&mut ios);
     }
     close_nodes(ios, &s.start.data.tracker);
     let mut to_client = s.client.written;
@@ -390,9 +451,19 @@ impl Session {
         client: &mut S,
         up_rx: &mut mpsc::Receiver<Up>,
     ) -> End {
-        if let Err(end) = self.connect_all(up_rx).await {
+        if let Err(end) = self.hold(client).await {
             return end;
         }
+        // From here the nodes take the id over from an older session with it: that
+        // one waits for this one instead of taking it back (`crate::live`).
+        self.start.live.claim();
+        if let Err(end) = self.connect_all(up_rx).await {
+            self.start.live.unclaim();
+            return end;
+        }
+        // The client has its CONNACK: the session is the id's live one (an older
+        // one with the id is closed; with `single_live`, announced to the peers).
+        self.start.live.activate();
         let mut scanner = Scanner::new(
             &(0u8..16).collect::<Vec<_>>(),
             self.start.rule.max_packet_size,
@@ -412,7 +483,7 @@ impl Session {
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });
-        let closed = self.start.lst.closed.clone();
+        let closed = self.start.scope.clone();
         let cluster = self.start.lst.cluster.clone();
         loop {
             if let Some(e) = self.end {
@@ -430,7 +501,13 @@ impl Session {
             };
             tokio::select! {
                 biased;
-                _ = closed.closed() => return End::Shutdown,
+                _ = closed.closed() => {
+                    if self.start.live.taken_over() {
+                        tracing::debug!("fan-out: the client id went live on a newer connection; closed");
+                        return End::TakenOver;
+                    }
+                    return End::Shutdown;
+                }
                 _ = changed => self.reconcile(),
                 _ = sleep_opt(retry) => self.reconcile(),
                 _ = tokio::time::sleep_until(last_read + ka), if !ka.is_zero() => {
@@ -449,6 +526,29 @@ impl Session {
                     }
                 }
             }
+        }
+    }
+
+    /// The session was taken over: its node connections still up get a DISCONNECT
+    /// (the id lives on in the newer session: no will is published), an MQTT 5
+    /// client DISCONNECT 0x8E "session taken over"; then they close.
+    fn taken_over(&mut self, ios: &mut [NodeIo]) {
+        for io in ios {
+            io.out.push(&super::packet::DISCONNECT_BYTES);
+        }
+        if self.start.v5 && !self.client_failed {
+            use crate::relay::polite::{disconnect_v5, SESSION_TAKEN_OVER};
+            self.queue_client(disconnect_v5(SESSION_TAKEN_OVER));
+            self.start
+                .data
+                .metrics
+                .shaping
+                .disconnects_sent
+                .with_label_values(&[
+                    &self.cluster,
+                    crate::cluster::pacing::reason_label(SESSION_TAKEN_OVER),
+                ])
+                .inc();
         }
     }
 
@@ -508,7 +608,7 @@ impl Session {
                     .is_some_and(|s| s.gen == gen && s.state == LinkState::Connecting)
                 {
                     tracing::debug!(node = %self.slots[idx].node.name, %why, "fan-out: node connection ended");
-                    let pause = self.slots[idx].backoff;
+                    let pause = self.retry_pause(idx);
                     self.lost(idx, pause);
                 }
             }

@@ -5,12 +5,88 @@
 
 use super::batch::Batch;
 use super::link::{NodeIo, Up};
-use super::session::{End, LinkState, Out, Session, RETRY_FIRST, RETRY_MAX};
+use super::session::{End, LinkState, Out, Session};
+use crate::hold::{Gone, Hold};
 use std::time::Duration;
+use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 impl Session {
+    /// `queue_timeout`: while no node of the cluster is usable, hold the client as
+    /// any client is held (`crate::hold`: counted in `queue_max`, woken by every
+    /// change of the cluster); then connect as usual. Past the deadline, or with
+    /// `queue_max` clients held, the refusal of a client no node takes.
+    pub(super) async fn hold<S: AsyncRead + Unpin>(&mut self, client: &mut S) -> Result<(), End> {
+        let lst = self.start.lst.clone();
+        let cfg = self.start.cfg.clone();
+        let mut queue = Hold::new(&lst, &cfg, self.start.rule.max_packet_size);
+        let mut rest = std::mem::take(&mut self.start.rest);
+        let ended = loop {
+            // Created before the nodes are looked at: no change in between is missed.
+            let changed = lst.cluster.changed();
+            tokio::pin!(changed);
+            if lst.cluster.nodes().iter().any(|n| Session::usable(n)) {
+                if queue.is_held() {
+                    tracing::debug!(waited = ?queue.began.elapsed(), "held fan-out client: a node is usable");
+                    queue.end("routed");
+                }
+                break Ok(());
+            }
+            if queue.expired() {
+                queue.end("timeout");
+                let why = if cfg.queue_timeout.is_zero() {
+                    "no node is up".to_string()
+                } else {
+                    format!(
+                        "no node is up after holding the client for {:?}",
+                        cfg.queue_timeout
+                    )
+                };
+                break Err(self.refuse_no_node(&why));
+            }
+            if let Err(why) = queue.enter("no node is up") {
+                break Err(self.refuse_no_node(&why));
+            }
+            let before = rest.len();
+            let waited = queue.wait(changed, false, client, &mut rest).await;
+            self.from_client += (rest.len() - before) as u64;
+            match waited {
+                Ok(()) => {}
+                Err(Gone::ListenerClosed) => {
+                    tracing::debug!("listener closed while the fan-out client was held");
+                    break Err(End::Shutdown);
+                }
+                Err(Gone::Client(why)) => {
+                    tracing::debug!(%why, "fan-out client gone while held");
+                    self.client_failed = true;
+                    break Err(End::ClientClosed);
+                }
+            }
+        };
+        self.start.rest = rest;
+        ended
+    }
+
+    /// No node took the client: `no_node_reply` as for any client (counted in
+    /// `mqgate_connections_rejected_total{reason="no_node"}`).
+    fn refuse_no_node(&mut self, why: &str) -> End {
+        let v5 = self.start.v5;
+        tracing::debug!(reason = "no_node", "refused: {why}");
+        let lname = self.start.lst.config.name.clone();
+        self.start
+            .data
+            .metrics
+            .reject(&lname, crate::metrics::Reject::NoNode);
+        if self.start.cfg.no_node_reply.connack_for(v5) {
+            self.connack_sent = Some(if v5 { 0x88 } else { 0x03 });
+            self.queue_client(crate::mqtt::unavailable_reply(
+                v5,
+                &format!("mqgate: {why}"),
+            ));
+        }
+        End::NoNode
+    }
     /// Connect to every usable node and answer the client's CONNECT.
     pub(super) async fn connect_all(&mut self, up_rx: &mut mpsc::Receiver<Up>) -> Result<(), End> {
         self.reconcile();
@@ -75,22 +151,7 @@ impl Session {
                     Err(End::Refused)
                 }
                 None => {
-                    let v5 = self.start.v5;
-                    let why = "no node of the cluster accepted the fan-out session";
-                    tracing::debug!(reason = "no_node", "refused: {why}");
-                    let lname = self.start.lst.config.name.clone();
-                    self.start
-                        .data
-                        .metrics
-                        .reject(&lname, crate::metrics::Reject::NoNode);
-                    if cfg.no_node_reply.connack_for(v5) {
-                        self.connack_sent = Some(if v5 { 0x88 } else { 0x03 });
-                        self.queue_client(crate::mqtt::unavailable_reply(
-                            v5,
-                            &format!("mqgate: {why}"),
-                        ));
-                    }
-                    Err(End::NoNode)
+                    Err(self.refuse_no_node("no node of the cluster accepted the fan-out session"))
                 }
             };
         };
@@ -127,7 +188,7 @@ impl Session {
                 s.state = LinkState::Up;
                 s.connecting = None;
                 s.io = Some(io);
-                s.backoff = RETRY_FIRST;
+                s.up_since = Instant::now();
                 s.upstreams.inc();
                 if !self.joined.contains(&node) {
                     self.joined.push(node.clone());
@@ -149,8 +210,7 @@ impl Session {
             }
             _ => {
                 tracing::debug!(node = %node, code, "fan-out: node refused the CONNECT; retried later");
-                let pause = self.slots[idx].backoff;
-                self.slots[idx].backoff = (pause * 2).min(RETRY_MAX);
+                let pause = self.retry_pause(idx);
                 self.lost(idx, pause);
                 None
             }

@@ -6,7 +6,8 @@ PUBLISHED <mid>, DISCONNECTED <reason>.
 
 stdin: `PUB <qos> <topic> <payload>` publishes; `QUIT` disconnects and exits.
 
-usage: paho_backend.py HOST PORT CLIENT_ID FILTER QOS {3.1.1|5}
+usage: paho_backend.py HOST PORT CLIENT_ID FILTER QOS {3.1.1|5} [once]
+(once: do not reconnect after a disconnect)
 """
 import sys
 
@@ -15,9 +16,13 @@ import paho.mqtt.client as mqtt
 
 def main():
     host, port, client_id, filt, qos, version = sys.argv[1:7]
+    reconnect = sys.argv[7:8] != ["once"]
     if version == "5":
         client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5,
+            reconnect_on_failure=reconnect,
         )
     else:
         client = mqtt.Client(
@@ -25,6 +30,7 @@ def main():
             client_id=client_id,
             protocol=mqtt.MQTTv311,
             clean_session=True,
+            reconnect_on_failure=reconnect,
         )
     client.max_inflight_messages_set(100)
 
