@@ -294,6 +294,14 @@ impl Session {
                 LinkState::Idle { retry_at } if usable && retry_at <= now && !contended => {
                     self.connect_slot(idx)
                 }
+                // The health checks found the node down: its connection was lost to
+                // that (not to a takeover fight), so once it is back up it is
+                // connected at once, with the back-off from the start.
+                LinkState::Idle { retry_at } if !usable && retry_at > now => {
+                    let s = &mut self.slots[idx];
+                    s.state = LinkState::Idle { retry_at: now };
+                    s.backoff = RETRY_FIRST;
+                }
                 _ => {}
             }
         }
