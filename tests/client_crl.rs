@@ -227,6 +227,39 @@ fn tls_failures(g: &Gate) -> (f64, f64) {
     )
 }
 
+/// `cert` fails the handshake on mqgate's mTLS port: the refusal is the `n`th counted
+/// as `tls`, and an `info` line saying `says` names the certificate's serial and subject.
+fn assert_refused(
+    gate: &Gate,
+    ca: &OpensslCa,
+    port: u16,
+    server_ca: &Path,
+    cert: (&Path, &Path),
+    n: f64,
+    says: &str,
+) {
+    assert!(
+        !pub_with(port, server_ca, cert.0, cert.1),
+        "{} got in",
+        cert.0.display()
+    );
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "the refusal counted",
+        || tls_failures(gate) == (n, n),
+    );
+    let serial = ca.serial(cert.0);
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "the refusal logged with the serial",
+        || {
+            gate.log_text().lines().any(|l| {
+                l.contains(says) && l.contains(&format!("serial={serial}")) && l.contains("CN=")
+            })
+        },
+    );
+}
+
 fn mtls_config(
     listen: u16,
     admin: u16,
@@ -282,29 +315,8 @@ fn a_revoked_client_certificate_is_refused_counted_and_logged_and_a_new_crl_appl
     assert_eq!(tls_failures(&gate), (0.0, 0.0));
 
     // The revoked one fails the handshake: counted as `tls`, logged with its serial.
-    assert!(
-        !pub_with(port, &server_ca, &bad, &bad_key),
-        "revoked dev2 got in"
-    );
-    wait_until(
-        std::time::Duration::from_secs(5),
-        "the refusal counted",
-        || tls_failures(&gate) == (1.0, 1.0),
-    );
-    let serial = ca.serial(&bad);
-    let logged = |serial: &str| {
-        gate.log_text().lines().any(|l| {
-            l.contains("client certificate is revoked")
-                && l.contains(&format!("serial={serial}"))
-                && l.contains("CN=")
-        })
-    };
-    gate.wait_log("client certificate is revoked");
-    assert!(
-        logged(&serial),
-        "serial {serial} logged:\n{}",
-        gate.log_text()
-    );
+    const REVOKED: &str = "client certificate is revoked";
+    assert_refused(&gate, &ca, port, &server_ca, (&bad, &bad_key), 1.0, REVOKED);
 
     // Revoke dev1 too and write the new CRL over the old file: the next reload (the
     // config unchanged) applies it, without a restart.
@@ -314,20 +326,14 @@ fn a_revoked_client_certificate_is_refused_counted_and_logged_and_a_new_crl_appl
     let text = std::fs::read_to_string(&gate.config).expect("config");
     gate.reload_with(&text);
     assert_eq!(gate.pid(), pid, "no restart");
-    assert!(
-        !pub_with(port, &server_ca, &good, &good_key),
-        "dev1 revoked now"
-    );
-    wait_until(
-        std::time::Duration::from_secs(5),
-        "the refusal counted",
-        || tls_failures(&gate) == (2.0, 2.0),
-    );
-    let serial = ca.serial(&good);
-    wait_until(
-        std::time::Duration::from_secs(5),
-        "dev1's serial logged",
-        || logged(&serial),
+    assert_refused(
+        &gate,
+        &ca,
+        port,
+        &server_ca,
+        (&good, &good_key),
+        2.0,
+        REVOKED,
     );
     // The same CRL as DER, given as a list: dev3 (never revoked) gets in, dev1 not.
     let crl_der = d.join("clients.crl.der");
@@ -337,14 +343,14 @@ fn a_revoked_client_certificate_is_refused_counted_and_logged_and_a_new_crl_appl
         pub_with(port, &server_ca, &other, &other_key),
         "dev3 is not revoked"
     );
-    assert!(
-        !pub_with(port, &server_ca, &good, &good_key),
-        "dev1 still revoked"
-    );
-    wait_until(
-        std::time::Duration::from_secs(5),
-        "the refusal counted",
-        || tls_failures(&gate) == (3.0, 3.0),
+    assert_refused(
+        &gate,
+        &ca,
+        port,
+        &server_ca,
+        (&good, &good_key),
+        3.0,
+        REVOKED,
     );
 }
 
@@ -429,25 +435,14 @@ fn an_out_of_date_crl_refuses_its_clients_until_it_is_refreshed() {
     );
     gate.wait_log("out of date");
 
-    assert!(
-        !pub_with(port, &server_ca, &good, &good_key),
-        "a client covered by an out-of-date CRL got in"
-    );
-    wait_until(
-        std::time::Duration::from_secs(5),
-        "the refusal counted",
-        || tls_failures(&gate) == (1.0, 1.0),
-    );
-    let serial = ca.serial(&good);
-    wait_until(
-        std::time::Duration::from_secs(5),
-        "the refusal logged",
-        || {
-            gate.log_text().lines().any(|l| {
-                l.contains("crl that covers this client certificate is out of date")
-                    && l.contains(&format!("serial={serial}"))
-            })
-        },
+    assert_refused(
+        &gate,
+        &ca,
+        port,
+        &server_ca,
+        (&good, &good_key),
+        1.0,
+        "crl that covers this client certificate is out of date",
     );
 
     // A fresh CRL written over the file: the client gets in again, no restart.

@@ -6,11 +6,28 @@ use crate::common::admin::set_node_state;
 use crate::common::fleet::addresses;
 use crate::common::*;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 const RULE: &str = "[[clusters.brokers.fanout]]\nclients = \"backend-*\"\n";
+
+/// mqgate over `nodes` (dynsec, the fan-out rule [`RULE`]) with its access log in
+/// `dir/access.log`, every node up: the gateway, its client port and the log's path.
+pub(crate) fn gate_with_access_log(dir: &Path, nodes: &[Mosquitto]) -> (Gate, u16, PathBuf) {
+    let file = dir.join("access.log");
+    let (gate, listen) = Gate::start_with(dir, "gate", |listen, admin| {
+        format!(
+            "[log]\naccess = \"{}\"\n\n{}",
+            file.display(),
+            gate_config(listen, admin, "dynsec", &addresses(nodes), "", "", RULE)
+        )
+    });
+    for n in nodes {
+        gate.wait_node_up(&n.name);
+    }
+    (gate, listen, file)
+}
 
 fn wait_line(path: &Path, needles: &[&str]) -> String {
     crate::common::wait_line(path, needles, T)
@@ -29,17 +46,7 @@ fn fanout_sessions_write_an_access_log_line_with_nodes_bytes_and_close_reason() 
     let dir = tempdir();
     let d = dir.path();
     let nodes = Mosquitto::start_nodes(d, 2);
-    let file = d.join("access.log");
-    let (gate, listen) = Gate::start_with(d, "gate", |listen, admin| {
-        format!(
-            "[log]\naccess = \"{}\"\n\n{}",
-            file.display(),
-            gate_config(listen, admin, "dynsec", &addresses(&nodes), "", "", RULE)
-        )
-    });
-    for n in &nodes {
-        gate.wait_node_up(&n.name);
-    }
+    let (gate, listen, file) = gate_with_access_log(d, &nodes);
     let upstreams = |node: &str| {
         gate.metric(
             "mqgate_fanout_upstreams",

@@ -63,17 +63,7 @@ fn second_backend_takes_over(version: &str) {
     let dir = tempdir();
     let d = dir.path();
     let nodes = Mosquitto::start_nodes(d, 3);
-    let file = d.join("access.log");
-    let (gate, listen) = Gate::start_with(d, "gate", |listen, admin| {
-        format!(
-            "[log]\naccess = \"{}\"\n\n{}",
-            file.display(),
-            gate_config(listen, admin, "dynsec", &addresses(&nodes), "", "", RULE)
-        )
-    });
-    for n in &nodes {
-        gate.wait_node_up(&n.name);
-    }
+    let (gate, listen, file) = crate::fanout_access::gate_with_access_log(d, &nodes);
     let id = format!("backend-twin{}", version.replace('.', ""));
     let old = backend(listen, &id, version);
     every_node_reaches(&old, &nodes, 0);
@@ -248,47 +238,14 @@ fn single_live_closes_the_older_fanout_session_through_another_gateway() {
     let dir = tempdir();
     let d = dir.path();
     let nodes = Mosquitto::start_nodes(d, 3);
-    let secret = d.join("peers.secret");
-    std::fs::write(&secret, "fanout-takeover-secret\n").expect("secret");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    }
-    let names = ["gate-a", "gate-b"];
-    let peer_ports = [free_port(), free_port()];
     let reach = [&nodes[0..2], &nodes[2..3]];
-    let gates: Vec<(Gate, u16)> = (0..2)
-        .map(|i| {
-            let peers = format!(
-                "\n[peers]\nname = \"{}\"\nbind = \"127.0.0.1:{}\"\nsecret_file = \"{}\"\npeers = [ {{ name = \"{}\", address = \"127.0.0.1:{}\" }} ]\n",
-                names[i],
-                peer_ports[i],
-                secret.display(),
-                names[1 - i],
-                peer_ports[1 - i]
-            );
-            Gate::start_with(d, names[i], |listen, admin| {
-                gate_config(
-                    listen,
-                    admin,
-                    "dynsec",
-                    &addresses(reach[i]),
-                    "",
-                    "",
-                    &format!("[clusters.brokers.sessions]\nsingle_live = true\n{peers}\n{RULE}"),
-                )
-            })
-        })
-        .collect();
+    let gates = pair::start(
+        d,
+        [addresses(reach[0]), addresses(reach[1])],
+        &format!("[clusters.brokers.sessions]\nsingle_live = true\n\n{RULE}"),
+        false,
+    );
     let ((a, a_listen), (b, b_listen)) = (&gates[0], &gates[1]);
-    for (i, (g, other)) in [(a, "gate-b"), (b, "gate-a")].into_iter().enumerate() {
-        for n in reach[i] {
-            g.wait_node_up(&n.name);
-        }
-        wait_until(T, "peer link up", || {
-            g.metric("mqgate_peer_up", &[("peer", other)]) == 1.0
-        });
-    }
     for (k, (version, id)) in [("5", "backend-peer5"), ("3.1.1", "backend-peer3")]
         .into_iter()
         .enumerate()

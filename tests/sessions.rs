@@ -513,45 +513,13 @@ fn sessions_are_reloaded_and_refused_in_full_sync() {
 fn a_second_gateway_restores_what_the_first_learnt() {
     let dir = tempdir();
     let mut nodes = Mosquitto::start_nodes(dir.path(), 2);
-    let names = ["gate-a", "gate-b"];
-    let peer_ports = [free_port(), free_port()];
-    let secret = dir.path().join("peers.secret");
-    std::fs::write(&secret, "sessions-secret\n").expect("secret");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    }
-    let gates: Vec<(Gate, u16)> = (0..2)
-        .map(|i| {
-            let peers = format!(
-                "\n[peers]\nname = \"{}\"\nbind = \"127.0.0.1:{}\"\nsecret_file = \"{}\"\npeers = [ {{ name = \"{}\", address = \"127.0.0.1:{}\" }} ]\n",
-                names[i],
-                peer_ports[i],
-                secret.display(),
-                names[1 - i],
-                peer_ports[1 - i]
-            );
-            Gate::start_with(dir.path(), names[i], |listen, admin| {
-                gate_config(
-                    listen,
-                    admin,
-                    "dynsec",
-                    &addresses(&nodes),
-                    "",
-                    "",
-                    &format!("{SESSIONS}{peers}"),
-                )
-            })
-        })
-        .collect();
+    let gates = pair::start(
+        dir.path(),
+        [addresses(&nodes), addresses(&nodes)],
+        SESSIONS,
+        false,
+    );
     let ((a, a_listen), (b, b_listen)) = (&gates[0], &gates[1]);
-    for (g, other) in [(a, "gate-b"), (b, "gate-a")] {
-        g.wait_node_up("node1");
-        g.wait_node_up("node2");
-        wait_until(T, "peer link up", || {
-            g.metric("mqgate_peer_up", &[("peer", other)]) == 1.0
-        });
-    }
     let (mut c, _) =
         Client::accepted(*a_listen, &Connect::new("roam").clean(false)).expect("via gate-a");
     c.subscribe("roam/cmd").expect("subscribe");

@@ -14,16 +14,6 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 
-fn secret(dir: &std::path::Path) -> std::path::PathBuf {
-    let secret = dir.join("peers.secret");
-    std::fs::write(&secret, "single-live-secret\n").expect("secret");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    }
-    secret
-}
-
 /// CONNECT from `from` to the gateway on 127.0.0.1:`port`: the stream and the
 /// CONNACK's code.
 fn connect_from(from: Ipv4Addr, port: u16, c: &Connect) -> Result<(TcpStream, u8), String> {
@@ -78,40 +68,14 @@ fn packets_until_close(s: &mut TcpStream) -> (Vec<(u8, Vec<u8>)>, bool) {
 fn the_same_client_id_through_two_gateways_stays_live_once() {
     let dir = tempdir();
     let nodes = Mosquitto::start_nodes(dir.path(), 2);
-    let secret = secret(dir.path());
-    let names = ["gate-a", "gate-b"];
-    let peer_ports = [free_port(), free_port()];
-    let gates: Vec<(Gate, u16)> = (0..2)
-        .map(|i| {
-            let peers = format!(
-                "\n[peers]\nname = \"{}\"\nbind = \"127.0.0.1:{}\"\nsecret_file = \"{}\"\npeers = [ {{ name = \"{}\", address = \"127.0.0.1:{}\" }} ]\n",
-                names[i],
-                peer_ports[i],
-                secret.display(),
-                names[1 - i],
-                peer_ports[1 - i]
-            );
-            Gate::start_with(dir.path(), names[i], |listen, admin| {
-                gate_config(
-                    listen,
-                    admin,
-                    "dynsec",
-                    // gate-a reaches node1 only, gate-b node2 only.
-                    &addresses(&nodes[i..i + 1]),
-                    "",
-                    "",
-                    &format!("[clusters.brokers.sessions]\nsingle_live = true\n{peers}"),
-                )
-            })
-        })
-        .collect();
+    // gate-a reaches node1 only, gate-b node2 only.
+    let gates = pair::start(
+        dir.path(),
+        [addresses(&nodes[0..1]), addresses(&nodes[1..2])],
+        "[clusters.brokers.sessions]\nsingle_live = true\n",
+        false,
+    );
     let ((a, a_listen), (b, b_listen)) = (&gates[0], &gates[1]);
-    for (g, node, other) in [(a, "node1", "gate-b"), (b, "node2", "gate-a")] {
-        g.wait_node_up(node);
-        wait_until(T, "peer link up", || {
-            g.metric("mqgate_peer_up", &[("peer", other)]) == 1.0
-        });
-    }
     for (v5, id) in [(true, "twin-5"), (false, "twin-3")] {
         let c = Connect::new(id).v5(v5);
         let mut old = accepted(*a_listen, &c);
