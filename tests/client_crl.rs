@@ -260,6 +260,21 @@ fn assert_refused(
     );
 }
 
+/// A broker, and mqgate in front of it with an mTLS listener `mtls` for clients of
+/// `ca` checked against the CRL file `crl`, the broker up: the gateway, its client port,
+/// the server CA file clients trust, and the broker (running while it is held).
+fn start_mtls(d: &Path, ca: &OpensslCa, crl: &Path) -> (Gate, u16, PathBuf, Mosquitto) {
+    let server = Pki::new("server CA");
+    let (server_ca, cert, key) = server.write_server(d, "server");
+    let broker = Mosquitto::start("b1", d);
+    let crl_value = format!("\"{}\"", crl.display());
+    let (gate, port) = Gate::start_with(d, "gate", |listen, admin| {
+        mtls_config(listen, admin, &broker, (&cert, &key), &ca.ca, &crl_value)
+    });
+    gate.wait_node_up("b1");
+    (gate, port, server_ca, broker)
+}
+
 fn mtls_config(
     listen: u16,
     admin: u16,
@@ -292,14 +307,7 @@ fn a_revoked_client_certificate_is_refused_counted_and_logged_and_a_new_crl_appl
     ca.revoke(&bad);
     let crl = d.join("clients.crl.pem");
     ca.crl(&crl, false);
-    let server = Pki::new("server CA");
-    let (server_ca, cert, key) = server.write_server(d, "server");
-    let broker = Mosquitto::start("b1", d);
-    let crl_value = format!("\"{}\"", crl.display());
-    let (gate, port) = Gate::start_with(d, "gate", |listen, admin| {
-        mtls_config(listen, admin, &broker, (&cert, &key), &ca.ca, &crl_value)
-    });
-    gate.wait_node_up("b1");
+    let (gate, port, server_ca, _broker) = start_mtls(d, &ca, &crl);
 
     // The good certificate gets through to Mosquitto and back.
     let tls_args = [
@@ -338,6 +346,7 @@ fn a_revoked_client_certificate_is_refused_counted_and_logged_and_a_new_crl_appl
     // The same CRL as DER, given as a list: dev3 (never revoked) gets in, dev1 not.
     let crl_der = d.join("clients.crl.der");
     ca.crl(&crl_der, true);
+    let crl_value = format!("\"{}\"", crl.display());
     gate.reload_with(&text.replace(&crl_value, &format!("[ \"{}\" ]", crl_der.display())));
     assert!(
         pub_with(port, &server_ca, &other, &other_key),
@@ -365,14 +374,7 @@ fn a_crl_file_written_over_applies_without_a_reload_command() {
     let (good, good_key) = ca.client("dev1");
     let crl = d.join("clients.crl.pem");
     ca.crl(&crl, false); // revokes nothing yet
-    let server = Pki::new("server CA");
-    let (server_ca, cert, key) = server.write_server(d, "server");
-    let broker = Mosquitto::start("b1", d);
-    let crl_value = format!("\"{}\"", crl.display());
-    let (gate, port) = Gate::start_with(d, "gate", |listen, admin| {
-        mtls_config(listen, admin, &broker, (&cert, &key), &ca.ca, &crl_value)
-    });
-    gate.wait_node_up("b1");
+    let (gate, port, server_ca, _broker) = start_mtls(d, &ca, &crl);
     assert!(pub_with(port, &server_ca, &good, &good_key), "dev1 gets in");
     let pid = gate.pid();
     ca.revoke(&good);
@@ -419,14 +421,7 @@ fn an_out_of_date_crl_refuses_its_clients_until_it_is_refreshed() {
         false,
         &["-crl_lastupdate", &last, "-crl_nextupdate", &next],
     );
-    let server = Pki::new("server CA");
-    let (server_ca, cert, key) = server.write_server(d, "server");
-    let broker = Mosquitto::start("b1", d);
-    let crl_value = format!("\"{}\"", crl.display());
-    let (gate, port) = Gate::start_with(d, "gate", |listen, admin| {
-        mtls_config(listen, admin, &broker, (&cert, &key), &ca.ca, &crl_value)
-    });
-    gate.wait_node_up("b1");
+    let (gate, port, server_ca, _broker) = start_mtls(d, &ca, &crl);
     let (code, out, err) = mqgate_check(&gate.config);
     assert_eq!(code, Some(0), "an out-of-date CRL is a warning: {out}{err}");
     assert!(
