@@ -596,6 +596,12 @@ impl Session {
         None
     }
 
+    /// Is `gen` still the generation of slot `idx` (an event of its current
+    /// connection, not of one dropped since)?
+    pub(super) fn current(&self, idx: usize, gen: u32) -> bool {
+        self.slots.get(idx).is_some_and(|s| s.gen == gen)
+    }
+
     /// Handle one event of a node connection.
     pub(super) fn on_up(&mut self, ev: Up) {
         match ev {
@@ -605,16 +611,12 @@ impl Session {
                 bytes,
                 io,
             } => {
-                if self.slots.get(idx).is_some_and(|s| s.gen == gen) {
+                if self.current(idx, gen) {
                     let _ = self.connack(idx, &bytes, io);
                 }
             }
             Up::Lost { idx, gen, why } => {
-                if self
-                    .slots
-                    .get(idx)
-                    .is_some_and(|s| s.gen == gen && s.state == LinkState::Connecting)
-                {
+                if self.current(idx, gen) && self.slots[idx].state == LinkState::Connecting {
                     tracing::debug!(node = %self.slots[idx].node.name, %why, "fan-out: node connection ended");
                     let pause = self.retry_pause(idx);
                     self.lost(idx, pause);

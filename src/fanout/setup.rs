@@ -115,7 +115,7 @@ impl Session {
                     gen,
                     bytes,
                     io,
-                } if self.slots[idx].gen == gen => match self.connack(idx, &bytes, io) {
+                } if self.current(idx, gen) => match self.connack(idx, &bytes, io) {
                     Some(sp) => {
                         present &= sp;
                         if accepted.is_none() {
