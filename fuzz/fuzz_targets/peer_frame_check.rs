@@ -1,6 +1,6 @@
-//! The check of the `peer_frame` fuzz target, shared with `tests/peers.rs` (which replays
-//! the corpus under plain `cargo test`): decoding arbitrary bytes never panics, and every
-//! frame that decodes re-encodes to exactly the bytes it came from.
+//! The check of the `peer_frame` fuzz target, shared with `tests/peers/corpus.rs` (which
+//! replays the corpus under plain `cargo test`): decoding arbitrary bytes never panics, and
+//! every frame that decodes re-encodes to exactly the bytes it came from.
 
 use mqgate::peers::frame::{decode, encode, Interner};
 
