@@ -338,18 +338,7 @@ fn qos2_end_to_end() {
     for (i, m) in nodes.iter().enumerate() {
         for k in 0..5 {
             let payload = format!("q2-{i}-{k}");
-            mosquitto_pub(&[
-                "-p",
-                &m.port.to_string(),
-                "-h",
-                "127.0.0.1",
-                "-q",
-                "2",
-                "-t",
-                &format!("tele/n{i}"),
-                "-m",
-                &payload,
-            ]);
+            publish(m.port, 2, &format!("tele/n{i}"), &payload);
             sent.push(payload);
         }
     }
@@ -560,18 +549,7 @@ fn bad_packets_from_a_fanout_client_close_it_cleanly() {
     gate.wait_log("fan-out client sent a packet a client may not send here: closed");
     // The other session is untouched.
     assert!(good.ping(), "the good backend still answers");
-    mosquitto_pub(&[
-        "-p",
-        &nodes[2].port.to_string(),
-        "-h",
-        "127.0.0.1",
-        "-q",
-        "1",
-        "-t",
-        "tele/x",
-        "-m",
-        "still-here",
-    ]);
+    publish(nodes[2].port, 1, "tele/x", "still-here");
     let (_, p) = good.next_publish(T).expect("good backend receives");
     assert_eq!(p, b"still-here");
 }
@@ -671,18 +649,7 @@ fn a_reload_adds_a_rule_for_new_connections() {
     );
     assert!(before.ping(), "the earlier session goes on");
     for m in &nodes {
-        mosquitto_pub(&[
-            "-p",
-            &m.port.to_string(),
-            "-h",
-            "127.0.0.1",
-            "-q",
-            "1",
-            "-t",
-            "tele/x",
-            "-m",
-            &m.name,
-        ]);
+        publish(m.port, 1, "tele/x", &m.name);
     }
     let mut got: Vec<String> = (0..3)
         .map(|_| {

@@ -60,18 +60,7 @@ fn fanout_sessions_write_an_access_log_line_with_nodes_bytes_and_close_reason() 
     for n in &nodes {
         assert_eq!(upstreams(&n.name), 1.0, "connected to {}", n.name);
     }
-    mosquitto_pub(&[
-        "-p",
-        &nodes[1].port.to_string(),
-        "-h",
-        "127.0.0.1",
-        "-q",
-        "1",
-        "-t",
-        "tele/x",
-        "-m",
-        "hello",
-    ]);
+    publish(nodes[1].port, 1, "tele/x", "hello");
     let (_, p) = c.next_publish(T).expect("the backend receives");
     assert_eq!(p, b"hello");
     c.disconnect();

@@ -512,6 +512,23 @@ pub fn mosquitto_pub(args: &[&str]) {
     );
 }
 
+/// Publish `msg` to `topic` at `qos` with `mosquitto_pub` on 127.0.0.1:`port` (a broker
+/// or the gateway); panics unless it exits 0.
+pub fn publish(port: u16, qos: u8, topic: &str, msg: &str) {
+    mosquitto_pub(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-q",
+        &qos.to_string(),
+        "-t",
+        topic,
+        "-m",
+        msg,
+    ]);
+}
+
 /// Subscribe with `mosquitto_sub` on 127.0.0.1:`port` (plus `extra` arguments, e.g. TLS
 /// options), publish with `mosquitto_pub` (same `extra`) until the subscriber has its
 /// message, and return what the subscriber printed. Panics if either client fails.

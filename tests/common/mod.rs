@@ -37,7 +37,7 @@ pub mod tools;
 pub use admin::{http, metric_value, sticky_node};
 pub use client::Client;
 pub use fleet::{
-    basic_config, cli_round_trip, gate_config, mosquitto_pub, mqgate, mqgate_check, Gate,
+    basic_config, cli_round_trip, gate_config, mosquitto_pub, mqgate, mqgate_check, publish, Gate,
     KillOnDrop, Mosquitto, MosquittoOpts,
 };
 pub use mqtt::{

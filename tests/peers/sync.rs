@@ -111,18 +111,7 @@ fn an_entry_made_through_one_gateway_is_used_by_the_others_and_survives_a_restar
     let deliver = |f: &Fleet, gate: usize, round: &str| {
         for (i, (id, node)) in ids.iter().zip(&home).enumerate() {
             let msg = format!("{round}-{id}");
-            mosquitto_pub(&[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port_of(&f.nodes, node).to_string(),
-                "-t",
-                &format!("t/{id}"),
-                "-q",
-                "1",
-                "-m",
-                &msg,
-            ]);
+            publish(port_of(&f.nodes, node), 1, &format!("t/{id}"), &msg);
             let through = if gate == 0 { 1 + i % 2 } else { gate };
             let out = sub(f.specs[through].listen, id, &["-C", "1", "-W", "10"]);
             assert_eq!(
