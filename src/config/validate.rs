@@ -69,8 +69,7 @@ pub fn validate(path: &Path, raw: &RawConfig) -> Result<Config, Vec<ConfigError>
         }
         (None, None) => Duration::from_secs(10),
     };
-    let (splice, max_pipes, errs) = super::splice::splice(l);
-    v.errors.extend(errs);
+    let (splice, max_pipes) = super::splice::splice(&mut v, l);
     let limits = Limits {
         max_connections: v.int(
             "limits.max_connections".into(),
