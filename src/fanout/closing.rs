@@ -4,11 +4,11 @@
 //! session reads every socket into (`super::io`).
 
 use super::link::NodeIo;
-use std::time::Duration;
+// How long a connection has to close once the session has closed its side: as long as
+// the byte relay gives one.
+use crate::relay::task::CLOSE_LINGER;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// How long a connection has to close once the session has closed its side.
-pub const CLOSE_LINGER: Duration = Duration::from_secs(5);
 /// The read buffer the session reads every socket into, in turn.
 pub const READ_BUF: usize = 16 * 1024;
 

@@ -151,11 +151,7 @@ impl Session {
                     let mut bad = None;
                     io.scanner.feed(&rb[..got], |ev| match ev {
                         Scanned::Whole(p) => bytes.extend_from_slice(p),
-                        Scanned::Oversized { len, .. } => {
-                            bad = Some(format!("packet of {len} bytes over max_packet_size"))
-                        }
-                        Scanned::Lost => bad = Some("malformed remaining length".to_string()),
-                        Scanned::Pass(_) => {}
+                        ev => bad = super::link::unframed(&ev).or(bad.take()),
                     });
                     if !bytes.is_empty() {
                         self.held.push(Batch {

@@ -77,6 +77,18 @@ async fn run(s: LinkStart, stop: CancellationToken) {
     let _ = up.send(ev).await;
 }
 
+/// Why what a node sent cannot be split into packets, for the scanner events that say
+/// so (`None` for the others): the node's connection is then dropped.
+pub(super) fn unframed(ev: &Scanned<'_>) -> Option<String> {
+    match ev {
+        Scanned::Oversized { len, .. } => {
+            Some(format!("packet of {len} bytes over max_packet_size"))
+        }
+        Scanned::Lost => Some("malformed remaining length".to_string()),
+        Scanned::Whole(_) | Scanned::Pass(_) => None,
+    }
+}
+
 /// Connect, forward the CONNECT, read the node's first packet.
 async fn connected(s: LinkStart) -> Result<(Vec<u8>, Box<NodeIo>), String> {
     let cfg = &s.cfg;
@@ -117,11 +129,7 @@ async fn connected(s: LinkStart) -> Result<(Vec<u8>, Box<NodeIo>), String> {
         scanner.feed(&buf[..n], |ev| match ev {
             Scanned::Whole(p) if connack.is_none() => connack = Some(p.to_vec()),
             Scanned::Whole(p) => early.extend_from_slice(p),
-            Scanned::Oversized { len, .. } => {
-                bad = Some(format!("packet of {len} bytes over max_packet_size"))
-            }
-            Scanned::Lost => bad = Some("malformed remaining length".to_string()),
-            Scanned::Pass(_) => {}
+            ev => bad = unframed(&ev).or(bad.take()),
         });
         if let Some(b) = bad {
             return Err(b);
