@@ -29,9 +29,9 @@ impl Session {
         self.end = Some(End::Malformed);
     }
 
-    fn send_node(&mut self, idx: usize, bytes: Vec<u8>) {
+    fn send_node(&mut self, idx: usize, bytes: &[u8]) {
         if let Some(io) = self.slots[idx].io.as_mut() {
-            io.out.push(&bytes);
+            io.out.push(bytes);
         }
     }
 
@@ -73,7 +73,7 @@ impl Session {
                 if live {
                     let mut b = p;
                     set_id(&mut b, at, i.nid);
-                    self.send_node(i.idx, b);
+                    self.send_node(i.idx, &b);
                 }
             }
             pk::PUBREL => {
@@ -91,7 +91,7 @@ impl Session {
                 let mut waiting = Vec::new();
                 for (idx, nid) in to {
                     if self.slots[idx].state == LinkState::Up {
-                        self.send_node(idx, ack(pk::PUBREL, nid, v5, 0));
+                        self.send_node(idx, &ack(pk::PUBREL, nid, v5, 0));
                         waiting.push((idx, nid));
                     }
                 }
@@ -105,7 +105,7 @@ impl Session {
             pk::PINGREQ => self.queue_client(pk::PINGRESP_BYTES),
             pk::DISCONNECT => {
                 for idx in self.ups() {
-                    self.send_node(idx, p.clone());
+                    self.send_node(idx, &p);
                 }
                 tracing::debug!("fan-out client disconnected; DISCONNECT passed to every node");
                 self.end = Some(End::Disconnect);
@@ -152,7 +152,7 @@ impl Session {
         let Some(at) = v.id_at else {
             for t in targets {
                 self.slots[t].to_node.inc();
-                self.send_node(t, p.clone());
+                self.send_node(t, &p);
             }
             return;
         };
@@ -170,7 +170,7 @@ impl Session {
             let mut b = p.clone();
             set_id(&mut b, at, nid);
             self.slots[t].to_node.inc();
-            self.send_node(t, b);
+            self.send_node(t, &b);
             waiting.push((t, nid));
         }
         self.pubs.insert(cid, PubMerge::new(v.qos, waiting));
@@ -235,7 +235,7 @@ impl Session {
             };
             let mut b = p.clone();
             set_id(&mut b, at, nid);
-            self.send_node(t, b);
+            self.send_node(t, &b);
             waiting.push(t);
         }
         self.subs.insert(cid, AckMerge::new(sub, filters, waiting));
@@ -330,7 +330,7 @@ impl Session {
             }
             pk::PUBREL => match self.slots[idx].rel.get(&nid).copied() {
                 Some(cid) => self.queue_client(ack(pk::PUBREL, cid, v5, 0)),
-                None => self.send_node(idx, ack(pk::PUBCOMP, nid, v5, 0x92)),
+                None => self.send_node(idx, &ack(pk::PUBCOMP, nid, v5, 0x92)),
             },
             pk::SUBACK | pk::UNSUBACK => {
                 let parsed = if kind == pk::SUBACK {
@@ -379,8 +379,8 @@ impl Session {
             // merged connection. Acknowledged to the node, not passed on.
             tracing::debug!(node = %self.slots[idx].node.name, "fan-out: PUBLISH with a topic alias from a node; dropped");
             match v.qos {
-                1 => self.send_node(idx, ack(pk::PUBACK, v.id, v5, 0)),
-                2 => self.send_node(idx, ack(pk::PUBREC, v.id, v5, 0)),
+                1 => self.send_node(idx, &ack(pk::PUBACK, v.id, v5, 0)),
+                2 => self.send_node(idx, &ack(pk::PUBREC, v.id, v5, 0)),
                 _ => {}
             }
             return;
