@@ -210,6 +210,13 @@ fn counter_one(r: &Registry, name: &str, help: &str) -> IntCounter {
     c
 }
 
+fn gauge_one(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
     r.register(Box::new(g.clone()))
@@ -448,16 +455,11 @@ impl Metrics {
                 "Configuration reloads, by result.",
                 &["result"],
             ),
-            config_last_reload_success: {
-                let g = IntGauge::new(
-                    CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
-                    "Unix time of the last successful configuration load.",
-                )
-                .expect("valid metric definition");
-                r.register(Box::new(g.clone()))
-                    .expect("metric registered once");
-                g
-            },
+            config_last_reload_success: gauge_one(
+                &r,
+                CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
+                "Unix time of the last successful configuration load.",
+            ),
             access_log_dropped: counter_one(
                 &r,
                 ACCESS_LOG_DROPPED_TOTAL,

@@ -1,7 +1,7 @@
 //! The metrics of splice(2) relaying (`crate::pipes`, `crate::relay::splice`), in a
 //! file of their own beside `metrics.rs`.
 
-use super::{counter_one, names};
+use super::{counter_one, gauge_one, names};
 use prometheus::{IntCounter, IntGauge, Registry};
 
 /// Pipes and bytes of splice(2) relaying (`[limits] splice`, `max_pipes`).
@@ -18,13 +18,6 @@ pub struct SpliceMetrics {
     /// `mqgate_spliced_bytes_total`: bytes relayed by splice(2) (also counted in
     /// `mqgate_bytes_total`).
     pub bytes: IntCounter,
-}
-
-fn gauge_one(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric definition");
-    r.register(Box::new(g.clone()))
-        .expect("metric registered once");
-    g
 }
 
 impl SpliceMetrics {
