@@ -77,6 +77,12 @@ async fn run(s: LinkStart, stop: CancellationToken) {
     let _ = up.send(ev).await;
 }
 
+/// A scanner that hands over every packet whole (all 16 packet types), up to
+/// `max_packet` bytes each: what a fan-out session reads from the client and the nodes.
+pub(super) fn whole_packets(max_packet: usize) -> Scanner {
+    Scanner::new(&std::array::from_fn::<u8, 16, _>(|t| t as u8), max_packet)
+}
+
 /// Why what a node sent cannot be split into packets, for the scanner events that say
 /// so (`None` for the others): the node's connection is then dropped.
 pub(super) fn unframed(ev: &Scanned<'_>) -> Option<String> {
@@ -107,7 +113,7 @@ async fn connected(s: LinkStart) -> Result<(Vec<u8>, Box<NodeIo>), String> {
     let mut broker = first
         .await
         .map_err(|e| format!("forwarding the CONNECT: {e}"))?;
-    let mut scanner = Scanner::new(&(0u8..16).collect::<Vec<_>>(), s.max_packet);
+    let mut scanner = whole_packets(s.max_packet);
     let connack_wait = if cfg.connack_timeout.is_zero() {
         cfg.connect_timeout.max(Duration::from_secs(10))
     } else {

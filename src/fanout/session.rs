@@ -472,10 +472,7 @@ impl Session {
         // The client has its CONNACK: the session is the id's live one (an older
         // one with the id is closed; with `single_live`, announced to the peers).
         self.start.live.activate();
-        let mut scanner = Scanner::new(
-            &(0u8..16).collect::<Vec<_>>(),
-            self.start.rule.max_packet_size,
-        );
+        let mut scanner = super::link::whole_packets(self.start.rule.max_packet_size);
         let rest = std::mem::take(&mut self.start.rest);
         if !rest.is_empty() {
             if let Some(e) = self.client_bytes(&mut scanner, &rest) {
