@@ -530,7 +530,7 @@ impl Gateway {
         shared.bg_tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), shared.bg_tracker.wait()).await;
         crate::peers::save_snapshot(&self.host, &self.peers).await;
-        data.workers.stop();
+        data.stop();
         tracing::info!("stopped");
     }
 }

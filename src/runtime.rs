@@ -99,6 +99,14 @@ impl DataPath {
         }
     }
 
+    /// The last step of a stop, once the sessions have ended: end the connection
+    /// threads, then write the access log's last lines (queued by now) before the
+    /// process exits.
+    pub fn stop(&self) {
+        self.workers.stop();
+        self.access.close(std::time::Duration::from_secs(5));
+    }
+
     /// The current configuration view (one atomic load).
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()

@@ -195,3 +195,46 @@ fn syslog_datagrams_on_the_configured_socket() {
     assert!(got.contains(&format!(" mqgate[{pid}]: time=")), "{got}");
     assert!(got.contains(" connack=0 ") && !got.contains('\n'), "{got}");
 }
+
+/// Stopping the gateway does not lose the last lines: sessions it closes at the end of
+/// `shutdown_grace` are in the file once the process has exited (the writer drains its
+/// queue before the exit, instead of dying between two of its 50 ms looks).
+#[test]
+fn the_sessions_closed_at_shutdown_are_in_the_file_when_the_process_exits() {
+    let dir = tempdir();
+    let d = dir.path();
+    let broker = Mosquitto::start("b1", d);
+    let file = d.join("access.log");
+    let (gate_cfg, port) = {
+        let (l, a) = (free_port(), free_port());
+        let mut toml = config(l, a, &broker, &format!("access = \"{}\"", file.display()));
+        toml.push_str("\n[limits]\nshutdown_grace = \"100ms\"\n");
+        ((toml, a), l)
+    };
+    let mut gate = Gate::start(d, "gate", &gate_cfg.0, gate_cfg.1);
+    gate.wait_node_up("b1");
+    let ids: Vec<String> = (0..20).map(|i| format!("at-exit-{i}")).collect();
+    let mut held: Vec<_> = ids
+        .iter()
+        .map(|id| crate::common::mqtt::session(port, &Connect::new(id)).expect("session"))
+        .collect();
+    gate.signal("TERM");
+    assert_eq!(gate.wait_exit(Duration::from_secs(20)), Some(0));
+    for s in &mut held {
+        assert!(crate::common::mqtt::closed_within(
+            s,
+            Duration::from_secs(5)
+        ));
+    }
+    // The process is gone: what is in the file now is all there will be.
+    let all = lines(&file);
+    for id in &ids {
+        let needle = format!("client_id={id} ");
+        let line = all.iter().find(|l| l.contains(&needle));
+        assert!(
+            line.is_some_and(|l| l.ends_with("close=shutdown")),
+            "{id}: {line:?} in {} lines",
+            all.len()
+        );
+    }
+}

@@ -165,6 +165,8 @@ pub struct AccessLog {
     enabled: AtomicBool,
     state: Arc<writer::Shared>,
     tx: OnceLock<SyncSender<Record>>,
+    /// The writer thread, once started.
+    writer: OnceLock<std::thread::Thread>,
     dropped: IntCounter,
 }
 
@@ -174,6 +176,7 @@ impl AccessLog {
             enabled: AtomicBool::new(false),
             state: Arc::new(writer::Shared::default()),
             tx: OnceLock::new(),
+            writer: OnceLock::new(),
             dropped,
         }
     }
@@ -185,8 +188,9 @@ impl AccessLog {
         if !target.is_off() && self.tx.get().is_none() {
             let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
             match writer::spawn(self.state.clone(), rx, self.dropped.clone()) {
-                Ok(()) => {
+                Ok(writer) => {
                     let _ = self.tx.set(tx);
+                    let _ = self.writer.set(writer);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the access-log writer thread; access log off");
@@ -195,6 +199,14 @@ impl AccessLog {
             }
         }
         self.enabled.store(!target.is_off(), Ordering::Relaxed);
+    }
+
+    /// The gateway is stopping: write and flush every line queued so far, waiting up
+    /// to `wait` (no-op if the log was never on).
+    pub fn close(&self, wait: std::time::Duration) {
+        if let Some(w) = self.writer.get() {
+            self.state.close(w, wait);
+        }
     }
 
     /// Reopen the target (SIGUSR1: after logrotate renamed the file).

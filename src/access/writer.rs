@@ -2,7 +2,9 @@
 //! file, or a Unix datagram socket to syslog), formats the records it receives and
 //! writes them, flushing when the queue is empty. Blocking writes block only this
 //! thread, which looks for lines every 50 ms. A reconfiguration or SIGUSR1 bumps a
-//! generation; the thread then reopens its target before its next lines.
+//! generation; the thread then reopens its target before its next lines. At the
+//! gateway's stop, [`Shared::close`] has it write what is queued and flush before the
+//! process exits.
 
 use super::format::{format_json, format_text, syslog_datagram};
 use super::Record;
@@ -13,9 +15,10 @@ use std::io::{BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::Thread;
 use std::time::{Duration, SystemTime};
 
 /// What the gateway sets and the writer reads.
@@ -23,6 +26,11 @@ use std::time::{Duration, SystemTime};
 pub struct Shared {
     conf: Mutex<(AccessTarget, Option<LogFormat>)>,
     generation: AtomicU64,
+    /// Set by [`Shared::close`]: write what is queued, flush, and end.
+    closing: AtomicBool,
+    /// The writer has ended (its last lines written and flushed).
+    ended: Mutex<bool>,
+    ended_cv: Condvar,
 }
 
 impl Shared {
@@ -34,6 +42,31 @@ impl Shared {
     pub fn reopen(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
+
+    /// Have the writer thread (`writer`) write every line queued so far and flush, and
+    /// wait up to `wait` for it: the gateway is stopping, and the process's exit would
+    /// otherwise end the thread between two of its looks at the queue. Lines queued
+    /// after this are not written.
+    pub fn close(&self, writer: &Thread, wait: Duration) {
+        self.closing.store(true, Ordering::SeqCst);
+        writer.unpark();
+        let ended = crate::sync::lock(&self.ended);
+        let (ended, _) = self
+            .ended_cv
+            .wait_timeout_while(ended, wait, |ended| !*ended)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !*ended {
+            tracing::warn!(
+                ?wait,
+                "the access-log writer did not finish in time; its last lines may be lost"
+            );
+        }
+    }
+
+    fn set_ended(&self) {
+        *crate::sync::lock(&self.ended) = true;
+        self.ended_cv.notify_all();
+    }
 }
 
 enum Out {
@@ -43,15 +76,19 @@ enum Out {
     Syslog(UnixDatagram, PathBuf),
 }
 
+/// Start the writer thread; its handle is what [`Shared::close`] wakes.
 pub fn spawn(
     shared: Arc<Shared>,
     rx: Receiver<Record>,
     dropped: IntCounter,
-) -> std::io::Result<()> {
+) -> std::io::Result<Thread> {
     std::thread::Builder::new()
         .name("mqgate-access".into())
-        .spawn(move || run(&shared, &rx, &dropped))
-        .map(drop)
+        .spawn(move || {
+            run(&shared, &rx, &dropped);
+            shared.set_ended();
+        })
+        .map(|h| h.thread().clone())
 }
 
 fn open(target: &AccessTarget) -> Out {
@@ -94,7 +131,10 @@ fn run(shared: &Shared, rx: &Receiver<Record>, dropped: &IntCounter) {
     let mut format = LogFormat::Text;
     let mut warned = false;
     loop {
-        std::thread::sleep(TICK);
+        std::thread::park_timeout(TICK);
+        // Read before the queue is drained: every line sent before the close was
+        // asked for is in the queue by then.
+        let closing = shared.closing.load(Ordering::SeqCst);
         let gen = shared.generation.load(Ordering::SeqCst);
         if gen != seen {
             seen = gen;
@@ -127,8 +167,11 @@ fn run(shared: &Shared, rx: &Receiver<Record>, dropped: &IntCounter) {
                 }
             }
         }
-        if wrote {
+        if wrote || closing {
             flush(&mut out);
+        }
+        if closing {
+            return;
         }
     }
 }
