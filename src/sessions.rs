@@ -24,6 +24,8 @@ pub enum CloseCause {
     Maint = 2,
     LeaderChange = 3,
     Removed = 4,
+    /// A rebalance (by counts or by hash) moved the session to another node.
+    Rebalance = 5,
 }
 
 impl CloseCause {
@@ -33,6 +35,7 @@ impl CloseCause {
             2 => Some(CloseCause::Maint),
             3 => Some(CloseCause::LeaderChange),
             4 => Some(CloseCause::Removed),
+            5 => Some(CloseCause::Rebalance),
             _ => None,
         }
     }

@@ -238,3 +238,90 @@ fn the_sessions_closed_at_shutdown_are_in_the_file_when_the_process_exits() {
         );
     }
 }
+
+/// Sessions closed lane by lane say why: a paced evacuation's `maint`, then a
+/// rebalance's `rebalance` (before, they read whatever cause the node had recorded
+/// last, `node_down` if none: the cause was only set once the last lane had closed).
+#[test]
+fn evacuated_and_rebalanced_sessions_say_why_they_were_closed() {
+    let dir = tempdir();
+    let d = dir.path();
+    let nodes = Mosquitto::start_nodes(d, 2);
+    let file = d.join("access.log");
+    let (listen, admin) = (free_port(), free_port());
+    let toml = basic_config(
+        listen,
+        admin,
+        "dynsec",
+        &[&nodes[0], &nodes[1]],
+        "balance = \"least-conn\"",
+    )
+    .replacen(
+        "[admin]",
+        &format!("[log]\naccess = \"{}\"\n\n[admin]", file.display()),
+        1,
+    );
+    let gate = Gate::start(d, "gate", &toml, admin);
+    gate.wait_node_up("node1");
+    gate.wait_node_up("node2");
+    let url = format!("http://127.0.0.1:{admin}");
+    // Twelve sessions on node1 (node2 in maintenance while they connect).
+    let on_node1 = |prefix: &str| {
+        set_node_state(admin, "node1", "ready");
+        set_node_state(admin, "node2", "maint");
+        let ids: Vec<String> = (0..12).map(|i| format!("{prefix}-{i}")).collect();
+        let held: Vec<_> = ids
+            .iter()
+            .map(|id| crate::common::mqtt::session(listen, &Connect::new(id)).expect("session"))
+            .collect();
+        assert_eq!(
+            gate.metric("mqgate_connections_active", &[("node", "node1")]),
+            12.0
+        );
+        set_node_state(admin, "node2", "ready");
+        (ids, held)
+    };
+    let close_of = |id: &str| {
+        let line = wait_line(&file, &[&format!("client_id={id} ")]);
+        line.rsplit("close=").next().unwrap_or("").to_string()
+    };
+
+    // A paced evacuation: every session says `maint`.
+    let (ids, mut held) = on_node1("evac");
+    let out = mqgate(&[
+        "node", "evacuate", "brokers", "node1", "--rate", "100", "--admin", &url,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    for s in &mut held {
+        assert!(crate::common::mqtt::closed_within(
+            s,
+            Duration::from_secs(10)
+        ));
+    }
+    for id in &ids {
+        assert_eq!(close_of(id), "maint", "{id}");
+    }
+
+    // A rebalance on the same node afterwards: `rebalance`, not the evacuation's cause.
+    let (ids, _held) = on_node1("moved");
+    let out = mqgate(&[
+        "cluster",
+        "rebalance",
+        "brokers",
+        "--rate",
+        "100",
+        "--admin",
+        &url,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    wait_line(&file, &["client_id=moved-"]);
+    let closed: Vec<String> = lines(&file)
+        .into_iter()
+        .filter(|l| l.contains("client_id=moved-"))
+        .collect();
+    assert!(
+        closed.iter().all(|l| l.ends_with("close=rebalance")),
+        "{closed:#?}"
+    );
+    assert!(closed.len() <= ids.len());
+}

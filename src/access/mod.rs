@@ -54,6 +54,8 @@ pub enum Close {
     LeaderChange,
     /// The node (or its cluster) was removed by a reload.
     NodeRemoved,
+    /// A cluster rebalance (by counts or by hash) moved the session to another node.
+    Rebalance,
     /// The listener was removed by a reload.
     ListenerRemoved,
     /// The shutdown grace ended.
@@ -86,6 +88,7 @@ impl Close {
             Close::NodeDown => "node_down",
             Close::Maint => "maint",
             Close::LeaderChange => "leader_change",
+            Close::Rebalance => "rebalance",
             Close::NodeRemoved => "node_removed",
             Close::ListenerRemoved => "listener_removed",
             Close::Shutdown => "shutdown",

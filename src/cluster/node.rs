@@ -204,6 +204,13 @@ impl Node {
         CloseCause::from_u8(self.close_cause.load(Ordering::Acquire))
     }
 
+    /// Record why this node's sessions are about to be closed, before a close that
+    /// takes them lane by lane (paced, or a rebalance's part of them): each session
+    /// reads the cause when its lane closes.
+    pub fn set_close_cause(&self, cause: CloseCause) {
+        self.close_cause.store(cause as u8, Ordering::Release);
+    }
+
     /// Close every session currently relayed through this node.
     pub fn close_sessions(&self, cause: CloseCause) {
         let old = {

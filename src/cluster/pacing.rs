@@ -351,6 +351,7 @@ pub fn close_node(metrics: &Arc<Metrics>, node: &Arc<Node>, rate: u32, cause: Cl
                 .shaping
                 .paced_lanes_left
                 .with_label_values(&[&node.cluster, &node.name]);
+            node.set_close_cause(cause);
             h.spawn(async move {
                 let n = node.clone();
                 let active = node.active();

@@ -7,6 +7,7 @@ use crate::cluster::balance;
 use crate::cluster::pacing::LANES;
 use crate::cluster::slots::Moving;
 use crate::cluster::{Cluster, Health, Node};
+use crate::sessions::CloseCause;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +47,7 @@ pub fn rebalance(cluster: &Arc<Cluster>, rate: u32, tolerance: f64) -> Vec<(Stri
             Duration::from_secs_f64(per_lane / f64::from(rate))
         };
         plan.push((n.name.clone(), (lanes as f64 * per_lane).round() as usize));
+        n.set_close_cause(CloseCause::Rebalance);
         handle.spawn(async move {
             n.pacing.close_some(lanes, pause).await;
         });
@@ -111,6 +113,7 @@ pub fn rebalance_hash(cluster: &Arc<Cluster>, rate: u32) -> Vec<(String, usize)>
         };
         let moving = Arc::new(Moving::new(slots.into_keys()));
         let n = n.clone();
+        n.set_close_cause(CloseCause::Rebalance);
         handle.spawn(async move { n.pacing.close_moving(moving, per_lane, rate).await });
     }
     plan

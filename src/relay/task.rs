@@ -96,6 +96,7 @@ impl Keep {
                 CloseCause::Maint => Close::Maint,
                 CloseCause::LeaderChange => Close::LeaderChange,
                 CloseCause::Removed => Close::NodeRemoved,
+                CloseCause::Rebalance => Close::Rebalance,
             })
         };
         e.closed_by_gateway(self.lst.closed.is_closed(), cause);
