@@ -9,6 +9,7 @@
 //! `ids` (packet identifier tables), `merge` (SUBACK and acknowledgement merging),
 //! `packet` (PUBLISH views, acknowledgements, topic matching).
 
+mod backoff;
 mod batch;
 mod closing;
 mod handle;

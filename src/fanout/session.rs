@@ -19,6 +19,8 @@
 //!   DISCONNECT 0x8E); while a newer one is being set up it does not reconnect the
 //!   node connections that newer one's CONNECTs took over.
 
+pub(super) use super::backoff::LinkState;
+use super::backoff::{step, Backoff, Step, RETRY_FIRST};
 use super::batch::Held;
 use super::closing::{close_client, close_nodes, READ_BUF};
 use super::ids::Ids;
@@ -43,13 +45,6 @@ use tokio_util::sync::CancellationToken;
 pub const QUEUE_MAX: usize = 1024 * 1024;
 /// Subscriptions a session keeps for replay; more are forwarded but not kept.
 pub const MAX_STORED: usize = 10_000;
-/// First pause before a node that failed or refused is tried again (doubling to 30 s).
-pub(super) const RETRY_FIRST: Duration = Duration::from_secs(1);
-pub(super) const RETRY_MAX: Duration = Duration::from_secs(30);
-/// A node connection up this long before it ends is retried after [`RETRY_FIRST`]
-/// again; one that ends sooner (e.g. taken over by another connection with the
-/// client id: a silent close on MQTT 3.x) doubles the pause.
-const STABLE: Duration = Duration::from_secs(10);
 
 /// What the session needs from the set-up path.
 pub struct Start {
@@ -105,13 +100,6 @@ impl End {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum LinkState {
-    Idle { retry_at: Instant },
-    Connecting,
-    Up,
-}
-
 /// What a packet identifier on a node connection stands for.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Out {
@@ -141,7 +129,7 @@ pub(super) struct Slot {
     pub out: Ids<Out>,
     /// QoS 2 from the node whose PUBREC went back: node identifier → client's.
     pub rel: HashMap<u16, u16>,
-    pub backoff: Duration,
+    pub backoff: Backoff,
     /// When the connection was last accepted.
     pub up_since: Instant,
     pub to_client: prometheus::IntCounter,
@@ -225,7 +213,7 @@ impl Session {
             io: None,
             out: Ids::new(65_535),
             rel: HashMap::new(),
-            backoff: RETRY_FIRST,
+            backoff: Backoff::new(),
             up_since: Instant::now(),
         }
     }
@@ -252,16 +240,11 @@ impl Session {
         ));
     }
 
-    /// The pause before slot `idx` is connected again: its back-off, doubled for the
-    /// next time (1 s up to 30 s), unless its connection had been up for [`STABLE`].
+    /// The pause before slot `idx` is connected again ([`Backoff::after_end`]).
     pub(super) fn retry_pause(&mut self, idx: usize) -> Duration {
         let s = &mut self.slots[idx];
-        if s.state == LinkState::Up && s.up_since.elapsed() >= STABLE {
-            s.backoff = RETRY_FIRST;
-        }
-        let pause = s.backoff;
-        s.backoff = (pause * 2).min(RETRY_MAX);
-        pause
+        let up_for = (s.state == LinkState::Up).then(|| s.up_since.elapsed());
+        s.backoff.after_end(up_for)
     }
 
     /// Follow the cluster: new nodes get a slot, unusable nodes lose their
@@ -286,23 +269,18 @@ impl Session {
         let now = Instant::now();
         for idx in 0..self.slots.len() {
             let usable = Self::usable(&self.slots[idx].node);
-            match self.slots[idx].state {
-                LinkState::Up | LinkState::Connecting if !usable => {
+            match step(self.slots[idx].state, usable, contended, now) {
+                Step::Drop => {
                     tracing::debug!(node = %self.slots[idx].node.name, "fan-out: node not usable; its connection is dropped");
                     self.lost(idx, RETRY_FIRST);
                 }
-                LinkState::Idle { retry_at } if usable && retry_at <= now && !contended => {
-                    self.connect_slot(idx)
-                }
-                // The health checks found the node down: its connection was lost to
-                // that (not to a takeover fight), so once it is back up it is
-                // connected at once, with the back-off from the start.
-                LinkState::Idle { retry_at } if !usable && retry_at > now => {
+                Step::Connect => self.connect_slot(idx),
+                Step::RetryWhenUp => {
                     let s = &mut self.slots[idx];
                     s.state = LinkState::Idle { retry_at: now };
-                    s.backoff = RETRY_FIRST;
+                    s.backoff.reset();
                 }
-                _ => {}
+                Step::Keep => {}
             }
         }
     }
