@@ -110,3 +110,39 @@ fn fanout_sessions_write_an_access_log_line_with_nodes_bytes_and_close_reason() 
     assert!(line.contains("reject=no_node"), "{line}");
     assert!(line.contains("node=-"), "{line}");
 }
+
+/// The keep-alive (MQTT: 1.5 × the CONNECT's): a backend that keeps talking stays
+/// past it; one that goes silent is closed once it has passed (`close=keepalive`).
+#[test]
+fn a_silent_fanout_backend_is_closed_after_one_and_a_half_keep_alives() {
+    let dir = tempdir();
+    let d = dir.path();
+    let nodes = Mosquitto::start_nodes(d, 2);
+    let (gate, listen, file) = gate_with_access_log(d, &nodes);
+    let connect = |id: &str| {
+        crate::common::mqtt::session(listen, &Connect::new(id).keep_alive(1)).expect("session")
+    };
+
+    // One pings every 400 ms, the other says nothing after its CONNACK.
+    let mut talking = connect("backend-ka1");
+    let mut silent = connect("backend-ka2");
+    let began = std::time::Instant::now();
+    let waiting = std::thread::spawn(move || read_to_close(&mut silent, T).1);
+    while !waiting.is_finished() || began.elapsed() < Duration::from_secs(3) {
+        assert!(ping(&mut talking), "PINGRESP after {:?}", began.elapsed());
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert_ne!(
+        waiting.join().expect("reader"),
+        Ended::Open,
+        "the silent one closed"
+    );
+    assert!(began.elapsed() >= Duration::from_millis(1500));
+    let line = wait_line(&file, &["client_id=backend-ka2 "]);
+    assert!(line.contains("close=keepalive"), "{line}");
+    assert_eq!(
+        gate.metric("mqgate_fanout_closes_total", &[("reason", "keepalive")]),
+        1.0
+    );
+    assert!(ping(&mut talking), "the talking one is still open");
+}

@@ -468,12 +468,27 @@ impl Session {
         });
         let closed = self.start.scope.clone();
         let cluster = self.start.lst.cluster.clone();
+        // The timers and the change notification live across the loop's turns and are
+        // reset only when their deadline moves: a turn of client or node traffic arms
+        // no timer, and a busy session still retries and looks at the cluster in time.
+        let changed = cluster.changed();
+        tokio::pin!(changed);
+        let silent = tokio::time::sleep_until(last_read + ka);
+        tokio::pin!(silent);
+        // The earliest retry the timer is armed for (`None`: the one-second look).
+        let mut armed = self.next_retry();
+        let retry = tokio::time::sleep_until(retry_deadline(armed));
+        tokio::pin!(retry);
         loop {
             if let Some(e) = self.end {
                 return e;
             }
-            let retry = self.next_retry();
-            let changed = cluster.changed();
+            // A retry sooner than the armed one (a node connection just ended).
+            let want = self.next_retry();
+            if want.is_some_and(|t| armed.is_none_or(|a| t < a)) {
+                armed = want;
+                retry.as_mut().reset(retry_deadline(armed));
+            }
             let tick = async {
                 match ping.as_mut() {
                     Some(i) => {
@@ -491,11 +506,23 @@ impl Session {
                     }
                     return End::Shutdown;
                 }
-                _ = changed => self.reconcile(),
-                _ = sleep_opt(retry) => self.reconcile(),
-                _ = tokio::time::sleep_until(last_read + ka), if !ka.is_zero() => {
-                    tracing::debug!("fan-out client silent past 1.5 × its keep-alive: closed");
-                    return End::KeepAlive;
+                _ = &mut changed => {
+                    // Re-armed before the cluster is looked at: no change is missed.
+                    changed.set(cluster.changed());
+                    self.reconcile();
+                }
+                _ = &mut retry => {
+                    self.reconcile();
+                    armed = self.next_retry();
+                    retry.as_mut().reset(retry_deadline(armed));
+                }
+                _ = &mut silent, if !ka.is_zero() => {
+                    if last_read + ka > Instant::now() {
+                        silent.as_mut().reset(last_read + ka);
+                    } else {
+                        tracing::debug!("fan-out client silent past 1.5 × its keep-alive: closed");
+                        return End::KeepAlive;
+                    }
                 }
                 _ = tick => self.ping_nodes(),
                 ev = up_rx.recv() => match ev {
@@ -601,14 +628,14 @@ impl Session {
     }
 }
 
-async fn sleep_opt(at: Option<Instant>) {
+/// When to look at the node connections again: at the earliest retry `at` (but not
+/// within 10 ms of now: a retry that is due while a newer session holds the client id
+/// waits), or in a second when nothing is to be retried (the cluster's changes are
+/// notified; this is the safety net).
+fn retry_deadline(at: Option<Instant>) -> Instant {
+    let now = Instant::now();
     match at {
-        Some(t) => {
-            tokio::time::sleep_until(t.max(Instant::now() + Duration::from_millis(10))).await
-        }
-        None => {
-            // Nothing to retry: look at the cluster again now and then anyway.
-            tokio::time::sleep(Duration::from_secs(1)).await
-        }
+        Some(t) => t.max(now + Duration::from_millis(10)),
+        None => now + Duration::from_secs(1),
     }
 }
