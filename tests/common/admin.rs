@@ -135,3 +135,24 @@ pub fn set_node_state(admin: u16, node: &str, state: &str) {
     .expect("admin API answers");
     assert_eq!(status, 200, "PUT state {state}: {body}");
 }
+
+/// `mqgate cluster rebalance brokers --rate RATE` against the admin API on `admin`
+/// (no token): what the command printed; it must succeed.
+pub fn cli_rebalance(admin: u16, rate: u32) -> String {
+    let out = crate::common::mqgate(&[
+        "cluster",
+        "rebalance",
+        "brokers",
+        "--rate",
+        &rate.to_string(),
+        "--admin",
+        &format!("http://127.0.0.1:{admin}"),
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    said
+}
