@@ -275,9 +275,17 @@ fn evacuated_and_rebalanced_sessions_say_why_they_were_closed() {
             .map(|id| crate::common::mqtt::session(listen, &Connect::new(id)).expect("session"))
             .collect();
         // Counted once each relay runs (and the closed ones of before are gone).
-        wait_until(Duration::from_secs(10), "12 sessions on node1", || {
-            gate.metric("mqgate_connections_active", &[("node", "node1")]) == 12.0
-        });
+        let active = |n: &str| gate.metric("mqgate_connections_active", &[("node", n)]);
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while active("node1") != 12.0 {
+            assert!(
+                std::time::Instant::now() < until,
+                "{prefix}: node1 {}, node2 {}",
+                active("node1"),
+                active("node2")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         set_node_state(admin, "node2", "ready");
         (ids, held)
     };

@@ -3,6 +3,7 @@
 //! their CONNECTs all at once (a storm); those over the rate get CONNACK "server busy"
 //! (0x89, v5) or "server unavailable" (0x03, 3.1.1) and a clean close, and are counted.
 
+use crate::common::admin::set_node_state;
 use crate::common::fleet::addresses;
 use crate::common::mqtt::read_packet;
 use crate::common::*;
@@ -187,4 +188,47 @@ fn check_refuses_out_of_range_rates() {
         err.contains("clusters.brokers.shaping.node_connect_rate"),
         "{err}"
     );
+}
+
+/// `maint` with a `close_rate` closes the node's sessions paced; putting the node back
+/// to `ready` meanwhile stops that close (as cancelling an evacuation does): the
+/// sessions not closed yet stay, and those that come afterwards are not closed by it.
+/// Before, the paced close ran on to its end and then closed every session of the node.
+#[test]
+fn ready_again_stops_the_paced_close_of_maint() {
+    let dir = tempdir();
+    let nodes = Mosquitto::start_nodes(dir.path(), 1);
+    // 24 sessions at 4 a second: the close would take about 6 s.
+    let shaping = "[clusters.brokers.shaping]\nclose_rate = 4\n";
+    let (gate, port) = Gate::start_with(dir.path(), "gate", |l, a| config(l, a, &nodes, shaping));
+    gate.wait_node_up("node1");
+    let mut held: Vec<TcpStream> = (0..24)
+        .map(|i| {
+            crate::common::mqtt::session(port, &Connect::new(&format!("stay-{i}")))
+                .expect("session")
+        })
+        .collect();
+    let active = || gate.metric("mqgate_connections_active", &[("node", "node1")]);
+    wait_until(Duration::from_secs(10), "24 sessions counted", || {
+        active() == 24.0
+    });
+
+    set_node_state(gate.admin_port, "node1", "maint");
+    wait_until(Duration::from_secs(10), "the paced close under way", || {
+        active() < 24.0
+    });
+    set_node_state(gate.admin_port, "node1", "ready");
+    wait_until(Duration::from_secs(10), "the paced close stopped", || {
+        gate.metric("mqgate_paced_close_lanes_left", &[("node", "node1")]) == 0.0
+    });
+    // (Without the stop, the gauge got to 0 only at the end of the whole close, after
+    // its final close of every session of the node.)
+    let mut later = crate::common::mqtt::session(port, &Connect::new("later")).expect("session");
+    assert!(
+        ping(&mut later),
+        "a session that came after `ready` is open"
+    );
+    let open = held.iter_mut().map(ping).filter(|ok| *ok).count();
+    assert!(open > 0, "the sessions not closed yet stay");
+    assert_eq!(active(), (open + 1) as f64);
 }
