@@ -335,11 +335,14 @@ impl Cluster {
                 self.config().shaping.close_rate,
                 CloseCause::Maint,
             );
-        } else if prev == AdminState::Maint as u8 && node.pacing.cancel() {
+        } else if prev == AdminState::Maint as u8
+            && node.close_cause() == Some(CloseCause::Maint)
+            && node.pacing.cancel()
+        {
             // Out of maintenance while its paced close still runs (an evacuation, or
-            // `maint` with `close_rate`): stop it, as cancelling the evacuation does.
-            // Otherwise it would go on closing lanes, and at its end every session of
-            // the node, including those that came since.
+            // `maint` with `close_rate`; not a leader change's): stop it, as cancelling
+            // the evacuation does. Otherwise it would go on closing lanes, and at its
+            // end every session of the node, including those that came since.
             tracing::info!(cluster = %self.name, node = %node.name, "paced close stopped: the node left maintenance");
         }
         self.update_leader();
