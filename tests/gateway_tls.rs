@@ -210,6 +210,13 @@ fn expect_tls_refusal(s: &Setup, listener: &str, what: &str, f: impl FnOnce()) {
 #[test]
 fn tls_12_and_13_clients_publish_and_subscribe() {
     let s = setup();
+    // Each TLS listener's failure counter is there at 0 before any failure, so that
+    // `rate()` over it is 0, not empty.
+    let exposed = s.gate.metrics();
+    for l in ["tls", "tls13", "mtls"] {
+        let series = format!("mqgate_tls_handshake_failures_total{{listener=\"{l}\"}} 0\n");
+        assert!(exposed.contains(&series), "{series} in:\n{exposed}");
+    }
     let ca = s.ca.to_str().expect("path");
     for (tls_version, mqtt_version) in [
         ("tlsv1.2", "mqttv311"),
