@@ -312,7 +312,7 @@ fn evacuated_and_rebalanced_sessions_say_why_they_were_closed() {
 
     // A rebalance on the same node afterwards: `rebalance`, not the evacuation's cause.
     let (ids, _held) = on_node1("moved");
-    crate::common::admin::cli_rebalance(admin, 100);
+    crate::common::admin::cli_rebalance(admin, &["--rate", "100"]);
     wait_line(&file, &["client_id=moved-"]);
     let closed: Vec<String> = lines(&file)
         .into_iter()

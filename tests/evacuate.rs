@@ -384,7 +384,7 @@ fn rebalance_moves_clients_to_a_node_added_by_reload() {
         0.0,
         "a node added later starts empty"
     );
-    let said = crate::common::admin::cli_rebalance(admin, 100);
+    let said = crate::common::admin::cli_rebalance(admin, &["--rate", "100"]);
     assert!(said.contains("moving clients at 100/s"), "{said}");
     // Converged: every node within 20 % of the mean (75), everyone connected.
     wait_until(T, "per-node counts within the tolerance", || {

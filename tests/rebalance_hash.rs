@@ -223,17 +223,6 @@ impl HashFleet {
     /// `mqgate cluster rebalance brokers [args]`: what it printed, after checking it
     /// succeeded.
     fn rebalance(&self, args: &[&str]) -> String {
-        let url = format!("http://127.0.0.1:{}", self.admin);
-        let mut all = vec!["cluster", "rebalance", "brokers"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["--admin", &url]);
-        let out = mqgate(&all);
-        let said = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            out.status.success(),
-            "{said}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        said
+        crate::common::admin::cli_rebalance(self.admin, args)
     }
 }

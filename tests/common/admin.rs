@@ -136,18 +136,14 @@ pub fn set_node_state(admin: u16, node: &str, state: &str) {
     assert_eq!(status, 200, "PUT state {state}: {body}");
 }
 
-/// `mqgate cluster rebalance brokers --rate RATE` against the admin API on `admin`
-/// (no token): what the command printed; it must succeed.
-pub fn cli_rebalance(admin: u16, rate: u32) -> String {
-    let out = crate::common::mqgate(&[
-        "cluster",
-        "rebalance",
-        "brokers",
-        "--rate",
-        &rate.to_string(),
-        "--admin",
-        &format!("http://127.0.0.1:{admin}"),
-    ]);
+/// `mqgate cluster rebalance brokers [args]` against the admin API on `admin` (no
+/// token): what the command printed; it must succeed.
+pub fn cli_rebalance(admin: u16, args: &[&str]) -> String {
+    let url = format!("http://127.0.0.1:{admin}");
+    let mut all = vec!["cluster", "rebalance", "brokers"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--admin", &url]);
+    let out = crate::common::mqgate(&all);
     let said = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
