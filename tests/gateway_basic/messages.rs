@@ -48,6 +48,63 @@ fn payloads() -> Vec<(rumqttc::QoS, Vec<u8>)> {
     ]
 }
 
+/// Subscribe `<prefix>/#`, publish each of `sent` (QoS, payload) to `<prefix>/<i>`,
+/// and check that each arrives once, with its QoS and its payload intact: the same
+/// round trip for rumqttc's MQTT 3.1.1 and 5 clients, whose `Client`, `Event` and
+/// `Packet` the caller brings into scope; `opts` makes the options for a client id.
+macro_rules! binary_round_trip {
+    ($opts:expr, $prefix:literal, $sub_qos:expr, $sent:expr) => {{
+        let (sub, mut sub_conn) = Client::new($opts(concat!($prefix, "-sub")), 16);
+        sub.subscribe(concat!($prefix, "/#"), $sub_qos)
+            .expect("subscribe");
+        loop {
+            match sub_conn.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+                Ok(Ok(_)) => {}
+                other => panic!("no SUBACK: {other:?}"),
+            }
+        }
+        let (publ, mut pub_conn) = Client::new($opts(concat!($prefix, "-pub")), 16);
+        let sent = $sent;
+        for (i, (qos, p)) in sent.iter().enumerate() {
+            publ.publish(format!("{}/{i}", $prefix), *qos, false, p.clone())
+                .expect("publish");
+        }
+        let pub_thread = std::thread::spawn(move || {
+            // Drive the publisher until its QoS 2 flows complete (PUBCOMP for the last one).
+            let mut comps = 0;
+            while comps < 2 {
+                match pub_conn.recv_timeout(Duration::from_secs(20)) {
+                    Ok(Ok(Event::Incoming(Packet::PubComp(_)))) => comps += 1,
+                    Ok(Ok(_)) => {}
+                    other => panic!("publisher: {other:?}"),
+                }
+            }
+        });
+        let mut got = Vec::new();
+        while got.len() < sent.len() {
+            match sub_conn.recv_timeout(Duration::from_secs(20)) {
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => got.push(p),
+                Ok(Ok(_)) => {}
+                other => panic!("subscriber after {} messages: {other:?}", got.len()),
+            }
+        }
+        pub_thread.join().expect("publisher thread");
+        got.sort_by(|a, b| a.topic.cmp(&b.topic));
+        for (i, ((qos, p), m)) in sent.iter().zip(&got).enumerate() {
+            let topic: &[u8] = m.topic.as_ref();
+            assert_eq!(topic, format!("{}/{i}", $prefix).as_bytes());
+            assert_eq!(m.qos, *qos, "{}/{i} QoS", $prefix);
+            assert!(
+                m.payload.as_ref() == p.as_slice(),
+                "{}/{i}: payload of {} bytes intact",
+                $prefix,
+                p.len()
+            );
+        }
+    }};
+}
+
 #[test]
 fn qos_0_1_2_binary_payloads_arrive_intact_v311() {
     use rumqttc::{Client, Event, MqttOptions, Packet};
@@ -58,52 +115,7 @@ fn qos_0_1_2_binary_payloads_arrive_intact_v311() {
         o.set_keep_alive(Duration::from_secs(30));
         o
     };
-    let (sub, mut sub_conn) = Client::new(opts("bin-sub"), 16);
-    sub.subscribe("bin/#", rumqttc::QoS::ExactlyOnce)
-        .expect("subscribe");
-    loop {
-        match sub_conn.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
-            Ok(Ok(_)) => {}
-            other => panic!("no SUBACK: {other:?}"),
-        }
-    }
-    let (publ, mut pub_conn) = Client::new(opts("bin-pub"), 16);
-    let sent = payloads();
-    for (i, (qos, p)) in sent.iter().enumerate() {
-        publ.publish(format!("bin/{i}"), *qos, false, p.clone())
-            .expect("publish");
-    }
-    let pub_thread = std::thread::spawn(move || {
-        // Drive the publisher until its QoS 2 flows complete (PUBCOMP for the last one).
-        let mut comps = 0;
-        while comps < 2 {
-            match pub_conn.recv_timeout(Duration::from_secs(20)) {
-                Ok(Ok(Event::Incoming(Packet::PubComp(_)))) => comps += 1,
-                Ok(Ok(_)) => {}
-                other => panic!("publisher: {other:?}"),
-            }
-        }
-    });
-    let mut got = Vec::new();
-    while got.len() < sent.len() {
-        match sub_conn.recv_timeout(Duration::from_secs(20)) {
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => got.push(p),
-            Ok(Ok(_)) => {}
-            other => panic!("subscriber after {} messages: {other:?}", got.len()),
-        }
-    }
-    pub_thread.join().expect("publisher thread");
-    got.sort_by(|a, b| a.topic.cmp(&b.topic));
-    for (i, ((qos, p), m)) in sent.iter().zip(&got).enumerate() {
-        assert_eq!(m.topic, format!("bin/{i}"));
-        assert_eq!(m.qos, *qos, "bin/{i} QoS");
-        assert!(
-            m.payload.as_ref() == p.as_slice(),
-            "bin/{i}: payload of {} bytes intact",
-            p.len()
-        );
-    }
+    binary_round_trip!(opts, "bin", rumqttc::QoS::ExactlyOnce, payloads());
 }
 
 #[test]
@@ -118,17 +130,6 @@ fn qos_0_1_2_binary_payloads_arrive_intact_v5() {
         o.set_keep_alive(Duration::from_secs(30));
         o
     };
-    let (sub, mut sub_conn) = Client::new(opts("bin5-sub"), 16);
-    sub.subscribe("bin5/#", QoS::ExactlyOnce)
-        .expect("subscribe");
-    loop {
-        match sub_conn.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
-            Ok(Ok(_)) => {}
-            other => panic!("no SUBACK: {other:?}"),
-        }
-    }
-    let (publ, mut pub_conn) = Client::new(opts("bin5-pub"), 16);
     let sent: Vec<(QoS, Vec<u8>)> = payloads()
         .into_iter()
         .map(|(q, p)| {
@@ -140,39 +141,7 @@ fn qos_0_1_2_binary_payloads_arrive_intact_v5() {
             (q, p)
         })
         .collect();
-    for (i, (qos, p)) in sent.iter().enumerate() {
-        publ.publish(format!("bin5/{i}"), *qos, false, p.clone())
-            .expect("publish");
-    }
-    let pub_thread = std::thread::spawn(move || {
-        let mut comps = 0;
-        while comps < 2 {
-            match pub_conn.recv_timeout(Duration::from_secs(20)) {
-                Ok(Ok(Event::Incoming(Packet::PubComp(_)))) => comps += 1,
-                Ok(Ok(_)) => {}
-                other => panic!("publisher: {other:?}"),
-            }
-        }
-    });
-    let mut got = Vec::new();
-    while got.len() < sent.len() {
-        match sub_conn.recv_timeout(Duration::from_secs(20)) {
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => got.push(p),
-            Ok(Ok(_)) => {}
-            other => panic!("subscriber after {} messages: {other:?}", got.len()),
-        }
-    }
-    pub_thread.join().expect("publisher thread");
-    got.sort_by(|a, b| a.topic.cmp(&b.topic));
-    for (i, ((qos, p), m)) in sent.iter().zip(&got).enumerate() {
-        assert_eq!(m.topic.as_ref(), format!("bin5/{i}").as_bytes());
-        assert_eq!(m.qos, *qos, "bin5/{i} QoS");
-        assert!(
-            m.payload.as_ref() == p.as_slice(),
-            "bin5/{i}: payload of {} bytes intact",
-            p.len()
-        );
-    }
+    binary_round_trip!(opts, "bin5", QoS::ExactlyOnce, sent);
     assert!(
         s.gate
             .metric("mqgate_connect_packets_total", &[("protocol", "5.0")])
