@@ -112,25 +112,21 @@ fn mutations_need_the_token_and_bad_requests_get_json_errors() {
     assert_eq!(put(&big, Some(TOKEN)).0, 413);
 
     // Sticky entries: a persistent client creates one; GET shows it, DELETE removes it.
-    let (code, _) = http(
-        "GET",
-        port,
-        "/api/v1/clusters/brokers/sticky/dev%2F1",
-        None,
-        Some(TOKEN),
-    )
-    .expect("GET sticky");
+    let sticky = |method: &str| {
+        http(
+            method,
+            port,
+            "/api/v1/clusters/brokers/sticky/dev%2F1",
+            None,
+            Some(TOKEN),
+        )
+        .expect(method)
+    };
+    let (code, _) = sticky("GET");
     assert_eq!(code, 404);
     let (_conn, rc) = mqtt_connect(listen, "dev/1", false);
     assert_eq!(rc, 0);
-    let (code, body) = http(
-        "GET",
-        port,
-        "/api/v1/clusters/brokers/sticky/dev%2F1",
-        None,
-        Some(TOKEN),
-    )
-    .expect("GET sticky");
+    let (code, body) = sticky("GET");
     assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(v["key"], "dev/1");
@@ -143,23 +139,9 @@ fn mutations_need_the_token_and_bad_requests_get_json_errors() {
         gate.metric("mqgate_sticky_entries", &[("cluster", "brokers")]),
         1.0
     );
-    let (code, _) = http(
-        "DELETE",
-        port,
-        "/api/v1/clusters/brokers/sticky/dev%2F1",
-        None,
-        Some(TOKEN),
-    )
-    .expect("DELETE");
+    let (code, _) = sticky("DELETE");
     assert_eq!(code, 200);
-    let (code, _) = http(
-        "GET",
-        port,
-        "/api/v1/clusters/brokers/sticky/dev%2F1",
-        None,
-        Some(TOKEN),
-    )
-    .expect("GET sticky");
+    let (code, _) = sticky("GET");
     assert_eq!(code, 404);
     assert_eq!(
         gate.metric("mqgate_sticky_entries", &[("cluster", "brokers")]),
