@@ -118,11 +118,8 @@ pub(super) fn crl_files(v: &mut V, prefix: &str, t: &RawTls) -> Vec<PathBuf> {
                     "a certificate revocation list, PEM (-----BEGIN X509 CRL-----) or DER, as \
                      `openssl ca -gencrl` writes it",
                 ),
-                Ok(crls) => {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs() as i64);
-                    for (issuer, next) in crate::tls::revocation::out_of_date(&crls, now) {
+                Ok(file) => {
+                    for (issuer, next) in file.out_of_date {
                         v.warn(
                             key(j),
                             format!(

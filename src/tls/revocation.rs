@@ -19,9 +19,20 @@ use rustls_pki_types::pem::PemObject;
 use std::path::Path;
 use std::sync::Arc;
 
+/// What one CRL file holds.
+#[derive(Debug)]
+pub struct CrlFile {
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// Each CRL whose `nextUpdate` had passed when the file was read: its issuer and
+    /// `nextUpdate`, as OpenSSL prints them. Clients whose certificates such a CRL
+    /// covers are refused until it is refreshed (as HAProxy and NGINX refuse them).
+    pub out_of_date: Vec<(String, String)>,
+}
+
 /// Every CRL of `path`: each `X509 CRL` section of a PEM file, or the whole file as
-/// one DER-encoded CRL when it is not PEM.
-pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+/// one DER-encoded CRL when it is not PEM. Each is parsed once, which both checks it
+/// and finds whether it is out of date.
+pub fn load_crls(path: &Path) -> Result<CrlFile, TlsError> {
     let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.display().to_string(),
         source,
@@ -43,12 +54,20 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
             "no \"-----BEGIN X509 CRL-----\" section found".into(),
         ));
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let mut out_of_date = Vec::new();
     for c in &crls {
-        if let Err(e) = x509_parser::parse_x509_crl(c.as_ref()) {
-            return Err(crl_err(format!("not a certificate revocation list: {e}")));
+        let crl = match x509_parser::parse_x509_crl(c.as_ref()) {
+            Ok((_, crl)) => crl,
+            Err(e) => return Err(crl_err(format!("not a certificate revocation list: {e}"))),
+        };
+        if let Some(next) = crl.next_update().filter(|n| n.timestamp() < now) {
+            out_of_date.push((crl.issuer().to_string(), next.to_string()));
         }
     }
-    Ok(crls)
+    Ok(CrlFile { crls, out_of_date })
 }
 
 /// The CRLs of every file in `paths`, in order.
@@ -57,25 +76,9 @@ pub fn load_all(
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let mut all = Vec::new();
     for p in paths {
-        all.extend(load_crls(p)?);
+        all.extend(load_crls(p)?.crls);
     }
     Ok(all)
-}
-
-/// The CRLs of `crls` whose `nextUpdate` is before `now_unix` (seconds): each one's
-/// issuer and `nextUpdate`, as OpenSSL prints them. Clients whose certificates such a
-/// CRL covers are refused until it is refreshed (as HAProxy and NGINX refuse them).
-pub fn out_of_date(
-    crls: &[CertificateRevocationListDer<'_>],
-    now_unix: i64,
-) -> Vec<(String, String)> {
-    crls.iter()
-        .filter_map(|c| {
-            let (_, crl) = x509_parser::parse_x509_crl(c.as_ref()).ok()?;
-            let next = crl.next_update()?;
-            (next.timestamp() < now_unix).then(|| (crl.issuer().to_string(), next.to_string()))
-        })
-        .collect()
 }
 
 /// A certificate's serial number as OpenSSL prints it (`openssl x509 -serial`:
@@ -213,10 +216,14 @@ mod tests {
         };
         let (a, ca) = (crl(1), crl(2));
         let pem = format!("{}{}", a.0.pem().expect("pem"), ca.0.pem().expect("pem"));
-        let two = load_crls(&write("two.pem", pem.as_bytes())).expect("two PEM CRLs");
+        let two = load_crls(&write("two.pem", pem.as_bytes()))
+            .expect("two PEM CRLs")
+            .crls;
         assert_eq!(two.len(), 2);
         assert_eq!(two[0].as_ref(), a.0.der().as_ref());
-        let der = load_crls(&write("one.der", a.0.der())).expect("a DER CRL");
+        let der = load_crls(&write("one.der", a.0.der()))
+            .expect("a DER CRL")
+            .crls;
         assert_eq!(der.len(), 1);
         let all = load_all(&[dir.path().join("two.pem"), dir.path().join("one.der")])
             .expect("both files");
