@@ -167,9 +167,8 @@ impl Sink {
 pub struct AccessLog {
     enabled: AtomicBool,
     state: Arc<writer::Shared>,
-    tx: OnceLock<SyncSender<Record>>,
-    /// The writer thread, once started.
-    writer: OnceLock<std::thread::Thread>,
+    /// The queue to the writer thread, and the thread, once started.
+    writer: OnceLock<(SyncSender<Record>, std::thread::Thread)>,
     dropped: IntCounter,
 }
 
@@ -178,7 +177,6 @@ impl AccessLog {
         AccessLog {
             enabled: AtomicBool::new(false),
             state: Arc::new(writer::Shared::default()),
-            tx: OnceLock::new(),
             writer: OnceLock::new(),
             dropped,
         }
@@ -188,12 +186,11 @@ impl AccessLog {
     /// writer reopens its target. The writer thread starts the first time the log is on.
     pub fn configure(&self, target: &AccessTarget, format: LogFormat) {
         self.state.set(target.clone(), format);
-        if !target.is_off() && self.tx.get().is_none() {
+        if !target.is_off() && self.writer.get().is_none() {
             let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
             match writer::spawn(self.state.clone(), rx, self.dropped.clone()) {
-                Ok(writer) => {
-                    let _ = self.tx.set(tx);
-                    let _ = self.writer.set(writer);
+                Ok(thread) => {
+                    let _ = self.writer.set((tx, thread));
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the access-log writer thread; access log off");
@@ -207,8 +204,8 @@ impl AccessLog {
     /// The gateway is stopping: write and flush every line queued so far, waiting up
     /// to `wait` (no-op if the log was never on).
     pub fn close(&self, wait: std::time::Duration) {
-        if let Some(w) = self.writer.get() {
-            self.state.close(w, wait);
+        if let Some((_, thread)) = self.writer.get() {
+            self.state.close(thread, wait);
         }
     }
 
@@ -229,7 +226,7 @@ impl AccessLog {
         if !self.enabled.load(Ordering::Relaxed) {
             return None;
         }
-        self.tx.get().map(|tx| Sink {
+        self.writer.get().map(|(tx, _)| Sink {
             tx: tx.clone(),
             dropped: self.dropped.clone(),
         })
